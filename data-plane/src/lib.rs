@@ -1,0 +1,20 @@
+//! atrium's data plane: everything between an incoming request and the upstream that
+//! serves it.
+//!
+//! The path of a request, following the names:
+//! 1. [`request::RequestView`] canonicalises the routing inputs (host, routing path, client
+//!    IP) the way Traefik does.
+//! 2. [`table::RouteTable`] — compiled from a snapshot by [`table::RouteTable::from_snapshot`]
+//!    — picks the router: an index narrows the candidates by host and path prefix, then
+//!    each candidate's [`rules::Rule`] runs in priority order.
+//! 3. The router's [`middleware`]s transform the request (path rewrites are pure functions
+//!    over [`middleware::path::UrlPath`]).
+//!
+//! Everything here is synchronous and socket-free, so routing bugs reproduce in unit tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod middleware;
+pub mod request;
+pub mod rules;
+pub mod table;
