@@ -1,0 +1,493 @@
+//! The compiler: resources + static values + the uplink registry → one snapshot.
+//!
+//! It is a pure function. Every problem becomes a [`Diagnostic`] that points at the field
+//! concerned, and the object it concerns is left out of the snapshot (a router whose rule
+//! does not parse, a route whose service does not exist) while everything else compiles.
+//! The result is deterministic: lists are sorted, so equal inputs give equal bytes.
+
+mod services;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use atrium_data_plane::middleware::CompiledMiddleware;
+use atrium_data_plane::middleware::config::MiddlewareRef;
+use atrium_data_plane::rules::Rule;
+use atrium_proto::v1 as pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+pub use services::{PORTAL_SERVICE, health_check};
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::loader::Manifests;
+use crate::resources::core::{EndpointSlice, Endpoints, Secret, Service as K8sService};
+use crate::resources::traefik::{IngressRoute, Middleware, TraefikService};
+use crate::resources::{Loaded, Resource};
+use crate::values::Values;
+
+/// Annotation tying an IngressRoute to an API.
+pub const API_ANNOTATION: &str = "hub.traefik.io/api";
+/// Annotation tying an IngressRoute to uplinks (on a child).
+pub const UPLINKS_ANNOTATION: &str = "hub.traefik.io/router.uplinks";
+/// Annotation tying an IngressRoute to a portal.
+pub const PORTAL_ANNOTATION: &str = "hub.traefik.io/api-portal";
+/// Expose names must match this (the Uplink CRD's pattern).
+pub const EXPOSE_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+
+/// What the parent knows of its children: child name → its uplinks. `None` when it is not
+/// known at compile time (a standalone cluster), so `X@multicluster` is not checked.
+pub type Registry = BTreeMap<String, Vec<pb::UplinkState>>;
+
+/// A compiled snapshot body and the findings of compiling it.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    /// The snapshot body.
+    pub body: pb::SnapshotBody,
+    /// Problems found; the objects concerned are left out of `body`.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// Whether compiling found errors.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Encodes a body and hashes it: equal configurations give equal hashes.
+pub fn encode(body: &pb::SnapshotBody) -> (Vec<u8>, [u8; 32]) {
+    let bytes = body.encode_to_vec();
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    (bytes, hash)
+}
+
+type Key = (String, String);
+
+pub(crate) struct Ctx<'a> {
+    values: &'a Values,
+    registry: Option<&'a Registry>,
+    k8s_services: HashMap<Key, (&'a Loaded, &'a K8sService)>,
+    traefik_services: HashMap<Key, (&'a Loaded, &'a TraefikService)>,
+    middlewares: HashMap<Key, (&'a Loaded, &'a Middleware)>,
+    slices: Vec<(&'a Loaded, &'a EndpointSlice)>,
+    endpoints_objects: HashMap<Key, &'a Endpoints>,
+    secrets: HashMap<Key, &'a Secret>,
+    uplinks: HashMap<Key, String>,
+    expose_names: HashSet<String>,
+    apis: HashSet<Key>,
+    portals: HashSet<Key>,
+    /// Middleware ids that compiled.
+    good_middlewares: HashSet<String>,
+    services: BTreeMap<String, pb::Service>,
+    in_progress: Vec<String>,
+    warned: HashSet<String>,
+    diags: Vec<Diagnostic>,
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_string(), name.to_string())
+}
+
+impl<'a> Ctx<'a> {
+    fn diag(&mut self, sev: Severity, obj: &Loaded, field: &str, code: &'static str, msg: String) {
+        self.diags.push(Diagnostic::on(sev, code, obj, field, msg));
+    }
+
+    fn err(&mut self, obj: &Loaded, field: &str, code: &'static str, msg: String) {
+        self.diag(Severity::Error, obj, field, code, msg);
+    }
+}
+
+/// The uplink expose name of an Uplink resource: `exposeName`, or `<namespace>-<name>`.
+pub fn expose_name(obj: &Loaded, spec: &crate::resources::hub::UplinkSpec) -> String {
+    spec.expose_name.clone().unwrap_or_else(|| format!("{}-{}", obj.ns(), obj.name()))
+}
+
+/// Resolves `name` of `name@multicluster`: the exact uplink name first, then the longest
+/// child name that suffixes it (`crm-cluster-a` → uplink `crm` pinned to `cluster-a`).
+pub fn resolve_multicluster(reg: &Registry, name: &str) -> Option<pb::Multicluster> {
+    if reg.values().any(|ups| ups.iter().any(|u| u.name == name)) {
+        return Some(pb::Multicluster { uplink: name.to_string(), child: String::new() });
+    }
+    let mut children: Vec<&String> = reg.keys().collect();
+    children.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    for child in children {
+        if let Some(uplink) = name.strip_suffix(&format!("-{child}")) {
+            if reg[child].iter().any(|u| u.name == uplink) {
+                return Some(pb::Multicluster { uplink: uplink.to_string(), child: child.clone() });
+            }
+        }
+    }
+    None
+}
+
+fn known_uplinks(reg: Option<&Registry>) -> String {
+    let mut names: Vec<String> = reg
+        .into_iter()
+        .flat_map(|r| r.iter().flat_map(|(c, ups)| ups.iter().map(move |u| format!("{}@{c}", u.name))))
+        .collect();
+    names.sort();
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+/// Compiles one cluster's resources.
+pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> Compiled {
+    let mut cx = Ctx {
+        values,
+        registry,
+        k8s_services: HashMap::new(),
+        traefik_services: HashMap::new(),
+        middlewares: HashMap::new(),
+        slices: Vec::new(),
+        endpoints_objects: HashMap::new(),
+        secrets: HashMap::new(),
+        uplinks: HashMap::new(),
+        expose_names: HashSet::new(),
+        apis: HashSet::new(),
+        portals: HashSet::new(),
+        good_middlewares: HashSet::new(),
+        services: BTreeMap::new(),
+        in_progress: Vec::new(),
+        warned: HashSet::new(),
+        diags: Vec::new(),
+    };
+    let mut routes = Vec::new();
+    for l in &m.resources {
+        let k = key(l.ns(), l.name());
+        match &l.resource {
+            Resource::Service(s) => drop(cx.k8s_services.insert(k, (l, s))),
+            Resource::TraefikService(s) => drop(cx.traefik_services.insert(k, (l, s))),
+            Resource::Middleware(s) => drop(cx.middlewares.insert(k, (l, s))),
+            Resource::EndpointSlice(s) => cx.slices.push((l, s)),
+            Resource::Endpoints(s) => drop(cx.endpoints_objects.insert(k, s)),
+            Resource::Secret(s) => drop(cx.secrets.insert(k, s)),
+            Resource::Api(_) => drop(cx.apis.insert(k)),
+            Resource::ApiPortal(_) => drop(cx.portals.insert(k)),
+            Resource::Uplink(u) => {
+                let name = expose_name(l, &u.spec);
+                cx.uplinks.insert(k, name.clone());
+                cx.expose_names.insert(name);
+            }
+            Resource::IngressRoute(r) => routes.push((l, r)),
+            _ => {}
+        }
+    }
+
+    let entry_points: Vec<pb::EntryPoint> = values
+        .entry_points()
+        .map(|(n, e)| pb::EntryPoint { name: n.clone(), port: e.port.into(), tls: e.tls, uplink: e.uplink })
+        .collect();
+
+    let middlewares = compile_middlewares(&mut cx, m);
+    let uplinks = compile_uplinks(&mut cx, m);
+    let mut routers = Vec::new();
+    for (l, r) in routes {
+        compile_ingress_route(&mut cx, l, r, &mut routers);
+    }
+    routers.sort_by(|a: &pb::Router, b| a.id.cmp(&b.id));
+    let children = compile_children(values, registry);
+
+    let body = pb::SnapshotBody {
+        entry_points,
+        routers,
+        middlewares,
+        services: cx.services.into_values().collect(),
+        children,
+        uplinks,
+    };
+    let mut diagnostics = cx.diags;
+    crate::diagnostic::sort(&mut diagnostics);
+    Compiled { body, diagnostics }
+}
+
+fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
+    let mut out = Vec::new();
+    for l in &m.resources {
+        let Resource::Middleware(mw) = &l.resource else { continue };
+        let kinds = mw.spec.kinds();
+        if kinds.len() != 1 {
+            let msg = if kinds.is_empty() {
+                "a Middleware needs exactly one kind (stripPrefix, headers, …); none is set".to_string()
+            } else {
+                format!("a Middleware needs exactly one kind; found {}", kinds.join(", "))
+            };
+            cx.err(l, "spec", "schema", msg);
+            continue;
+        }
+        let id = l.id();
+        if let Err(e) = CompiledMiddleware::from_spec(&id, mw.spec.clone()) {
+            cx.err(l, &format!("spec.{}", kinds[0]), "schema", e);
+            continue;
+        }
+        cx.good_middlewares.insert(id.clone());
+        if mw.spec.chain.is_some() {
+            // Chains are flattened into each router's list.
+            continue;
+        }
+        if let Some((kind, json)) = mw.spec.kind_json() {
+            out.push(pb::Middleware { id, kind: kind.to_string(), config_json: json });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+impl<'a> Ctx<'a> {
+    /// Resolves a middleware reference into the ids it runs (chains flattened).
+    fn middleware_ref(&mut self, obj: &'a Loaded, ns: &str, r: &MiddlewareRef, path: &str, out: &mut Vec<String>) -> bool {
+        let (name, provider) = match r.name.split_once('@') {
+            Some((n, p)) => (n, Some(p)),
+            None => (r.name.as_str(), None),
+        };
+        if let Some(p) = provider.filter(|p| *p != "kubernetescrd") {
+            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("middleware {:?}: provider {p:?} is not available in atrium", r.name));
+            return false;
+        }
+        let mns = r.namespace.as_deref().unwrap_or(ns).to_string();
+        let id = format!("{mns}/{name}");
+        let Some(&(mobj, mw)) = self.middlewares.get(&key(&mns, name)) else {
+            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("Middleware {id} does not exist"));
+            return false;
+        };
+        if !self.good_middlewares.contains(&id) {
+            self.err(obj, &format!("{path}.name"), "invalid-reference", format!("Middleware {id} is invalid (see its own error), so this route is not served"));
+            return false;
+        }
+        match &mw.spec.chain {
+            None => {
+                out.push(id);
+                true
+            }
+            Some(chain) => {
+                if self.in_progress.contains(&id) {
+                    self.err(obj, &format!("{path}.name"), "reference-cycle", format!("middleware chain {id} refers back to itself"));
+                    return false;
+                }
+                self.in_progress.push(id);
+                let mut ok = true;
+                for (i, inner) in chain.middlewares.iter().enumerate() {
+                    ok &= self.middleware_ref(mobj, &mns, inner, &format!("spec.chain.middlewares[{i}]"), out);
+                }
+                self.in_progress.pop();
+                ok
+            }
+        }
+    }
+}
+
+fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRoute, out: &mut Vec<pb::Router>) {
+    let ns = l.ns().to_string();
+    let ann = &r.metadata.annotations;
+    let mut entry_points = r.spec.entry_points.clone();
+    entry_points.sort();
+    entry_points.dedup();
+    let mut ok_common = true;
+    for (i, ep) in r.spec.entry_points.iter().enumerate() {
+        if !cx.values.entry_points().any(|(n, _)| n == ep) {
+            let known: Vec<&String> = cx.values.entry_points().map(|(n, _)| n).collect();
+            cx.err(l, &format!("spec.entryPoints[{i}]"), "unknown-entrypoint", format!("entrypoint {ep:?} is not defined (known: {known:?})"));
+            ok_common = false;
+        }
+    }
+    let api = match ann.get(API_ANNOTATION) {
+        Some(a) => {
+            let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns.as_str()));
+            if !cx.apis.contains(&key(api_ns, name)) {
+                cx.err(l, &format!("metadata.annotations.{API_ANNOTATION}"), "unresolved-reference", format!("API {api_ns}/{name} does not exist"));
+                ok_common = false;
+            }
+            format!("{api_ns}/{name}")
+        }
+        None => String::new(),
+    };
+    if let Some(p) = ann.get(PORTAL_ANNOTATION) {
+        if !cx.portals.contains(&key(&ns, p)) {
+            cx.err(l, &format!("metadata.annotations.{PORTAL_ANNOTATION}"), "unresolved-reference", format!("APIPortal {ns}/{p} does not exist"));
+        }
+    }
+    let mut uplinks = Vec::new();
+    if let Some(list) = ann.get(UPLINKS_ANNOTATION) {
+        for u in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let resolved = cx.uplinks.get(&key(&ns, u)).cloned().or_else(|| cx.expose_names.contains(u).then(|| u.to_string()));
+            match resolved {
+                Some(n) => uplinks.push(n),
+                None => {
+                    cx.err(l, &format!("metadata.annotations.{UPLINKS_ANNOTATION}"), "unresolved-reference", format!("Uplink {u:?} does not exist in namespace {ns}"));
+                    ok_common = false;
+                }
+            }
+        }
+    }
+    uplinks.sort();
+    uplinks.dedup();
+    let tls = r.spec.tls.as_ref().map(|t| pb::RouterTls {
+        secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default(),
+    });
+    if let Some(secret) = r.spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) {
+        match cx.secrets.get(&key(&ns, secret)) {
+            None => {
+                cx.err(l, "spec.tls.secretName", "unresolved-reference", format!("Secret {ns}/{secret} does not exist"));
+                ok_common = false;
+            }
+            Some(s) if !(s.data.contains_key("tls.crt") || s.string_data.contains_key("tls.crt")) => {
+                cx.err(l, "spec.tls.secretName", "schema", format!("Secret {ns}/{secret} has no tls.crt / tls.key"));
+                ok_common = false;
+            }
+            Some(_) => {}
+        }
+    }
+
+    for (i, route) in r.spec.routes.iter().enumerate() {
+        let id = format!("{ns}/{}/{i}", l.name());
+        let p = format!("spec.routes[{i}]");
+        let mut ok = ok_common;
+        if let Some(s) = route.syntax.as_deref().filter(|s| *s != "v3") {
+            cx.err(l, &format!("{p}.syntax"), "unsupported-field", format!("rule syntax {s:?} is not supported; atrium speaks Traefik v3 rules"));
+            ok = false;
+        }
+        let rule = match Rule::parse(&route.rule) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                cx.err(l, &format!("{p}.match"), "rule-parse", format!("invalid rule {:?}: {e}", route.rule));
+                None
+            }
+        };
+        let mut mws = Vec::new();
+        for (j, mr) in route.middlewares.iter().enumerate() {
+            ok &= cx.middleware_ref(l, &ns, mr, &format!("{p}.middlewares[{j}]"), &mut mws);
+        }
+        let (service, display) = match route.services.as_slice() {
+            [] => {
+                cx.err(l, &format!("{p}.services"), "schema", "a route needs at least one service".into());
+                (None, String::new())
+            }
+            [one] => (cx.service_ref(l, &ns, one.lb(), &format!("{p}.services[0]"), &id), one.name.clone()),
+            many => {
+                let mut ws = Vec::new();
+                let mut all = true;
+                for (j, s) in many.iter().enumerate() {
+                    match cx.service_ref(l, &ns, s.lb(), &format!("{p}.services[{j}]"), &id) {
+                        Some(sid) => ws.push(pb::WeightedService { service: sid, weight: s.weight.unwrap_or(1).max(0) as u32 }),
+                        None => all = false,
+                    }
+                }
+                ws.sort_by(|a, b| a.service.cmp(&b.service));
+                let sid = all.then(|| {
+                    cx.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(pb::service::Kind::Weighted(pb::Weighted { services: ws })) });
+                    id.clone()
+                });
+                (sid, many.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","))
+            }
+        };
+        let (Some(rule), Some(service), true) = (rule, service, ok) else { continue };
+        let priority = route.priority.filter(|p| *p != 0).unwrap_or_else(|| rule.default_priority());
+        out.push(pb::Router {
+            id,
+            entry_points: entry_points.clone(),
+            rule: route.rule.clone(),
+            priority,
+            middlewares: mws,
+            service,
+            tls: tls.clone(),
+            uplinks: uplinks.clone(),
+            api: api.clone(),
+            service_display: display,
+        });
+    }
+}
+
+fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
+    let pattern = regex::Regex::new(EXPOSE_NAME_PATTERN).expect("static pattern");
+    let mut out: Vec<pb::Uplink> = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for l in &m.resources {
+        let Resource::Uplink(u) = &l.resource else { continue };
+        let name = expose_name(l, &u.spec);
+        let field = if u.spec.expose_name.is_some() { "spec.exposeName" } else { "metadata.name" };
+        if !pattern.is_match(&name) || name.len() > 253 {
+            cx.err(l, field, "uplink-expose-name", format!("expose name {name:?} must match {EXPOSE_NAME_PATTERN} (lower-case letters, digits, '-' and '.')"));
+            continue;
+        }
+        if let Some(other) = seen.insert(name.clone(), l.id()) {
+            cx.err(l, field, "duplicate", format!("expose name {name:?} is already used by Uplink {other}"));
+            continue;
+        }
+        let mut ok = true;
+        for (i, ep) in u.spec.entry_points.iter().enumerate() {
+            match cx.values.ports.get(ep) {
+                Some(e) if e.uplink => {}
+                _ => {
+                    cx.err(l, &format!("spec.entryPoints[{i}]"), "unknown-entrypoint", format!("{ep:?} is not an uplink entrypoint (a port with `uplink: true` in the values)"));
+                    ok = false;
+                }
+            }
+        }
+        let weight = u.spec.weight.unwrap_or(1);
+        if weight < 0 {
+            cx.err(l, "spec.weight", "schema", "weight must not be negative (0 means standby)".into());
+            ok = false;
+        }
+        let hc = match u.spec.health_check.as_ref().map(health_check).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                cx.err(l, "spec.healthCheck", "schema", e);
+                ok = false;
+                None
+            }
+        };
+        if !ok {
+            continue;
+        }
+        let mut eps = u.spec.entry_points.clone();
+        eps.sort();
+        out.push(pb::Uplink { name, id: l.id(), weight: weight as u32, entry_points: eps, health_check: hc });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn compile_children(values: &Values, registry: Option<&Registry>) -> Vec<pb::Child> {
+    values
+        .children()
+        .map(|(name, c)| {
+            let t = c.servers_transport.clone().unwrap_or_default();
+            let mut uplinks = registry.and_then(|r| r.get(name)).cloned().unwrap_or_default();
+            uplinks.sort_by(|a, b| a.name.cmp(&b.name));
+            pb::Child {
+                name: name.clone(),
+                address: c.address.clone(),
+                transport: Some(pb::ServersTransport {
+                    insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+                    root_cas: t.root_cas.clone(),
+                    server_name: t.server_name.clone().unwrap_or_default(),
+                    certificates: t
+                        .certificates
+                        .iter()
+                        .map(|p| pb::ClientCertificate { cert_file: p.cert_file.clone(), key_file: p.key_file.clone() })
+                        .collect(),
+                }),
+                reachable: registry.is_some_and(|r| r.contains_key(name)),
+                uplinks,
+            }
+        })
+        .collect()
+}
+
+/// The registry a topology implies when every child is up and healthy: each child's
+/// uplinks from its own compile.
+pub fn static_registry(children: &[(String, &pb::SnapshotBody)]) -> Registry {
+    children
+        .iter()
+        .map(|(name, body)| {
+            let ups = body
+                .uplinks
+                .iter()
+                .map(|u| pb::UplinkState { name: u.name.clone(), weight: u.weight, healthy: true, entry_points: u.entry_points.clone() })
+                .collect();
+            (name.clone(), ups)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

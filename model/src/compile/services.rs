@@ -1,0 +1,343 @@
+//! Service references → snapshot services.
+//!
+//! A reference is one of:
+//! - a Kubernetes Service and port → a load balancer over the endpoints that
+//!   EndpointSlice or Endpoints manifests list for that port;
+//! - `X@multicluster` / `X-<child>@multicluster` → multi-cluster routing;
+//! - a TraefikService (`weighted`, `mirroring`, `failover`), compiled recursively;
+//! - the built-in portal listener (`apiportal`, namespace `traefik`, port 9903).
+
+use atrium_data_plane::middleware::config::IntOrString;
+use atrium_proto::v1 as pb;
+use pb::service::Kind;
+
+use super::Ctx;
+use crate::diagnostic::Severity;
+use crate::resources::Loaded;
+use crate::resources::core::{Service as K8sService, ServicePort};
+use crate::resources::traefik::{HealthCheck, LbView, PassiveHealthCheck, ServiceKind};
+
+/// The built-in portal service.
+pub const PORTAL_SERVICE: (&str, &str, i64) = ("traefik", "apiportal", 9903);
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn ms(v: Option<&IntOrString>, default_ms: u64) -> Result<u64, String> {
+    match v {
+        None => Ok(default_ms),
+        Some(d) => d.as_duration().map(|d| d.as_millis() as u64),
+    }
+}
+
+/// Converts a health check, applying Traefik's defaults (interval 30s, timeout 5s).
+pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, String> {
+    if let Some(mode) = h.mode.as_deref() {
+        if mode != "http" {
+            return Err(format!("healthCheck.mode {mode:?} is not supported yet (only http)"));
+        }
+    }
+    let interval = ms(h.interval.as_ref(), 30_000).map_err(|e| format!("healthCheck.interval: {e}"))?;
+    let timeout = ms(h.timeout.as_ref(), 5_000).map_err(|e| format!("healthCheck.timeout: {e}"))?;
+    let unhealthy = ms(h.unhealthy_interval.as_ref(), interval).map_err(|e| format!("healthCheck.unhealthyInterval: {e}"))?;
+    if interval == 0 {
+        return Err("healthCheck.interval must be positive".into());
+    }
+    let port = match h.port {
+        None => 0,
+        Some(p) => u32::try_from(p).ok().filter(|p| *p > 0 && *p <= 65535).ok_or(format!("healthCheck.port {p} is not a port"))?,
+    };
+    let status = match h.status {
+        None => 0,
+        Some(s) => u32::try_from(s).ok().filter(|s| (100..600).contains(s)).ok_or(format!("healthCheck.status {s} is not an HTTP status"))?,
+    };
+    if let Some(s) = h.scheme.as_deref() {
+        if !matches!(s, "http" | "https" | "h2c") {
+            return Err(format!("healthCheck.scheme {s:?} must be http, https or h2c"));
+        }
+    }
+    Ok(pb::HealthCheck {
+        path: h.path.clone().unwrap_or_else(|| "/".into()),
+        method: h.method.clone().unwrap_or_else(|| "GET".into()).to_uppercase(),
+        scheme: h.scheme.clone().unwrap_or_default(),
+        hostname: h.hostname.clone().unwrap_or_default(),
+        port,
+        interval_ms: interval,
+        timeout_ms: timeout,
+        unhealthy_interval_ms: unhealthy,
+        status,
+        follow_redirects: h.follow_redirects.unwrap_or(true),
+        headers: h.headers.iter().map(|(k, v)| pb::Header { name: k.clone(), value: v.clone() }).collect(),
+    })
+}
+
+fn passive(p: &PassiveHealthCheck) -> Result<pb::PassiveHealthCheck, String> {
+    Ok(pb::PassiveHealthCheck {
+        max_failed_attempts: p.max_failed_attempts.unwrap_or(1).clamp(1, u32::MAX as i64) as u32,
+        failure_window_ms: ms(p.failure_window.as_ref(), 10_000).map_err(|e| format!("passiveHealthCheck.failureWindow: {e}"))?,
+    })
+}
+
+fn port_matches(want: &IntOrString, sp: &ServicePort) -> bool {
+    match want {
+        IntOrString::Int(p) => i64::from(sp.port) == *p,
+        IntOrString::Str(name) => sp.name.as_deref() == Some(name.as_str()),
+    }
+}
+
+fn same_port_name(a: Option<&str>, b: Option<&str>) -> bool {
+    a.unwrap_or("") == b.unwrap_or("")
+}
+
+fn host_port(ip: &str, port: i32) -> String {
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+}
+
+impl<'a> Ctx<'a> {
+    /// Compiles one reference; returns the service id, or `None` after reporting why.
+    pub(super) fn service_ref(&mut self, obj: &'a Loaded, ns: &str, r: LbView<'_>, path: &str, owner: &str) -> Option<String> {
+        let name = r.name;
+        if let Some(strategy) = r.strategy {
+            if !matches!(strategy, "wrr" | "RoundRobin") {
+                self.err(obj, &format!("{path}.strategy"), "unsupported-field", format!("strategy {strategy:?} is not supported yet (only wrr)"));
+                return None;
+            }
+        }
+        if let Some(uplink) = name.strip_suffix("@multicluster") {
+            return self.multicluster(obj, uplink, path);
+        }
+        if let Some((_, provider)) = name.split_once('@') {
+            if provider != "kubernetescrd" {
+                self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("service {name:?}: provider {provider:?} is not available in atrium (only kubernetescrd and multicluster)"));
+                return None;
+            }
+        }
+        let bare = name.split('@').next().unwrap_or(name);
+        let svc_ns = r.namespace.unwrap_or(ns);
+        match r.kind {
+            ServiceKind::TraefikService => self.traefik_service(obj, svc_ns, bare, path),
+            ServiceKind::Service => {
+                let port_is_portal = r.port.is_none_or(|p| matches!(p, IntOrString::Int(9903)));
+                if (svc_ns, bare) == (PORTAL_SERVICE.0, PORTAL_SERVICE.1) && port_is_portal {
+                    let id = format!("{}/{}:{}", PORTAL_SERVICE.0, PORTAL_SERVICE.1, PORTAL_SERVICE.2);
+                    self.services.entry(id.clone()).or_insert(pb::Service {
+                        id: id.clone(),
+                        kind: Some(Kind::Portal(pb::Portal { name: "apiportal".into() })),
+                    });
+                    return Some(id);
+                }
+                self.kubernetes_service(obj, svc_ns, bare, r, path, owner)
+            }
+        }
+    }
+
+    fn multicluster(&mut self, obj: &'a Loaded, name: &str, path: &str) -> Option<String> {
+        let id = format!("{name}@multicluster");
+        let target = match self.registry {
+            None => Some(pb::Multicluster { uplink: name.to_string(), child: String::new() }),
+            Some(reg) => super::resolve_multicluster(reg, name),
+        };
+        let Some(target) = target else {
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "multicluster-unknown-uplink",
+                format!("no child cluster exposes an uplink for {id:?} (uplinks: {})", super::known_uplinks(self.registry)),
+            );
+            return None;
+        };
+        self.services.entry(id.clone()).or_insert(pb::Service { id: id.clone(), kind: Some(Kind::Multicluster(target)) });
+        Some(id)
+    }
+
+    fn traefik_service(&mut self, obj: &'a Loaded, ns: &str, name: &str, path: &str) -> Option<String> {
+        let id = format!("{ns}/{name}");
+        if self.services.contains_key(&id) {
+            return Some(id);
+        }
+        let Some(&(ts_obj, ts)) = self.traefik_services.get(&(ns.to_string(), name.to_string())) else {
+            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("TraefikService {id} does not exist"));
+            return None;
+        };
+        if self.in_progress.contains(&id) {
+            self.err(obj, &format!("{path}.name"), "reference-cycle", format!("TraefikService {id} refers back to itself"));
+            return None;
+        }
+        let set = [ts.spec.weighted.is_some(), ts.spec.mirroring.is_some(), ts.spec.failover.is_some()].iter().filter(|b| **b).count();
+        if set != 1 {
+            self.err(ts_obj, "spec", "schema", "a TraefikService needs exactly one of weighted, mirroring or failover".to_string());
+            return None;
+        }
+        self.in_progress.push(id.clone());
+        let kind = if let Some(w) = &ts.spec.weighted {
+            let mut services = Vec::new();
+            for (i, s) in w.services.iter().enumerate() {
+                let p = format!("spec.weighted.services[{i}]");
+                let sid = self.service_ref(ts_obj, ns, s.lb(), &p, &id);
+                let weight = s.weight.unwrap_or(1);
+                if weight < 0 {
+                    self.err(ts_obj, &format!("{p}.weight"), "schema", "weight must not be negative".into());
+                }
+                services.push(sid.map(|sid| pb::WeightedService { service: sid, weight: weight.max(0) as u32 }));
+            }
+            services.into_iter().collect::<Option<Vec<_>>>().map(|mut s| {
+                s.sort_by(|a, b| a.service.cmp(&b.service));
+                Kind::Weighted(pb::Weighted { services: s })
+            })
+        } else if let Some(m) = &ts.spec.mirroring {
+            let main = self.service_ref(ts_obj, ns, m.lb(), "spec.mirroring", &id);
+            let mut mirrors = Vec::new();
+            for (i, mr) in m.mirrors.iter().enumerate() {
+                let p = format!("spec.mirroring.mirrors[{i}]");
+                let percent = mr.percent.unwrap_or(0);
+                if !(0..=100).contains(&percent) {
+                    self.err(ts_obj, &format!("{p}.percent"), "schema", format!("percent {percent} must be between 0 and 100"));
+                }
+                mirrors.push(self.service_ref(ts_obj, ns, mr.lb(), &p, &id).map(|s| pb::Mirror { service: s, percent: percent.clamp(0, 100) as u32 }));
+            }
+            match (main, mirrors.into_iter().collect::<Option<Vec<_>>>()) {
+                (Some(service), Some(mut mirrors)) => {
+                    mirrors.sort_by(|a, b| a.service.cmp(&b.service));
+                    Some(Kind::Mirroring(pb::Mirroring {
+                        service,
+                        mirrors,
+                        mirror_body: m.mirror_body.unwrap_or(true),
+                        max_body_size: m.max_body_size.unwrap_or(-1),
+                    }))
+                }
+                _ => None,
+            }
+        } else {
+            let f = ts.spec.failover.as_ref()?;
+            let service = self.service_ref(ts_obj, ns, f.service.lb(), "spec.failover.service", &id);
+            let fallback = self.service_ref(ts_obj, ns, f.fallback.lb(), "spec.failover.fallback", &id);
+            match (service, fallback) {
+                (Some(service), Some(fallback)) => Some(Kind::Failover(pb::Failover { service, fallback })),
+                _ => None,
+            }
+        };
+        self.in_progress.pop();
+        let kind = kind?;
+        self.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(kind) });
+        Some(id)
+    }
+
+    fn kubernetes_service(&mut self, obj: &'a Loaded, ns: &str, name: &str, r: LbView<'_>, path: &str, owner: &str) -> Option<String> {
+        let Some(&(svc_obj, svc)) = self.k8s_services.get(&(ns.to_string(), name.to_string())) else {
+            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("Service {ns}/{name} does not exist"));
+            return None;
+        };
+        let sp = match r.port {
+            Some(want) => svc.spec.ports.iter().find(|sp| port_matches(want, sp)),
+            None if svc.spec.ports.len() == 1 => svc.spec.ports.first(),
+            None => {
+                self.err(obj, path, "schema", format!("Service {ns}/{name} has {} ports: say which with `port`", svc.spec.ports.len()));
+                return None;
+            }
+        };
+        let Some(sp) = sp else {
+            let want = r.port.map(|p| p.to_string()).unwrap_or_default();
+            self.err(obj, &format!("{path}.port"), "unresolved-reference", format!("Service {ns}/{name} has no port {want}"));
+            return None;
+        };
+        let scheme = match r.scheme {
+            Some(s @ ("http" | "https" | "h2c")) => s.to_string(),
+            Some(s) => {
+                self.err(obj, &format!("{path}.scheme"), "schema", format!("scheme {s:?} must be http, https or h2c"));
+                return None;
+            }
+            None if sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")) => "https".into(),
+            None => "http".into(),
+        };
+        let mut servers: Vec<pb::Server> = self
+            .endpoints(ns, svc, sp)
+            .into_iter()
+            .map(|hp| pb::Server { url: format!("{scheme}://{hp}"), weight: 1 })
+            .collect();
+        servers.sort_by(|a, b| a.url.cmp(&b.url));
+        servers.dedup();
+        if servers.is_empty() {
+            self.warn_once(
+                svc_obj,
+                format!("no-endpoints:{ns}/{name}:{}", sp.port),
+                "no-endpoints",
+                format!("Service {ns}/{name} port {} has no ready endpoints (add an EndpointSlice or Endpoints manifest); requests to it get 503", sp.port),
+            );
+        }
+        let hc = match r.health_check.map(health_check).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                self.err(obj, &format!("{path}.healthCheck"), "schema", e);
+                return None;
+            }
+        };
+        let ph = match r.passive_health_check.map(passive).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                self.err(obj, &format!("{path}.passiveHealthCheck"), "schema", e);
+                return None;
+            }
+        };
+        let lb = pb::LoadBalancer {
+            servers,
+            pass_host_header: r.pass_host_header.unwrap_or(true),
+            health_check: hc,
+            passive_health_check: ph,
+            scheme: if scheme == "h2c" { "h2c".into() } else { String::new() },
+        };
+        let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| sp.port.to_string());
+        let base = format!("{ns}/{name}:{port_label}");
+        let default_opts = r.pass_host_header.is_none() && r.health_check.is_none() && r.passive_health_check.is_none() && r.scheme.is_none();
+        let id = if default_opts { base } else { format!("{base}@{owner}") };
+        self.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(Kind::LoadBalancer(lb)) });
+        Some(id)
+    }
+
+    /// `ip:port` of every ready endpoint of a Service port, from EndpointSlices and
+    /// Endpoints (or the ExternalName).
+    fn endpoints(&self, ns: &str, svc: &K8sService, sp: &ServicePort) -> Vec<String> {
+        let name = &svc.metadata.name;
+        let mut out = Vec::new();
+        for (slice_obj, slice) in &self.slices {
+            if slice_obj.ns() != ns || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(name) {
+                continue;
+            }
+            let port = slice
+                .ports
+                .iter()
+                .find(|p| same_port_name(p.name.as_deref(), sp.name.as_deref()))
+                .or_else(|| (slice.ports.len() == 1).then(|| &slice.ports[0]))
+                .and_then(|p| p.port);
+            let Some(port) = port else { continue };
+            for ep in &slice.endpoints {
+                if ep.conditions.ready == Some(false) {
+                    continue;
+                }
+                out.extend(ep.addresses.iter().map(|a| host_port(a, port)));
+            }
+        }
+        if let Some(eps) = self.endpoints_objects.get(&(ns.to_string(), name.clone())) {
+            for subset in &eps.subsets {
+                let port = subset
+                    .ports
+                    .iter()
+                    .find(|p| same_port_name(p.name.as_deref(), sp.name.as_deref()))
+                    .or_else(|| (subset.ports.len() == 1).then(|| &subset.ports[0]))
+                    .and_then(|p| p.port);
+                let Some(port) = port else { continue };
+                out.extend(subset.addresses.iter().map(|a| host_port(&a.ip, port)));
+            }
+        }
+        if out.is_empty() && svc.spec.type_.as_deref() == Some("ExternalName") {
+            if let Some(ext) = &svc.spec.external_name {
+                out.push(host_port(ext, sp.port));
+            }
+        }
+        out
+    }
+
+    pub(super) fn warn_once(&mut self, obj: &Loaded, key: String, code: &'static str, msg: String) {
+        if self.warned.insert(key) {
+            self.diag(Severity::Warning, obj, "", code, msg);
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The one manifest loader: files or directories (recursive), multi-document YAML or JSON,
+//! into typed [`Loaded`] resources plus every problem found on the way.
+//!
+//! Errors are collected, not fatal: a user sees every broken document in one run. Kinds of
+//! other API groups (Deployment, ConfigMap, …) are skipped with a debug log, because real
+//! manifests mix them in; kinds of Traefik's groups that atrium does not handle yet are
+//! warnings, never dropped silently.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::resources::{KindSupport, Loaded, decode, kind_support};
+use crate::yaml::{Mark, Node, NodeKind, parse_documents};
+
+/// Loaded resources and the findings of loading them.
+#[derive(Debug, Default, Clone)]
+pub struct Manifests {
+    /// Resources that decoded, in load order (files sorted by path).
+    pub resources: Vec<Loaded>,
+    /// Problems, in load order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Manifests {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// Resources of one kind.
+    pub fn iter(&self) -> impl Iterator<Item = &Loaded> {
+        self.resources.iter()
+    }
+}
+
+fn is_manifest_file(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mut entries: Vec<PathBuf> = match fs::read_dir(path) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => {
+                    diags.push(Diagnostic::general(Severity::Error, "io", format!("{}: cannot read directory: {e}", path.display())));
+                    return;
+                }
+            };
+            entries.sort();
+            for e in entries {
+                let hidden = e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+                if hidden {
+                    continue;
+                }
+                if e.is_dir() {
+                    collect_files(&e, out, diags);
+                } else if is_manifest_file(&e) {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(_) => out.push(path.to_path_buf()),
+        Err(e) => diags.push(Diagnostic::general(Severity::Error, "io", format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Loads every manifest under `paths`.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Manifests {
+    let mut m = Manifests::default();
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p.as_ref(), &mut files, &mut m.diagnostics);
+    }
+    for f in files {
+        match fs::read_to_string(&f) {
+            Ok(text) => load_str(&f, &text, &mut m),
+            Err(e) => m.diagnostics.push(Diagnostic::general(Severity::Error, "io", format!("{}: {e}", f.display()))),
+        }
+    }
+    check_duplicates(&mut m);
+    m
+}
+
+/// Loads the documents of one file's text into `m`.
+pub fn load_str(file: &Path, text: &str, m: &mut Manifests) {
+    let file: Arc<Path> = Arc::from(file);
+    let docs = match parse_documents(text) {
+        Ok(d) => d,
+        Err(e) => {
+            m.diagnostics.push(Diagnostic::at(Severity::Error, "yaml-syntax", &file, e.mark, format!("invalid YAML: {}", e.message)));
+            return;
+        }
+    };
+    for doc in docs {
+        load_document(&file, doc, m);
+    }
+}
+
+fn scalar_field<'a>(doc: &'a Node, key: &str) -> Option<&'a str> {
+    doc.get(key).and_then(Node::as_str)
+}
+
+fn load_document(file: &Arc<Path>, doc: Node, m: &mut Manifests) {
+    if !matches!(doc.kind, NodeKind::Map(_)) {
+        m.diagnostics.push(Diagnostic::at(
+            Severity::Error,
+            "schema",
+            file,
+            doc.mark,
+            format!("a manifest document must be a mapping with apiVersion and kind, found {}", doc.describe()),
+        ));
+        return;
+    }
+    let (Some(api_version), Some(kind)) = (scalar_field(&doc, "apiVersion"), scalar_field(&doc, "kind")) else {
+        let missing = if scalar_field(&doc, "apiVersion").is_none() { "apiVersion" } else { "kind" };
+        m.diagnostics.push(Diagnostic::at(Severity::Error, "schema", file, doc.mark, format!("document has no {missing}")));
+        return;
+    };
+    let (api_version, kind) = (api_version.to_string(), kind.to_string());
+    // `kubectl get -o yaml` of several objects gives a List.
+    if kind == "List" && api_version == "v1" {
+        if let Some(Node { kind: NodeKind::Seq(items), .. }) = doc.get("items") {
+            for item in items.clone() {
+                load_document(file, item, m);
+            }
+        }
+        return;
+    }
+    let name = doc.get("metadata").and_then(|md| scalar_field(md, "name")).unwrap_or("?").to_string();
+    match kind_support(&api_version, &kind) {
+        KindSupport::Known => match decode(&kind, &doc) {
+            Ok(resource) => {
+                if resource.meta().name.is_empty() {
+                    m.diagnostics.push(Diagnostic::at(Severity::Error, "schema", file, doc.mark, format!("{kind} has no metadata.name")));
+                    return;
+                }
+                m.resources.push(Loaded { file: file.clone(), doc, resource });
+            }
+            Err(e) => {
+                let ns = doc.get("metadata").and_then(|md| scalar_field(md, "namespace")).unwrap_or("default");
+                let code = if e.message.contains("not supported yet") { "unsupported-field" } else { "schema" };
+                m.diagnostics.push(Diagnostic {
+                    object: Some(format!("{kind} {ns}/{name}")),
+                    field: (!e.path.is_empty()).then(|| e.path.clone()),
+                    ..Diagnostic::at(Severity::Error, code, file, e.mark.unwrap_or(doc.mark), e.message)
+                });
+            }
+        },
+        KindSupport::NotYet => m.diagnostics.push(Diagnostic::at(
+            Severity::Warning,
+            "unsupported-kind",
+            file,
+            doc.mark,
+            format!("{kind} {name} ({api_version}) is not supported yet by atrium and is not applied"),
+        )),
+        KindSupport::WrongVersion => m.diagnostics.push(Diagnostic::at(
+            Severity::Error,
+            "unsupported-kind",
+            file,
+            doc.get("apiVersion").map(|n| n.mark).unwrap_or(doc.mark),
+            format!(
+                "{kind} {name}: apiVersion {api_version:?} is not supported; Traefik v3 kinds use traefik.io/v1alpha1 or hub.traefik.io/v1alpha1"
+            ),
+        )),
+        KindSupport::Foreign => {
+            tracing::debug!(file = %file.display(), %api_version, %kind, %name, "skipping a kind atrium does not read");
+        }
+    }
+}
+
+/// Two objects with the same kind, namespace and name are an error naming both places.
+fn check_duplicates(m: &mut Manifests) {
+    let mut seen: HashMap<(String, String, String), (Arc<Path>, Mark)> = HashMap::new();
+    let mut keep = Vec::with_capacity(m.resources.len());
+    for r in std::mem::take(&mut m.resources) {
+        let key = (r.resource.kind().to_string(), r.ns().to_string(), r.name().to_string());
+        match seen.get(&key) {
+            Some((f, mark)) => {
+                m.diagnostics.push(Diagnostic {
+                    object: Some(r.label()),
+                    ..Diagnostic::at(
+                        Severity::Error,
+                        "duplicate",
+                        &r.file,
+                        r.doc.mark,
+                        format!("duplicate {} {}/{}: already defined at {}:{}", key.0, key.1, key.2, f.display(), mark),
+                    )
+                });
+            }
+            None => {
+                seen.insert(key, (r.file.clone(), r.doc.mark));
+                keep.push(r);
+            }
+        }
+    }
+    m.resources = keep;
+}
+
+/// Convenience for tests and tools: load text as if it came from `name`.
+pub fn load_text(name: &str, text: &str) -> Manifests {
+    let mut m = Manifests::default();
+    load_str(Path::new(name), text, &mut m);
+    check_duplicates(&mut m);
+    m
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: crm-api
+  namespace: apps
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(`/crm`)
+      kind: Rule
+      services:
+        - name: crm-service
+          port: 80
+";
+
+    #[test]
+    fn loads_known_kinds_and_skips_foreign_ones() {
+        let text = format!("{ROUTE}---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\nspec: {{}}\n");
+        let m = load_text("a.yaml", &text);
+        assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+        assert_eq!(m.resources.len(), 1);
+        assert_eq!(m.resources[0].label(), "IngressRoute apps/crm-api");
+    }
+
+    #[test]
+    fn unknown_field_error_has_file_line_column_and_path() {
+        let text = ROUTE.replace("      kind: Rule\n", "      kind: Rule\n      matchh: x\n");
+        let m = load_text("apps/route.yaml", &text);
+        assert_eq!(m.diagnostics.len(), 1);
+        let d = m.diagnostics[0].to_string();
+        assert!(
+            d.starts_with("apps/route.yaml:11:7: error: IngressRoute apps/crm-api spec.routes[0].matchh: unknown field `matchh`"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_missing_field() {
+        let text = ROUTE.replace("port: 80", "port: [80]");
+        let m = load_text("r.yaml", &text);
+        let d = m.diagnostics[0].to_string();
+        assert!(d.contains("r.yaml:13:17:") && d.contains("expected an integer or a string") && d.contains("spec.routes[0].services[0].port"), "{d}");
+        let text = ROUTE.replace("    - match: PathPrefix(`/crm`)\n      kind: Rule\n", "    - kind: Rule\n");
+        let m = load_text("r.yaml", &text);
+        let d = m.diagnostics[0].to_string();
+        assert!(d.contains("missing field `match`") && d.contains("spec.routes[0]"), "{d}");
+    }
+
+    #[test]
+    fn bad_indentation_is_a_syntax_error_with_position() {
+        let m = load_text("bad.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n namespace: b\n");
+        assert_eq!(m.diagnostics[0].code, "yaml-syntax");
+        assert_eq!(m.diagnostics[0].line, 5);
+    }
+
+    #[test]
+    fn errors_are_collected_across_documents() {
+        let bad1 = ROUTE.replace("kind: Rule", "kind: Rules");
+        let bad2 = ROUTE.replace("crm-api", "other").replace("entryPoints: [web]", "entryPoints: web");
+        let m = load_text("x.yaml", &format!("{bad1}---\n{bad2}---\n{}", ROUTE.replace("crm-api", "ok")));
+        assert_eq!(m.diagnostics.len(), 2, "{:?}", m.diagnostics);
+        assert_eq!(m.resources.len(), 1);
+    }
+
+    #[test]
+    fn duplicates_name_both_places() {
+        let m = load_text("d.yaml", &format!("{ROUTE}---\n{ROUTE}"));
+        assert_eq!(m.resources.len(), 1);
+        let d = m.diagnostics[0].to_string();
+        assert!(d.contains("d.yaml:15:1") && d.contains("already defined at d.yaml:1:1"), "{d}");
+    }
+
+    #[test]
+    fn unsupported_kinds_and_fields_are_named() {
+        let m = load_text(
+            "u.yaml",
+            "apiVersion: traefik.io/v1alpha1\nkind: IngressRouteTCP\nmetadata:\n  name: t\nspec: {}\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata:\n  name: fa\nspec:\n  forwardAuth:\n    address: http://auth\n",
+        );
+        assert_eq!(m.diagnostics.len(), 2);
+        assert_eq!(m.diagnostics[0].code, "unsupported-kind");
+        assert_eq!(m.diagnostics[0].severity, Severity::Warning);
+        assert_eq!(m.diagnostics[1].code, "unsupported-field");
+        assert!(m.diagnostics[1].to_string().contains("spec.forwardAuth: not supported yet"), "{}", m.diagnostics[1]);
+    }
+
+    #[test]
+    fn kubectl_exports_with_status_and_full_metadata_load() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata:\n    name: s\n    namespace: apps\n    uid: 1234\n    resourceVersion: \"99\"\n    creationTimestamp: \"2026-01-01T00:00:00Z\"\n    managedFields:\n    - manager: kubectl\n  spec:\n    clusterIP: 10.0.0.1\n    ports:\n    - port: 80\n      targetPort: 8080\n  status:\n    loadBalancer: {}\n";
+        let m = load_text("l.yaml", text);
+        // uid must be a string: a plain number is reported, precisely.
+        assert_eq!(m.diagnostics.len(), 1);
+        assert!(m.diagnostics[0].to_string().contains("metadata.uid"), "{}", m.diagnostics[0]);
+        let m = load_text("l.yaml", &text.replace("uid: 1234", "uid: \"1234\""));
+        assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+        assert_eq!(m.resources[0].label(), "Service apps/s");
+    }
+
+    #[test]
+    fn json_manifests_load() {
+        let m = load_text(
+            "s.json",
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s","namespace":"apps"},"spec":{"ports":[{"port":80}]}}"#,
+        );
+        assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+        assert_eq!(m.resources.len(), 1);
+    }
+}

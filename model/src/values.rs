@@ -1,0 +1,431 @@
+//! Static configuration in the shape of Traefik's Helm values.
+//!
+//! Users bring the `values.yaml` they give the Traefik Helm chart. It is merged over the
+//! chart's defaults (`web` :8000, `websecure` :8443 with TLS, `traefik` :8080 as the admin
+//! listener, `metrics` :9100). atrium reads a few keys; every other chart key gets a
+//! warning (it is valid for the chart, but atrium does not act on it). Inside the keys it
+//! reads, it is strict: a wrong type or unknown field is an error with file, line and path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use atrium_data_plane::middleware::config::{IntOrString, NotSupported};
+use serde::Deserialize;
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::yaml::{DeError, Node, NodeKind, from_node_at, parse_documents};
+
+/// Ports that are not routing entrypoints.
+pub const ADMIN_PORT: &str = "traefik";
+/// The metrics port of the chart.
+pub const METRICS_PORT: &str = "metrics";
+
+/// One listener from `ports.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPointConfig {
+    /// Container port.
+    pub port: u16,
+    /// Serves uplinks to a parent (QUIC).
+    pub uplink: bool,
+    /// Terminates TLS.
+    pub tls: bool,
+}
+
+/// `hub.providers.multicluster`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct Multicluster {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds between polls of each child (default 5).
+    #[serde(default)]
+    pub poll_interval: Option<IntOrString>,
+    /// Seconds after which a silent child is unreachable (default 5).
+    #[serde(default)]
+    pub poll_timeout: Option<IntOrString>,
+    #[serde(default)]
+    pub children: BTreeMap<String, ChildConfig>,
+}
+
+/// `hub.providers.multicluster.children.<name>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct ChildConfig {
+    pub address: String,
+    #[serde(default)]
+    pub servers_transport: Option<ServersTransport>,
+}
+
+/// How the parent connects to a child.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct ServersTransport {
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default, rename = "rootCAs")]
+    pub root_cas: Vec<String>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<CertificatePair>,
+    #[serde(default)]
+    pub max_idle_conns_per_host: Option<NotSupported>,
+    #[serde(default)]
+    pub forwarding_timeouts: Option<NotSupported>,
+    #[serde(default, rename = "disableHTTP2")]
+    pub disable_http2: Option<NotSupported>,
+    #[serde(default, rename = "peerCertURI")]
+    pub peer_cert_uri: Option<NotSupported>,
+    #[serde(default)]
+    pub spiffe: Option<NotSupported>,
+}
+
+/// A client certificate and its key, as file paths.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct CertificatePair {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// Merged static configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Values {
+    /// All ports, by name, defaults included.
+    pub ports: BTreeMap<String, EntryPointConfig>,
+    /// The multi-cluster provider, when configured.
+    pub multicluster: Option<Multicluster>,
+    /// The file it came from, for positions.
+    pub file: Option<Arc<Path>>,
+    /// The document, for positions.
+    pub doc: Option<Node>,
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        let mut ports = BTreeMap::new();
+        ports.insert("web".to_string(), EntryPointConfig { port: 8000, uplink: false, tls: false });
+        ports.insert("websecure".to_string(), EntryPointConfig { port: 8443, uplink: false, tls: true });
+        ports.insert(ADMIN_PORT.to_string(), EntryPointConfig { port: 8080, uplink: false, tls: false });
+        ports.insert(METRICS_PORT.to_string(), EntryPointConfig { port: 9100, uplink: false, tls: false });
+        Values { ports, multicluster: None, file: None, doc: None }
+    }
+}
+
+impl Values {
+    /// The routing entrypoints: every port but the admin and metrics ones.
+    pub fn entry_points(&self) -> impl Iterator<Item = (&String, &EntryPointConfig)> {
+        self.ports.iter().filter(|(n, _)| n.as_str() != ADMIN_PORT && n.as_str() != METRICS_PORT)
+    }
+
+    /// The children the parent dials, if the multi-cluster provider is on.
+    pub fn children(&self) -> impl Iterator<Item = (&String, &ChildConfig)> {
+        self.multicluster.iter().filter(|m| m.enabled).flat_map(|m| m.children.iter())
+    }
+
+    /// Loads a values file. Problems are returned as findings; the values are the merge of
+    /// whatever was readable over the defaults.
+    pub fn load(path: &Path) -> (Values, Vec<Diagnostic>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) => {
+                let d = Diagnostic::general(Severity::Error, "io", format!("{}: {e}", path.display()));
+                (Values::default(), vec![d])
+            }
+        }
+    }
+
+    /// Parses values text that came from `path`.
+    pub fn parse(path: &Path, text: &str) -> (Values, Vec<Diagnostic>) {
+        let file: Arc<Path> = Arc::from(path);
+        let mut v = Values { file: Some(file.clone()), ..Values::default() };
+        let mut diags = Vec::new();
+        let docs = match parse_documents(text) {
+            Ok(d) => d,
+            Err(e) => {
+                diags.push(Diagnostic::at(Severity::Error, "yaml-syntax", &file, e.mark, format!("invalid YAML: {}", e.message)));
+                return (v, diags);
+            }
+        };
+        let Some(doc) = docs.into_iter().next() else { return (v, diags) };
+        let mut r = Reader { file: &file, diags: &mut diags };
+        let NodeKind::Map(entries) = &doc.kind else {
+            r.error(&doc, "", format!("values must be a mapping, found {}", doc.describe()));
+            return (v, diags);
+        };
+        for (k, val) in entries {
+            match k.as_str().unwrap_or("") {
+                "hub" => r.hub(val, &mut v),
+                "ports" => r.ports(val, &mut v),
+                "additionalArguments" => r.arguments(val, &mut v),
+                other => r.unread(k, other),
+            }
+        }
+        v.doc = Some(doc);
+        (v, diags)
+    }
+}
+
+struct Reader<'a> {
+    file: &'a Arc<Path>,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, node: &Node, path: &str, msg: String) {
+        self.diags.push(Diagnostic {
+            field: (!path.is_empty()).then(|| path.to_string()),
+            ..Diagnostic::at(Severity::Error, "values", self.file, node.mark, msg)
+        });
+    }
+
+    fn de_error(&mut self, e: DeError, fallback: &Node) {
+        let code = if e.message.contains("not supported yet") { "unsupported-field" } else { "values" };
+        self.diags.push(Diagnostic {
+            field: (!e.path.is_empty()).then(|| e.path.clone()),
+            ..Diagnostic::at(Severity::Error, code, self.file, e.mark.unwrap_or(fallback.mark), e.message)
+        });
+    }
+
+    fn unread(&mut self, key: &Node, path: &str) {
+        self.diags.push(Diagnostic {
+            field: Some(path.to_string()),
+            ..Diagnostic::at(Severity::Warning, "unknown-chart-key", self.file, key.mark, "chart key not read by atrium; it has no effect here".to_string())
+        });
+    }
+
+    fn map<'n>(&mut self, node: &'n Node, path: &str) -> &'n [(Node, Node)] {
+        match &node.kind {
+            NodeKind::Map(e) => e,
+            NodeKind::Null => &[],
+            _ => {
+                self.error(node, path, format!("expected a mapping, found {}", node.describe()));
+                &[]
+            }
+        }
+    }
+
+    fn hub(&mut self, node: &Node, v: &mut Values) {
+        for (k, val) in self.map(node, "hub") {
+            let key = k.as_str().unwrap_or("");
+            if key != "providers" {
+                self.unread(k, &format!("hub.{key}"));
+                continue;
+            }
+            for (pk, pv) in self.map(val, "hub.providers") {
+                let pkey = pk.as_str().unwrap_or("");
+                if pkey != "multicluster" {
+                    self.unread(pk, &format!("hub.providers.{pkey}"));
+                    continue;
+                }
+                match from_node_at::<Multicluster>(pv, "hub.providers.multicluster") {
+                    Ok(mc) => {
+                        self.check_children(pv, &mc);
+                        v.multicluster = Some(mc);
+                    }
+                    Err(e) => self.de_error(e, pv),
+                }
+            }
+        }
+    }
+
+    fn check_children(&mut self, node: &Node, mc: &Multicluster) {
+        for d in [("pollInterval", &mc.poll_interval), ("pollTimeout", &mc.poll_timeout)] {
+            if let (name, Some(val)) = d {
+                if let Err(e) = val.as_duration() {
+                    let at = node.get(name).unwrap_or(node);
+                    self.error(at, &format!("hub.providers.multicluster.{name}"), e);
+                }
+            }
+        }
+        for (name, child) in &mc.children {
+            let path = format!("hub.providers.multicluster.children.{name}.address");
+            let at = node.locate(&format!("children.{name}.address"));
+            if let Err(e) = crate::topology::parse_child_address(&child.address) {
+                self.error(at, &path, e);
+            }
+            if !crate::topology::is_valid_cluster_name(name) {
+                let at = node.locate(&format!("children.{name}"));
+                self.error(at, &format!("hub.providers.multicluster.children.{name}"), format!("child name {name:?} must be a DNS label (lower-case letters, digits and '-')"));
+            }
+        }
+    }
+
+    fn ports(&mut self, node: &Node, v: &mut Values) {
+        for (k, val) in self.map(node, "ports") {
+            let name = k.as_str().unwrap_or("").to_string();
+            let path = format!("ports.{name}");
+            if val.kind == NodeKind::Null {
+                continue;
+            }
+            let mut ep = v.ports.get(&name).cloned().unwrap_or(EntryPointConfig { port: 0, uplink: false, tls: false });
+            for (fk, fv) in self.map(val, &path) {
+                let field = fk.as_str().unwrap_or("");
+                let fpath = format!("{path}.{field}");
+                match field {
+                    "port" => match from_node_at::<u16>(fv, &fpath) {
+                        Ok(p) if p > 0 => ep.port = p,
+                        Ok(_) => self.error(fv, &fpath, "port must be between 1 and 65535".into()),
+                        Err(e) => self.de_error(e, fv),
+                    },
+                    "uplink" => match from_node_at::<bool>(fv, &fpath) {
+                        Ok(b) => ep.uplink = b,
+                        Err(e) => self.de_error(e, fv),
+                    },
+                    "tls" => {
+                        for (tk, tv) in self.map(fv, &fpath) {
+                            let tkey = tk.as_str().unwrap_or("");
+                            let tpath = format!("{fpath}.{tkey}");
+                            if tkey == "enabled" {
+                                match from_node_at::<bool>(tv, &tpath) {
+                                    Ok(b) => ep.tls = b,
+                                    Err(e) => self.de_error(e, tv),
+                                }
+                            } else {
+                                self.unread(tk, &tpath);
+                            }
+                        }
+                    }
+                    _ => self.unread(fk, &fpath),
+                }
+            }
+            if ep.port == 0 {
+                self.error(val, &path, format!("port {name:?} has no `port`"));
+                continue;
+            }
+            v.ports.insert(name, ep);
+        }
+    }
+
+    fn arguments(&mut self, node: &Node, v: &mut Values) {
+        let items = match &node.kind {
+            NodeKind::Seq(items) => items.as_slice(),
+            NodeKind::Null => &[],
+            _ => {
+                self.error(node, "additionalArguments", format!("expected a list, found {}", node.describe()));
+                return;
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("additionalArguments[{i}]");
+            let Some(arg) = item.as_str() else {
+                self.error(item, &path, format!("expected a string, found {}", item.describe()));
+                continue;
+            };
+            match parse_uplink_tls_argument(arg) {
+                Some(Ok((ep, tls))) => {
+                    let e = v.ports.entry(ep).or_insert(EntryPointConfig { port: 9443, uplink: true, tls });
+                    e.tls = tls;
+                }
+                Some(Err(msg)) => self.error(item, &path, msg),
+                None => self.diags.push(Diagnostic {
+                    field: Some(path),
+                    ..Diagnostic::at(Severity::Warning, "unknown-chart-key", self.file, item.mark, format!("argument {arg:?} is not read by atrium; it has no effect here"))
+                }),
+            }
+        }
+    }
+}
+
+/// `--hub.uplinkEntryPoints.<name>.http.tls=<bool>` → (name, tls). `None` when the
+/// argument is something else.
+fn parse_uplink_tls_argument(arg: &str) -> Option<Result<(String, bool), String>> {
+    let rest = arg.strip_prefix("--hub.uplinkEntryPoints.")?;
+    let (key, value) = rest.split_once('=').unwrap_or((rest, "true"));
+    let name = key.strip_suffix(".http.tls")?;
+    if name.is_empty() || name.contains('.') {
+        return Some(Err(format!("invalid uplink entrypoint name in {arg:?}")));
+    }
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Some(Ok((name.to_string(), true))),
+        "false" => Some(Ok((name.to_string(), false))),
+        _ => Some(Err(format!("{arg:?}: expected true or false after '='"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "hub:
+  providers:
+    multicluster:
+      enabled: true
+      pollInterval: 5
+      pollTimeout: 5
+      children:
+        cluster-a:
+          address: \"https://child-a.example.com:9443\"
+          serversTransport:
+            insecureSkipVerify: true
+";
+
+    const CHILD: &str = "hub:
+  providers:
+    multicluster:
+      enabled: true
+ports:
+  multicluster:
+    port: 9443
+    uplink: true
+additionalArguments:
+  - --hub.uplinkEntryPoints.multicluster.http.tls=true
+";
+
+    #[test]
+    fn parent_values_read_children() {
+        let (v, d) = Values::parse(Path::new("v.yaml"), PARENT);
+        assert!(d.is_empty(), "{d:?}");
+        let children: Vec<_> = v.children().collect();
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].1.address, "https://child-a.example.com:9443");
+        assert_eq!(children[0].1.servers_transport.as_ref().unwrap().insecure_skip_verify, Some(true));
+        // Defaults are there.
+        assert_eq!(v.ports["web"].port, 8000);
+        assert!(v.ports["websecure"].tls);
+    }
+
+    #[test]
+    fn child_values_declare_a_tls_uplink_entrypoint() {
+        let (v, d) = Values::parse(Path::new("v.yaml"), CHILD);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(v.ports["multicluster"], EntryPointConfig { port: 9443, uplink: true, tls: true });
+        assert_eq!(v.entry_points().count(), 3);
+    }
+
+    #[test]
+    fn unknown_chart_keys_warn_and_read_keys_are_strict() {
+        let text = "image:\n  tag: v3\nports:\n  web:\n    port: 80\n    exposedPort: 80\n  websecure:\n    port: high\nhub:\n  token: abc\n  providers:\n    multicluster:\n      enabled: yes\n";
+        let (v, d) = Values::parse(Path::new("v.yaml"), text);
+        let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(s.iter().any(|l| l.starts_with("v.yaml:1:1: warning: image:") && l.ends_with("[unknown-chart-key]")), "{s:#?}");
+        assert!(s.iter().any(|l| l.starts_with("v.yaml:6:5: warning: ports.web.exposedPort")), "{s:#?}");
+        assert!(s.iter().any(|l| l.starts_with("v.yaml:8:11: error: ports.websecure.port: expected an integer")), "{s:#?}");
+        assert!(s.iter().any(|l| l.starts_with("v.yaml:10:3: warning: hub.token")), "{s:#?}");
+        assert!(s.iter().any(|l| l.starts_with("v.yaml:13:16: error: hub.providers.multicluster.enabled: expected a boolean")), "{s:#?}");
+        assert_eq!(v.ports["web"].port, 80);
+    }
+
+    #[test]
+    fn bad_child_address_and_unknown_transport_field() {
+        let text = PARENT.replace("https://child-a.example.com:9443", "child-a").replace("insecureSkipVerify", "insecureSkipVerfy");
+        let (_, d) = Values::parse(Path::new("v.yaml"), &text);
+        let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(s.iter().any(|l| l.contains("unknown field `insecureSkipVerfy`") && l.contains("v.yaml:11:13")), "{s:#?}");
+        let (_, d) = Values::parse(Path::new("v.yaml"), &PARENT.replace("https://child-a.example.com:9443", "child-a"));
+        assert!(d.iter().any(|d| d.to_string().contains("children.cluster-a.address")), "{d:?}");
+    }
+
+    #[test]
+    fn uplink_tls_argument() {
+        assert_eq!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=true"), Some(Ok(("mc".into(), true))));
+        assert_eq!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=false"), Some(Ok(("mc".into(), false))));
+        assert!(matches!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=maybe"), Some(Err(_))));
+        assert_eq!(parse_uplink_tls_argument("--log.level=DEBUG"), None);
+    }
+}
