@@ -51,7 +51,9 @@ fn bench(c: &mut Criterion) {
     let one_host = table((0..1000).map(|p| format!("Host(`api.example.com`) && PathPrefix(`/svc{p:04}`)")).collect());
     let req = RequestView::new("GET", "api.example.com", "/svc0777/items/42", None, &headers, "10.0.0.1:1234");
     assert!(one_host.route(None, &req).is_some());
-    g.bench_function("1_host_x_1000_prefixes", |b| b.iter(|| black_box(one_host.route(None, black_box(&req))).is_some()));
+    g.bench_function("1_host_x_1000_prefixes", |b| {
+        b.iter(|| black_box(one_host.route(None, black_box(&req))).is_some())
+    });
     g.finish();
 }
 

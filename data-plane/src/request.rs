@@ -58,11 +58,7 @@ impl<'a> RequestView<'a> {
 /// The peer IP, as Traefik's remote-address strategy reads it: `ip:port`, or the whole text
 /// when it has no port. IPv4-mapped IPv6 addresses compare as IPv4.
 pub fn parse_client_ip(remote_addr: &str) -> Option<IpAddr> {
-    let ip = remote_addr
-        .parse::<SocketAddr>()
-        .map(|s| s.ip())
-        .or_else(|_| remote_addr.parse::<IpAddr>())
-        .ok()?;
+    let ip = remote_addr.parse::<SocketAddr>().map(|s| s.ip()).or_else(|_| remote_addr.parse::<IpAddr>()).ok()?;
     Some(ip.to_canonical())
 }
 
@@ -78,18 +74,31 @@ pub fn canonical_host(host: &str) -> Cow<'_, str> {
     } else {
         host
     };
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(h.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(h)
-    }
+    if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
 /// Characters whose percent-escapes stay escaped in the routing path.
 fn is_reserved(b: u8) -> bool {
     matches!(
         b,
-        b':' | b'/' | b'?' | b'#' | b'[' | b']' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b'%'
+        b':' | b'/'
+            | b'?'
+            | b'#'
+            | b'['
+            | b']'
+            | b'@'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b';'
+            | b'='
+            | b'%'
     )
 }
 
@@ -111,15 +120,14 @@ pub fn routing_path(escaped: &str) -> Option<Cow<'_, str>> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                let v = h * 16 + l;
-                if !is_reserved(v) {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+            && !is_reserved(h * 16 + l)
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -136,12 +144,13 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -209,7 +209,8 @@ impl RouteTable {
         let services: HashMap<String, Service> = body.services.iter().map(|s| (s.id.clone(), s.clone())).collect();
         let mut routers = Vec::with_capacity(body.routers.len());
         for r in &body.routers {
-            let rule = Rule::parse(&r.rule).map_err(|e| TableError::Rule { router: r.id.clone(), error: e.to_string() })?;
+            let rule =
+                Rule::parse(&r.rule).map_err(|e| TableError::Rule { router: r.id.clone(), error: e.to_string() })?;
             let mws = r
                 .middlewares
                 .iter()
@@ -231,7 +232,11 @@ impl RouteTable {
                 entry_points: r.entry_points.clone(),
                 middlewares: mws,
                 service: r.service.clone(),
-                service_display: if r.service_display.is_empty() { r.service.clone() } else { r.service_display.clone() },
+                service_display: if r.service_display.is_empty() {
+                    r.service.clone()
+                } else {
+                    r.service_display.clone()
+                },
                 uplinks: r.uplinks.clone(),
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
             });

@@ -64,7 +64,13 @@ fn ser_path<S: serde::Serializer>(p: &Option<Arc<Path>>, s: S) -> Result<S::Ok, 
 
 impl Diagnostic {
     /// A finding about a file position.
-    pub fn at(severity: Severity, code: &'static str, file: &Arc<Path>, mark: Mark, message: impl Into<String>) -> Self {
+    pub fn at(
+        severity: Severity,
+        code: &'static str,
+        file: &Arc<Path>,
+        mark: Mark,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity,
             code,
@@ -89,7 +95,16 @@ impl Diagnostic {
 
     /// A finding with no position (command-line input, for example).
     pub fn general(severity: Severity, code: &'static str, message: impl Into<String>) -> Self {
-        Diagnostic { severity, code, file: None, line: 0, column: 0, object: None, field: None, message: message.into() }
+        Diagnostic {
+            severity,
+            code,
+            file: None,
+            line: 0,
+            column: 0,
+            object: None,
+            field: None,
+            message: message.into(),
+        }
     }
 
     /// Whether this is an error.

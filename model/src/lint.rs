@@ -43,12 +43,16 @@ pub enum Role {
 /// child has Uplinks or an uplink port.
 pub fn infer_role(m: &Manifests, v: &Values) -> Role {
     let multicluster_refs = m.resources.iter().any(|l| match &l.resource {
-        Resource::IngressRoute(r) => r.spec.routes.iter().any(|rt| rt.services.iter().any(|s| s.name.ends_with("@multicluster"))),
+        Resource::IngressRoute(r) => {
+            r.spec.routes.iter().any(|rt| rt.services.iter().any(|s| s.name.ends_with("@multicluster")))
+        }
         _ => false,
     });
     if v.children().next().is_some() || multicluster_refs {
         Role::Parent
-    } else if v.ports.values().any(|p| p.uplink) || m.resources.iter().any(|l| matches!(l.resource, Resource::Uplink(_))) {
+    } else if v.ports.values().any(|p| p.uplink)
+        || m.resources.iter().any(|l| matches!(l.resource, Resource::Uplink(_)))
+    {
         Role::Child
     } else {
         Role::Standalone
@@ -97,7 +101,12 @@ pub fn lint_topology(root: &Path) -> Vec<Diagnostic> {
 }
 
 /// Lints one cluster: load findings, compile findings and the checks of this module.
-pub fn lint_cluster(m: &Manifests, values: &Values, role: Role, registry: Option<&Registry>) -> (Compiled, Vec<Diagnostic>) {
+pub fn lint_cluster(
+    m: &Manifests,
+    values: &Values,
+    role: Role,
+    registry: Option<&Registry>,
+) -> (Compiled, Vec<Diagnostic>) {
     let compiled = compile::compile(m, values, registry);
     let mut diags = m.diagnostics.clone();
     diags.extend(compiled.diagnostics.iter().cloned());
@@ -149,10 +158,14 @@ fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut 
         }
     }
     // Namespace consistency: the portal only shows APIM resources of its own namespace.
-    let portal_ns: HashSet<&str> = m.resources.iter().filter(|l| matches!(l.resource, Resource::ApiPortal(_))).map(|l| l.ns()).collect();
+    let portal_ns: HashSet<&str> =
+        m.resources.iter().filter(|l| matches!(l.resource, Resource::ApiPortal(_))).map(|l| l.ns()).collect();
     if !portal_ns.is_empty() {
         for l in &m.resources {
-            let apim = matches!(l.resource, Resource::Api(_) | Resource::ApiPlan(_) | Resource::ApiBundle(_) | Resource::ApiCatalogItem(_));
+            let apim = matches!(
+                l.resource,
+                Resource::Api(_) | Resource::ApiPlan(_) | Resource::ApiBundle(_) | Resource::ApiCatalogItem(_)
+            );
             if apim && !portal_ns.contains(l.ns()) {
                 let mut list: Vec<&&str> = portal_ns.iter().collect();
                 list.sort();
@@ -161,7 +174,11 @@ fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut 
                     "apim-namespace",
                     l,
                     "metadata.namespace",
-                    format!("namespace {:?} has no APIPortal (portals are in {list:?}): the portal will not show this {}", l.ns(), l.resource.kind()),
+                    format!(
+                        "namespace {:?} has no APIPortal (portals are in {list:?}): the portal will not show this {}",
+                        l.ns(),
+                        l.resource.kind()
+                    ),
                 ));
             }
         }
@@ -206,19 +223,42 @@ fn check_refs(m: &Manifests, l: &Loaded, kind: &str, refs: &[NameRef], field: &s
 fn check_ref(m: &Manifests, l: &Loaded, kind: &str, r: Option<&NameRef>, field: &str, diags: &mut Vec<Diagnostic>) {
     if let Some(r) = r {
         if !exists(m, kind, l.ns(), &r.name) {
-            diags.push(Diagnostic::on(Severity::Error, "unresolved-reference", l, &format!("{field}.name"), format!("{kind} {}/{} does not exist", l.ns(), r.name)));
+            diags.push(Diagnostic::on(
+                Severity::Error,
+                "unresolved-reference",
+                l,
+                &format!("{field}.name"),
+                format!("{kind} {}/{} does not exist", l.ns(), r.name),
+            ));
         }
     }
 }
 
-fn check_plan_limit(l: &Loaded, limit: Option<&crate::resources::hub::PlanLimit>, field: &str, diags: &mut Vec<Diagnostic>) {
+fn check_plan_limit(
+    l: &Loaded,
+    limit: Option<&crate::resources::hub::PlanLimit>,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
     let Some(limit) = limit else { return };
     if limit.limit < 0 {
-        diags.push(Diagnostic::on(Severity::Error, "schema", l, &format!("{field}.limit"), "limit must not be negative".to_string()));
+        diags.push(Diagnostic::on(
+            Severity::Error,
+            "schema",
+            l,
+            &format!("{field}.limit"),
+            "limit must not be negative".to_string(),
+        ));
     }
     if let Some(p) = &limit.period {
         match parse_go_duration(p) {
-            Ok(d) if d.is_zero() => diags.push(Diagnostic::on(Severity::Error, "schema", l, &format!("{field}.period"), "period must be positive".to_string())),
+            Ok(d) if d.is_zero() => diags.push(Diagnostic::on(
+                Severity::Error,
+                "schema",
+                l,
+                &format!("{field}.period"),
+                "period must be positive".to_string(),
+            )),
             Ok(_) => {}
             Err(e) => diags.push(Diagnostic::on(Severity::Error, "schema", l, &format!("{field}.period"), e)),
         }

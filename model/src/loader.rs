@@ -46,7 +46,11 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic
             let mut entries: Vec<PathBuf> = match fs::read_dir(path) {
                 Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
                 Err(e) => {
-                    diags.push(Diagnostic::general(Severity::Error, "io", format!("{}: cannot read directory: {e}", path.display())));
+                    diags.push(Diagnostic::general(
+                        Severity::Error,
+                        "io",
+                        format!("{}: cannot read directory: {e}", path.display()),
+                    ));
                     return;
                 }
             };
@@ -91,7 +95,13 @@ pub fn load_str(file: &Path, text: &str, m: &mut Manifests) {
     let docs = match parse_documents(text) {
         Ok(d) => d,
         Err(e) => {
-            m.diagnostics.push(Diagnostic::at(Severity::Error, "yaml-syntax", &file, e.mark, format!("invalid YAML: {}", e.message)));
+            m.diagnostics.push(Diagnostic::at(
+                Severity::Error,
+                "yaml-syntax",
+                &file,
+                e.mark,
+                format!("invalid YAML: {}", e.message),
+            ));
             return;
         }
     };
@@ -117,7 +127,13 @@ fn load_document(file: &Arc<Path>, doc: Node, m: &mut Manifests) {
     }
     let (Some(api_version), Some(kind)) = (scalar_field(&doc, "apiVersion"), scalar_field(&doc, "kind")) else {
         let missing = if scalar_field(&doc, "apiVersion").is_none() { "apiVersion" } else { "kind" };
-        m.diagnostics.push(Diagnostic::at(Severity::Error, "schema", file, doc.mark, format!("document has no {missing}")));
+        m.diagnostics.push(Diagnostic::at(
+            Severity::Error,
+            "schema",
+            file,
+            doc.mark,
+            format!("document has no {missing}"),
+        ));
         return;
     };
     let (api_version, kind) = (api_version.to_string(), kind.to_string());
@@ -208,7 +224,6 @@ pub fn load_text(name: &str, text: &str) -> Manifests {
     m
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +259,9 @@ spec:
         assert_eq!(m.diagnostics.len(), 1);
         let d = m.diagnostics[0].to_string();
         assert!(
-            d.starts_with("apps/route.yaml:11:7: error: IngressRoute apps/crm-api spec.routes[0].matchh: unknown field `matchh`"),
+            d.starts_with(
+                "apps/route.yaml:11:7: error: IngressRoute apps/crm-api spec.routes[0].matchh: unknown field `matchh`"
+            ),
             "{d}"
         );
     }
@@ -254,7 +271,12 @@ spec:
         let text = ROUTE.replace("port: 80", "port: [80]");
         let m = load_text("r.yaml", &text);
         let d = m.diagnostics[0].to_string();
-        assert!(d.contains("r.yaml:13:17:") && d.contains("expected an integer or a string") && d.contains("spec.routes[0].services[0].port"), "{d}");
+        assert!(
+            d.contains("r.yaml:13:17:")
+                && d.contains("expected an integer or a string")
+                && d.contains("spec.routes[0].services[0].port"),
+            "{d}"
+        );
         let text = ROUTE.replace("    - match: PathPrefix(`/crm`)\n      kind: Rule\n", "    - kind: Rule\n");
         let m = load_text("r.yaml", &text);
         let d = m.diagnostics[0].to_string();

@@ -79,7 +79,11 @@ pub fn parse_child_address(address: &str) -> Result<(String, u16), String> {
     }
     let port = match port {
         None => 9443,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("child address {address:?}: invalid port {p:?}"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("child address {address:?}: invalid port {p:?}"))?,
     };
     Ok((host, port))
 }
@@ -103,9 +107,8 @@ fn load_cluster(name: &str, dir: &Path, diags: &mut Vec<Diagnostic>) -> Cluster 
 pub fn load(root: &Path) -> (Topology, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let parent = load_cluster("parent", &root.join("parent"), &mut diags);
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(root).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     dirs.sort();
     let declared: BTreeMap<&String, _> = parent.values.children().collect();
     let mut children = Vec::new();

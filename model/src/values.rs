@@ -148,7 +148,13 @@ impl Values {
         let docs = match parse_documents(text) {
             Ok(d) => d,
             Err(e) => {
-                diags.push(Diagnostic::at(Severity::Error, "yaml-syntax", &file, e.mark, format!("invalid YAML: {}", e.message)));
+                diags.push(Diagnostic::at(
+                    Severity::Error,
+                    "yaml-syntax",
+                    &file,
+                    e.mark,
+                    format!("invalid YAML: {}", e.message),
+                ));
                 return (v, diags);
             }
         };
@@ -195,7 +201,13 @@ impl Reader<'_> {
     fn unread(&mut self, key: &Node, path: &str) {
         self.diags.push(Diagnostic {
             field: Some(path.to_string()),
-            ..Diagnostic::at(Severity::Warning, "unknown-chart-key", self.file, key.mark, "chart key not read by atrium; it has no effect here".to_string())
+            ..Diagnostic::at(
+                Severity::Warning,
+                "unknown-chart-key",
+                self.file,
+                key.mark,
+                "chart key not read by atrium; it has no effect here".to_string(),
+            )
         });
     }
 
@@ -251,7 +263,11 @@ impl Reader<'_> {
             }
             if !crate::topology::is_valid_cluster_name(name) {
                 let at = node.locate(&format!("children.{name}"));
-                self.error(at, &format!("hub.providers.multicluster.children.{name}"), format!("child name {name:?} must be a DNS label (lower-case letters, digits and '-')"));
+                self.error(
+                    at,
+                    &format!("hub.providers.multicluster.children.{name}"),
+                    format!("child name {name:?} must be a DNS label (lower-case letters, digits and '-')"),
+                );
             }
         }
     }
@@ -325,7 +341,13 @@ impl Reader<'_> {
                 Some(Err(msg)) => self.error(item, &path, msg),
                 None => self.diags.push(Diagnostic {
                     field: Some(path),
-                    ..Diagnostic::at(Severity::Warning, "unknown-chart-key", self.file, item.mark, format!("argument {arg:?} is not read by atrium; it has no effect here"))
+                    ..Diagnostic::at(
+                        Severity::Warning,
+                        "unknown-chart-key",
+                        self.file,
+                        item.mark,
+                        format!("argument {arg:?} is not read by atrium; it has no effect here"),
+                    )
                 }),
             }
         }
@@ -403,28 +425,49 @@ additionalArguments:
         let text = "image:\n  tag: v3\nports:\n  web:\n    port: 80\n    exposedPort: 80\n  websecure:\n    port: high\nhub:\n  token: abc\n  providers:\n    multicluster:\n      enabled: yes\n";
         let (v, d) = Values::parse(Path::new("v.yaml"), text);
         let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-        assert!(s.iter().any(|l| l.starts_with("v.yaml:1:1: warning: image:") && l.ends_with("[unknown-chart-key]")), "{s:#?}");
+        assert!(
+            s.iter().any(|l| l.starts_with("v.yaml:1:1: warning: image:") && l.ends_with("[unknown-chart-key]")),
+            "{s:#?}"
+        );
         assert!(s.iter().any(|l| l.starts_with("v.yaml:6:5: warning: ports.web.exposedPort")), "{s:#?}");
-        assert!(s.iter().any(|l| l.starts_with("v.yaml:8:11: error: ports.websecure.port: expected an integer")), "{s:#?}");
+        assert!(
+            s.iter().any(|l| l.starts_with("v.yaml:8:11: error: ports.websecure.port: expected an integer")),
+            "{s:#?}"
+        );
         assert!(s.iter().any(|l| l.starts_with("v.yaml:10:3: warning: hub.token")), "{s:#?}");
-        assert!(s.iter().any(|l| l.starts_with("v.yaml:13:16: error: hub.providers.multicluster.enabled: expected a boolean")), "{s:#?}");
+        assert!(
+            s.iter()
+                .any(|l| l.starts_with("v.yaml:13:16: error: hub.providers.multicluster.enabled: expected a boolean")),
+            "{s:#?}"
+        );
         assert_eq!(v.ports["web"].port, 80);
     }
 
     #[test]
     fn bad_child_address_and_unknown_transport_field() {
-        let text = PARENT.replace("https://child-a.example.com:9443", "child-a").replace("insecureSkipVerify", "insecureSkipVerfy");
+        let text = PARENT
+            .replace("https://child-a.example.com:9443", "child-a")
+            .replace("insecureSkipVerify", "insecureSkipVerfy");
         let (_, d) = Values::parse(Path::new("v.yaml"), &text);
         let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-        assert!(s.iter().any(|l| l.contains("unknown field `insecureSkipVerfy`") && l.contains("v.yaml:11:13")), "{s:#?}");
+        assert!(
+            s.iter().any(|l| l.contains("unknown field `insecureSkipVerfy`") && l.contains("v.yaml:11:13")),
+            "{s:#?}"
+        );
         let (_, d) = Values::parse(Path::new("v.yaml"), &PARENT.replace("https://child-a.example.com:9443", "child-a"));
         assert!(d.iter().any(|d| d.to_string().contains("children.cluster-a.address")), "{d:?}");
     }
 
     #[test]
     fn uplink_tls_argument() {
-        assert_eq!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=true"), Some(Ok(("mc".into(), true))));
-        assert_eq!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=false"), Some(Ok(("mc".into(), false))));
+        assert_eq!(
+            parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=true"),
+            Some(Ok(("mc".into(), true)))
+        );
+        assert_eq!(
+            parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=false"),
+            Some(Ok(("mc".into(), false)))
+        );
         assert!(matches!(parse_uplink_tls_argument("--hub.uplinkEntryPoints.mc.http.tls=maybe"), Some(Err(_))));
         assert_eq!(parse_uplink_tls_argument("--log.level=DEBUG"), None);
     }

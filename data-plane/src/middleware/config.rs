@@ -84,10 +84,11 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs >= 0.0 && secs.is_finite() {
-            return Ok(std::time::Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = t.parse::<f64>()
+        && secs >= 0.0
+        && secs.is_finite()
+    {
+        return Ok(std::time::Duration::from_secs_f64(secs));
     }
     let mut total = 0f64;
     let mut rest = t;

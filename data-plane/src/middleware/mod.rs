@@ -45,10 +45,8 @@ impl CompiledMiddleware {
             }
             path::compile_regexes(&h.access_control_allow_origin_list_regex)?;
         }
-        if let Some(s) = &spec.strip_prefix {
-            if s.prefixes.is_empty() {
-                return Err("stripPrefix needs at least one prefix".into());
-            }
+        if spec.strip_prefix.as_ref().is_some_and(|s| s.prefixes.is_empty()) {
+            return Err("stripPrefix needs at least one prefix".into());
         }
         if let Some(a) = &spec.ip_allow_list {
             for r in &a.source_range {
@@ -71,10 +69,10 @@ impl CompiledMiddleware {
             path::add_prefix(p, &a.prefix);
         } else if let Some(r) = &s.replace_path {
             path::replace_path(p, &r.path)?;
-        } else if let Some(r) = &s.replace_path_regex {
-            if let Some(re) = self.regexes.first() {
-                path::replace_path_regex(p, re, &r.replacement)?;
-            }
+        } else if let Some(r) = &s.replace_path_regex
+            && let Some(re) = self.regexes.first()
+        {
+            path::replace_path_regex(p, re, &r.replacement)?;
         }
         Ok(())
     }

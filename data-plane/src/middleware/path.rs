@@ -106,7 +106,9 @@ pub fn strip_prefix(path: &mut UrlPath, prefixes: &[String]) -> Result<Stripped,
             // A stripped path that dot-segment removal would change is refused: forwarding
             // `/../foo` would let a client escape the prefix.
             if !stripped.is_empty() && remove_dot_segments(&stripped) != stripped {
-                return Err(RewriteError::BadRequest(format!("path {stripped:?} contains dot segments after stripping {prefix:?}")));
+                return Err(RewriteError::BadRequest(format!(
+                    "path {stripped:?} contains dot segments after stripping {prefix:?}"
+                )));
             }
             let n = prefix.chars().count();
             let escaped = ensure_leading_slash(drop_decoded_chars(&path.escaped, n));

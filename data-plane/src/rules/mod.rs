@@ -124,7 +124,10 @@ fn compile_call(name: &str, args: Vec<String>, pos: usize) -> Result<Matcher, Ru
     Ok(match m {
         "Host" => {
             if !a0.is_ascii() {
-                return Err(RuleError::at(pos, format!("invalid value {a0:?} for Host: non-ASCII characters are not allowed (use punycode)")));
+                return Err(RuleError::at(
+                    pos,
+                    format!("invalid value {a0:?} for Host: non-ASCII characters are not allowed (use punycode)"),
+                ));
             }
             let h = a0.to_ascii_lowercase();
             let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).map(str::to_string).unwrap_or(h);
@@ -148,10 +151,9 @@ fn compile_call(name: &str, args: Vec<String>, pos: usize) -> Result<Matcher, Ru
             Some(p) => Matcher::QueryRegexp(a0, regex(&p)?),
         },
         "ClientIP" => {
-            let net = a0
-                .parse::<IpNet>()
-                .or_else(|_| a0.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| RuleError::at(pos, format!("invalid ClientIP {a0:?}: expected an IP address or a CIDR")))?;
+            let net = a0.parse::<IpNet>().or_else(|_| a0.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                RuleError::at(pos, format!("invalid ClientIP {a0:?}: expected an IP address or a CIDR"))
+            })?;
             Matcher::ClientIp(net)
         }
         _ => unreachable!("every name in MATCHERS is handled"),
@@ -196,9 +198,9 @@ impl Matcher {
             Matcher::PathPrefix(p) => r.routing_path.as_deref().is_some_and(|rp| rp.starts_with(p.as_str())),
             Matcher::PathRegexp(re) => r.routing_path.as_deref().is_some_and(|rp| re.is_match(rp)),
             Matcher::Method(m) => r.method == m,
-            Matcher::Header(name, value) => name
-                .as_ref()
-                .is_some_and(|n| r.headers.get_all(n).iter().any(|v| v.as_bytes() == value.as_bytes())),
+            Matcher::Header(name, value) => {
+                name.as_ref().is_some_and(|n| r.headers.get_all(n).iter().any(|v| v.as_bytes() == value.as_bytes()))
+            }
             Matcher::HeaderRegexp(name, re) => name.as_ref().is_some_and(|n| {
                 r.headers.get_all(n).iter().any(|v| re.is_match(&String::from_utf8_lossy(v.as_bytes())))
             }),
@@ -242,7 +244,9 @@ impl Node {
             Node::M(_) | Node::Not(_) => None,
             Node::And(a, b) => match (a.required_prefixes(), b.required_prefixes()) {
                 // Both must hold: keep the side that narrows more.
-                (Some(x), Some(y)) => Some(if x.iter().map(String::len).min() >= y.iter().map(String::len).min() { x } else { y }),
+                (Some(x), Some(y)) => {
+                    Some(if x.iter().map(String::len).min() >= y.iter().map(String::len).min() { x } else { y })
+                }
                 (x, y) => x.or(y),
             },
             Node::Or(a, b) => {

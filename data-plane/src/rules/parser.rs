@@ -96,7 +96,12 @@ fn lex(rule: &str) -> Result<Vec<(Tok, usize)>, RuleError> {
                 i += len;
                 continue;
             }
-            b'\'' => return Err(RuleError::at(start, "single quotes are not allowed: quote arguments with backticks or double quotes")),
+            b'\'' => {
+                return Err(RuleError::at(
+                    start,
+                    "single quotes are not allowed: quote arguments with backticks or double quotes",
+                ));
+            }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let mut j = i;
                 while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
@@ -232,7 +237,10 @@ impl Parser {
             }
             Tok::Ident(name) => {
                 if *self.peek() != Tok::LParen {
-                    return Err(RuleError::at(pos, format!("bare word `{name}`: a matcher must be called, e.g. `{name}(`value`)`")));
+                    return Err(RuleError::at(
+                        pos,
+                        format!("bare word `{name}`: a matcher must be called, e.g. `{name}(`value`)`"),
+                    ));
                 }
                 self.bump();
                 let mut args = Vec::new();
@@ -252,12 +260,21 @@ impl Parser {
                                 }
                                 Tok::RParen => break,
                                 other => {
-                                    return Err(RuleError::at(p2, format!("expected `,` or `)` in arguments of {name}, found {}", other.describe())));
+                                    return Err(RuleError::at(
+                                        p2,
+                                        format!(
+                                            "expected `,` or `)` in arguments of {name}, found {}",
+                                            other.describe()
+                                        ),
+                                    ));
                                 }
                             }
                         }
                         other => {
-                            return Err(RuleError::at(p, format!("arguments of {name} must be quoted strings, found {}", other.describe())));
+                            return Err(RuleError::at(
+                                p,
+                                format!("arguments of {name} must be quoted strings, found {}", other.describe()),
+                            ));
                         }
                     }
                 }

@@ -47,7 +47,14 @@ fn parse_err(rule: &str) -> RuleError {
 
 #[test]
 fn matcher_names_accept_exactly_four_spellings() {
-    for ok in ["PathPrefix(`/a`)", "pathprefix(`/a`)", "PATHPREFIX(`/a`)", "Pathprefix(`/a`)", "clientip(`1.2.3.4`)", "Clientip(`1.2.3.4`)"] {
+    for ok in [
+        "PathPrefix(`/a`)",
+        "pathprefix(`/a`)",
+        "PATHPREFIX(`/a`)",
+        "Pathprefix(`/a`)",
+        "clientip(`1.2.3.4`)",
+        "Clientip(`1.2.3.4`)",
+    ] {
         assert!(Rule::parse(ok).is_ok(), "{ok}");
     }
     for bad in ["pathPrefix(`/a`)", "PathPREFIX(`/a`)", "clientIP(`1.2.3.4`)", "Unknown(`x`)"] {

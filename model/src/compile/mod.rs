@@ -234,13 +234,25 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
 
 impl<'a> Ctx<'a> {
     /// Resolves a middleware reference into the ids it runs (chains flattened).
-    fn middleware_ref(&mut self, obj: &'a Loaded, ns: &str, r: &MiddlewareRef, path: &str, out: &mut Vec<String>) -> bool {
+    fn middleware_ref(
+        &mut self,
+        obj: &'a Loaded,
+        ns: &str,
+        r: &MiddlewareRef,
+        path: &str,
+        out: &mut Vec<String>,
+    ) -> bool {
         let (name, provider) = match r.name.split_once('@') {
             Some((n, p)) => (n, Some(p)),
             None => (r.name.as_str(), None),
         };
         if let Some(p) = provider.filter(|p| *p != "kubernetescrd") {
-            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("middleware {:?}: provider {p:?} is not available in atrium", r.name));
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "unresolved-reference",
+                format!("middleware {:?}: provider {p:?} is not available in atrium", r.name),
+            );
             return false;
         }
         let mns = r.namespace.as_deref().unwrap_or(ns).to_string();
@@ -250,7 +262,12 @@ impl<'a> Ctx<'a> {
             return false;
         };
         if !self.good_middlewares.contains(&id) {
-            self.err(obj, &format!("{path}.name"), "invalid-reference", format!("Middleware {id} is invalid (see its own error), so this route is not served"));
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "invalid-reference",
+                format!("Middleware {id} is invalid (see its own error), so this route is not served"),
+            );
             return false;
         }
         match &mw.spec.chain {
@@ -260,7 +277,12 @@ impl<'a> Ctx<'a> {
             }
             Some(chain) => {
                 if self.in_progress.contains(&id) {
-                    self.err(obj, &format!("{path}.name"), "reference-cycle", format!("middleware chain {id} refers back to itself"));
+                    self.err(
+                        obj,
+                        &format!("{path}.name"),
+                        "reference-cycle",
+                        format!("middleware chain {id} refers back to itself"),
+                    );
                     return false;
                 }
                 self.in_progress.push(id);
@@ -285,7 +307,12 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
     for (i, ep) in r.spec.entry_points.iter().enumerate() {
         if !cx.values.entry_points().any(|(n, _)| n == ep) {
             let known: Vec<&String> = cx.values.entry_points().map(|(n, _)| n).collect();
-            cx.err(l, &format!("spec.entryPoints[{i}]"), "unknown-entrypoint", format!("entrypoint {ep:?} is not defined (known: {known:?})"));
+            cx.err(
+                l,
+                &format!("spec.entryPoints[{i}]"),
+                "unknown-entrypoint",
+                format!("entrypoint {ep:?} is not defined (known: {known:?})"),
+            );
             ok_common = false;
         }
     }
@@ -293,7 +320,12 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
         Some(a) => {
             let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns.as_str()));
             if !cx.apis.contains(&key(api_ns, name)) {
-                cx.err(l, &format!("metadata.annotations.{API_ANNOTATION}"), "unresolved-reference", format!("API {api_ns}/{name} does not exist"));
+                cx.err(
+                    l,
+                    &format!("metadata.annotations.{API_ANNOTATION}"),
+                    "unresolved-reference",
+                    format!("API {api_ns}/{name} does not exist"),
+                );
                 ok_common = false;
             }
             format!("{api_ns}/{name}")
@@ -302,17 +334,28 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
     };
     if let Some(p) = ann.get(PORTAL_ANNOTATION) {
         if !cx.portals.contains(&key(&ns, p)) {
-            cx.err(l, &format!("metadata.annotations.{PORTAL_ANNOTATION}"), "unresolved-reference", format!("APIPortal {ns}/{p} does not exist"));
+            cx.err(
+                l,
+                &format!("metadata.annotations.{PORTAL_ANNOTATION}"),
+                "unresolved-reference",
+                format!("APIPortal {ns}/{p} does not exist"),
+            );
         }
     }
     let mut uplinks = Vec::new();
     if let Some(list) = ann.get(UPLINKS_ANNOTATION) {
         for u in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let resolved = cx.uplinks.get(&key(&ns, u)).cloned().or_else(|| cx.expose_names.contains(u).then(|| u.to_string()));
+            let resolved =
+                cx.uplinks.get(&key(&ns, u)).cloned().or_else(|| cx.expose_names.contains(u).then(|| u.to_string()));
             match resolved {
                 Some(n) => uplinks.push(n),
                 None => {
-                    cx.err(l, &format!("metadata.annotations.{UPLINKS_ANNOTATION}"), "unresolved-reference", format!("Uplink {u:?} does not exist in namespace {ns}"));
+                    cx.err(
+                        l,
+                        &format!("metadata.annotations.{UPLINKS_ANNOTATION}"),
+                        "unresolved-reference",
+                        format!("Uplink {u:?} does not exist in namespace {ns}"),
+                    );
                     ok_common = false;
                 }
             }
@@ -320,13 +363,20 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
     }
     uplinks.sort();
     uplinks.dedup();
-    let tls = r.spec.tls.as_ref().map(|t| pb::RouterTls {
-        secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default(),
-    });
+    let tls = r
+        .spec
+        .tls
+        .as_ref()
+        .map(|t| pb::RouterTls { secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default() });
     if let Some(secret) = r.spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) {
         match cx.secrets.get(&key(&ns, secret)) {
             None => {
-                cx.err(l, "spec.tls.secretName", "unresolved-reference", format!("Secret {ns}/{secret} does not exist"));
+                cx.err(
+                    l,
+                    "spec.tls.secretName",
+                    "unresolved-reference",
+                    format!("Secret {ns}/{secret} does not exist"),
+                );
                 ok_common = false;
             }
             Some(s) if !(s.data.contains_key("tls.crt") || s.string_data.contains_key("tls.crt")) => {
@@ -342,7 +392,12 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
         let p = format!("spec.routes[{i}]");
         let mut ok = ok_common;
         if let Some(s) = route.syntax.as_deref().filter(|s| *s != "v3") {
-            cx.err(l, &format!("{p}.syntax"), "unsupported-field", format!("rule syntax {s:?} is not supported; atrium speaks Traefik v3 rules"));
+            cx.err(
+                l,
+                &format!("{p}.syntax"),
+                "unsupported-field",
+                format!("rule syntax {s:?} is not supported; atrium speaks Traefik v3 rules"),
+            );
             ok = false;
         }
         let rule = match Rule::parse(&route.rule) {
@@ -367,13 +422,21 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
                 let mut all = true;
                 for (j, s) in many.iter().enumerate() {
                     match cx.service_ref(l, &ns, s.lb(), &format!("{p}.services[{j}]"), &id) {
-                        Some(sid) => ws.push(pb::WeightedService { service: sid, weight: s.weight.unwrap_or(1).max(0) as u32 }),
+                        Some(sid) => {
+                            ws.push(pb::WeightedService { service: sid, weight: s.weight.unwrap_or(1).max(0) as u32 })
+                        }
                         None => all = false,
                     }
                 }
                 ws.sort_by(|a, b| a.service.cmp(&b.service));
                 let sid = all.then(|| {
-                    cx.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(pb::service::Kind::Weighted(pb::Weighted { services: ws })) });
+                    cx.services.insert(
+                        id.clone(),
+                        pb::Service {
+                            id: id.clone(),
+                            kind: Some(pb::service::Kind::Weighted(pb::Weighted { services: ws })),
+                        },
+                    );
                     id.clone()
                 });
                 (sid, many.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","))
@@ -405,7 +468,14 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
         let name = expose_name(l, &u.spec);
         let field = if u.spec.expose_name.is_some() { "spec.exposeName" } else { "metadata.name" };
         if !pattern.is_match(&name) || name.len() > 253 {
-            cx.err(l, field, "uplink-expose-name", format!("expose name {name:?} must match {EXPOSE_NAME_PATTERN} (lower-case letters, digits, '-' and '.')"));
+            cx.err(
+                l,
+                field,
+                "uplink-expose-name",
+                format!(
+                    "expose name {name:?} must match {EXPOSE_NAME_PATTERN} (lower-case letters, digits, '-' and '.')"
+                ),
+            );
             continue;
         }
         if let Some(other) = seen.insert(name.clone(), l.id()) {
@@ -417,7 +487,12 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
             match cx.values.ports.get(ep) {
                 Some(e) if e.uplink => {}
                 _ => {
-                    cx.err(l, &format!("spec.entryPoints[{i}]"), "unknown-entrypoint", format!("{ep:?} is not an uplink entrypoint (a port with `uplink: true` in the values)"));
+                    cx.err(
+                        l,
+                        &format!("spec.entryPoints[{i}]"),
+                        "unknown-entrypoint",
+                        format!("{ep:?} is not an uplink entrypoint (a port with `uplink: true` in the values)"),
+                    );
                     ok = false;
                 }
             }
@@ -482,7 +557,12 @@ pub fn static_registry(children: &[(String, &pb::SnapshotBody)]) -> Registry {
             let ups = body
                 .uplinks
                 .iter()
-                .map(|u| pb::UplinkState { name: u.name.clone(), weight: u.weight, healthy: true, entry_points: u.entry_points.clone() })
+                .map(|u| pb::UplinkState {
+                    name: u.name.clone(),
+                    weight: u.weight,
+                    healthy: true,
+                    entry_points: u.entry_points.clone(),
+                })
                 .collect();
             (name.clone(), ups)
         })

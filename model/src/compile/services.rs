@@ -38,17 +38,24 @@ pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, String> {
     }
     let interval = ms(h.interval.as_ref(), 30_000).map_err(|e| format!("healthCheck.interval: {e}"))?;
     let timeout = ms(h.timeout.as_ref(), 5_000).map_err(|e| format!("healthCheck.timeout: {e}"))?;
-    let unhealthy = ms(h.unhealthy_interval.as_ref(), interval).map_err(|e| format!("healthCheck.unhealthyInterval: {e}"))?;
+    let unhealthy =
+        ms(h.unhealthy_interval.as_ref(), interval).map_err(|e| format!("healthCheck.unhealthyInterval: {e}"))?;
     if interval == 0 {
         return Err("healthCheck.interval must be positive".into());
     }
     let port = match h.port {
         None => 0,
-        Some(p) => u32::try_from(p).ok().filter(|p| *p > 0 && *p <= 65535).ok_or(format!("healthCheck.port {p} is not a port"))?,
+        Some(p) => u32::try_from(p)
+            .ok()
+            .filter(|p| *p > 0 && *p <= 65535)
+            .ok_or(format!("healthCheck.port {p} is not a port"))?,
     };
     let status = match h.status {
         None => 0,
-        Some(s) => u32::try_from(s).ok().filter(|s| (100..600).contains(s)).ok_or(format!("healthCheck.status {s} is not an HTTP status"))?,
+        Some(s) => u32::try_from(s)
+            .ok()
+            .filter(|s| (100..600).contains(s))
+            .ok_or(format!("healthCheck.status {s} is not an HTTP status"))?,
     };
     if let Some(s) = h.scheme.as_deref() {
         if !matches!(s, "http" | "https" | "h2c") {
@@ -73,7 +80,8 @@ pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, String> {
 fn passive(p: &PassiveHealthCheck) -> Result<pb::PassiveHealthCheck, String> {
     Ok(pb::PassiveHealthCheck {
         max_failed_attempts: p.max_failed_attempts.unwrap_or(1).clamp(1, u32::MAX as i64) as u32,
-        failure_window_ms: ms(p.failure_window.as_ref(), 10_000).map_err(|e| format!("passiveHealthCheck.failureWindow: {e}"))?,
+        failure_window_ms: ms(p.failure_window.as_ref(), 10_000)
+            .map_err(|e| format!("passiveHealthCheck.failureWindow: {e}"))?,
     })
 }
 
@@ -94,11 +102,23 @@ fn host_port(ip: &str, port: i32) -> String {
 
 impl<'a> Ctx<'a> {
     /// Compiles one reference; returns the service id, or `None` after reporting why.
-    pub(super) fn service_ref(&mut self, obj: &'a Loaded, ns: &str, r: LbView<'_>, path: &str, owner: &str) -> Option<String> {
+    pub(super) fn service_ref(
+        &mut self,
+        obj: &'a Loaded,
+        ns: &str,
+        r: LbView<'_>,
+        path: &str,
+        owner: &str,
+    ) -> Option<String> {
         let name = r.name;
         if let Some(strategy) = r.strategy {
             if !matches!(strategy, "wrr" | "RoundRobin") {
-                self.err(obj, &format!("{path}.strategy"), "unsupported-field", format!("strategy {strategy:?} is not supported yet (only wrr)"));
+                self.err(
+                    obj,
+                    &format!("{path}.strategy"),
+                    "unsupported-field",
+                    format!("strategy {strategy:?} is not supported yet (only wrr)"),
+                );
                 return None;
             }
         }
@@ -141,11 +161,16 @@ impl<'a> Ctx<'a> {
                 obj,
                 &format!("{path}.name"),
                 "multicluster-unknown-uplink",
-                format!("no child cluster exposes an uplink for {id:?} (uplinks: {})", super::known_uplinks(self.registry)),
+                format!(
+                    "no child cluster exposes an uplink for {id:?} (uplinks: {})",
+                    super::known_uplinks(self.registry)
+                ),
             );
             return None;
         };
-        self.services.entry(id.clone()).or_insert(pb::Service { id: id.clone(), kind: Some(Kind::Multicluster(target)) });
+        self.services
+            .entry(id.clone())
+            .or_insert(pb::Service { id: id.clone(), kind: Some(Kind::Multicluster(target)) });
         Some(id)
     }
 
@@ -155,16 +180,34 @@ impl<'a> Ctx<'a> {
             return Some(id);
         }
         let Some(&(ts_obj, ts)) = self.traefik_services.get(&(ns.to_string(), name.to_string())) else {
-            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("TraefikService {id} does not exist"));
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "unresolved-reference",
+                format!("TraefikService {id} does not exist"),
+            );
             return None;
         };
         if self.in_progress.contains(&id) {
-            self.err(obj, &format!("{path}.name"), "reference-cycle", format!("TraefikService {id} refers back to itself"));
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "reference-cycle",
+                format!("TraefikService {id} refers back to itself"),
+            );
             return None;
         }
-        let set = [ts.spec.weighted.is_some(), ts.spec.mirroring.is_some(), ts.spec.failover.is_some()].iter().filter(|b| **b).count();
+        let set = [ts.spec.weighted.is_some(), ts.spec.mirroring.is_some(), ts.spec.failover.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if set != 1 {
-            self.err(ts_obj, "spec", "schema", "a TraefikService needs exactly one of weighted, mirroring or failover".to_string());
+            self.err(
+                ts_obj,
+                "spec",
+                "schema",
+                "a TraefikService needs exactly one of weighted, mirroring or failover".to_string(),
+            );
             return None;
         }
         self.in_progress.push(id.clone());
@@ -190,9 +233,17 @@ impl<'a> Ctx<'a> {
                 let p = format!("spec.mirroring.mirrors[{i}]");
                 let percent = mr.percent.unwrap_or(0);
                 if !(0..=100).contains(&percent) {
-                    self.err(ts_obj, &format!("{p}.percent"), "schema", format!("percent {percent} must be between 0 and 100"));
+                    self.err(
+                        ts_obj,
+                        &format!("{p}.percent"),
+                        "schema",
+                        format!("percent {percent} must be between 0 and 100"),
+                    );
                 }
-                mirrors.push(self.service_ref(ts_obj, ns, mr.lb(), &p, &id).map(|s| pb::Mirror { service: s, percent: percent.clamp(0, 100) as u32 }));
+                mirrors.push(
+                    self.service_ref(ts_obj, ns, mr.lb(), &p, &id)
+                        .map(|s| pb::Mirror { service: s, percent: percent.clamp(0, 100) as u32 }),
+                );
             }
             match (main, mirrors.into_iter().collect::<Option<Vec<_>>>()) {
                 (Some(service), Some(mut mirrors)) => {
@@ -221,22 +272,45 @@ impl<'a> Ctx<'a> {
         Some(id)
     }
 
-    fn kubernetes_service(&mut self, obj: &'a Loaded, ns: &str, name: &str, r: LbView<'_>, path: &str, owner: &str) -> Option<String> {
+    fn kubernetes_service(
+        &mut self,
+        obj: &'a Loaded,
+        ns: &str,
+        name: &str,
+        r: LbView<'_>,
+        path: &str,
+        owner: &str,
+    ) -> Option<String> {
         let Some(&(svc_obj, svc)) = self.k8s_services.get(&(ns.to_string(), name.to_string())) else {
-            self.err(obj, &format!("{path}.name"), "unresolved-reference", format!("Service {ns}/{name} does not exist"));
+            self.err(
+                obj,
+                &format!("{path}.name"),
+                "unresolved-reference",
+                format!("Service {ns}/{name} does not exist"),
+            );
             return None;
         };
         let sp = match r.port {
             Some(want) => svc.spec.ports.iter().find(|sp| port_matches(want, sp)),
             None if svc.spec.ports.len() == 1 => svc.spec.ports.first(),
             None => {
-                self.err(obj, path, "schema", format!("Service {ns}/{name} has {} ports: say which with `port`", svc.spec.ports.len()));
+                self.err(
+                    obj,
+                    path,
+                    "schema",
+                    format!("Service {ns}/{name} has {} ports: say which with `port`", svc.spec.ports.len()),
+                );
                 return None;
             }
         };
         let Some(sp) = sp else {
             let want = r.port.map(|p| p.to_string()).unwrap_or_default();
-            self.err(obj, &format!("{path}.port"), "unresolved-reference", format!("Service {ns}/{name} has no port {want}"));
+            self.err(
+                obj,
+                &format!("{path}.port"),
+                "unresolved-reference",
+                format!("Service {ns}/{name} has no port {want}"),
+            );
             return None;
         };
         let scheme = match r.scheme {
@@ -286,7 +360,10 @@ impl<'a> Ctx<'a> {
         };
         let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| sp.port.to_string());
         let base = format!("{ns}/{name}:{port_label}");
-        let default_opts = r.pass_host_header.is_none() && r.health_check.is_none() && r.passive_health_check.is_none() && r.scheme.is_none();
+        let default_opts = r.pass_host_header.is_none()
+            && r.health_check.is_none()
+            && r.passive_health_check.is_none()
+            && r.scheme.is_none();
         let id = if default_opts { base } else { format!("{base}@{owner}") };
         self.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(Kind::LoadBalancer(lb)) });
         Some(id)

@@ -111,10 +111,16 @@ fn multicluster_names_resolve_exact_first_then_longest_child_suffix() {
     reg.insert("cluster-a".into(), vec![up("crm"), up("crm-cluster-a")]);
     reg.insert("b".into(), vec![up("crm-x")]);
     // The exact uplink name wins over a pin.
-    assert_eq!(resolve_multicluster(&reg, "crm-cluster-a"), Some(pb::Multicluster { uplink: "crm-cluster-a".into(), child: String::new() }));
+    assert_eq!(
+        resolve_multicluster(&reg, "crm-cluster-a"),
+        Some(pb::Multicluster { uplink: "crm-cluster-a".into(), child: String::new() })
+    );
     reg.get_mut("cluster-a").unwrap().pop();
     // Longest child suffix: `-cluster-a`, not `-a`.
-    assert_eq!(resolve_multicluster(&reg, "crm-cluster-a"), Some(pb::Multicluster { uplink: "crm".into(), child: "cluster-a".into() }));
+    assert_eq!(
+        resolve_multicluster(&reg, "crm-cluster-a"),
+        Some(pb::Multicluster { uplink: "crm".into(), child: "cluster-a".into() })
+    );
     assert_eq!(resolve_multicluster(&reg, "crm-a"), Some(pb::Multicluster { uplink: "crm".into(), child: "a".into() }));
     assert_eq!(resolve_multicluster(&reg, "billing"), None);
     assert_eq!(resolve_multicluster(&reg, "crm-b"), None);
@@ -146,7 +152,10 @@ fn a_bad_rule_drops_only_its_router_and_says_where() {
     assert_eq!(c.diagnostics.len(), 1);
     let d = c.diagnostics[0].to_string();
     assert!(d.starts_with("r.yaml:12:14: error: IngressRoute apps/r spec.routes[1].match: invalid rule"), "{d}");
-    assert!(d.contains("unknown matcher `Bogus`") && d.contains("at position 20") && d.ends_with("[rule-parse]"), "{d}");
+    assert!(
+        d.contains("unknown matcher `Bogus`") && d.contains("at position 20") && d.ends_with("[rule-parse]"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -154,8 +163,14 @@ fn missing_references_are_errors_at_the_field() {
     let text = ROUTE.replace("        - name: svc\n          port: 80\n    - match: PathPrefix(`/b`)", "        - name: nosuch\n          port: 80\n      middlewares:\n        - name: gone\n    - match: PathPrefix(`/b`)");
     let c = compile(&load_text("r.yaml", &text), &Values::default(), None);
     let s: Vec<String> = c.diagnostics.iter().map(|d| d.to_string()).collect();
-    assert!(s.iter().any(|d| d.contains("spec.routes[0].services[0].name: Service apps/nosuch does not exist")), "{s:#?}");
-    assert!(s.iter().any(|d| d.contains("spec.routes[0].middlewares[0].name: Middleware apps/gone does not exist")), "{s:#?}");
+    assert!(
+        s.iter().any(|d| d.contains("spec.routes[0].services[0].name: Service apps/nosuch does not exist")),
+        "{s:#?}"
+    );
+    assert!(
+        s.iter().any(|d| d.contains("spec.routes[0].middlewares[0].name: Middleware apps/gone does not exist")),
+        "{s:#?}"
+    );
     assert_eq!(c.body.routers.len(), 1, "the healthy route still compiles");
     let text = ROUTE.replace("port: 80\n    - match", "port: 81\n    - match");
     let c = compile(&load_text("r.yaml", &text), &Values::default(), None);
@@ -164,10 +179,17 @@ fn missing_references_are_errors_at_the_field() {
 
 #[test]
 fn chains_flatten_and_cycles_are_reported() {
-    let mw = |name: &str, body: &str| format!("---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n{body}");
+    let mw = |name: &str, body: &str| {
+        format!(
+            "---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n{body}"
+        )
+    };
     let text = format!(
         "{}{}{}{}",
-        ROUTE.replace("          port: 80\n    - match: PathPrefix(`/b`)", "          port: 80\n      middlewares:\n        - name: outer\n    - match: PathPrefix(`/b`)"),
+        ROUTE.replace(
+            "          port: 80\n    - match: PathPrefix(`/b`)",
+            "          port: 80\n      middlewares:\n        - name: outer\n    - match: PathPrefix(`/b`)"
+        ),
         mw("outer", "  chain:\n    middlewares:\n      - name: strip\n      - name: add\n"),
         mw("strip", "  stripPrefix:\n    prefixes: [/a]\n"),
         mw("add", "  addPrefix:\n    prefix: /v1\n"),

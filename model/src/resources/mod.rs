@@ -108,10 +108,18 @@ pub fn kind_support(api_version: &str, kind: &str) -> KindSupport {
             _ => KindSupport::NotYet,
         },
         HUB_GROUP => match kind {
-            "Uplink" | "API" | "APIVersion" | "APIBundle" | "APIPlan" | "APICatalogItem" | "APIPortal"
-            | "APIPortalAuth" | "APIAuth" | "ContentItem" | "ManagedApplication" | "ManagedSubscription" => {
-                KindSupport::Known
-            }
+            "Uplink"
+            | "API"
+            | "APIVersion"
+            | "APIBundle"
+            | "APIPlan"
+            | "APICatalogItem"
+            | "APIPortal"
+            | "APIPortalAuth"
+            | "APIAuth"
+            | "ContentItem"
+            | "ManagedApplication"
+            | "ManagedSubscription" => KindSupport::Known,
             _ => KindSupport::NotYet,
         },
         "traefik.containo.us" => KindSupport::WrongVersion,

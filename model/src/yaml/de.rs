@@ -249,11 +249,21 @@ impl<'de> de::Deserializer<'de> for De<'de> {
         r.map_err(|e| self.wrap(e))
     }
 
-    fn deserialize_struct<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, DeError> {
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_map(v)
     }
 
-    fn deserialize_enum<V: Visitor<'de>>(self, _: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, DeError> {
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Scalar { value, .. } => {
                 let d: de::value::StrDeserializer<'_, DeError> = value.as_str().into_deserializer();
