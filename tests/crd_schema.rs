@@ -145,3 +145,80 @@ fn closed_schemas_catch_unknown_fields() {
     let bad_name = serde_json::json!({"apiVersion": "hub.traefik.io/v1alpha1", "kind": "Uplink", "metadata": {"name": "u"}, "spec": {"exposeName": "CRM_API"}});
     assert!(!v.is_valid(&bad_name));
 }
+
+/// A sample value for a schema, and one document per leaf field under it.
+fn sample(schema: &Value) -> Value {
+    if schema.get("x-kubernetes-int-or-string").is_some() {
+        return Value::from(1);
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return e.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => Value::from(if schema.get("pattern").is_some() { "abc" } else { "x" }),
+        Some("integer") | Some("number") => Value::from(1),
+        Some("boolean") => Value::from(true),
+        Some("array") => Value::Array(vec![sample(schema.get("items").unwrap_or(&Value::Null))]),
+        Some("object") => match schema.get("additionalProperties") {
+            Some(ap) if ap.is_object() => serde_json::json!({ "k": sample(ap) }),
+            _ => serde_json::json!({}),
+        },
+        _ => serde_json::json!({}),
+    }
+}
+
+/// Every leaf path of `schema`, each as (path, value holding just that leaf).
+fn leaves(schema: &Value, path: &str, out: &mut Vec<(String, Value)>) {
+    let props = schema.get("properties").and_then(Value::as_object);
+    let items_props = schema.get("items").and_then(|i| i.get("properties")).and_then(Value::as_object);
+    if let Some(props) = props {
+        for (k, v) in props {
+            let mut sub = Vec::new();
+            leaves(v, &format!("{path}.{k}"), &mut sub);
+            out.extend(sub.into_iter().map(|(p, val)| (p, serde_json::json!({ k: val }))));
+        }
+    } else if items_props.is_some() {
+        let mut sub = Vec::new();
+        leaves(&schema["items"], &format!("{path}[0]"), &mut sub);
+        out.extend(sub.into_iter().map(|(p, val)| (p, Value::Array(vec![val]))));
+    } else {
+        out.push((path.to_string(), sample(schema)));
+    }
+}
+
+#[test]
+fn every_upstream_field_is_known_to_the_model() {
+    let Some(dir) = crds_dir() else {
+        eprintln!("SKIPPED: no CRD schemas at ../shared/reference/crds");
+        return;
+    };
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    let mut schemas: Vec<_> = load_schemas(&dir).into_iter().collect();
+    schemas.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((gv, kind), schema) in schemas {
+        if atrium_model::resources::kind_support(&gv, &kind) != atrium_model::resources::KindSupport::Known {
+            continue;
+        }
+        let mut out = Vec::new();
+        leaves(&schema["properties"]["spec"], "spec", &mut out);
+        for (path, spec) in out {
+            let doc = serde_json::json!({"apiVersion": gv, "kind": kind, "metadata": {"name": "t", "namespace": "ns"}, "spec": spec});
+            let m = atrium_model::loader::load_text("probe.json", &doc.to_string());
+            for d in &m.diagnostics {
+                let allowed = d.message.contains("missing field") || d.message.contains("not supported yet");
+                if !allowed {
+                    problems.push(format!("{kind} {path}: {}", d.message));
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} upstream fields the model does not accept:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(checked > 500, "only {checked} fields checked");
+}

@@ -17,7 +17,8 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     /// Canonical host: lower case, no port, no IPv6 brackets. Empty when the request has none.
     pub host: Cow<'a, str>,
-    /// The routing path, or `None` when the request target has no path.
+    /// The routing path (empty for a target with no path), or `None` for a target that is not
+    /// a path at all (`OPTIONS *`).
     pub routing_path: Option<Cow<'a, str>>,
     /// The raw query string without `?`.
     pub raw_query: Option<&'a str>,
@@ -77,7 +78,13 @@ pub fn canonical_host(host: &str) -> Cow<'_, str> {
     if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
-/// Characters whose percent-escapes stay escaped in the routing path.
+/// Escapes that stay escaped in the routing path: those of reserved characters and `%`,
+/// written with upper-case hex digits (`%2F`). Traefik compares the escape text, so a
+/// lower-case `%2f` is decoded like any other escape.
+fn is_reserved_escape(hi: u8, lo: u8, v: u8) -> bool {
+    !hi.is_ascii_lowercase() && !lo.is_ascii_lowercase() && is_reserved(v)
+}
+
 fn is_reserved(b: u8) -> bool {
     matches!(
         b,
@@ -108,11 +115,9 @@ fn hex(b: u8) -> Option<u8> {
 
 /// The routing path: the escaped path with every percent-escape decoded except those of
 /// reserved characters and `%`. `/foo%20bar` routes as `/foo bar`; `/foo%2Fbar` stays.
-/// An empty path gives `None`: it matches no `Path` or `PathPrefix` rule.
+/// An empty path stays empty: it matches no `Path` or `PathPrefix` rule (their arguments
+/// start with `/`), but a `PathRegexp` such as `^$` sees it, as in Traefik.
 pub fn routing_path(escaped: &str) -> Option<Cow<'_, str>> {
-    if escaped.is_empty() {
-        return None;
-    }
     if !escaped.contains('%') {
         return Some(Cow::Borrowed(escaped));
     }
@@ -123,7 +128,7 @@ pub fn routing_path(escaped: &str) -> Option<Cow<'_, str>> {
         if b[i] == b'%'
             && i + 2 < b.len()
             && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-            && !is_reserved(h * 16 + l)
+            && !is_reserved_escape(b[i + 1], b[i + 2], h * 16 + l)
         {
             out.push(h * 16 + l);
             i += 3;
@@ -207,11 +212,17 @@ mod tests {
     fn routing_path_keeps_reserved_escapes() {
         assert_eq!(routing_path("/foo%20bar").as_deref(), Some("/foo bar"));
         assert_eq!(routing_path("/foo%2Fbar").as_deref(), Some("/foo%2Fbar"));
+        assert_eq!(
+            routing_path("/foo%2fbar").as_deref(),
+            Some("/foo/bar"),
+            "lower-case escapes are not reserved escapes"
+        );
+        assert_eq!(routing_path("/a%3Ab%3ac").as_deref(), Some("/a%3Ab:c"));
         assert_eq!(routing_path("/a%25b").as_deref(), Some("/a%25b"));
         assert_eq!(routing_path("/ap%69").as_deref(), Some("/api"));
         assert_eq!(routing_path("/bad%zz").as_deref(), Some("/bad%zz"));
         assert_eq!(routing_path("/end%4").as_deref(), Some("/end%4"));
-        assert_eq!(routing_path(""), None);
+        assert_eq!(routing_path("").as_deref(), Some(""));
     }
 
     #[test]

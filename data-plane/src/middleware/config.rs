@@ -317,7 +317,7 @@ pub struct Headers {
     /// Deprecated in favour of `permissionsPolicy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_policy: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "forceSTSHeader", skip_serializing_if = "Option::is_none")]
     pub force_sts_header: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_deny: Option<bool>,

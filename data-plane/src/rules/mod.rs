@@ -117,7 +117,8 @@ fn compile_call(name: &str, args: Vec<String>, pos: usize) -> Result<Matcher, Ru
         return Err(RuleError::at(pos, format!("empty argument for matcher {m}")));
     }
     let regex = |p: &str| re2::compile(p).map_err(|e| RuleError::at(pos, format!("invalid regexp {p:?} in {m}: {e}")));
-    let header_name = |n: &str| HeaderName::from_bytes(n.as_bytes()).ok();
+    // Go moves `Host` out of the header map, so Traefik's header matchers never see it.
+    let header_name = |n: &str| HeaderName::from_bytes(n.as_bytes()).ok().filter(|h| h != http::header::HOST);
     let mut args = args.into_iter();
     let a0 = args.next().unwrap_or_default();
     let a1 = args.next();
@@ -133,7 +134,15 @@ fn compile_call(name: &str, args: Vec<String>, pos: usize) -> Result<Matcher, Ru
             let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).map(str::to_string).unwrap_or(h);
             Matcher::Host(h)
         }
-        "HostRegexp" => Matcher::HostRegexp(regex(&a0)?),
+        "HostRegexp" => {
+            if !a0.is_ascii() {
+                return Err(RuleError::at(
+                    pos,
+                    format!("invalid value {a0:?} for HostRegexp: non-ASCII characters are not allowed"),
+                ));
+            }
+            Matcher::HostRegexp(regex(&a0)?)
+        }
         "Path" | "PathPrefix" => {
             if !a0.starts_with('/') {
                 return Err(RuleError::at(pos, format!("path {a0:?} in {m} does not start with a '/'")));

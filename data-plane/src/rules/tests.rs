@@ -75,6 +75,7 @@ fn argument_rules() {
     assert!(parse_err("Path(`foo`)").message.contains("start with a '/'"));
     assert!(parse_err("PathPrefix(`foo`)").message.contains("start with a '/'"));
     assert!(parse_err("Host(`bücher.example`)").message.contains("non-ASCII"));
+    assert!(parse_err("HostRegexp(`bücher`)").message.contains("non-ASCII"));
     assert!(parse_err("PathRegexp(`(`)").message.contains("invalid regexp"));
     assert!(parse_err("ClientIP(`300.1.1.1`)").message.contains("ClientIP"));
     assert_eq!(parse_err("Host(`a`) && Unknown(`b`)").position, 13);
@@ -139,6 +140,8 @@ fn no_path_matches_no_path_rule() {
     assert!(!req("a", "").matches("PathPrefix(`/`)"));
     assert!(!req("a", "").matches("Path(`/`)"));
     assert!(req("a", "").matches("!PathPrefix(`/`)"));
+    assert!(req("a", "").matches("PathRegexp(`^$`)"));
+    assert!(!req("a", "").matches("PathRegexp(`^/`)"));
 }
 
 #[test]
@@ -163,6 +166,10 @@ fn header_name_case_insensitive_value_exact_any_repeat() {
     assert!(!r.matches("Header(`X-Foo`, `one,two`)"));
     assert!(r.matches("HeaderRegexp(`x-FOO`, `^tw`)"));
     assert!(!r.matches("Header(`X-Bar`, `one`)"));
+    // Like Go's net/http, the Host header is not visible to header matchers.
+    let r = req("a.test", "/").header("host", "a.test");
+    assert!(!r.matches("Header(`Host`, `a.test`)"));
+    assert!(!r.matches("HeaderRegexp(`Host`, `.*`)"));
 }
 
 #[test]
