@@ -1,10 +1,12 @@
 //! `atrium`: one binary, a subcommand per role.
 #![forbid(unsafe_code)]
 
+mod gateway;
 mod route_check;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use atrium_data_plane::table::RouteTable;
@@ -25,8 +27,59 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum AccessLogFormat {
+    Json,
+    Clf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a Traefik-compatible gateway from local manifests, reloading them on change.
+    Gateway {
+        /// Helm-style values (entrypoints come from `ports`).
+        #[arg(long)]
+        values: Option<PathBuf>,
+        /// Manifest files or folders (watched).
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// Override an entrypoint's address: NAME=ADDR (`:8000`, `127.0.0.1:0`) or NAME=off.
+        #[arg(long = "entrypoint", value_parser = gateway::parse_entry_point_flag)]
+        entry_points: Vec<(String, String)>,
+        /// IP the entrypoints bind to unless overridden.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_ip: std::net::IpAddr,
+        /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Runtime worker threads (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Write an access log line per request to stdout.
+        #[arg(long, value_enum)]
+        access_log: Option<AccessLogFormat>,
+        /// Quiet time before a configuration change is applied, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        watch_debounce_ms: u64,
+        /// Seconds a client has to send complete request headers.
+        #[arg(long, default_value_t = 60)]
+        header_read_timeout: u64,
+        /// Largest request head in bytes (431 past it).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_header_bytes: usize,
+        /// Seconds to connect to an upstream (502 past it).
+        #[arg(long, default_value_t = 30)]
+        upstream_connect_timeout: u64,
+        /// Seconds to an upstream's response headers (504 past it).
+        #[arg(long, default_value_t = 60)]
+        upstream_response_timeout: u64,
+        /// Seconds an idle upstream connection stays pooled.
+        #[arg(long, default_value_t = 90)]
+        upstream_idle_timeout: u64,
+        /// Seconds shutdown waits for requests in flight.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
+    },
     /// Check manifests (one cluster's, or a topology directory) without starting anything.
     Lint {
         /// Manifest files or folders, or one topology directory (it has parent/values.yaml).
@@ -56,16 +109,66 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // Servers say what they do at info; one-shot tools only speak up when something is wrong.
+    init_logging(if matches!(cli.command, Command::Gateway { .. }) { "info" } else { "warn" });
     let result = match cli.command {
+        Command::Gateway {
+            values,
+            manifests,
+            entry_points,
+            bind_ip,
+            admin,
+            workers,
+            access_log,
+            watch_debounce_ms,
+            header_read_timeout,
+            max_header_bytes,
+            upstream_connect_timeout,
+            upstream_response_timeout,
+            upstream_idle_timeout,
+            drain_timeout,
+        } => (|| {
+            let admin = admin.map(|a| gateway::parse_addr(&a)).transpose().context("--admin")?;
+            let opts = gateway::GatewayOptions {
+                values,
+                manifests,
+                entry_points,
+                bind_ip,
+                admin,
+                access_log: access_log.map(|f| match f {
+                    AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
+                    AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
+                }),
+                debounce: Duration::from_millis(watch_debounce_ms.max(1)),
+                limits: atrium_data_plane::proxy::server::ServerLimits {
+                    header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
+                    max_header_bytes,
+                    drain_timeout: Duration::from_secs(drain_timeout),
+                },
+                upstream: atrium_data_plane::upstream::UpstreamConfig {
+                    connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),
+                    response_header_timeout: Duration::from_secs(upstream_response_timeout.max(1)),
+                    idle_timeout: Duration::from_secs(upstream_idle_timeout),
+                    ..Default::default()
+                },
+            };
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all();
+            if let Some(n) = workers {
+                rt.worker_threads(n.max(1));
+            }
+            rt.build()?.block_on(gateway::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Lint { paths, values, format } => lint(&paths, values.as_deref(), format),
         Command::RouteCheck { manifests, tests, values, format } => {
             route_check(&manifests, &tests, values.as_deref(), format)

@@ -14,7 +14,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod body;
 pub mod middleware;
+pub mod proxy;
 pub mod request;
 pub mod rules;
+pub mod service;
 pub mod table;
+pub mod upstream;

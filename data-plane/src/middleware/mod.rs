@@ -1,23 +1,82 @@
-//! Middlewares: their configuration ([`config`]) and the pure request transformations the
-//! data plane and `route-check` share ([`path`]).
+//! Middlewares: their configuration ([`config`]), and what each does to a request.
+//!
+//! [`CompiledMiddleware`] is built once per route table from a snapshot entry: regexps are
+//! compiled, limiters get their state. The proxy calls it in router order. Path rewrites
+//! are pure functions over [`path::UrlPath`], shared with `route-check`.
 
 pub mod config;
+pub mod headers;
+pub mod limits;
 pub mod path;
+pub mod redirect;
 
 use regex::Regex;
 
 pub use config::MiddlewareSpec;
 use path::{RewriteError, UrlPath};
 
-/// A middleware from a snapshot, with its regexps compiled once.
-#[derive(Debug, Clone)]
+/// What a middleware does at run time.
+#[derive(Debug)]
+pub enum Action {
+    /// A path rewrite (stripPrefix, stripPrefixRegex, addPrefix, replacePath, replacePathRegex).
+    Path,
+    /// Request and response headers, CORS, security headers.
+    Headers(headers::HeadersRt),
+    /// Redirect to another scheme/port.
+    RedirectScheme {
+        /// Target scheme.
+        scheme: String,
+        /// Target port.
+        port: Option<String>,
+        /// 301/308 instead of 302/307.
+        permanent: bool,
+    },
+    /// Redirect by regexp.
+    RedirectRegex {
+        /// Pattern over the full URL.
+        regex: Regex,
+        /// Replacement with `$1`/`${name}`.
+        replacement: String,
+        /// 301/308 instead of 302/307.
+        permanent: bool,
+    },
+    /// Client IP allow list.
+    IpAllow(limits::IpAllow),
+    /// Token bucket per source.
+    RateLimit(limits::RateLimiter),
+    /// Concurrency limit per source.
+    InFlight(limits::InFlight),
+    /// Body size limits (413 / 500 past them).
+    Buffering {
+        /// Largest request body, bytes (0: no limit).
+        max_request: u64,
+        /// Largest response body, bytes (0: no limit).
+        max_response: u64,
+    },
+    /// Retries on connection errors.
+    Retry {
+        /// Attempts in total.
+        attempts: u32,
+        /// First backoff.
+        initial_interval: std::time::Duration,
+    },
+}
+
+/// A middleware from a snapshot, ready to run.
+#[derive(Debug)]
 pub struct CompiledMiddleware {
     /// `namespace/name`.
     pub id: String,
     /// The configuration.
     pub spec: MiddlewareSpec,
+    /// What it does.
+    pub action: Action,
     /// Compiled regexps of stripPrefixRegex / replacePathRegex.
     regexes: Vec<Regex>,
+}
+
+fn not_yet(kind: &str) -> String {
+    format!("the {kind} middleware is not supported yet by atrium")
 }
 
 impl CompiledMiddleware {
@@ -30,50 +89,86 @@ impl CompiledMiddleware {
     /// Compiles a spec, validating what Traefik validates when it builds the middleware.
     pub fn from_spec(id: &str, spec: MiddlewareSpec) -> Result<Self, String> {
         let mut regexes = Vec::new();
-        if let Some(s) = &spec.strip_prefix_regex {
-            regexes = path::compile_regexes(&s.regex)?;
-        }
-        if let Some(r) = &spec.replace_path_regex {
+        let s = &spec;
+        let action = if let Some(sp) = &s.strip_prefix {
+            if sp.prefixes.is_empty() {
+                return Err("stripPrefix needs at least one prefix".into());
+            }
+            Action::Path
+        } else if let Some(r) = &s.strip_prefix_regex {
+            regexes = path::compile_regexes(&r.regex)?;
+            Action::Path
+        } else if let Some(r) = &s.replace_path_regex {
             regexes = path::compile_regexes(std::slice::from_ref(&r.regex))?;
-        }
-        if let Some(r) = &spec.redirect_regex {
-            regexes = path::compile_regexes(std::slice::from_ref(&r.regex))?;
-        }
-        if let Some(h) = &spec.headers {
+            Action::Path
+        } else if s.add_prefix.is_some() || s.replace_path.is_some() {
+            Action::Path
+        } else if let Some(h) = &s.headers {
             if h == &config::Headers::default() {
                 return Err("headers middleware has no option set".into());
             }
-            path::compile_regexes(&h.access_control_allow_origin_list_regex)?;
-        }
-        if spec.strip_prefix.as_ref().is_some_and(|s| s.prefixes.is_empty()) {
-            return Err("stripPrefix needs at least one prefix".into());
-        }
-        if let Some(a) = &spec.ip_allow_list {
-            for r in &a.source_range {
-                if r.parse::<ipnet::IpNet>().is_err() && r.parse::<std::net::IpAddr>().is_err() {
-                    return Err(format!("ipAllowList: invalid sourceRange {r:?}"));
-                }
+            Action::Headers(headers::HeadersRt::new(h.clone())?)
+        } else if let Some(r) = &s.redirect_scheme {
+            let scheme = r.scheme.clone().filter(|s| !s.is_empty()).ok_or("redirectScheme needs a scheme")?;
+            Action::RedirectScheme { scheme, port: r.port.clone(), permanent: r.permanent }
+        } else if let Some(r) = &s.redirect_regex {
+            let regex = path::compile_regexes(std::slice::from_ref(&r.regex))?.remove(0);
+            Action::RedirectRegex { regex, replacement: r.replacement.clone(), permanent: r.permanent }
+        } else if let Some(a) = &s.ip_allow_list {
+            Action::IpAllow(limits::IpAllow::new(a)?)
+        } else if let Some(r) = &s.rate_limit {
+            Action::RateLimit(limits::RateLimiter::new(r)?)
+        } else if let Some(f) = &s.in_flight_req {
+            Action::InFlight(limits::InFlight::new(f)?)
+        } else if let Some(b) = &s.buffering {
+            if b.mem_request_body_bytes.is_some() || b.mem_response_body_bytes.is_some() {
+                return Err("buffering.memRequestBodyBytes/memResponseBodyBytes are not supported yet (bodies are buffered in memory up to the max)".into());
             }
-        }
-        Ok(CompiledMiddleware { id: id.to_string(), spec, regexes })
+            Action::Buffering {
+                max_request: b.max_request_body_bytes.unwrap_or(0).max(0) as u64,
+                max_response: b.max_response_body_bytes.unwrap_or(0).max(0) as u64,
+            }
+        } else if let Some(r) = &s.retry {
+            if r.attempts <= 0 {
+                return Err("retry.attempts must be positive".into());
+            }
+            if !r.status.is_empty() || r.timeout.is_some() || r.max_request_body_bytes.is_some() || r.retry_non_idempotent_method.is_some() || r.disable_retry_on_network_error.is_some() {
+                return Err("retry: only attempts and initialInterval are supported yet".into());
+            }
+            let initial_interval = r.initial_interval.as_ref().map(|d| d.as_duration()).transpose()?.unwrap_or(std::time::Duration::from_millis(100));
+            Action::Retry { attempts: r.attempts as u32, initial_interval }
+        } else if s.compress.is_some() {
+            return Err(not_yet("compress"));
+        } else if s.basic_auth.is_some() {
+            return Err(not_yet("basicAuth"));
+        } else if s.chain.is_some() {
+            // Chains are flattened by the compiler; a chain never reaches the data plane.
+            return Err("a chain must be flattened before it reaches the data plane".into());
+        } else {
+            return Err("a Middleware needs exactly one kind".into());
+        };
+        Ok(CompiledMiddleware { id: id.to_string(), spec, action, regexes })
     }
 
-    /// Applies this middleware's path rewrite, if it has one.
-    pub fn rewrite_path(&self, p: &mut UrlPath) -> Result<(), RewriteError> {
+    /// Applies this middleware's path rewrite, if it has one. Returns the header the
+    /// rewrite adds (`X-Forwarded-Prefix` or `X-Replaced-Path`) and its value.
+    pub fn rewrite_path(&self, p: &mut UrlPath) -> Result<Option<(&'static str, String)>, RewriteError> {
         let s = &self.spec;
         if let Some(sp) = &s.strip_prefix {
-            path::strip_prefix(p, &sp.prefixes)?;
-        } else if s.strip_prefix_regex.is_some() {
-            path::strip_prefix_regex(p, &self.regexes)?;
-        } else if let Some(a) = &s.add_prefix {
+            return Ok(path::strip_prefix(p, &sp.prefixes)?.map(|v| ("x-forwarded-prefix", v)));
+        }
+        if s.strip_prefix_regex.is_some() {
+            return Ok(path::strip_prefix_regex(p, &self.regexes)?.map(|v| ("x-forwarded-prefix", v)));
+        }
+        if let Some(a) = &s.add_prefix {
             path::add_prefix(p, &a.prefix);
         } else if let Some(r) = &s.replace_path {
-            path::replace_path(p, &r.path)?;
+            return Ok(Some(("x-replaced-path", path::replace_path(p, &r.path)?)));
         } else if let Some(r) = &s.replace_path_regex
             && let Some(re) = self.regexes.first()
         {
-            path::replace_path_regex(p, re, &r.replacement)?;
+            return Ok(path::replace_path_regex(p, re, &r.replacement)?.map(|v| ("x-replaced-path", v)));
         }
-        Ok(())
+        Ok(None)
     }
 }

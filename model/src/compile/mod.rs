@@ -215,8 +215,11 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
             continue;
         }
         let id = l.id();
-        if let Err(e) = CompiledMiddleware::from_spec(&id, mw.spec.clone()) {
-            cx.err(l, &format!("spec.{}", kinds[0]), "schema", e);
+        if mw.spec.chain.is_none()
+            && let Err(e) = CompiledMiddleware::from_spec(&id, mw.spec.clone())
+        {
+            let code = if e.contains("not supported yet") { "unsupported-field" } else { "schema" };
+            cx.err(l, &format!("spec.{}", kinds[0]), code, e);
             continue;
         }
         cx.good_middlewares.insert(id.clone());

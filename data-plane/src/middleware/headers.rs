@@ -1,0 +1,325 @@
+//! The `headers` middleware: custom request/response headers, CORS and the common
+//! security headers, with Traefik's semantics (see `traefik-semantics.md`, "headers").
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use regex::Regex;
+
+use super::config::Headers;
+use crate::body::{self, Body};
+
+/// A compiled headers middleware.
+#[derive(Debug, Clone)]
+pub struct HeadersRt {
+    cfg: Headers,
+    origin_regexes: Vec<Regex>,
+    allow_all_origins: bool,
+    has_cors: bool,
+}
+
+/// What the request phase decided.
+#[derive(Debug)]
+pub enum RequestAction {
+    /// Go on; `drop_xff` says the proxy must not add its own `X-Forwarded-For`.
+    Continue {
+        /// `X-Forwarded-For: ""` was configured.
+        drop_xff: bool,
+        /// A new Host to send upstream.
+        host: Option<String>,
+    },
+    /// Answer now (CORS preflight, bad host).
+    Respond(http::Response<Body>),
+}
+
+fn set_or_remove(h: &mut HeaderMap, name: &str, value: &str) {
+    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { return };
+    if value.is_empty() {
+        h.remove(&name);
+    } else if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+impl HeadersRt {
+    /// Compiles the configuration.
+    pub fn new(cfg: Headers) -> Result<Self, String> {
+        let origin_regexes = super::path::compile_regexes(&cfg.access_control_allow_origin_list_regex)?;
+        let allow_all_origins = cfg.access_control_allow_origin_list.iter().any(|o| o == "*");
+        let has_cors = cfg.access_control_allow_credentials.is_some()
+            || !cfg.access_control_allow_headers.is_empty()
+            || !cfg.access_control_allow_methods.is_empty()
+            || !cfg.access_control_allow_origin_list.is_empty()
+            || !cfg.access_control_allow_origin_list_regex.is_empty()
+            || !cfg.access_control_expose_headers.is_empty()
+            || cfg.access_control_max_age.is_some();
+        Ok(HeadersRt { cfg, origin_regexes, allow_all_origins, has_cors })
+    }
+
+    fn credentials(&self) -> bool {
+        self.cfg.access_control_allow_credentials == Some(true)
+    }
+
+    /// `(allowed, value for Access-Control-Allow-Origin)`.
+    fn origin_allowed(&self, origin: &str) -> Option<String> {
+        if self.allow_all_origins {
+            return Some(if self.credentials() { origin.to_string() } else { "*".to_string() });
+        }
+        if self.cfg.access_control_allow_origin_list.iter().any(|o| o == origin) {
+            return Some(origin.to_string());
+        }
+        self.origin_regexes.iter().any(|re| re.is_match(origin)).then(|| origin.to_string())
+    }
+
+    /// The request phase. `host` is the request's host (for allowedHosts).
+    pub fn on_request(&self, method: &Method, headers: &mut HeaderMap, host: &str) -> RequestAction {
+        let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if self.has_cors
+            && method == Method::OPTIONS
+            && !origin.is_empty()
+            && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let mut r = http::Response::new(body::empty());
+            *r.status_mut() = StatusCode::OK;
+            let h = r.headers_mut();
+            if self.credentials() {
+                h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
+            set_or_remove(h, "access-control-allow-headers", &self.cfg.access_control_allow_headers.join(","));
+            set_or_remove(h, "access-control-allow-methods", &self.cfg.access_control_allow_methods.join(","));
+            if let Some(o) = self.origin_allowed(&origin) {
+                set_or_remove(h, "access-control-allow-origin", &o);
+            }
+            set_or_remove(h, "access-control-max-age", &self.cfg.access_control_max_age.unwrap_or(0).to_string());
+            return RequestAction::Respond(r);
+        }
+        if !self.cfg.allowed_hosts.is_empty() && self.cfg.is_development != Some(true) {
+            let mut candidates = vec![host.to_string()];
+            for hp in &self.cfg.hosts_proxy_headers {
+                if let Some(v) = headers.get(hp.as_str()).and_then(|v| v.to_str().ok()) {
+                    candidates.push(v.to_string());
+                }
+            }
+            let ok = candidates.iter().any(|h| !h.is_empty() && self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
+            if !ok {
+                return RequestAction::Respond(body::text(StatusCode::INTERNAL_SERVER_ERROR, "Bad Host"));
+            }
+        }
+        let mut drop_xff = false;
+        let mut new_host = None;
+        for (k, v) in &self.cfg.custom_request_headers {
+            if k.eq_ignore_ascii_case("host") && !v.is_empty() {
+                new_host = Some(v.clone());
+                continue;
+            }
+            if k.eq_ignore_ascii_case("x-forwarded-for") && v.is_empty() {
+                drop_xff = true;
+            }
+            set_or_remove(headers, k, v);
+        }
+        RequestAction::Continue { drop_xff, host: new_host }
+    }
+
+    /// The response phase. `origin` is the request's Origin header; `tls` whether the
+    /// request came over TLS (for Strict-Transport-Security).
+    pub fn on_response(&self, h: &mut HeaderMap, origin: Option<&str>, tls: bool) {
+        let c = &self.cfg;
+        // Security headers first, so custom response headers can override them.
+        if c.frame_deny == Some(true) {
+            h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        }
+        if let Some(v) = c.custom_frame_options_value.as_deref() {
+            set_or_remove(h, "x-frame-options", v);
+        }
+        if c.content_type_nosniff == Some(true) {
+            h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        }
+        if c.browser_xss_filter == Some(true) {
+            h.insert("x-xss-protection", HeaderValue::from_static("1; mode=block"));
+        }
+        if let Some(v) = c.custom_browser_xss_value.as_deref() {
+            set_or_remove(h, "x-xss-protection", v);
+        }
+        if let Some(v) = c.content_security_policy.as_deref() {
+            set_or_remove(h, "content-security-policy", v);
+        }
+        if let Some(v) = c.content_security_policy_report_only.as_deref() {
+            set_or_remove(h, "content-security-policy-report-only", v);
+        }
+        if let Some(v) = c.referrer_policy.as_deref() {
+            set_or_remove(h, "referrer-policy", v);
+        }
+        if let Some(v) = c.permissions_policy.as_deref() {
+            set_or_remove(h, "permissions-policy", v);
+        }
+        if let Some(secs) = c.sts_seconds.filter(|s| *s > 0) {
+            if (tls || c.force_sts_header == Some(true)) && c.is_development != Some(true) {
+                let mut v = format!("max-age={secs}");
+                if c.sts_include_subdomains == Some(true) {
+                    v.push_str("; includeSubDomains");
+                }
+                if c.sts_preload == Some(true) {
+                    v.push_str("; preload");
+                }
+                set_or_remove(h, "strict-transport-security", &v);
+            }
+        }
+        for (k, v) in &c.custom_response_headers {
+            set_or_remove(h, k, v);
+        }
+        if self.has_cors {
+            if let Some(o) = self.origin_allowed(origin.unwrap_or("")) {
+                if let Ok(v) = HeaderValue::from_str(&o) {
+                    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                }
+            }
+            if self.credentials() {
+                h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
+            if !c.access_control_expose_headers.is_empty() {
+                set_or_remove(h, "access-control-expose-headers", &c.access_control_expose_headers.join(","));
+            }
+        }
+        if c.add_vary_header == Some(true) {
+            let vary = h.get(http::header::VARY).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            if vary != "Origin" {
+                let v = if vary.is_empty() { "Origin".to_string() } else { format!("{vary},Origin") };
+                set_or_remove(h, "vary", &v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn rt(cfg: Headers) -> HeadersRt {
+        HeadersRt::new(cfg).unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn custom_request_headers_set_remove_and_host() {
+        let h = rt(Headers { custom_request_headers: map(&[("X-Script-Name", "test"), ("X-Drop", ""), ("Host", "upstream.test"), ("X-Forwarded-For", "")]), ..Default::default() });
+        let mut req = HeaderMap::new();
+        req.insert("x-drop", HeaderValue::from_static("1"));
+        req.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        match h.on_request(&Method::GET, &mut req, "a.test") {
+            RequestAction::Continue { drop_xff, host } => {
+                assert!(drop_xff);
+                assert_eq!(host.as_deref(), Some("upstream.test"));
+            }
+            RequestAction::Respond(_) => panic!("no response expected"),
+        }
+        assert_eq!(req.get("x-script-name").unwrap(), "test");
+        assert!(req.get("x-drop").is_none());
+        assert!(req.get("x-forwarded-for").is_none());
+    }
+
+    #[test]
+    fn custom_response_headers_replace_and_empty_deletes() {
+        let h = rt(Headers { custom_response_headers: map(&[("X-Traefik-Backend", "cluster-a"), ("Server", "")]), ..Default::default() });
+        let mut resp = HeaderMap::new();
+        resp.insert("x-traefik-backend", HeaderValue::from_static("backend-said"));
+        resp.insert("server", HeaderValue::from_static("nginx"));
+        h.on_response(&mut resp, None, false);
+        assert_eq!(resp.get("x-traefik-backend").unwrap(), "cluster-a");
+        assert!(resp.get("server").is_none());
+    }
+
+    #[test]
+    fn cors_preflight_is_answered_without_the_backend() {
+        let h = rt(Headers {
+            access_control_allow_methods: vec!["GET".into(), "OPTIONS".into(), "PUT".into()],
+            access_control_allow_headers: vec!["X-A".into(), "X-B".into()],
+            access_control_allow_origin_list: vec!["https://foo.test".into()],
+            access_control_max_age: Some(100),
+            ..Default::default()
+        });
+        let mut req = HeaderMap::new();
+        req.insert("origin", HeaderValue::from_static("https://foo.test"));
+        req.insert("access-control-request-method", HeaderValue::from_static("GET"));
+        let RequestAction::Respond(r) = h.on_request(&Method::OPTIONS, &mut req, "a") else { panic!("preflight must be answered") };
+        assert_eq!(r.status(), StatusCode::OK);
+        let g = |k: &str| r.headers().get(k).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(g("access-control-allow-methods").as_deref(), Some("GET,OPTIONS,PUT"));
+        assert_eq!(g("access-control-allow-headers").as_deref(), Some("X-A,X-B"));
+        assert_eq!(g("access-control-allow-origin").as_deref(), Some("https://foo.test"));
+        assert_eq!(g("access-control-max-age").as_deref(), Some("100"));
+        // Without Access-Control-Request-Method it is a normal request.
+        let mut req = HeaderMap::new();
+        req.insert("origin", HeaderValue::from_static("https://foo.test"));
+        assert!(matches!(h.on_request(&Method::OPTIONS, &mut req, "a"), RequestAction::Continue { .. }));
+    }
+
+    #[test]
+    fn cors_wildcard_with_credentials_echoes_origin_and_regex_is_unanchored() {
+        let h = rt(Headers { access_control_allow_origin_list: vec!["*".into()], access_control_allow_credentials: Some(true), ..Default::default() });
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, Some("https://x.test"), false);
+        assert_eq!(resp.get("access-control-allow-origin").unwrap(), "https://x.test");
+        assert_eq!(resp.get("access-control-allow-credentials").unwrap(), "true");
+        let h = rt(Headers { access_control_allow_origin_list: vec!["*".into()], ..Default::default() });
+        let mut resp = HeaderMap::new();
+        resp.insert("access-control-allow-origin", HeaderValue::from_static("https://backend.test"));
+        h.on_response(&mut resp, Some("https://x.test"), false);
+        assert_eq!(resp.get("access-control-allow-origin").unwrap(), "*", "replaces the backend's value");
+        let h = rt(Headers { access_control_allow_origin_list_regex: vec!["foo\\.test".into()], ..Default::default() });
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, Some("https://sub.foo.test.evil"), false);
+        assert_eq!(resp.get("access-control-allow-origin").unwrap(), "https://sub.foo.test.evil");
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, Some("https://bar.test"), false);
+        assert!(resp.get("access-control-allow-origin").is_none());
+    }
+
+    #[test]
+    fn vary_appends_origin() {
+        let h = rt(Headers { access_control_allow_origin_list: vec!["*".into()], add_vary_header: Some(true), ..Default::default() });
+        let mut resp = HeaderMap::new();
+        resp.insert("vary", HeaderValue::from_static("Accept-Encoding"));
+        h.on_response(&mut resp, Some("https://x"), false);
+        assert_eq!(resp.get("vary").unwrap(), "Accept-Encoding,Origin");
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, Some("https://x"), false);
+        assert_eq!(resp.get("vary").unwrap(), "Origin");
+    }
+
+    #[test]
+    fn security_headers_and_sts_only_over_tls() {
+        let h = rt(Headers {
+            frame_deny: Some(true),
+            content_type_nosniff: Some(true),
+            browser_xss_filter: Some(true),
+            sts_seconds: Some(31536000),
+            sts_include_subdomains: Some(true),
+            referrer_policy: Some("same-origin".into()),
+            ..Default::default()
+        });
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, None, false);
+        assert_eq!(resp.get("x-frame-options").unwrap(), "DENY");
+        assert_eq!(resp.get("x-content-type-options").unwrap(), "nosniff");
+        assert_eq!(resp.get("x-xss-protection").unwrap(), "1; mode=block");
+        assert_eq!(resp.get("referrer-policy").unwrap(), "same-origin");
+        assert!(resp.get("strict-transport-security").is_none());
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, None, true);
+        assert_eq!(resp.get("strict-transport-security").unwrap(), "max-age=31536000; includeSubDomains");
+    }
+
+    #[test]
+    fn allowed_hosts_answer_500_for_unlisted_or_empty() {
+        let h = rt(Headers { allowed_hosts: vec!["good.test".into()], ..Default::default() });
+        let mut req = HeaderMap::new();
+        assert!(matches!(h.on_request(&Method::GET, &mut req, "good.test"), RequestAction::Continue { .. }));
+        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "evil.test") else { panic!() };
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "") else { panic!() };
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,139 @@
+//! Request and response headers across the proxy hop, as Traefik sets them.
+//!
+//! Incoming `X-Forwarded-*` and `X-Real-Ip` come from an untrusted client, so they are
+//! replaced (Traefik's default with no trusted IPs). Hop-by-hop headers are removed in both
+//! directions, except the `Upgrade` handshake of a protocol switch.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-server", "x-real-ip"];
+
+/// Whether the request asks for a protocol switch (WebSocket); returns the protocol.
+pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let conn_upgrade = h.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if conn_upgrade { h.get(header::UPGRADE).cloned() } else { None }
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. `keep_upgrade`
+/// puts back `Connection: upgrade` and `Upgrade` for a protocol switch.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    // `TE: trailers` is the one TE value that may cross (gRPC needs it).
+    let te_trailers = h.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(proto) = keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto);
+    }
+}
+
+/// What the proxy knows about the client side of a request.
+#[derive(Debug, Clone)]
+pub struct ClientSide<'a> {
+    /// The client's IP.
+    pub ip: Option<IpAddr>,
+    /// `http`, `https`, `ws` or `wss`.
+    pub proto: &'a str,
+    /// The Host the client asked for.
+    pub host: &'a str,
+    /// The entrypoint's port.
+    pub port: u16,
+    /// This proxy's host name.
+    pub server: &'a str,
+    /// `X-Forwarded-For: ""` was configured: do not add one.
+    pub drop_xff: bool,
+}
+
+/// Sets the `X-Forwarded-*` and `X-Real-Ip` headers of a request going upstream.
+pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
+    // Values a headers middleware set on purpose survive; what the client sent does not.
+    for n in FORWARDED {
+        h.remove(*n);
+    }
+    let set = |h: &mut HeaderMap, n: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(n, v);
+        }
+    };
+    if let Some(ip) = c.ip {
+        if !c.drop_xff {
+            set(h, "x-forwarded-for", &ip.to_string());
+        }
+        set(h, "x-real-ip", &ip.to_string());
+    }
+    set(h, "x-forwarded-proto", c.proto);
+    if !c.host.is_empty() {
+        set(h, "x-forwarded-host", c.host);
+    }
+    set(h, "x-forwarded-port", &c.port.to_string());
+    set(h, "x-forwarded-server", c.server);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn upgrades_keep_their_handshake() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        let p = upgrade_protocol(&h);
+        assert_eq!(p.as_ref().unwrap(), "websocket");
+        strip_hop_by_hop(&mut h, p);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    }
+
+    #[test]
+    fn forwarded_headers_replace_what_the_client_sent() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        let c = ClientSide { ip: Some("10.0.0.9".parse().unwrap()), proto: "https", host: "api.test", port: 8443, server: "gw-1", drop_xff: false };
+        set_forwarded(&mut h, &c);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.test");
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "8443");
+        assert_eq!(h.get("x-forwarded-server").unwrap(), "gw-1");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &ClientSide { drop_xff: true, ..c });
+        assert!(h.get("x-forwarded-for").is_none());
+    }
+}

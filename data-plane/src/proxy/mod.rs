@@ -1,0 +1,510 @@
+//! The proxy: from an accepted request to the upstream's response.
+//!
+//! [`Gateway`] holds the route table in force behind an `ArcSwap`. Each request loads the
+//! table once and keeps that `Arc` until it is done, so a swap never mixes two
+//! configurations inside one request and never waits for requests in flight. A request
+//! then goes: route → middlewares (request phase) → service dispatch → middlewares
+//! (response phase, in reverse order).
+
+pub mod admin;
+pub mod forward;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use atrium_proto::v1::SnapshotBody;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{self, Body};
+use crate::middleware::limits::Admission;
+use crate::middleware::path::{RewriteError, UrlPath};
+use crate::middleware::{Action, redirect};
+use crate::request::RequestView;
+use crate::service::{self, ServiceRt};
+use crate::table::{RouteEntry, RouteTable};
+use crate::upstream::{UpstreamError, Upstreams};
+
+/// A compiled configuration: the route table and the services it sends to.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Version of the snapshot it came from.
+    pub version: u64,
+    /// Routers.
+    pub table: RouteTable,
+    /// Services by id.
+    pub services: HashMap<String, Arc<ServiceRt>>,
+    /// The snapshot body, for `/api/rawdata`.
+    pub body: SnapshotBody,
+}
+
+impl Runtime {
+    /// Compiles a snapshot body. An error leaves whatever was in force untouched.
+    pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, String> {
+        let table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
+        let services = service::build(&body.services)?;
+        Ok(Runtime { version, table, services, body })
+    }
+}
+
+/// Where a request came in.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Entrypoint name.
+    pub entry_point: Arc<str>,
+    /// Entrypoint port (for `X-Forwarded-Port`).
+    pub port: u16,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client's socket address.
+    pub peer: SocketAddr,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// One JSON object per request.
+    Json,
+    /// Common Log Format.
+    Clf,
+}
+
+/// The data plane.
+pub struct Gateway {
+    runtime: ArcSwapOption<Runtime>,
+    upstreams: Arc<Upstreams>,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    access_log: Option<AccessLog>,
+    hostname: String,
+    /// Certificates for TLS entrypoints.
+    pub certs: Arc<tls::CertStore>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("version", &self.runtime.load().as_ref().map(|r| r.version)).finish()
+    }
+}
+
+/// Why a request could not be forwarded.
+enum ProxyError {
+    NoTarget(String),
+    Upstream(UpstreamError),
+}
+
+fn error_response(e: &ProxyError) -> Response<Body> {
+    match e {
+        ProxyError::NoTarget(_) => body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        ProxyError::Upstream(UpstreamError::Timeout { .. }) => body::text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
+        ProxyError::Upstream(_) => body::text(StatusCode::BAD_GATEWAY, "Bad Gateway"),
+    }
+}
+
+/// The upstream-bound part of a request that may be sent more than once (retries,
+/// mirrors): everything but the body.
+#[derive(Clone)]
+struct Outgoing {
+    method: http::Method,
+    path_and_query: String,
+    headers: http::HeaderMap,
+}
+
+impl Outgoing {
+    fn request(&self, server: &service::Server, pass_host: bool, body: Body) -> Result<Request<Body>, String> {
+        let h2c = server.url.scheme_str() == Some("h2c");
+        let scheme = if h2c { "http" } else { server.url.scheme_str().unwrap_or("http") };
+        let auth = server.url.authority().map(|a| a.as_str()).unwrap_or("");
+        let uri = format!("{scheme}://{auth}{}", self.path_and_query);
+        let mut req = Request::builder().method(self.method.clone()).uri(uri).body(body).map_err(|e| e.to_string())?;
+        *req.headers_mut() = self.headers.clone();
+        if !pass_host || !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(auth) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        // The client picks the wire protocol per upstream (ALPN for https, prior knowledge
+        // for h2c); the request's own version only says which one to expect.
+        *req.version_mut() = if h2c { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        Ok(req)
+    }
+}
+
+impl Gateway {
+    /// A gateway with no configuration yet (every request gets 503 until the first swap).
+    pub fn new(upstreams: Upstreams, access_log: Option<AccessLog>, certs: Arc<tls::CertStore>) -> Arc<Gateway> {
+        let hostname = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "atrium".to_string());
+        Arc::new(Gateway {
+            runtime: ArcSwapOption::empty(),
+            upstreams: Arc::new(upstreams),
+            metrics: metrics::Metrics::default(),
+            access_log,
+            hostname,
+            certs,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.load_full()
+    }
+
+    /// Puts a new configuration in force and starts its health checks. Requests in flight
+    /// finish on the table they started with.
+    pub fn swap(&self, rt: Runtime) {
+        let mut lbs = Vec::new();
+        for s in rt.services.values() {
+            s.load_balancers(&mut lbs);
+        }
+        lbs.sort_by(|a, b| a.id.cmp(&b.id));
+        lbs.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for lb in &lbs {
+            service::health::spawn(lb, self.upstreams.clone());
+        }
+        let version = rt.version;
+        self.runtime.store(Some(Arc::new(rt)));
+        self.metrics.table_version.set(version as i64);
+        self.metrics.swaps.inc();
+        tracing::info!(version, "route table swapped in");
+    }
+
+    /// Records a configuration that was refused.
+    pub fn swap_failed(&self, error: &str) {
+        self.metrics.swap_failures.inc();
+        tracing::error!(%error, "configuration refused; the previous route table stays in force");
+    }
+
+    /// Serves one request.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let version = req.version();
+        let (mut resp, router, service) = self.handle_inner(req, conn).await;
+        // Answer in the client's protocol version, whatever the upstream spoke.
+        *resp.version_mut() = version;
+        let code = resp.status().as_u16();
+        self.metrics
+            .requests
+            .get_or_create(&metrics::RequestLabels { router: router.clone(), service: service.clone(), code })
+            .inc();
+        if !router.is_empty() {
+            self.metrics.latency.get_or_create(&metrics::RouterLabels { router: router.clone() }).observe(start.elapsed().as_secs_f64());
+        }
+        if let Some(fmt) = self.access_log {
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let line = match fmt {
+                AccessLog::Json => serde_json::json!({
+                    "client": conn.peer.ip().to_string(), "method": method.as_str(), "uri": uri.to_string(),
+                    "status": code, "router": router, "service": service, "entryPoint": &*conn.entry_point, "durationMs": ms,
+                })
+                .to_string(),
+                AccessLog::Clf => format!("{} - - [{}] \"{} {} HTTP/1.1\" {} - \"{}\" \"{}\" {:.0}ms", conn.peer.ip(), httpdate(), method, uri, code, router, service, ms),
+            };
+            println!("{line}");
+        }
+        resp
+    }
+
+    async fn handle_inner(self: &Arc<Self>, req: Request<Incoming>, conn: &ConnInfo) -> (Response<Body>, String, String) {
+        let Some(rt) = self.runtime.load_full() else {
+            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), String::new(), String::new());
+        };
+        let (mut parts, incoming) = req.into_parts();
+        let host_raw: String = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+            .unwrap_or_default();
+        let path_raw = parts.uri.path().to_string();
+        let query = parts.uri.query().map(str::to_string);
+        let peer = conn.peer.to_string();
+        let router: &RouteEntry = {
+            let view = RequestView::new(parts.method.as_str(), &host_raw, &path_raw, query.as_deref(), &parts.headers, &peer);
+            match rt.table.route(Some(&conn.entry_point), &view) {
+                Some(r) => r,
+                None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), String::new(), String::new()),
+            }
+        };
+        let rid = router.id.clone();
+        let sid = router.service.clone();
+        let client_ip = Some(conn.peer.ip().to_canonical());
+        let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let mut url = UrlPath::from_escaped(&path_raw);
+        let mut after = Vec::new();
+        let mut guards = Vec::new();
+        let mut drop_xff = false;
+        let mut host_override: Option<String> = None;
+        let (mut max_request, mut max_response) = (0u64, 0u64);
+        let mut retry: Option<(u32, Duration)> = None;
+        let scheme = if conn.tls { "https" } else { "http" };
+        let canon_host = crate::request::canonical_host(&host_raw).into_owned();
+
+        for m in &router.middlewares {
+            let early = match &m.action {
+                Action::Path => match m.rewrite_path(&mut url) {
+                    Ok(Some((name, value))) => {
+                        if let Ok(v) = HeaderValue::from_str(&value) {
+                            parts.headers.append(name, v);
+                        }
+                        None
+                    }
+                    Ok(None) => None,
+                    Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
+                    Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+                },
+                Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, &canon_host) {
+                    crate::middleware::headers::RequestAction::Respond(r) => Some(r),
+                    crate::middleware::headers::RequestAction::Continue { drop_xff: d, host } => {
+                        drop_xff |= d;
+                        if host.is_some() {
+                            host_override = host;
+                        }
+                        after.push(h);
+                        None
+                    }
+                },
+                Action::RedirectScheme { scheme: to, port, permanent } => {
+                    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
+                    redirect::scheme_target(&u, to, port.as_deref()).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                }
+                Action::RedirectRegex { regex, replacement, permanent } => {
+                    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
+                    redirect::regex_target(&u, regex, replacement).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                }
+                Action::IpAllow(a) => (!a.allows(client_ip, &parts.headers)).then(|| {
+                    body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))
+                }),
+                Action::RateLimit(rl) => {
+                    let key = rl.source.key(client_ip, &parts.headers, &canon_host);
+                    match rl.admit(&key, Instant::now()) {
+                        Admission::Now => None,
+                        Admission::After(d) => {
+                            tokio::time::sleep(d).await;
+                            None
+                        }
+                        Admission::Refuse(d) => {
+                            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+                            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+                            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                            Some(r)
+                        }
+                    }
+                }
+                Action::InFlight(f) => {
+                    let key = f.source.key(client_ip, &parts.headers, &canon_host);
+                    match f.acquire(&key) {
+                        Some(g) => {
+                            guards.push(g);
+                            None
+                        }
+                        None => Some(body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")),
+                    }
+                }
+                Action::Buffering { max_request: q, max_response: s } => {
+                    max_request = *q;
+                    max_response = *s;
+                    None
+                }
+                Action::Retry { attempts, initial_interval } => {
+                    retry = Some((*attempts, *initial_interval));
+                    None
+                }
+            };
+            if let Some(r) = early {
+                return (r, rid, sid);
+            }
+        }
+
+        // The request body: streamed, or buffered under a buffering limit (413 past it).
+        let mut req_body: Body = body::incoming(incoming);
+        if max_request > 0 {
+            let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max_request) {
+                return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), rid, sid);
+            }
+            match body::collect_limited(req_body, max_request as usize).await {
+                Ok(b) => req_body = body::full(b),
+                Err(_) => return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), rid, sid),
+            }
+        }
+
+        let upgrade = forward::upgrade_protocol(&parts.headers);
+        let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        let mut headers = std::mem::take(&mut parts.headers);
+        forward::strip_hop_by_hop(&mut headers, upgrade.clone());
+        let proto = match (upgrade.is_some(), conn.tls) {
+            (true, true) => "wss",
+            (true, false) => "ws",
+            (false, true) => "https",
+            (false, false) => "http",
+        };
+        let client = forward::ClientSide { ip: client_ip, proto, host: &host_raw, port: conn.port, server: &self.hostname, drop_xff };
+        forward::set_forwarded(&mut headers, &client);
+        if let Some(h) = &host_override {
+            if let Ok(v) = HeaderValue::from_str(h) {
+                headers.insert(header::HOST, v);
+            }
+        } else if !host_raw.is_empty() && !headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
+            if let Ok(v) = HeaderValue::from_str(&host_raw) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        let mut pq = url.request_path().to_string();
+        if let Some(q) = &query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let out = Outgoing { method: parts.method.clone(), path_and_query: pq, headers };
+
+        let Some(svc) = rt.services.get(&router.service).cloned() else {
+            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), rid, sid);
+        };
+        let replayable = http_body::Body::is_end_stream(&req_body);
+        let (attempts, mut backoff) = retry.unwrap_or((1, Duration::ZERO));
+        let mut result = self.dispatch(&svc, &out, req_body).await;
+        let mut attempt = 1;
+        while attempt < attempts && replayable && matches!(result, Err(ProxyError::Upstream(UpstreamError::Connect { .. }))) {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
+            result = self.dispatch(&svc, &out, body::empty()).await;
+        }
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                match &e {
+                    ProxyError::NoTarget(why) => tracing::warn!(router = %rid, service = %sid, %why, "no healthy target"),
+                    ProxyError::Upstream(err) => tracing::warn!(router = %rid, service = %sid, error = %err, "upstream request failed"),
+                }
+                return (error_response(&e), rid, sid);
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_up) = client_upgrade {
+                let upstream_up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match (client_up.await, upstream_up.await) {
+                        (Ok(c), Ok(u)) => {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        }
+                        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "protocol upgrade failed"),
+                    }
+                });
+            }
+        } else {
+            forward::strip_hop_by_hop(resp.headers_mut(), None);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        let mut out_body: Body = rbody;
+        if max_response > 0 {
+            match body::collect_limited(out_body, max_response as usize).await {
+                Ok(b) => out_body = body::full(b),
+                Err(_) => return (body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"), rid, sid),
+            }
+        }
+        for h in after.iter().rev() {
+            h.on_response(&mut rparts.headers, origin.as_deref(), conn.tls);
+        }
+        if !guards.is_empty() {
+            // In-flight slots are held until the response body is finished or dropped.
+            out_body = out_body.map_frame(move |f| {
+                let _held = &guards;
+                f
+            }).boxed();
+        }
+        (Response::from_parts(rparts, out_body), rid, sid)
+    }
+
+    fn dispatch<'a>(
+        self: &'a Arc<Self>,
+        svc: &'a Arc<ServiceRt>,
+        out: &'a Outgoing,
+        body: Body,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
+        Box::pin(async move {
+            match &**svc {
+                ServiceRt::LoadBalancer(lb) => {
+                    let server = lb.pick().ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
+                    let req = out.request(server, lb.pass_host_header, body).map_err(|e| ProxyError::NoTarget(e))?;
+                    let h2c = server.url.scheme_str() == Some("h2c");
+                    match self.upstreams.send(req, h2c).await {
+                        Ok(r) => Ok(r.map(body::incoming)),
+                        Err(e) => {
+                            lb.record_failure(server);
+                            Err(ProxyError::Upstream(e))
+                        }
+                    }
+                }
+                ServiceRt::Weighted { .. } => {
+                    let child = svc.pick_child().ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?.clone();
+                    self.dispatch(&child, out, body).await
+                }
+                ServiceRt::Failover { main, fallback } => {
+                    let target = if main.available() { main } else { fallback };
+                    self.dispatch(target, out, body).await
+                }
+                ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let chosen: Vec<Arc<ServiceRt>> = mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect();
+                    let (main_body, copy): (Body, Option<Bytes>) = if chosen.is_empty() {
+                        (body, None)
+                    } else if http_body::Body::is_end_stream(&body) {
+                        (body, Some(Bytes::new()))
+                    } else if *mirror_body {
+                        let limit = if *max_body_size < 0 { usize::MAX } else { *max_body_size as usize };
+                        match body::collect_limited(body, limit).await {
+                            Ok(b) => (body::full(b.clone()), Some(b)),
+                            Err(_) => return Err(ProxyError::NoTarget("request body too large to mirror".into())),
+                        }
+                    } else {
+                        (body, Some(Bytes::new()))
+                    };
+                    if let Some(copy) = copy {
+                        for m in chosen {
+                            let gw = self.clone();
+                            let out = out.clone();
+                            let copy = copy.clone();
+                            tokio::spawn(async move {
+                                if let Ok(r) = gw.dispatch(&m, &out, body::full(copy)).await {
+                                    let _ = r.into_body().collect().await;
+                                }
+                            });
+                        }
+                    }
+                    self.dispatch(main, out, main_body).await
+                }
+                ServiceRt::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
+            }
+        })
+    }
+}
+
+fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Response<Body> {
+    let status = redirect::redirect_status(method, permanent);
+    let mut r = body::text(status, status.canonical_reason().unwrap_or("Redirect"));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn httpdate() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{secs}")
+}

@@ -1,0 +1,144 @@
+//! Entrypoint listeners: accept, TLS (ALPN h2/http1.1), HTTP/1.1 and HTTP/2 (h2c with
+//! prior knowledge on plain ports), timeouts, and graceful shutdown that drains requests
+//! in flight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{ConnInfo, Gateway};
+
+/// Connection limits of an entrypoint.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// A client that has not sent complete request headers by then is cut off.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers); past it the answer is 431.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { header_read_timeout: Duration::from_secs(60), max_header_bytes: 1 << 20, drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// One bound entrypoint.
+#[derive(Debug)]
+pub struct EntryPoint {
+    /// Its name.
+    pub name: Arc<str>,
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// TLS configuration, for `websecure`-like entrypoints.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl EntryPoint {
+    /// Binds `addr`.
+    pub async fn bind(name: &str, addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<EntryPoint> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(EntryPoint { name: Arc::from(name), listener, tls })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).enable_connect_protocol();
+    b
+}
+
+/// The per-connection hyper service: hands each request to the gateway.
+#[derive(Clone)]
+struct GatewayService {
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
+    type Response = http::Response<crate::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let gw = self.gw.clone();
+        let info = self.info.clone();
+        Box::pin(async move { Ok(gw.handle(req, &info).await) })
+    }
+}
+
+/// Serves an entrypoint until `shutdown` turns true, then drains connections.
+pub async fn serve(ep: EntryPoint, gw: Arc<Gateway>, limits: ServerLimits, mut shutdown: watch::Receiver<bool>) {
+    let port = ep.listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let acceptor = ep.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder(&limits));
+    loop {
+        let accepted = tokio::select! {
+            a = ep.listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(entrypoint = %ep.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo { entry_point: ep.name.clone(), port, tls: acceptor.is_some(), peer });
+        let gw = gw.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let svc = GatewayService { gw, info };
+            match acceptor {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                Some(acc) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(ep.listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(entrypoint = %ep.name, "drained"),
+        _ = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(entrypoint = %ep.name, "drain timeout: closing remaining connections"),
+    }
+}

@@ -1,0 +1,111 @@
+//! TLS for entrypoints: certificates picked by SNI, a generated default certificate.
+//!
+//! Certificates come from `kubernetes.io/tls` Secrets named by routers' `tls.secretName`;
+//! a router's `Host` values say which server names a certificate serves. Anything else gets
+//! the default certificate, generated at start (as `tls: {}` asks for).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The certificates in force.
+#[derive(Debug)]
+pub struct CertStore {
+    default: Arc<CertifiedKey>,
+    by_name: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+/// Parses a PEM certificate chain and key into a signing key.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in PEM".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| format!("private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+/// A self-signed certificate for `names`.
+pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, String> {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
+}
+
+impl CertStore {
+    /// A store with a generated default certificate.
+    pub fn generated() -> Result<Arc<CertStore>, String> {
+        let default = self_signed(&["localhost", "atrium.local"])?;
+        Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
+    }
+
+    /// Replaces the SNI map (lower-case server name → certificate; `*.domain` allowed).
+    pub fn set(&self, by_name: HashMap<String, Arc<CertifiedKey>>) {
+        self.by_name.store(Arc::new(by_name));
+    }
+
+    fn lookup(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let map = self.by_name.load();
+        if let Some(name) = sni.map(|s| s.to_ascii_lowercase()) {
+            if let Some(c) = map.get(&name) {
+                return c.clone();
+            }
+            if let Some((_, rest)) = name.split_once('.') {
+                if let Some(c) = map.get(&format!("*.{rest}")) {
+                    return c.clone();
+                }
+            }
+        }
+        self.default.clone()
+    }
+
+    /// A rustls server configuration over this store, offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.lookup(hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let store = CertStore::generated().unwrap();
+        let a = self_signed(&["a.test"]).unwrap();
+        let w = self_signed(&["*.w.test"]).unwrap();
+        store.set(HashMap::from([("a.test".to_string(), a.clone()), ("*.w.test".to_string(), w.clone())]));
+        assert!(Arc::ptr_eq(&store.lookup(Some("A.TEST")), &a));
+        assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")), &w));
+        assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default));
+        assert!(Arc::ptr_eq(&store.lookup(None), &store.default));
+    }
+
+    #[test]
+    fn bad_pem_is_an_error() {
+        assert!(certified_key(b"nope", b"nope").is_err());
+    }
+}

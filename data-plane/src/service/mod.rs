@@ -1,0 +1,349 @@
+//! Services at run time: load balancers over servers, and the TraefikService compositions
+//! (weighted, mirroring, failover) over other services.
+//!
+//! Selection is pure and synchronous (smooth weighted round-robin, health flags); moving
+//! bytes is the proxy's job (`proxy::dispatch`). Active health checks run in
+//! [`health`], passive ejection is recorded here when a forward fails.
+
+pub mod health;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_proto::v1 as pb;
+use pb::service::Kind;
+
+/// One backend server.
+#[derive(Debug)]
+pub struct Server {
+    /// `scheme://host:port` (scheme `http`, `https` or `h2c`).
+    pub url: http::Uri,
+    /// WRR weight.
+    pub weight: u32,
+    /// Active health check verdict (true until a check says otherwise).
+    pub healthy: AtomicBool,
+    passive: Mutex<Passive>,
+}
+
+#[derive(Debug, Default)]
+struct Passive {
+    failures: Vec<Instant>,
+    ejected_until: Option<Instant>,
+}
+
+impl Server {
+    fn available(&self, now: Instant) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.passive.lock().map(|p| p.ejected_until.is_none_or(|t| t <= now)).unwrap_or(true)
+    }
+}
+
+/// A weighted round-robin load balancer over servers.
+#[derive(Debug)]
+pub struct LoadBalancer {
+    /// Service id.
+    pub id: String,
+    /// Servers, in snapshot order.
+    pub servers: Vec<Server>,
+    /// Keep the client's Host header.
+    pub pass_host_header: bool,
+    /// Active health check configuration.
+    pub health_check: Option<pb::HealthCheck>,
+    passive: Option<pb::PassiveHealthCheck>,
+    wrr: Mutex<Vec<i64>>,
+}
+
+/// Smooth weighted round-robin (as nginx does): deterministic, and spreads picks evenly.
+fn smooth_wrr(current: &mut [i64], weights: &[(usize, i64)]) -> Option<usize> {
+    let total: i64 = weights.iter().map(|(_, w)| *w).sum();
+    if total <= 0 {
+        return None;
+    }
+    let mut best: Option<usize> = None;
+    for &(i, w) in weights {
+        current[i] += w;
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    if let Some(b) = best {
+        current[b] -= total;
+    }
+    best
+}
+
+impl LoadBalancer {
+    /// Picks an available server, or `None` when none is.
+    pub fn pick(&self) -> Option<&Server> {
+        let now = Instant::now();
+        let weights: Vec<(usize, i64)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.weight > 0 && s.available(now))
+            .map(|(i, s)| (i, i64::from(s.weight)))
+            .collect();
+        let mut cur = self.wrr.lock().ok()?;
+        smooth_wrr(&mut cur, &weights).map(|i| &self.servers[i])
+    }
+
+    /// Whether any server can take traffic.
+    pub fn has_available(&self) -> bool {
+        let now = Instant::now();
+        self.servers.iter().any(|s| s.weight > 0 && s.available(now))
+    }
+
+    /// Records a failed forward to `server` for passive health checking.
+    pub fn record_failure(&self, server: &Server) {
+        let Some(p) = &self.passive else { return };
+        let window = Duration::from_millis(p.failure_window_ms.max(1));
+        let now = Instant::now();
+        if let Ok(mut st) = server.passive.lock() {
+            st.failures.retain(|t| now.duration_since(*t) < window);
+            st.failures.push(now);
+            if st.failures.len() as u32 >= p.max_failed_attempts.max(1) {
+                st.failures.clear();
+                st.ejected_until = Some(now + window);
+                tracing::warn!(service = %self.id, server = %server.url, "server ejected after repeated failures");
+            }
+        }
+    }
+}
+
+/// A service at run time.
+#[derive(Debug)]
+pub enum ServiceRt {
+    /// Servers.
+    LoadBalancer(Arc<LoadBalancer>),
+    /// Weighted round-robin over services.
+    Weighted {
+        /// Children and weights.
+        children: Vec<(Arc<ServiceRt>, u32)>,
+        /// WRR state.
+        wrr: Mutex<Vec<i64>>,
+    },
+    /// Main service plus mirrors.
+    Mirroring {
+        /// Where the response comes from.
+        main: Arc<ServiceRt>,
+        /// Mirrors and their percentages.
+        mirrors: Vec<(Arc<ServiceRt>, u32)>,
+        /// Copy the request body to mirrors.
+        mirror_body: bool,
+        /// Largest body mirrored (-1: unlimited).
+        max_body_size: i64,
+        /// Requests seen, for the percentages.
+        counter: AtomicU64,
+    },
+    /// Main service, and a fallback when it has nothing available.
+    Failover {
+        /// Preferred.
+        main: Arc<ServiceRt>,
+        /// Used when `main` has nothing available.
+        fallback: Arc<ServiceRt>,
+    },
+    /// A service this data plane cannot serve yet, with the reason (multi-cluster routing
+    /// before the uplink client exists, the portal before the portal exists).
+    Unavailable(String),
+}
+
+impl ServiceRt {
+    /// Whether the service can take a request now.
+    pub fn available(&self) -> bool {
+        match self {
+            ServiceRt::LoadBalancer(lb) => lb.has_available(),
+            ServiceRt::Weighted { children, .. } => children.iter().any(|(c, w)| *w > 0 && c.available()),
+            ServiceRt::Mirroring { main, .. } => main.available(),
+            ServiceRt::Failover { main, fallback } => main.available() || fallback.available(),
+            ServiceRt::Unavailable(_) => false,
+        }
+    }
+
+    /// For weighted services: the next child with something available.
+    pub fn pick_child(&self) -> Option<&Arc<ServiceRt>> {
+        let ServiceRt::Weighted { children, wrr } = self else { return None };
+        let weights: Vec<(usize, i64)> = children
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, w))| *w > 0 && c.available())
+            .map(|(i, (_, w))| (i, i64::from(*w)))
+            .collect();
+        let mut cur = wrr.lock().ok()?;
+        smooth_wrr(&mut cur, &weights).map(|i| &children[i].0)
+    }
+
+    /// Every load balancer reachable from this service (for health checks).
+    pub fn load_balancers(&self, out: &mut Vec<Arc<LoadBalancer>>) {
+        match self {
+            ServiceRt::LoadBalancer(lb) => out.push(lb.clone()),
+            ServiceRt::Weighted { children, .. } => children.iter().for_each(|(c, _)| c.load_balancers(out)),
+            ServiceRt::Mirroring { main, mirrors, .. } => {
+                main.load_balancers(out);
+                mirrors.iter().for_each(|(m, _)| m.load_balancers(out));
+            }
+            ServiceRt::Failover { main, fallback } => {
+                main.load_balancers(out);
+                fallback.load_balancers(out);
+            }
+            ServiceRt::Unavailable(_) => {}
+        }
+    }
+}
+
+/// Builds the run-time services of a snapshot. Composite services refer to others by id;
+/// the compiler guarantees there is no cycle, and a reference that is missing or cyclic
+/// anyway is an error here.
+pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>, String> {
+    let by_id: HashMap<&str, &pb::Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut built: HashMap<String, Arc<ServiceRt>> = HashMap::new();
+    fn get(
+        id: &str,
+        by_id: &HashMap<&str, &pb::Service>,
+        built: &mut HashMap<String, Arc<ServiceRt>>,
+        stack: &mut Vec<String>,
+    ) -> Result<Arc<ServiceRt>, String> {
+        if let Some(s) = built.get(id) {
+            return Ok(s.clone());
+        }
+        if stack.iter().any(|s| s == id) {
+            return Err(format!("service {id} refers back to itself"));
+        }
+        let svc = by_id.get(id).ok_or_else(|| format!("unknown service {id:?}"))?;
+        stack.push(id.to_string());
+        let rt = match svc.kind.as_ref().ok_or_else(|| format!("service {id} has no kind"))? {
+            Kind::LoadBalancer(lb) => {
+                let mut servers = Vec::new();
+                for s in &lb.servers {
+                    let url: http::Uri = s.url.parse().map_err(|e| format!("service {id}: server {:?}: {e}", s.url))?;
+                    if url.authority().is_none() {
+                        return Err(format!("service {id}: server {:?} has no host", s.url));
+                    }
+                    servers.push(Server { url, weight: s.weight, healthy: AtomicBool::new(true), passive: Mutex::default() });
+                }
+                let n = servers.len();
+                ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
+                    id: id.to_string(),
+                    servers,
+                    pass_host_header: lb.pass_host_header,
+                    health_check: lb.health_check.clone(),
+                    passive: lb.passive_health_check.clone(),
+                    wrr: Mutex::new(vec![0; n]),
+                }))
+            }
+            Kind::Weighted(w) => {
+                let mut children = Vec::new();
+                for c in &w.services {
+                    children.push((get(&c.service, by_id, built, stack)?, c.weight));
+                }
+                let n = children.len();
+                ServiceRt::Weighted { children, wrr: Mutex::new(vec![0; n]) }
+            }
+            Kind::Mirroring(m) => {
+                let main = get(&m.service, by_id, built, stack)?;
+                let mut mirrors = Vec::new();
+                for mr in &m.mirrors {
+                    mirrors.push((get(&mr.service, by_id, built, stack)?, mr.percent.min(100)));
+                }
+                ServiceRt::Mirroring { main, mirrors, mirror_body: m.mirror_body, max_body_size: m.max_body_size, counter: AtomicU64::new(0) }
+            }
+            Kind::Failover(f) => ServiceRt::Failover {
+                main: get(&f.service, by_id, built, stack)?,
+                fallback: get(&f.fallback, by_id, built, stack)?,
+            },
+            Kind::Multicluster(m) => ServiceRt::Unavailable(format!("multi-cluster service {}@multicluster: no uplink is connected", m.uplink)),
+            Kind::Portal(_) => ServiceRt::Unavailable("the API portal is not served by this data plane".into()),
+        };
+        stack.pop();
+        let rt = Arc::new(rt);
+        built.insert(id.to_string(), rt.clone());
+        Ok(rt)
+    }
+    for s in services {
+        get(&s.id, &by_id, &mut built, &mut Vec::new())?;
+    }
+    Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(id: &str, servers: &[(&str, u32)]) -> pb::Service {
+        pb::Service {
+            id: id.into(),
+            kind: Some(Kind::LoadBalancer(pb::LoadBalancer {
+                servers: servers.iter().map(|(u, w)| pb::Server { url: u.to_string(), weight: *w }).collect(),
+                pass_host_header: true,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn smooth_wrr_spreads_by_weight() {
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])]).unwrap();
+        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        let picks: Vec<String> = (0..8).map(|_| lb.pick().unwrap().url.to_string()).collect();
+        let second = picks.iter().filter(|u| u.contains("10.0.0.2")).count();
+        assert_eq!(second, 6, "{picks:?}");
+        // Smooth: never three of the heavy server in a row within a cycle of 4.
+        assert_ne!(picks[..4].iter().filter(|u| u.contains("10.0.0.1")).count(), 0);
+    }
+
+    #[test]
+    fn unhealthy_servers_are_skipped_and_none_means_unavailable() {
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])]).unwrap();
+        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        lb.servers[0].healthy.store(false, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(lb.pick().unwrap().url.to_string(), "http://10.0.0.2/");
+        }
+        lb.servers[1].healthy.store(false, Ordering::Relaxed);
+        assert!(lb.pick().is_none());
+        assert!(!svcs["a"].available());
+    }
+
+    #[test]
+    fn passive_ejection_after_max_failures() {
+        let mut s = lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)]);
+        if let Some(Kind::LoadBalancer(l)) = &mut s.kind {
+            l.passive_health_check = Some(pb::PassiveHealthCheck { max_failed_attempts: 2, failure_window_ms: 60_000 });
+        }
+        let svcs = build(&[s]).unwrap();
+        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        lb.record_failure(&lb.servers[0]);
+        assert!(lb.servers[0].available(Instant::now()));
+        lb.record_failure(&lb.servers[0]);
+        assert!(!lb.servers[0].available(Instant::now()));
+        assert!(lb.pick().unwrap().url.to_string().contains("10.0.0.2"));
+    }
+
+    #[test]
+    fn failover_and_weighted_follow_availability() {
+        let mut svcs = vec![lb("main", &[("http://10.0.0.1:80", 1)]), lb("fb", &[("http://10.0.0.2:80", 1)])];
+        svcs.push(pb::Service { id: "f".into(), kind: Some(Kind::Failover(pb::Failover { service: "main".into(), fallback: "fb".into() })) });
+        svcs.push(pb::Service {
+            id: "w".into(),
+            kind: Some(Kind::Weighted(pb::Weighted {
+                services: vec![pb::WeightedService { service: "main".into(), weight: 1 }, pb::WeightedService { service: "fb".into(), weight: 1 }],
+            })),
+        });
+        let built = build(&svcs).unwrap();
+        let ServiceRt::LoadBalancer(main) = &*built["main"] else { panic!() };
+        main.servers[0].healthy.store(false, Ordering::Relaxed);
+        assert!(built["f"].available());
+        for _ in 0..3 {
+            let c = built["w"].pick_child().unwrap();
+            assert!(Arc::ptr_eq(c, &built["fb"]));
+        }
+    }
+
+    #[test]
+    fn dangling_and_cyclic_references_are_errors() {
+        let s = pb::Service { id: "w".into(), kind: Some(Kind::Weighted(pb::Weighted { services: vec![pb::WeightedService { service: "w".into(), weight: 1 }] })) };
+        assert!(build(&[s]).unwrap_err().contains("refers back"));
+        let s = pb::Service { id: "f".into(), kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })) };
+        assert!(build(&[s]).unwrap_err().contains("unknown service"));
+    }
+}

@@ -1,0 +1,257 @@
+//! `atrium gateway`: a Traefik-compatible gateway that runs from local manifests.
+//!
+//! It compiles the manifests into a snapshot, the snapshot into a route table, and serves
+//! it. A watcher recompiles on every change (after a short quiet time); a change that does
+//! not load or compile is logged with file and line and the previous table stays.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atrium_data_plane::proxy::server::{EntryPoint, ServerLimits};
+use atrium_data_plane::proxy::tls::{CertStore, certified_key};
+use atrium_data_plane::proxy::{AccessLog, Gateway, Runtime, admin, server};
+use atrium_data_plane::rules::Rule;
+use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
+use atrium_model::diagnostic::Diagnostic;
+use atrium_model::loader::{Manifests, load_paths};
+use atrium_model::resources::Resource;
+use atrium_model::values::Values;
+use base64::Engine;
+use tokio::sync::watch;
+
+/// Options of `atrium gateway`.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Helm-style values.
+    pub values: Option<PathBuf>,
+    /// Manifest files or folders.
+    pub manifests: Vec<PathBuf>,
+    /// `NAME=ADDR` overrides (`NAME=off` disables an entrypoint).
+    pub entry_points: Vec<(String, String)>,
+    /// IP every entrypoint binds to unless overridden.
+    pub bind_ip: IpAddr,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Access log format.
+    pub access_log: Option<AccessLog>,
+    /// Quiet time before a change is applied.
+    pub debounce: Duration,
+    /// Listener limits.
+    pub limits: ServerLimits,
+    /// Upstream timeouts.
+    pub upstream: UpstreamConfig,
+}
+
+/// One compile of the configuration, or the findings that prevent it.
+pub struct Compiled {
+    /// The route table to swap in.
+    pub runtime: Runtime,
+    /// Certificates by server name.
+    pub certs: HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+}
+
+fn errors_of(diags: &[Diagnostic]) -> Vec<String> {
+    diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
+}
+
+/// Loads and compiles the configuration; `Err` lists every error with file and line.
+pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<String>> {
+    let (values, vdiags) = match &opts.values {
+        Some(v) => Values::load(v),
+        None => (Values::default(), Vec::new()),
+    };
+    let m = load_paths(&opts.manifests);
+    let compiled = atrium_model::compile::compile(&m, &values, None);
+    let mut errors = errors_of(&vdiags);
+    errors.extend(errors_of(&m.diagnostics));
+    errors.extend(errors_of(&compiled.diagnostics));
+    for d in vdiags.iter().chain(&m.diagnostics).chain(&compiled.diagnostics).filter(|d| !d.is_error()) {
+        tracing::warn!("{d}");
+    }
+    let certs = certificates(&m, &compiled.body).map_err(|e| vec![e])?;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let runtime = Runtime::build(compiled.body, version).map_err(|e| vec![e])?;
+    Ok(Compiled { runtime, certs })
+}
+
+/// The certificates routers name by `tls.secretName`, keyed by the hosts of their rules.
+fn certificates(m: &Manifests, body: &atrium_proto::v1::SnapshotBody) -> Result<HashMap<String, Arc<rustls::sign::CertifiedKey>>, String> {
+    let mut out = HashMap::new();
+    for r in &body.routers {
+        let Some(secret) = r.tls.as_ref().map(|t| t.secret.as_str()).filter(|s| !s.is_empty()) else { continue };
+        let Some(l) = m.resources.iter().find(|l| matches!(l.resource, Resource::Secret(_)) && l.id() == secret) else { continue };
+        let Resource::Secret(s) = &l.resource else { continue };
+        let field = |k: &str| -> Result<Vec<u8>, String> {
+            if let Some(v) = s.string_data.get(k) {
+                return Ok(v.as_bytes().to_vec());
+            }
+            let b64 = s.data.get(k).ok_or_else(|| format!("Secret {secret} has no {k}"))?;
+            base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("{}: Secret {secret} data.{k}: invalid base64: {e}", l.file.display()))
+        };
+        let key = certified_key(&field("tls.crt")?, &field("tls.key")?).map_err(|e| format!("{}: Secret {secret}: {e}", l.file.display()))?;
+        let hosts = Rule::parse(&r.rule).ok().and_then(|rule| rule.required_hosts()).unwrap_or_default();
+        for h in hosts {
+            out.insert(h, key.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn apply(gw: &Gateway, c: Compiled) {
+    gw.certs.set(c.certs);
+    gw.swap(c.runtime);
+}
+
+/// Watches the configuration and swaps in each good change.
+fn watch_config(opts: GatewayOptions, gw: Arc<Gateway>, first_version: u64) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    for p in opts.manifests.iter().chain(opts.values.iter()) {
+        watcher.watch(p, RecursiveMode::Recursive).with_context(|| format!("watching {}", p.display()))?;
+    }
+    tokio::spawn(async move {
+        let mut version = first_version;
+        while rx.recv().await.is_some() {
+            // Debounce: wait for a quiet period, but never longer than 10 quiet periods.
+            let deadline = tokio::time::Instant::now() + opts.debounce * 10;
+            loop {
+                match tokio::time::timeout(opts.debounce, rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(None) => return,
+                    _ => break,
+                }
+            }
+            version += 1;
+            let o = opts.clone();
+            let result = tokio::task::spawn_blocking(move || compile(&o, version)).await;
+            match result {
+                Ok(Ok(c)) => apply(&gw, c),
+                Ok(Err(errors)) => {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
+                }
+                Err(e) => gw.swap_failed(&format!("compile task failed: {e}")),
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+fn entry_point_addrs(opts: &GatewayOptions, values: &Values) -> anyhow::Result<Vec<(String, SocketAddr, bool)>> {
+    let mut out = Vec::new();
+    for (name, ep) in values.entry_points() {
+        if ep.uplink {
+            tracing::info!(entrypoint = %name, "uplink entrypoint: served over QUIC by `atrium agent`, not by the gateway");
+            continue;
+        }
+        let mut addr = SocketAddr::new(opts.bind_ip, ep.port);
+        if let Some((_, v)) = opts.entry_points.iter().find(|(n, _)| n == name) {
+            if v == "off" {
+                continue;
+            }
+            addr = parse_addr(v).with_context(|| format!("--entrypoint {name}={v}"))?;
+        }
+        out.push((name.clone(), addr, ep.tls));
+    }
+    for (n, _) in &opts.entry_points {
+        if !values.entry_points().any(|(name, _)| name == n) {
+            bail!("--entrypoint {n}: no such entrypoint in the values (known: {:?})", values.entry_points().map(|(n, _)| n).collect::<Vec<_>>());
+        }
+    }
+    Ok(out)
+}
+
+/// `:8000`, `127.0.0.1:8000` or `[::1]:8000`.
+pub fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        return Ok(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port.parse()?));
+    }
+    Ok(s.parse()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the gateway until SIGINT/SIGTERM.
+pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
+    for p in &opts.manifests {
+        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+    }
+    let values = match &opts.values {
+        Some(v) => {
+            let (v, d) = Values::load(v);
+            let errs = errors_of(&d);
+            if !errs.is_empty() {
+                bail!("invalid values:\n{}", errs.join("\n"));
+            }
+            v
+        }
+        None => Values::default(),
+    };
+    let first = tokio::task::spawn_blocking({
+        let o = opts.clone();
+        move || compile(&o, 1)
+    })
+    .await?
+    .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
+    let certs = CertStore::generated().map_err(anyhow::Error::msg)?;
+    let gw = Gateway::new(Upstreams::new(opts.upstream.clone()), opts.access_log, certs.clone());
+    apply(&gw, first);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (name, addr, tls) in entry_point_addrs(&opts, &values)? {
+        let tls_cfg = tls.then(|| certs.server_config());
+        let ep = EntryPoint::bind(&name, addr, tls_cfg).await.with_context(|| format!("binding entrypoint {name} on {addr}"))?;
+        let local = ep.local_addr()?;
+        tracing::info!(name = %name, addr = %local, tls, "entrypoint listening");
+        tasks.push(tokio::spawn(server::serve(ep, gw.clone(), opts.limits.clone(), stop_rx.clone())));
+    }
+    if let Some(a) = opts.admin {
+        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
+        tracing::info!(addr = %l.local_addr()?, "admin listening");
+        tasks.push(tokio::spawn(admin::serve(l, gw.clone(), stop_rx.clone())));
+    }
+    let _watcher = watch_config(opts.clone(), gw.clone(), 1)?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining requests in flight");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Parses `NAME=ADDR`.
+pub fn parse_entry_point_flag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))
+}
