@@ -81,20 +81,28 @@ pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<Stri
 }
 
 /// The certificates routers name by `tls.secretName`, keyed by the hosts of their rules.
-fn certificates(m: &Manifests, body: &atrium_proto::v1::SnapshotBody) -> Result<HashMap<String, Arc<rustls::sign::CertifiedKey>>, String> {
+fn certificates(
+    m: &Manifests,
+    body: &atrium_proto::v1::SnapshotBody,
+) -> Result<HashMap<String, Arc<rustls::sign::CertifiedKey>>, String> {
     let mut out = HashMap::new();
     for r in &body.routers {
         let Some(secret) = r.tls.as_ref().map(|t| t.secret.as_str()).filter(|s| !s.is_empty()) else { continue };
-        let Some(l) = m.resources.iter().find(|l| matches!(l.resource, Resource::Secret(_)) && l.id() == secret) else { continue };
+        let Some(l) = m.resources.iter().find(|l| matches!(l.resource, Resource::Secret(_)) && l.id() == secret) else {
+            continue;
+        };
         let Resource::Secret(s) = &l.resource else { continue };
         let field = |k: &str| -> Result<Vec<u8>, String> {
             if let Some(v) = s.string_data.get(k) {
                 return Ok(v.as_bytes().to_vec());
             }
             let b64 = s.data.get(k).ok_or_else(|| format!("Secret {secret} has no {k}"))?;
-            base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("{}: Secret {secret} data.{k}: invalid base64: {e}", l.file.display()))
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("{}: Secret {secret} data.{k}: invalid base64: {e}", l.file.display()))
         };
-        let key = certified_key(&field("tls.crt")?, &field("tls.key")?).map_err(|e| format!("{}: Secret {secret}: {e}", l.file.display()))?;
+        let key = certified_key(&field("tls.crt")?, &field("tls.key")?)
+            .map_err(|e| format!("{}: Secret {secret}: {e}", l.file.display()))?;
         let hosts = Rule::parse(&r.rule).ok().and_then(|rule| rule.required_hosts()).unwrap_or_default();
         for h in hosts {
             out.insert(h, key.clone());
@@ -109,7 +117,11 @@ fn apply(gw: &Gateway, c: Compiled) {
 }
 
 /// Watches the configuration and swaps in each good change.
-fn watch_config(opts: GatewayOptions, gw: Arc<Gateway>, first_version: u64) -> anyhow::Result<notify::RecommendedWatcher> {
+fn watch_config(
+    opts: GatewayOptions,
+    gw: Arc<Gateway>,
+    first_version: u64,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -170,7 +182,10 @@ fn entry_point_addrs(opts: &GatewayOptions, values: &Values) -> anyhow::Result<V
     }
     for (n, _) in &opts.entry_points {
         if !values.entry_points().any(|(name, _)| name == n) {
-            bail!("--entrypoint {n}: no such entrypoint in the values (known: {:?})", values.entry_points().map(|(n, _)| n).collect::<Vec<_>>());
+            bail!(
+                "--entrypoint {n}: no such entrypoint in the values (known: {:?})",
+                values.entry_points().map(|(n, _)| n).collect::<Vec<_>>()
+            );
         }
     }
     Ok(out)
@@ -231,7 +246,9 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (name, addr, tls) in entry_point_addrs(&opts, &values)? {
         let tls_cfg = tls.then(|| certs.server_config());
-        let ep = EntryPoint::bind(&name, addr, tls_cfg).await.with_context(|| format!("binding entrypoint {name} on {addr}"))?;
+        let ep = EntryPoint::bind(&name, addr, tls_cfg)
+            .await
+            .with_context(|| format!("binding entrypoint {name} on {addr}"))?;
         let local = ep.local_addr()?;
         tracing::info!(name = %name, addr = %local, tls, "entrypoint listening");
         tasks.push(tokio::spawn(server::serve(ep, gw.clone(), opts.limits.clone(), stop_rx.clone())));
@@ -253,5 +270,7 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
 
 /// Parses `NAME=ADDR`.
 pub fn parse_entry_point_flag(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))
+    s.split_once('=')
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))
 }

@@ -1,6 +1,10 @@
 //! Shared helpers for the end-to-end tests of the `atrium` binary.
 #![allow(dead_code)]
 
+pub mod backend;
+pub mod client;
+pub mod gateway;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -99,7 +99,9 @@ impl HeadersRt {
                     candidates.push(v.to_string());
                 }
             }
-            let ok = candidates.iter().any(|h| !h.is_empty() && self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
+            let ok = candidates
+                .iter()
+                .any(|h| !h.is_empty() && self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
             if !ok {
                 return RequestAction::Respond(body::text(StatusCode::INTERNAL_SERVER_ERROR, "Bad Host"));
             }
@@ -204,7 +206,15 @@ mod tests {
 
     #[test]
     fn custom_request_headers_set_remove_and_host() {
-        let h = rt(Headers { custom_request_headers: map(&[("X-Script-Name", "test"), ("X-Drop", ""), ("Host", "upstream.test"), ("X-Forwarded-For", "")]), ..Default::default() });
+        let h = rt(Headers {
+            custom_request_headers: map(&[
+                ("X-Script-Name", "test"),
+                ("X-Drop", ""),
+                ("Host", "upstream.test"),
+                ("X-Forwarded-For", ""),
+            ]),
+            ..Default::default()
+        });
         let mut req = HeaderMap::new();
         req.insert("x-drop", HeaderValue::from_static("1"));
         req.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
@@ -222,7 +232,10 @@ mod tests {
 
     #[test]
     fn custom_response_headers_replace_and_empty_deletes() {
-        let h = rt(Headers { custom_response_headers: map(&[("X-Traefik-Backend", "cluster-a"), ("Server", "")]), ..Default::default() });
+        let h = rt(Headers {
+            custom_response_headers: map(&[("X-Traefik-Backend", "cluster-a"), ("Server", "")]),
+            ..Default::default()
+        });
         let mut resp = HeaderMap::new();
         resp.insert("x-traefik-backend", HeaderValue::from_static("backend-said"));
         resp.insert("server", HeaderValue::from_static("nginx"));
@@ -243,7 +256,9 @@ mod tests {
         let mut req = HeaderMap::new();
         req.insert("origin", HeaderValue::from_static("https://foo.test"));
         req.insert("access-control-request-method", HeaderValue::from_static("GET"));
-        let RequestAction::Respond(r) = h.on_request(&Method::OPTIONS, &mut req, "a") else { panic!("preflight must be answered") };
+        let RequestAction::Respond(r) = h.on_request(&Method::OPTIONS, &mut req, "a") else {
+            panic!("preflight must be answered")
+        };
         assert_eq!(r.status(), StatusCode::OK);
         let g = |k: &str| r.headers().get(k).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(g("access-control-allow-methods").as_deref(), Some("GET,OPTIONS,PUT"));
@@ -258,7 +273,11 @@ mod tests {
 
     #[test]
     fn cors_wildcard_with_credentials_echoes_origin_and_regex_is_unanchored() {
-        let h = rt(Headers { access_control_allow_origin_list: vec!["*".into()], access_control_allow_credentials: Some(true), ..Default::default() });
+        let h = rt(Headers {
+            access_control_allow_origin_list: vec!["*".into()],
+            access_control_allow_credentials: Some(true),
+            ..Default::default()
+        });
         let mut resp = HeaderMap::new();
         h.on_response(&mut resp, Some("https://x.test"), false);
         assert_eq!(resp.get("access-control-allow-origin").unwrap(), "https://x.test");
@@ -279,7 +298,11 @@ mod tests {
 
     #[test]
     fn vary_appends_origin() {
-        let h = rt(Headers { access_control_allow_origin_list: vec!["*".into()], add_vary_header: Some(true), ..Default::default() });
+        let h = rt(Headers {
+            access_control_allow_origin_list: vec!["*".into()],
+            add_vary_header: Some(true),
+            ..Default::default()
+        });
         let mut resp = HeaderMap::new();
         resp.insert("vary", HeaderValue::from_static("Accept-Encoding"));
         h.on_response(&mut resp, Some("https://x"), false);

@@ -21,7 +21,9 @@ pub struct IpSource {
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| format!("invalid IP or CIDR {s:?}"))
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("invalid IP or CIDR {s:?}"))
 }
 
 impl IpSource {
@@ -51,7 +53,10 @@ impl IpSource {
         if self.depth > 0 {
             return xff.len().checked_sub(self.depth).and_then(|i| xff[i].parse().ok());
         }
-        xff.iter().rev().filter_map(|s| s.parse::<IpAddr>().ok()).find(|ip| !self.excluded.iter().any(|n| n.contains(ip)))
+        xff.iter()
+            .rev()
+            .filter_map(|s| s.parse::<IpAddr>().ok())
+            .find(|ip| !self.excluded.iter().any(|n| n.contains(ip)))
     }
 }
 
@@ -80,7 +85,9 @@ impl IpAllow {
 
     /// Whether the request may pass.
     pub fn allows(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
-        self.source.client_ip(peer, headers).is_some_and(|ip| self.ranges.iter().any(|n| n.contains(&ip.to_canonical())))
+        self.source
+            .client_ip(peer, headers)
+            .is_some_and(|ip| self.ranges.iter().any(|n| n.contains(&ip.to_canonical())))
     }
 }
 
@@ -99,7 +106,9 @@ impl SourceKey {
     /// From a `sourceCriterion`.
     pub fn new(c: Option<&SourceCriterion>) -> Result<Self, String> {
         match c {
-            Some(SourceCriterion { request_header_name: Some(h), .. }) if !h.is_empty() => Ok(SourceKey::Header(h.clone())),
+            Some(SourceCriterion { request_header_name: Some(h), .. }) if !h.is_empty() => {
+                Ok(SourceKey::Header(h.clone()))
+            }
             Some(SourceCriterion { request_host: Some(true), .. }) => Ok(SourceKey::Host),
             Some(c) => Ok(SourceKey::Ip(IpSource::new(c.ip_strategy.as_ref())?)),
             None => Ok(SourceKey::Ip(IpSource::default())),
@@ -158,8 +167,15 @@ impl RateLimiter {
         let burst = cfg.burst.unwrap_or(1).max(1) as f64;
         // Traefik delays a request when the wait is under half an interval between two
         // requests at the configured rate; longer waits are refused.
-        let max_delay = if rate_per_sec > 0.0 { Duration::from_secs_f64((0.5 / rate_per_sec).min(0.5)) } else { Duration::ZERO };
-        Ok(RateLimiter { rate_per_sec, burst, max_delay, source: SourceKey::new(cfg.source_criterion.as_ref())?, buckets: Mutex::default() })
+        let max_delay =
+            if rate_per_sec > 0.0 { Duration::from_secs_f64((0.5 / rate_per_sec).min(0.5)) } else { Duration::ZERO };
+        Ok(RateLimiter {
+            rate_per_sec,
+            burst,
+            max_delay,
+            source: SourceKey::new(cfg.source_criterion.as_ref())?,
+            buckets: Mutex::default(),
+        })
     }
 
     /// Takes a token for `key` at `now`.
@@ -226,7 +242,11 @@ impl InFlight {
         if cfg.amount <= 0 {
             return Err("inFlightReq.amount must be positive".into());
         }
-        Ok(InFlight { amount: cfg.amount as usize, source: SourceKey::new(cfg.source_criterion.as_ref())?, counts: Arc::default() })
+        Ok(InFlight {
+            amount: cfg.amount as usize,
+            source: SourceKey::new(cfg.source_criterion.as_ref())?,
+            counts: Arc::default(),
+        })
     }
 
     /// Takes a slot, or `None` when the source is at its limit.
@@ -253,7 +273,11 @@ mod tests {
 
     #[test]
     fn ip_allow_list_uses_peer_by_default_and_xff_by_depth() {
-        let cfg = IpAllowList { source_range: vec!["10.0.0.0/8".into(), "192.168.1.7".into()], ip_strategy: None, reject_status_code: None };
+        let cfg = IpAllowList {
+            source_range: vec!["10.0.0.0/8".into(), "192.168.1.7".into()],
+            ip_strategy: None,
+            reject_status_code: None,
+        };
         let a = IpAllow::new(&cfg).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
@@ -261,18 +285,35 @@ mod tests {
         assert!(a.allows(ip("192.168.1.7"), &h));
         assert!(!a.allows(ip("192.168.1.8"), &h), "X-Forwarded-For is not trusted by default");
         assert_eq!(a.reject_status, http::StatusCode::FORBIDDEN);
-        let cfg = IpAllowList { ip_strategy: Some(IpStrategy { depth: Some(2), ..Default::default() }), reject_status_code: Some(404), ..cfg };
+        let cfg = IpAllowList {
+            ip_strategy: Some(IpStrategy { depth: Some(2), ..Default::default() }),
+            reject_status_code: Some(404),
+            ..cfg
+        };
         let a = IpAllow::new(&cfg).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 10.9.9.9, 2.2.2.2"));
         assert!(a.allows(ip("8.8.8.8"), &h));
         assert_eq!(a.reject_status, http::StatusCode::NOT_FOUND);
-        assert!(IpAllow::new(&IpAllowList { source_range: vec!["nope".into()], ip_strategy: None, reject_status_code: None }).is_err());
+        assert!(
+            IpAllow::new(&IpAllowList {
+                source_range: vec!["nope".into()],
+                ip_strategy: None,
+                reject_status_code: None
+            })
+            .is_err()
+        );
     }
 
     #[test]
     fn token_bucket_allows_burst_then_delays_or_refuses() {
-        let cfg = RateLimit { average: 10, period: Some(IntOrString::Str("1s".into())), burst: Some(2), source_criterion: None, redis: None };
+        let cfg = RateLimit {
+            average: 10,
+            period: Some(IntOrString::Str("1s".into())),
+            burst: Some(2),
+            source_criterion: None,
+            redis: None,
+        };
         let rl = RateLimiter::new(&cfg).unwrap();
         let t0 = Instant::now();
         assert_eq!(rl.admit("a", t0), Admission::Now);
@@ -282,14 +323,18 @@ mod tests {
         // Another source has its own bucket.
         assert_eq!(rl.admit("b", t0), Admission::Now);
         // 60 ms later, 0.6 token: 40 ms wait is short enough to delay.
-        assert!(matches!(rl.admit("a", t0 + Duration::from_millis(60)), Admission::After(d) if d <= Duration::from_millis(50)));
+        assert!(
+            matches!(rl.admit("a", t0 + Duration::from_millis(60)), Admission::After(d) if d <= Duration::from_millis(50))
+        );
         // After a full second, the bucket is full again.
         assert_eq!(rl.admit("a", t0 + Duration::from_secs(2)), Admission::Now);
     }
 
     #[test]
     fn zero_average_means_unlimited() {
-        let rl = RateLimiter::new(&RateLimit { average: 0, period: None, burst: None, source_criterion: None, redis: None }).unwrap();
+        let rl =
+            RateLimiter::new(&RateLimit { average: 0, period: None, burst: None, source_criterion: None, redis: None })
+                .unwrap();
         let t = Instant::now();
         for _ in 0..100 {
             assert_eq!(rl.admit("a", t), Admission::Now);
@@ -311,7 +356,9 @@ mod tests {
     fn source_keys() {
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("alice"));
-        let k = SourceKey::new(Some(&SourceCriterion { request_header_name: Some("X-User".into()), ..Default::default() })).unwrap();
+        let k =
+            SourceKey::new(Some(&SourceCriterion { request_header_name: Some("X-User".into()), ..Default::default() }))
+                .unwrap();
         assert_eq!(k.key(ip("1.2.3.4"), &h, "h"), "alice");
         let k = SourceKey::new(Some(&SourceCriterion { request_host: Some(true), ..Default::default() })).unwrap();
         assert_eq!(k.key(ip("1.2.3.4"), &h, "api.test"), "api.test");

@@ -21,7 +21,7 @@ pub enum Action {
     /// A path rewrite (stripPrefix, stripPrefixRegex, addPrefix, replacePath, replacePathRegex).
     Path,
     /// Request and response headers, CORS, security headers.
-    Headers(headers::HeadersRt),
+    Headers(Box<headers::HeadersRt>),
     /// Redirect to another scheme/port.
     RedirectScheme {
         /// Target scheme.
@@ -107,7 +107,7 @@ impl CompiledMiddleware {
             if h == &config::Headers::default() {
                 return Err("headers middleware has no option set".into());
             }
-            Action::Headers(headers::HeadersRt::new(h.clone())?)
+            Action::Headers(Box::new(headers::HeadersRt::new(h.clone())?))
         } else if let Some(r) = &s.redirect_scheme {
             let scheme = r.scheme.clone().filter(|s| !s.is_empty()).ok_or("redirectScheme needs a scheme")?;
             Action::RedirectScheme { scheme, port: r.port.clone(), permanent: r.permanent }
@@ -132,10 +132,20 @@ impl CompiledMiddleware {
             if r.attempts <= 0 {
                 return Err("retry.attempts must be positive".into());
             }
-            if !r.status.is_empty() || r.timeout.is_some() || r.max_request_body_bytes.is_some() || r.retry_non_idempotent_method.is_some() || r.disable_retry_on_network_error.is_some() {
+            if !r.status.is_empty()
+                || r.timeout.is_some()
+                || r.max_request_body_bytes.is_some()
+                || r.retry_non_idempotent_method.is_some()
+                || r.disable_retry_on_network_error.is_some()
+            {
                 return Err("retry: only attempts and initialInterval are supported yet".into());
             }
-            let initial_interval = r.initial_interval.as_ref().map(|d| d.as_duration()).transpose()?.unwrap_or(std::time::Duration::from_millis(100));
+            let initial_interval = r
+                .initial_interval
+                .as_ref()
+                .map(|d| d.as_duration())
+                .transpose()?
+                .unwrap_or(std::time::Duration::from_millis(100));
             Action::Retry { attempts: r.attempts as u32, initial_interval }
         } else if s.compress.is_some() {
             return Err(not_yet("compress"));

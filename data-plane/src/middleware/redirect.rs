@@ -84,11 +84,23 @@ mod tests {
 
     #[test]
     fn scheme_redirects() {
-        assert_eq!(scheme_target(&url("http", "a.test", "/x?y=1"), "https", None).as_deref(), Some("https://a.test/x?y=1"));
-        assert_eq!(scheme_target(&url("http", "a.test:8000", "/"), "https", Some("8443")).as_deref(), Some("https://a.test:8443/"));
-        assert_eq!(scheme_target(&url("http", "a.test:8000", "/"), "https", Some("443")).as_deref(), Some("https://a.test/"));
+        assert_eq!(
+            scheme_target(&url("http", "a.test", "/x?y=1"), "https", None).as_deref(),
+            Some("https://a.test/x?y=1")
+        );
+        assert_eq!(
+            scheme_target(&url("http", "a.test:8000", "/"), "https", Some("8443")).as_deref(),
+            Some("https://a.test:8443/")
+        );
+        assert_eq!(
+            scheme_target(&url("http", "a.test:8000", "/"), "https", Some("443")).as_deref(),
+            Some("https://a.test/")
+        );
         assert_eq!(scheme_target(&url("https", "a.test", "/"), "https", None), None);
-        assert_eq!(scheme_target(&url("https", "[::1]:8443", "/"), "https", Some("9443")).as_deref(), Some("https://[::1]:9443/"));
+        assert_eq!(
+            scheme_target(&url("https", "[::1]:8443", "/"), "https", Some("9443")).as_deref(),
+            Some("https://[::1]:9443/")
+        );
     }
 
     #[test]
@@ -102,7 +114,10 @@ mod tests {
     #[test]
     fn regex_redirects() {
         let re = crate::rules::re2::compile("^http://localhost/(.*)").unwrap();
-        assert_eq!(regex_target(&url("http", "localhost", "/a/b"), &re, "http://mydomain/${1}").as_deref(), Some("http://mydomain/a/b"));
+        assert_eq!(
+            regex_target(&url("http", "localhost", "/a/b"), &re, "http://mydomain/${1}").as_deref(),
+            Some("http://mydomain/a/b")
+        );
         assert_eq!(regex_target(&url("http", "other", "/a"), &re, "http://mydomain/${1}"), None);
     }
 }

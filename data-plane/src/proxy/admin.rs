@@ -80,7 +80,10 @@ fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         },
         "/metrics" => {
             let mut r = Response::new(body::full(gw.metrics.encode()));
-            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
             r
         }
         "/api/rawdata" => {

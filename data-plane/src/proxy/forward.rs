@@ -8,13 +8,34 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
-const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-server", "x-real-ip"];
+const FORWARDED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-server",
+    "x-real-ip",
+];
 
 /// Whether the request asks for a protocol switch (WebSocket); returns the protocol.
 pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
-    let conn_upgrade = h.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
     if conn_upgrade { h.get(header::UPGRADE).cloned() } else { None }
 }
 
@@ -29,7 +50,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     // `TE: trailers` is the one TE value that may cross (gRPC needs it).
-    let te_trailers = h.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     for n in named {
         h.remove(n);
     }
@@ -124,7 +148,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
-        let c = ClientSide { ip: Some("10.0.0.9".parse().unwrap()), proto: "https", host: "api.test", port: 8443, server: "gw-1", drop_xff: false };
+        let c = ClientSide {
+            ip: Some("10.0.0.9".parse().unwrap()),
+            proto: "https",
+            host: "api.test",
+            port: 8443,
+            server: "gw-1",
+            drop_xff: false,
+        };
         set_forwarded(&mut h, &c);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.9");

@@ -54,7 +54,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("atrium");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RouterLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency = Family::<RouterLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let table_version = Gauge::default();
         let swaps = Counter::default();
         let swap_failures = Counter::default();
@@ -62,7 +64,11 @@ impl Default for Metrics {
         registry.register("request_duration_seconds", "Time from request to response headers", latency.clone());
         registry.register("route_table_version", "Version of the route table in force", table_version.clone());
         registry.register("route_table_swaps", "Route tables swapped in", swaps.clone());
-        registry.register("route_table_swap_failures", "Configurations refused; the previous table stayed in force", swap_failures.clone());
+        registry.register(
+            "route_table_swap_failures",
+            "Configurations refused; the previous table stayed in force",
+            swap_failures.clone(),
+        );
         Metrics { registry, requests, latency, table_version, swaps, swap_failures }
     }
 }

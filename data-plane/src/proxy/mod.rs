@@ -105,7 +105,9 @@ enum ProxyError {
 fn error_response(e: &ProxyError) -> Response<Body> {
     match e {
         ProxyError::NoTarget(_) => body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
-        ProxyError::Upstream(UpstreamError::Timeout { .. }) => body::text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
+        ProxyError::Upstream(UpstreamError::Timeout { .. }) => {
+            body::text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
+        }
         ProxyError::Upstream(_) => body::text(StatusCode::BAD_GATEWAY, "Bad Gateway"),
     }
 }
@@ -198,7 +200,10 @@ impl Gateway {
             .get_or_create(&metrics::RequestLabels { router: router.clone(), service: service.clone(), code })
             .inc();
         if !router.is_empty() {
-            self.metrics.latency.get_or_create(&metrics::RouterLabels { router: router.clone() }).observe(start.elapsed().as_secs_f64());
+            self.metrics
+                .latency
+                .get_or_create(&metrics::RouterLabels { router: router.clone() })
+                .observe(start.elapsed().as_secs_f64());
         }
         if let Some(fmt) = self.access_log {
             let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -215,9 +220,17 @@ impl Gateway {
         resp
     }
 
-    async fn handle_inner(self: &Arc<Self>, req: Request<Incoming>, conn: &ConnInfo) -> (Response<Body>, String, String) {
+    async fn handle_inner(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> (Response<Body>, String, String) {
         let Some(rt) = self.runtime.load_full() else {
-            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), String::new(), String::new());
+            return (
+                body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"),
+                String::new(),
+                String::new(),
+            );
         };
         let (mut parts, incoming) = req.into_parts();
         let host_raw: String = parts
@@ -230,7 +243,8 @@ impl Gateway {
         let query = parts.uri.query().map(str::to_string);
         let peer = conn.peer.to_string();
         let router: &RouteEntry = {
-            let view = RequestView::new(parts.method.as_str(), &host_raw, &path_raw, query.as_deref(), &parts.headers, &peer);
+            let view =
+                RequestView::new(parts.method.as_str(), &host_raw, &path_raw, query.as_deref(), &parts.headers, &peer);
             match rt.table.route(Some(&conn.entry_point), &view) {
                 Some(r) => r,
                 None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), String::new(), String::new()),
@@ -277,16 +291,17 @@ impl Gateway {
                 Action::RedirectScheme { scheme: to, port, permanent } => {
                     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                     let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
-                    redirect::scheme_target(&u, to, port.as_deref()).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                    redirect::scheme_target(&u, to, port.as_deref())
+                        .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                 }
                 Action::RedirectRegex { regex, replacement, permanent } => {
                     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                     let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
-                    redirect::regex_target(&u, regex, replacement).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                    redirect::regex_target(&u, regex, replacement)
+                        .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                 }
-                Action::IpAllow(a) => (!a.allows(client_ip, &parts.headers)).then(|| {
-                    body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))
-                }),
+                Action::IpAllow(a) => (!a.allows(client_ip, &parts.headers))
+                    .then(|| body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))),
                 Action::RateLimit(rl) => {
                     let key = rl.source.key(client_ip, &parts.headers, &canon_host);
                     match rl.admit(&key, Instant::now()) {
@@ -331,7 +346,11 @@ impl Gateway {
         // The request body: streamed, or buffered under a buffering limit (413 past it).
         let mut req_body: Body = body::incoming(incoming);
         if max_request > 0 {
-            let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max_request) {
                 return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), rid, sid);
             }
@@ -351,7 +370,14 @@ impl Gateway {
             (false, true) => "https",
             (false, false) => "http",
         };
-        let client = forward::ClientSide { ip: client_ip, proto, host: &host_raw, port: conn.port, server: &self.hostname, drop_xff };
+        let client = forward::ClientSide {
+            ip: client_ip,
+            proto,
+            host: &host_raw,
+            port: conn.port,
+            server: &self.hostname,
+            drop_xff,
+        };
         forward::set_forwarded(&mut headers, &client);
         if let Some(h) = &host_override {
             if let Ok(v) = HeaderValue::from_str(h) {
@@ -377,7 +403,10 @@ impl Gateway {
         let (attempts, mut backoff) = retry.unwrap_or((1, Duration::ZERO));
         let mut result = self.dispatch(&svc, &out, req_body).await;
         let mut attempt = 1;
-        while attempt < attempts && replayable && matches!(result, Err(ProxyError::Upstream(UpstreamError::Connect { .. }))) {
+        while attempt < attempts
+            && replayable
+            && matches!(result, Err(ProxyError::Upstream(UpstreamError::Connect { .. })))
+        {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
             attempt += 1;
@@ -387,8 +416,12 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 match &e {
-                    ProxyError::NoTarget(why) => tracing::warn!(router = %rid, service = %sid, %why, "no healthy target"),
-                    ProxyError::Upstream(err) => tracing::warn!(router = %rid, service = %sid, error = %err, "upstream request failed"),
+                    ProxyError::NoTarget(why) => {
+                        tracing::warn!(router = %rid, service = %sid, %why, "no healthy target")
+                    }
+                    ProxyError::Upstream(err) => {
+                        tracing::warn!(router = %rid, service = %sid, error = %err, "upstream request failed")
+                    }
                 }
                 return (error_response(&e), rid, sid);
             }
@@ -415,7 +448,13 @@ impl Gateway {
         if max_response > 0 {
             match body::collect_limited(out_body, max_response as usize).await {
                 Ok(b) => out_body = body::full(b),
-                Err(_) => return (body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"), rid, sid),
+                Err(_) => {
+                    return (
+                        body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"),
+                        rid,
+                        sid,
+                    );
+                }
             }
         }
         for h in after.iter().rev() {
@@ -423,10 +462,12 @@ impl Gateway {
         }
         if !guards.is_empty() {
             // In-flight slots are held until the response body is finished or dropped.
-            out_body = out_body.map_frame(move |f| {
-                let _held = &guards;
-                f
-            }).boxed();
+            out_body = out_body
+                .map_frame(move |f| {
+                    let _held = &guards;
+                    f
+                })
+                .boxed();
         }
         (Response::from_parts(rparts, out_body), rid, sid)
     }
@@ -440,8 +481,10 @@ impl Gateway {
         Box::pin(async move {
             match &**svc {
                 ServiceRt::LoadBalancer(lb) => {
-                    let server = lb.pick().ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
-                    let req = out.request(server, lb.pass_host_header, body).map_err(|e| ProxyError::NoTarget(e))?;
+                    let server = lb
+                        .pick()
+                        .ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
+                    let req = out.request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
                     let h2c = server.url.scheme_str() == Some("h2c");
                     match self.upstreams.send(req, h2c).await {
                         Ok(r) => Ok(r.map(body::incoming)),
@@ -452,7 +495,10 @@ impl Gateway {
                     }
                 }
                 ServiceRt::Weighted { .. } => {
-                    let child = svc.pick_child().ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?.clone();
+                    let child = svc
+                        .pick_child()
+                        .ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?
+                        .clone();
                     self.dispatch(&child, out, body).await
                 }
                 ServiceRt::Failover { main, fallback } => {
@@ -461,7 +507,8 @@ impl Gateway {
                 }
                 ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let chosen: Vec<Arc<ServiceRt>> = mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect();
+                    let chosen: Vec<Arc<ServiceRt>> =
+                        mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect();
                     let (main_body, copy): (Body, Option<Bytes>) = if chosen.is_empty() {
                         (body, None)
                     } else if http_body::Body::is_end_stream(&body) {

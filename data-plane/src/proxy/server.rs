@@ -28,7 +28,11 @@ pub struct ServerLimits {
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        ServerLimits { header_read_timeout: Duration::from_secs(60), max_header_bytes: 1 << 20, drain_timeout: Duration::from_secs(30) }
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 1 << 20,
+            drain_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -45,7 +49,11 @@ pub struct EntryPoint {
 
 impl EntryPoint {
     /// Binds `addr`.
-    pub async fn bind(name: &str, addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<EntryPoint> {
+    pub async fn bind(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<EntryPoint> {
         let listener = TcpListener::bind(addr).await?;
         Ok(EntryPoint { name: Arc::from(name), listener, tls })
     }

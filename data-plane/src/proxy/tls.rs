@@ -35,7 +35,8 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey
 
 /// A self-signed certificate for `names`.
 pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, String> {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .map_err(|e| e.to_string())?;
     certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
 }
 

@@ -35,7 +35,8 @@ pub fn check_url(hc: &pb::HealthCheck, server: &Server) -> Option<http::Uri> {
 
 async fn check_one(up: &Upstreams, hc: &pb::HealthCheck, server: &Server) -> Result<(), String> {
     let url = check_url(hc, server).ok_or("invalid health check URL")?;
-    let mut req = Request::builder().method(hc.method.as_str()).uri(url).body(body::empty()).map_err(|e| e.to_string())?;
+    let mut req =
+        Request::builder().method(hc.method.as_str()).uri(url).body(body::empty()).map_err(|e| e.to_string())?;
     if !hc.hostname.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&hc.hostname) {
             req.headers_mut().insert(http::header::HOST, v);
@@ -48,7 +49,10 @@ async fn check_one(up: &Upstreams, hc: &pb::HealthCheck, server: &Server) -> Res
     }
     let timeout = Duration::from_millis(hc.timeout_ms.max(1));
     let h2c = server.url.scheme_str() == Some("h2c");
-    let resp = tokio::time::timeout(timeout, up.send(req, h2c)).await.map_err(|_| format!("no answer within {timeout:?}"))?.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(timeout, up.send(req, h2c))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     if status_ok(hc, status) { Ok(()) } else { Err(format!("status {status}")) }
 }
@@ -68,8 +72,12 @@ pub fn spawn(lb: &Arc<LoadBalancer>, up: Arc<Upstreams>) {
                 let was = s.healthy.swap(healthy, Ordering::Relaxed);
                 if was != healthy {
                     match &result {
-                        Ok(()) => tracing::info!(service = %lb.id, server = %s.url, "health check passed: server back in rotation"),
-                        Err(e) => tracing::warn!(service = %lb.id, server = %s.url, error = %e, "health check failed: server out of rotation"),
+                        Ok(()) => {
+                            tracing::info!(service = %lb.id, server = %s.url, "health check passed: server back in rotation")
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %lb.id, server = %s.url, error = %e, "health check failed: server out of rotation")
+                        }
                     }
                 }
             }

@@ -35,7 +35,8 @@ struct Passive {
 
 impl Server {
     fn available(&self, now: Instant) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.passive.lock().map(|p| p.ejected_until.is_none_or(|t| t <= now)).unwrap_or(true)
+        self.healthy.load(Ordering::Relaxed)
+            && self.passive.lock().map(|p| p.ejected_until.is_none_or(|t| t <= now)).unwrap_or(true)
     }
 }
 
@@ -219,7 +220,12 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
                     if url.authority().is_none() {
                         return Err(format!("service {id}: server {:?} has no host", s.url));
                     }
-                    servers.push(Server { url, weight: s.weight, healthy: AtomicBool::new(true), passive: Mutex::default() });
+                    servers.push(Server {
+                        url,
+                        weight: s.weight,
+                        healthy: AtomicBool::new(true),
+                        passive: Mutex::default(),
+                    });
                 }
                 let n = servers.len();
                 ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
@@ -227,7 +233,7 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
                     servers,
                     pass_host_header: lb.pass_host_header,
                     health_check: lb.health_check.clone(),
-                    passive: lb.passive_health_check.clone(),
+                    passive: lb.passive_health_check,
                     wrr: Mutex::new(vec![0; n]),
                 }))
             }
@@ -245,13 +251,22 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
                 for mr in &m.mirrors {
                     mirrors.push((get(&mr.service, by_id, built, stack)?, mr.percent.min(100)));
                 }
-                ServiceRt::Mirroring { main, mirrors, mirror_body: m.mirror_body, max_body_size: m.max_body_size, counter: AtomicU64::new(0) }
+                ServiceRt::Mirroring {
+                    main,
+                    mirrors,
+                    mirror_body: m.mirror_body,
+                    max_body_size: m.max_body_size,
+                    counter: AtomicU64::new(0),
+                }
             }
             Kind::Failover(f) => ServiceRt::Failover {
                 main: get(&f.service, by_id, built, stack)?,
                 fallback: get(&f.fallback, by_id, built, stack)?,
             },
-            Kind::Multicluster(m) => ServiceRt::Unavailable(format!("multi-cluster service {}@multicluster: no uplink is connected", m.uplink)),
+            Kind::Multicluster(m) => ServiceRt::Unavailable(format!(
+                "multi-cluster service {}@multicluster: no uplink is connected",
+                m.uplink
+            )),
             Kind::Portal(_) => ServiceRt::Unavailable("the API portal is not served by this data plane".into()),
         };
         stack.pop();
@@ -322,11 +337,17 @@ mod tests {
     #[test]
     fn failover_and_weighted_follow_availability() {
         let mut svcs = vec![lb("main", &[("http://10.0.0.1:80", 1)]), lb("fb", &[("http://10.0.0.2:80", 1)])];
-        svcs.push(pb::Service { id: "f".into(), kind: Some(Kind::Failover(pb::Failover { service: "main".into(), fallback: "fb".into() })) });
+        svcs.push(pb::Service {
+            id: "f".into(),
+            kind: Some(Kind::Failover(pb::Failover { service: "main".into(), fallback: "fb".into() })),
+        });
         svcs.push(pb::Service {
             id: "w".into(),
             kind: Some(Kind::Weighted(pb::Weighted {
-                services: vec![pb::WeightedService { service: "main".into(), weight: 1 }, pb::WeightedService { service: "fb".into(), weight: 1 }],
+                services: vec![
+                    pb::WeightedService { service: "main".into(), weight: 1 },
+                    pb::WeightedService { service: "fb".into(), weight: 1 },
+                ],
             })),
         });
         let built = build(&svcs).unwrap();
@@ -341,9 +362,17 @@ mod tests {
 
     #[test]
     fn dangling_and_cyclic_references_are_errors() {
-        let s = pb::Service { id: "w".into(), kind: Some(Kind::Weighted(pb::Weighted { services: vec![pb::WeightedService { service: "w".into(), weight: 1 }] })) };
+        let s = pb::Service {
+            id: "w".into(),
+            kind: Some(Kind::Weighted(pb::Weighted {
+                services: vec![pb::WeightedService { service: "w".into(), weight: 1 }],
+            })),
+        };
         assert!(build(&[s]).unwrap_err().contains("refers back"));
-        let s = pb::Service { id: "f".into(), kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })) };
+        let s = pb::Service {
+            id: "f".into(),
+            kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })),
+        };
         assert!(build(&[s]).unwrap_err().contains("unknown service"));
     }
 }

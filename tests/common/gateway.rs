@@ -1,0 +1,98 @@
+//! Runs `atrium gateway` as a real process on loopback with ephemeral ports.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running gateway; killed on drop.
+pub struct GatewayProc {
+    child: Child,
+    /// Entrypoint name → bound address.
+    pub entry_points: HashMap<String, SocketAddr>,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Everything it logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let i = line.find(&format!("{key}="))? + key.len() + 1;
+    line[i..].split_whitespace().next()
+}
+
+impl GatewayProc {
+    /// Starts a gateway on `manifests` with `values`; `web` and `websecure` bind to
+    /// 127.0.0.1:0 and the admin listener too. `extra` adds flags.
+    pub fn start(values: Option<&Path>, manifests: &Path, extra: &[&str]) -> GatewayProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrium"));
+        cmd.arg("gateway").arg("--manifests").arg(manifests);
+        if let Some(v) = values {
+            cmd.arg("--values").arg(v);
+        }
+        cmd.args([
+            "--entrypoint",
+            "web=127.0.0.1:0",
+            "--entrypoint",
+            "websecure=127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        cmd.args(extra);
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("atrium gateway starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                l.lock().unwrap().push(line);
+            }
+        });
+        let mut entry_points = HashMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while admin.is_none() || entry_points.len() < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("gateway did not start; log:\n{}", log.lock().unwrap().join("\n")),
+            };
+            if line.contains("entrypoint listening") {
+                let name = field(&line, "name").unwrap().to_string();
+                entry_points.insert(name, field(&line, "addr").unwrap().parse().unwrap());
+            } else if line.contains("admin listening") {
+                admin = Some(field(&line, "addr").unwrap().parse().unwrap());
+            }
+        }
+        GatewayProc { child, entry_points, admin: admin.unwrap(), log }
+    }
+
+    /// `http://<web>` + path.
+    pub fn web(&self, path: &str) -> String {
+        format!("http://{}{path}", self.entry_points["web"])
+    }
+
+    /// Whether the log has a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Sends SIGTERM-like termination and waits (bounded) for exit.
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+}

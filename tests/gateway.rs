@@ -1,0 +1,309 @@
+//! `atrium gateway` end to end: a real process on loopback, in front of a real backend.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::backend;
+use common::client::{self, get};
+use common::gateway::GatewayProc;
+
+/// A copy of the seed's cluster-a manifests, with its EndpointSlice pointed at `backend`.
+fn seed_child(dir: &Path, backend: std::net::SocketAddr) -> PathBuf {
+    let m = dir.join("manifests");
+    common::copy_dir(&common::example().join("cluster-a/manifests"), &m);
+    let eps = m.join("crm-endpoints.yaml");
+    let text = fs::read_to_string(&eps)
+        .unwrap()
+        .replace("\"127.0.0.2\"", &format!("\"{}\"", backend.ip()))
+        .replace("port: 8080", &format!("port: {}", backend.port()));
+    fs::write(eps, text).unwrap();
+    m
+}
+
+fn values() -> PathBuf {
+    common::example().join("cluster-a/values.yaml")
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    fs::write(dir.join(name), text).unwrap();
+}
+
+const EXTRA_ROUTES: &str = "apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: extra
+  namespace: apps
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(`/nohost`)
+      services: [{name: empty-service, port: 80}]
+    - match: PathPrefix(`/closed`)
+      services: [{name: closed-service, port: 80}]
+    - match: PathPrefix(`/slow`)
+      services: [{name: crm-service, port: 80}]
+    - match: PathPrefix(`/limited`)
+      middlewares: [{name: small-bodies}]
+      services: [{name: crm-service, port: 80}]
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata:
+  name: small-bodies
+  namespace: apps
+spec:
+  buffering:
+    maxRequestBodyBytes: 10
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty-service
+  namespace: apps
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: closed-service
+  namespace: apps
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: closed-service
+  namespace: apps
+subsets:
+  - addresses: [{ip: 127.0.0.1}]
+    ports: [{port: CLOSED}]
+";
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_child_route_strips_prefix_and_sets_backend_header() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let r = get(&gw.web("/crm/health")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "health", "the backend saw /health");
+    assert_eq!(r.header("x-traefik-backend"), Some("cluster-a"), "the headers middleware replaces the backend's value");
+    assert_eq!(r.header("x-seen-x-forwarded-prefix"), Some("/crm"));
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
+    let r = get(&gw.web("/crm/customers/42?full=1")).await;
+    assert_eq!(r.body, "path=/customers/42?full=1");
+    assert!(gw.logged("route table swapped in"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_a_user_can_read() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    write(&m, "extra.yaml", &EXTRA_ROUTES.replace("CLOSED", &closed_port().to_string()));
+    let gw = GatewayProc::start(
+        Some(&values()),
+        &m,
+        &["--upstream-response-timeout", "1", "--header-read-timeout", "1", "--max-header-bytes", "16384"],
+    );
+
+    assert_eq!(get(&gw.web("/nothing-routes-here")).await.status, 404);
+    assert_eq!(get(&gw.web("/nohost")).await.status, 503, "no endpoint");
+    assert_eq!(get(&gw.web("/closed")).await.status, 502, "connection refused");
+    let start = Instant::now();
+    assert_eq!(get(&gw.web("/slow")).await.status, 504, "no response headers within the timeout");
+    assert!(start.elapsed() < Duration::from_secs(3), "answered at the timeout, not when the backend finished");
+
+    // 413 past the buffering limit, and the backend never sees the request.
+    let hits = be.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let req = hyper::Request::post(gw.web("/limited")).body(client::body("0123456789ABCDEF")).unwrap();
+    assert_eq!(client::send(&client::http1(), req).await.status, 413);
+    let req = hyper::Request::post(gw.web("/limited")).body(client::body("small")).unwrap();
+    let r = client::send(&client::http1(), req).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "path=/limited"));
+    assert_eq!(be.hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1);
+
+    let web = gw.entry_points["web"];
+    let raw = |payload: Vec<u8>| {
+        let mut s = std::net::TcpStream::connect(web).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&payload).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    // Oversized request headers: 431.
+    let big = format!("GET /crm/health HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
+    assert!(raw(big.into_bytes()).starts_with("HTTP/1.1 431"), "oversized headers get 431");
+    // Malformed request line: 400.
+    assert!(raw(b"NOT A REQUEST\r\n\r\n".to_vec()).starts_with("HTTP/1.1 400"));
+    // A slow client that never finishes its headers is cut off.
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect(web).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /crm/health HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(start.elapsed() < Duration::from_secs(5), "cut off after the header read timeout");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_reload_keep_the_last_good_table() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &["--watch-debounce-ms", "20"]);
+    let admin = |p: &str| format!("http://{}{p}", gw.admin);
+    assert_eq!(get(&admin("/healthz")).await.status, 200);
+    let ready = get(&admin("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert!(ready.body.contains("version 1"));
+    let raw: serde_json::Value = serde_json::from_str(&get(&admin("/api/rawdata")).await.body).unwrap();
+    assert_eq!(raw["routers"]["apps/crm-api/0"]["rule"], "PathPrefix(`/crm`)");
+    assert_eq!(raw["middlewares"]["apps/strip-crm-prefix"]["stripPrefix"]["prefixes"][0], "/crm");
+    assert_eq!(
+        raw["services"]["apps/crm-service:80"]["loadBalancer"]["servers"][0]["url"],
+        format!("http://{}", be.addr)
+    );
+    get(&gw.web("/crm/health")).await;
+    let metrics = get(&admin("/metrics")).await.body;
+    assert!(
+        metrics
+            .contains(r#"atrium_requests_total{router="apps/crm-api/0",service="apps/crm-service:80",code="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("atrium_route_table_version 1"), "{metrics}");
+
+    // A good change is picked up.
+    let route = m.join("crm-api.yaml");
+    let text = fs::read_to_string(&route).unwrap();
+    fs::write(&route, text.replace("X-Traefik-Backend: \"cluster-a\"", "X-Traefik-Backend: \"cluster-a2\"")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&gw.web("/crm/health")).await;
+        if r.header("x-traefik-backend") == Some("cluster-a2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken change is refused with file and line; the previous table keeps serving.
+    fs::write(&route, text.replace("kind: Rule", "kind: Rules")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logged("configuration refused") {
+        assert!(Instant::now() < deadline, "the broken change was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.logged("crm-api.yaml:"), "the error names the file");
+    let r = get(&gw.web("/crm/health")).await;
+    assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a2")));
+    let metrics = get(&admin("/metrics")).await.body;
+    assert!(metrics.contains("atrium_route_table_swap_failures_total 1"), "{metrics}");
+}
+
+fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
+    use base64::Engine;
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: apps\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(&ck.cert.pem()),
+        b64(&ck.signing_key.serialize_pem())
+    );
+    (yaml, ck.cert.der().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let (secret, der) = tls_secret("secure-cert", "secure.test");
+    write(&m, "secret.yaml", &secret);
+    write(
+        &m,
+        "secure.yaml",
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: secure\n  namespace: apps\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`secure.test`)\n      services: [{name: crm-service, port: 80}]\n  tls:\n    secretName: secure-cert\n",
+    );
+    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let ws = gw.entry_points["websecure"];
+    let (alpn, leaf, r) = client::tls_get(ws, "secure.test", "/hello").await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(leaf, der, "SNI secure.test gets the Secret's certificate");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, hyper::Version::HTTP_2);
+    assert_eq!(r.body, "path=/hello");
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("https"));
+    let (_, other_leaf, r) = client::tls_get(ws, "other.test", "/hello").await;
+    assert_ne!(other_leaf, der, "other names get the default certificate");
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_websocket_upgrade_and_100mb_bodies_pass_through() {
+    use http_body_util::BodyExt;
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let web = gw.entry_points["web"];
+
+    // HTTP/2 with prior knowledge on the plain entrypoint.
+    let h2: hyper_util::client::legacy::Client<_, client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let r = client::send(&h2, hyper::Request::get(gw.web("/crm/x")).body(client::body("")).unwrap()).await;
+    assert_eq!((r.status, r.version, r.body.as_str()), (200, hyper::Version::HTTP_2, "path=/x"));
+
+    // An upgraded connection echoes through the gateway.
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /crm/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    for msg in [&b"hello"[..], b"second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, msg);
+    }
+
+    // 100 MB up and 100 MB down, streamed.
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let upload = backend::Repeat { remaining: SIZE, chunk: bytes::Bytes::from(vec![b'u'; 64 * 1024]) };
+    let body: client::Body = upload.map_err(|e| match e {}).boxed();
+    let req = hyper::Request::post(gw.web("/crm/count")).body(body).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(120), client::send(&client::http1(), req)).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, SIZE.to_string().as_str()));
+    let resp = client::http1()
+        .request(hyper::Request::get(gw.web(&format!("/crm/bytes/{SIZE}"))).body(client::body("")).unwrap())
+        .await
+        .unwrap();
+    let mut got: u64 = 0;
+    let mut b = resp.into_body();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Some(f) = b.frame().await {
+        got += f.unwrap().data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(got, SIZE);
+}

@@ -1,0 +1,128 @@
+//! Hot swap under load: while bounded client loops send requests, the route table is
+//! replaced 150 times. Not one request may fail, and none may see a mix of two
+//! configurations (two middlewares stamp the version; both stamps must agree).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use atrium_data_plane::proxy::server::{self, EntryPoint, ServerLimits};
+use atrium_data_plane::proxy::tls::CertStore;
+use atrium_data_plane::proxy::{Gateway, Runtime};
+use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
+use atrium_model::loader::load_text;
+use atrium_model::values::Values;
+use common::backend;
+use common::client;
+
+fn config(version: u64, backend: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {{name: r, namespace: ns}}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(`/v`)
+      middlewares: [{{name: stamp-a}}, {{name: stamp-b}}, {{name: strip}}]
+      services: [{{name: svc, port: 80}}]
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{name: stamp-a, namespace: ns}}
+spec: {{headers: {{customResponseHeaders: {{X-Version-A: \"{version}\"}}}}}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{name: stamp-b, namespace: ns}}
+spec: {{headers: {{customResponseHeaders: {{X-Version-B: \"{version}\"}}}}}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{name: strip, namespace: ns}}
+spec: {{stripPrefix: {{prefixes: [/v{}]}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: ns}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: svc, namespace: ns}}
+subsets: [{{addresses: [{{ip: {}}}], ports: [{{port: {}}}]}}]
+",
+        // Alternate the strip prefix so the path the backend sees depends on the version too.
+        if version.is_multiple_of(2) { "" } else { "/" },
+        backend.ip(),
+        backend.port()
+    )
+}
+
+fn runtime(version: u64, backend: std::net::SocketAddr) -> Runtime {
+    let m = load_text(&format!("v{version}.yaml"), &config(version, backend));
+    assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+    let c = atrium_model::compile::compile(&m, &Values::default(), None);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    Runtime::build(c.body, version).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_table_swapped_150_times_under_load_without_a_failure() {
+    let be = backend::start("b", "127.0.0.1").await;
+    let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+    gw.swap(runtime(1, be.addr));
+    let ep = EntryPoint::bind("web", "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr = ep.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(ep, gw.clone(), ServerLimits::default(), stop_rx));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let http = client::http1();
+            let mut seen = BTreeSet::new();
+            let mut n = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Bounded: stops when told, after 20,000 requests, or after 60 s.
+            while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
+                let req = hyper::Request::get(format!("http://{addr}/v/item")).body(client::body("")).unwrap();
+                let r = client::send(&http, req).await;
+                assert_eq!(r.status, 200, "request {n} failed: {r:?}");
+                let (a, b) =
+                    (r.header("x-version-a").unwrap().to_string(), r.header("x-version-b").unwrap().to_string());
+                assert_eq!(a, b, "a request saw two configurations");
+                let v: u64 = a.parse().unwrap();
+                // Both strip prefixes (`/v` and `/v/`) leave the backend the same path.
+                assert_eq!(r.body, "path=/item");
+                seen.insert(v);
+                n += 1;
+            }
+            (n, seen)
+        }));
+    }
+    for v in 2..=151u64 {
+        gw.swap(runtime(v, be.addr));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut versions = BTreeSet::new();
+    for c in clients {
+        let (n, seen) = c.await.unwrap();
+        total += n;
+        versions.extend(seen);
+    }
+    assert_eq!(gw.runtime().unwrap().version, 151);
+    assert!(total >= 150, "only {total} requests went through");
+    assert!(versions.len() >= 20, "requests saw only {} table versions", versions.len());
+    assert!(versions.contains(&151));
+    let _ = stop_tx.send(true);
+    server.await.unwrap();
+}
