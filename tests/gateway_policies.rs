@@ -1,0 +1,174 @@
+//! Middlewares and services through a running gateway: rate limits, allow lists,
+//! redirects, CORS, weighted round-robin, failover and active health checks.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::backend;
+use common::client::get;
+use common::gateway::GatewayProc;
+
+fn endpoints(name: &str, addrs: &[std::net::SocketAddr]) -> String {
+    let subsets: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("  - addresses: [{{ip: {}}}]\n    ports: [{{port: {}}}]\n", a.ip(), a.port()))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: ns}}\nsubsets:\n{}",
+        subsets.join("")
+    )
+}
+
+fn route(name: &str, rule: &str, middlewares: &[&str], service: &str) -> String {
+    let mws: Vec<String> = middlewares.iter().map(|m| format!("{{name: {m}}}")).collect();
+    format!(
+        "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: {rule}\n      middlewares: [{}]\n      services: [{service}]\n",
+        mws.join(", ")
+    )
+}
+
+fn middleware(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_redirect_and_cors_middlewares() {
+    let be = backend::start("a", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut y = endpoints("svc", &[be.addr]);
+    y += &route("limited", "PathPrefix(`/limited`)", &["one-per-minute"], "{name: svc, port: 80}");
+    y += &middleware("one-per-minute", "{rateLimit: {average: 1, period: 1m, burst: 2}}");
+    y += &route("private", "PathPrefix(`/private`)", &["only-10"], "{name: svc, port: 80}");
+    y += &middleware("only-10", "{ipAllowList: {sourceRange: [10.0.0.0/8]}}");
+    y += &route("local", "PathPrefix(`/local`)", &["only-loopback"], "{name: svc, port: 80}");
+    y += &middleware("only-loopback", "{ipAllowList: {sourceRange: [127.0.0.0/8]}}");
+    y += &route("old", "PathPrefix(`/old`)", &["to-new"], "{name: svc, port: 80}");
+    y += &middleware(
+        "to-new",
+        "{redirectRegex: {regex: \"^http://([^/]+)/old/(.*)\", replacement: \"http://${1}/new/${2}\", permanent: true}}",
+    );
+    y += &route("secure", "PathPrefix(`/secure`)", &["to-https"], "{name: svc, port: 80}");
+    y += &middleware("to-https", "{redirectScheme: {scheme: https, port: \"8443\"}}");
+    y += &route("cors", "PathPrefix(`/cors`)", &["cors"], "{name: svc, port: 80}");
+    y += &middleware(
+        "cors",
+        "{headers: {accessControlAllowMethods: [GET, PUT], accessControlAllowOriginList: [\"https://app.test\"], accessControlMaxAge: 60}}",
+    );
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+
+    assert_eq!(get(&gw.web("/limited")).await.status, 200);
+    assert_eq!(get(&gw.web("/limited")).await.status, 200);
+    let r = get(&gw.web("/limited")).await;
+    assert_eq!(r.status, 429, "the burst of 2 is used up");
+    assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+
+    assert_eq!(get(&gw.web("/private")).await.status, 403);
+    assert_eq!(get(&gw.web("/local")).await.status, 200);
+
+    let r = get(&gw.web("/old/a/b?q=1")).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some(format!("http://{}/new/a/b?q=1", gw.entry_points["web"]).as_str()));
+    let r = get(&gw.web("/secure/x")).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("https://127.0.0.1:8443/secure/x"));
+
+    let hits = be.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let req = hyper::Request::builder()
+        .method("OPTIONS")
+        .uri(gw.web("/cors"))
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "PUT")
+        .body(common::client::body(""))
+        .unwrap();
+    let r = common::client::send(&common::client::http1(), req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,PUT"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.test"));
+    assert_eq!(r.header("access-control-max-age"), Some("60"));
+    assert_eq!(be.hits.load(std::sync::atomic::Ordering::Relaxed), hits, "the preflight never reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_failover_and_health_checks() {
+    let a = backend::start("a", "127.0.0.1").await;
+    let b = backend::start("b", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut y = endpoints("sa", &[a.addr]) + &endpoints("sb", &[b.addr]);
+    // Weighted 1:3 across two services.
+    y += &route(
+        "split",
+        "PathPrefix(`/split`)",
+        &[],
+        "{name: sa, port: 80, weight: 1}, {name: sb, port: 80, weight: 3}",
+    );
+    // A health-checked load balancer over both backends.
+    y += &route(
+        "checked",
+        "PathPrefix(`/checked`)",
+        &[],
+        "{name: both, port: 80, healthCheck: {path: /health, interval: 100ms, timeout: 500ms}}",
+    );
+    y += &endpoints("both", &[a.addr, b.addr]);
+    // Failover from a dead service to a live one.
+    y += &route("fo", "PathPrefix(`/fo`)", &[], "{name: fo, kind: TraefikService}");
+    y += "---\napiVersion: traefik.io/v1alpha1\nkind: TraefikService\nmetadata: {name: fo, namespace: ns}\nspec:\n  failover:\n    service: {name: dead, port: 80, healthCheck: {path: /health, interval: 100ms, timeout: 200ms}}\n    fallback: {name: sb, port: 80}\n";
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    y += &endpoints("dead", &[dead]);
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+
+    let mut to_b = 0;
+    for _ in 0..400 {
+        if get(&gw.web("/split")).await.header("x-backend-name") == Some("b") {
+            to_b += 1;
+        }
+    }
+    assert_eq!(to_b, 300, "smooth WRR gives exactly 3 of every 4 to b");
+
+    // Health check: b starts failing; within a few check intervals all traffic goes to a.
+    b.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = futures_names(&gw, "/checked", 6).await;
+        if names.iter().all(|n| n == "a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was never taken out: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.logged("health check failed: server out of rotation"));
+    b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if futures_names(&gw, "/checked", 6).await.iter().any(|n| n == "b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Failover: once the dead service's check fails, the fallback answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&gw.web("/fo")).await;
+        if r.status == 200 {
+            assert_eq!(r.header("x-backend-name"), Some("b"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "failover never happened: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn futures_names(gw: &GatewayProc, path: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(&gw.web(path)).await.header("x-backend-name").unwrap_or("").to_string());
+    }
+    out
+}
