@@ -44,6 +44,9 @@ pub struct GatewayOptions {
     pub limits: ServerLimits,
     /// Upstream timeouts.
     pub upstream: UpstreamConfig,
+    /// Worker threads serving entrypoints (each with its own runtime, sockets and upstream
+    /// connection pool).
+    pub workers: usize,
 }
 
 /// One compile of the configuration, or the findings that prevent it.
@@ -243,16 +246,53 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     apply(&gw, first);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    // Thread per core: every worker has its own current-thread runtime, its own socket per
+    // entrypoint (SO_REUSEPORT spreads connections) and its own upstream pool, so a request
+    // never hops between threads. The route table is shared through the ArcSwap.
+    let workers = opts.workers.max(1);
+    let mut sockets: Vec<Vec<(String, std::net::TcpListener, bool)>> = (0..workers).map(|_| Vec::new()).collect();
     for (name, addr, tls) in entry_point_addrs(&opts, &values)? {
-        let tls_cfg = tls.then(|| certs.server_config());
-        let ep = EntryPoint::bind(&name, addr, tls_cfg)
-            .await
-            .with_context(|| format!("binding entrypoint {name} on {addr}"))?;
-        let local = ep.local_addr()?;
-        tracing::info!(name = %name, addr = %local, tls, "entrypoint listening");
-        tasks.push(tokio::spawn(server::serve(ep, gw.clone(), opts.limits.clone(), stop_rx.clone())));
+        let first = EntryPoint::bind_shared(addr).with_context(|| format!("binding entrypoint {name} on {addr}"))?;
+        let local = first.local_addr()?;
+        tracing::info!(name = %name, addr = %local, tls, workers, "entrypoint listening");
+        sockets[0].push((name.clone(), first, tls));
+        for w in sockets.iter_mut().skip(1) {
+            w.push((
+                name.clone(),
+                EntryPoint::bind_shared(local).with_context(|| format!("binding entrypoint {name} on {local}"))?,
+                tls,
+            ));
+        }
     }
+    let mut threads = Vec::new();
+    for (i, eps) in sockets.into_iter().enumerate() {
+        let (gw, stop_rx, limits, upstream) = (gw.clone(), stop_rx.clone(), opts.limits.clone(), opts.upstream.clone());
+        let tls_cfg = certs.server_config();
+        threads.push(std::thread::Builder::new().name(format!("atrium-worker-{i}")).spawn(
+            move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let up = Arc::new(Upstreams::new(upstream));
+                    let mut tasks = Vec::new();
+                    for (name, sock, tls) in eps {
+                        let ep = EntryPoint::from_std(&name, sock, tls.then(|| tls_cfg.clone()))?;
+                        tasks.push(tokio::spawn(server::serve(
+                            ep,
+                            gw.clone(),
+                            up.clone(),
+                            limits.clone(),
+                            stop_rx.clone(),
+                        )));
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    anyhow::Ok(())
+                })
+            },
+        )?);
+    }
+    let mut tasks = Vec::new();
     if let Some(a) = opts.admin {
         let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
         tracing::info!(addr = %l.local_addr()?, "admin listening");
@@ -264,6 +304,9 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
+    }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     Ok(())
 }

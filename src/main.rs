@@ -158,6 +158,7 @@ fn main() -> ExitCode {
                     max_header_bytes,
                     drain_timeout: Duration::from_secs(drain_timeout),
                 },
+                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
                 upstream: atrium_data_plane::upstream::UpstreamConfig {
                     connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),
                     response_header_timeout: Duration::from_secs(upstream_response_timeout.max(1)),
@@ -165,12 +166,9 @@ fn main() -> ExitCode {
                     ..Default::default()
                 },
             };
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            rt.enable_all();
-            if let Some(n) = workers {
-                rt.worker_threads(n.max(1));
-            }
-            rt.build()?.block_on(gateway::run(opts))?;
+            // The control runtime (watcher, admin, health checks) is one thread; the
+            // entrypoints run on `workers` threads of their own.
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(gateway::run(opts))?;
             Ok(ExitCode::SUCCESS)
         })(),
         Command::Lint { paths, values, format } => lint(&paths, values.as_deref(), format),

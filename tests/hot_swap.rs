@@ -78,7 +78,8 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
     let ep = EntryPoint::bind("web", "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
     let addr = ep.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(ep, gw.clone(), ServerLimits::default(), stop_rx));
+    let up = Arc::new(Upstreams::new(UpstreamConfig::default()));
+    let server = tokio::spawn(server::serve(ep, gw.clone(), up, ServerLimits::default(), stop_rx));
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();

@@ -50,6 +50,25 @@ impl<'a> RequestView<'a> {
         }
     }
 
+    /// Like [`RequestView::new`], with the client IP already known (the proxy's hot path).
+    pub fn with_client_ip(
+        method: &'a str,
+        host: &'a str,
+        escaped_path: &'a str,
+        raw_query: Option<&'a str>,
+        headers: &'a HeaderMap,
+        client_ip: Option<IpAddr>,
+    ) -> Self {
+        RequestView {
+            method,
+            host: canonical_host(host),
+            routing_path: routing_path(escaped_path),
+            raw_query,
+            headers,
+            client_ip,
+        }
+    }
+
     /// Every value of query key `key` (case-sensitive), decoded as Go's `url.ParseQuery` does.
     pub fn query_values<'s>(&'s self, key: &'s str) -> impl Iterator<Item = Cow<'s, str>> + 's {
         query_pairs(self.raw_query.unwrap_or("")).filter(move |(k, _)| k == key).map(|(_, v)| v)

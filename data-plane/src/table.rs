@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub uplinks: Vec<String>,
     /// `namespace/name` of its API, if any.
     pub api: Option<String>,
+    /// Router and service ids, shared, for metric labels on the hot path.
+    pub labels: (Arc<str>, Arc<str>),
 }
 
 impl RouteEntry {
@@ -239,6 +241,7 @@ impl RouteTable {
                 },
                 uplinks: r.uplinks.clone(),
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
+                labels: (Arc::from(r.id.as_str()), Arc::from(r.service.as_str())),
             });
         }
         Ok(Self::build(routers, services))

@@ -2,12 +2,16 @@
 //! HTTP/2 by ALPN over TLS, HTTP/2 with prior knowledge for `h2c` servers), with the
 //! connect and response-header timeouts that turn into 502 and 504.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use http::uri::Authority;
 
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::body::Body;
 
@@ -64,12 +68,58 @@ pub enum UpstreamError {
     },
 }
 
-/// The pooled clients.
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// The pooled clients. Plain HTTP/1.1 upstreams — the common case behind a gateway — go
+/// through a lean pool of hyper connections of our own; HTTPS (ALPN) and h2c go through
+/// hyper-util's client.
 #[derive(Clone)]
 pub struct Upstreams {
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     h2c: Client<HttpConnector, Body>,
+    h1: Arc<H1Pool>,
     cfg: UpstreamConfig,
+}
+
+/// Idle HTTP/1.1 connections by upstream authority.
+#[derive(Default)]
+struct H1Pool {
+    idle: Mutex<HashMap<Authority, Vec<Sender>>>,
+}
+
+impl H1Pool {
+    /// A connection ready for a request, if one is idle.
+    fn checkout(&self, auth: &Authority) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(auth)?;
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some(s) = list.pop() {
+            if s.is_closed() {
+                continue;
+            }
+            if s.is_ready() {
+                found = Some(s);
+                break;
+            }
+            busy.push(s);
+        }
+        list.extend(busy);
+        found
+    }
+
+    /// Puts a connection back. It becomes ready again once its response body is read.
+    fn checkin(&self, auth: Authority, s: Sender, max_idle: usize) {
+        if s.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(auth).or_default();
+            if list.len() < max_idle {
+                list.push(s);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -103,12 +153,79 @@ impl Upstreams {
             .pool_idle_timeout(cfg.idle_timeout)
             .http2_only(true)
             .build(connector(&cfg));
-        Upstreams { http, h2c, cfg }
+        Upstreams { http, h2c, h1: Arc::default(), cfg }
+    }
+
+    async fn connect_h1(&self, auth: &Authority) -> Result<Sender, UpstreamError> {
+        let server = auth.to_string();
+        let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
+        let stream = match tokio::time::timeout(self.cfg.connect_timeout, tokio::net::TcpStream::connect(&target)).await
+        {
+            Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
+            Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect { server: server.clone(), reason: e.to_string() })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Plain HTTP/1.1 through the pool. A pooled connection the server already closed
+    /// gives the request back untouched; it is then sent once on a fresh connection.
+    async fn send_h1(
+        &self,
+        mut req: http::Request<Body>,
+        auth: Authority,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let origin_form =
+            req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(origin_form);
+        let mut retried = false;
+        loop {
+            let (mut sender, fresh) = match self.h1.checkout(&auth) {
+                Some(s) => (s, false),
+                None => (self.connect_h1(&auth).await?, true),
+            };
+            match tokio::time::timeout(self.cfg.response_header_timeout, sender.try_send_request(req)).await {
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        server: auth.to_string(),
+                        timeout: self.cfg.response_header_timeout,
+                    });
+                }
+                Ok(Ok(resp)) => {
+                    self.h1.checkin(auth, sender, self.cfg.max_idle_per_host);
+                    return Ok(resp);
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(r) if !fresh && !retried => {
+                        retried = true;
+                        req = r;
+                    }
+                    _ => {
+                        let err = e.into_error();
+                        return Err(UpstreamError::Protocol { server: auth.to_string(), reason: err.to_string() });
+                    }
+                },
+            }
+        }
     }
 
     /// Sends `req` (whose URI is absolute) to `server`, waiting at most the response
     /// header timeout. `h2c` selects HTTP/2 with prior knowledge.
     pub async fn send(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Incoming>, UpstreamError> {
+        if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            if let Some(auth) = req.uri().authority().cloned() {
+                return self.send_h1(req, auth).await;
+            }
+        }
         let server = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         let fut = if h2c { self.h2c.request(req) } else { self.http.request(req) };
         match tokio::time::timeout(self.cfg.response_header_timeout, fut).await {

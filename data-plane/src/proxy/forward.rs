@@ -8,26 +8,28 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+// Header names are constants: removing by `&str` would parse and hash each name on every
+// request, and these functions run twice per request on the hot path.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-const FORWARDED: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-forwarded-server",
-    "x-real-ip",
-];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: [HeaderName; 6] =
+    [X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER, X_REAL_IP];
 
 /// Whether the request asks for a protocol switch (WebSocket); returns the protocol.
 pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
@@ -42,23 +44,25 @@ pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, and those the `Connection` header names. `keep_upgrade`
 /// puts back `Connection: upgrade` and `Upgrade` for a protocol switch.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    // `TE: trailers` is the one TE value that may cross (gRPC needs it).
-    let te_trailers = h
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
-    for n in named {
-        h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
+    // `TE: trailers` is the one TE value that may cross (gRPC needs it).
+    let te_trailers = h.contains_key(header::TE)
+        && h.get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     for n in HOP_BY_HOP {
-        h.remove(*n);
+        h.remove(n);
     }
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -75,7 +79,7 @@ pub struct ClientSide<'a> {
     /// The client's IP.
     pub ip: Option<IpAddr>,
     /// `http`, `https`, `ws` or `wss`.
-    pub proto: &'a str,
+    pub proto: &'static str,
     /// The Host the client asked for.
     pub host: &'a str,
     /// The entrypoint's port.
@@ -88,27 +92,27 @@ pub struct ClientSide<'a> {
 
 /// Sets the `X-Forwarded-*` and `X-Real-Ip` headers of a request going upstream.
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
-    // Values a headers middleware set on purpose survive; what the client sent does not.
     for n in FORWARDED {
-        h.remove(*n);
+        h.remove(n);
     }
-    let set = |h: &mut HeaderMap, n: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(n, v);
-        }
-    };
     if let Some(ip) = c.ip {
-        if !c.drop_xff {
-            set(h, "x-forwarded-for", &ip.to_string());
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            if !c.drop_xff {
+                h.insert(X_FORWARDED_FOR, v.clone());
+            }
+            h.insert(X_REAL_IP, v);
         }
-        set(h, "x-real-ip", &ip.to_string());
     }
-    set(h, "x-forwarded-proto", c.proto);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
     if !c.host.is_empty() {
-        set(h, "x-forwarded-host", c.host);
+        if let Ok(v) = HeaderValue::from_str(c.host) {
+            h.insert(X_FORWARDED_HOST, v);
+        }
     }
-    set(h, "x-forwarded-port", &c.port.to_string());
-    set(h, "x-forwarded-server", c.server);
+    h.insert(X_FORWARDED_PORT, HeaderValue::from(c.port));
+    if let Ok(v) = HeaderValue::from_str(c.server) {
+        h.insert(X_FORWARDED_SERVER, v);
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client's socket address.
     pub peer: SocketAddr,
+    /// The upstream clients of the worker serving this connection.
+    pub upstreams: Arc<Upstreams>,
 }
 
 /// Access log line format.
@@ -96,6 +98,9 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Router and service ids of a request, for metrics.
+type Labels = (Arc<str>, Arc<str>);
+
 /// Why a request could not be forwarded.
 enum ProxyError {
     NoTarget(String),
@@ -117,20 +122,29 @@ fn error_response(e: &ProxyError) -> Response<Body> {
 #[derive(Clone)]
 struct Outgoing {
     method: http::Method,
-    path_and_query: String,
+    path_and_query: http::uri::PathAndQuery,
     headers: http::HeaderMap,
 }
 
 impl Outgoing {
-    fn request(&self, server: &service::Server, pass_host: bool, body: Body) -> Result<Request<Body>, String> {
+    fn into_request(self, server: &service::Server, pass_host: bool, body: Body) -> Result<Request<Body>, String> {
         let h2c = server.url.scheme_str() == Some("h2c");
-        let scheme = if h2c { "http" } else { server.url.scheme_str().unwrap_or("http") };
-        let auth = server.url.authority().map(|a| a.as_str()).unwrap_or("");
-        let uri = format!("{scheme}://{auth}{}", self.path_and_query);
-        let mut req = Request::builder().method(self.method.clone()).uri(uri).body(body).map_err(|e| e.to_string())?;
-        *req.headers_mut() = self.headers.clone();
+        let scheme = match server.url.scheme_str() {
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
+        };
+        let authority = server.url.authority().cloned().ok_or("server without authority")?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(scheme);
+        uri.authority = Some(authority.clone());
+        uri.path_and_query = Some(self.path_and_query);
+        let uri = http::Uri::from_parts(uri).map_err(|e| e.to_string())?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers;
         if !pass_host || !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(auth) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
@@ -191,32 +205,45 @@ impl Gateway {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let version = req.version();
-        let (mut resp, router, service) = self.handle_inner(req, conn).await;
+        let (mut resp, labels) = self.handle_inner(req, conn).await;
         // Answer in the client's protocol version, whatever the upstream spoke.
         *resp.version_mut() = version;
         let code = resp.status().as_u16();
-        self.metrics
-            .requests
-            .get_or_create(&metrics::RequestLabels { router: router.clone(), service: service.clone(), code })
-            .inc();
-        if !router.is_empty() {
+        let (router, service) = labels.unwrap_or_else(|| (Arc::from(""), Arc::from("")));
+        if let Some(fmt) = self.access_log {
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let (r, s) = (&*router, &*service);
+            let line = match fmt {
+                AccessLog::Json => serde_json::json!({
+                    "client": conn.peer.ip().to_string(), "method": method.as_str(), "uri": uri.to_string(),
+                    "status": code, "router": r, "service": s, "entryPoint": &*conn.entry_point, "durationMs": ms,
+                })
+                .to_string(),
+                AccessLog::Clf => format!(
+                    "{} - - [{}] \"{} {} HTTP/1.1\" {} - \"{}\" \"{}\" {:.0}ms",
+                    conn.peer.ip(),
+                    httpdate(),
+                    method,
+                    uri,
+                    code,
+                    r,
+                    s,
+                    ms
+                ),
+            };
+            println!("{line}");
+        }
+        let router = metrics::Label(router);
+        if !router.0.is_empty() {
             self.metrics
                 .latency
                 .get_or_create(&metrics::RouterLabels { router: router.clone() })
                 .observe(start.elapsed().as_secs_f64());
         }
-        if let Some(fmt) = self.access_log {
-            let ms = start.elapsed().as_secs_f64() * 1000.0;
-            let line = match fmt {
-                AccessLog::Json => serde_json::json!({
-                    "client": conn.peer.ip().to_string(), "method": method.as_str(), "uri": uri.to_string(),
-                    "status": code, "router": router, "service": service, "entryPoint": &*conn.entry_point, "durationMs": ms,
-                })
-                .to_string(),
-                AccessLog::Clf => format!("{} - - [{}] \"{} {} HTTP/1.1\" {} - \"{}\" \"{}\" {:.0}ms", conn.peer.ip(), httpdate(), method, uri, code, router, service, ms),
-            };
-            println!("{line}");
-        }
+        self.metrics
+            .requests
+            .get_or_create(&metrics::RequestLabels { router, service: metrics::Label(service), code })
+            .inc();
         resp
     }
 
@@ -224,13 +251,9 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         conn: &ConnInfo,
-    ) -> (Response<Body>, String, String) {
+    ) -> (Response<Body>, Option<Labels>) {
         let Some(rt) = self.runtime.load_full() else {
-            return (
-                body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"),
-                String::new(),
-                String::new(),
-            );
+            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
         };
         let (mut parts, incoming) = req.into_parts();
         let host_raw: String = parts
@@ -239,22 +262,28 @@ impl Gateway {
             .map(|a| a.as_str().to_string())
             .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
             .unwrap_or_default();
-        let path_raw = parts.uri.path().to_string();
-        let query = parts.uri.query().map(str::to_string);
-        let peer = conn.peer.to_string();
+        // A Uri clone shares its bytes: borrowing path and query from it costs no copy.
+        let uri = parts.uri.clone();
+        let (path_raw, query) = (uri.path(), uri.query());
+        let client_ip = Some(conn.peer.ip().to_canonical());
         let router: &RouteEntry = {
-            let view =
-                RequestView::new(parts.method.as_str(), &host_raw, &path_raw, query.as_deref(), &parts.headers, &peer);
+            let view = RequestView::with_client_ip(
+                parts.method.as_str(),
+                &host_raw,
+                path_raw,
+                query,
+                &parts.headers,
+                client_ip,
+            );
             match rt.table.route(Some(&conn.entry_point), &view) {
                 Some(r) => r,
-                None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), String::new(), String::new()),
+                None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), None),
             }
         };
-        let rid = router.id.clone();
-        let sid = router.service.clone();
-        let client_ip = Some(conn.peer.ip().to_canonical());
+        let labels = Some(router.labels.clone());
         let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let mut url = UrlPath::from_escaped(&path_raw);
+        // Built on the first path rewrite only: most routers forward the path as it came.
+        let mut url: Option<UrlPath> = None;
         let mut after = Vec::new();
         let mut guards = Vec::new();
         let mut drop_xff = false;
@@ -262,11 +291,11 @@ impl Gateway {
         let (mut max_request, mut max_response) = (0u64, 0u64);
         let mut retry: Option<(u32, Duration)> = None;
         let scheme = if conn.tls { "https" } else { "http" };
-        let canon_host = crate::request::canonical_host(&host_raw).into_owned();
+        let canon_host = crate::request::canonical_host(&host_raw);
 
         for m in &router.middlewares {
             let early = match &m.action {
-                Action::Path => match m.rewrite_path(&mut url) {
+                Action::Path => match m.rewrite_path(url.get_or_insert_with(|| UrlPath::from_escaped(path_raw))) {
                     Ok(Some((name, value))) => {
                         if let Ok(v) = HeaderValue::from_str(&value) {
                             parts.headers.append(name, v);
@@ -339,7 +368,7 @@ impl Gateway {
                 }
             };
             if let Some(r) = early {
-                return (r, rid, sid);
+                return (r, labels);
             }
         }
 
@@ -352,11 +381,11 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max_request) {
-                return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), rid, sid);
+                return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
             }
             match body::collect_limited(req_body, max_request as usize).await {
                 Ok(b) => req_body = body::full(b),
-                Err(_) => return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), rid, sid),
+                Err(_) => return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels),
             }
         }
 
@@ -389,19 +418,31 @@ impl Gateway {
                 headers.insert(header::HOST, v);
             }
         }
-        let mut pq = url.request_path().to_string();
-        if let Some(q) = &query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        let out = Outgoing { method: parts.method.clone(), path_and_query: pq, headers };
+        let path_and_query = match &url {
+            None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            Some(u) => {
+                let mut pq = u.request_path().to_string();
+                if let Some(q) = query {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                match http::uri::PathAndQuery::try_from(pq) {
+                    Ok(pq) => pq,
+                    Err(_) => {
+                        return (body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"), labels);
+                    }
+                }
+            }
+        };
+        let out = Outgoing { method: parts.method.clone(), path_and_query, headers };
 
         let Some(svc) = rt.services.get(&router.service).cloned() else {
-            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), rid, sid);
+            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
         };
         let replayable = http_body::Body::is_end_stream(&req_body);
         let (attempts, mut backoff) = retry.unwrap_or((1, Duration::ZERO));
-        let mut result = self.dispatch(&svc, &out, req_body).await;
+        let retry_copy = (attempts > 1 && replayable).then(|| out.clone());
+        let mut result = self.dispatch(&svc, out, req_body, &conn.upstreams).await;
         let mut attempt = 1;
         while attempt < attempts
             && replayable
@@ -410,20 +451,21 @@ impl Gateway {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
             attempt += 1;
-            result = self.dispatch(&svc, &out, body::empty()).await;
+            let Some(out) = retry_copy.clone() else { break };
+            result = self.dispatch(&svc, out, body::empty(), &conn.upstreams).await;
         }
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
                 match &e {
                     ProxyError::NoTarget(why) => {
-                        tracing::warn!(router = %rid, service = %sid, %why, "no healthy target")
+                        tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
                     }
                     ProxyError::Upstream(err) => {
-                        tracing::warn!(router = %rid, service = %sid, error = %err, "upstream request failed")
+                        tracing::warn!(router = %router.id, service = %router.service, error = %err, "upstream request failed")
                     }
                 }
-                return (error_response(&e), rid, sid);
+                return (error_response(&e), labels);
             }
         };
 
@@ -451,8 +493,7 @@ impl Gateway {
                 Err(_) => {
                     return (
                         body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"),
-                        rid,
-                        sid,
+                        labels,
                     );
                 }
             }
@@ -469,14 +510,15 @@ impl Gateway {
                 })
                 .boxed();
         }
-        (Response::from_parts(rparts, out_body), rid, sid)
+        (Response::from_parts(rparts, out_body), labels)
     }
 
     fn dispatch<'a>(
         self: &'a Arc<Self>,
         svc: &'a Arc<ServiceRt>,
-        out: &'a Outgoing,
+        out: Outgoing,
         body: Body,
+        up: &'a Arc<Upstreams>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
         Box::pin(async move {
             match &**svc {
@@ -484,9 +526,9 @@ impl Gateway {
                     let server = lb
                         .pick()
                         .ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
-                    let req = out.request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
+                    let req = out.into_request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
                     let h2c = server.url.scheme_str() == Some("h2c");
-                    match self.upstreams.send(req, h2c).await {
+                    match up.send(req, h2c).await {
                         Ok(r) => Ok(r.map(body::incoming)),
                         Err(e) => {
                             lb.record_failure(server);
@@ -499,11 +541,11 @@ impl Gateway {
                         .pick_child()
                         .ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?
                         .clone();
-                    self.dispatch(&child, out, body).await
+                    self.dispatch(&child, out, body, up).await
                 }
                 ServiceRt::Failover { main, fallback } => {
                     let target = if main.available() { main } else { fallback };
-                    self.dispatch(target, out, body).await
+                    self.dispatch(target, out, body, up).await
                 }
                 ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -527,14 +569,15 @@ impl Gateway {
                             let gw = self.clone();
                             let out = out.clone();
                             let copy = copy.clone();
+                            let up = up.clone();
                             tokio::spawn(async move {
-                                if let Ok(r) = gw.dispatch(&m, &out, body::full(copy)).await {
+                                if let Ok(r) = gw.dispatch(&m, out, body::full(copy), &up).await {
                                     let _ = r.into_body().collect().await;
                                 }
                             });
                         }
                     }
-                    self.dispatch(main, out, main_body).await
+                    self.dispatch(main, out, main_body, up).await
                 }
                 ServiceRt::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
             }

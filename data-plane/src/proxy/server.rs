@@ -58,6 +58,30 @@ impl EntryPoint {
         Ok(EntryPoint { name: Arc::from(name), listener, tls })
     }
 
+    /// Binds `addr` with `SO_REUSEPORT`, so that several workers can each accept on their
+    /// own socket and the kernel spreads connections across them. The socket is a std one:
+    /// turn it into an entrypoint with [`EntryPoint::from_std`] inside the worker's runtime.
+    pub fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    }
+
+    /// Wraps a bound std listener; must run inside a Tokio runtime.
+    pub fn from_std(
+        name: &str,
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<EntryPoint> {
+        Ok(EntryPoint { name: Arc::from(name), listener: TcpListener::from_std(listener)?, tls })
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -95,7 +119,13 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
 }
 
 /// Serves an entrypoint until `shutdown` turns true, then drains connections.
-pub async fn serve(ep: EntryPoint, gw: Arc<Gateway>, limits: ServerLimits, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    ep: EntryPoint,
+    gw: Arc<Gateway>,
+    upstreams: Arc<crate::upstream::Upstreams>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let port = ep.listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let acceptor = ep.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -115,7 +145,13 @@ pub async fn serve(ep: EntryPoint, gw: Arc<Gateway>, limits: ServerLimits, mut s
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo { entry_point: ep.name.clone(), port, tls: acceptor.is_some(), peer });
+        let info = Arc::new(ConnInfo {
+            entry_point: ep.name.clone(),
+            port,
+            tls: acceptor.is_some(),
+            peer,
+            upstreams: upstreams.clone(),
+        });
         let gw = gw.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

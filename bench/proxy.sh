@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Proxy throughput: atrium gateway vs nginx, in front of the same backend, in one run.
+#
+#   bash bench/proxy.sh            # 10 s per measurement
+#   DURATION=30 bash bench/proxy.sh
+#
+# Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
+# 127.0.0.1; every process is stopped at the end. Prints a Markdown table for
+# BENCHMARKS.md. Both proxies run one worker; wrk uses one thread and 32 connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install nginx-light wrk)" >&2; exit 1; }
+done
+cargo build --release --quiet
+ATRIUM=target/release/atrium
+
+BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
+
+nginx_conf() { # $1 = name, $2 = server block
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
+  PIDS+=($!)
+}
+
+nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
+nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
+  server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+mkdir -p "$WORK/one" "$WORK/many"
+cat > "$WORK/one/route.yaml" <<YAML
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: bench, namespace: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: Host(\`bench.test\`) && PathPrefix(\`/\`)
+      services: [{name: backend, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: bench}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: backend, namespace: bench}
+subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
+YAML
+cp "$WORK/one/route.yaml" "$WORK/many/route.yaml"
+python3 - "$WORK/many/routes.yaml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for h in range(100):
+        for p in range(10):
+            f.write(f"---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {{name: r{h}-{p}, namespace: bench}}\n"
+                    f"spec:\n  entryPoints: [web]\n  routes:\n    - match: Host(`h{h}.test`) && PathPrefix(`/p{p}`)\n"
+                    f"      services: [{{name: backend, port: 80}}]\n")
+PY
+
+start_atrium() { # $1 = manifests, $2 = addr
+  "$ATRIUM" gateway --manifests "$1" --workers 1 --entrypoint "web=$2" --entrypoint websecure=off 2>"$1/log" &
+  PIDS+=($!)
+}
+start_atrium "$WORK/one" "$ATRIUM1"
+start_atrium "$WORK/many" "$ATRIUM1000"
+sleep 2
+ATRIUM_PID=${PIDS[-2]}
+IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$ATRIUM_PID/status")
+
+for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
+  curl -fsS -H 'Host: bench.test' "http://$target/" >/dev/null || { echo "$target is not answering" >&2; exit 1; }
+done
+
+measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
+  local out
+  out=$(wrk -t1 -c32 -d"${DURATION}s" --latency -H "Host: $2" "http://$1$3")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $p99"
+}
+
+echo "measuring ${DURATION}s each ..." >&2
+read -r direct_rps direct_p99 < <(measure "$BACKEND" bench.test /)
+read -r nginx_rps nginx_p99 < <(measure "$NGINX" bench.test /)
+read -r one_rps one_p99 < <(measure "$ATRIUM1" bench.test /)
+read -r many_rps many_p99 < <(measure "$ATRIUM1000" h77.test /p7/x)
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+
+cat <<TABLE
+| target | req/s | p99 | ratio to nginx proxy |
+|---|---|---|---|
+| backend direct (nginx, 1 worker) | $direct_rps | $direct_p99 | $(ratio "$direct_rps" "$nginx_rps")× |
+| nginx proxy (1 worker, keep-alive upstream) | $nginx_rps | $nginx_p99 | 1.00× |
+| atrium gateway, 1 route (--workers 1) | $one_rps | $one_p99 | $(ratio "$one_rps" "$nginx_rps")× |
+| atrium gateway, 1,001 host+path routes (--workers 1) | $many_rps | $many_p99 | $(ratio "$many_rps" "$nginx_rps")× |
+
+atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")×. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
+TABLE
