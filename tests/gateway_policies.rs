@@ -172,3 +172,59 @@ async fn futures_names(gw: &GatewayProc, path: &str, n: usize) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_a_secret_and_gzip_compression() {
+    use base64::Engine;
+    let be = backend::start("a", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut y = endpoints("svc", &[be.addr]);
+    y += &route("auth", "PathPrefix(`/auth`)", &["users"], "{name: svc, port: 80}");
+    y += &middleware("users", "{basicAuth: {secret: htpasswd, headerField: X-Test}}");
+    // `openssl passwd -apr1 -salt abcdefgh password`
+    y += &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: htpasswd, namespace: ns}}\ndata:\n  users: {}\n",
+        b64("alice:$apr1$abcdefgh$FBwExRW4dCc8aL.OvjpIE1\n")
+    );
+    y += &route("gz", "PathPrefix(`/gz`)", &["gzip", "strip-gz"], "{name: svc, port: 80}");
+    y += &middleware("gzip", "{compress: {}}");
+    y += &middleware("strip-gz", "{stripPrefix: {prefixes: [/gz]}}");
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+
+    let r = get(&gw.web("/auth")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"traefik\""));
+    let send = |user: &str, pass: &str| {
+        let v = format!("Basic {}", b64(&format!("{user}:{pass}")));
+        hyper::Request::get(gw.web("/auth")).header("authorization", v).body(common::client::body("")).unwrap()
+    };
+    let r = common::client::send(&common::client::http1(), send("alice", "password")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-x-test"), Some("alice"), "headerField carries the user to the backend");
+    assert_eq!(common::client::send(&common::client::http1(), send("alice", "nope")).await.status, 401);
+
+    let req = hyper::Request::get(gw.web("/gz/bytes/50000"))
+        .header("accept-encoding", "gzip")
+        .body(common::client::body(""))
+        .unwrap();
+    let resp = common::client::http1().request(req).await.unwrap();
+    assert_eq!(resp.headers().get("content-encoding").unwrap(), "gzip");
+    use http_body_util::BodyExt;
+    let zipped = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(zipped.len() < 5000, "50 kB of one byte compresses well: {}", zipped.len());
+    let mut d = flate2_read(&zipped);
+    assert_eq!(d.len(), 50000);
+    assert!(d.drain(..).all(|b| b == b'x'));
+    let plain = get(&gw.web("/gz/bytes/50000")).await;
+    assert!(plain.header("content-encoding").is_none(), "no Accept-Encoding, no compression");
+    assert_eq!(plain.body.len(), 50000);
+}
+
+fn flate2_read(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(b).read_to_end(&mut out).unwrap();
+    out
+}

@@ -500,6 +500,10 @@ pub struct BasicAuth {
     pub remove_header: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_field: Option<String>,
+    /// Filled in by the compiler from the Secret (`user:hash` lines); never written by
+    /// users (the upstream CRD has no such field, and the compiler refuses it).
+    #[serde(default, rename = "resolvedUsers", skip_serializing_if = "Vec::is_empty")]
+    pub resolved_users: Vec<String>,
 }
 
 #[cfg(test)]

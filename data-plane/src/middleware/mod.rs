@@ -4,6 +4,8 @@
 //! compiled, limiters get their state. The proxy calls it in router order. Path rewrites
 //! are pure functions over [`path::UrlPath`], shared with `route-check`.
 
+pub mod basic_auth;
+pub mod compress;
 pub mod config;
 pub mod headers;
 pub mod limits;
@@ -53,6 +55,10 @@ pub enum Action {
         /// Largest response body, bytes (0: no limit).
         max_response: u64,
     },
+    /// Users and passwords.
+    BasicAuth(basic_auth::BasicAuthRt),
+    /// gzip responses.
+    Compress(compress::CompressRt),
     /// Retries on connection errors.
     Retry {
         /// Attempts in total.
@@ -73,10 +79,6 @@ pub struct CompiledMiddleware {
     pub action: Action,
     /// Compiled regexps of stripPrefixRegex / replacePathRegex.
     regexes: Vec<Regex>,
-}
-
-fn not_yet(kind: &str) -> String {
-    format!("the {kind} middleware is not supported yet by atrium")
 }
 
 impl CompiledMiddleware {
@@ -147,10 +149,10 @@ impl CompiledMiddleware {
                 .transpose()?
                 .unwrap_or(std::time::Duration::from_millis(100));
             Action::Retry { attempts: r.attempts as u32, initial_interval }
-        } else if s.compress.is_some() {
-            return Err(not_yet("compress"));
-        } else if s.basic_auth.is_some() {
-            return Err(not_yet("basicAuth"));
+        } else if let Some(c) = &s.compress {
+            Action::Compress(compress::CompressRt::new(c)?)
+        } else if let Some(b) = &s.basic_auth {
+            Action::BasicAuth(basic_auth::BasicAuthRt::new(b)?)
         } else if s.chain.is_some() {
             // Chains are flattened by the compiler; a chain never reaches the data plane.
             return Err("a chain must be flattened before it reaches the data plane".into());

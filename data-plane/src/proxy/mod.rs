@@ -290,6 +290,8 @@ impl Gateway {
         let mut host_override: Option<String> = None;
         let (mut max_request, mut max_response) = (0u64, 0u64);
         let mut retry: Option<(u32, Duration)> = None;
+        let mut compress = None;
+        let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
         let scheme = if conn.tls { "https" } else { "http" };
         let canon_host = crate::request::canonical_host(&host_raw);
 
@@ -360,6 +362,11 @@ impl Gateway {
                 Action::Buffering { max_request: q, max_response: s } => {
                     max_request = *q;
                     max_response = *s;
+                    None
+                }
+                Action::BasicAuth(b) => b.check(&mut parts.headers),
+                Action::Compress(c) => {
+                    compress = Some(c);
                     None
                 }
                 Action::Retry { attempts, initial_interval } => {
@@ -500,6 +507,11 @@ impl Gateway {
         }
         for h in after.iter().rev() {
             h.on_response(&mut rparts.headers, origin.as_deref(), conn.tls);
+        }
+        if let Some(c) = compress {
+            if c.applies(&parts.method, accept_encoding.as_ref(), rparts.status, &rparts.headers) {
+                out_body = c.wrap(&mut rparts.headers, out_body);
+            }
         }
         if !guards.is_empty() {
             // In-flight slots are held until the response body is finished or dropped.

@@ -215,8 +215,18 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
             continue;
         }
         let id = l.id();
-        if mw.spec.chain.is_none()
-            && let Err(e) = CompiledMiddleware::from_spec(&id, mw.spec.clone())
+        let mut spec = mw.spec.clone();
+        if let Some(b) = spec.basic_auth.as_mut() {
+            match resolve_basic_auth_users(cx, l, b) {
+                Ok(users) => b.resolved_users = users,
+                Err((field, code, msg)) => {
+                    cx.err(l, field, code, msg);
+                    continue;
+                }
+            }
+        }
+        if spec.chain.is_none()
+            && let Err(e) = CompiledMiddleware::from_spec(&id, spec.clone())
         {
             let code = if e.contains("not supported yet") { "unsupported-field" } else { "schema" };
             cx.err(l, &format!("spec.{}", kinds[0]), code, e);
@@ -227,12 +237,62 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
             // Chains are flattened into each router's list.
             continue;
         }
-        if let Some((kind, json)) = mw.spec.kind_json() {
+        if let Some((kind, json)) = spec.kind_json() {
             out.push(pb::Middleware { id, kind: kind.to_string(), config_json: json });
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// The users of a basicAuth middleware, from its Secret: `users` lines (htpasswd), or the
+/// `username`/`password` of a `kubernetes.io/basic-auth` Secret (hashed, never in clear).
+fn resolve_basic_auth_users(
+    cx: &Ctx<'_>,
+    l: &Loaded,
+    b: &atrium_data_plane::middleware::config::BasicAuth,
+) -> Result<Vec<String>, (&'static str, &'static str, String)> {
+    use base64::Engine;
+    if !b.resolved_users.is_empty() {
+        return Err((
+            "spec.basicAuth.resolvedUsers",
+            "schema",
+            "resolvedUsers is filled in by atrium from the Secret; set `secret` instead".into(),
+        ));
+    }
+    let Some(name) = b.secret.as_deref() else {
+        return Err(("spec.basicAuth", "schema", "basicAuth needs a `secret` holding its users".into()));
+    };
+    let Some(secret) = cx.secrets.get(&key(l.ns(), name)) else {
+        return Err((
+            "spec.basicAuth.secret",
+            "unresolved-reference",
+            format!("Secret {}/{name} does not exist", l.ns()),
+        ));
+    };
+    let field = |k: &str| -> Option<String> {
+        secret.string_data.get(k).cloned().or_else(|| {
+            secret
+                .data
+                .get(k)
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+        })
+    };
+    if secret.type_.as_deref() == Some("kubernetes.io/basic-auth") {
+        let (Some(u), Some(p)) = (field("username"), field("password")) else {
+            return Err((
+                "spec.basicAuth.secret",
+                "schema",
+                format!("Secret {}/{name} needs username and password", l.ns()),
+            ));
+        };
+        return Ok(vec![atrium_data_plane::middleware::basic_auth::sha256_entry(&u, &p)]);
+    }
+    match field("users") {
+        Some(users) => Ok(users.lines().map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()),
+        None => Err(("spec.basicAuth.secret", "schema", format!("Secret {}/{name} has no `users` key", l.ns()))),
+    }
 }
 
 impl<'a> Ctx<'a> {
