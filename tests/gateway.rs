@@ -307,3 +307,86 @@ async fn h2c_websocket_upgrade_and_100mb_bodies_pass_through() {
     }
     assert_eq!(got, SIZE);
 }
+
+/// An h2c backend that answers like a gRPC server: `n` length-prefixed messages, then
+/// `grpc-status` in trailers.
+async fn grpc_backend() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let stream = req.uri().path().ends_with("/Stream");
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+                    let _ = req.into_body().collect().await;
+                    let n = if stream { 3 } else { 1 };
+                    let mut frames: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>> = (0..n)
+                        .map(|i| hyper::body::Frame::data(bytes::Bytes::from(vec![0, 0, 0, 0, 1, b'a' + i as u8])))
+                        .collect();
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", format!("te={te}").parse().unwrap());
+                    frames.push_back(hyper::body::Frame::trailers(trailers));
+                    let body = FrameBody(frames);
+                    let mut resp = hyper::Response::new(body);
+                    resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A body made of prepared frames (data, then trailers).
+struct FrameBody(std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for FrameBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_server_stream_keep_trailers() {
+    use http_body_util::BodyExt;
+    let grpc = grpc_backend().await;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("grpc.yaml"),
+        format!(
+            "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {{name: grpc, namespace: ns}}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      services: [{{name: grpc, port: 80, scheme: h2c}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: grpc, namespace: ns}}\nsubsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{port: {}}}]}}]\n",
+            grpc.port()
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let h2: hyper_util::client::legacy::Client<_, client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    for (method, messages) in [("Unary", 1usize), ("Stream", 3)] {
+        let req = hyper::Request::post(gw.web(&format!("/echo.Echo/{method}")))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(client::body(vec![0u8, 0, 0, 0, 1, b'q']))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), h2.request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().get("content-type").unwrap(), "application/grpc");
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers reach the client");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(trailers.get("grpc-message").unwrap(), "te=trailers", "TE: trailers crosses the hop");
+        assert_eq!(collected.to_bytes().len(), messages * 6);
+    }
+}

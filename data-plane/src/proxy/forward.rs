@@ -31,6 +31,24 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: [HeaderName; 6] =
     [X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER, X_REAL_IP];
 
+/// Removes the headers of `names` that are present. A request carries a handful of
+/// headers, so one pass over them beats hashing every listed name into the map.
+fn remove_listed(h: &mut HeaderMap, names: &[HeaderName]) {
+    let mut present: [Option<&HeaderName>; 9] = [None; 9];
+    let mut n = 0;
+    for k in h.keys() {
+        if let Some(listed) = names.iter().find(|l| *l == k) {
+            if n < present.len() {
+                present[n] = Some(listed);
+                n += 1;
+            }
+        }
+    }
+    for name in present.into_iter().flatten() {
+        h.remove(name);
+    }
+}
+
 /// Whether the request asks for a protocol switch (WebSocket); returns the protocol.
 pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     let conn_upgrade = h
@@ -61,9 +79,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
         && h.get_all(header::TE)
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
+    remove_listed(h, &HOP_BY_HOP);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -92,9 +108,7 @@ pub struct ClientSide<'a> {
 
 /// Sets the `X-Forwarded-*` and `X-Real-Ip` headers of a request going upstream.
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
-    for n in FORWARDED {
-        h.remove(n);
-    }
+    remove_listed(h, &FORWARDED);
     if let Some(ip) = c.ip {
         if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
             if !c.drop_xff {
