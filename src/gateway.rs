@@ -44,6 +44,8 @@ pub struct GatewayOptions {
     pub limits: ServerLimits,
     /// Upstream timeouts.
     pub upstream: UpstreamConfig,
+    /// Where generated state (the default certificate) is kept.
+    pub state_dir: Option<PathBuf>,
     /// Worker threads serving entrypoints (each with its own runtime, sockets and upstream
     /// connection pool).
     pub workers: usize,
@@ -241,7 +243,11 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     })
     .await?
     .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
-    let certs = CertStore::generated().map_err(anyhow::Error::msg)?;
+    let certs = match &opts.state_dir {
+        Some(d) => CertStore::persistent(d),
+        None => CertStore::generated(),
+    }
+    .map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(opts.upstream.clone()), opts.access_log, certs.clone());
     apply(&gw, first);
 

@@ -52,6 +52,9 @@ enum Command {
         /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
         #[arg(long)]
         admin: Option<String>,
+        /// Directory for generated state (the default TLS certificate); kept across restarts.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Runtime worker threads (default: the number of cores).
         #[arg(long)]
         workers: Option<usize>,
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             entry_points,
             bind_ip,
             admin,
+            state_dir,
             workers,
             access_log,
             watch_debounce_ms,
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
                     max_header_bytes,
                     drain_timeout: Duration::from_secs(drain_timeout),
                 },
+                state_dir,
                 workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
                 upstream: atrium_data_plane::upstream::UpstreamConfig {
                     connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),

@@ -390,3 +390,44 @@ async fn grpc_unary_and_server_stream_keep_trailers() {
         assert_eq!(collected.to_bytes().len(), messages * 6);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_access_log_is_written() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let state = tmp.path().join("state");
+    let mut gw =
+        GatewayProc::start(Some(&values()), &m, &["--access-log", "json", "--state-dir", state.to_str().unwrap()]);
+    assert!(state.join("default-cert.pem").is_file(), "the default certificate is kept in the state directory");
+    let r = get(&gw.web("/crm/health")).await;
+    assert_eq!(r.status, 200);
+    // The access log line of that request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = gw.out.lock().unwrap().iter().find(|l| l.contains("/crm/health")).cloned() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["router"], "apps/crm-api/0");
+    assert_eq!(entry["entryPoint"], "web");
+
+    // A slow request is in flight when SIGTERM arrives: it completes, then the process exits.
+    let url = gw.web("/crm/slow");
+    let slow = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.terminate();
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "slow"), "the request in flight was drained, not cut");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.wait_exit(Duration::from_secs(15));
+        (s, gw)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.is_some_and(|s| s.success()), "the gateway exits cleanly after draining: {:?}", status.0);
+}

@@ -16,8 +16,10 @@ pub struct GatewayProc {
     pub entry_points: HashMap<String, SocketAddr>,
     /// The admin listener.
     pub admin: SocketAddr,
-    /// Everything it logged so far.
+    /// Everything it logged so far (stderr).
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Everything it printed so far (stdout: the access log).
+    pub out: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for GatewayProc {
@@ -50,8 +52,16 @@ impl GatewayProc {
             "127.0.0.1:0",
         ]);
         cmd.args(extra);
-        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("atrium gateway starts");
+        let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                o.lock().unwrap().push(line);
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -78,7 +88,7 @@ impl GatewayProc {
                 admin = Some(field(&line, "addr").unwrap().parse().unwrap());
             }
         }
-        GatewayProc { child, entry_points, admin: admin.unwrap(), log }
+        GatewayProc { child, entry_points, admin: admin.unwrap(), log, out }
     }
 
     /// `http://<web>` + path.
@@ -91,8 +101,20 @@ impl GatewayProc {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
-    /// Sends SIGTERM-like termination and waits (bounded) for exit.
-    pub fn child_id(&self) -> u32 {
-        self.child.id()
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }

@@ -47,6 +47,27 @@ impl CertStore {
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
 
+    /// A store whose default certificate persists in `dir` (`default-cert.pem`,
+    /// `default-key.pem`, the key written with mode 0600): generated on first start, reused
+    /// afterwards, so clients that pinned it keep working across restarts.
+    pub fn persistent(dir: &std::path::Path) -> Result<Arc<CertStore>, String> {
+        let (cert, key) = (dir.join("default-cert.pem"), dir.join("default-key.pem"));
+        let default = if cert.is_file() && key.is_file() {
+            let c = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let k = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            certified_key(&c, &k).map_err(|e| format!("{}: {e}", cert.display()))?
+        } else {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])
+                .map_err(|e| e.to_string())?;
+            let key_pem = ck.signing_key.serialize_pem();
+            write_private(&key, key_pem.as_bytes())?;
+            std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+            certified_key(ck.cert.pem().as_bytes(), key_pem.as_bytes())?
+        };
+        Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
+    }
+
     /// Replaces the SNI map (lower-case server name → certificate; `*.domain` allowed).
     pub fn set(&self, by_name: HashMap<String, Arc<CertifiedKey>>) {
         self.by_name.store(Arc::new(by_name));
@@ -80,6 +101,17 @@ impl CertStore {
     }
 }
 
+/// Writes a file only its owner can read (private keys).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[derive(Debug)]
 struct Resolver(Arc<CertStore>);
 
@@ -103,6 +135,22 @@ mod tests {
         assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")), &w));
         assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default));
         assert!(Arc::ptr_eq(&store.lookup(None), &store.default));
+    }
+
+    #[test]
+    fn persistent_default_certificate_survives_restarts() {
+        let dir = std::env::temp_dir().join(format!("atrium-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = CertStore::persistent(&dir).unwrap();
+        let b = CertStore::persistent(&dir).unwrap();
+        assert_eq!(a.default.cert, b.default.cert);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("default-key.pem")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
