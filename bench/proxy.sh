@@ -7,6 +7,8 @@
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints a Markdown table for
 # BENCHMARKS.md. Both proxies run one worker; wrk uses one thread and 32 connections.
+# nginx gets the usual reverse-proxy headers (Host, X-Real-IP, X-Forwarded-*), so both
+# proxies do the same work per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -43,7 +45,10 @@ CONF
 
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
-  server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
+    proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Forwarded-Port \$server_port; } }"
 
 mkdir -p "$WORK/one" "$WORK/many"
 cat > "$WORK/one/route.yaml" <<YAML

@@ -293,9 +293,14 @@ impl RouteTable {
             None => &self.all,
             Some(ep) => self.by_entry_point.get(ep).or_else(|| self.by_entry_point.get(""))?,
         };
-        let mut cands = Vec::with_capacity(8);
-        index.candidates(req, &mut cands);
-        cands.into_iter().map(|i| &self.routers[i as usize]).find(|r| r.rule.matches(req))
+        // A per-thread scratch buffer: no allocation per lookup.
+        thread_local!(static CANDIDATES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) });
+        CANDIDATES.with(|c| {
+            let mut cands = c.borrow_mut();
+            cands.clear();
+            index.candidates(req, &mut cands);
+            cands.iter().map(|&i| &self.routers[i as usize]).find(|r| r.rule.matches(req))
+        })
     }
 }
 

@@ -4,8 +4,6 @@
 //! replaced (Traefik's default with no trusted IPs). Hop-by-hop headers are removed in both
 //! directions, except the `Upgrade` handshake of a protocol switch.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Header names are constants: removing by `&str` would parse and hash each name on every
@@ -89,19 +87,20 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
     }
 }
 
-/// What the proxy knows about the client side of a request.
+/// What the proxy knows about the client side of a request. The values that do not change
+/// within a connection (client IP, port, server name) are built once, not per request.
 #[derive(Debug, Clone)]
 pub struct ClientSide<'a> {
-    /// The client's IP.
-    pub ip: Option<IpAddr>,
+    /// The client's IP, as a header value.
+    pub ip: Option<&'a HeaderValue>,
     /// `http`, `https`, `ws` or `wss`.
     pub proto: &'static str,
     /// The Host the client asked for.
-    pub host: &'a str,
+    pub host: Option<HeaderValue>,
     /// The entrypoint's port.
-    pub port: u16,
+    pub port: &'a HeaderValue,
     /// This proxy's host name.
-    pub server: &'a str,
+    pub server: &'a HeaderValue,
     /// `X-Forwarded-For: ""` was configured: do not add one.
     pub drop_xff: bool,
 }
@@ -110,23 +109,17 @@ pub struct ClientSide<'a> {
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     remove_listed(h, &FORWARDED);
     if let Some(ip) = c.ip {
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            if !c.drop_xff {
-                h.insert(X_FORWARDED_FOR, v.clone());
-            }
-            h.insert(X_REAL_IP, v);
+        if !c.drop_xff {
+            h.insert(X_FORWARDED_FOR, ip.clone());
         }
+        h.insert(X_REAL_IP, ip.clone());
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
-    if !c.host.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(c.host) {
-            h.insert(X_FORWARDED_HOST, v);
-        }
+    if let Some(host) = &c.host {
+        h.insert(X_FORWARDED_HOST, host.clone());
     }
-    h.insert(X_FORWARDED_PORT, HeaderValue::from(c.port));
-    if let Ok(v) = HeaderValue::from_str(c.server) {
-        h.insert(X_FORWARDED_SERVER, v);
-    }
+    h.insert(X_FORWARDED_PORT, c.port.clone());
+    h.insert(X_FORWARDED_SERVER, c.server.clone());
 }
 
 #[cfg(test)]

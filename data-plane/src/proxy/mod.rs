@@ -67,8 +67,20 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client's socket address.
     pub peer: SocketAddr,
+    /// The client IP as a header value, built once per connection.
+    ip_value: Option<HeaderValue>,
+    /// The port as a header value.
+    port_value: HeaderValue,
     /// The upstream clients of the worker serving this connection.
     pub upstreams: Arc<Upstreams>,
+}
+
+impl ConnInfo {
+    /// Describes a new connection.
+    pub fn new(entry_point: Arc<str>, port: u16, tls: bool, peer: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
+        let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok();
+        ConnInfo { entry_point, port, tls, peer, upstreams, ip_value: ip, port_value: HeaderValue::from(port) }
+    }
 }
 
 /// Access log line format.
@@ -87,7 +99,7 @@ pub struct Gateway {
     /// Metrics.
     pub metrics: metrics::Metrics,
     access_log: Option<AccessLog>,
-    hostname: String,
+    hostname: HeaderValue,
     /// Certificates for TLS entrypoints.
     pub certs: Arc<tls::CertStore>,
 }
@@ -158,7 +170,11 @@ impl Outgoing {
 impl Gateway {
     /// A gateway with no configuration yet (every request gets 503 until the first swap).
     pub fn new(upstreams: Upstreams, access_log: Option<AccessLog>, certs: Arc<tls::CertStore>) -> Arc<Gateway> {
-        let hostname = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "atrium".to_string());
+        let hostname = std::env::var("HOSTNAME")
+            .ok()
+            .and_then(|h| HeaderValue::from_str(&h).ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| HeaderValue::from_static("atrium"));
         Arc::new(Gateway {
             runtime: ArcSwapOption::empty(),
             upstreams: Arc::new(upstreams),
@@ -407,10 +423,14 @@ impl Gateway {
             (false, false) => "http",
         };
         let client = forward::ClientSide {
-            ip: client_ip,
+            ip: conn.ip_value.as_ref(),
             proto,
-            host: &host_raw,
-            port: conn.port,
+            host: parts
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| HeaderValue::from_str(&host_raw).ok().filter(|h| !h.is_empty())),
+            port: &conn.port_value,
             server: &self.hostname,
             drop_xff,
         };

@@ -145,13 +145,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo {
-            entry_point: ep.name.clone(),
-            port,
-            tls: acceptor.is_some(),
-            peer,
-            upstreams: upstreams.clone(),
-        });
+        let info = Arc::new(ConnInfo::new(ep.name.clone(), port, acceptor.is_some(), peer, upstreams.clone()));
         let gw = gw.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
