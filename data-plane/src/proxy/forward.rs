@@ -159,12 +159,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        let (ip, port, server) =
+            (HeaderValue::from_static("10.0.0.9"), HeaderValue::from(8443u16), HeaderValue::from_static("gw-1"));
         let c = ClientSide {
-            ip: Some("10.0.0.9".parse().unwrap()),
+            ip: Some(&ip),
             proto: "https",
-            host: "api.test",
-            port: 8443,
-            server: "gw-1",
+            host: Some(HeaderValue::from_static("api.test")),
+            port: &port,
+            server: &server,
             drop_xff: false,
         };
         set_forwarded(&mut h, &c);
