@@ -40,14 +40,7 @@ impl<'a> RequestView<'a> {
         headers: &'a HeaderMap,
         remote_addr: &str,
     ) -> Self {
-        RequestView {
-            method,
-            host: canonical_host(host),
-            routing_path: routing_path(escaped_path),
-            raw_query,
-            headers,
-            client_ip: parse_client_ip(remote_addr),
-        }
+        Self::with_client_ip(method, host, escaped_path, raw_query, headers, parse_client_ip(remote_addr))
     }
 
     /// Like [`RequestView::new`], with the client IP already known (the proxy's hot path).
