@@ -64,7 +64,8 @@ enum Command {
         /// Quiet time before a configuration change is applied, in milliseconds.
         #[arg(long, default_value_t = 50)]
         watch_debounce_ms: u64,
-        /// Seconds a client has to send complete request headers.
+        /// Seconds a client has to send complete request headers; also how long an idle
+        /// keep-alive connection is kept.
         #[arg(long, default_value_t = 60)]
         header_read_timeout: u64,
         /// Largest request head in bytes (431 past it).

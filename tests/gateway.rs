@@ -160,6 +160,18 @@ async fn errors_a_user_can_read() {
     let _ = s.read_to_end(&mut buf);
     assert!(start.elapsed() < Duration::from_secs(5), "cut off after the header read timeout");
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut s = std::net::TcpStream::connect(web).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /crm/health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut first = [0u8; 15];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(start.elapsed() < Duration::from_secs(5), "the idle connection was closed by the gateway");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
