@@ -5,6 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Snapshot bodies are encoded once per change and shared between streams.
+        .bytes(".atrium.v1.Snapshot.body")
+        .compile_fds(fds)?;
     Ok(())
 }

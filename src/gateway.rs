@@ -63,13 +63,17 @@ fn errors_of(diags: &[Diagnostic]) -> Vec<String> {
     diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
 }
 
-/// Loads and compiles the configuration; `Err` lists every error with file and line.
-pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<String>> {
-    let (values, vdiags) = match &opts.values {
+/// A compiled body and the certificates its routers name.
+pub type CompiledBody = (atrium_proto::v1::SnapshotBody, HashMap<String, Arc<rustls::sign::CertifiedKey>>);
+
+/// Loads and compiles values and manifests into a snapshot body; `Err` lists every error
+/// with file and line. Warnings are logged.
+pub fn compile_body(values: Option<&std::path::Path>, manifests: &[PathBuf]) -> Result<CompiledBody, Vec<String>> {
+    let (values, vdiags) = match values {
         Some(v) => Values::load(v),
         None => (Values::default(), Vec::new()),
     };
-    let m = load_paths(&opts.manifests);
+    let m = load_paths(manifests);
     let compiled = atrium_model::compile::compile(&m, &values, None);
     let mut errors = errors_of(&vdiags);
     errors.extend(errors_of(&m.diagnostics));
@@ -81,7 +85,13 @@ pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<Stri
     if !errors.is_empty() {
         return Err(errors);
     }
-    let runtime = Runtime::build(compiled.body, version).map_err(|e| vec![e])?;
+    Ok((compiled.body, certs))
+}
+
+/// Loads and compiles the configuration into a route table.
+pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<String>> {
+    let (body, certs) = compile_body(opts.values.as_deref(), &opts.manifests)?;
+    let runtime = Runtime::build(body, version).map_err(|e| vec![e])?;
     Ok(Compiled { runtime, certs })
 }
 
@@ -121,11 +131,12 @@ fn apply(gw: &Gateway, c: Compiled) {
     gw.swap(c.runtime);
 }
 
-/// Watches the configuration and swaps in each good change.
-fn watch_config(
-    opts: GatewayOptions,
-    gw: Arc<Gateway>,
-    first_version: u64,
+/// Watches `paths` and calls `on_change` (on a blocking thread) after each burst of
+/// changes has been quiet for `debounce` (and at most 10 × `debounce` after it began).
+pub fn watch_paths(
+    paths: Vec<PathBuf>,
+    debounce: Duration,
+    on_change: impl Fn() + Send + Sync + 'static,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -136,48 +147,66 @@ fn watch_config(
             }
         }
     })?;
-    for p in opts.manifests.iter().chain(opts.values.iter()) {
+    for p in &paths {
         watcher.watch(p, RecursiveMode::Recursive).with_context(|| format!("watching {}", p.display()))?;
     }
+    let on_change = Arc::new(on_change);
     tokio::spawn(async move {
-        let mut version = first_version;
         while rx.recv().await.is_some() {
-            // Debounce: wait for a quiet period, but never longer than 10 quiet periods.
-            let deadline = tokio::time::Instant::now() + opts.debounce * 10;
+            let deadline = tokio::time::Instant::now() + debounce * 10;
             loop {
-                match tokio::time::timeout(opts.debounce, rx.recv()).await {
+                match tokio::time::timeout(debounce, rx.recv()).await {
                     Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
                     Ok(None) => return,
                     _ => break,
                 }
             }
-            version += 1;
-            let o = opts.clone();
-            let result = tokio::task::spawn_blocking(move || compile(&o, version)).await;
-            match result {
-                Ok(Ok(c)) => apply(&gw, c),
-                Ok(Err(errors)) => {
-                    for e in &errors {
-                        tracing::error!("{e}");
-                    }
-                    gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
-                }
-                Err(e) => gw.swap_failed(&format!("compile task failed: {e}")),
+            let f = on_change.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || f()).await {
+                tracing::error!(error = %e, "configuration reload task failed");
             }
         }
     });
     Ok(watcher)
 }
 
-fn entry_point_addrs(opts: &GatewayOptions, values: &Values) -> anyhow::Result<Vec<(String, SocketAddr, bool)>> {
+/// Watches the configuration and swaps in each good change.
+fn watch_config(
+    opts: GatewayOptions,
+    gw: Arc<Gateway>,
+    first_version: u64,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let version = std::sync::atomic::AtomicU64::new(first_version);
+    let paths: Vec<PathBuf> = opts.manifests.iter().chain(opts.values.iter()).cloned().collect();
+    let debounce = opts.debounce;
+    watch_paths(paths, debounce, move || {
+        let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match compile(&opts, v) {
+            Ok(c) => apply(&gw, c),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
+            }
+        }
+    })
+}
+
+/// The entrypoints to bind: the values' ports, moved or turned off by `--entrypoint`.
+pub fn entry_point_addrs(
+    overrides: &[(String, String)],
+    bind_ip: IpAddr,
+    values: &Values,
+) -> anyhow::Result<Vec<(String, SocketAddr, bool)>> {
     let mut out = Vec::new();
     for (name, ep) in values.entry_points() {
         if ep.uplink {
             tracing::info!(entrypoint = %name, "uplink entrypoint: served over QUIC by `atrium agent`, not by the gateway");
             continue;
         }
-        let mut addr = SocketAddr::new(opts.bind_ip, ep.port);
-        if let Some((_, v)) = opts.entry_points.iter().find(|(n, _)| n == name) {
+        let mut addr = SocketAddr::new(bind_ip, ep.port);
+        if let Some((_, v)) = overrides.iter().find(|(n, _)| n == name) {
             if v == "off" {
                 continue;
             }
@@ -185,7 +214,7 @@ fn entry_point_addrs(opts: &GatewayOptions, values: &Values) -> anyhow::Result<V
         }
         out.push((name.clone(), addr, ep.tls));
     }
-    for (n, _) in &opts.entry_points {
+    for (n, _) in overrides {
         if !values.entry_points().any(|(name, _)| name == n) {
             bail!(
                 "--entrypoint {n}: no such entrypoint in the values (known: {:?})",
@@ -204,7 +233,68 @@ pub fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(s.parse()?)
 }
 
-async fn shutdown_signal() {
+/// Binds the entrypoints and serves them on `workers` threads: each with its own
+/// current-thread runtime, its own socket per entrypoint (`SO_REUSEPORT` spreads
+/// connections) and its own upstream pool, so a request never hops between threads. The
+/// route table is shared through the gateway's `ArcSwap`.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_entrypoints(
+    addrs: &[(String, SocketAddr, bool)],
+    gw: &Arc<Gateway>,
+    certs: &Arc<CertStore>,
+    limits: &ServerLimits,
+    upstream: &UpstreamConfig,
+    workers: usize,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
+    let workers = workers.max(1);
+    let mut sockets: Vec<Vec<(String, std::net::TcpListener, bool)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (name, addr, tls) in addrs.iter().cloned() {
+        let first = EntryPoint::bind_shared(addr).with_context(|| format!("binding entrypoint {name} on {addr}"))?;
+        let local = first.local_addr()?;
+        tracing::info!(name = %name, addr = %local, tls, workers, "entrypoint listening");
+        sockets[0].push((name.clone(), first, tls));
+        for w in sockets.iter_mut().skip(1) {
+            w.push((
+                name.clone(),
+                EntryPoint::bind_shared(local).with_context(|| format!("binding entrypoint {name} on {local}"))?,
+                tls,
+            ));
+        }
+    }
+    let mut threads = Vec::new();
+    for (i, eps) in sockets.into_iter().enumerate() {
+        let (gw, stop_rx, limits, upstream) = (gw.clone(), stop_rx.clone(), limits.clone(), upstream.clone());
+        let tls_cfg = certs.server_config();
+        threads.push(std::thread::Builder::new().name(format!("atrium-worker-{i}")).spawn(
+            move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let up = Arc::new(Upstreams::new(upstream));
+                    let mut tasks = Vec::new();
+                    for (name, sock, tls) in eps {
+                        let ep = EntryPoint::from_std(&name, sock, tls.then(|| tls_cfg.clone()))?;
+                        tasks.push(tokio::spawn(server::serve(
+                            ep,
+                            gw.clone(),
+                            up.clone(),
+                            limits.clone(),
+                            stop_rx.clone(),
+                        )));
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    anyhow::Ok(())
+                })
+            },
+        )?);
+    }
+    Ok(threads)
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -252,52 +342,15 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     apply(&gw, first);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Thread per core: every worker has its own current-thread runtime, its own socket per
-    // entrypoint (SO_REUSEPORT spreads connections) and its own upstream pool, so a request
-    // never hops between threads. The route table is shared through the ArcSwap.
-    let workers = opts.workers.max(1);
-    let mut sockets: Vec<Vec<(String, std::net::TcpListener, bool)>> = (0..workers).map(|_| Vec::new()).collect();
-    for (name, addr, tls) in entry_point_addrs(&opts, &values)? {
-        let first = EntryPoint::bind_shared(addr).with_context(|| format!("binding entrypoint {name} on {addr}"))?;
-        let local = first.local_addr()?;
-        tracing::info!(name = %name, addr = %local, tls, workers, "entrypoint listening");
-        sockets[0].push((name.clone(), first, tls));
-        for w in sockets.iter_mut().skip(1) {
-            w.push((
-                name.clone(),
-                EntryPoint::bind_shared(local).with_context(|| format!("binding entrypoint {name} on {local}"))?,
-                tls,
-            ));
-        }
-    }
-    let mut threads = Vec::new();
-    for (i, eps) in sockets.into_iter().enumerate() {
-        let (gw, stop_rx, limits, upstream) = (gw.clone(), stop_rx.clone(), opts.limits.clone(), opts.upstream.clone());
-        let tls_cfg = certs.server_config();
-        threads.push(std::thread::Builder::new().name(format!("atrium-worker-{i}")).spawn(
-            move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(async move {
-                    let up = Arc::new(Upstreams::new(upstream));
-                    let mut tasks = Vec::new();
-                    for (name, sock, tls) in eps {
-                        let ep = EntryPoint::from_std(&name, sock, tls.then(|| tls_cfg.clone()))?;
-                        tasks.push(tokio::spawn(server::serve(
-                            ep,
-                            gw.clone(),
-                            up.clone(),
-                            limits.clone(),
-                            stop_rx.clone(),
-                        )));
-                    }
-                    for t in tasks {
-                        let _ = t.await;
-                    }
-                    anyhow::Ok(())
-                })
-            },
-        )?);
-    }
+    let threads = serve_entrypoints(
+        &entry_point_addrs(&opts.entry_points, opts.bind_ip, &values)?,
+        &gw,
+        &certs,
+        &opts.limits,
+        &opts.upstream,
+        opts.workers,
+        &stop_rx,
+    )?;
     let mut tasks = Vec::new();
     if let Some(a) = opts.admin {
         let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;

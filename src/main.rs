@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod gateway;
+mod planes;
 mod route_check;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use atrium_data_plane::table::RouteTable;
 use atrium_model::diagnostic::Diagnostic;
 use atrium_model::values::Values;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "atrium", version, about = "Self-hosted multi-cluster API portal")]
@@ -33,8 +34,129 @@ enum AccessLogFormat {
     Clf,
 }
 
+/// Flags of every serving subcommand.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Helm-style values (entrypoints come from `ports`).
+    #[arg(long)]
+    values: Option<PathBuf>,
+    /// Override an entrypoint's address: NAME=ADDR (`:8000`, `127.0.0.1:0`) or NAME=off.
+    #[arg(long = "entrypoint", value_parser = gateway::parse_entry_point_flag)]
+    entry_points: Vec<(String, String)>,
+    /// IP the entrypoints bind to unless overridden.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_ip: std::net::IpAddr,
+    /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Directory for generated state (development PKI, default certificate).
+    #[arg(long, default_value = ".atrium")]
+    state_dir: PathBuf,
+    /// TLS material: `ca.pem`, `<name>.pem`, `<name>-key.pem` (default: `<state-dir>/pki`,
+    /// created on first start).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Runtime worker threads (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Write an access log line per request to stdout.
+    #[arg(long, value_enum)]
+    access_log: Option<AccessLogFormat>,
+}
+
+impl ServeArgs {
+    fn options(self) -> anyhow::Result<planes::ServeOptions> {
+        Ok(planes::ServeOptions {
+            values: self.values,
+            entry_points: self.entry_points,
+            bind_ip: self.bind_ip,
+            admin: self.admin.map(|a| gateway::parse_addr(&a)).transpose().context("--admin")?,
+            access_log: self.access_log.map(|f| match f {
+                AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
+                AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
+            }),
+            limits: Default::default(),
+            upstream: Default::default(),
+            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            state_dir: self.state_dir,
+            tls_dir: self.tls_dir,
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum EmbeddedDataPlane {
+    Embedded,
+    None,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA in DIR (kept if it exists).
+    Init {
+        /// Directory for `ca.pem` and `ca-key.pem`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for NAME from the CA in DIR (server and client use).
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate name (`control-plane`, `data-plane`, a node id).
+        #[arg(long)]
+        name: String,
+        /// Extra DNS names or IPs.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the control plane: compile watched manifests into snapshots and stream them to
+    /// data planes over gRPC (mutual TLS); an embedded data plane serves them too.
+    ControlPlane {
+        /// Manifest files or folders (watched).
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// Address of the snapshot gRPC service.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        grpc: String,
+        /// `embedded` serves the entrypoints in this process too; `none` does not.
+        #[arg(long, value_enum, default_value = "embedded")]
+        data_plane: EmbeddedDataPlane,
+        /// Quiet time before a configuration change is published, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        watch_debounce_ms: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Run a data plane: serve the snapshots a control plane streams, from the cache first.
+    DataPlane {
+        /// The control plane's gRPC URL, e.g. https://127.0.0.1:9090.
+        #[arg(long)]
+        control_plane: String,
+        /// This node's id (unique per data plane).
+        #[arg(long)]
+        node_id: String,
+        /// Group of data planes sharing one configuration.
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// Where the last acknowledged snapshot is kept.
+        #[arg(long)]
+        cache_dir: PathBuf,
+        /// Name of this node's certificate in the TLS directory.
+        #[arg(long, default_value = "data-plane")]
+        tls_name: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Development certificates: one CA per installation, leaf certificates from it.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Serve a Traefik-compatible gateway from local manifests, reloading them on change.
     Gateway {
         /// Helm-style values (entrypoints come from `ports`).
@@ -127,8 +249,39 @@ fn init_logging(default_level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they do at info; one-shot tools only speak up when something is wrong.
-    init_logging(if matches!(cli.command, Command::Gateway { .. }) { "info" } else { "warn" });
+    let serving =
+        matches!(cli.command, Command::Gateway { .. } | Command::ControlPlane { .. } | Command::DataPlane { .. });
+    init_logging(if serving { "info" } else { "warn" });
     let result = match cli.command {
+        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => (|| {
+            let grpc = gateway::parse_addr(&grpc).context("--grpc")?;
+            let o = serve.options()?;
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_control_plane(
+                o,
+                manifests,
+                grpc,
+                data_plane == EmbeddedDataPlane::Embedded,
+                Duration::from_millis(watch_debounce_ms.max(1)),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, serve } => {
+            (|| {
+                let o = serve.options()?;
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(planes::run_data_plane(o, control_plane, node_id, group, cache_dir, tls_name))?;
+                Ok(ExitCode::SUCCESS)
+            })()
+        }
+        Command::Certs { command } => (|| {
+            match command {
+                CertsCommand::Init { dir } => planes::certs(true, &dir, None, &[])?,
+                CertsCommand::Issue { dir, name, sans } => planes::certs(false, &dir, Some(&name), &sans)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Gateway {
             values,
             manifests,

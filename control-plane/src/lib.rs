@@ -1,8 +1,14 @@
 //! atrium's control plane (parent cluster).
 //!
-//! It will load resources from a watched manifest directory, dial the children listed in
-//! the values, compile resources and the uplink registry into snapshots with
-//! [`atrium_model::compile`], stream them to data planes over gRPC and serve the portal.
-//! The resource model and compiler live in `atrium-model` so that the agent shares them
-//! without depending on this crate.
+//! - [`hub`]: the latest compiled snapshot (encoded once, shared by every stream) and the
+//!   record of every data plane: connected since, version applied, last NACK.
+//! - [`service`]: the gRPC `SnapshotService`: `Hello` → snapshot or `UpToDate`, then every
+//!   change, latest-wins; `Ack`/`Nack` recorded.
+//!
+//! Compiling resources into snapshots is [`atrium_model::compile`]; the resource model
+//! lives in `atrium-model` so that the agent shares it without depending on this crate.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod hub;
+pub mod service;

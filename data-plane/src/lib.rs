@@ -16,9 +16,11 @@
 
 pub mod body;
 pub mod middleware;
+pub mod pki;
 pub mod proxy;
 pub mod request;
 pub mod rules;
 pub mod service;
+pub mod snapshot;
 pub mod table;
 pub mod upstream;

@@ -13,3 +13,35 @@ pub mod v1 {
 }
 
 pub use prost::Message;
+
+/// Version handshake between a control plane and a data plane: the major versions must be
+/// equal, and the data plane's minor version must not be newer than the control plane's
+/// (an older data plane understands everything it is sent; a newer one may expect more).
+pub fn compatible(control_plane: &str, data_plane: &str) -> Result<(), String> {
+    fn parse(v: &str) -> Option<(u64, u64)> {
+        let mut it = v.trim_start_matches('v').split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    }
+    let (Some((cmaj, cmin)), Some((dmaj, dmin))) = (parse(control_plane), parse(data_plane)) else {
+        return Err(format!("unreadable versions (control plane {control_plane:?}, data plane {data_plane:?})"));
+    };
+    if cmaj != dmaj {
+        return Err(format!("major version {dmaj} of the data plane differs from the control plane's {cmaj}"));
+    }
+    if dmin > cmin {
+        return Err(format!("data plane {data_plane} is newer than control plane {control_plane}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_handshake() {
+        assert!(super::compatible("1.4.0", "1.4.2").is_ok());
+        assert!(super::compatible("1.4.0", "1.3.9").is_ok());
+        assert!(super::compatible("1.4.0", "1.5.0").unwrap_err().contains("newer"));
+        assert!(super::compatible("1.4.0", "2.0.0").unwrap_err().contains("major"));
+        assert!(super::compatible("1.4.0", "garbage").is_err());
+    }
+}

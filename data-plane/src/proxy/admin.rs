@@ -71,7 +71,21 @@ pub fn rawdata(gw: &Gateway) -> serde_json::Value {
     serde_json::json!({ "version": rt.version, "routers": routers, "middlewares": middlewares, "services": services })
 }
 
-fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+/// More admin endpoints, from the process embedding this data plane (the control plane's
+/// `/api/dataplanes` and its metrics).
+pub trait AdminExtra: Send + Sync {
+    /// A JSON document for `path`, if this extension serves it.
+    fn json(&self, path: &str) -> Option<serde_json::Value>;
+    /// Metric families to put before the data plane's own (no `# EOF`).
+    fn metrics(&self) -> String;
+}
+
+fn respond(gw: &Gateway, extra: Option<&dyn AdminExtra>, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(v) = extra.and_then(|e| e.json(req.uri().path())) {
+        let mut r = Response::new(body::full(serde_json::to_vec_pretty(&v).unwrap_or_default()));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => body::text(StatusCode::OK, "ok"),
         "/readyz" => match gw.runtime() {
@@ -79,7 +93,12 @@ fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
             None => body::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no route table loaded"),
         },
         "/metrics" => {
-            let mut r = Response::new(body::full(gw.metrics.encode()));
+            let mut text = extra.map(|e| e.metrics()).unwrap_or_default();
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&gw.metrics.encode());
+            let mut r = Response::new(body::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -96,17 +115,29 @@ fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
 }
 
 /// Serves the admin API until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, gw, None, shutdown).await;
+}
+
+/// Serves the admin API with extra endpoints until `shutdown` turns true.
+pub async fn serve_with(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    extra: Option<Arc<dyn AdminExtra>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
         let gw = gw.clone();
+        let extra = extra.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&gw, &req)) }
+                let extra = extra.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&gw, extra.as_deref(), &req)) }
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
         });

@@ -37,8 +37,12 @@ use crate::upstream::{UpstreamError, Upstreams};
 /// A compiled configuration: the route table and the services it sends to.
 #[derive(Debug)]
 pub struct Runtime {
-    /// Version of the snapshot it came from.
+    /// Version (sequence number) of the snapshot it came from.
     pub version: u64,
+    /// Epoch of the control plane that produced it (0 for a local gateway).
+    pub epoch: u64,
+    /// SHA-256 of the encoded snapshot body.
+    pub hash: Vec<u8>,
     /// Routers.
     pub table: RouteTable,
     /// Services by id.
@@ -52,7 +56,27 @@ impl Runtime {
     pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, String> {
         let table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
         let services = service::build(&body.services)?;
-        Ok(Runtime { version, table, services, body })
+        let hash = {
+            use sha2::Digest;
+            sha2::Sha256::digest(prost::Message::encode_to_vec(&body)).to_vec()
+        };
+        Ok(Runtime { version, epoch: 0, hash, table, services, body })
+    }
+
+    /// Compiles a snapshot received from a control plane, after checking its hash.
+    pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Runtime, String> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&s.body);
+        if digest.as_slice() != s.hash.as_slice() {
+            return Err("snapshot body does not match its hash".into());
+        }
+        let body =
+            <SnapshotBody as prost::Message>::decode(s.body.clone()).map_err(|e| format!("snapshot body: {e}"))?;
+        let v = s.version.unwrap_or_default();
+        let mut rt = Runtime::build(body, v.seq)?;
+        rt.epoch = v.epoch;
+        rt.hash = s.hash.to_vec();
+        Ok(rt)
     }
 }
 

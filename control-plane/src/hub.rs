@@ -1,0 +1,224 @@
+//! The snapshot hub: the latest snapshot, and who has applied what.
+//!
+//! Publishing encodes the body once and hashes it; streams share the bytes. The latest
+//! snapshot sits in a `watch` channel, so delivery is latest-wins by construction: a slow
+//! data plane that misses intermediate versions simply gets the newest one next.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use atrium_proto::v1 as pb;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use sha2::Digest;
+use tokio::sync::watch;
+
+/// A snapshot as published.
+#[derive(Debug)]
+pub struct Published {
+    /// Version, hash and encoded body.
+    pub snapshot: pb::Snapshot,
+    /// When the change that produced it was detected (for propagation time).
+    pub detected_at: Instant,
+}
+
+/// What the control plane knows of one data plane.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    /// Its group.
+    pub group: String,
+    /// Its build version.
+    pub build_version: String,
+    /// Whether a stream is open.
+    pub connected: bool,
+    /// Unix seconds of the current (or last) connection.
+    pub connected_since: u64,
+    /// The version it last acknowledged.
+    pub applied: Option<pb::Version>,
+    /// Unix milliseconds of that acknowledgement.
+    pub applied_at_ms: u64,
+    /// The last rejection it reported.
+    pub last_nack: Option<String>,
+    /// Why the control plane refused it (version skew).
+    pub refused: Option<String>,
+}
+
+/// Control-plane metrics.
+pub struct HubMetrics {
+    registry: Registry,
+    connected: Gauge,
+    version: Gauge,
+    propagation: Histogram,
+}
+
+impl std::fmt::Debug for HubMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubMetrics")
+    }
+}
+
+/// The hub.
+#[derive(Debug)]
+pub struct Hub {
+    epoch: u64,
+    seq: AtomicU64,
+    current: watch::Sender<Option<Arc<Published>>>,
+    nodes: Mutex<BTreeMap<String, NodeState>>,
+    /// This control plane's build version.
+    pub build_version: String,
+    metrics: HubMetrics,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Hub {
+    /// A hub with a fresh epoch (time of start plus process id, so two control planes
+    /// started in the same millisecond still differ).
+    pub fn new(build_version: &str) -> Arc<Hub> {
+        let epoch = (now_ms() << 16) ^ u64::from(std::process::id());
+        let mut registry = Registry::with_prefix("atrium");
+        let connected = Gauge::default();
+        let version = Gauge::default();
+        let propagation = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("dataplanes_connected", "Data planes with an open snapshot stream", connected.clone());
+        registry.register("snapshot_version", "Sequence number of the latest snapshot", version.clone());
+        registry.register(
+            "snapshot_propagation_seconds",
+            "Time from a configuration change detected to a data plane's ACK",
+            propagation.clone(),
+        );
+        Arc::new(Hub {
+            epoch,
+            seq: AtomicU64::new(0),
+            current: watch::Sender::new(None),
+            nodes: Mutex::default(),
+            build_version: build_version.to_string(),
+            metrics: HubMetrics { registry, connected, version, propagation },
+        })
+    }
+
+    /// The epoch of this control plane.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Publishes a compiled body; `None` when it equals the current one (nothing sent).
+    pub fn publish(&self, body: &pb::SnapshotBody, detected_at: Instant) -> Option<pb::Version> {
+        let bytes = body.encode_to_vec();
+        let hash = sha2::Sha256::digest(&bytes).to_vec();
+        if self.current.borrow().as_ref().is_some_and(|p| p.snapshot.hash == hash) {
+            return None;
+        }
+        let version = pb::Version { epoch: self.epoch, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
+        let snapshot = pb::Snapshot { version: Some(version), hash, body: bytes.into() };
+        self.metrics.version.set(version.seq as i64);
+        self.current.send_replace(Some(Arc::new(Published { snapshot, detected_at })));
+        tracing::info!(epoch = version.epoch, seq = version.seq, "snapshot published");
+        Some(version)
+    }
+
+    /// The latest snapshot, and every later one.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+        self.current.subscribe()
+    }
+
+    /// Updates a node's record.
+    pub fn update_node(&self, id: &str, f: impl FnOnce(&mut NodeState)) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            f(nodes.entry(id.to_string()).or_default());
+            let connected = nodes.values().filter(|n| n.connected).count();
+            self.metrics.connected.set(connected as i64);
+        }
+    }
+
+    /// Records an ACK; observes propagation time when it acknowledges the latest snapshot.
+    pub fn acked(&self, id: &str, version: pb::Version) {
+        if let Some(p) = self.current.borrow().as_ref() {
+            if p.snapshot.version == Some(version) {
+                self.metrics.propagation.observe(p.detected_at.elapsed().as_secs_f64());
+            }
+        }
+        self.update_node(id, |n| {
+            n.applied = Some(version);
+            n.applied_at_ms = now_ms();
+            n.last_nack = None;
+        });
+    }
+
+    /// A copy of every node's record.
+    pub fn nodes(&self) -> BTreeMap<String, NodeState> {
+        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// `/api/dataplanes`.
+    pub fn nodes_json(&self) -> serde_json::Value {
+        let current = self.current.borrow().as_ref().and_then(|p| p.snapshot.version);
+        let nodes: serde_json::Map<String, serde_json::Value> = self
+            .nodes()
+            .into_iter()
+            .map(|(id, n)| {
+                let v = n.applied.map(|v| serde_json::json!({"epoch": v.epoch, "seq": v.seq}));
+                (
+                    id,
+                    serde_json::json!({
+                        "group": n.group, "buildVersion": n.build_version, "connected": n.connected,
+                        "connectedSince": n.connected_since, "appliedVersion": v, "appliedAtMs": n.applied_at_ms,
+                        "current": n.applied.is_some() && n.applied == current,
+                        "lastNack": n.last_nack, "refused": n.refused,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "epoch": self.epoch,
+            "version": current.map(|v| serde_json::json!({"epoch": v.epoch, "seq": v.seq})),
+            "dataplanes": nodes,
+        })
+    }
+
+    /// Prometheus text of the control plane's metrics (without the final `# EOF`).
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
+        out.trim_end().trim_end_matches("# EOF").to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_skips_equal_bodies_and_numbers_versions() {
+        let hub = Hub::new("0.1.0");
+        let a = pb::SnapshotBody {
+            routers: vec![pb::Router { id: "a/b/0".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let v1 = hub.publish(&a, Instant::now()).unwrap();
+        assert_eq!((v1.epoch, v1.seq), (hub.epoch(), 1));
+        assert!(hub.publish(&a, Instant::now()).is_none(), "same configuration, same hash: nothing to send");
+        let v2 = hub.publish(&pb::SnapshotBody::default(), Instant::now()).unwrap();
+        assert_eq!(v2.seq, 2);
+        let rx = hub.subscribe();
+        assert_eq!(rx.borrow().as_ref().unwrap().snapshot.version, Some(v2));
+    }
+
+    #[test]
+    fn node_records_and_metrics() {
+        let hub = Hub::new("0.1.0");
+        let v = hub.publish(&pb::SnapshotBody::default(), Instant::now()).unwrap();
+        hub.update_node("dp-1", |n| n.connected = true);
+        hub.acked("dp-1", v);
+        let j = hub.nodes_json();
+        assert_eq!(j["dataplanes"]["dp-1"]["current"], true);
+        assert!(hub.metrics_text().contains("atrium_dataplanes_connected 1"));
+        assert!(hub.metrics_text().contains("atrium_snapshot_propagation_seconds_count 1"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The data plane's side of the snapshot stream, and its disk cache.
+//!
+//! The client says `Hello` with what it runs, applies each snapshot through
+//! [`Runtime::from_snapshot`] (which checks the hash) and answers `Ack` or `Nack`; on a
+//! `Nack` the previous table stays. Every acknowledged snapshot is written to the cache
+//! (write, fsync, rename; mode 0600; it never holds a private key), so a restarted data
+//! plane serves before the control plane answers — or while it is away. The connection
+//! is retried with exponential backoff and jitter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrium_proto::v1 as pb;
+use atrium_proto::v1::snapshot_service_client::SnapshotServiceClient;
+use pb::control_plane_message::Msg as CpMsg;
+use pb::data_plane_message::Msg as DpMsg;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::proxy::{Gateway, Runtime};
+
+/// The cache file inside the cache directory.
+pub const CACHE_FILE: &str = "snapshot.pb";
+
+/// Writes `s` to `dir/snapshot.pb` atomically.
+pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
+    crate::pki::write_private(&tmp, &s.encode_to_vec())?;
+    let path = dir.join(CACHE_FILE);
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads the cache; `Ok(None)` when there is none, `Err` when it is unreadable or corrupt.
+pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, String> {
+    let path = dir.join(CACHE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let s = pb::Snapshot::decode(bytes.as_slice()).map_err(|e| format!("{}: not a snapshot: {e}", path.display()))?;
+    Runtime::from_snapshot(&s).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// PEM material for mutual TLS with the control plane.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// The CA the control plane's certificate must chain to.
+    pub ca: Vec<u8>,
+    /// This node's certificate.
+    pub cert: Vec<u8>,
+    /// This node's key.
+    pub key: Vec<u8>,
+}
+
+/// How to reach the control plane.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (or `http://` without TLS).
+    pub endpoint: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Its group.
+    pub group: String,
+    /// mTLS material; `None` only for plain-text endpoints.
+    pub tls: Option<TlsMaterial>,
+    /// Where acknowledged snapshots are kept.
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn jitter(max: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    Duration::from_nanos(u64::from(nanos) % max.as_nanos().max(1) as u64)
+}
+
+/// Keeps a stream to the control plane open until `shutdown`, reconnecting with backoff.
+pub async fn run(gw: Arc<Gateway>, cfg: ClientConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        let result = tokio::select! {
+            r = session(&gw, &cfg) => r,
+            _ = shutdown.changed() => return,
+        };
+        match result {
+            Ok(()) => {
+                tracing::warn!(endpoint = %cfg.endpoint, "control plane closed the snapshot stream; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %cfg.endpoint, error = %e, "snapshot stream failed; serving the current table and retrying")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let wait = backoff + jitter(backoff / 2 + Duration::from_millis(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
+    let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(|e| format!("invalid control-plane URL {:?}: {e}", cfg.endpoint))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(t) = &cfg.tls {
+        let host = cfg
+            .endpoint
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split([':', '/']).next())
+            .unwrap_or("localhost")
+            .to_string();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&t.ca))
+            .identity(Identity::from_pem(&t.cert, &t.key))
+            .domain_name(host);
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS configuration: {e}"))?;
+    }
+    let channel = ep.connect().await.map_err(|e| format!("cannot connect: {}", source_chain(&e)))?;
+    let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
+    let current = gw.runtime();
+    let hello = pb::Hello {
+        node_id: cfg.node_id.clone(),
+        group: cfg.group.clone(),
+        build_version: env!("CARGO_PKG_VERSION").to_string(),
+        last_version: current.as_ref().map(|r| pb::Version { epoch: r.epoch, seq: r.version }),
+        last_hash: current.as_ref().map(|r| r.hash.clone()).unwrap_or_default(),
+    };
+    tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| "stream closed")?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("control plane refused the stream: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
+    while let Some(msg) = inbound.message().await.map_err(|s| format!("stream error: {}", s.message()))? {
+        match msg.msg {
+            Some(CpMsg::Snapshot(s)) => {
+                let version = s.version;
+                let reply = match Runtime::from_snapshot(&s) {
+                    Ok(rt) => {
+                        gw.swap(rt);
+                        if let Some(dir) = &cfg.cache_dir {
+                            if let Err(e) = store_cache(dir, &s) {
+                                tracing::error!(error = %e, "could not write the snapshot cache");
+                            }
+                        }
+                        DpMsg::Ack(pb::Ack { version, hash: s.hash.to_vec() })
+                    }
+                    Err(e) => {
+                        gw.swap_failed(&e);
+                        DpMsg::Nack(pb::Nack { version, error: e })
+                    }
+                };
+                tx.send(pb::DataPlaneMessage { msg: Some(reply) }).await.map_err(|_| "stream closed")?;
+            }
+            Some(CpMsg::UpToDate(u)) => {
+                tracing::info!(version = ?u.version, "the table in force is already current");
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    fn snapshot(seq: u64) -> pb::Snapshot {
+        let body = pb::SnapshotBody::default().encode_to_vec();
+        pb::Snapshot {
+            version: Some(pb::Version { epoch: 7, seq }),
+            hash: sha2::Sha256::digest(&body).to_vec(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn cache_roundtrip_is_private_and_corruption_is_reported() {
+        let dir = std::env::temp_dir().join(format!("atrium-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(load_cache(&dir).unwrap().is_none());
+        store_cache(&dir, &snapshot(3)).unwrap();
+        let rt = load_cache(&dir).unwrap().unwrap();
+        assert_eq!((rt.epoch, rt.version), (7, 3));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(dir.join(CACHE_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(dir.join(CACHE_FILE), b"\x0a\x05garbage").unwrap();
+        assert!(load_cache(&dir).is_err());
+        let mut s = snapshot(4);
+        s.hash[0] ^= 1;
+        std::fs::write(dir.join(CACHE_FILE), s.encode_to_vec()).unwrap();
+        assert!(load_cache(&dir).unwrap_err().contains("hash"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,288 @@
+//! `atrium control-plane`, `atrium data-plane` and `atrium certs`.
+//!
+//! The control plane compiles the watched manifests into snapshots and streams them over
+//! gRPC (mutual TLS by default) to data planes; it runs an embedded data plane fed by the
+//! same snapshots unless `--data-plane none`. A data plane serves from its cache first,
+//! then from the stream, and keeps serving when the control plane is away.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use atrium_control_plane::hub::Hub;
+use atrium_control_plane::service::Snapshots;
+use atrium_data_plane::pki;
+use atrium_data_plane::proxy::admin::{self, AdminExtra};
+use atrium_data_plane::proxy::server::ServerLimits;
+use atrium_data_plane::proxy::tls::CertStore;
+use atrium_data_plane::proxy::{AccessLog, Gateway, Runtime};
+use atrium_data_plane::snapshot::{self, ClientConfig, TlsMaterial};
+use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
+use atrium_model::values::Values;
+use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::gateway::{compile_body, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths};
+
+/// Serving options shared by both planes.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Helm-style values (entrypoints).
+    pub values: Option<PathBuf>,
+    /// `NAME=ADDR` overrides.
+    pub entry_points: Vec<(String, String)>,
+    /// IP the entrypoints bind to.
+    pub bind_ip: IpAddr,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Access log.
+    pub access_log: Option<AccessLog>,
+    /// Listener limits.
+    pub limits: ServerLimits,
+    /// Upstream timeouts.
+    pub upstream: UpstreamConfig,
+    /// Worker threads.
+    pub workers: usize,
+    /// Generated state (CA, certificates, default TLS certificate).
+    pub state_dir: PathBuf,
+    /// TLS material (`ca.pem`, `<name>.pem`, `<name>-key.pem`); default: `<state-dir>/pki`,
+    /// created on first start.
+    pub tls_dir: Option<PathBuf>,
+}
+
+fn load_values(values: Option<&std::path::Path>) -> anyhow::Result<Values> {
+    let Some(v) = values else { return Ok(Values::default()) };
+    let (v, d) = Values::load(v);
+    let errs: Vec<String> = d.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
+    if !errs.is_empty() {
+        bail!("invalid values:\n{}", errs.join("\n"));
+    }
+    Ok(v)
+}
+
+/// The PKI directory and this node's files, created on first start when not given.
+fn node_pki(o: &ServeOptions, name: &str) -> anyhow::Result<pki::NodeFiles> {
+    match &o.tls_dir {
+        Some(d) => {
+            let f = pki::NodeFiles::new(d, name);
+            for p in [&f.ca, &f.cert, &f.key] {
+                anyhow::ensure!(
+                    p.is_file(),
+                    "{}: missing (create it with `atrium certs issue --dir {} --name {name}`)",
+                    p.display(),
+                    d.display()
+                );
+            }
+            Ok(f)
+        }
+        None => pki::ensure(&o.state_dir.join("pki"), name).map_err(anyhow::Error::msg),
+    }
+}
+
+struct ControlPlaneAdmin(Arc<Hub>);
+
+impl AdminExtra for ControlPlaneAdmin {
+    fn json(&self, path: &str) -> Option<serde_json::Value> {
+        (path == "/api/dataplanes").then(|| self.0.nodes_json())
+    }
+    fn metrics(&self) -> String {
+        self.0.metrics_text()
+    }
+}
+
+/// `atrium control-plane`.
+pub async fn run_control_plane(
+    o: ServeOptions,
+    manifests: Vec<PathBuf>,
+    grpc: SocketAddr,
+    embedded: bool,
+    debounce: Duration,
+) -> anyhow::Result<()> {
+    for p in &manifests {
+        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+    }
+    let values = load_values(o.values.as_deref())?;
+    let hub = Hub::new(env!("CARGO_PKG_VERSION"));
+    let (body, certs_map) = compile_body(o.values.as_deref(), &manifests)
+        .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
+    hub.publish(&body, Instant::now());
+
+    // gRPC with mutual TLS: data planes must present a certificate from our CA.
+    let files = node_pki(&o, "control-plane")?;
+    if o.tls_dir.is_none() {
+        // A client certificate for data planes started next to this control plane
+        // (`--tls-dir <state-dir>/pki`).
+        pki::ensure(&o.state_dir.join("pki"), "data-plane").map_err(anyhow::Error::msg)?;
+    }
+    let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+    let tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(&cert, &key)).client_ca_root(Certificate::from_pem(&ca));
+    let listener = tokio::net::TcpListener::bind(grpc).await.with_context(|| format!("binding gRPC on {grpc}"))?;
+    tracing::info!(addr = %listener.local_addr()?, tls_dir = %files.ca.parent().map(|p| p.display().to_string()).unwrap_or_default(), "snapshot gRPC listening (mTLS)");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let server = Server::builder()
+        .tls_config(tls)
+        .context("TLS configuration of the gRPC server")?
+        .add_service(SnapshotServiceServer::new(Snapshots(hub.clone())).max_encoding_message_size(256 << 20))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(server);
+
+    let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
+    let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
+    let mut threads = Vec::new();
+    if embedded {
+        // The embedded data plane takes the same snapshots, over an in-memory channel.
+        certs.set(certs_map);
+        let mut rx = hub.subscribe();
+        let egw = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                let latest = rx.borrow_and_update().clone();
+                if let Some(p) = latest {
+                    match Runtime::from_snapshot(&p.snapshot) {
+                        Ok(rt) => egw.swap(rt),
+                        Err(e) => egw.swap_failed(&e),
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        threads = serve_entrypoints(
+            &entry_point_addrs(&o.entry_points, o.bind_ip, &values)?,
+            &gw,
+            &certs,
+            &o.limits,
+            &o.upstream,
+            o.workers,
+            &stop_rx,
+        )?;
+    }
+    let mut tasks = Vec::new();
+    if let Some(a) = o.admin {
+        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
+        tracing::info!(addr = %l.local_addr()?, "admin listening");
+        let extra: Arc<dyn AdminExtra> = Arc::new(ControlPlaneAdmin(hub.clone()));
+        tasks.push(tokio::spawn(admin::serve_with(l, gw.clone(), Some(extra), stop_rx.clone())));
+    }
+    let (vals, mans, h, g) = (o.values.clone(), manifests.clone(), hub.clone(), gw.clone());
+    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
+    let _watcher = watch_paths(paths, debounce, move || {
+        let detected = Instant::now();
+        match compile_body(vals.as_deref(), &mans) {
+            Ok((body, certs)) => {
+                g.certs.set(certs);
+                if h.publish(&body, detected).is_none() {
+                    tracing::info!("configuration changed on disk but compiles to the same snapshot");
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                g.swap_failed(&format!(
+                    "{} error(s) in the configuration; data planes keep the previous snapshot",
+                    errors.len()
+                ));
+            }
+        }
+    })?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    Ok(())
+}
+
+/// `atrium data-plane`.
+pub async fn run_data_plane(
+    o: ServeOptions,
+    control_plane: String,
+    node_id: String,
+    group: String,
+    cache_dir: PathBuf,
+    tls_name: String,
+) -> anyhow::Result<()> {
+    let values = load_values(o.values.as_deref())?;
+    let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
+    let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
+    // Cold start: serve the last acknowledged snapshot before the control plane answers.
+    match snapshot::load_cache(&cache_dir) {
+        Ok(Some(rt)) => {
+            tracing::info!(
+                epoch = rt.epoch,
+                seq = rt.version,
+                "serving the cached snapshot until the control plane answers"
+            );
+            gw.swap(rt);
+        }
+        Ok(None) => tracing::info!(dir = %cache_dir.display(), "no cached snapshot; waiting for the control plane"),
+        Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache; waiting for the control plane"),
+    }
+    let tls = if control_plane.starts_with("https://") {
+        let files = node_pki(&o, &tls_name)?;
+        let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+        Some(TlsMaterial { ca, cert, key })
+    } else {
+        tracing::warn!("the control-plane URL is not https: snapshots travel without TLS");
+        None
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let client = ClientConfig { endpoint: control_plane, node_id, group, tls, cache_dir: Some(cache_dir) };
+    let stream_task = tokio::spawn(snapshot::run(gw.clone(), client, stop_rx.clone()));
+    let threads = serve_entrypoints(
+        &entry_point_addrs(&o.entry_points, o.bind_ip, &values)?,
+        &gw,
+        &certs,
+        &o.limits,
+        &o.upstream,
+        o.workers,
+        &stop_rx,
+    )?;
+    let mut tasks = Vec::new();
+    if let Some(a) = o.admin {
+        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
+        tracing::info!(addr = %l.local_addr()?, "admin listening");
+        tasks.push(tokio::spawn(admin::serve(l, gw.clone(), stop_rx.clone())));
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = stream_task.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    Ok(())
+}
+
+/// `atrium certs init|issue`.
+pub fn certs(init: bool, dir: &std::path::Path, name: Option<&str>, sans: &[String]) -> anyhow::Result<()> {
+    if init {
+        if pki::init_ca(dir).map_err(anyhow::Error::msg)? {
+            println!("created CA {}", dir.join("ca.pem").display());
+        } else {
+            println!("CA {} already exists; kept", dir.join("ca.pem").display());
+        }
+        return Ok(());
+    }
+    let name = name.context("--name is required")?;
+    let f = pki::issue(dir, name, sans).map_err(anyhow::Error::msg)?;
+    println!("issued {} and {}", f.cert.display(), f.key.display());
+    Ok(())
+}
