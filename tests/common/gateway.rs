@@ -16,6 +16,8 @@ pub struct GatewayProc {
     pub entry_points: HashMap<String, SocketAddr>,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The snapshot gRPC listener (control planes).
+    pub grpc: Option<SocketAddr>,
     /// Everything it logged so far (stderr).
     pub log: Arc<Mutex<Vec<String>>>,
     /// Everything it printed so far (stdout: the access log).
@@ -38,20 +40,23 @@ impl GatewayProc {
     /// Starts a gateway on `manifests` with `values`; `web` and `websecure` bind to
     /// 127.0.0.1:0 and the admin listener too. `extra` adds flags.
     pub fn start(values: Option<&Path>, manifests: &Path, extra: &[&str]) -> GatewayProc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrium"));
-        cmd.arg("gateway").arg("--manifests").arg(manifests);
+        let mut args: Vec<String> = vec!["gateway".into(), "--manifests".into(), manifests.display().to_string()];
         if let Some(v) = values {
-            cmd.arg("--values").arg(v);
+            args.extend(["--values".into(), v.display().to_string()]);
         }
-        cmd.args([
-            "--entrypoint",
-            "web=127.0.0.1:0",
-            "--entrypoint",
-            "websecure=127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ]);
-        cmd.args(extra);
+        for a in ["--entrypoint", "web=127.0.0.1:0", "--entrypoint", "websecure=127.0.0.1:0", "--admin", "127.0.0.1:0"]
+        {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, 2, false)
+    }
+
+    /// Runs `atrium ARGS` and waits until `entry_points_wanted` entrypoints, the admin
+    /// listener and (with `grpc_wanted`) the snapshot gRPC listener are up.
+    pub fn spawn(args: &[String], entry_points_wanted: usize, grpc_wanted: bool) -> GatewayProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrium"));
+        cmd.args(args);
         cmd.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("atrium gateway starts");
         let stdout = child.stdout.take().unwrap();
@@ -74,8 +79,9 @@ impl GatewayProc {
         });
         let mut entry_points = HashMap::new();
         let mut admin = None;
+        let mut grpc = None;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while admin.is_none() || entry_points.len() < 2 {
+        while admin.is_none() || entry_points.len() < entry_points_wanted || (grpc_wanted && grpc.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -86,9 +92,11 @@ impl GatewayProc {
                 entry_points.insert(name, field(&line, "addr").unwrap().parse().unwrap());
             } else if line.contains("admin listening") {
                 admin = Some(field(&line, "addr").unwrap().parse().unwrap());
+            } else if line.contains("snapshot gRPC listening") {
+                grpc = Some(field(&line, "addr").unwrap().parse().unwrap());
             }
         }
-        GatewayProc { child, entry_points, admin: admin.unwrap(), log, out }
+        GatewayProc { child, entry_points, admin: admin.unwrap(), grpc, log, out }
     }
 
     /// `http://<web>` + path.
@@ -99,6 +107,12 @@ impl GatewayProc {
     /// Whether the log has a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Kills the process at once (SIGKILL): no goodbye to anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM.

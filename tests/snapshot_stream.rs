@@ -1,0 +1,260 @@
+//! Control plane → data planes, end to end: real processes on loopback, mutual TLS with
+//! the development PKI the control plane creates.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::backend;
+use common::client::{self, get};
+use common::gateway::GatewayProc;
+
+fn manifests(dir: &Path, backend: std::net::SocketAddr, stamp: &str) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(
+        dir.join("all.yaml"),
+        format!(
+            "apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {{name: r, namespace: ns}}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(`/`)
+      middlewares: [{{name: stamp}}]
+      services: [{{name: svc, port: 80}}]
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{name: stamp, namespace: ns}}
+spec: {{headers: {{customResponseHeaders: {{X-Stamp: \"{stamp}\"}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: ns}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: svc, namespace: ns}}
+subsets: [{{addresses: [{{ip: {}}}], ports: [{{port: {}}}]}}]
+",
+            backend.ip(),
+            backend.port()
+        ),
+    )
+    .unwrap();
+}
+
+fn control_plane(root: &Path, grpc: &str) -> GatewayProc {
+    let args: Vec<String> = [
+        "control-plane",
+        "--manifests",
+        &root.join("manifests").display().to_string(),
+        "--grpc",
+        grpc,
+        "--data-plane",
+        "none",
+        "--watch-debounce-ms",
+        "20",
+        "--state-dir",
+        &root.join("cp").display().to_string(),
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    GatewayProc::spawn(&args, 0, true)
+}
+
+fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc {
+    let args: Vec<String> = [
+        "data-plane",
+        "--control-plane",
+        &format!("https://{grpc}"),
+        "--node-id",
+        id,
+        "--cache-dir",
+        &root.join(id).join("cache").display().to_string(),
+        "--state-dir",
+        &root.join(id).join("state").display().to_string(),
+        "--tls-dir",
+        &root.join("cp/pki").display().to_string(),
+        "--entrypoint",
+        "web=127.0.0.1:0",
+        "--entrypoint",
+        "websecure=off",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    GatewayProc::spawn(&args, 1, false)
+}
+
+async fn dataplanes(cp: &GatewayProc) -> serde_json::Value {
+    serde_json::from_str(&get(&format!("http://{}/api/dataplanes", cp.admin)).await.body).unwrap()
+}
+
+/// Waits until every node in `ids` is connected and has applied the control plane's
+/// current version.
+async fn converged(cp: &GatewayProc, ids: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = dataplanes(cp).await;
+        if ids.iter().all(|id| v["dataplanes"][id]["connected"] == true && v["dataplanes"][id]["current"] == true) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "data planes did not converge: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stamp(dp: &GatewayProc) -> Option<String> {
+    get(&dp.web("/x")).await.header("x-stamp").map(str::to_string)
+}
+
+async fn wait_stamp(dp: &GatewayProc, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stamp(dp).await.as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "data plane never served stamp {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_data_planes_converge_survive_the_control_plane_and_reconnect() {
+    let be = backend::start("b", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    manifests(&root.join("manifests"), be.addr, "v1");
+    let grpc_addr = free_port();
+    let mut cp = control_plane(root, &grpc_addr);
+    let grpc = cp.grpc.unwrap();
+    let mut dps: Vec<GatewayProc> = ["dp-1", "dp-2", "dp-3"].iter().map(|id| data_plane(root, grpc, id)).collect();
+    let ids = ["dp-1", "dp-2", "dp-3"];
+    let v = converged(&cp, &ids).await;
+    let first_seq = v["version"]["seq"].as_u64().unwrap();
+    for dp in &dps {
+        wait_stamp(dp, "v1").await;
+    }
+    // Private keys stay private; the cache is 0600 and carries no key.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let cache = root.join("dp-1/cache/snapshot.pb");
+        assert_eq!(fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!String::from_utf8_lossy(&fs::read(&cache).unwrap()).contains("PRIVATE KEY"));
+    }
+
+    // A manifest edit reaches all three, and they all ACK the same version.
+    manifests(&root.join("manifests"), be.addr, "v2");
+    for dp in &dps {
+        wait_stamp(dp, "v2").await;
+    }
+    let v = converged(&cp, &ids).await;
+    let seq = v["version"]["seq"].as_u64().unwrap();
+    assert!(seq > first_seq);
+    for id in ids {
+        assert_eq!(v["dataplanes"][id]["appliedVersion"]["seq"].as_u64(), Some(seq));
+    }
+    let metrics = get(&format!("http://{}/metrics", cp.admin)).await.body;
+    assert!(metrics.contains("atrium_dataplanes_connected 3"), "{metrics}");
+    assert!(metrics.contains("atrium_snapshot_propagation_seconds_count"), "{metrics}");
+
+    // The control plane is killed: every data plane keeps serving every request.
+    cp.kill();
+    let http = client::http1();
+    for i in 0..150 {
+        let dp = &dps[i % 3];
+        let r = client::send(&http, hyper::Request::get(dp.web("/x")).body(client::body("")).unwrap()).await;
+        assert_eq!((r.status, r.header("x-stamp")), (200, Some("v2")), "request {i} while the control plane is down");
+    }
+
+    // A data plane restarted while the control plane is down serves from its cache.
+    dps[2].kill();
+    dps[2] = data_plane(root, grpc, "dp-3");
+    assert!(dps[2].logged("serving the cached snapshot"));
+    assert_eq!(stamp(&dps[2]).await.as_deref(), Some("v2"));
+
+    // The control plane comes back (new epoch, same configuration): everyone reconnects
+    // and converges, without a table change.
+    manifests(&root.join("manifests"), be.addr, "v3");
+    let cp = control_plane(root, &grpc_addr);
+    let v = converged(&cp, &ids).await;
+    assert_ne!(v["epoch"], serde_json::Value::Null);
+    for dp in &dps {
+        wait_stamp(dp, "v3").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_is_survived() {
+    let be = backend::start("b", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    manifests(&root.join("manifests"), be.addr, "fresh");
+    let cp = control_plane(root, "127.0.0.1:0");
+    let cache: PathBuf = root.join("dp-x/cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join("snapshot.pb"), b"\x0a\x03not a snapshot at all").unwrap();
+    let dp = data_plane(root, cp.grpc.unwrap(), "dp-x");
+    assert!(dp.logged("ignoring the snapshot cache"), "{:?}", dp.log.lock().unwrap());
+    wait_stamp(&dp, "fresh").await;
+    converged(&cp, &["dp-x"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
+    let be = backend::start("b", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    manifests(&root.join("manifests"), be.addr, "v1");
+    let cp = control_plane(root, "127.0.0.1:0");
+    // Another installation's CA.
+    let other = root.join("other-pki");
+    assert!(atrium_data_plane::pki::init_ca(&other).unwrap());
+    atrium_data_plane::pki::issue(&other, "data-plane", &[]).unwrap();
+    let args: Vec<String> = [
+        "data-plane",
+        "--control-plane",
+        &format!("https://{}", cp.grpc.unwrap()),
+        "--node-id",
+        "intruder",
+        "--cache-dir",
+        &root.join("intruder/cache").display().to_string(),
+        "--state-dir",
+        &root.join("intruder/state").display().to_string(),
+        "--tls-dir",
+        &other.display().to_string(),
+        "--entrypoint",
+        "web=127.0.0.1:0",
+        "--entrypoint",
+        "websecure=off",
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dp = GatewayProc::spawn(&args, 1, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dp.logged("snapshot stream failed") {
+        assert!(Instant::now() < deadline, "the refusal was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&dp.web("/x")).await.status, 503, "no configuration was ever accepted");
+    let v = dataplanes(&cp).await;
+    assert!(v["dataplanes"].get("intruder").is_none(), "{v:#}");
+}
