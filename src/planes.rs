@@ -23,7 +23,7 @@ use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
 use atrium_model::values::Values;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::gateway::{compile_body, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths};
 
@@ -117,18 +117,16 @@ pub async fn run_control_plane(
         // (`--tls-dir <state-dir>/pki`).
         pki::ensure(&o.state_dir.join("pki"), "data-plane").map_err(anyhow::Error::msg)?;
     }
-    let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
-    let tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(&cert, &key)).client_ca_root(Certificate::from_pem(&ca));
+    let ca = std::fs::read(&files.ca).with_context(|| files.ca.display().to_string())?;
+    let tls = atrium_control_plane::tls::server_config(&ca, files.cert.clone(), files.key.clone())
+        .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(grpc).await.with_context(|| format!("binding gRPC on {grpc}"))?;
     tracing::info!(addr = %listener.local_addr()?, tls_dir = %files.ca.parent().map(|p| p.display().to_string()).unwrap_or_default(), "snapshot gRPC listening (mTLS)");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     let server = Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration of the gRPC server")?
         .add_service(SnapshotServiceServer::new(Snapshots(hub.clone())).max_encoding_message_size(256 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(atrium_control_plane::tls::incoming(listener, tls), async move {
             let _ = grpc_stop.changed().await;
         });
     let grpc_task = tokio::spawn(server);

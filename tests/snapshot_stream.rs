@@ -257,4 +257,17 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     assert_eq!(get(&dp.web("/x")).await.status, 503, "no configuration was ever accepted");
     let v = dataplanes(&cp).await;
     assert!(v["dataplanes"].get("intruder").is_none(), "{v:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cp.logged("data plane refused: TLS handshake failed") {
+        assert!(Instant::now() < deadline, "the control plane did not log the refusal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The control plane's certificate is renewed on disk: the next handshake uses it, no
+    // restart needed, and a data plane of this installation still gets in.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new modification time
+    atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", &[]).unwrap();
+    let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
+    wait_stamp(&good, "v1").await;
+    assert!(cp.logged("server certificate reloaded"));
 }

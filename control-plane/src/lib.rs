@@ -4,6 +4,8 @@
 //!   record of every data plane: connected since, version applied, last NACK.
 //! - [`service`]: the gRPC `SnapshotService`: `Hello` → snapshot or `UpToDate`, then every
 //!   change, latest-wins; `Ack`/`Nack` recorded.
+//! - [`tls`]: mutual TLS for that listener, with refusals logged and the server
+//!   certificate reloaded when its file changes.
 //!
 //! Compiling resources into snapshots is [`atrium_model::compile`]; the resource model
 //! lives in `atrium-model` so that the agent shares it without depending on this crate.
@@ -12,3 +14,4 @@
 
 pub mod hub;
 pub mod service;
+pub mod tls;
