@@ -149,6 +149,9 @@ enum Command {
         /// Name of this node's certificate in the TLS directory.
         #[arg(long, default_value = "data-plane")]
         tls_name: String,
+        /// How often request counts are reported to the control plane, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        usage_interval_ms: u64,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -265,16 +268,20 @@ fn main() -> ExitCode {
             ))?;
             Ok(ExitCode::SUCCESS)
         })(),
-        Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, serve } => {
-            (|| {
-                let o = serve.options()?;
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(planes::run_data_plane(o, control_plane, node_id, group, cache_dir, tls_name))?;
-                Ok(ExitCode::SUCCESS)
-            })()
-        }
+        Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, usage_interval_ms, serve } => (|| {
+            let o = serve.options()?;
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_data_plane(
+                o,
+                control_plane,
+                node_id,
+                group,
+                cache_dir,
+                tls_name,
+                Duration::from_millis(usage_interval_ms),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        })(
+        ),
         Command::Certs { command } => (|| {
             match command {
                 CertsCommand::Init { dir } => planes::certs(true, &dir, None, &[])?,

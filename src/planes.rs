@@ -213,6 +213,7 @@ pub async fn run_data_plane(
     group: String,
     cache_dir: PathBuf,
     tls_name: String,
+    usage_interval: Duration,
 ) -> anyhow::Result<()> {
     let values = load_values(o.values.as_deref())?;
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
@@ -239,7 +240,8 @@ pub async fn run_data_plane(
         None
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let client = ClientConfig { endpoint: control_plane, node_id, group, tls, cache_dir: Some(cache_dir) };
+    let client =
+        ClientConfig { endpoint: control_plane, node_id, group, tls, cache_dir: Some(cache_dir), usage_interval };
     let stream_task = tokio::spawn(snapshot::run(gw.clone(), client, stop_rx.clone()));
     let threads = serve_entrypoints(
         &entry_point_addrs(&o.entry_points, o.bind_ip, &values)?,

@@ -64,6 +64,7 @@ async fn a_rejected_snapshot_is_nacked_and_the_old_table_keeps_serving() {
         group: "default".into(),
         tls: None,
         cache_dir: None,
+        usage_interval: Duration::from_secs(10),
     };
     tokio::spawn(snapshot::run(gw.clone(), cfg, stop_rx));
     until("the first snapshot", || gw.runtime().is_some_and(|r| r.version == good.seq)).await;

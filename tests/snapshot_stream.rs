@@ -91,6 +91,8 @@ fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc 
         "127.0.0.1:0",
         "--workers",
         "1",
+        "--usage-interval-ms",
+        "100",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -171,6 +173,16 @@ async fn three_data_planes_converge_survive_the_control_plane_and_reconnect() {
     }
     let metrics = get(&format!("http://{}/metrics", cp.admin)).await.body;
     assert!(metrics.contains("atrium_dataplanes_connected 3"), "{metrics}");
+    // Usage reports: the requests served above reach the control plane.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = dataplanes(&cp).await;
+        if v["dataplanes"]["dp-1"]["requestsByRouter"]["ns/r/0"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage report: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(metrics.contains("atrium_snapshot_propagation_seconds_count"), "{metrics}");
 
     // The control plane is killed: every data plane keeps serving every request.

@@ -45,6 +45,8 @@ pub struct NodeState {
     pub last_nack: Option<String>,
     /// Why the control plane refused it (version skew).
     pub refused: Option<String>,
+    /// Requests it reported, by router, since it connected first.
+    pub usage: BTreeMap<String, u64>,
 }
 
 /// Control-plane metrics.
@@ -170,7 +172,7 @@ impl Hub {
                         "group": n.group, "buildVersion": n.build_version, "connected": n.connected,
                         "connectedSince": n.connected_since, "appliedVersion": v, "appliedAtMs": n.applied_at_ms,
                         "current": n.applied.is_some() && n.applied == current,
-                        "lastNack": n.last_nack, "refused": n.refused,
+                        "lastNack": n.last_nack, "refused": n.refused, "requestsByRouter": n.usage,
                     }),
                 )
             })

@@ -111,6 +111,13 @@ impl SnapshotService for Snapshots {
                             tracing::error!(node = %node, version = ?n.version, error = %n.error, "data plane rejected a snapshot; it keeps its previous table");
                             hub.update_node(&node, |s| s.last_nack = Some(n.error.clone()));
                         }
+                        Ok(Some(pb::DataPlaneMessage { msg: Some(DpMsg::Usage(u)) })) => {
+                            hub.update_node(&node, |s| {
+                                for e in u.entries {
+                                    *s.usage.entry(e.router).or_default() += e.requests;
+                                }
+                            });
+                        }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => break,
                     },

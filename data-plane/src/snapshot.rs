@@ -62,6 +62,29 @@ pub struct TlsMaterial {
     pub key: Vec<u8>,
 }
 
+/// Requests per router since the last report (counters are reset as they are read).
+pub fn take_usage(gw: &Gateway) -> Vec<pb::UsageEntry> {
+    let Some(rt) = gw.runtime() else { return Vec::new() };
+    let mut out: Vec<pb::UsageEntry> = rt
+        .table
+        .routers()
+        .iter()
+        .filter_map(|r| {
+            let n = r.served.swap(0, std::sync::atomic::Ordering::Relaxed);
+            (n > 0).then(|| pb::UsageEntry {
+                router: r.id.clone(),
+                service: r.service.clone(),
+                api: r.api.clone().unwrap_or_default(),
+                application: String::new(),
+                plan: String::new(),
+                requests: n,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.router, &a.service).cmp(&(&b.router, &b.service)));
+    out
+}
+
 /// How to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -75,6 +98,8 @@ pub struct ClientConfig {
     pub tls: Option<TlsMaterial>,
     /// Where acknowledged snapshots are kept.
     pub cache_dir: Option<PathBuf>,
+    /// How often usage is reported.
+    pub usage_interval: Duration,
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -151,6 +176,25 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         .map_err(|s| format!("control plane refused the stream: {} ({:?})", s.message(), s.code()))?
         .into_inner();
     tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
+    let usage_tx = tx.clone();
+    let usage_gw = gw.clone();
+    let interval = cfg.usage_interval.max(Duration::from_millis(10));
+    let reporter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let entries = take_usage(&usage_gw);
+            if entries.is_empty() {
+                continue;
+            }
+            let usage = pb::Usage { window_ms: interval.as_millis() as u64, entries };
+            if usage_tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Usage(usage)) }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _stop_reporter = AbortOnDrop(reporter);
     while let Some(msg) = inbound.message().await.map_err(|s| format!("stream error: {}", s.message()))? {
         match msg.msg {
             Some(CpMsg::Snapshot(s)) => {
@@ -179,6 +223,14 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

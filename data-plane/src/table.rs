@@ -45,6 +45,8 @@ pub struct RouteEntry {
     pub api: Option<String>,
     /// Router and service ids, shared, for metric labels on the hot path.
     pub labels: (Arc<str>, Arc<str>),
+    /// Requests routed here since the last usage report.
+    pub served: std::sync::atomic::AtomicU64,
 }
 
 impl RouteEntry {
@@ -242,6 +244,7 @@ impl RouteTable {
                 uplinks: r.uplinks.clone(),
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
                 labels: (Arc::from(r.id.as_str()), Arc::from(r.service.as_str())),
+                served: std::sync::atomic::AtomicU64::new(0),
             });
         }
         Ok(Self::build(routers, services))

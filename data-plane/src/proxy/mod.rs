@@ -321,6 +321,7 @@ impl Gateway {
             }
         };
         let labels = Some(router.labels.clone());
+        router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
         // Built on the first path rewrite only: most routers forward the path as it came.
         let mut url: Option<UrlPath> = None;
