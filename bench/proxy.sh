@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proxy throughput: atrium gateway vs nginx, in front of the same backend, in one run.
 #
-#   bash bench/proxy.sh            # 10 s per measurement
-#   DURATION=30 bash bench/proxy.sh
+#   bash bench/proxy.sh                     # 3 interleaved rounds of 5 s per target
+#   DURATION=10 ROUNDS=5 bash bench/proxy.sh
 #
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints a Markdown table for
@@ -11,7 +11,7 @@
 # proxies do the same work per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -105,15 +105,39 @@ measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
   echo "$rps $p99"
 }
 
-echo "measuring ${DURATION}s each ..." >&2
-read -r direct_rps direct_p99 < <(measure "$BACKEND" bench.test /)
-read -r nginx_rps nginx_p99 < <(measure "$NGINX" bench.test /)
-read -r one_rps one_p99 < <(measure "$ATRIUM1" bench.test /)
-read -r many_rps many_p99 < <(measure "$ATRIUM1000" h77.test /p7/x)
+ROUNDS=${ROUNDS:-3}
+echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
+# The machine is shared by wrk, the backend and the proxy: interleave the targets and keep
+# each one's median round, so a noisy moment does not decide a ratio.
+declare -A RPS P99
+for round in $(seq "$ROUNDS"); do
+  for t in direct nginx one many; do
+    case $t in
+      direct) out=$(measure "$BACKEND" bench.test /) ;;
+      nginx) out=$(measure "$NGINX" bench.test /) ;;
+      one) out=$(measure "$ATRIUM1" bench.test /) ;;
+      many) out=$(measure "$ATRIUM1000" h77.test /p7/x) ;;
+    esac
+    RPS[$t]+="${out% *} "
+    P99[$t]+="${out#* } "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+median_lat() { tr ' ' '\n' | grep -v '^$' | python3 -c "
+import sys
+v=[]
+for l in sys.stdin:
+    l=l.strip(); n=float(l.rstrip('msu')); u=l[len(l.rstrip('msu')):]
+    v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
+v.sort(); print(v[(len(v)-1)//2][1])"; }
+direct_rps=$(median <<<"${RPS[direct]}"); direct_p99=$(median_lat <<<"${P99[direct]}")
+nginx_rps=$(median <<<"${RPS[nginx]}"); nginx_p99=$(median_lat <<<"${P99[nginx]}")
+one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
+many_rps=$(median <<<"${RPS[many]}"); many_p99=$(median_lat <<<"${P99[many]}")
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 
 cat <<TABLE
-| target | req/s | p99 | ratio to nginx proxy |
+| target (median of $ROUNDS interleaved rounds) | req/s | p99 | ratio to nginx proxy |
 |---|---|---|---|
 | backend direct (nginx, 1 worker) | $direct_rps | $direct_p99 | $(ratio "$direct_rps" "$nginx_rps")× |
 | nginx proxy (1 worker, keep-alive upstream) | $nginx_rps | $nginx_p99 | 1.00× |
