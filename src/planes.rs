@@ -82,6 +82,43 @@ fn node_pki(o: &ServeOptions, name: &str) -> anyhow::Result<pki::NodeFiles> {
     }
 }
 
+impl ServeOptions {
+    /// Binds and serves this node's entrypoints (see [`serve_entrypoints`]).
+    fn serve(
+        &self,
+        values: &Values,
+        gw: &Arc<Gateway>,
+        certs: &Arc<CertStore>,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
+        let addrs = entry_point_addrs(&self.entry_points, self.bind_ip, values)?;
+        serve_entrypoints(&addrs, gw, certs, &self.limits, &self.upstream, self.workers, stop_rx)
+    }
+
+    /// Starts the admin listener, if one is configured.
+    async fn admin(
+        &self,
+        gw: &Arc<Gateway>,
+        extra: Option<Arc<dyn AdminExtra>>,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(a) = self.admin else { return Ok(None) };
+        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
+        tracing::info!(addr = %l.local_addr()?, "admin listening");
+        Ok(Some(tokio::spawn(admin::serve_with(l, gw.clone(), extra, stop_rx.clone()))))
+    }
+}
+
+/// Waits for the serving tasks and worker threads to finish draining.
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+}
+
 struct ControlPlaneAdmin(Arc<Hub>);
 
 impl AdminExtra for ControlPlaneAdmin {
@@ -153,23 +190,10 @@ pub async fn run_control_plane(
                 }
             }
         });
-        threads = serve_entrypoints(
-            &entry_point_addrs(&o.entry_points, o.bind_ip, &values)?,
-            &gw,
-            &certs,
-            &o.limits,
-            &o.upstream,
-            o.workers,
-            &stop_rx,
-        )?;
+        threads = o.serve(&values, &gw, &certs, &stop_rx)?;
     }
-    let mut tasks = Vec::new();
-    if let Some(a) = o.admin {
-        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
-        tracing::info!(addr = %l.local_addr()?, "admin listening");
-        let extra: Arc<dyn AdminExtra> = Arc::new(ControlPlaneAdmin(hub.clone()));
-        tasks.push(tokio::spawn(admin::serve_with(l, gw.clone(), Some(extra), stop_rx.clone())));
-    }
+    let extra: Arc<dyn AdminExtra> = Arc::new(ControlPlaneAdmin(hub.clone()));
+    let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let (vals, mans, h, g) = (o.values.clone(), manifests.clone(), hub.clone(), gw.clone());
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
     let _watcher = watch_paths(paths, debounce, move || {
@@ -196,12 +220,7 @@ pub async fn run_control_plane(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
-    for t in tasks {
-        let _ = t.await;
-    }
-    for t in threads {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
+    join_all(tasks, threads).await;
     Ok(())
 }
 
@@ -243,31 +262,13 @@ pub async fn run_data_plane(
     let client =
         ClientConfig { endpoint: control_plane, node_id, group, tls, cache_dir: Some(cache_dir), usage_interval };
     let stream_task = tokio::spawn(snapshot::run(gw.clone(), client, stop_rx.clone()));
-    let threads = serve_entrypoints(
-        &entry_point_addrs(&o.entry_points, o.bind_ip, &values)?,
-        &gw,
-        &certs,
-        &o.limits,
-        &o.upstream,
-        o.workers,
-        &stop_rx,
-    )?;
-    let mut tasks = Vec::new();
-    if let Some(a) = o.admin {
-        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
-        tracing::info!(addr = %l.local_addr()?, "admin listening");
-        tasks.push(tokio::spawn(admin::serve(l, gw.clone(), stop_rx.clone())));
-    }
+    let threads = o.serve(&values, &gw, &certs, &stop_rx)?;
+    let tasks: Vec<_> = o.admin(&gw, None, &stop_rx).await?.into_iter().collect();
     shutdown_signal().await;
     tracing::info!("shutting down: draining requests in flight");
     let _ = stop_tx.send(true);
     let _ = stream_task.await;
-    for t in tasks {
-        let _ = t.await;
-    }
-    for t in threads {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
+    join_all(tasks, threads).await;
     Ok(())
 }
 

@@ -10,22 +10,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-
-fn load_key(cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?;
-    let signer =
-        rustls::crypto::ring::default_provider().key_provider.load_private_key(key).map_err(|e| e.to_string())?;
-    Ok(Arc::new(CertifiedKey::new(chain, signer)))
-}
 
 /// The server certificate, re-read when its file's modification time changes.
 #[derive(Debug)]
@@ -47,7 +38,7 @@ impl ResolvesServerCert for Reloading {
         let mut st = self.state.lock().ok()?;
         if now.is_some() && now != st.0 {
             match (std::fs::read(&self.cert), std::fs::read(&self.key)) {
-                (Ok(c), Ok(k)) => match load_key(&c, &k) {
+                (Ok(c), Ok(k)) => match atrium_data_plane::proxy::tls::certified_key(&c, &k) {
                     Ok(ck) => {
                         tracing::info!(cert = %self.cert.display(), "server certificate reloaded");
                         *st = (now, ck);
@@ -75,7 +66,7 @@ pub fn server_config(ca: &[u8], cert: PathBuf, key: PathBuf) -> Result<Arc<rustl
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| e.to_string())?;
-    let first = load_key(
+    let first = atrium_data_plane::proxy::tls::certified_key(
         &std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?,
         &std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?,
     )?;

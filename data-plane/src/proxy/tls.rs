@@ -61,7 +61,7 @@ impl CertStore {
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])
                 .map_err(|e| e.to_string())?;
             let key_pem = ck.signing_key.serialize_pem();
-            write_private(&key, key_pem.as_bytes())?;
+            crate::pki::write_private(&key, key_pem.as_bytes())?;
             std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
             certified_key(ck.cert.pem().as_bytes(), key_pem.as_bytes())?
         };
@@ -99,17 +99,6 @@ impl CertStore {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
-}
-
-/// Writes a file only its owner can read (private keys).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[derive(Debug)]
