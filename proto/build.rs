@@ -1,6 +1,6 @@
 //! Compiles the `.proto` files with protox (pure Rust), so no `protoc` binary is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/atrium/v1/snapshot.proto"];
+    let protos = ["proto/atrium/v1/snapshot.proto", "proto/atrium/v1/uplink.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -23,4 +23,5 @@ pub mod rules;
 pub mod service;
 pub mod snapshot;
 pub mod table;
+pub mod uplink;
 pub mod upstream;
