@@ -13,7 +13,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-fn pki_dir(dir: &Path, names: &[&str]) -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) {
+/// A certificate and its key, as PEM.
+type Pair = (Vec<u8>, Vec<u8>);
+
+fn pki_dir(dir: &Path, names: &[&str]) -> (Vec<u8>, Vec<Pair>) {
     pki::init_ca(dir).unwrap();
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let certs = names
