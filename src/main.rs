@@ -155,6 +155,24 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Run a child cluster's agent: its gateway, plus its uplinks served to parents over
+    /// mutual-TLS QUIC on the `uplink: true` ports.
+    Agent {
+        /// The cluster's name (the key of this child under the parent's `children`).
+        #[arg(long)]
+        cluster: String,
+        /// Manifest files or folders (watched).
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// Name of this agent's certificate in the TLS directory (default: the cluster name).
+        #[arg(long)]
+        tls_name: Option<String>,
+        /// Quiet time before a configuration change is applied, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        watch_debounce_ms: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
     /// Development certificates: one CA per installation, leaf certificates from it.
     Certs {
         #[command(subcommand)]
@@ -282,6 +300,17 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         })(
         ),
+        Command::Agent { cluster, manifests, tls_name, watch_debounce_ms, serve } => (|| {
+            let o = serve.options()?;
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_agent(
+                o,
+                cluster,
+                manifests,
+                tls_name,
+                Duration::from_millis(watch_debounce_ms.max(1)),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Certs { command } => (|| {
             match command {
                 CertsCommand::Init { dir } => planes::certs(true, &dir, None, &[])?,

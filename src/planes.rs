@@ -25,7 +25,7 @@ use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::gateway::{compile_body, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths};
+use crate::gateway::{self, compile_body, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths};
 
 /// Serving options shared by both planes.
 #[derive(Debug, Clone)]
@@ -285,5 +285,106 @@ pub fn certs(init: bool, dir: &std::path::Path, name: Option<&str>, sans: &[Stri
     let name = name.context("--name is required")?;
     let f = pki::issue(dir, name, sans).map_err(anyhow::Error::msg)?;
     println!("issued {} and {}", f.cert.display(), f.key.display());
+    Ok(())
+}
+
+/// The uplink entrypoints to serve over QUIC: ports marked `uplink: true`, moved by
+/// `--entrypoint NAME=ADDR`.
+fn uplink_addrs(o: &ServeOptions, values: &Values) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let mut out = Vec::new();
+    for (name, ep) in values.entry_points().filter(|(_, e)| e.uplink) {
+        let addr = match o.entry_points.iter().find(|(n, _)| n == name) {
+            Some((_, v)) if v == "off" => continue,
+            Some((_, v)) => gateway::parse_addr(v).with_context(|| format!("--entrypoint {name}={v}"))?,
+            None => SocketAddr::new(o.bind_ip, ep.port),
+        };
+        out.push((name.clone(), addr));
+    }
+    Ok(out)
+}
+
+/// `atrium agent`: a child cluster's gateway plus its uplinks, served to parents over
+/// mutual-TLS QUIC.
+pub async fn run_agent(
+    o: ServeOptions,
+    cluster: String,
+    manifests: Vec<PathBuf>,
+    tls_name: Option<String>,
+    debounce: Duration,
+) -> anyhow::Result<()> {
+    use atrium_proto::v1 as pb;
+    for p in &manifests {
+        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+    }
+    anyhow::ensure!(
+        atrium_model::topology::is_valid_cluster_name(&cluster),
+        "--cluster {cluster:?} must be a DNS label"
+    );
+    let values = load_values(o.values.as_deref())?;
+    let (body, certs_map) = compile_body(o.values.as_deref(), &manifests)
+        .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
+    let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
+    certs.set(certs_map);
+    let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
+    let uplinks = body.uplinks.clone();
+    gw.swap(Runtime::build(body, 1).map_err(anyhow::Error::msg)?);
+    let state = Arc::new(watch::Sender::new(pb::Register {
+        cluster: cluster.clone(),
+        uplinks: uplinks
+            .iter()
+            .map(|u| pb::UplinkState {
+                name: u.name.clone(),
+                weight: u.weight,
+                healthy: u.health_check.is_none(),
+                entry_points: u.entry_points.clone(),
+            })
+            .collect(),
+    }));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let threads = o.serve(&values, &gw, &certs, &stop_rx)?;
+    let up = Arc::new(Upstreams::new(o.upstream.clone()));
+    atrium_agent::spawn_health_checks(gw.clone(), up.clone(), uplinks, state.clone(), stop_rx.clone());
+    let quic_addrs = uplink_addrs(&o, &values)?;
+    anyhow::ensure!(
+        !quic_addrs.is_empty(),
+        "no uplink entrypoint: mark a port `uplink: true` in the values (the guide's `ports.multicluster`)"
+    );
+    let files = node_pki(&o, tls_name.as_deref().unwrap_or(&cluster))?;
+    let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+    let mut tasks = Vec::new();
+    for (name, addr) in quic_addrs {
+        let cfg = atrium_data_plane::uplink::server_config(&ca, &cert, &key, Default::default())
+            .map_err(anyhow::Error::msg)?;
+        let ep = quinn::Endpoint::server(cfg, addr)
+            .with_context(|| format!("binding uplink entrypoint {name} on udp {addr}"))?;
+        tracing::info!(name = %name, addr = %ep.local_addr()?, cluster = %cluster, "uplink entrypoint listening (QUIC, mTLS)");
+        tasks.push(tokio::spawn(atrium_agent::serve_quic(ep, gw.clone(), up.clone(), state.clone(), stop_rx.clone())));
+    }
+    tasks.extend(o.admin(&gw, None, &stop_rx).await?);
+    let (vals, mans, g) = (o.values.clone(), manifests.clone(), gw.clone());
+    let version = std::sync::atomic::AtomicU64::new(1);
+    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
+    let _watcher = watch_paths(paths, debounce, move || match compile_body(vals.as_deref(), &mans) {
+        Ok((body, certs)) => {
+            let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            match Runtime::build(body, v) {
+                Ok(rt) => {
+                    g.certs.set(certs);
+                    g.swap(rt);
+                }
+                Err(e) => g.swap_failed(&e),
+            }
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            g.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
+        }
+    })?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    join_all(tasks, threads).await;
     Ok(())
 }

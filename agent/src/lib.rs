@@ -1,7 +1,191 @@
 //! atrium's child agent ("API Gateway mode").
 //!
-//! It will compile the child's own manifests with [`atrium_model::compile`], serve them
-//! through an embedded data plane, health-check its uplinks and answer the parent over
-//! mutual-TLS QUIC. It depends on `atrium-model` and `atrium-data-plane` only, never on
-//! the control plane.
+//! The agent serves its own entrypoints as a gateway does, and its uplink entrypoints over
+//! mutual-TLS QUIC to parents:
+//! - a `CONTROL` stream gets `Register` (the cluster and its uplinks with weights and
+//!   health) at once, an `Update` the moment anything changes, and an `Update` in answer to
+//!   every `Poll`;
+//! - a `DATA` stream carries one HTTP exchange for one uplink: only routers attached to that
+//!   uplink can match, and the client address named in the stream header is the client
+//!   (ClientIP, ipAllowList, X-Forwarded-For);
+//! - each uplink's health check runs through the uplink's own routing, as the parent would
+//!   see it (so `/crm/health` passes PathPrefix and stripPrefix and reaches the backend as
+//!   `/health`).
+//!
+//! The agent compiles its manifests with `atrium-model` and serves them with
+//! `atrium-data-plane`; it never depends on the control plane.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrium_data_plane::body;
+use atrium_data_plane::proxy::{ConnInfo, Gateway};
+use atrium_data_plane::service::health::status_ok;
+use atrium_data_plane::uplink;
+use atrium_data_plane::upstream::Upstreams;
+use atrium_proto::v1 as pb;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+/// The agent's current answer to its parents.
+pub type State = watch::Sender<pb::Register>;
+
+/// Runs every uplink's health check through the uplink's own routing and publishes
+/// changes in `state`. Uplinks without a health check are healthy.
+pub fn spawn_health_checks(
+    gw: Arc<Gateway>,
+    up: Arc<Upstreams>,
+    uplinks: Vec<pb::Uplink>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+) {
+    for u in uplinks {
+        let Some(hc) = u.health_check.clone() else { continue };
+        let (gw, up, state, mut stop) = (gw.clone(), up.clone(), state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut req = http::Request::builder().method(hc.method.as_str()).uri(hc.path.as_str());
+                req = req.header(
+                    http::header::HOST,
+                    if hc.hostname.is_empty() { "localhost" } else { hc.hostname.as_str() },
+                );
+                for h in &hc.headers {
+                    req = req.header(h.name.as_str(), h.value.as_str());
+                }
+                let ok = match req.body(body::empty()) {
+                    Ok(req) => {
+                        let conn = uplink_conn(&u.name, "127.0.0.1:0".parse().expect("static address"), up.clone());
+                        let timeout = Duration::from_millis(hc.timeout_ms.max(1));
+                        match tokio::time::timeout(timeout, gw.handle(req, &conn)).await {
+                            Ok(resp) => status_ok(&hc, resp.status().as_u16()),
+                            Err(_) => false,
+                        }
+                    }
+                    Err(_) => false,
+                };
+                state.send_if_modified(|reg| {
+                    let Some(s) = reg.uplinks.iter_mut().find(|s| s.name == u.name) else { return false };
+                    if s.healthy == ok {
+                        return false;
+                    }
+                    s.healthy = ok;
+                    tracing::warn!(uplink = %u.name, healthy = ok, "uplink health changed");
+                    true
+                });
+                let wait = if ok { hc.interval_ms } else { hc.unhealthy_interval_ms };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait.max(10))) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+}
+
+fn uplink_conn(uplink_name: &str, client: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
+    let mut c = ConnInfo::new(Arc::from(format!("uplink:{uplink_name}")), 0, true, client, upstreams);
+    c.uplink = Some(Arc::from(uplink_name));
+    c
+}
+
+/// Serves parents on `endpoint` until `stop`.
+pub async fn serve_quic(
+    endpoint: quinn::Endpoint,
+    gw: Arc<Gateway>,
+    up: Arc<Upstreams>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = stop.changed() => { endpoint.close(0u32.into(), b"shutting down"); return; }
+        };
+        let (gw, up, state) = (gw.clone(), up.clone(), state.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return tracing::warn!(%remote, error = %e, "parent refused: QUIC/TLS handshake failed"),
+            };
+            tracing::info!(%remote, "parent connected");
+            loop {
+                let (send, recv) = match conn.accept_bi().await {
+                    Ok(s) => s,
+                    Err(e) => return tracing::info!(%remote, reason = %e, "parent disconnected"),
+                };
+                let (gw, up, state) = (gw.clone(), up.clone(), state.clone());
+                tokio::spawn(serve_stream(send, recv, remote, gw, up, state));
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: SocketAddr,
+    gw: Arc<Gateway>,
+    up: Arc<Upstreams>,
+    state: Arc<State>,
+) {
+    let header = match uplink::read_header(&mut recv).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "bad uplink stream: reset");
+            let _ = send.reset(1u32.into());
+            let _ = recv.stop(1u32.into());
+            return;
+        }
+    };
+    if header.kind == pb::stream_header::Kind::Control as i32 {
+        control(send, recv, state).await;
+        return;
+    }
+    let client: SocketAddr = header.client_addr.parse().unwrap_or(remote);
+    let conn = Arc::new(uplink_conn(&header.uplink, client, up));
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (gw, conn) = (gw.clone(), conn.clone());
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req.map(body::incoming), &conn).await) }
+    });
+    let io = TokioIo::new(uplink::io(send, recv));
+    if let Err(e) =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(io, svc).await
+    {
+        tracing::debug!(%remote, error = %e, "uplink data stream ended with an error");
+    }
+}
+
+async fn control(mut send: quinn::SendStream, mut recv: quinn::RecvStream, state: Arc<State>) {
+    let mut rx = state.subscribe();
+    let first = rx.borrow_and_update().clone();
+    if uplink::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Register(first)) })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let update = tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                rx.borrow_and_update().clone()
+            }
+            msg = uplink::read_frame::<_, pb::ParentMessage>(&mut recv) => match msg {
+                Ok(_) => rx.borrow().clone(),
+                Err(_) => return,
+            },
+        };
+        if uplink::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Update(update)) })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

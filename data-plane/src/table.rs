@@ -197,6 +197,9 @@ pub enum TableError {
 pub struct RouteTable {
     routers: Vec<RouteEntry>,
     by_entry_point: HashMap<String, RouterIndex>,
+    /// Routers attached to each uplink (`hub.traefik.io/router.uplinks`), whatever their
+    /// own entrypoints: on an uplink, only these can match.
+    by_uplink: HashMap<String, RouterIndex>,
     all: RouterIndex,
     services: HashMap<String, Service>,
 }
@@ -276,7 +279,13 @@ impl RouteTable {
             }
         }
         by_entry_point.insert(String::new(), catch_all);
-        RouteTable { routers, by_entry_point, all, services }
+        let mut by_uplink: HashMap<String, RouterIndex> = HashMap::new();
+        for (rank, r) in routers.iter().enumerate() {
+            for u in &r.uplinks {
+                by_uplink.entry(u.clone()).or_default().insert(&r.rule, rank as u32);
+            }
+        }
+        RouteTable { routers, by_entry_point, by_uplink, all, services }
     }
 
     /// The routers in priority order.
@@ -296,6 +305,16 @@ impl RouteTable {
             None => &self.all,
             Some(ep) => self.by_entry_point.get(ep).or_else(|| self.by_entry_point.get(""))?,
         };
+        self.lookup(index, req)
+    }
+
+    /// The router a request arriving through uplink `uplink` goes to: only routers attached
+    /// to that uplink are eligible.
+    pub fn route_uplink(&self, uplink: &str, req: &RequestView<'_>) -> Option<&RouteEntry> {
+        self.lookup(self.by_uplink.get(uplink)?, req)
+    }
+
+    fn lookup(&self, index: &RouterIndex, req: &RequestView<'_>) -> Option<&RouteEntry> {
         // A per-thread scratch buffer: no allocation per lookup.
         thread_local!(static CANDIDATES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) });
         CANDIDATES.with(|c| {
@@ -405,6 +424,23 @@ mod tests {
             }
         }
         assert_eq!(checked, 48);
+    }
+
+    #[test]
+    fn uplink_routing_only_sees_attached_routers() {
+        let mut b = body(&[
+            ("apps/crm/0", "PathPrefix(`/crm`)", 0, &["web"]),
+            ("apps/other/0", "PathPrefix(`/`)", 0, &["web"]),
+        ]);
+        b.routers[0].uplinks = vec!["crm".into()];
+        let t = RouteTable::from_snapshot(&b).unwrap();
+        let h = HeaderMap::new();
+        let v = RequestView::new("GET", "x", "/crm/health", None, &h, "10.0.0.1:1");
+        assert_eq!(t.route_uplink("crm", &v).map(|r| r.id.as_str()), Some("apps/crm/0"));
+        let v = RequestView::new("GET", "x", "/elsewhere", None, &h, "10.0.0.1:1");
+        assert!(t.route_uplink("crm", &v).is_none(), "an unattached router never matches on an uplink");
+        assert!(t.route_uplink("billing", &v).is_none());
+        assert_eq!(t.route(Some("web"), &v).map(|r| r.id.as_str()), Some("apps/other/0"));
     }
 
     #[test]

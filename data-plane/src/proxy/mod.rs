@@ -22,7 +22,6 @@ use atrium_proto::v1::SnapshotBody;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body};
@@ -97,13 +96,24 @@ pub struct ConnInfo {
     port_value: HeaderValue,
     /// The upstream clients of the worker serving this connection.
     pub upstreams: Arc<Upstreams>,
+    /// Set for requests arriving through an uplink: only its routers are eligible.
+    pub uplink: Option<Arc<str>>,
 }
 
 impl ConnInfo {
     /// Describes a new connection.
     pub fn new(entry_point: Arc<str>, port: u16, tls: bool, peer: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
         let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok();
-        ConnInfo { entry_point, port, tls, peer, upstreams, ip_value: ip, port_value: HeaderValue::from(port) }
+        ConnInfo {
+            entry_point,
+            port,
+            tls,
+            peer,
+            upstreams,
+            uplink: None,
+            ip_value: ip,
+            port_value: HeaderValue::from(port),
+        }
     }
 }
 
@@ -240,7 +250,7 @@ impl Gateway {
     }
 
     /// Serves one request.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Body>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -287,11 +297,7 @@ impl Gateway {
         resp
     }
 
-    async fn handle_inner(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-    ) -> (Response<Body>, Option<Labels>) {
+    async fn handle_inner(self: &Arc<Self>, req: Request<Body>, conn: &ConnInfo) -> (Response<Body>, Option<Labels>) {
         let Some(rt) = self.runtime.load_full() else {
             return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
         };
@@ -315,7 +321,11 @@ impl Gateway {
                 &parts.headers,
                 client_ip,
             );
-            match rt.table.route(Some(&conn.entry_point), &view) {
+            let hit = match &conn.uplink {
+                Some(u) => rt.table.route_uplink(u, &view),
+                None => rt.table.route(Some(&conn.entry_point), &view),
+            };
+            match hit {
                 Some(r) => r,
                 None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), None),
             }
@@ -421,7 +431,7 @@ impl Gateway {
         }
 
         // The request body: streamed, or buffered under a buffering limit (413 past it).
-        let mut req_body: Body = body::incoming(incoming);
+        let mut req_body: Body = incoming;
         if max_request > 0 {
             let declared = parts
                 .headers

@@ -114,7 +114,7 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let gw = self.gw.clone();
         let info = self.info.clone();
-        Box::pin(async move { Ok(gw.handle(req, &info).await) })
+        Box::pin(async move { Ok(gw.handle(req.map(crate::body::incoming), &info).await) })
     }
 }
 
