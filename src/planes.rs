@@ -7,12 +7,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use atrium_control_plane::children::{ParentTls, Polling, Registry};
 use atrium_control_plane::hub::Hub;
 use atrium_control_plane::service::Snapshots;
+use atrium_data_plane::multicluster::UplinkClient;
 use atrium_data_plane::pki;
 use atrium_data_plane::proxy::admin::{self, AdminExtra};
 use atrium_data_plane::proxy::server::ServerLimits;
@@ -145,7 +147,18 @@ pub async fn run_control_plane(
     let hub = Hub::new(env!("CARGO_PKG_VERSION"));
     let (body, certs_map) = compile_body(o.values.as_deref(), &manifests)
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
-    hub.publish(&body, Instant::now());
+    // The snapshot is the compiled manifests plus the live view of the children.
+    let children = body.children.clone();
+    let base = Arc::new(Mutex::new(body));
+    let registry: Arc<Mutex<Registry>> = Arc::new(Mutex::new(Registry::new()));
+    let publish = {
+        let (base, registry, hub) = (base.clone(), registry.clone(), hub.clone());
+        Arc::new(move |detected: Instant| {
+            let (Ok(b), Ok(r)) = (base.lock(), registry.lock()) else { return };
+            hub.publish(&with_children(&b, &r), detected);
+        })
+    };
+    publish(Instant::now());
 
     // gRPC with mutual TLS: data planes must present a certificate from our CA.
     let files = node_pki(&o, "control-plane")?;
@@ -168,10 +181,37 @@ pub async fn run_control_plane(
         });
     let grpc_task = tokio::spawn(server);
 
+    // Children: dialled with this control plane's certificate, polled, watched for liveness.
+    if !children.is_empty() {
+        let (cert, key) = (std::fs::read(&files.cert)?, std::fs::read(&files.key)?);
+        let mc = values.multicluster.clone().unwrap_or_default();
+        let secs = |v: &Option<atrium_data_plane::middleware::config::IntOrString>| {
+            v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
+        };
+        let polling = Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout) };
+        let (reg, publish) = (registry.clone(), publish.clone());
+        let live = atrium_control_plane::children::spawn(
+            children,
+            ParentTls { ca: ca.clone(), cert, key },
+            polling,
+            Arc::new(move |r: Registry| {
+                if let Ok(mut cur) = reg.lock() {
+                    *cur = r;
+                }
+                publish(Instant::now());
+            }),
+        );
+        drop(live);
+    }
+
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
     let mut threads = Vec::new();
     if embedded {
+        // The embedded data plane reaches children with the `data-plane` certificate.
+        let dp = node_pki(&o, "data-plane")?;
+        let (dca, dcert, dkey) = dp.read().map_err(anyhow::Error::msg)?;
+        gw.set_uplink_client(UplinkClient::new(dca, dcert, dkey));
         // The embedded data plane takes the same snapshots, over an in-memory channel.
         certs.set(certs_map);
         let mut rx = hub.subscribe();
@@ -194,14 +234,20 @@ pub async fn run_control_plane(
     }
     let extra: Arc<dyn AdminExtra> = Arc::new(ControlPlaneAdmin(hub.clone()));
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
-    let (vals, mans, h, g) = (o.values.clone(), manifests.clone(), hub.clone(), gw.clone());
+    let (vals, mans, h, g, b, publish) =
+        (o.values.clone(), manifests.clone(), hub.clone(), gw.clone(), base.clone(), publish.clone());
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
     let _watcher = watch_paths(paths, debounce, move || {
         let detected = Instant::now();
         match compile_body(vals.as_deref(), &mans) {
             Ok((body, certs)) => {
                 g.certs.set(certs);
-                if h.publish(&body, detected).is_none() {
+                let before = h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
+                if let Ok(mut cur) = b.lock() {
+                    *cur = body;
+                }
+                publish(detected);
+                if h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
                     tracing::info!("configuration changed on disk but compiles to the same snapshot");
                 }
             }
@@ -222,6 +268,24 @@ pub async fn run_control_plane(
     let _ = grpc_task.await;
     join_all(tasks, threads).await;
     Ok(())
+}
+
+/// The compiled body with the children as the registry sees them now.
+fn with_children(base: &atrium_proto::v1::SnapshotBody, registry: &Registry) -> atrium_proto::v1::SnapshotBody {
+    let mut body = base.clone();
+    for c in &mut body.children {
+        match registry.get(&c.name) {
+            Some(ups) => {
+                c.reachable = true;
+                c.uplinks = ups.clone();
+            }
+            None => {
+                c.reachable = false;
+                c.uplinks.clear();
+            }
+        }
+    }
+    body
 }
 
 /// `atrium data-plane`.
@@ -253,6 +317,8 @@ pub async fn run_data_plane(
     let tls = if control_plane.starts_with("https://") {
         let files = node_pki(&o, &tls_name)?;
         let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+        // The same certificate opens uplinks to children.
+        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone()));
         Some(TlsMaterial { ca, cert, key })
     } else {
         tracing::warn!("the control-plane URL is not https: snapshots travel without TLS");

@@ -1,5 +1,7 @@
 //! atrium's control plane (parent cluster).
 //!
+//! - [`children`]: the multi-cluster registry: every child dialled over mutual-TLS QUIC,
+//!   its uplinks, weights and health, and its liveness.
 //! - [`hub`]: the latest compiled snapshot (encoded once, shared by every stream) and the
 //!   record of every data plane: connected since, version applied, last NACK.
 //! - [`service`]: the gRPC `SnapshotService`: `Hello` → snapshot or `UpToDate`, then every
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod children;
 pub mod hub;
 pub mod service;
 pub mod tls;

@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod middleware;
+pub mod multicluster;
 pub mod pki;
 pub mod proxy;
 pub mod request;

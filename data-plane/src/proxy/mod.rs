@@ -54,7 +54,7 @@ impl Runtime {
     /// Compiles a snapshot body. An error leaves whatever was in force untouched.
     pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, String> {
         let table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
-        let services = service::build(&body.services)?;
+        let services = service::build(&body.services, &body.children)?;
         let hash = {
             use sha2::Digest;
             sha2::Sha256::digest(prost::Message::encode_to_vec(&body)).to_vec()
@@ -136,6 +136,8 @@ pub struct Gateway {
     hostname: HeaderValue,
     /// Certificates for TLS entrypoints.
     pub certs: Arc<tls::CertStore>,
+    /// The parent side of uplinks, when this data plane has a certificate for them.
+    uplinks: std::sync::OnceLock<Arc<crate::multicluster::UplinkClient>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -170,6 +172,10 @@ struct Outgoing {
     method: http::Method,
     path_and_query: http::uri::PathAndQuery,
     headers: http::HeaderMap,
+    /// The client's protocol version (HTTP/2 stays HTTP/2 through an uplink).
+    version: http::Version,
+    /// The client, named to a child in the uplink stream header.
+    client: SocketAddr,
 }
 
 impl Outgoing {
@@ -216,7 +222,14 @@ impl Gateway {
             access_log,
             hostname,
             certs,
+            uplinks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Enables `X@multicluster` services: requests go to children over QUIC with this
+    /// client's certificate.
+    pub fn set_uplink_client(&self, client: Arc<crate::multicluster::UplinkClient>) {
+        let _ = self.uplinks.set(client);
     }
 
     /// The configuration in force.
@@ -496,7 +509,13 @@ impl Gateway {
                 }
             }
         };
-        let out = Outgoing { method: parts.method.clone(), path_and_query, headers };
+        let out = Outgoing {
+            method: parts.method.clone(),
+            path_and_query,
+            headers,
+            version: parts.version,
+            client: conn.peer,
+        };
 
         let Some(svc) = rt.services.get(&router.service).cloned() else {
             return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
@@ -647,6 +666,24 @@ impl Gateway {
                     self.dispatch(main, out, main_body, up).await
                 }
                 ServiceRt::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
+                ServiceRt::Multicluster { name, children } => {
+                    let Some(client) = self.uplinks.get() else {
+                        return Err(ProxyError::NoTarget(format!(
+                            "{name}@multicluster: this data plane has no uplink client (no TLS directory)"
+                        )));
+                    };
+                    let (uplink, pinned) = crate::multicluster::resolve(children, name);
+                    let cands = crate::multicluster::candidates(children, uplink, pinned, client);
+                    let child = crate::multicluster::pick(&cands, &client.counter).ok_or_else(|| {
+                        ProxyError::NoTarget(format!("no reachable child has a healthy uplink {uplink:?}"))
+                    })?;
+                    let mut req = Request::new(body);
+                    *req.method_mut() = out.method;
+                    *req.uri_mut() = http::Uri::from(out.path_and_query);
+                    *req.headers_mut() = out.headers;
+                    *req.version_mut() = out.version;
+                    client.send(child, uplink, out.client, req).await.map_err(ProxyError::Upstream)
+                }
             }
         })
     }

@@ -147,6 +147,13 @@ pub enum ServiceRt {
     /// A service this data plane cannot serve yet, with the reason (multi-cluster routing
     /// before the uplink client exists, the portal before the portal exists).
     Unavailable(String),
+    /// `name@multicluster`: the children of the snapshot that expose the uplink.
+    Multicluster {
+        /// The name before `@multicluster` (an uplink, or `<uplink>-<child>`).
+        name: String,
+        /// The children and their uplinks, as the control plane sees them.
+        children: Arc<Vec<pb::Child>>,
+    },
 }
 
 impl ServiceRt {
@@ -158,6 +165,14 @@ impl ServiceRt {
             ServiceRt::Mirroring { main, .. } => main.available(),
             ServiceRt::Failover { main, fallback } => main.available() || fallback.available(),
             ServiceRt::Unavailable(_) => false,
+            ServiceRt::Multicluster { name, children } => {
+                let (uplink, pinned) = crate::multicluster::resolve(children, name);
+                children.iter().any(|c| {
+                    c.reachable
+                        && pinned.is_none_or(|p| p == c.name)
+                        && c.uplinks.iter().any(|u| u.name == uplink && u.healthy && u.weight > 0)
+                })
+            }
         }
     }
 
@@ -187,7 +202,7 @@ impl ServiceRt {
                 main.load_balancers(out);
                 fallback.load_balancers(out);
             }
-            ServiceRt::Unavailable(_) => {}
+            ServiceRt::Unavailable(_) | ServiceRt::Multicluster { .. } => {}
         }
     }
 }
@@ -195,7 +210,8 @@ impl ServiceRt {
 /// Builds the run-time services of a snapshot. Composite services refer to others by id;
 /// the compiler guarantees there is no cycle, and a reference that is missing or cyclic
 /// anyway is an error here.
-pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>, String> {
+pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<ServiceRt>>, String> {
+    let children = Arc::new(children.to_vec());
     let by_id: HashMap<&str, &pb::Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut built: HashMap<String, Arc<ServiceRt>> = HashMap::new();
     fn get(
@@ -203,6 +219,7 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
         by_id: &HashMap<&str, &pb::Service>,
         built: &mut HashMap<String, Arc<ServiceRt>>,
         stack: &mut Vec<String>,
+        children: &Arc<Vec<pb::Child>>,
     ) -> Result<Arc<ServiceRt>, String> {
         if let Some(s) = built.get(id) {
             return Ok(s.clone());
@@ -238,18 +255,18 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
                 }))
             }
             Kind::Weighted(w) => {
-                let mut children = Vec::new();
+                let mut members = Vec::new();
                 for c in &w.services {
-                    children.push((get(&c.service, by_id, built, stack)?, c.weight));
+                    members.push((get(&c.service, by_id, built, stack, children)?, c.weight));
                 }
-                let n = children.len();
-                ServiceRt::Weighted { children, wrr: Mutex::new(vec![0; n]) }
+                let n = members.len();
+                ServiceRt::Weighted { children: members, wrr: Mutex::new(vec![0; n]) }
             }
             Kind::Mirroring(m) => {
-                let main = get(&m.service, by_id, built, stack)?;
+                let main = get(&m.service, by_id, built, stack, children)?;
                 let mut mirrors = Vec::new();
                 for mr in &m.mirrors {
-                    mirrors.push((get(&mr.service, by_id, built, stack)?, mr.percent.min(100)));
+                    mirrors.push((get(&mr.service, by_id, built, stack, children)?, mr.percent.min(100)));
                 }
                 ServiceRt::Mirroring {
                     main,
@@ -260,13 +277,13 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
                 }
             }
             Kind::Failover(f) => ServiceRt::Failover {
-                main: get(&f.service, by_id, built, stack)?,
-                fallback: get(&f.fallback, by_id, built, stack)?,
+                main: get(&f.service, by_id, built, stack, children)?,
+                fallback: get(&f.fallback, by_id, built, stack, children)?,
             },
-            Kind::Multicluster(m) => ServiceRt::Unavailable(format!(
-                "multi-cluster service {}@multicluster: no uplink is connected",
-                m.uplink
-            )),
+            Kind::Multicluster(m) => ServiceRt::Multicluster {
+                name: if m.child.is_empty() { m.uplink.clone() } else { format!("{}-{}", m.uplink, m.child) },
+                children: children.clone(),
+            },
             Kind::Portal(_) => ServiceRt::Unavailable("the API portal is not served by this data plane".into()),
         };
         stack.pop();
@@ -275,7 +292,7 @@ pub fn build(services: &[pb::Service]) -> Result<HashMap<String, Arc<ServiceRt>>
         Ok(rt)
     }
     for s in services {
-        get(&s.id, &by_id, &mut built, &mut Vec::new())?;
+        get(&s.id, &by_id, &mut built, &mut Vec::new(), &children)?;
     }
     Ok(built)
 }
@@ -297,7 +314,7 @@ mod tests {
 
     #[test]
     fn smooth_wrr_spreads_by_weight() {
-        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])]).unwrap();
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])], &[]).unwrap();
         let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         let picks: Vec<String> = (0..8).map(|_| lb.pick().unwrap().url.to_string()).collect();
         let second = picks.iter().filter(|u| u.contains("10.0.0.2")).count();
@@ -308,7 +325,7 @@ mod tests {
 
     #[test]
     fn unhealthy_servers_are_skipped_and_none_means_unavailable() {
-        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])]).unwrap();
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])], &[]).unwrap();
         let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.servers[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..4 {
@@ -325,7 +342,7 @@ mod tests {
         if let Some(Kind::LoadBalancer(l)) = &mut s.kind {
             l.passive_health_check = Some(pb::PassiveHealthCheck { max_failed_attempts: 2, failure_window_ms: 60_000 });
         }
-        let svcs = build(&[s]).unwrap();
+        let svcs = build(&[s], &[]).unwrap();
         let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.record_failure(&lb.servers[0]);
         assert!(lb.servers[0].available(Instant::now()));
@@ -350,7 +367,7 @@ mod tests {
                 ],
             })),
         });
-        let built = build(&svcs).unwrap();
+        let built = build(&svcs, &[]).unwrap();
         let ServiceRt::LoadBalancer(main) = &*built["main"] else { panic!() };
         main.servers[0].healthy.store(false, Ordering::Relaxed);
         assert!(built["f"].available());
@@ -368,11 +385,11 @@ mod tests {
                 services: vec![pb::WeightedService { service: "w".into(), weight: 1 }],
             })),
         };
-        assert!(build(&[s]).unwrap_err().contains("refers back"));
+        assert!(build(&[s], &[]).unwrap_err().contains("refers back"));
         let s = pb::Service {
             id: "f".into(),
             kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })),
         };
-        assert!(build(&[s]).unwrap_err().contains("unknown service"));
+        assert!(build(&[s], &[]).unwrap_err().contains("unknown service"));
     }
 }

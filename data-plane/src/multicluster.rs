@@ -1,0 +1,291 @@
+//! `X@multicluster` at run time: pick a healthy child that exposes uplink `X`, and forward
+//! the request over that child's pooled mutual-TLS QUIC connection, one stream per request.
+//!
+//! Which children are reachable and which uplinks are healthy comes from the snapshot (the
+//! control plane's view). On top of that, each data plane stops using a child the moment
+//! its own connection to it fails, until a reconnection succeeds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use atrium_proto::v1 as pb;
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::body::{self, Body};
+use crate::uplink::{self, Liveness, ServerCheck};
+use crate::upstream::UpstreamError;
+
+/// Resolves `name` of `name@multicluster` against the children: the exact uplink name
+/// first, then the longest child name that suffixes it (`crm-cluster-a` → uplink `crm` on
+/// child `cluster-a`).
+pub fn resolve<'a>(children: &'a [pb::Child], name: &'a str) -> (&'a str, Option<&'a str>) {
+    if children.iter().any(|c| c.uplinks.iter().any(|u| u.name == name)) {
+        return (name, None);
+    }
+    let mut by_len: Vec<&pb::Child> = children.iter().collect();
+    by_len.sort_by_key(|c| std::cmp::Reverse(c.name.len()));
+    for c in by_len {
+        if let Some(uplink) = name.strip_suffix(c.name.as_str()).and_then(|p| p.strip_suffix('-')) {
+            return (uplink, Some(&c.name));
+        }
+    }
+    (name, None)
+}
+
+/// Children that can take a request for `uplink` now, with their weights.
+pub fn candidates<'a>(
+    children: &'a [pb::Child],
+    uplink: &str,
+    pinned: Option<&str>,
+    client: &UplinkClient,
+) -> Vec<(&'a pb::Child, u32)> {
+    children
+        .iter()
+        .filter(|c| c.reachable && pinned.is_none_or(|p| p == c.name) && !client.is_down(&c.name))
+        .filter_map(|c| c.uplinks.iter().find(|u| u.name == uplink && u.healthy && u.weight > 0).map(|u| (c, u.weight)))
+        .collect()
+}
+
+/// Weighted pick by a rotating counter (deterministic, spreads by weight).
+pub fn pick<'a>(cands: &[(&'a pb::Child, u32)], counter: &AtomicU64) -> Option<&'a pb::Child> {
+    let total: u64 = cands.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut n = counter.fetch_add(1, Ordering::Relaxed) % total;
+    for (c, w) in cands {
+        if n < u64::from(*w) {
+            return Some(c);
+        }
+        n -= u64::from(*w);
+    }
+    None
+}
+
+/// `https://host:port` → (host, port); default port 9443.
+pub fn parse_address(address: &str) -> Result<(String, u16), String> {
+    let rest = address
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("child address {address:?} must start with https://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().map_err(|_| format!("bad port in {address:?}"))?)
+        }
+        _ => (rest.trim_matches(['[', ']']).to_string(), 9443),
+    };
+    Ok((host, port))
+}
+
+/// The parent side of uplinks: one QUIC connection per child, shared by requests.
+pub struct UplinkClient {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    endpoint: OnceLock<quinn::Endpoint>,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+    down: Mutex<HashMap<String, Instant>>,
+    /// Rotation counter for weighted picks.
+    pub counter: AtomicU64,
+}
+
+impl std::fmt::Debug for UplinkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UplinkClient")
+    }
+}
+
+/// How long a child stays out after this data plane's own connection to it failed.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+impl UplinkClient {
+    /// A client presenting `cert` (a certificate of this installation's CA `ca`).
+    pub fn new(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Arc<UplinkClient> {
+        Arc::new(UplinkClient {
+            ca,
+            cert,
+            key,
+            endpoint: OnceLock::new(),
+            conns: Mutex::default(),
+            down: Mutex::default(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn is_down(&self, child: &str) -> bool {
+        self.down.lock().map(|d| d.get(child).is_some_and(|t| t.elapsed() < DOWN_FOR)).unwrap_or(false)
+    }
+
+    fn mark_down(&self, child: &str, why: &str) {
+        if let Ok(mut d) = self.down.lock() {
+            if d.insert(child.to_string(), Instant::now()).is_none_or(|t| t.elapsed() >= DOWN_FOR) {
+                tracing::warn!(child, reason = why, "child unreachable from this data plane; not routing to it");
+            }
+        }
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(child);
+        }
+    }
+
+    async fn connection(&self, child: &pb::Child) -> Result<quinn::Connection, String> {
+        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&child.name).cloned()) {
+            if c.close_reason().is_none() {
+                return Ok(c);
+            }
+        }
+        let ep = match self.endpoint.get() {
+            Some(e) => e.clone(),
+            None => {
+                let e =
+                    quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")).map_err(|e| e.to_string())?;
+                self.endpoint.get_or_init(|| e).clone()
+            }
+        };
+        let (host, port) = parse_address(&child.address)?;
+        let t = child.transport.clone().unwrap_or_default();
+        let mut root_cas = Vec::new();
+        for r in &t.root_cas {
+            match std::fs::read(r) {
+                Ok(b) => root_cas.extend(b),
+                Err(_) => root_cas.extend(r.as_bytes()),
+            }
+        }
+        let check = ServerCheck {
+            root_cas,
+            server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
+            insecure_skip_verify: t.insecure_skip_verify,
+        };
+        let cfg = uplink::client_config(&self.ca, &self.cert, &self.key, &check, Liveness::default())?;
+        let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        let name = check.server_name.clone().unwrap_or(host);
+        let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(child = %child.name, address = %child.address, "uplink connected");
+        if let Ok(mut c) = self.conns.lock() {
+            c.insert(child.name.clone(), conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Forwards one request to `uplink` on `child`.
+    pub async fn send(
+        &self,
+        child: &pb::Child,
+        uplink_name: &str,
+        client: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let server = child.name.clone();
+        let conn = match self.connection(child).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_down(&child.name, &e);
+                return Err(UpstreamError::Connect { server, reason: e });
+            }
+        };
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.mark_down(&child.name, &e.to_string());
+                return Err(UpstreamError::Connect { server, reason: e.to_string() });
+            }
+        };
+        let header = pb::StreamHeader {
+            kind: pb::stream_header::Kind::Data as i32,
+            uplink: uplink_name.to_string(),
+            client_addr: client.to_string(),
+            traceparent: String::new(),
+        };
+        let proto_err = |e: String| UpstreamError::Protocol { server: child.name.clone(), reason: e };
+        uplink::write_frame(&mut send, &header).await.map_err(|e| proto_err(e.to_string()))?;
+        let io = TokioIo::new(uplink::io(send, recv));
+        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let resp = if req.version() == http::Version::HTTP_2 {
+            // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
+            let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| proto_err(e.to_string()))?;
+            tokio::spawn(c);
+            let authority =
+                req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("uplink").to_string();
+            *req.uri_mut() = format!("http://{authority}{pq}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| proto_err(e.to_string()))?;
+            s.send_request(req).await.map_err(|e| proto_err(e.to_string()))?
+        } else {
+            let (mut s, c) = hyper::client::conn::http1::handshake(io).await.map_err(|e| proto_err(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = c.with_upgrades().await;
+            });
+            *req.uri_mut() = http::Uri::from(pq);
+            *req.version_mut() = http::Version::HTTP_11;
+            s.send_request(req).await.map_err(|e| proto_err(e.to_string()))?
+        };
+        Ok(resp.map(body::incoming))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(name: &str, uplinks: &[(&str, u32, bool)], reachable: bool) -> pb::Child {
+        pb::Child {
+            name: name.into(),
+            address: "https://127.0.0.1:9443".into(),
+            transport: None,
+            reachable,
+            uplinks: uplinks
+                .iter()
+                .map(|(n, w, h)| pb::UplinkState { name: n.to_string(), weight: *w, healthy: *h, entry_points: vec![] })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn names_resolve_exact_first_then_longest_child_suffix() {
+        let cs = vec![child("a", &[("crm", 1, true)], true), child("cluster-a", &[("crm", 1, true)], true)];
+        assert_eq!(resolve(&cs, "crm"), ("crm", None));
+        assert_eq!(resolve(&cs, "crm-cluster-a"), ("crm", Some("cluster-a")));
+        assert_eq!(resolve(&cs, "crm-a"), ("crm", Some("a")));
+        assert_eq!(resolve(&cs, "billing"), ("billing", None));
+    }
+
+    #[test]
+    fn candidates_follow_health_reachability_and_weight() {
+        let client = UplinkClient::new(vec![], vec![], vec![]);
+        let cs = vec![
+            child("a", &[("crm", 1, true)], true),
+            child("b", &[("crm", 3, true)], true),
+            child("c", &[("crm", 5, false)], true),
+            child("d", &[("crm", 5, true)], false),
+            child("e", &[("crm", 0, true)], true),
+        ];
+        let cands = candidates(&cs, "crm", None, &client);
+        assert_eq!(cands.iter().map(|(c, w)| (c.name.as_str(), *w)).collect::<Vec<_>>(), vec![("a", 1), ("b", 3)]);
+        let counter = AtomicU64::new(0);
+        let picks: Vec<&str> = (0..400).map(|_| pick(&cands, &counter).unwrap().name.as_str()).collect();
+        assert_eq!(picks.iter().filter(|n| **n == "b").count(), 300);
+        assert_eq!(candidates(&cs, "crm", Some("a"), &client).len(), 1);
+        client.mark_down("a", "test");
+        assert_eq!(candidates(&cs, "crm", None, &client).len(), 1);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("https://127.0.0.2:9443").unwrap(), ("127.0.0.2".into(), 9443));
+        assert_eq!(parse_address("https://child-a.example.com").unwrap(), ("child-a.example.com".into(), 9443));
+        assert!(parse_address("http://x:1").is_err());
+    }
+}
