@@ -141,3 +141,194 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A child copy of cluster-a's manifests serving uplink `crm` with `weight`, stamping its
+/// responses with `stamp`.
+fn crm_child(
+    root: &Path,
+    name: &str,
+    ip: &str,
+    weight: u32,
+    stamp: &str,
+    backend: std::net::SocketAddr,
+) -> GatewayProc {
+    let m = root.join(name);
+    common::copy_dir(&common::example().join("cluster-a/manifests"), &m);
+    let eps = m.join("crm-endpoints.yaml");
+    let text = fs::read_to_string(&eps)
+        .unwrap()
+        .replace("\"127.0.0.2\"", &format!("\"{}\"", backend.ip()))
+        .replace("port: 8080", &format!("port: {}", backend.port()));
+    fs::write(&eps, text).unwrap();
+    let up = m.join("uplink.yaml");
+    let text = fs::read_to_string(&up)
+        .unwrap()
+        .replace("interval: 5s", "interval: 100ms")
+        .replace("timeout: 3s", "timeout: 300ms")
+        .replace("  exposeName: crm\n", &format!("  exposeName: crm\n  weight: {weight}\n"));
+    fs::write(&up, text).unwrap();
+    let route = m.join("crm-api.yaml");
+    fs::write(
+        &route,
+        fs::read_to_string(&route)
+            .unwrap()
+            .replace("X-Traefik-Backend: \"cluster-a\"", &format!("X-Traefik-Backend: \"{stamp}\"")),
+    )
+    .unwrap();
+    GatewayProc::spawn(
+        &strings(&[
+            "agent",
+            "--cluster",
+            name,
+            "--manifests",
+            m.to_str().unwrap(),
+            "--values",
+            common::example().join("cluster-a/values.yaml").to_str().unwrap(),
+            "--tls-dir",
+            root.join("pki").to_str().unwrap(),
+            "--state-dir",
+            root.join(format!("{name}-state")).to_str().unwrap(),
+            "--entrypoint",
+            &format!("web={ip}:0"),
+            "--entrypoint",
+            "websecure=off",
+            "--entrypoint",
+            &format!("multicluster={ip}:0"),
+            "--admin",
+            &format!("{ip}:0"),
+            "--workers",
+            "1",
+        ]),
+        2,
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_failover_and_health_failover_across_children() {
+    let be_a = backend::start("a", "127.0.0.2").await;
+    let be_b = backend::start("b", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki_dir = root.join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
+        pki::issue(&pki_dir, n, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
+    }
+    let mut a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
+    let b = crm_child(root, "cluster-b", "127.0.0.3", 3, "cluster-b", be_b.addr);
+    let parent = root.join("parent");
+    common::copy_dir(&common::example().join("parent"), &parent);
+    let values = parent.join("values.yaml");
+    let text = fs::read_to_string(&values)
+        .unwrap()
+        .replace("https://127.0.0.2:9443", &format!("https://{}", a.entry_points["multicluster"]))
+        .replace("https://127.0.0.3:9443", &format!("https://{}", b.entry_points["multicluster"]))
+        .replace("pollInterval: 5", "pollInterval: 1")
+        .replace("pollTimeout: 5", "pollTimeout: 1");
+    fs::write(&values, text).unwrap();
+    let cp = GatewayProc::spawn(
+        &strings(&[
+            "control-plane",
+            "--values",
+            values.to_str().unwrap(),
+            "--manifests",
+            parent.join("manifests").to_str().unwrap(),
+            "--grpc",
+            "127.0.0.1:0",
+            "--tls-dir",
+            pki_dir.to_str().unwrap(),
+            "--state-dir",
+            root.join("cp-state").to_str().unwrap(),
+            "--entrypoint",
+            "web=127.0.0.1:0",
+            "--entrypoint",
+            "websecure=127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ]),
+        2,
+        true,
+    );
+    let ws = cp.entry_points["websecure"];
+    // Wait until both children are registered and healthy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            if let Some(h) = r.header("x-traefik-backend") {
+                seen.insert(h.to_string());
+            }
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both children never served: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Weights 1 and 3: over 1,000 requests the split is 25/75 within ±5%.
+    let mut to_b = 0;
+    for _ in 0..1000 {
+        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        assert_eq!(r.status, 200);
+        if r.header("x-traefik-backend") == Some("cluster-b") {
+            to_b += 1;
+        }
+    }
+    assert!((700..=800).contains(&to_b), "cluster-b got {to_b} of 1000");
+
+    // Health failover: b's backend fails its check while b's agent stays up.
+    be_b.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(10);
+    loop {
+        let mut all_a = true;
+        for _ in 0..4 {
+            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            all_a &= r.header("x-traefik-backend") == Some("cluster-a");
+        }
+        if all_a {
+            break;
+        }
+        assert!(Instant::now() < deadline, "routing never left the unhealthy child");
+    }
+    assert!(start.elapsed() < Duration::from_millis(1500), "health failover took {:?}", start.elapsed());
+    be_b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        if r.header("x-traefik-backend") == Some("cluster-b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster-b never came back");
+    }
+
+    // kill -9 of cluster-a: within about a second everything goes to b, then nothing fails.
+    a.kill();
+    let start = Instant::now();
+    loop {
+        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        if r.status == 200 && r.header("x-traefik-backend") == Some("cluster-b") {
+            let mut settled = true;
+            for _ in 0..10 {
+                let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+                settled &= r.status == 200 && r.header("x-traefik-backend") == Some("cluster-b");
+            }
+            if settled {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "requests never settled on cluster-b");
+    }
+    let moved = start.elapsed();
+    eprintln!("kill -9 failover: {moved:?}");
+    for i in 0..200 {
+        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-b")), "request {i} after failover");
+    }
+    assert!(moved < Duration::from_millis(2500), "failover took {moved:?}");
+}

@@ -100,7 +100,7 @@ impl std::fmt::Debug for UplinkClient {
 }
 
 /// How long a child stays out after this data plane's own connection to it failed.
-const DOWN_FOR: Duration = Duration::from_secs(1);
+const DOWN_FOR: Duration = Duration::from_secs(2);
 
 impl UplinkClient {
     /// A client presenting `cert` (a certificate of this installation's CA `ca`).
@@ -116,7 +116,8 @@ impl UplinkClient {
         })
     }
 
-    fn is_down(&self, child: &str) -> bool {
+    /// Whether this data plane's own connection to `child` failed moments ago.
+    pub fn is_down(&self, child: &str) -> bool {
         self.down.lock().map(|d| d.get(child).is_some_and(|t| t.elapsed() < DOWN_FOR)).unwrap_or(false)
     }
 
@@ -167,7 +168,7 @@ impl UplinkClient {
             .ok_or_else(|| format!("{host} has no address"))?;
         let name = check.server_name.clone().unwrap_or(host);
         let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+        let conn = tokio::time::timeout(Liveness::default().idle_timeout, connecting)
             .await
             .map_err(|_| "QUIC handshake timed out".to_string())?
             .map_err(|e| e.to_string())?;
@@ -207,7 +208,16 @@ impl UplinkClient {
             client_addr: client.to_string(),
             traceparent: String::new(),
         };
-        let proto_err = |e: String| UpstreamError::Protocol { server: child.name.clone(), reason: e };
+        // A stream that fails because the whole connection died (the child went away
+        // mid-request) is a connect failure: the child is marked down and the caller may
+        // replay the request elsewhere.
+        let proto_err = |e: String| match conn.close_reason() {
+            Some(closed) => {
+                self.mark_down(&child.name, &closed.to_string());
+                UpstreamError::Connect { server: child.name.clone(), reason: format!("{e} ({closed})") }
+            }
+            None => UpstreamError::Protocol { server: child.name.clone(), reason: e },
+        };
         uplink::write_frame(&mut send, &header).await.map_err(|e| proto_err(e.to_string()))?;
         let io = TokioIo::new(uplink::io(send, recv));
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));

@@ -673,16 +673,29 @@ impl Gateway {
                         )));
                     };
                     let (uplink, pinned) = crate::multicluster::resolve(children, name);
-                    let cands = crate::multicluster::candidates(children, uplink, pinned, client);
-                    let child = crate::multicluster::pick(&cands, &client.counter).ok_or_else(|| {
-                        ProxyError::NoTarget(format!("no reachable child has a healthy uplink {uplink:?}"))
-                    })?;
-                    let mut req = Request::new(body);
-                    *req.method_mut() = out.method;
-                    *req.uri_mut() = http::Uri::from(out.path_and_query);
-                    *req.headers_mut() = out.headers;
-                    *req.version_mut() = out.version;
-                    client.send(child, uplink, out.client, req).await.map_err(ProxyError::Upstream)
+                    // A request without a body can be sent again: when the chosen child's
+                    // connection turns out dead, the next candidate gets it.
+                    let replayable = http_body::Body::is_end_stream(&body);
+                    let mut body = Some(body);
+                    let mut last_err = None;
+                    for _ in 0..if replayable { 3 } else { 1 } {
+                        let cands = crate::multicluster::candidates(children, uplink, pinned, client);
+                        let Some(child) = crate::multicluster::pick(&cands, &client.counter) else { break };
+                        let mut req = Request::new(body.take().unwrap_or_else(body::empty));
+                        *req.method_mut() = out.method.clone();
+                        *req.uri_mut() = http::Uri::from(out.path_and_query.clone());
+                        *req.headers_mut() = out.headers.clone();
+                        *req.version_mut() = out.version;
+                        match client.send(child, uplink, out.client, req).await {
+                            Ok(r) => return Ok(r),
+                            Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),
+                            Err(e) => return Err(ProxyError::Upstream(e)),
+                        }
+                    }
+                    Err(match last_err {
+                        Some(e) => ProxyError::Upstream(e),
+                        None => ProxyError::NoTarget(format!("no reachable child has a healthy uplink {uplink:?}")),
+                    })
                 }
             }
         })
