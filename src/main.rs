@@ -4,6 +4,7 @@
 mod gateway;
 mod planes;
 mod route_check;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -173,6 +174,24 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Run the whole multi-cluster example on this machine: parent (control plane and data
+    /// plane) on 127.0.0.1, children cluster-a on 127.0.0.2 and cluster-b on 127.0.0.3,
+    /// demo backends, development certificates. Ctrl-C stops everything.
+    Up {
+        /// Generated state: certificates, caches, the example's manifests.
+        #[arg(long, default_value = ".atrium/up")]
+        state_dir: PathBuf,
+        /// A topology directory to run instead of the embedded example (parent/, cluster-a/,
+        /// cluster-b/ as in deploy/examples/multi-cluster-portal).
+        #[arg(long)]
+        example: Option<PathBuf>,
+        /// The parent's IP.
+        #[arg(long, default_value = "127.0.0.1")]
+        parent_ip: std::net::IpAddr,
+        /// The parent's `web` port; websecure is +443, admin +1000, gRPC +1090.
+        #[arg(long, default_value_t = 8000)]
+        port_base: u16,
+    },
     /// Development certificates: one CA per installation, leaf certificates from it.
     Certs {
         #[command(subcommand)]
@@ -270,8 +289,14 @@ fn init_logging(default_level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they do at info; one-shot tools only speak up when something is wrong.
-    let serving =
-        matches!(cli.command, Command::Gateway { .. } | Command::ControlPlane { .. } | Command::DataPlane { .. });
+    let serving = matches!(
+        cli.command,
+        Command::Gateway { .. }
+            | Command::ControlPlane { .. }
+            | Command::DataPlane { .. }
+            | Command::Agent { .. }
+            | Command::Up { .. }
+    );
     init_logging(if serving { "info" } else { "warn" });
     let result = match cli.command {
         Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => (|| {
@@ -308,6 +333,15 @@ fn main() -> ExitCode {
                 manifests,
                 tls_name,
                 Duration::from_millis(watch_debounce_ms.max(1)),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Command::Up { state_dir, example, parent_ip, port_base } => (|| {
+            anyhow::ensure!(port_base <= u16::MAX - 1090, "--port-base: at most {}", u16::MAX - 1090);
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(up::run(
+                state_dir,
+                example,
+                up::Layout { parent_ip, port_base },
             ))?;
             Ok(ExitCode::SUCCESS)
         })(),

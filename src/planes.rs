@@ -121,14 +121,46 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, threads: Vec<std::thr
     }
 }
 
-struct ControlPlaneAdmin(Arc<Hub>);
+struct ControlPlaneAdmin {
+    hub: Arc<Hub>,
+    /// The compiled body (for the configured children) and the live registry.
+    base: Arc<Mutex<atrium_proto::v1::SnapshotBody>>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl ControlPlaneAdmin {
+    /// Every configured child: address, whether the parent reaches it, its uplinks.
+    fn children_json(&self) -> serde_json::Value {
+        let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return serde_json::Value::Null };
+        let body = with_children(&b, &r);
+        body.children
+            .iter()
+            .map(|c| {
+                let uplinks: Vec<_> = c
+                    .uplinks
+                    .iter()
+                    .map(|u| serde_json::json!({"name": u.name, "weight": u.weight, "healthy": u.healthy}))
+                    .collect();
+                (
+                    c.name.clone(),
+                    serde_json::json!({"address": c.address, "reachable": c.reachable, "uplinks": uplinks}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
 
 impl AdminExtra for ControlPlaneAdmin {
     fn json(&self, path: &str) -> Option<serde_json::Value> {
-        (path == "/api/dataplanes").then(|| self.0.nodes_json())
+        match path {
+            "/api/dataplanes" => Some(self.hub.nodes_json()),
+            "/api/children" => Some(self.children_json()),
+            _ => None,
+        }
     }
     fn metrics(&self) -> String {
-        self.0.metrics_text()
+        self.hub.metrics_text()
     }
 }
 
@@ -232,7 +264,8 @@ pub async fn run_control_plane(
         });
         threads = o.serve(&values, &gw, &certs, &stop_rx)?;
     }
-    let extra: Arc<dyn AdminExtra> = Arc::new(ControlPlaneAdmin(hub.clone()));
+    let extra: Arc<dyn AdminExtra> =
+        Arc::new(ControlPlaneAdmin { hub: hub.clone(), base: base.clone(), registry: registry.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let (vals, mans, h, g, b, publish) =
         (o.values.clone(), manifests.clone(), hub.clone(), gw.clone(), base.clone(), publish.clone());

@@ -72,7 +72,11 @@ pub fn spawn_health_checks(
                         return false;
                     }
                     s.healthy = ok;
-                    tracing::warn!(uplink = %u.name, healthy = ok, "uplink health changed");
+                    if ok {
+                        tracing::info!(uplink = %u.name, healthy = ok, "uplink health changed");
+                    } else {
+                        tracing::warn!(uplink = %u.name, healthy = ok, "uplink health changed");
+                    }
                     true
                 });
                 let wait = if ok { hc.interval_ms } else { hc.unhealthy_interval_ms };

@@ -128,7 +128,11 @@ async fn session(
             for new in &u.uplinks {
                 if let Some(old) = current.iter().find(|o| o.name == new.name) {
                     if old.healthy != new.healthy {
-                        tracing::warn!(cluster = %child.name, uplink = %new.name, healthy = new.healthy, "uplink health changed");
+                        if new.healthy {
+                            tracing::info!(cluster = %child.name, uplink = %new.name, healthy = true, "uplink health changed");
+                        } else {
+                            tracing::warn!(cluster = %child.name, uplink = %new.name, healthy = false, "uplink health changed");
+                        }
                     }
                 }
             }

@@ -88,7 +88,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
 }
 
 /// What the proxy knows about the client side of a request. The values that do not change
-/// within a connection (client IP, port, server name) are built once, not per request.
+/// within a connection (client IP, server name) are built once, not per request.
 #[derive(Debug, Clone)]
 pub struct ClientSide<'a> {
     /// The client's IP, as a header value.
@@ -97,12 +97,24 @@ pub struct ClientSide<'a> {
     pub proto: &'static str,
     /// The Host the client asked for.
     pub host: Option<HeaderValue>,
-    /// The entrypoint's port.
-    pub port: &'a HeaderValue,
     /// This proxy's host name.
     pub server: &'a HeaderValue,
     /// `X-Forwarded-For: ""` was configured: do not add one.
     pub drop_xff: bool,
+}
+
+/// Traefik's `X-Forwarded-Port`: the port of the Host the client asked for, else the
+/// scheme's default (so a request that crossed an uplink keeps the parent's port).
+fn forwarded_port(host: Option<&HeaderValue>, proto: &str) -> HeaderValue {
+    let explicit = host.and_then(|h| h.to_str().ok()).and_then(|h| {
+        let after_v6 = h.rfind(']').map_or(h, |i| &h[i + 1..]);
+        after_v6.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match explicit {
+        Some(p) => HeaderValue::from_str(p).unwrap_or(HeaderValue::from_static("80")),
+        None if matches!(proto, "https" | "wss") => HeaderValue::from_static("443"),
+        None => HeaderValue::from_static("80"),
+    }
 }
 
 /// Sets the `X-Forwarded-*` and `X-Real-Ip` headers of a request going upstream.
@@ -118,7 +130,7 @@ pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     if let Some(host) = &c.host {
         h.insert(X_FORWARDED_HOST, host.clone());
     }
-    h.insert(X_FORWARDED_PORT, c.port.clone());
+    h.insert(X_FORWARDED_PORT, forwarded_port(c.host.as_ref(), c.proto));
     h.insert(X_FORWARDED_SERVER, c.server.clone());
 }
 
@@ -159,13 +171,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
-        let (ip, port, server) =
-            (HeaderValue::from_static("10.0.0.9"), HeaderValue::from(8443u16), HeaderValue::from_static("gw-1"));
+        let (ip, server) = (HeaderValue::from_static("10.0.0.9"), HeaderValue::from_static("gw-1"));
         let c = ClientSide {
             ip: Some(&ip),
             proto: "https",
-            host: Some(HeaderValue::from_static("api.test")),
-            port: &port,
+            host: Some(HeaderValue::from_static("api.test:8443")),
             server: &server,
             drop_xff: false,
         };
@@ -173,11 +183,22 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.test");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.test:8443");
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8443");
         assert_eq!(h.get("x-forwarded-server").unwrap(), "gw-1");
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, &ClientSide { drop_xff: true, ..c });
+        set_forwarded(&mut h, &ClientSide { drop_xff: true, ..c.clone() });
         assert!(h.get("x-forwarded-for").is_none());
+        // Without a port in Host, the scheme's default.
+        for (host, proto, want) in [
+            ("api.test", "https", "443"),
+            ("api.test", "http", "80"),
+            ("[::1]", "wss", "443"),
+            ("[::1]:81", "http", "81"),
+        ] {
+            let mut h = HeaderMap::new();
+            set_forwarded(&mut h, &ClientSide { host: Some(HeaderValue::from_static(host)), proto, ..c.clone() });
+            assert_eq!(h.get("x-forwarded-port").unwrap(), want, "{host} {proto}");
+        }
     }
 }

@@ -92,8 +92,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client IP as a header value, built once per connection.
     ip_value: Option<HeaderValue>,
-    /// The port as a header value.
-    port_value: HeaderValue,
     /// The upstream clients of the worker serving this connection.
     pub upstreams: Arc<Upstreams>,
     /// Set for requests arriving through an uplink: only its routers are eligible.
@@ -104,16 +102,7 @@ impl ConnInfo {
     /// Describes a new connection.
     pub fn new(entry_point: Arc<str>, port: u16, tls: bool, peer: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
         let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok();
-        ConnInfo {
-            entry_point,
-            port,
-            tls,
-            peer,
-            upstreams,
-            uplink: None,
-            ip_value: ip,
-            port_value: HeaderValue::from(port),
-        }
+        ConnInfo { entry_point, port, tls, peer, upstreams, uplink: None, ip_value: ip }
     }
 }
 
@@ -478,7 +467,6 @@ impl Gateway {
                 .get(header::HOST)
                 .cloned()
                 .or_else(|| HeaderValue::from_str(&host_raw).ok().filter(|h| !h.is_empty())),
-            port: &conn.port_value,
             server: &self.hostname,
             drop_xff,
         };

@@ -1,0 +1,263 @@
+//! `atrium up`: the whole multi-cluster example on this machine. A parent (control plane
+//! with its embedded data plane) on 127.0.0.1, child agents on 127.0.0.2 and 127.0.0.3, and
+//! the demo backends the children's EndpointSlices point at. Each role runs as its own
+//! process (this same binary), exactly as it would on separate machines.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::Context;
+use atrium_data_plane::pki;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// The example's files, compiled in so `atrium up` works from any directory.
+macro_rules! example_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../deploy/examples/multi-cluster-portal/", $path)))),*]
+    };
+}
+
+const EXAMPLE: &[(&str, &str)] = example_files![
+    "parent/values.yaml",
+    "parent/manifests/apis.yaml",
+    "parent/manifests/catalog.yaml",
+    "parent/manifests/ingressroutes.yaml",
+    "parent/manifests/portal.yaml",
+    "parent/manifests/plans.yaml",
+    "cluster-a/values.yaml",
+    "cluster-a/manifests/uplink.yaml",
+    "cluster-a/manifests/crm-service.yaml",
+    "cluster-a/manifests/crm-endpoints.yaml",
+    "cluster-a/manifests/crm-api.yaml",
+    "cluster-b/values.yaml",
+    "cluster-b/manifests/uplink.yaml",
+    "cluster-b/manifests/billing-api.yaml",
+    "cluster-b/manifests/billing-service.yaml",
+    "cluster-b/manifests/billing-endpoints.yaml",
+];
+
+/// Where everything listens.
+pub struct Layout {
+    /// The parent's address (its entrypoints, admin port and gRPC service).
+    pub parent_ip: std::net::IpAddr,
+    /// The parent's `web` port; `websecure` is this + 443, admin + 1000, gRPC + 1090.
+    pub port_base: u16,
+}
+
+/// Writes the embedded example to `dir` unless a copy is already there; returns its path.
+fn materialise(dir: &Path) -> anyhow::Result<PathBuf> {
+    for (rel, text) in EXAMPLE {
+        let p = dir.join(rel);
+        if !p.exists() {
+            std::fs::create_dir_all(p.parent().expect("example paths have a parent"))?;
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Creates the installation CA and one certificate per component, keeping existing ones.
+fn ensure_pki(dir: &Path) -> anyhow::Result<()> {
+    pki::init_ca(dir).map_err(anyhow::Error::msg)?;
+    let sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
+    for name in ["control-plane", "data-plane", "cluster-a", "cluster-b"] {
+        if !dir.join(format!("{name}.pem")).is_file() {
+            pki::issue(dir, name, &sans).map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
+}
+
+/// A demo backend: answers every request with a JSON description of it, the way an echo
+/// service in the child cluster would.
+async fn demo_backend(service: &'static str, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("demo {service} on {addr}"))?;
+    tracing::info!(service, %addr, "demo backend listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let body = serde_json::json!({
+                        "service": service,
+                        "method": req.method().as_str(),
+                        "path": req.uri().path(),
+                        "query": req.uri().query(),
+                        "from": peer.to_string(),
+                        "headers": req.headers().iter()
+                            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            .collect::<std::collections::BTreeMap<_, _>>(),
+                    });
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string() + "\n")))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// The child processes; all killed when this is dropped.
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (name, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+            tracing::info!(process = %name, "stopped");
+        }
+    }
+}
+
+fn spawn(procs: &mut Procs, name: &str, args: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the atrium binary")?;
+    let child = Command::new(exe).args(args).spawn().with_context(|| format!("starting {name}"))?;
+    tracing::info!(process = name, pid = child.id(), "started");
+    procs.0.push((name.to_string(), child));
+    Ok(())
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs the example until Ctrl-C or SIGTERM (or until one of its processes exits), then
+/// stops every process it started.
+pub async fn run(state_dir: PathBuf, example: Option<PathBuf>, layout: Layout) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let example = match example {
+        Some(e) => e,
+        None => materialise(&state_dir.join("example"))?,
+    };
+    let pki_dir = state_dir.join("pki");
+    ensure_pki(&pki_dir)?;
+    demo_backend("crm", "127.0.0.2:8080".parse()?).await?;
+    demo_backend("billing", "127.0.0.3:8080".parse()?).await?;
+
+    let mut procs = Procs(Vec::new());
+    let dir = |p: &Path| p.to_string_lossy().into_owned();
+    for (cluster, ip) in [("cluster-a", "127.0.0.2"), ("cluster-b", "127.0.0.3")] {
+        let mut args = s(&["agent", "--cluster", cluster, "--manifests"]);
+        args.push(dir(&example.join(cluster).join("manifests")));
+        args.extend(s(&["--values"]));
+        args.push(dir(&example.join(cluster).join("values.yaml")));
+        args.extend(s(&["--tls-dir"]));
+        args.push(dir(&pki_dir));
+        args.extend(s(&["--state-dir"]));
+        args.push(dir(&state_dir.join(cluster)));
+        args.extend(s(&["--bind-ip", ip, "--entrypoint", "websecure=off", "--admin", &format!("{ip}:9000")]));
+        args.extend(s(&[
+            "--entrypoint",
+            &format!("web={ip}:8000"),
+            "--entrypoint",
+            &format!("multicluster={ip}:9443"),
+        ]));
+        args.extend(s(&["--workers", "1"]));
+        spawn(&mut procs, cluster, &args)?;
+    }
+    let (ip, base) = (layout.parent_ip, layout.port_base);
+    let at = |off: u16| SocketAddr::new(ip, base + off).to_string();
+    let mut args = s(&["control-plane", "--manifests"]);
+    args.push(dir(&example.join("parent/manifests")));
+    args.extend(s(&["--values"]));
+    args.push(dir(&example.join("parent/values.yaml")));
+    args.extend(s(&["--tls-dir"]));
+    args.push(dir(&pki_dir));
+    args.extend(s(&["--state-dir"]));
+    args.push(dir(&state_dir.join("parent")));
+    args.extend(s(&["--grpc", &at(1090), "--admin", &at(1000)]));
+    args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
+    spawn(&mut procs, "parent", &args)?;
+
+    let https = SocketAddr::new(ip, base + 443);
+    println!(
+        "\natrium up: parent on {ip} (web :{web}, websecure :{ws}, admin :{admin}, gRPC :{grpc}), \
+         cluster-a on 127.0.0.2, cluster-b on 127.0.0.3\n\
+         try:\n  curl -sk --resolve api.example.com:{ws}:{hip} https://api.example.com:{ws}/crm/customers\n  \
+         curl -sk --resolve api.example.com:{ws}:{hip} https://api.example.com:{ws}/billing/invoices\n  \
+         curl -s http://{admin_addr}/api/children\n\
+         Ctrl-C stops everything.\n",
+        web = base,
+        ws = https.port(),
+        hip = https.ip(),
+        admin = base + 1000,
+        grpc = base + 1090,
+        admin_addr = at(1000),
+    );
+
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; stopping");
+                return Ok(());
+            }
+            _ = term.recv() => {
+                tracing::info!("terminated; stopping");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                for (name, c) in &mut procs.0 {
+                    if let Some(status) = c.try_wait()? {
+                        anyhow::bail!("{name} exited ({status}); see its log above");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_example_is_written_once_and_lints_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = materialise(&tmp.path().join("example")).unwrap();
+        assert!(dir.join("parent/values.yaml").is_file());
+        // A user's edit survives the next start.
+        std::fs::write(dir.join("parent/manifests/plans.yaml"), "# edited\n").unwrap();
+        materialise(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("parent/manifests/plans.yaml")).unwrap(), "# edited\n");
+        // Every file of the in-repo example is embedded.
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/multi-cluster-portal");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![repo.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    on_disk.push(p.strip_prefix(&repo).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = EXAMPLE.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn certificates_are_created_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        ensure_pki(tmp.path()).unwrap();
+        let before = std::fs::read(tmp.path().join("cluster-a.pem")).unwrap();
+        ensure_pki(tmp.path()).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("cluster-a.pem")).unwrap(), before);
+        assert!(tmp.path().join("control-plane-key.pem").is_file());
+    }
+}
