@@ -16,12 +16,22 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 async fn get_via(conn: &quinn::Connection, uplink_name: &str, path: &str) -> (u16, hyper::HeaderMap, String) {
+    get_via_traced(conn, uplink_name, path, "").await
+}
+
+/// [`get_via`] with `traceparent` in the stream header (not in the request).
+async fn get_via_traced(
+    conn: &quinn::Connection,
+    uplink_name: &str,
+    path: &str,
+    traceparent: &str,
+) -> (u16, hyper::HeaderMap, String) {
     let (mut send, recv) = conn.open_bi().await.unwrap();
     let h = pb::StreamHeader {
         kind: pb::stream_header::Kind::Data as i32,
         uplink: uplink_name.into(),
         client_addr: "203.0.113.9:4321".into(),
-        traceparent: String::new(),
+        traceparent: traceparent.into(),
     };
     uplink::write_frame(&mut send, &h).await.unwrap();
     let (mut s, c) =
@@ -131,6 +141,11 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     assert_eq!((status, body.as_str()), (200, "health"));
     assert_eq!(headers["x-traefik-backend"], "cluster-a");
     assert_eq!(headers["x-seen-x-forwarded-for"], "203.0.113.9", "the client named in the stream header is the client");
+    assert!(!headers.contains_key("x-seen-traceparent"), "no trace context is invented");
+    // The stream header's trace context reaches the backend.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, headers, _) = get_via_traced(&conn, "crm", "/crm/health", tp).await;
+    assert_eq!((status, headers["x-seen-traceparent"].to_str().unwrap()), (200, tp));
     // Only routers attached to the requested uplink can match.
     assert_eq!(get_via(&conn, "crm", "/billing/health").await.0, 404);
     assert_eq!(get_via(&conn, "billing", "/crm/health").await.0, 404);

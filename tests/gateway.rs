@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::backend;
 use common::client::{self, get};
+use common::exchanges;
 use common::gateway::GatewayProc;
 
 /// A copy of the seed's cluster-a manifests, with its EndpointSlice pointed at `backend`.
@@ -268,7 +269,6 @@ async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_websocket_upgrade_and_100mb_bodies_pass_through() {
-    use http_body_util::BodyExt;
     let be = backend::start("crm", "127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();
     let m = seed_child(tmp.path(), be.addr);
@@ -282,98 +282,16 @@ async fn h2c_websocket_upgrade_and_100mb_bodies_pass_through() {
     assert_eq!((r.status, r.version, r.body.as_str()), (200, hyper::Version::HTTP_2, "path=/x"));
 
     // An upgraded connection echoes through the gateway.
-    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /crm/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte)).await.unwrap().unwrap();
-        head.push(byte[0]);
-    }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    for msg in [&b"hello"[..], b"second message"] {
-        s.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.unwrap().unwrap();
-        assert_eq!(back, msg);
-    }
+    exchanges::assert_upgrade_echo(tokio::net::TcpStream::connect(web).await.unwrap(), "a", "/crm/ws").await;
 
     // 100 MB up and 100 MB down, streamed.
-    const SIZE: u64 = 100 * 1024 * 1024;
-    let upload = backend::Repeat { remaining: SIZE, chunk: bytes::Bytes::from(vec![b'u'; 64 * 1024]) };
-    let body: client::Body = upload.map_err(|e| match e {}).boxed();
-    let req = hyper::Request::post(gw.web("/crm/count")).body(body).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(120), client::send(&client::http1(), req)).await.unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, SIZE.to_string().as_str()));
-    let resp = client::http1()
-        .request(hyper::Request::get(gw.web(&format!("/crm/bytes/{SIZE}"))).body(client::body("")).unwrap())
-        .await
-        .unwrap();
-    let mut got: u64 = 0;
-    let mut b = resp.into_body();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while let Some(f) = b.frame().await {
-        got += f.unwrap().data_ref().map(|d| d.len() as u64).unwrap_or(0);
-        assert!(Instant::now() < deadline);
-    }
-    assert_eq!(got, SIZE);
-}
-
-/// An h2c backend that answers like a gRPC server: `n` length-prefixed messages, then
-/// `grpc-status` in trailers.
-async fn grpc_backend() -> std::net::SocketAddr {
-    use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let stream = req.uri().path().ends_with("/Stream");
-                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
-                    let _ = req.into_body().collect().await;
-                    let n = if stream { 3 } else { 1 };
-                    let mut frames: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>> = (0..n)
-                        .map(|i| hyper::body::Frame::data(bytes::Bytes::from(vec![0, 0, 0, 0, 1, b'a' + i as u8])))
-                        .collect();
-                    let mut trailers = hyper::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    trailers.insert("grpc-message", format!("te={te}").parse().unwrap());
-                    frames.push_back(hyper::body::Frame::trailers(trailers));
-                    let body = FrameBody(frames);
-                    let mut resp = hyper::Response::new(body);
-                    resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A body made of prepared frames (data, then trailers).
-struct FrameBody(std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
-
-impl hyper::body::Body for FrameBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(Ok))
-    }
+    let mut s = exchanges::h1(tokio::net::TcpStream::connect(web).await.unwrap()).await;
+    exchanges::assert_100mb_both_ways(&mut s, "a", "/crm").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_stream_keep_trailers() {
-    use http_body_util::BodyExt;
-    let grpc = grpc_backend().await;
+    let grpc = backend::grpc("127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();
     fs::write(
         tmp.path().join("grpc.yaml"),
@@ -384,23 +302,9 @@ async fn grpc_unary_and_server_stream_keep_trailers() {
     )
     .unwrap();
     let gw = GatewayProc::start(None, tmp.path(), &[]);
-    let h2: hyper_util::client::legacy::Client<_, client::Body> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
-    for (method, messages) in [("Unary", 1usize), ("Stream", 3)] {
-        let req = hyper::Request::post(gw.web(&format!("/echo.Echo/{method}")))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(client::body(vec![0u8, 0, 0, 0, 1, b'q']))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(20), h2.request(req)).await.unwrap().unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers().get("content-type").unwrap(), "application/grpc");
-        let collected = resp.into_body().collect().await.unwrap();
-        let trailers = collected.trailers().cloned().expect("trailers reach the client");
-        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
-        assert_eq!(trailers.get("grpc-message").unwrap(), "te=trailers", "TE: trailers crosses the hop");
-        assert_eq!(collected.to_bytes().len(), messages * 6);
-    }
+    let web = gw.entry_points["web"];
+    let mut s = exchanges::h2(tokio::net::TcpStream::connect(web).await.unwrap()).await;
+    exchanges::assert_grpc(&mut s, &format!("http://{web}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

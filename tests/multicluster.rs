@@ -18,8 +18,23 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 fn agent(root: &Path, name: &str, ip: &str, api: &str, backend: std::net::SocketAddr) -> GatewayProc {
+    agent_with(root, name, ip, api, backend, &[])
+}
+
+/// [`agent`], with `extra` manifest files (name, content) added to the child.
+fn agent_with(
+    root: &Path,
+    name: &str,
+    ip: &str,
+    api: &str,
+    backend: std::net::SocketAddr,
+    extra: &[(&str, String)],
+) -> GatewayProc {
     let m = root.join(name);
     common::copy_dir(&common::example().join(format!("{name}/manifests")), &m);
+    for (file, text) in extra {
+        fs::write(m.join(file), text).unwrap();
+    }
     let eps = m.join(format!("{api}-endpoints.yaml"));
     let text = fs::read_to_string(&eps)
         .unwrap()
@@ -57,6 +72,65 @@ fn agent(root: &Path, name: &str, ip: &str, api: &str, backend: std::net::Socket
     )
 }
 
+/// One CA and a certificate per component, in `<root>/pki`.
+fn test_pki(root: &Path) {
+    let pki_dir = root.join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
+        pki::issue(&pki_dir, n, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
+    }
+}
+
+/// The parent: the seed's manifests (plus `extra` files) and values, pointed at the
+/// children's actual uplink ports, with `values_edits` applied to the values.
+fn parent(
+    root: &Path,
+    a: &GatewayProc,
+    b: &GatewayProc,
+    values_edits: &[(&str, &str)],
+    extra: &[(&str, String)],
+) -> GatewayProc {
+    let parent = root.join("parent");
+    common::copy_dir(&common::example().join("parent"), &parent);
+    for (file, text) in extra {
+        fs::write(parent.join("manifests").join(file), text).unwrap();
+    }
+    let values = parent.join("values.yaml");
+    let mut text = fs::read_to_string(&values)
+        .unwrap()
+        .replace("https://127.0.0.2:9443", &format!("https://{}", a.entry_points["multicluster"]))
+        .replace("https://127.0.0.3:9443", &format!("https://{}", b.entry_points["multicluster"]));
+    for (from, to) in values_edits {
+        text = text.replace(from, to);
+    }
+    fs::write(&values, text).unwrap();
+    GatewayProc::spawn(
+        &strings(&[
+            "control-plane",
+            "--values",
+            values.to_str().unwrap(),
+            "--manifests",
+            parent.join("manifests").to_str().unwrap(),
+            "--grpc",
+            "127.0.0.1:0",
+            "--tls-dir",
+            root.join("pki").to_str().unwrap(),
+            "--state-dir",
+            root.join("cp-state").to_str().unwrap(),
+            "--entrypoint",
+            "web=127.0.0.1:0",
+            "--entrypoint",
+            "websecure=127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ]),
+        2,
+        true,
+    )
+}
+
 async fn until_status(ws: std::net::SocketAddr, path: &str, want: u16) -> common::client::Resp {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -75,48 +149,12 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
     let billing = backend::start("billing", "127.0.0.3").await;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let pki_dir = root.join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
-        pki::issue(&pki_dir, n, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
-    }
+    test_pki(root);
     let mut a = agent(root, "cluster-a", "127.0.0.2", "crm", crm.addr);
     let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
 
     // The parent: the seed's manifests and values, with the children's actual ports.
-    let parent = root.join("parent");
-    common::copy_dir(&common::example().join("parent"), &parent);
-    let values = parent.join("values.yaml");
-    let text = fs::read_to_string(&values)
-        .unwrap()
-        .replace("https://127.0.0.2:9443", &format!("https://{}", a.entry_points["multicluster"]))
-        .replace("https://127.0.0.3:9443", &format!("https://{}", b.entry_points["multicluster"]));
-    fs::write(&values, text).unwrap();
-    let cp = GatewayProc::spawn(
-        &strings(&[
-            "control-plane",
-            "--values",
-            values.to_str().unwrap(),
-            "--manifests",
-            parent.join("manifests").to_str().unwrap(),
-            "--grpc",
-            "127.0.0.1:0",
-            "--tls-dir",
-            pki_dir.to_str().unwrap(),
-            "--state-dir",
-            root.join("cp-state").to_str().unwrap(),
-            "--entrypoint",
-            "web=127.0.0.1:0",
-            "--entrypoint",
-            "websecure=127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ]),
-        2,
-        true,
-    );
+    let cp = parent(root, &a, &b, &[], &[]);
     let ws = cp.entry_points["websecure"];
 
     // The seed's verification: each API answers from its own child.
@@ -210,48 +248,10 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     let be_b = backend::start("b", "127.0.0.3").await;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let pki_dir = root.join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
-        pki::issue(&pki_dir, n, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
-    }
+    test_pki(root);
     let mut a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
     let b = crm_child(root, "cluster-b", "127.0.0.3", 3, "cluster-b", be_b.addr);
-    let parent = root.join("parent");
-    common::copy_dir(&common::example().join("parent"), &parent);
-    let values = parent.join("values.yaml");
-    let text = fs::read_to_string(&values)
-        .unwrap()
-        .replace("https://127.0.0.2:9443", &format!("https://{}", a.entry_points["multicluster"]))
-        .replace("https://127.0.0.3:9443", &format!("https://{}", b.entry_points["multicluster"]))
-        .replace("pollInterval: 5", "pollInterval: 1")
-        .replace("pollTimeout: 5", "pollTimeout: 1");
-    fs::write(&values, text).unwrap();
-    let cp = GatewayProc::spawn(
-        &strings(&[
-            "control-plane",
-            "--values",
-            values.to_str().unwrap(),
-            "--manifests",
-            parent.join("manifests").to_str().unwrap(),
-            "--grpc",
-            "127.0.0.1:0",
-            "--tls-dir",
-            pki_dir.to_str().unwrap(),
-            "--state-dir",
-            root.join("cp-state").to_str().unwrap(),
-            "--entrypoint",
-            "web=127.0.0.1:0",
-            "--entrypoint",
-            "websecure=127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ]),
-        2,
-        true,
-    );
+    let cp = parent(root, &a, &b, &[("pollInterval: 5", "pollInterval: 1"), ("pollTimeout: 5", "pollTimeout: 1")], &[]);
     let ws = cp.entry_points["websecure"];
     // Wait until both children are registered and healthy.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -331,4 +331,44 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
         assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-b")), "request {i} after failover");
     }
     assert!(moved < Duration::from_millis(2500), "failover took {moved:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
+    use common::client::tls_connect;
+    use common::exchanges;
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let grpc = backend::grpc("127.0.0.2").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    // cluster-a also serves a gRPC API on its crm uplink (h2c to the backend) ...
+    let child_grpc = format!(
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services: [{{name: grpc, port: 80, scheme: h2c}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc, namespace: apps}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: grpc, namespace: apps}}\nsubsets: [{{addresses: [{{ip: 127.0.0.2}}], ports: [{{port: {}}}]}}]\n",
+        grpc.port()
+    );
+    let a = agent_with(root, "cluster-a", "127.0.0.2", "crm", crm.addr, &[("grpc.yaml", child_grpc)]);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    // ... which the parent routes to crm@multicluster.
+    let parent_grpc = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`api.example.com`) && PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services:\n        - name: crm@multicluster\n          kind: TraefikService\n  tls: {}\n".to_string();
+    let cp = parent(root, &a, &b, &[], &[("grpc.yaml", parent_grpc)]);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+
+    // gRPC: client → h2 over TLS → parent → HTTP/2 on a QUIC stream → child → h2c backend.
+    let mut s = exchanges::h2(tls_connect(ws, "api.example.com", &[b"h2"]).await).await;
+    exchanges::assert_grpc(&mut s, "https://api.example.com").await;
+
+    // An upgraded (WebSocket-style) connection echoes end to end.
+    exchanges::assert_upgrade_echo(
+        tls_connect(ws, "api.example.com", &[b"http/1.1"]).await,
+        "api.example.com",
+        "/crm/ws",
+    )
+    .await;
+
+    // 100 MB each way, streamed through the uplink.
+    let mut s = exchanges::h1(tls_connect(ws, "api.example.com", &[b"http/1.1"]).await).await;
+    exchanges::assert_100mb_both_ways(&mut s, "api.example.com", "/crm").await;
 }

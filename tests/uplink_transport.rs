@@ -197,3 +197,49 @@ async fn peers_from_another_ca_are_refused_both_ways() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_transport_certificates_replace_the_parents_own_identity() {
+    use atrium_data_plane::multicluster::{client_endpoint, dial};
+    let tmp = tempfile::tempdir().unwrap();
+    // The child trusts only the "theirs" CA; the parent's own certificate is from "ours".
+    let (ca, ours) = pki_dir(&tmp.path().join("ours"), &["control-plane"]);
+    let (their_ca, theirs) = pki_dir(&tmp.path().join("theirs"), &["cluster-a", "parent-for-a"]);
+    let (addr, _child) = child(&their_ca, &theirs[0].0, &theirs[0].1).await;
+    let ep = client_endpoint().unwrap();
+    let mut c = pb::Child {
+        name: "cluster-a".into(),
+        address: format!("https://{addr}"),
+        transport: Some(pb::ServersTransport {
+            root_cas: vec![String::from_utf8(their_ca.clone()).unwrap()],
+            server_name: "cluster-a".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Without `certificates` the child refuses the parent's own identity.
+    let refused = match dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await {
+        Err(e) => e,
+        Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap().to_string(),
+    };
+    assert!(!refused.is_empty());
+    // With the pair the child's CA issued, the connection carries requests.
+    let dir = tmp.path().join("theirs");
+    c.transport.as_mut().unwrap().certificates = vec![pb::ClientCertificate {
+        cert_file: dir.join("parent-for-a.pem").to_string_lossy().into_owned(),
+        key_file: dir.join("parent-for-a-key.pem").to_string_lossy().into_owned(),
+    }];
+    let conn = dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await.unwrap();
+    let io = data_stream(&conn, "crm").await;
+    let (mut s, h) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(h);
+    let resp = s
+        .send_request(hyper::Request::get("/x").header("host", "a").body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A pair whose file is missing is an error naming the field and the file.
+    c.transport.as_mut().unwrap().certificates[0].cert_file = "/nonexistent/parent.pem".into();
+    let e = dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await.unwrap_err();
+    assert!(e.contains("serversTransport.certificates certFile /nonexistent/parent.pem"), "{e}");
+}

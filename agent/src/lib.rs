@@ -151,8 +151,13 @@ async fn serve_stream(
     }
     let client: SocketAddr = header.client_addr.parse().unwrap_or(remote);
     let conn = Arc::new(uplink_conn(&header.uplink, client, up));
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let (gw, conn) = (gw.clone(), conn.clone());
+        // The stream header's trace context applies when the request lost its own.
+        if let Some(tp) = &traceparent {
+            req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
+        }
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req.map(body::incoming), &conn).await) }
     });
     let io = TokioIo::new(uplink::io(send, recv));

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atrium_data_plane::multicluster::parse_address;
-use atrium_data_plane::uplink::{self, Liveness, ServerCheck};
+use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 
 /// Child name → its uplinks, for the reachable children.
@@ -49,35 +48,9 @@ async fn session(
     registry: &Mutex<Registry>,
     on_change: &(dyn Fn(Registry) + Send + Sync),
 ) -> Result<(), String> {
-    let (host, port) = parse_address(&child.address)?;
-    let t = child.transport.clone().unwrap_or_default();
-    let mut root_cas = Vec::new();
-    for r in &t.root_cas {
-        root_cas.extend(std::fs::read(r).unwrap_or_else(|_| r.as_bytes().to_vec()));
-    }
-    let check = ServerCheck {
-        root_cas,
-        server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
-        insecure_skip_verify: t.insecure_skip_verify,
-    };
-    let cfg = uplink::client_config(&tls.ca, &tls.cert, &tls.key, &check, Liveness::default())?;
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .next()
-        .ok_or("no address")?;
-    let ep = quinn::Endpoint::client(if addr.is_ipv4() {
-        "0.0.0.0:0".parse().expect("static")
-    } else {
-        "[::]:0".parse().expect("static")
-    })
-    .map_err(|e| e.to_string())?;
-    let name = check.server_name.clone().unwrap_or(host);
+    let ep = atrium_data_plane::multicluster::client_endpoint()?;
     let conn =
-        tokio::time::timeout(Duration::from_secs(3), ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|_| "QUIC handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        atrium_data_plane::multicluster::dial(&ep, child, &tls.ca, &tls.cert, &tls.key, Liveness::default()).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     uplink::write_frame(
         &mut send,

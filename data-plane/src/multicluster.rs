@@ -141,37 +141,11 @@ impl UplinkClient {
         let ep = match self.endpoint.get() {
             Some(e) => e.clone(),
             None => {
-                let e =
-                    quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")).map_err(|e| e.to_string())?;
+                let e = client_endpoint()?;
                 self.endpoint.get_or_init(|| e).clone()
             }
         };
-        let (host, port) = parse_address(&child.address)?;
-        let t = child.transport.clone().unwrap_or_default();
-        let mut root_cas = Vec::new();
-        for r in &t.root_cas {
-            match std::fs::read(r) {
-                Ok(b) => root_cas.extend(b),
-                Err(_) => root_cas.extend(r.as_bytes()),
-            }
-        }
-        let check = ServerCheck {
-            root_cas,
-            server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
-            insecure_skip_verify: t.insecure_skip_verify,
-        };
-        let cfg = uplink::client_config(&self.ca, &self.cert, &self.key, &check, Liveness::default())?;
-        let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
-        let name = check.server_name.clone().unwrap_or(host);
-        let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Liveness::default().idle_timeout, connecting)
-            .await
-            .map_err(|_| "QUIC handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let conn = dial(&ep, child, &self.ca, &self.cert, &self.key, Liveness::default()).await?;
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
         if let Ok(mut c) = self.conns.lock() {
             c.insert(child.name.clone(), conn.clone());
@@ -206,7 +180,14 @@ impl UplinkClient {
             kind: pb::stream_header::Kind::Data as i32,
             uplink: uplink_name.to_string(),
             client_addr: client.to_string(),
-            traceparent: String::new(),
+            // The W3C trace context of the request, so the child's spans join the trace
+            // even when a hop in between strips headers.
+            traceparent: req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_default(),
         };
         // A stream that fails because the whole connection died (the child went away
         // mid-request) is a connect failure: the child is marked down and the caller may
@@ -244,6 +225,65 @@ impl UplinkClient {
         };
         Ok(resp.map(body::incoming))
     }
+}
+
+/// Opens a mutual-TLS QUIC connection from `ep` to `child`, honouring its
+/// `serversTransport`: `insecureSkipVerify`, `rootCAs` (PEM or file paths), `serverName`,
+/// and `certificates` (the first pair is presented instead of this node's own `cert`/`key`).
+/// The handshake gives up after the liveness idle timeout.
+pub async fn dial(
+    ep: &quinn::Endpoint,
+    child: &pb::Child,
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+    liveness: Liveness,
+) -> Result<quinn::Connection, String> {
+    let (host, port) = parse_address(&child.address)?;
+    let t = child.transport.clone().unwrap_or_default();
+    let mut root_cas = Vec::new();
+    for r in &t.root_cas {
+        match std::fs::read(r) {
+            Ok(b) => root_cas.extend(b),
+            Err(_) => root_cas.extend(r.as_bytes()),
+        }
+    }
+    let check = ServerCheck {
+        root_cas,
+        server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
+        insecure_skip_verify: t.insecure_skip_verify,
+    };
+    let own;
+    let (cert, key) = match t.certificates.first() {
+        Some(pair) => {
+            let read = |f: &str, what: &str| {
+                std::fs::read(f).map_err(|e| format!("serversTransport.certificates {what} {f}: {e}"))
+            };
+            own = (read(&pair.cert_file, "certFile")?, read(&pair.key_file, "keyFile")?);
+            (own.0.as_slice(), own.1.as_slice())
+        }
+        None => (cert, key),
+    };
+    let cfg = uplink::client_config(ca, cert, key, &check, liveness)?;
+    let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let name = check.server_name.clone().unwrap_or(host);
+    let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?;
+    tokio::time::timeout(liveness.idle_timeout, connecting)
+        .await
+        .map_err(|_| "QUIC handshake timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// A client endpoint on an ephemeral port of every address.
+pub fn client_endpoint() -> Result<quinn::Endpoint, String> {
+    // A dual-stack socket reaches IPv4 children as mapped addresses; fall back to IPv4 only.
+    quinn::Endpoint::client("[::]:0".parse().expect("static address"))
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A test backend on loopback: echoes what it received, streams, sleeps, upgrades.
 //!
 //! - any path: `200`, body `path=<path-and-query>`, headers `x-seen-*` echo the request's
-//!   Host, X-Forwarded-For/-Prefix/-Proto and the backend's `x-backend-name`;
+//!   Host, X-Forwarded-For/-Prefix/-Proto, traceparent and the backend's `x-backend-name`;
 //! - `/slow`: waits 3 s before answering;
 //! - `/count`: reads the whole request body and answers with its length;
 //! - `/bytes/<n>`: streams `n` bytes back;
@@ -66,6 +66,7 @@ async fn serve(
             "x-forwarded-host",
             "x-replaced-path",
             "x-test",
+            "traceparent",
         ]
         .contains(&name)
         {
@@ -169,4 +170,54 @@ pub async fn start(name: &str, ip: &str) -> Backend {
         }
     });
     Backend { addr, healthy, hits, task }
+}
+
+/// An h2c backend that answers like a gRPC server: `n` length-prefixed messages, then
+/// `grpc-status` in trailers.
+pub async fn grpc(ip: &str) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let stream = req.uri().path().ends_with("/Stream");
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+                    let _ = req.into_body().collect().await;
+                    let n = if stream { 3 } else { 1 };
+                    let mut frames: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>> = (0..n)
+                        .map(|i| hyper::body::Frame::data(bytes::Bytes::from(vec![0, 0, 0, 0, 1, b'a' + i as u8])))
+                        .collect();
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", format!("te={te}").parse().unwrap());
+                    frames.push_back(hyper::body::Frame::trailers(trailers));
+                    let body = FrameBody(frames);
+                    let mut resp = hyper::Response::new(body);
+                    resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A body made of prepared frames (data, then trailers).
+struct FrameBody(std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for FrameBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
 }

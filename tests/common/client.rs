@@ -103,9 +103,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-/// Connects with TLS to `addr` using `sni`, offering h2 and http/1.1. Returns the
-/// negotiated ALPN, the server's leaf certificate and the response to GET `path`.
-pub async fn tls_get(addr: SocketAddr, sni: &str, path: &str) -> (Option<Vec<u8>>, Vec<u8>, Resp) {
+/// Connects with TLS to `addr` using `sni`, offering `alpn` (any certificate accepted).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -113,10 +116,16 @@ pub async fn tls_get(addr: SocketAddr, sni: &str, path: &str) -> (Option<Vec<u8>
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("TLS handshake");
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Connects with TLS to `addr` using `sni`, offering h2 and http/1.1. Returns the
+/// negotiated ALPN, the server's leaf certificate and the response to GET `path`.
+pub async fn tls_get(addr: SocketAddr, sni: &str, path: &str) -> (Option<Vec<u8>>, Vec<u8>, Resp) {
+    let tls = tls_connect(addr, sni, &[b"h2", b"http/1.1"]).await;
     let (_, conn) = tls.get_ref();
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
     let leaf = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod exchanges;
 pub mod gateway;
 
 use std::path::{Path, PathBuf};
