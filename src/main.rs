@@ -63,10 +63,22 @@ struct ServeArgs {
     /// Write an access log line per request to stdout.
     #[arg(long, value_enum)]
     access_log: Option<AccessLogFormat>,
+    /// Uplink QUIC keep-alive interval, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    uplink_keepalive_ms: u64,
+    /// An uplink QUIC connection silent this long is dead (a `kill -9`'d peer), in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    uplink_idle_timeout_ms: u64,
 }
 
 impl ServeArgs {
     fn options(self) -> anyhow::Result<planes::ServeOptions> {
+        anyhow::ensure!(self.uplink_keepalive_ms >= 10, "--uplink-keepalive-ms: at least 10");
+        anyhow::ensure!(
+            self.uplink_idle_timeout_ms > self.uplink_keepalive_ms,
+            "--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms ({} ms)",
+            self.uplink_keepalive_ms
+        );
         Ok(planes::ServeOptions {
             values: self.values,
             entry_points: self.entry_points,
@@ -81,6 +93,11 @@ impl ServeArgs {
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             state_dir: self.state_dir,
             tls_dir: self.tls_dir,
+            liveness: atrium_data_plane::uplink::Liveness {
+                keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
+                idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
+                ..Default::default()
+            },
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct ServeOptions {
     /// TLS material (`ca.pem`, `<name>.pem`, `<name>-key.pem`); default: `<state-dir>/pki`,
     /// created on first start.
     pub tls_dir: Option<PathBuf>,
+    /// Uplink QUIC keep-alive and idle timeout.
+    pub liveness: atrium_data_plane::uplink::Liveness,
 }
 
 fn load_values(values: Option<&std::path::Path>) -> anyhow::Result<Values> {
@@ -220,7 +222,8 @@ pub async fn run_control_plane(
         let secs = |v: &Option<atrium_data_plane::middleware::config::IntOrString>| {
             v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
         };
-        let polling = Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout) };
+        let polling =
+            Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness: o.liveness };
         let (reg, publish) = (registry.clone(), publish.clone());
         let live = atrium_control_plane::children::spawn(
             children,
@@ -243,7 +246,7 @@ pub async fn run_control_plane(
         // The embedded data plane reaches children with the `data-plane` certificate.
         let dp = node_pki(&o, "data-plane")?;
         let (dca, dcert, dkey) = dp.read().map_err(anyhow::Error::msg)?;
-        gw.set_uplink_client(UplinkClient::new(dca, dcert, dkey));
+        gw.set_uplink_client(UplinkClient::new(dca, dcert, dkey, o.liveness));
         // The embedded data plane takes the same snapshots, over an in-memory channel.
         certs.set(certs_map);
         let mut rx = hub.subscribe();
@@ -351,7 +354,7 @@ pub async fn run_data_plane(
         let files = node_pki(&o, &tls_name)?;
         let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
         // The same certificate opens uplinks to children.
-        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone()));
+        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone(), o.liveness));
         Some(TlsMaterial { ca, cert, key })
     } else {
         tracing::warn!("the control-plane URL is not https: snapshots travel without TLS");
@@ -452,8 +455,7 @@ pub async fn run_agent(
     let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
     let mut tasks = Vec::new();
     for (name, addr) in quic_addrs {
-        let cfg = atrium_data_plane::uplink::server_config(&ca, &cert, &key, Default::default())
-            .map_err(anyhow::Error::msg)?;
+        let cfg = atrium_data_plane::uplink::server_config(&ca, &cert, &key, o.liveness).map_err(anyhow::Error::msg)?;
         let ep = quinn::Endpoint::server(cfg, addr)
             .with_context(|| format!("binding uplink entrypoint {name} on udp {addr}"))?;
         tracing::info!(name = %name, addr = %ep.local_addr()?, cluster = %cluster, "uplink entrypoint listening (QUIC, mTLS)");

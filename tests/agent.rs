@@ -188,3 +188,21 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     assert!(!u.uplinks[0].healthy);
     assert!(agent.logged("uplink health changed"));
 }
+
+#[test]
+fn liveness_flags_are_checked() {
+    let out = common::atrium([
+        "agent",
+        "--cluster",
+        "cluster-a",
+        "--manifests",
+        common::example().join("cluster-a/manifests").to_str().unwrap(),
+        "--uplink-keepalive-ms",
+        "500",
+        "--uplink-idle-timeout-ms",
+        "400",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms (500 ms)"), "{err}");
+}

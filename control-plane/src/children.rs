@@ -34,6 +34,8 @@ pub struct Polling {
     pub interval: Duration,
     /// How long a silent child stays in the routing set.
     pub timeout: Duration,
+    /// QUIC keep-alive and idle timeout of the control connection.
+    pub liveness: Liveness,
 }
 
 fn names(ups: &[pb::UplinkState]) -> String {
@@ -50,7 +52,7 @@ async fn session(
 ) -> Result<(), String> {
     let ep = atrium_data_plane::multicluster::client_endpoint()?;
     let conn =
-        atrium_data_plane::multicluster::dial(&ep, child, &tls.ca, &tls.cert, &tls.key, Liveness::default()).await?;
+        atrium_data_plane::multicluster::dial(&ep, child, &tls.ca, &tls.cert, &tls.key, polling.liveness).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     uplink::write_frame(
         &mut send,

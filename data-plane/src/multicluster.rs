@@ -83,6 +83,8 @@ pub fn parse_address(address: &str) -> Result<(String, u16), String> {
 
 /// The parent side of uplinks: one QUIC connection per child, shared by requests.
 pub struct UplinkClient {
+    /// Keep-alive and idle timeout of the connections to children.
+    liveness: Liveness,
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
@@ -104,8 +106,9 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 
 impl UplinkClient {
     /// A client presenting `cert` (a certificate of this installation's CA `ca`).
-    pub fn new(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Arc<UplinkClient> {
+    pub fn new(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>, liveness: Liveness) -> Arc<UplinkClient> {
         Arc::new(UplinkClient {
+            liveness,
             ca,
             cert,
             key,
@@ -145,7 +148,7 @@ impl UplinkClient {
                 self.endpoint.get_or_init(|| e).clone()
             }
         };
-        let conn = dial(&ep, child, &self.ca, &self.cert, &self.key, Liveness::default()).await?;
+        let conn = dial(&ep, child, &self.ca, &self.cert, &self.key, self.liveness).await?;
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
         if let Ok(mut c) = self.conns.lock() {
             c.insert(child.name.clone(), conn.clone());
@@ -314,7 +317,7 @@ mod tests {
 
     #[test]
     fn candidates_follow_health_reachability_and_weight() {
-        let client = UplinkClient::new(vec![], vec![], vec![]);
+        let client = UplinkClient::new(vec![], vec![], vec![], Liveness::default());
         let cs = vec![
             child("a", &[("crm", 1, true)], true),
             child("b", &[("crm", 3, true)], true),
