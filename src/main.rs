@@ -67,7 +67,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 250)]
     uplink_keepalive_ms: u64,
     /// An uplink QUIC connection silent this long is dead (a `kill -9`'d peer), in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 900)]
     uplink_idle_timeout_ms: u64,
 }
 

@@ -2,7 +2,7 @@
 //! and knows each child's uplinks, weights and health.
 //!
 //! A child that closes its connection, whose QUIC connection goes silent past the idle
-//! timeout (about 1 s: a `kill -9`'d child sends nothing), or that does not answer a `Poll`
+//! timeout (900 ms: a `kill -9`'d child sends nothing), or that does not answer a `Poll`
 //! within `pollTimeout` is unreachable at once and leaves the registry; every change is
 //! handed to `on_change`, which republishes the snapshot.
 

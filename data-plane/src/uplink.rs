@@ -9,7 +9,7 @@
 //! connection) keeps head-of-line blocking out: a slow response holds only its own stream.
 //! h3 would need its own stack (and gives no way to carry WebSocket upgrades as-is).
 //!
-//! Liveness: QUIC keep-alive every 250 ms and an idle timeout of 1 s (both configurable),
+//! Liveness: QUIC keep-alive every 250 ms and an idle timeout of 900 ms (both configurable),
 //! so a child that dies without a word (`kill -9`) is noticed within about a second.
 
 use std::sync::Arc;
@@ -96,7 +96,7 @@ pub struct Liveness {
 
 impl Default for Liveness {
     fn default() -> Self {
-        Liveness { keep_alive: Duration::from_millis(250), idle_timeout: Duration::from_secs(1), max_streams: 1024 }
+        Liveness { keep_alive: Duration::from_millis(250), idle_timeout: Duration::from_millis(900), max_streams: 1024 }
     }
 }
 

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Multi-cluster path: parent data plane → mutual-TLS QUIC uplink → child agent → backend,
+# against, in the same run:
+#   - the single-hop `atrium gateway` in front of the same backend;
+#   - nginx → nginx over HTTPS with upstream keep-alive (the two-hop chain atrium replaces).
+# Then the time from a child's `kill -9` until the parent stops routing to it (503).
+#
+#   bash bench/uplink.sh                    # 3 interleaved rounds of 5 s per target
+#   DURATION=10 ROUNDS=5 bash bench/uplink.sh
+#
+# Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
+# 127.0.0.1; every process is stopped at the end. Prints Markdown for BENCHMARKS.md.
+# Every proxy runs one worker; wrk uses one thread and 32 connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install nginx-light wrk curl python3)" >&2; exit 1; }
+done
+cargo build --release --quiet
+ATRIUM=target/release/atrium
+
+BACKEND=127.0.0.1:18281; GATEWAY=127.0.0.1:18282; PARENT=127.0.0.1:18283; UPLINK_PORT=18284
+NGINX_FRONT=127.0.0.1:18285; NGINX_TLS=127.0.0.1:18286; GRPC=127.0.0.1:18287
+
+# One CA for everything: atrium's components and nginx's TLS hop.
+"$ATRIUM" certs init --dir "$WORK/pki" >/dev/null
+for n in control-plane data-plane child nginx; do "$ATRIUM" certs issue --dir "$WORK/pki" --name "$n" >/dev/null; done
+
+nginx_conf() { # $1 = name, $2 = server block
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
+  PIDS+=($!)
+}
+HEADERS='proxy_http_version 1.1; proxy_set_header Connection "";
+    proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $host; proxy_set_header X-Forwarded-Port $server_port;'
+
+nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
+# The child-side nginx: TLS in, plain keep-alive to the backend.
+nginx_conf child "upstream be { server $BACKEND; keepalive 64; }
+  server { listen $NGINX_TLS ssl; ssl_certificate $WORK/pki/nginx.pem; ssl_certificate_key $WORK/pki/nginx-key.pem;
+    location / { proxy_pass http://be; $HEADERS } }"
+# The parent-side nginx: plain in, HTTPS keep-alive (TLS sessions reused) to the child.
+nginx_conf front "upstream child { server $NGINX_TLS; keepalive 64; }
+  server { listen $NGINX_FRONT; location / { proxy_pass https://child; proxy_ssl_session_reuse on; $HEADERS } }"
+
+# The child: one Uplink whose router forwards everything to the backend.
+mkdir -p "$WORK/child" "$WORK/parent" "$WORK/gateway"
+cat > "$WORK/child/values.yaml" <<YAML
+ports:
+  multicluster:
+    port: $UPLINK_PORT
+    uplink: true
+additionalArguments:
+  - --hub.uplinkEntryPoints.multicluster.http.tls=true
+YAML
+cat > "$WORK/child/manifests.yaml" <<YAML
+apiVersion: hub.traefik.io/v1alpha1
+kind: Uplink
+metadata: {name: bench, namespace: bench}
+spec: {exposeName: bench, entryPoints: [multicluster]}
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: bench
+  namespace: bench
+  annotations: {hub.traefik.io/router.uplinks: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(\`/\`)
+      services: [{name: backend, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: bench}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: backend, namespace: bench}
+subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
+YAML
+cat > "$WORK/parent/values.yaml" <<YAML
+hub:
+  providers:
+    multicluster:
+      enabled: true
+      children:
+        child:
+          address: "https://127.0.0.1:$UPLINK_PORT"
+YAML
+cat > "$WORK/parent/manifests.yaml" <<YAML
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: bench, namespace: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: Host(\`bench.test\`)
+      services: [{name: bench@multicluster, kind: TraefikService}]
+YAML
+sed -n '/^---$/,$p' "$WORK/child/manifests.yaml" | sed '1d' > "$WORK/gateway/manifests.yaml"
+sed -i 's/annotations: {hub.traefik.io\/router.uplinks: bench}//' "$WORK/gateway/manifests.yaml"
+
+"$ATRIUM" agent --cluster child --manifests "$WORK/child/manifests.yaml" --values "$WORK/child/values.yaml" \
+  --tls-dir "$WORK/pki" --tls-name child --state-dir "$WORK/child/state" --bind-ip 127.0.0.1 \
+  --entrypoint web=127.0.0.1:0 --entrypoint websecure=off --workers 1 2>"$WORK/child/log" &
+CHILD_PID=$!; PIDS+=($CHILD_PID)
+"$ATRIUM" control-plane --manifests "$WORK/parent/manifests.yaml" --values "$WORK/parent/values.yaml" \
+  --tls-dir "$WORK/pki" --state-dir "$WORK/parent/state" --grpc "$GRPC" \
+  --entrypoint "web=$PARENT" --entrypoint websecure=off --workers 1 2>"$WORK/parent/log" &
+PIDS+=($!)
+"$ATRIUM" gateway --manifests "$WORK/gateway/manifests.yaml" --workers 1 --entrypoint "web=$GATEWAY" \
+  --entrypoint websecure=off 2>"$WORK/gateway/log" &
+PIDS+=($!)
+
+for target in "$BACKEND" "$GATEWAY" "$PARENT" "$NGINX_FRONT"; do
+  ok=
+  for _ in $(seq 100); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench.test' "http://$target/")" = 200 ]; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ok" ] || { echo "$target is not answering 200; logs in $WORK" >&2; tail -5 "$WORK"/*/log >&2; exit 1; }
+done
+
+measure() { # $1 = addr -> "rps p50 p99"
+  local out
+  out=$(wrk -t1 -c32 -d"${DURATION}s" --latency -H "Host: bench.test" "http://$1/")
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="50%" {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
+}
+
+echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
+declare -A RPS P50 P99
+for round in $(seq "$ROUNDS"); do
+  for t in direct gateway chain uplink; do
+    case $t in
+      direct) out=$(measure "$BACKEND") ;;
+      gateway) out=$(measure "$GATEWAY") ;;
+      chain) out=$(measure "$NGINX_FRONT") ;;
+      uplink) out=$(measure "$PARENT") ;;
+    esac
+    read -r r a b <<<"$out"
+    RPS[$t]+="$r "; P50[$t]+="$a "; P99[$t]+="$b "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+median_lat() { tr ' ' '\n' | grep -v '^$' | python3 -c "
+import sys
+v=[]
+for l in sys.stdin:
+    l=l.strip(); n=float(l.rstrip('msu')); u=l[len(l.rstrip('msu')):]
+    v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
+v.sort(); print(v[(len(v)-1)//2][1])"; }
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+row() { # $1 = key, $2 = label
+  local r; r=$(median <<<"${RPS[$1]}")
+  echo "| $2 | $r | $(median_lat <<<"${P50[$1]}") | $(median_lat <<<"${P99[$1]}") | $(ratio "$r" "$(median <<<"${RPS[chain]}")")× |"
+}
+
+# Failover: kill -9 the child, then poll the parent every 10 ms until it stops routing there.
+python3 - "$PARENT" "$CHILD_PID" > "$WORK/failover" <<'PY'
+import os, signal, sys, time, http.client
+host, port = sys.argv[1].split(":"); pid = int(sys.argv[2])
+def status():
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    c.request("GET", "/", headers={"Host": "bench.test"})
+    s = c.getresponse().status; c.close(); return s
+assert status() == 200
+os.kill(pid, signal.SIGKILL); t0 = time.monotonic()
+for _ in range(1000):
+    if status() == 503:
+        print(f"{(time.monotonic() - t0) * 1000:.0f}"); break
+    time.sleep(0.01)
+else:
+    print("never")
+PY
+
+cat <<TABLE
+| target (median of $ROUNDS interleaved rounds) | req/s | p50 | p99 | ratio to nginx chain |
+|---|---|---|---|---|
+$(row direct "backend direct (nginx, 1 worker)")
+$(row chain "nginx → HTTPS keep-alive → nginx → backend (1 worker each)")
+$(row gateway "atrium gateway → backend (single hop, --workers 1)")
+$(row uplink "parent data plane → QUIC uplink → agent → backend (--workers 1 each)")
+
+Time from the child's kill -9 until the parent answers 503 instead of routing to it: $(cat "$WORK/failover") ms (goal ≤ 1000 ms; Traefik Hub polls every 5 s).
+TABLE
