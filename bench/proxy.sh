@@ -12,36 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+source bench/lib.sh
 
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install nginx-light wrk)" >&2; exit 1; }
-done
+require nginx wrk
 cargo build --release --quiet
 ATRIUM=target/release/atrium
 
 BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
-
-nginx_conf() { # $1 = name, $2 = server block
-  mkdir -p "$WORK/$1"
-  cat > "$WORK/$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  $2
-}
-CONF
-  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
-  PIDS+=($!)
-}
 
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
@@ -122,19 +99,10 @@ for round in $(seq "$ROUNDS"); do
     P99[$t]+="${out#* } "
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-median_lat() { tr ' ' '\n' | grep -v '^$' | python3 -c "
-import sys
-v=[]
-for l in sys.stdin:
-    l=l.strip(); n=float(l.rstrip('msu')); u=l[len(l.rstrip('msu')):]
-    v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
-v.sort(); print(v[(len(v)-1)//2][1])"; }
 direct_rps=$(median <<<"${RPS[direct]}"); direct_p99=$(median_lat <<<"${P99[direct]}")
 nginx_rps=$(median <<<"${RPS[nginx]}"); nginx_p99=$(median_lat <<<"${P99[nginx]}")
 one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
 many_rps=$(median <<<"${RPS[many]}"); many_p99=$(median_lat <<<"${P99[many]}")
-ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p99 | ratio to nginx proxy |

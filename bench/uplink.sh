@@ -15,14 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+source bench/lib.sh
 
-for tool in nginx wrk curl python3; do
-  command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install nginx-light wrk curl python3)" >&2; exit 1; }
-done
+require nginx wrk curl python3
 cargo build --release --quiet
 ATRIUM=target/release/atrium
 
@@ -33,23 +28,6 @@ NGINX_FRONT=127.0.0.1:18285; NGINX_TLS=127.0.0.1:18286; GRPC=127.0.0.1:18287
 "$ATRIUM" certs init --dir "$WORK/pki" >/dev/null
 for n in control-plane data-plane child nginx; do "$ATRIUM" certs issue --dir "$WORK/pki" --name "$n" >/dev/null; done
 
-nginx_conf() { # $1 = name, $2 = server block
-  mkdir -p "$WORK/$1"
-  cat > "$WORK/$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  $2
-}
-CONF
-  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
-  PIDS+=($!)
-}
 HEADERS='proxy_http_version 1.1; proxy_set_header Connection "";
     proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
@@ -165,15 +143,6 @@ for round in $(seq "$ROUNDS"); do
     RPS[$t]+="$r "; P50[$t]+="$a "; P99[$t]+="$b "
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-median_lat() { tr ' ' '\n' | grep -v '^$' | python3 -c "
-import sys
-v=[]
-for l in sys.stdin:
-    l=l.strip(); n=float(l.rstrip('msu')); u=l[len(l.rstrip('msu')):]
-    v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
-v.sort(); print(v[(len(v)-1)//2][1])"; }
-ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 row() { # $1 = key, $2 = label
   local r; r=$(median <<<"${RPS[$1]}")
   echo "| $2 | $r | $(median_lat <<<"${P50[$1]}") | $(median_lat <<<"${P99[$1]}") | $(ratio "$r" "$(median <<<"${RPS[chain]}")")× |"

@@ -30,28 +30,60 @@ fn agent_with(
     backend: std::net::SocketAddr,
     extra: &[(&str, String)],
 ) -> GatewayProc {
-    let m = root.join(name);
-    common::copy_dir(&common::example().join(format!("{name}/manifests")), &m);
+    let m = child_manifests(root, name, name, api, backend);
     for (file, text) in extra {
         fs::write(m.join(file), text).unwrap();
     }
+    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
+    spawn_agent(root, name, ip, &m, name)
+}
+
+/// Replaces each `(from, to)` in the file at `path`.
+fn edit(path: &Path, edits: &[(&str, String)]) {
+    let mut text = fs::read_to_string(path).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{} has no {from:?}", path.display());
+        text = text.replace(from, to);
+    }
+    fs::write(path, text).unwrap();
+}
+
+/// A copy of example child `source`'s manifests in `<root>/<name>`, its `api` endpoints
+/// pointing at `backend`.
+fn child_manifests(
+    root: &Path,
+    name: &str,
+    source: &str,
+    api: &str,
+    backend: std::net::SocketAddr,
+) -> std::path::PathBuf {
+    let m = root.join(name);
+    common::copy_dir(&common::example().join(format!("{source}/manifests")), &m);
     let eps = m.join(format!("{api}-endpoints.yaml"));
-    let text = fs::read_to_string(&eps)
-        .unwrap()
-        .replace(&format!("\"{ip}\""), &format!("\"{}\"", backend.ip()))
-        .replace("port: 8080", &format!("port: {}", backend.port()));
-    fs::write(&eps, text).unwrap();
-    let up = m.join("uplink.yaml");
-    fs::write(&up, fs::read_to_string(&up).unwrap().replace("interval: 5s", "interval: 200ms")).unwrap();
+    let text = fs::read_to_string(&eps).unwrap();
+    let example_ip = text.split('"').nth(1).expect("the example's endpoint address is quoted").to_string();
+    edit(
+        &eps,
+        &[
+            (&format!("\"{example_ip}\""), format!("\"{}\"", backend.ip())),
+            ("port: 8080", format!("port: {}", backend.port())),
+        ],
+    );
+    m
+}
+
+/// `atrium agent --cluster name` on `ip` (ephemeral ports) with `manifests` and example
+/// child `values_of`'s values.
+fn spawn_agent(root: &Path, name: &str, ip: &str, manifests: &Path, values_of: &str) -> GatewayProc {
     GatewayProc::spawn(
         &strings(&[
             "agent",
             "--cluster",
             name,
             "--manifests",
-            m.to_str().unwrap(),
+            manifests.to_str().unwrap(),
             "--values",
-            common::example().join(format!("{name}/values.yaml")).to_str().unwrap(),
+            common::example().join(format!("{values_of}/values.yaml")).to_str().unwrap(),
             "--tls-dir",
             root.join("pki").to_str().unwrap(),
             "--state-dir",
@@ -190,56 +222,17 @@ fn crm_child(
     stamp: &str,
     backend: std::net::SocketAddr,
 ) -> GatewayProc {
-    let m = root.join(name);
-    common::copy_dir(&common::example().join("cluster-a/manifests"), &m);
-    let eps = m.join("crm-endpoints.yaml");
-    let text = fs::read_to_string(&eps)
-        .unwrap()
-        .replace("\"127.0.0.2\"", &format!("\"{}\"", backend.ip()))
-        .replace("port: 8080", &format!("port: {}", backend.port()));
-    fs::write(&eps, text).unwrap();
-    let up = m.join("uplink.yaml");
-    let text = fs::read_to_string(&up)
-        .unwrap()
-        .replace("interval: 5s", "interval: 100ms")
-        .replace("timeout: 3s", "timeout: 300ms")
-        .replace("  exposeName: crm\n", &format!("  exposeName: crm\n  weight: {weight}\n"));
-    fs::write(&up, text).unwrap();
-    let route = m.join("crm-api.yaml");
-    fs::write(
-        &route,
-        fs::read_to_string(&route)
-            .unwrap()
-            .replace("X-Traefik-Backend: \"cluster-a\"", &format!("X-Traefik-Backend: \"{stamp}\"")),
-    )
-    .unwrap();
-    GatewayProc::spawn(
-        &strings(&[
-            "agent",
-            "--cluster",
-            name,
-            "--manifests",
-            m.to_str().unwrap(),
-            "--values",
-            common::example().join("cluster-a/values.yaml").to_str().unwrap(),
-            "--tls-dir",
-            root.join("pki").to_str().unwrap(),
-            "--state-dir",
-            root.join(format!("{name}-state")).to_str().unwrap(),
-            "--entrypoint",
-            &format!("web={ip}:0"),
-            "--entrypoint",
-            "websecure=off",
-            "--entrypoint",
-            &format!("multicluster={ip}:0"),
-            "--admin",
-            &format!("{ip}:0"),
-            "--workers",
-            "1",
-        ]),
-        2,
-        false,
-    )
+    let m = child_manifests(root, name, "cluster-a", "crm", backend);
+    edit(
+        &m.join("uplink.yaml"),
+        &[
+            ("interval: 5s", "interval: 100ms".into()),
+            ("timeout: 3s", "timeout: 300ms".into()),
+            ("  exposeName: crm\n", format!("  exposeName: crm\n  weight: {weight}\n")),
+        ],
+    );
+    edit(&m.join("crm-api.yaml"), &[("X-Traefik-Backend: \"cluster-a\"", format!("X-Traefik-Backend: \"{stamp}\""))]);
+    spawn_agent(root, name, ip, &m, "cluster-a")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,41 @@
+# Shared by the bench scripts (sourced): a work directory and process list cleaned up on
+# exit, an nginx launcher, and the median/ratio helpers. Expects `set -euo pipefail`.
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+require() { # tools...
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install nginx-light wrk curl python3)" >&2; exit 1; }
+  done
+}
+
+nginx_conf() { # $1 = name, $2 = http-block content; starts nginx with one worker
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
+  PIDS+=($!)
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+# Median of wrk latencies with units (us, ms, s), printed as wrk wrote it.
+median_lat() { tr ' ' '\n' | grep -v '^$' | python3 -c "
+import sys
+v=[]
+for l in sys.stdin:
+    l=l.strip(); n=float(l.rstrip('msu')); u=l[len(l.rstrip('msu')):]
+    v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
+v.sort(); print(v[(len(v)-1)//2][1])"; }
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
