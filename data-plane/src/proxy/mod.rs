@@ -221,6 +221,11 @@ impl Gateway {
         let _ = self.uplinks.set(client);
     }
 
+    /// Whether this data plane's own connection to `child` failed moments ago.
+    fn child_down(&self, child: &str) -> bool {
+        self.uplinks.get().is_some_and(|u| u.is_down(child))
+    }
+
     /// The configuration in force.
     pub fn runtime(&self) -> Option<Arc<Runtime>> {
         self.runtime.load_full()
@@ -612,13 +617,13 @@ impl Gateway {
                 }
                 ServiceRt::Weighted { .. } => {
                     let child = svc
-                        .pick_child()
+                        .pick_child_with(&|c| self.child_down(c))
                         .ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?
                         .clone();
                     self.dispatch(&child, out, body, up).await
                 }
                 ServiceRt::Failover { main, fallback } => {
-                    let target = if main.available() { main } else { fallback };
+                    let target = if main.available_with(&|c| self.child_down(c)) { main } else { fallback };
                     self.dispatch(target, out, body, up).await
                 }
                 ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {

@@ -157,18 +157,29 @@ pub enum ServiceRt {
 }
 
 impl ServiceRt {
-    /// Whether the service can take a request now.
+    /// Whether the service can take a request now, as the snapshot sees it.
     pub fn available(&self) -> bool {
+        self.available_with(&|_| false)
+    }
+
+    /// Whether the service can take a request now, also leaving out the children for which
+    /// `child_down` holds (this data plane's own connection to them failed moments ago).
+    pub fn available_with(&self, child_down: &dyn Fn(&str) -> bool) -> bool {
         match self {
             ServiceRt::LoadBalancer(lb) => lb.has_available(),
-            ServiceRt::Weighted { children, .. } => children.iter().any(|(c, w)| *w > 0 && c.available()),
-            ServiceRt::Mirroring { main, .. } => main.available(),
-            ServiceRt::Failover { main, fallback } => main.available() || fallback.available(),
+            ServiceRt::Weighted { children, .. } => {
+                children.iter().any(|(c, w)| *w > 0 && c.available_with(child_down))
+            }
+            ServiceRt::Mirroring { main, .. } => main.available_with(child_down),
+            ServiceRt::Failover { main, fallback } => {
+                main.available_with(child_down) || fallback.available_with(child_down)
+            }
             ServiceRt::Unavailable(_) => false,
             ServiceRt::Multicluster { name, children } => {
                 let (uplink, pinned) = crate::multicluster::resolve(children, name);
                 children.iter().any(|c| {
                     c.reachable
+                        && !child_down(&c.name)
                         && pinned.is_none_or(|p| p == c.name)
                         && c.uplinks.iter().any(|u| u.name == uplink && u.healthy && u.weight > 0)
                 })
@@ -178,11 +189,16 @@ impl ServiceRt {
 
     /// For weighted services: the next child with something available.
     pub fn pick_child(&self) -> Option<&Arc<ServiceRt>> {
+        self.pick_child_with(&|_| false)
+    }
+
+    /// [`ServiceRt::pick_child`], leaving out children for which `child_down` holds.
+    pub fn pick_child_with(&self, child_down: &dyn Fn(&str) -> bool) -> Option<&Arc<ServiceRt>> {
         let ServiceRt::Weighted { children, wrr } = self else { return None };
         let weights: Vec<(usize, i64)> = children
             .iter()
             .enumerate()
-            .filter(|(_, (c, w))| *w > 0 && c.available())
+            .filter(|(_, (c, w))| *w > 0 && c.available_with(child_down))
             .map(|(i, (_, w))| (i, i64::from(*w)))
             .collect();
         let mut cur = wrr.lock().ok()?;
@@ -375,6 +391,47 @@ mod tests {
             let c = built["w"].pick_child().unwrap();
             assert!(Arc::ptr_eq(c, &built["fb"]));
         }
+    }
+
+    #[test]
+    fn a_child_this_data_plane_lost_is_skipped_by_failover_and_weighted() {
+        let mc = |id: &str, child: &str| pb::Service {
+            id: id.into(),
+            kind: Some(Kind::Multicluster(pb::Multicluster { uplink: "crm".into(), child: child.into() })),
+        };
+        let svcs = vec![
+            mc("a", "cluster-a"),
+            mc("b", "cluster-b"),
+            pb::Service {
+                id: "f".into(),
+                kind: Some(Kind::Failover(pb::Failover { service: "a".into(), fallback: "b".into() })),
+            },
+            pb::Service {
+                id: "w".into(),
+                kind: Some(Kind::Weighted(pb::Weighted {
+                    services: vec![
+                        pb::WeightedService { service: "a".into(), weight: 1 },
+                        pb::WeightedService { service: "b".into(), weight: 1 },
+                    ],
+                })),
+            },
+        ];
+        let child = |name: &str| pb::Child {
+            name: name.into(),
+            reachable: true,
+            uplinks: vec![pb::UplinkState { name: "crm".into(), weight: 1, healthy: true, entry_points: vec![] }],
+            ..Default::default()
+        };
+        let built = build(&svcs, &[child("cluster-a"), child("cluster-b")]).unwrap();
+        // The snapshot says both are fine; this data plane lost cluster-a.
+        let a_down = |c: &str| c == "cluster-a";
+        assert!(built["a"].available());
+        assert!(!built["a"].available_with(&a_down));
+        assert!(built["f"].available_with(&a_down), "the fallback still serves");
+        for _ in 0..4 {
+            assert!(Arc::ptr_eq(built["w"].pick_child_with(&a_down).unwrap(), &built["b"]));
+        }
+        assert!(!built["w"].available_with(&|_| true));
     }
 
     #[test]
