@@ -91,6 +91,8 @@ pub struct UplinkClient {
     endpoint: OnceLock<quinn::Endpoint>,
     conns: Mutex<HashMap<String, quinn::Connection>>,
     down: Mutex<HashMap<String, Instant>>,
+    /// Failed streams in a row per child, on connections that stayed up (passive health).
+    failures: Mutex<HashMap<String, u32>>,
     /// Rotation counter for weighted picks.
     pub counter: AtomicU64,
 }
@@ -104,6 +106,10 @@ impl std::fmt::Debug for UplinkClient {
 /// How long a child stays out after this data plane's own connection to it failed.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 
+/// Failed streams in a row (the connection itself alive) that take a child out for
+/// [`DOWN_FOR`]: passive health, as Traefik's `maxFailedAttempts` does for servers.
+const MAX_STREAM_FAILURES: u32 = 3;
+
 impl UplinkClient {
     /// A client presenting `cert` (a certificate of this installation's CA `ca`).
     pub fn new(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>, liveness: Liveness) -> Arc<UplinkClient> {
@@ -115,6 +121,7 @@ impl UplinkClient {
             endpoint: OnceLock::new(),
             conns: Mutex::default(),
             down: Mutex::default(),
+            failures: Mutex::default(),
             counter: AtomicU64::new(0),
         })
     }
@@ -132,6 +139,34 @@ impl UplinkClient {
         }
         if let Ok(mut c) = self.conns.lock() {
             c.remove(child);
+        }
+    }
+
+    /// Counts a failed stream to `child`; enough in a row take it out.
+    fn stream_failed(&self, child: &str, why: &str) {
+        let n = match self.failures.lock() {
+            Ok(mut f) => {
+                let n = f.entry(child.to_string()).or_insert(0);
+                *n += 1;
+                let count = *n;
+                if count >= MAX_STREAM_FAILURES {
+                    f.remove(child);
+                }
+                count
+            }
+            Err(_) => return,
+        };
+        if n >= MAX_STREAM_FAILURES {
+            self.mark_down(child, &format!("{n} failed streams in a row, last: {why}"));
+        }
+    }
+
+    /// A stream to `child` got its response: the failure streak ends.
+    fn stream_ok(&self, child: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            if !f.is_empty() {
+                f.remove(child);
+            }
         }
     }
 
@@ -200,7 +235,10 @@ impl UplinkClient {
                 self.mark_down(&child.name, &closed.to_string());
                 UpstreamError::Connect { server: child.name.clone(), reason: format!("{e} ({closed})") }
             }
-            None => UpstreamError::Protocol { server: child.name.clone(), reason: e },
+            None => {
+                self.stream_failed(&child.name, &e);
+                UpstreamError::Protocol { server: child.name.clone(), reason: e }
+            }
         };
         uplink::write_frame(&mut send, &header).await.map_err(|e| proto_err(e.to_string()))?;
         let io = TokioIo::new(uplink::io(send, recv));
@@ -226,6 +264,7 @@ impl UplinkClient {
             *req.version_mut() = http::Version::HTTP_11;
             s.send_request(req).await.map_err(|e| proto_err(e.to_string()))?
         };
+        self.stream_ok(&child.name);
         Ok(resp.map(body::incoming))
     }
 }
@@ -313,6 +352,21 @@ mod tests {
         assert_eq!(resolve(&cs, "crm-cluster-a"), ("crm", Some("cluster-a")));
         assert_eq!(resolve(&cs, "crm-a"), ("crm", Some("a")));
         assert_eq!(resolve(&cs, "billing"), ("billing", None));
+    }
+
+    #[test]
+    fn failed_streams_in_a_row_take_a_child_out_and_a_success_ends_the_streak() {
+        let client = UplinkClient::new(vec![], vec![], vec![], Liveness::default());
+        client.stream_failed("a", "reset");
+        client.stream_failed("a", "reset");
+        client.stream_ok("a");
+        client.stream_failed("a", "reset");
+        client.stream_failed("a", "reset");
+        assert!(!client.is_down("a"), "a success in between resets the count");
+        client.stream_failed("b", "reset");
+        client.stream_failed("a", "reset");
+        assert!(client.is_down("a"));
+        assert!(!client.is_down("b"), "streaks are per child");
     }
 
     #[test]
