@@ -39,3 +39,18 @@ for l in sys.stdin:
     v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
 v.sort(); print(v[(len(v)-1)//2][1])"; }
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+
+backend_manifests() { # the Service `backend` in namespace bench and its Endpoints at $BACKEND
+  cat <<YAML
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: bench}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: backend, namespace: bench}
+subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
+YAML
+}

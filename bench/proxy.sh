@@ -37,17 +37,8 @@ spec:
   routes:
     - match: Host(\`bench.test\`) && PathPrefix(\`/\`)
       services: [{name: backend, port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: bench}
-spec: {ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: backend, namespace: bench}
-subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
 YAML
+backend_manifests >> "$WORK/one/route.yaml"
 cp "$WORK/one/route.yaml" "$WORK/many/route.yaml"
 python3 - "$WORK/many/routes.yaml" <<'PY'
 import sys

@@ -69,17 +69,8 @@ spec:
   routes:
     - match: PathPrefix(\`/\`)
       services: [{name: backend, port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: bench}
-spec: {ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: backend, namespace: bench}
-subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
 YAML
+backend_manifests >> "$WORK/child/manifests.yaml"
 cat > "$WORK/parent/values.yaml" <<YAML
 hub:
   providers:

@@ -295,10 +295,8 @@ async fn grpc_unary_and_server_stream_keep_trailers() {
     let tmp = tempfile::tempdir().unwrap();
     fs::write(
         tmp.path().join("grpc.yaml"),
-        format!(
-            "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {{name: grpc, namespace: ns}}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      services: [{{name: grpc, port: 80, scheme: h2c}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: grpc, namespace: ns}}\nsubsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{port: {}}}]}}]\n",
-            grpc.port()
-        ),
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: grpc, namespace: ns}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      services: [{name: grpc, port: 80, scheme: h2c}]\n".to_string()
+            + &common::service_manifests("ns", "grpc", &[grpc]),
     )
     .unwrap();
     let gw = GatewayProc::start(None, tmp.path(), &[]);

@@ -11,14 +11,7 @@ use common::client::get;
 use common::gateway::GatewayProc;
 
 fn endpoints(name: &str, addrs: &[std::net::SocketAddr]) -> String {
-    let subsets: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("  - addresses: [{{ip: {}}}]\n    ports: [{{port: {}}}]\n", a.ip(), a.port()))
-        .collect();
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: ns}}\nsubsets:\n{}",
-        subsets.join("")
-    )
+    common::service_manifests("ns", name, addrs)
 }
 
 fn route(name: &str, rule: &str, middlewares: &[&str], service: &str) -> String {

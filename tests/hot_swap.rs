@@ -44,22 +44,10 @@ apiVersion: traefik.io/v1alpha1
 kind: Middleware
 metadata: {{name: strip, namespace: ns}}
 spec: {{stripPrefix: {{prefixes: [/v{}]}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: svc, namespace: ns}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: svc, namespace: ns}}
-subsets: [{{addresses: [{{ip: {}}}], ports: [{{port: {}}}]}}]
 ",
         // Alternate the strip prefix so the path the backend sees depends on the version too.
         if version.is_multiple_of(2) { "" } else { "/" },
-        backend.ip(),
-        backend.port()
-    )
+    ) + &common::service_manifests("ns", "svc", &[backend])
 }
 
 fn runtime(version: u64, backend: std::net::SocketAddr) -> Runtime {

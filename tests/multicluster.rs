@@ -337,10 +337,8 @@ async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
     let root = tmp.path();
     test_pki(root);
     // cluster-a also serves a gRPC API on its crm uplink (h2c to the backend) ...
-    let child_grpc = format!(
-        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services: [{{name: grpc, port: 80, scheme: h2c}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc, namespace: apps}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: grpc, namespace: apps}}\nsubsets: [{{addresses: [{{ip: 127.0.0.2}}], ports: [{{port: {}}}]}}]\n",
-        grpc.port()
-    );
+    let child_grpc = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services: [{name: grpc, port: 80, scheme: h2c}]\n".to_string()
+        + &common::service_manifests("apps", "grpc", &[grpc]);
     let a = agent_with(root, "cluster-a", "127.0.0.2", "crm", crm.addr, &[("grpc.yaml", child_grpc)]);
     let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
     // ... which the parent routes to crm@multicluster.

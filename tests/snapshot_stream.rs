@@ -30,20 +30,8 @@ apiVersion: traefik.io/v1alpha1
 kind: Middleware
 metadata: {{name: stamp, namespace: ns}}
 spec: {{headers: {{customResponseHeaders: {{X-Stamp: \"{stamp}\"}}}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: svc, namespace: ns}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: svc, namespace: ns}}
-subsets: [{{addresses: [{{ip: {}}}], ports: [{{port: {}}}]}}]
 ",
-            backend.ip(),
-            backend.port()
-        ),
+        ) + &common::service_manifests("ns", "svc", &[backend]),
     )
     .unwrap();
 }

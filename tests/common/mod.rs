@@ -9,6 +9,19 @@ pub mod gateway;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A `---`-prefixed Service `name` (port 80) in `ns` and its Endpoints, one subset per
+/// address in `addrs`.
+pub fn service_manifests(ns: &str, name: &str, addrs: &[std::net::SocketAddr]) -> String {
+    let subsets: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("  - addresses: [{{ip: {}}}]\n    ports: [{{port: {}}}]\n", a.ip(), a.port()))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: {ns}}}\nsubsets:\n{}",
+        subsets.join("")
+    )
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
