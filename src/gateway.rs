@@ -46,6 +46,8 @@ pub struct GatewayOptions {
     pub upstream: UpstreamConfig,
     /// Where generated state (the default certificate) is kept.
     pub state_dir: Option<PathBuf>,
+    /// A TLS directory whose `gateway.pem`/`gateway-key.pem` is the default certificate.
+    pub tls_dir: Option<PathBuf>,
     /// Worker threads serving entrypoints (each with its own runtime, sockets and upstream
     /// connection pool).
     pub workers: usize,
@@ -333,11 +335,19 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
     })
     .await?
     .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
-    let certs = match &opts.state_dir {
-        Some(d) => CertStore::persistent(d),
-        None => CertStore::generated(),
-    }
-    .map_err(anyhow::Error::msg)?;
+    let certs = match (&opts.tls_dir, &opts.state_dir) {
+        (Some(d), _) => {
+            let f = atrium_data_plane::pki::NodeFiles::new(d, "gateway");
+            CertStore::from_files(&f.cert, &f.key).map_err(|e| {
+                anyhow::anyhow!(
+                    "--tls-dir: {e} (create it with `atrium certs issue --dir {} --name gateway --san <host>`)",
+                    d.display()
+                )
+            })?
+        }
+        (None, Some(d)) => CertStore::persistent(d).map_err(anyhow::Error::msg)?,
+        (None, None) => CertStore::generated().map_err(anyhow::Error::msg)?,
+    };
     let gw = Gateway::new(Upstreams::new(opts.upstream.clone()), opts.access_log, certs.clone());
     apply(&gw, first);
 

@@ -234,6 +234,10 @@ enum Command {
         /// Directory for generated state (the default TLS certificate); kept across restarts.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// TLS directory whose `gateway.pem` and `gateway-key.pem` (`atrium certs issue
+        /// --name gateway`) are the default certificate, instead of a generated one.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
         /// Runtime worker threads (default: the number of cores).
         #[arg(long)]
         workers: Option<usize>,
@@ -376,6 +380,7 @@ fn main() -> ExitCode {
             bind_ip,
             admin,
             state_dir,
+            tls_dir,
             workers,
             access_log,
             watch_debounce_ms,
@@ -404,6 +409,7 @@ fn main() -> ExitCode {
                     drain_timeout: Duration::from_secs(drain_timeout),
                 },
                 state_dir,
+                tls_dir,
                 workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
                 upstream: atrium_data_plane::upstream::UpstreamConfig {
                     connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),

@@ -268,6 +268,33 @@ async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_dir_supplies_the_default_certificate() {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let pki = tmp.path().join("pki");
+    let pki_arg = pki.to_str().unwrap();
+
+    // Without the gateway's certificate in the directory, start-up fails and says how to fix it.
+    let v = values();
+    let o = common::atrium(["gateway", "--values", v.to_str().unwrap(), "--manifests", m.to_str().unwrap(), "--tls-dir", pki_arg]);
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert!(err.contains("gateway.pem") && err.contains("atrium certs issue"), "{err}");
+
+    for args in [vec!["certs", "init", "--dir", pki_arg], vec!["certs", "issue", "--dir", pki_arg, "--name", "gateway"]] {
+        let o = common::atrium(&args);
+        assert!(o.status.success(), "{args:?}: {}", common::stderr(&o));
+    }
+    let issued = CertificateDer::from_pem_file(pki.join("gateway.pem")).unwrap();
+    let gw = GatewayProc::start(Some(&values()), &m, &["--tls-dir", pki_arg]);
+    let (_, leaf, r) = client::tls_get(gw.entry_points["websecure"], "anything.test", "/crm/health").await;
+    assert_eq!(leaf, issued.as_ref(), "names without a secretName get the TLS directory's certificate");
+    assert_eq!(r.status, 404, "the handshake completed and the request was answered (the seed routes `web` only)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_websocket_upgrade_and_100mb_bodies_pass_through() {
     let be = backend::start("crm", "127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();

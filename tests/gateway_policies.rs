@@ -221,3 +221,50 @@ fn flate2_read(b: &[u8]) -> Vec<u8> {
     flate2::read::GzDecoder::new(b).read_to_end(&mut out).unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_replays_bodies_on_network_errors_and_chosen_statuses() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = backend::start("a", "127.0.0.1").await;
+    let b = backend::start("b", "127.0.0.1").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Round-robin over a closed port and a live backend: every other try fails to connect.
+    let mut y = endpoints("half", &[dead, a.addr]) + &endpoints("ab", &[a.addr, b.addr]);
+    y += &route("count", "PathPrefix(`/count`)", &["retry3"], "{name: half, port: 80}");
+    y += &middleware("retry3", "{retry: {attempts: 3, initialInterval: 10ms}}");
+    y += &route("small", "PathPrefix(`/small`)", &["retry-small"], "{name: half, port: 80}");
+    y += &middleware("retry-small", "{retry: {attempts: 3, maxRequestBodyBytes: 1000}}");
+    y += &route("health", "PathPrefix(`/health`)", &["retry-5xx"], "{name: ab, port: 80}");
+    y += &middleware("retry-5xx", "{retry: {attempts: 2, status: [\"500-599\"]}}");
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let client = common::client::http1();
+    let req = |method: &str, path: &str, body: String| {
+        hyper::Request::builder().method(method).uri(gw.web(path)).body(common::client::body(body)).unwrap()
+    };
+
+    // Idempotent requests with a body are replayed whole on the live backend.
+    for i in 0..10 {
+        let r = common::client::send(&client, req("PUT", "/count", "hello".into())).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "5"), "PUT {i} was retried with its body");
+    }
+    // POST is not idempotent: it is sent once, so the closed port shows through as 502.
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(common::client::send(&client, req("POST", "/count", "hello".into())).await.status);
+    }
+    assert!(codes.contains(&502) && codes.contains(&200), "POST is not retried: {codes:?}");
+    // A body over the retry's limit is refused before anything is sent.
+    let r = common::client::send(&client, req("PUT", "/small", "x".repeat(2000))).await;
+    assert_eq!(r.status, 413);
+
+    // b answers 500 on /health: that answer is thrown away and a answers instead.
+    b.healthy.store(false, Relaxed);
+    let before = b.hits.load(Relaxed);
+    for i in 0..10 {
+        let r = get(&gw.web("/health")).await;
+        assert_eq!((r.status, r.header("x-backend-name")), (200, Some("a")), "request {i}");
+    }
+    assert!(b.hits.load(Relaxed) > before, "b was tried and its 500 retried");
+}

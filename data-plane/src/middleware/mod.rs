@@ -11,6 +11,7 @@ pub mod headers;
 pub mod limits;
 pub mod path;
 pub mod redirect;
+pub mod retry;
 
 use regex::Regex;
 
@@ -59,13 +60,8 @@ pub enum Action {
     BasicAuth(basic_auth::BasicAuthRt),
     /// gzip responses.
     Compress(compress::CompressRt),
-    /// Retries on connection errors.
-    Retry {
-        /// Attempts in total.
-        attempts: u32,
-        /// First backoff.
-        initial_interval: std::time::Duration,
-    },
+    /// Tries the request again on network errors and chosen statuses.
+    Retry(retry::RetryPolicy),
 }
 
 /// A middleware from a snapshot, ready to run.
@@ -131,24 +127,7 @@ impl CompiledMiddleware {
                 max_response: b.max_response_body_bytes.unwrap_or(0).max(0) as u64,
             }
         } else if let Some(r) = &s.retry {
-            if r.attempts <= 0 {
-                return Err("retry.attempts must be positive".into());
-            }
-            if !r.status.is_empty()
-                || r.timeout.is_some()
-                || r.max_request_body_bytes.is_some()
-                || r.retry_non_idempotent_method.is_some()
-                || r.disable_retry_on_network_error.is_some()
-            {
-                return Err("retry: only attempts and initialInterval are supported yet".into());
-            }
-            let initial_interval = r
-                .initial_interval
-                .as_ref()
-                .map(|d| d.as_duration())
-                .transpose()?
-                .unwrap_or(std::time::Duration::from_millis(100));
-            Action::Retry { attempts: r.attempts as u32, initial_interval }
+            Action::Retry(retry::RetryPolicy::new(r)?)
         } else if let Some(c) = &s.compress {
             Action::Compress(compress::CompressRt::new(c)?)
         } else if let Some(b) = &s.basic_auth {

@@ -15,7 +15,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use atrium_proto::v1::SnapshotBody;
@@ -127,6 +127,8 @@ pub struct Gateway {
     pub certs: Arc<tls::CertStore>,
     /// The parent side of uplinks, when this data plane has a certificate for them.
     uplinks: std::sync::OnceLock<Arc<crate::multicluster::UplinkClient>>,
+    /// Requests logged so far (Traefik's CLF counter).
+    served: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -212,6 +214,7 @@ impl Gateway {
             hostname,
             certs,
             uplinks: std::sync::OnceLock::new(),
+            served: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -262,12 +265,17 @@ impl Gateway {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let version = req.version();
+        let seen = self.access_log.map(|_| {
+            let h = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            (h(header::REFERER), h(header::USER_AGENT))
+        });
         let (mut resp, labels) = self.handle_inner(req, conn).await;
         // Answer in the client's protocol version, whatever the upstream spoke.
         *resp.version_mut() = version;
         let code = resp.status().as_u16();
         let (router, service) = labels.unwrap_or_else(|| (Arc::from(""), Arc::from("")));
-        if let Some(fmt) = self.access_log {
+        if let (Some(fmt), Some((referer, agent))) = (self.access_log, seen) {
+            let n = self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let (r, s) = (&*router, &*service);
             let line = match fmt {
@@ -276,15 +284,22 @@ impl Gateway {
                     "status": code, "router": r, "service": s, "entryPoint": &*conn.entry_point, "durationMs": ms,
                 })
                 .to_string(),
+                // Traefik's Common Log Format: client, user, time, request line, status,
+                // size, referer, user agent, requests so far, router, service, duration.
                 AccessLog::Clf => format!(
-                    "{} - - [{}] \"{} {} HTTP/1.1\" {} - \"{}\" \"{}\" {:.0}ms",
-                    conn.peer.ip(),
-                    httpdate(),
+                    "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {} \"{}\" \"{}\" {:.0}ms",
+                    conn.peer.ip().to_canonical(),
+                    clf_time(std::time::SystemTime::now()),
                     method,
-                    uri,
+                    uri.path_and_query().map_or("/", |p| p.as_str()),
+                    version,
                     code,
-                    r,
-                    s,
+                    resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                    referer,
+                    agent,
+                    n,
+                    if r.is_empty() { "-" } else { r },
+                    if s.is_empty() { "-" } else { s },
                     ms
                 ),
             };
@@ -347,7 +362,7 @@ impl Gateway {
         let mut drop_xff = false;
         let mut host_override: Option<String> = None;
         let (mut max_request, mut max_response) = (0u64, 0u64);
-        let mut retry: Option<(u32, Duration)> = None;
+        let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
         let mut compress = None;
         let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
         let scheme = if conn.tls { "https" } else { "http" };
@@ -427,8 +442,8 @@ impl Gateway {
                     compress = Some(c);
                     None
                 }
-                Action::Retry { attempts, initial_interval } => {
-                    retry = Some((*attempts, *initial_interval));
+                Action::Retry(p) => {
+                    retry = Some(p);
                     None
                 }
             };
@@ -513,20 +528,49 @@ impl Gateway {
         let Some(svc) = rt.services.get(&router.service).cloned() else {
             return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
         };
-        let replayable = http_body::Body::is_end_stream(&req_body);
-        let (attempts, mut backoff) = retry.unwrap_or((1, Duration::ZERO));
-        let retry_copy = (attempts > 1 && replayable).then(|| out.clone());
+        // A request that may be tried again keeps its body (413 past the retry's limit).
+        let retry = retry.filter(|p| p.allows(&parts.method));
+        let mut replay = None;
+        if let Some(p) = retry {
+            let bytes = if http_body::Body::is_end_stream(&req_body) {
+                Bytes::new()
+            } else {
+                let limit = p.max_body.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                match body::collect_limited(req_body, limit).await {
+                    Ok(b) => b,
+                    Err(body::CollectError::TooLarge) => {
+                        return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
+                    }
+                    Err(body::CollectError::Body(e)) => {
+                        tracing::debug!(error = %e, "request body failed while it was read for retry");
+                        return (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
+                    }
+                }
+            };
+            req_body = body::full(bytes.clone());
+            replay = Some((p, out.clone(), bytes));
+        }
         let mut result = self.dispatch(&svc, out, req_body, &conn.upstreams).await;
-        let mut attempt = 1;
-        while attempt < attempts
-            && replayable
-            && matches!(result, Err(ProxyError::Upstream(UpstreamError::Connect { .. })))
-        {
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
-            attempt += 1;
-            let Some(out) = retry_copy.clone() else { break };
-            result = self.dispatch(&svc, out, body::empty(), &conn.upstreams).await;
+        if let Some((p, out, bytes)) = replay {
+            let deadline = p.timeout.map(|t| Instant::now() + t);
+            let mut attempt = 1;
+            while attempt < p.attempts {
+                let again = match &result {
+                    Ok(r) => p.retries_status(r.status()),
+                    Err(ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Protocol { .. })) => {
+                        p.retries_network_errors()
+                    }
+                    Err(e) => p.retries_status(error_response(e).status()),
+                };
+                attempt += 1;
+                let wait = p.backoff(attempt);
+                if !again || deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                tracing::debug!(router = %router.id, attempt, "retrying request");
+                result = self.dispatch(&svc, out.clone(), body::full(bytes.clone()), &conn.upstreams).await;
+            }
         }
         let mut resp = match result {
             Ok(r) => r,
@@ -704,7 +748,43 @@ fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Respon
     r
 }
 
-fn httpdate() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{secs}")
+/// A time as Common Log Format writes it, in UTC: `26/Nov/2026:06:18:47 +0000`.
+fn clf_time(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn clf_time_is_a_civil_utc_date() {
+        let at = |secs: u64| super::clf_time(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
+        // `date -u -d @1795674527`: Thu Nov 26 06:28:47 UTC 2026.
+        assert_eq!(at(1_795_674_527), "26/Nov/2026:06:28:47 +0000");
+        // A leap day and the last second of a year.
+        assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(at(1_704_067_199), "31/Dec/2023:23:59:59 +0000");
+        assert!(super::clf_time(SystemTime::now()).ends_with(" +0000"));
+    }
 }

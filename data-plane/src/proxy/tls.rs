@@ -68,6 +68,15 @@ impl CertStore {
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
 
+    /// A store whose default certificate is a node certificate of a TLS directory
+    /// (`<name>.pem`, `<name>-key.pem`, as `atrium certs issue` writes them).
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertStore>, String> {
+        let c = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let k = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let default = certified_key(&c, &k).map_err(|e| format!("{}: {e}", cert.display()))?;
+        Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
+    }
+
     /// Replaces the SNI map (lower-case server name → certificate; `*.domain` allowed).
     pub fn set(&self, by_name: HashMap<String, Arc<CertifiedKey>>) {
         self.by_name.store(Arc::new(by_name));
