@@ -278,12 +278,21 @@ async fn tls_dir_supplies_the_default_certificate() {
 
     // Without the gateway's certificate in the directory, start-up fails and says how to fix it.
     let v = values();
-    let o = common::atrium(["gateway", "--values", v.to_str().unwrap(), "--manifests", m.to_str().unwrap(), "--tls-dir", pki_arg]);
+    let o = common::atrium([
+        "gateway",
+        "--values",
+        v.to_str().unwrap(),
+        "--manifests",
+        m.to_str().unwrap(),
+        "--tls-dir",
+        pki_arg,
+    ]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
     assert!(err.contains("gateway.pem") && err.contains("atrium certs issue"), "{err}");
 
-    for args in [vec!["certs", "init", "--dir", pki_arg], vec!["certs", "issue", "--dir", pki_arg, "--name", "gateway"]] {
+    for args in [vec!["certs", "init", "--dir", pki_arg], vec!["certs", "issue", "--dir", pki_arg, "--name", "gateway"]]
+    {
         let o = common::atrium(&args);
         assert!(o.status.success(), "{args:?}: {}", common::stderr(&o));
     }

@@ -205,6 +205,24 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Keeps the state of unchanged middlewares across a swap: where `old` has a middleware
+    /// with the same id and configuration, its compiled instance (rate-limit buckets,
+    /// in-flight counts) replaces the fresh one, so a reload elsewhere in the configuration
+    /// neither resets limits nor lets a client past them.
+    pub fn adopt_state(&mut self, old: &RouteTable) {
+        let previous: HashMap<&str, &Arc<CompiledMiddleware>> =
+            old.routers.iter().flat_map(|r| r.middlewares.iter()).map(|m| (m.id.as_str(), m)).collect();
+        for r in &mut self.routers {
+            for m in &mut r.middlewares {
+                if let Some(p) = previous.get(m.id.as_str()) {
+                    if p.spec == m.spec {
+                        *m = Arc::clone(p);
+                    }
+                }
+            }
+        }
+    }
+
     /// Compiles a snapshot body. Errors leave the caller's previous table in force.
     pub fn from_snapshot(body: &SnapshotBody) -> Result<RouteTable, TableError> {
         let mut middlewares = HashMap::new();
@@ -354,6 +372,39 @@ mod tests {
         let h = HeaderMap::new();
         let v = RequestView::new("GET", host, path, None, &h, "10.0.0.1:1");
         t.route(ep, &v).map(|r| r.id.as_str())
+    }
+
+    #[test]
+    fn unchanged_middlewares_keep_their_state_across_tables() {
+        use atrium_proto::v1::Middleware;
+        let with_limit = |average: u32| {
+            let mut b = body(&[("a/r/0", "PathPrefix(`/`)", 0, &[])]);
+            b.routers[0].middlewares = vec!["ns/limit".into(), "ns/strip".into()];
+            b.middlewares = vec![
+                Middleware {
+                    id: "ns/limit".into(),
+                    kind: "rateLimit".into(),
+                    config_json: format!(r#"{{"average": {average}, "burst": 1}}"#),
+                },
+                Middleware {
+                    id: "ns/strip".into(),
+                    kind: "stripPrefix".into(),
+                    config_json: r#"{"prefixes": ["/x"]}"#.into(),
+                },
+            ];
+            RouteTable::from_snapshot(&b).unwrap()
+        };
+        let old = with_limit(1);
+        let mut same = with_limit(1);
+        same.adopt_state(&old);
+        for (n, o) in same.routers[0].middlewares.iter().zip(&old.routers[0].middlewares) {
+            assert!(Arc::ptr_eq(n, o), "{} keeps its compiled state", n.id);
+        }
+        let mut changed = with_limit(5);
+        changed.adopt_state(&old);
+        let (n, o) = (&changed.routers[0].middlewares, &old.routers[0].middlewares);
+        assert!(!Arc::ptr_eq(&n[0], &o[0]), "a changed rate limit starts with fresh buckets");
+        assert!(Arc::ptr_eq(&n[1], &o[1]));
     }
 
     #[test]

@@ -156,7 +156,10 @@ mod tests {
         assert!(p.allows(&Method::POST));
         assert!(retry(r#"{"attempts": 0}"#).unwrap_err().contains("positive"));
         assert!(retry(r#"{"attempts": 2, "maxRequestBodyBytes": -2}"#).unwrap_err().contains("maxRequestBodyBytes"));
-        let r = Retry { initial_interval: Some(IntOrString::Str("soon".into())), ..serde_json::from_str(r#"{"attempts": 2}"#).unwrap() };
+        let r = Retry {
+            initial_interval: Some(IntOrString::Str("soon".into())),
+            ..serde_json::from_str(r#"{"attempts": 2}"#).unwrap()
+        };
         assert!(RetryPolicy::new(&r).unwrap_err().contains("initialInterval"));
     }
 }

@@ -236,13 +236,30 @@ impl Gateway {
 
     /// Puts a new configuration in force and starts its health checks. Requests in flight
     /// finish on the table they started with.
-    pub fn swap(&self, rt: Runtime) {
-        let mut lbs = Vec::new();
-        for s in rt.services.values() {
-            s.load_balancers(&mut lbs);
+    ///
+    /// What the previous table learnt carries over where the configuration did not change:
+    /// health verdicts and ejections of servers, rate-limit and in-flight state.
+    pub fn swap(&self, mut rt: Runtime) {
+        let load_balancers = |rt: &Runtime| {
+            let mut lbs = Vec::new();
+            for s in rt.services.values() {
+                s.load_balancers(&mut lbs);
+            }
+            lbs.sort_by(|a, b| a.id.cmp(&b.id));
+            lbs.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            lbs
+        };
+        let lbs = load_balancers(&rt);
+        if let Some(old) = self.runtime.load_full() {
+            rt.table.adopt_state(&old.table);
+            let previous: HashMap<String, Arc<service::LoadBalancer>> =
+                load_balancers(&old).into_iter().map(|lb| (lb.id.clone(), lb)).collect();
+            for lb in &lbs {
+                if let Some(o) = previous.get(&lb.id) {
+                    lb.adopt_state(o);
+                }
+            }
         }
-        lbs.sort_by(|a, b| a.id.cmp(&b.id));
-        lbs.dedup_by(|a, b| Arc::ptr_eq(a, b));
         for lb in &lbs {
             service::health::spawn(lb, self.upstreams.clone());
         }
@@ -266,7 +283,8 @@ impl Gateway {
         let uri = req.uri().clone();
         let version = req.version();
         let seen = self.access_log.map(|_| {
-            let h = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            let h =
+                |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
             (h(header::REFERER), h(header::USER_AGENT))
         });
         let (mut resp, labels) = self.handle_inner(req, conn).await;

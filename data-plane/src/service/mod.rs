@@ -95,6 +95,31 @@ impl LoadBalancer {
         self.servers.iter().any(|s| s.weight > 0 && s.available(now))
     }
 
+    /// Takes over what `old` (the same service in the previous table) learnt about servers
+    /// that are still here: health-check verdicts when the check is unchanged, passive
+    /// ejections when the passive check is unchanged, and the round-robin position.
+    pub fn adopt_state(&self, old: &LoadBalancer) {
+        let same_active = self.health_check == old.health_check;
+        let same_passive = self.passive == old.passive;
+        for s in &self.servers {
+            let Some(o) = old.servers.iter().find(|o| o.url == s.url) else { continue };
+            if same_active && self.health_check.is_some() {
+                s.healthy.store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            if same_passive && self.passive.is_some() {
+                if let (Ok(mut n), Ok(p)) = (s.passive.lock(), o.passive.lock()) {
+                    n.failures = p.failures.clone();
+                    n.ejected_until = p.ejected_until;
+                }
+            }
+        }
+        if self.servers.iter().map(|s| (&s.url, s.weight)).eq(old.servers.iter().map(|s| (&s.url, s.weight))) {
+            if let (Ok(mut n), Ok(o)) = (self.wrr.lock(), old.wrr.lock()) {
+                n.clone_from(&o);
+            }
+        }
+    }
+
     /// Records a failed forward to `server` for passive health checking.
     pub fn record_failure(&self, server: &Server) {
         let Some(p) = &self.passive else { return };
@@ -365,6 +390,42 @@ mod tests {
         lb.record_failure(&lb.servers[0]);
         assert!(!lb.servers[0].available(Instant::now()));
         assert!(lb.pick().unwrap().url.to_string().contains("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_new_table_keeps_what_the_old_one_learnt_about_unchanged_servers() {
+        let with_checks = |servers: &[(&str, u32)], path: &str| {
+            let mut s = lb("a", servers);
+            if let Some(Kind::LoadBalancer(l)) = &mut s.kind {
+                l.health_check = Some(pb::HealthCheck { path: path.into(), interval_ms: 100, ..Default::default() });
+                l.passive_health_check =
+                    Some(pb::PassiveHealthCheck { max_failed_attempts: 1, failure_window_ms: 60_000 });
+            }
+            build(&[s], &[]).unwrap()
+        };
+        let lb_of = |svcs: &HashMap<String, Arc<ServiceRt>>| match &*svcs["a"] {
+            ServiceRt::LoadBalancer(lb) => lb.clone(),
+            _ => panic!("a load balancer"),
+        };
+        let (one, two, three) = ("http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80");
+        let old = lb_of(&with_checks(&[(one, 1), (two, 1)], "/health"));
+        old.servers[0].healthy.store(false, Ordering::Relaxed);
+        old.record_failure(&old.servers[1]);
+
+        // Same checks, one server added: the verdicts about the others carry over.
+        let new = lb_of(&with_checks(&[(one, 1), (two, 1), (three, 1)], "/health"));
+        new.adopt_state(&old);
+        let now = Instant::now();
+        assert!(!new.servers[0].available(now), "still failing its health check");
+        assert!(!new.servers[1].available(now), "still ejected");
+        assert!(new.servers[2].available(now), "a new server starts healthy");
+        assert_eq!(new.pick().unwrap().url.to_string(), format!("{three}/"));
+
+        // A changed health check starts from scratch: its verdicts meant something else.
+        let changed = lb_of(&with_checks(&[(one, 1), (two, 1)], "/ready"));
+        changed.adopt_state(&old);
+        assert!(changed.servers[0].healthy.load(Ordering::Relaxed));
+        assert!(!changed.servers[1].available(now), "the passive check did not change");
     }
 
     #[test]
