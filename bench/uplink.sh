@@ -7,6 +7,7 @@
 #
 #   bash bench/uplink.sh                    # 3 interleaved rounds of 5 s per target
 #   DURATION=10 ROUNDS=5 bash bench/uplink.sh
+#   HOLD=600 bash bench/uplink.sh           # start everything and keep it up, for profiling
 #
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints Markdown for BENCHMARKS.md.
@@ -113,6 +114,13 @@ for target in "$BACKEND" "$GATEWAY" "$PARENT" "$NGINX_FRONT"; do
   done
   [ -n "$ok" ] || { echo "$target is not answering 200; logs in $WORK" >&2; tail -5 "$WORK"/*/log >&2; exit 1; }
 done
+
+if [ -n "${HOLD:-}" ]; then
+  # For profiling: everything stays up until Ctrl-C (or HOLD seconds).
+  echo "parent $PARENT (Host: bench.test), gateway $GATEWAY, nginx chain $NGINX_FRONT, backend $BACKEND" >&2
+  echo "pids: child $CHILD_PID, all ${PIDS[*]}" >&2
+  sleep "$HOLD"; exit 0
+fi
 
 measure() { # $1 = addr -> "rps p50 p99"
   local out

@@ -197,6 +197,24 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
     assert_eq!(r.header("x-traefik-backend"), Some("cluster-b"));
     assert!(cp.logged("uplink connected"), "the parent logs each uplink connection");
 
+    // The child sees the parent's client as the client, and a client cannot pose as another
+    // one by sending the header that carries its address over pooled uplink streams.
+    let tls = common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await;
+    let mut h1 = common::exchanges::h1(tls).await;
+    for _ in 0..3 {
+        let req = hyper::Request::get("/crm/health")
+            .header("host", "api.example.com")
+            .header(atrium_data_plane::multicluster::CLIENT_HEADER, "203.0.113.66:1")
+            .body(common::client::body(""))
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), h1.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = |h: &str| r.headers().get(h).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        assert_eq!(seen("x-seen-x-real-ip"), "127.0.0.1");
+        assert!(!seen("x-seen-x-forwarded-for").contains("203.0.113.66"), "{}", seen("x-seen-x-forwarded-for"));
+        http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+    }
+
     // cluster-a dies without a word: crm has no healthy target left and answers 503 (no
     // hang), while billing keeps working.
     a.kill();

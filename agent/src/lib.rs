@@ -24,8 +24,8 @@ use std::time::Duration;
 use atrium_data_plane::body;
 use atrium_data_plane::proxy::{ConnInfo, Gateway};
 use atrium_data_plane::service::health::status_ok;
-use atrium_data_plane::uplink;
 use atrium_data_plane::upstream::Upstreams;
+use atrium_data_plane::{multicluster, uplink};
 use atrium_proto::v1 as pb;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
@@ -153,12 +153,28 @@ async fn serve_stream(
     let conn = Arc::new(uplink_conn(&header.uplink, client, up));
     let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let (gw, conn) = (gw.clone(), conn.clone());
+        let gw = gw.clone();
+        // On a pooled HTTP/1.1 stream each request names its own client.
+        let relayed = req
+            .headers_mut()
+            .remove(multicluster::CLIENT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<SocketAddr>().ok());
+        let base = conn.clone();
         // The stream header's trace context applies when the request lost its own.
         if let Some(tp) = &traceparent {
             req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
         }
-        async move { Ok::<_, std::convert::Infallible>(gw.handle(req.map(body::incoming), &conn).await) }
+        async move {
+            let relayed_conn;
+            let conn = match relayed {
+                Some(client) => {
+                    relayed_conn = base.for_client(client);
+                    &relayed_conn
+                }
+                None => &*base,
+            };
+            Ok::<_, std::convert::Infallible>(gw.handle(req.map(body::incoming), conn).await)
+        }
     });
     let io = TokioIo::new(uplink::io(send, recv));
     if let Err(e) =

@@ -1,5 +1,5 @@
 //! `X@multicluster` at run time: pick a healthy child that exposes uplink `X`, and forward
-//! the request over that child's pooled mutual-TLS QUIC connection, one stream per request.
+//! the request over that child's pooled mutual-TLS QUIC connection, on a pooled stream.
 //!
 //! Which children are reachable and which uplinks are healthy comes from the snapshot (the
 //! control plane's view). On top of that, each data plane stops using a child the moment
@@ -17,7 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::body::{self, Body};
 use crate::uplink::{self, Liveness, ServerCheck};
-use crate::upstream::UpstreamError;
+use crate::upstream::{H1Pool, UpstreamError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Resolves `name` of `name@multicluster` against the children: the exact uplink name
 /// first, then the longest child name that suffixes it (`crm-cluster-a` → uplink `crm` on
@@ -95,6 +97,37 @@ pub struct UplinkClient {
     failures: Mutex<HashMap<String, u32>>,
     /// Rotation counter for weighted picks.
     pub counter: AtomicU64,
+    /// Idle HTTP/1.1 streams by child and uplink.
+    streams: H1Pool<(String, String)>,
+    /// Waits for a free stream, by child (registered in the data plane's metrics).
+    stream_waits: OnceLock<Family<ChildLabels, Counter>>,
+    /// When the stream limit was last logged, by child.
+    stream_limit_logged: Mutex<HashMap<String, Instant>>,
+}
+
+/// The request header that carries the client's address to the child on pooled HTTP/1.1
+/// uplink streams. The parent always sets it (a client's own value never passes), and the
+/// child removes it before routing.
+pub const CLIENT_HEADER: &str = "atrium-uplink-client";
+
+/// Idle HTTP/1.1 streams kept per child and uplink. Each one counts against the child's
+/// concurrent-stream limit while it waits.
+const MAX_IDLE_STREAMS: usize = 128;
+
+/// Whether an HTTP/2 request must stay HTTP/2 through the uplink: gRPC, and any request
+/// whose client accepts trailers (`TE: trailers`), which HTTP/1.1 cannot carry back.
+fn needs_http2(h: &http::HeaderMap) -> bool {
+    let has = |name: http::header::HeaderName, needle: &str| {
+        h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains(needle)))
+    };
+    has(http::header::CONTENT_TYPE, "application/grpc") || has(http::header::TE, "trailers")
+}
+
+/// Labels of per-child uplink metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ChildLabels {
+    /// Child cluster name.
+    pub child: crate::proxy::metrics::Label,
 }
 
 impl std::fmt::Debug for UplinkClient {
@@ -123,6 +156,9 @@ impl UplinkClient {
             down: Mutex::default(),
             failures: Mutex::default(),
             counter: AtomicU64::new(0),
+            streams: H1Pool::default(),
+            stream_waits: OnceLock::new(),
+            stream_limit_logged: Mutex::default(),
         })
     }
 
@@ -191,46 +227,50 @@ impl UplinkClient {
         Ok(conn)
     }
 
-    /// Forwards one request to `uplink` on `child`.
-    pub async fn send(
+    /// Opens a data stream for `uplink` on `child` and writes its header. When the
+    /// connection's concurrent-stream limit is reached the wait is counted and logged.
+    async fn open_stream(
         &self,
         child: &pb::Child,
-        uplink_name: &str,
-        client: SocketAddr,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let server = child.name.clone();
+        header: &pb::StreamHeader,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), UpstreamError> {
+        let connect_err = |reason: String| UpstreamError::Connect { server: child.name.clone(), reason };
         let conn = match self.connection(child).await {
             Ok(c) => c,
             Err(e) => {
                 self.mark_down(&child.name, &e);
-                return Err(UpstreamError::Connect { server, reason: e });
+                return Err(connect_err(e));
             }
         };
-        let (mut send, recv) = match conn.open_bi().await {
+        let opened = {
+            let mut opening = std::pin::pin!(conn.open_bi());
+            let first = std::future::poll_fn(|cx| std::task::Poll::Ready(opening.as_mut().poll(cx))).await;
+            match first {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => {
+                    self.stream_limit_reached(&child.name);
+                    opening.await
+                }
+            }
+        };
+        let (mut send, recv) = match opened {
             Ok(s) => s,
             Err(e) => {
                 self.mark_down(&child.name, &e.to_string());
-                return Err(UpstreamError::Connect { server, reason: e.to_string() });
+                return Err(connect_err(e.to_string()));
             }
         };
-        let header = pb::StreamHeader {
-            kind: pb::stream_header::Kind::Data as i32,
-            uplink: uplink_name.to_string(),
-            client_addr: client.to_string(),
-            // The W3C trace context of the request, so the child's spans join the trace
-            // even when a hop in between strips headers.
-            traceparent: req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .unwrap_or_default(),
-        };
-        // A stream that fails because the whole connection died (the child went away
-        // mid-request) is a connect failure: the child is marked down and the caller may
-        // replay the request elsewhere.
-        let proto_err = |e: String| match conn.close_reason() {
+        if let Err(e) = uplink::write_frame(&mut send, header).await {
+            return Err(self.stream_error(child, &conn, e.to_string()));
+        }
+        Ok((conn, send, recv))
+    }
+
+    /// A stream that fails because the whole connection died (the child went away
+    /// mid-request) is a connect failure: the child is marked down and the caller may
+    /// replay the request elsewhere. Otherwise it counts toward passive health.
+    fn stream_error(&self, child: &pb::Child, conn: &quinn::Connection, e: String) -> UpstreamError {
+        match conn.close_reason() {
             Some(closed) => {
                 self.mark_down(&child.name, &closed.to_string());
                 UpstreamError::Connect { server: child.name.clone(), reason: format!("{e} ({closed})") }
@@ -239,33 +279,133 @@ impl UplinkClient {
                 self.stream_failed(&child.name, &e);
                 UpstreamError::Protocol { server: child.name.clone(), reason: e }
             }
-        };
-        uplink::write_frame(&mut send, &header).await.map_err(|e| proto_err(e.to_string()))?;
-        let io = TokioIo::new(uplink::io(send, recv));
+        }
+    }
+
+    /// Every stream the child allows is in use: requests wait for one to finish.
+    fn stream_limit_reached(&self, child: &str) {
+        if let Some(c) = self.stream_waits.get() {
+            c.get_or_create(&ChildLabels { child: crate::proxy::metrics::Label(Arc::from(child)) }).inc();
+        }
+        let now = Instant::now();
+        if let Ok(mut last) = self.stream_limit_logged.lock() {
+            if last.get(child).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
+                last.insert(child.to_string(), now);
+                tracing::warn!(
+                    child,
+                    limit = self.liveness.max_streams,
+                    "uplink stream limit reached: requests wait for a free stream"
+                );
+            }
+        }
+    }
+
+    /// Counts waits for a free stream in this family (the data plane's metrics).
+    pub fn set_stream_wait_metric(&self, family: Family<ChildLabels, Counter>) {
+        let _ = self.stream_waits.set(family);
+    }
+
+    /// Forwards one request to `uplink` on `child`.
+    ///
+    /// HTTP/1.1 requests (WebSocket upgrades included), and HTTP/2 requests that do not
+    /// need HTTP/2 end to end, go over pooled streams: a stream
+    /// carries one HTTP/1.1 keep-alive connection to the child's routing for that uplink,
+    /// and the client address travels with each request in [`CLIENT_HEADER`], which the
+    /// child removes. Reusing streams spares each request a stream opening, a header frame
+    /// and an HTTP handshake on both sides. HTTP/2 requests that need it (gRPC, or a client
+    /// that asks for trailers) get a stream and an HTTP/2 connection each, so trailers and
+    /// flow control stay end to end.
+    pub async fn send(
+        &self,
+        child: &pb::Child,
+        uplink_name: &str,
+        client: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let resp = if req.version() == http::Version::HTTP_2 {
+        if req.version() == http::Version::HTTP_2 && needs_http2(req.headers()) {
+            let header = pb::StreamHeader {
+                kind: pb::stream_header::Kind::Data as i32,
+                uplink: uplink_name.to_string(),
+                client_addr: client.to_string(),
+                // The W3C trace context of the request, so the child's spans join the trace
+                // even when a hop in between strips headers.
+                traceparent: req
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .unwrap_or_default(),
+            };
+            let (conn, send, recv) = self.open_stream(child, &header).await?;
+            let io = TokioIo::new(uplink::io(send, recv));
             // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
             let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|e| proto_err(e.to_string()))?;
+                .map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
             tokio::spawn(c);
             let authority =
                 req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("uplink").to_string();
             *req.uri_mut() = format!("http://{authority}{pq}")
                 .parse()
-                .map_err(|e: http::uri::InvalidUri| proto_err(e.to_string()))?;
-            s.send_request(req).await.map_err(|e| proto_err(e.to_string()))?
-        } else {
-            let (mut s, c) = hyper::client::conn::http1::handshake(io).await.map_err(|e| proto_err(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = c.with_upgrades().await;
-            });
-            *req.uri_mut() = http::Uri::from(pq);
-            *req.version_mut() = http::Version::HTTP_11;
-            s.send_request(req).await.map_err(|e| proto_err(e.to_string()))?
-        };
-        self.stream_ok(&child.name);
-        Ok(resp.map(body::incoming))
+                .map_err(|e: http::uri::InvalidUri| self.stream_error(child, &conn, e.to_string()))?;
+            let resp = s.send_request(req).await.map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
+            self.stream_ok(&child.name);
+            return Ok(resp.map(body::incoming));
+        }
+
+        *req.uri_mut() = http::Uri::from(pq);
+        *req.version_mut() = http::Version::HTTP_11;
+        if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
+            req.headers_mut().insert(CLIENT_HEADER, v);
+        }
+        let key = (child.name.clone(), uplink_name.to_string());
+        let mut retried = false;
+        loop {
+            let (mut sender, fresh) = match self.streams.checkout(&key) {
+                Some(s) => (s, false),
+                None => {
+                    let header = pb::StreamHeader {
+                        kind: pb::stream_header::Kind::Data as i32,
+                        uplink: uplink_name.to_string(),
+                        ..Default::default()
+                    };
+                    let (conn, send, recv) = self.open_stream(child, &header).await?;
+                    let io = TokioIo::new(uplink::io(send, recv));
+                    let (s, c) = hyper::client::conn::http1::handshake(io)
+                        .await
+                        .map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
+                    tokio::spawn(async move {
+                        let _ = c.with_upgrades().await;
+                    });
+                    (s, true)
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        self.streams.checkin(key, sender, MAX_IDLE_STREAMS);
+                    }
+                    self.stream_ok(&child.name);
+                    return Ok(resp.map(body::incoming));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled stream the child already closed: once more on a fresh one.
+                    Some(r) if !fresh && !retried => {
+                        retried = true;
+                        req = r;
+                    }
+                    _ => {
+                        let err = e.into_error().to_string();
+                        let conn = self.conns.lock().ok().and_then(|c| c.get(&child.name).cloned());
+                        return Err(match conn {
+                            Some(c) => self.stream_error(child, &c, err),
+                            None => UpstreamError::Connect { server: child.name.clone(), reason: err },
+                        });
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -343,6 +483,21 @@ mod tests {
                 .map(|(n, w, h)| pb::UplinkState { name: n.to_string(), weight: *w, healthy: *h, entry_points: vec![] })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn only_grpc_and_trailer_requests_keep_http2_through_the_uplink() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            h
+        };
+        assert!(needs_http2(&headers(&[("content-type", "application/grpc+proto")])));
+        assert!(needs_http2(&headers(&[("te", "Trailers")])));
+        assert!(!needs_http2(&headers(&[("content-type", "application/json")])));
+        assert!(!needs_http2(&headers(&[])));
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub enum UpstreamError {
     },
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Body>;
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// The pooled clients. Plain HTTP/1.1 upstreams — the common case behind a gateway — go
 /// through a lean pool of hyper connections of our own; HTTPS (ALPN) and h2c go through
@@ -77,21 +77,27 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 pub struct Upstreams {
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     h2c: Client<HttpConnector, Body>,
-    h1: Arc<H1Pool>,
+    h1: Arc<H1Pool<Authority>>,
     cfg: UpstreamConfig,
 }
 
-/// Idle HTTP/1.1 connections by upstream authority.
-#[derive(Default)]
-struct H1Pool {
-    idle: Mutex<HashMap<Authority, Vec<Sender>>>,
+/// Idle HTTP/1.1 connections by key: upstream authority here, child and uplink for
+/// uplink streams ([`crate::multicluster`]).
+pub(crate) struct H1Pool<K> {
+    idle: Mutex<HashMap<K, Vec<Sender>>>,
 }
 
-impl H1Pool {
+impl<K> Default for H1Pool<K> {
+    fn default() -> Self {
+        H1Pool { idle: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> H1Pool<K> {
     /// A connection ready for a request, if one is idle.
-    fn checkout(&self, auth: &Authority) -> Option<Sender> {
+    pub(crate) fn checkout(&self, key: &K) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(auth)?;
+        let list = idle.get_mut(key)?;
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(s) = list.pop() {
@@ -109,12 +115,12 @@ impl H1Pool {
     }
 
     /// Puts a connection back. It becomes ready again once its response body is read.
-    fn checkin(&self, auth: Authority, s: Sender, max_idle: usize) {
+    pub(crate) fn checkin(&self, key: K, s: Sender, max_idle: usize) {
         if s.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(auth).or_default();
+            let list = idle.entry(key).or_default();
             if list.len() < max_idle {
                 list.push(s);
             }

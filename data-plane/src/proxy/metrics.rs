@@ -56,6 +56,8 @@ pub struct Metrics {
     pub swaps: Counter,
     /// Configurations refused (the previous table stayed).
     pub swap_failures: Counter,
+    /// Requests that waited because a child's concurrent-stream limit was reached.
+    pub uplink_stream_waits: Family<crate::multicluster::ChildLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,7 +85,13 @@ impl Default for Metrics {
             "Configurations refused; the previous table stayed in force",
             swap_failures.clone(),
         );
-        Metrics { registry, requests, latency, table_version, swaps, swap_failures }
+        let uplink_stream_waits = Family::<crate::multicluster::ChildLabels, Counter>::default();
+        registry.register(
+            "uplink_stream_limit_waits",
+            "Requests that waited for a free uplink stream because the child's concurrent-stream limit was reached",
+            uplink_stream_waits.clone(),
+        );
+        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplink_stream_waits }
     }
 }
 

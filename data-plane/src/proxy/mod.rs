@@ -104,6 +104,18 @@ impl ConnInfo {
         let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok();
         ConnInfo { entry_point, port, tls, peer, upstreams, uplink: None, ip_value: ip }
     }
+
+    /// The same connection on behalf of another client (a request relayed by a parent).
+    pub fn for_client(&self, peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            ip_value: HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok(),
+            entry_point: self.entry_point.clone(),
+            upstreams: self.upstreams.clone(),
+            uplink: self.uplink.clone(),
+            ..*self
+        }
+    }
 }
 
 /// Access log line format.
@@ -221,6 +233,7 @@ impl Gateway {
     /// Enables `X@multicluster` services: requests go to children over QUIC with this
     /// client's certificate.
     pub fn set_uplink_client(&self, client: Arc<crate::multicluster::UplinkClient>) {
+        client.set_stream_wait_metric(self.metrics.uplink_stream_waits.clone());
         let _ = self.uplinks.set(client);
     }
 
