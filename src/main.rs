@@ -69,11 +69,20 @@ struct ServeArgs {
     /// An uplink QUIC connection silent this long is dead (a `kill -9`'d peer), in milliseconds.
     #[arg(long, default_value_t = 900)]
     uplink_idle_timeout_ms: u64,
+    /// Concurrent QUIC streams a peer may open on an uplink connection (requests in flight
+    /// plus idle pooled streams); past it, requests wait and
+    /// `atrium_uplink_stream_limit_waits_total` counts them.
+    #[arg(long, default_value_t = 1024)]
+    uplink_max_streams: u32,
 }
 
 impl ServeArgs {
     fn options(self) -> anyhow::Result<planes::ServeOptions> {
         anyhow::ensure!(self.uplink_keepalive_ms >= 10, "--uplink-keepalive-ms: at least 10");
+        anyhow::ensure!(
+            self.uplink_max_streams >= 2,
+            "--uplink-max-streams: at least 2 (the control stream takes one)"
+        );
         anyhow::ensure!(
             self.uplink_idle_timeout_ms > self.uplink_keepalive_ms,
             "--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms ({} ms)",
@@ -96,7 +105,7 @@ impl ServeArgs {
             liveness: atrium_data_plane::uplink::Liveness {
                 keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
                 idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
-                ..Default::default()
+                max_streams: self.uplink_max_streams,
             },
         })
     }

@@ -75,33 +75,43 @@ fn child_manifests(
 /// `atrium agent --cluster name` on `ip` (ephemeral ports) with `manifests` and example
 /// child `values_of`'s values.
 fn spawn_agent(root: &Path, name: &str, ip: &str, manifests: &Path, values_of: &str) -> GatewayProc {
-    GatewayProc::spawn(
-        &strings(&[
-            "agent",
-            "--cluster",
-            name,
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--values",
-            common::example().join(format!("{values_of}/values.yaml")).to_str().unwrap(),
-            "--tls-dir",
-            root.join("pki").to_str().unwrap(),
-            "--state-dir",
-            root.join(format!("{name}-state")).to_str().unwrap(),
-            "--entrypoint",
-            &format!("web={ip}:0"),
-            "--entrypoint",
-            "websecure=off",
-            "--entrypoint",
-            &format!("multicluster={ip}:0"),
-            "--admin",
-            &format!("{ip}:0"),
-            "--workers",
-            "1",
-        ]),
-        2,
-        false,
-    )
+    spawn_agent_with(root, name, ip, manifests, values_of, &[])
+}
+
+/// [`spawn_agent`] with `extra` flags.
+fn spawn_agent_with(
+    root: &Path,
+    name: &str,
+    ip: &str,
+    manifests: &Path,
+    values_of: &str,
+    extra: &[&str],
+) -> GatewayProc {
+    let mut args = strings(&[
+        "agent",
+        "--cluster",
+        name,
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--values",
+        common::example().join(format!("{values_of}/values.yaml")).to_str().unwrap(),
+        "--tls-dir",
+        root.join("pki").to_str().unwrap(),
+        "--state-dir",
+        root.join(format!("{name}-state")).to_str().unwrap(),
+        "--entrypoint",
+        &format!("web={ip}:0"),
+        "--entrypoint",
+        "websecure=off",
+        "--entrypoint",
+        &format!("multicluster={ip}:0"),
+        "--admin",
+        &format!("{ip}:0"),
+        "--workers",
+        "1",
+    ]);
+    args.extend(strings(extra));
+    GatewayProc::spawn(&args, 2, false)
 }
 
 /// One CA and a certificate per component, in `<root>/pki`.
@@ -380,4 +390,41 @@ async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
     // 100 MB each way, streamed through the uplink.
     let mut s = exchanges::h1(tls_connect(ws, "api.example.com", &[b"http/1.1"]).await).await;
     exchanges::assert_100mb_both_ways(&mut s, "api.example.com", "/crm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    // cluster-a lets a parent open two streams at once.
+    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
+    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
+    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-max-streams", "2"]);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    let cp = parent(root, &a, &b, &[], &[]);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+
+    // Three slow requests (3 s each) at once: two run, the third waits for a stream.
+    let slow: Vec<_> =
+        (0..3).map(|_| tokio::spawn(async move { tls_get(ws, "api.example.com", "/crm/slow").await.2 })).collect();
+    for r in slow {
+        let r = tokio::time::timeout(Duration::from_secs(20), r).await.expect("no request is stuck").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "slow"));
+    }
+    // Fast requests keep working afterwards: no stream is left holding the limit.
+    for _ in 0..5 {
+        assert_eq!(tls_get(ws, "api.example.com", "/crm/health").await.2.status, 200);
+    }
+    let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
+    let waits = metrics
+        .lines()
+        .find(|l| l.starts_with("atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(waits >= 1, "the wait is counted:\n{metrics}");
+    assert!(cp.logged("uplink stream limit reached"));
 }

@@ -103,6 +103,21 @@ pub struct UplinkClient {
     stream_waits: OnceLock<Family<ChildLabels, Counter>>,
     /// When the stream limit was last logged, by child.
     stream_limit_logged: Mutex<HashMap<String, Instant>>,
+    /// Requests waiting for a stream the limit does not allow yet.
+    stream_waiters: std::sync::atomic::AtomicUsize,
+}
+
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// The request header that carries the client's address to the child on pooled HTTP/1.1
@@ -159,6 +174,7 @@ impl UplinkClient {
             streams: H1Pool::default(),
             stream_waits: OnceLock::new(),
             stream_limit_logged: Mutex::default(),
+            stream_waiters: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -249,6 +265,12 @@ impl UplinkClient {
                 std::task::Poll::Ready(r) => r,
                 std::task::Poll::Pending => {
                     self.stream_limit_reached(&child.name);
+                    // While anyone waits, streams are closed after use instead of pooled,
+                    // so their share of the limit goes to the waiters.
+                    self.stream_waiters.fetch_add(1, Ordering::Relaxed);
+                    let _waiting = scopeguard(|| {
+                        self.stream_waiters.fetch_sub(1, Ordering::Relaxed);
+                    });
                     opening.await
                 }
             }
@@ -293,11 +315,12 @@ impl UplinkClient {
                 last.insert(child.to_string(), now);
                 tracing::warn!(
                     child,
-                    limit = self.liveness.max_streams,
-                    "uplink stream limit reached: requests wait for a free stream"
+                    "uplink stream limit reached (the child's --uplink-max-streams): requests wait for a free stream"
                 );
             }
         }
+        // Idle pooled streams hold part of the limit: let them go so waiting requests get one.
+        self.streams.retain(|(c, _)| c != child);
     }
 
     /// Counts waits for a free stream in this family (the data plane's metrics).
@@ -383,7 +406,9 @@ impl UplinkClient {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                        && self.stream_waiters.load(Ordering::Relaxed) == 0
+                    {
                         self.streams.checkin(key, sender, MAX_IDLE_STREAMS);
                     }
                     self.stream_ok(&child.name);

@@ -114,6 +114,13 @@ impl<K: std::hash::Hash + Eq> H1Pool<K> {
         found
     }
 
+    /// Closes the idle connections of every key `keep` refuses.
+    pub(crate) fn retain(&self, keep: impl Fn(&K) -> bool) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|k, _| keep(k));
+        }
+    }
+
     /// Puts a connection back. It becomes ready again once its response body is read.
     pub(crate) fn checkin(&self, key: K, s: Sender, max_idle: usize) {
         if s.is_closed() {
