@@ -34,7 +34,9 @@ HEADERS='proxy_http_version 1.1; proxy_set_header Connection "";
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Forwarded-Host $host; proxy_set_header X-Forwarded-Port $server_port;'
 
-nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
+# /hc is the uplink's health check: 200 while the file exists, 404 once it is removed.
+echo ok > "$WORK/hc-ok"; chmod a+rx "$WORK"; chmod a+r "$WORK/hc-ok"
+nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } location = /hc { alias $WORK/hc-ok; } }"
 # The child-side nginx: TLS in, plain keep-alive to the backend.
 nginx_conf child "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX_TLS ssl; ssl_certificate $WORK/pki/nginx.pem; ssl_certificate_key $WORK/pki/nginx-key.pem;
@@ -57,7 +59,7 @@ cat > "$WORK/child/manifests.yaml" <<YAML
 apiVersion: hub.traefik.io/v1alpha1
 kind: Uplink
 metadata: {name: bench, namespace: bench}
-spec: {exposeName: bench, entryPoints: [multicluster]}
+spec: {exposeName: bench, entryPoints: [multicluster], healthCheck: {path: /hc, interval: 250ms, timeout: 200ms}}
 ---
 apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -112,7 +114,7 @@ for target in "$BACKEND" "$GATEWAY" "$PARENT" "$NGINX_FRONT"; do
     if [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench.test' "http://$target/")" = 200 ]; then ok=1; break; fi
     sleep 0.1
   done
-  [ -n "$ok" ] || { echo "$target is not answering 200; logs in $WORK" >&2; tail -5 "$WORK"/*/log >&2; exit 1; }
+  [ -n "$ok" ] || { echo "$target is not answering 200; logs in $WORK" >&2; tail -n 5 "$WORK"/*/log >&2; exit 1; }
 done
 
 if [ -n "${HOLD:-}" ]; then
@@ -147,23 +149,31 @@ row() { # $1 = key, $2 = label
   echo "| $2 | $r | $(median_lat <<<"${P50[$1]}") | $(median_lat <<<"${P99[$1]}") | $(ratio "$r" "$(median <<<"${RPS[chain]}")")× |"
 }
 
-# Failover: kill -9 the child, then poll the parent every 10 ms until it stops routing there.
-python3 - "$PARENT" "$CHILD_PID" > "$WORK/failover" <<'PY'
+# Failover, polling the parent every 10 ms until it stops routing to the child (503):
+# first the uplink's health check starts failing (its check interval is 250 ms), then,
+# once it passes again, the child is kill -9'd.
+python3 - "$PARENT" "$CHILD_PID" "$WORK/hc-ok" > "$WORK/failover" <<'PY'
 import os, signal, sys, time, http.client
-host, port = sys.argv[1].split(":"); pid = int(sys.argv[2])
+host, port = sys.argv[1].split(":"); pid = int(sys.argv[2]); hc = sys.argv[3]
 def status():
     c = http.client.HTTPConnection(host, int(port), timeout=5)
     c.request("GET", "/", headers={"Host": "bench.test"})
     s = c.getresponse().status; c.close(); return s
+def until(want):
+    t0 = time.monotonic()
+    for _ in range(1000):
+        if status() == want:
+            return f"{(time.monotonic() - t0) * 1000:.0f}"
+        time.sleep(0.01)
+    return "never"
 assert status() == 200
-os.kill(pid, signal.SIGKILL); t0 = time.monotonic()
-for _ in range(1000):
-    if status() == 503:
-        print(f"{(time.monotonic() - t0) * 1000:.0f}"); break
-    time.sleep(0.01)
-else:
-    print("never")
+os.remove(hc); health = until(503)
+with open(hc, "w") as f: f.write("ok")
+back = until(200)
+os.kill(pid, signal.SIGKILL); kill = until(503)
+print(kill, health, back)
 PY
+read -r KILL_MS HEALTH_MS BACK_MS < "$WORK/failover"
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p50 | p99 | ratio to nginx chain |
@@ -173,5 +183,7 @@ $(row chain "nginx → HTTPS keep-alive → nginx → backend (1 worker each)")
 $(row gateway "atrium gateway → backend (single hop, --workers 1)")
 $(row uplink "parent data plane → QUIC uplink → agent → backend (--workers 1 each)")
 
-Time from the child's kill -9 until the parent answers 503 instead of routing to it: $(cat "$WORK/failover") ms (goal ≤ 1000 ms; Traefik Hub polls every 5 s).
+Time until the parent answers 503 instead of routing to the child (goal ≤ 1000 ms; Traefik Hub polls every 5 s):
+- the child is kill -9'd: $KILL_MS ms;
+- the uplink's health check starts failing (check interval 250 ms): $HEALTH_MS ms from the failure (routing came back $BACK_MS ms after it passed again).
 TABLE
