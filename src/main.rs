@@ -4,6 +4,7 @@
 mod gateway;
 mod planes;
 mod route_check;
+mod telemetry;
 mod up;
 
 use std::path::PathBuf;
@@ -305,17 +306,6 @@ enum Command {
     },
 }
 
-fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they do at info; one-shot tools only speak up when something is wrong.
@@ -327,7 +317,14 @@ fn main() -> ExitCode {
             | Command::Agent { .. }
             | Command::Up { .. }
     );
-    init_logging(if serving { "info" } else { "warn" });
+    let role = match &cli.command {
+        Command::Gateway { .. } => "atrium-gateway".to_string(),
+        Command::ControlPlane { .. } => "atrium-control-plane".to_string(),
+        Command::DataPlane { node_id, .. } => format!("atrium-data-plane-{node_id}"),
+        Command::Agent { cluster, .. } => format!("atrium-agent-{cluster}"),
+        _ => "atrium".to_string(),
+    };
+    let _telemetry = telemetry::init(if serving { "info" } else { "warn" }, &role);
     let result = match cli.command {
         Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => (|| {
             let grpc = gateway::parse_addr(&grpc).context("--grpc")?;

@@ -24,5 +24,6 @@ pub mod rules;
 pub mod service;
 pub mod snapshot;
 pub mod table;
+pub mod telemetry;
 pub mod uplink;
 pub mod upstream;

@@ -55,8 +55,18 @@ impl GatewayProc {
     /// Runs `atrium ARGS` and waits until `entry_points_wanted` entrypoints, the admin
     /// listener and (with `grpc_wanted`) the snapshot gRPC listener are up.
     pub fn spawn(args: &[String], entry_points_wanted: usize, grpc_wanted: bool) -> GatewayProc {
+        Self::spawn_with_env(args, &[], entry_points_wanted, grpc_wanted)
+    }
+
+    /// [`GatewayProc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        args: &[String],
+        env: &[(&str, &str)],
+        entry_points_wanted: usize,
+        grpc_wanted: bool,
+    ) -> GatewayProc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrium"));
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         cmd.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("atrium gateway starts");
         let stdout = child.stdout.take().unwrap();

@@ -300,11 +300,22 @@ impl Gateway {
                 |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
             (h(header::REFERER), h(header::USER_AGENT))
         });
-        let (mut resp, labels) = self.handle_inner(req, conn).await;
+        let span = crate::telemetry::enabled()
+            .then(|| crate::telemetry::request_span(req.headers(), &method, uri.path(), &conn.entry_point));
+        let (mut resp, labels) = match &span {
+            Some(span) => {
+                use tracing::Instrument;
+                self.handle_inner(req, conn).instrument(span.clone()).await
+            }
+            None => self.handle_inner(req, conn).await,
+        };
         // Answer in the client's protocol version, whatever the upstream spoke.
         *resp.version_mut() = version;
         let code = resp.status().as_u16();
         let (router, service) = labels.unwrap_or_else(|| (Arc::from(""), Arc::from("")));
+        if let Some(span) = &span {
+            crate::telemetry::record_outcome(span, code, &router, &service);
+        }
         if let (Some(fmt), Some((referer, agent))) = (self.access_log, seen) {
             let n = self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -522,6 +533,9 @@ impl Gateway {
             drop_xff,
         };
         forward::set_forwarded(&mut headers, &client);
+        if crate::telemetry::enabled() {
+            crate::telemetry::inject(&mut headers);
+        }
         if let Some(h) = &host_override {
             if let Ok(v) = HeaderValue::from_str(h) {
                 headers.insert(header::HOST, v);

@@ -1,0 +1,95 @@
+//! Logs and traces: structured logs to stderr (`RUST_LOG` filters them), and OpenTelemetry
+//! traces exported over OTLP/gRPC when an endpoint is configured the standard way
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SERVICE_NAME`,
+//! `OTEL_TRACES_SAMPLER` and the `OTEL_BSP_*` batch settings apply too).
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Flushes and stops the trace exporter when dropped (at the end of `main`).
+pub struct Guard(Option<SdkTracerProvider>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("atrium: flushing traces failed: {e}");
+            }
+        }
+    }
+}
+
+/// The OTLP endpoint from the environment, if tracing is configured.
+fn endpoint() -> Option<String> {
+    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// A batch-exporting tracer provider. The gRPC client lives on a runtime thread of its own,
+/// so exporting never competes with the request workers and works whatever runtime (or
+/// none) the caller runs.
+fn provider(service: &str) -> Result<SdkTracerProvider, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("otel-export".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let built = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(|e| e.to_string());
+                let _ = tx.send(built);
+                std::future::pending::<()>().await
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    let exporter = rx.recv().map_err(|e| e.to_string())??;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_string());
+    }
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+}
+
+/// Installs the log subscriber (`default_level` unless `RUST_LOG` says otherwise) and, when
+/// an OTLP endpoint is configured, trace export for `service`.
+pub fn init(default_level: &str, service: &str) -> Guard {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let Some(endpoint) = endpoint() else {
+        tracing_subscriber::registry().with(fmt).init();
+        return Guard(None);
+    };
+    match provider(service) {
+        Ok(p) => {
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            // Only atrium's request spans are exported, whatever RUST_LOG says about logs.
+            let spans = tracing_subscriber::filter::Targets::new().with_target("atrium::request", tracing::Level::INFO);
+            let otel = tracing_opentelemetry::layer().with_tracer(p.tracer("atrium")).with_filter(spans);
+            tracing_subscriber::registry().with(fmt).with(otel).init();
+            atrium_data_plane::telemetry::enable();
+            tracing::info!(%endpoint, service, "exporting traces over OTLP/gRPC");
+            Guard(Some(p))
+        }
+        Err(e) => {
+            tracing_subscriber::registry().with(fmt).init();
+            tracing::error!(%endpoint, error = %e, "trace export not started; serving without it");
+            Guard(None)
+        }
+    }
+}
