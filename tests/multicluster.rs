@@ -75,10 +75,10 @@ fn child_manifests(
 /// `atrium agent --cluster name` on `ip` (ephemeral ports) with `manifests` and example
 /// child `values_of`'s values.
 fn spawn_agent(root: &Path, name: &str, ip: &str, manifests: &Path, values_of: &str) -> GatewayProc {
-    spawn_agent_with(root, name, ip, manifests, values_of, &[])
+    spawn_agent_with(root, name, ip, manifests, values_of, &[], &[])
 }
 
-/// [`spawn_agent`] with `extra` flags.
+/// [`spawn_agent`] with `extra` flags and `env` variables.
 fn spawn_agent_with(
     root: &Path,
     name: &str,
@@ -86,6 +86,7 @@ fn spawn_agent_with(
     manifests: &Path,
     values_of: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> GatewayProc {
     let mut args = strings(&[
         "agent",
@@ -111,7 +112,7 @@ fn spawn_agent_with(
         "1",
     ]);
     args.extend(strings(extra));
-    GatewayProc::spawn(&args, 2, false)
+    GatewayProc::spawn_with_env(&args, env, 2, false)
 }
 
 /// One CA and a certificate per component, in `<root>/pki`.
@@ -132,6 +133,18 @@ fn parent(
     values_edits: &[(&str, &str)],
     extra: &[(&str, String)],
 ) -> GatewayProc {
+    parent_with_env(root, a, b, values_edits, extra, &[])
+}
+
+/// [`parent`] with `env` variables.
+fn parent_with_env(
+    root: &Path,
+    a: &GatewayProc,
+    b: &GatewayProc,
+    values_edits: &[(&str, &str)],
+    extra: &[(&str, String)],
+    env: &[(&str, &str)],
+) -> GatewayProc {
     let parent = root.join("parent");
     common::copy_dir(&common::example().join("parent"), &parent);
     for (file, text) in extra {
@@ -146,7 +159,7 @@ fn parent(
         text = text.replace(from, to);
     }
     fs::write(&values, text).unwrap();
-    GatewayProc::spawn(
+    GatewayProc::spawn_with_env(
         &strings(&[
             "control-plane",
             "--values",
@@ -168,6 +181,7 @@ fn parent(
             "--workers",
             "1",
         ]),
+        env,
         2,
         true,
     )
@@ -402,7 +416,7 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
     // cluster-a lets a parent open two streams at once.
     let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
     edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-max-streams", "2"]);
+    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-max-streams", "2"], &[]);
     let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
     let cp = parent(root, &a, &b, &[], &[]);
     let ws = cp.entry_points["websecure"];
@@ -427,4 +441,57 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
         .unwrap_or(0);
     assert!(waits >= 1, "the wait is counted:\n{metrics}");
     assert!(cp.logged("uplink stream limit reached"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_the_parent_and_the_child() {
+    let (collector, mut spans) = common::otlp::collector().await;
+    let endpoint = format!("http://{collector}");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
+    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
+    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &[], &env);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    let cp = parent_with_env(root, &a, &b, &[], &[], &env);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+
+    let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let tls = common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await;
+    let mut h1 = common::exchanges::h1(tls).await;
+    let req = hyper::Request::get("/crm/health")
+        .header("host", "api.example.com")
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .body(common::client::body(""))
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), h1.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = r.headers()["x-seen-traceparent"].to_str().unwrap().to_string();
+    assert_eq!(seen.split('-').nth(1), Some(trace), "the backend in the child is in the caller's trace");
+
+    // Spans of this trace, by service, until both sides have reported.
+    let mut mine = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(mine.keys().any(|s: &String| s.contains("atrium-control-plane"))
+        && mine.keys().any(|s: &String| s.contains("atrium-agent-cluster-a")))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (service, span) = tokio::time::timeout(left, spans.recv()).await.expect("both sides export").unwrap();
+        if common::otlp::hex(&span.trace_id) == trace {
+            mine.insert(service, span);
+        }
+    }
+    let parent_span = mine.iter().find(|(s, _)| s.contains("atrium-control-plane")).unwrap().1;
+    let child_span = mine.iter().find(|(s, _)| s.contains("atrium-agent-cluster-a")).unwrap().1;
+    assert_eq!(common::otlp::hex(&parent_span.parent_span_id), caller);
+    assert_eq!(
+        child_span.parent_span_id, parent_span.span_id,
+        "the child's span is a child of the parent's span: one trace across clusters"
+    );
+    assert_eq!(seen.split('-').nth(2).unwrap(), common::otlp::hex(&child_span.span_id));
 }

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod client;
 pub mod exchanges;
 pub mod gateway;
+pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
