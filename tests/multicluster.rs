@@ -178,8 +178,9 @@ fn parent_with_env(
             "websecure=127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
+            // Two workers, each with its own QUIC connections to the children.
             "--workers",
-            "1",
+            "2",
         ]),
         env,
         2,
@@ -231,6 +232,7 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
             .header(atrium_data_plane::multicluster::CLIENT_HEADER, "203.0.113.66:1")
             .body(common::client::body(""))
             .unwrap();
+        h1.ready().await.unwrap();
         let r = tokio::time::timeout(Duration::from_secs(10), h1.send_request(req)).await.unwrap().unwrap();
         assert_eq!(r.status(), 200);
         let seen = |h: &str| r.headers().get(h).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
@@ -422,9 +424,10 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
     let ws = cp.entry_points["websecure"];
     until_status(ws, "/crm/health", 200).await;
 
-    // Three slow requests (3 s each) at once: two run, the third waits for a stream.
+    // Five slow requests (3 s each) at once over the parent's two workers, each with its
+    // own connection: whichever worker gets three or more has one waiting for a stream.
     let slow: Vec<_> =
-        (0..3).map(|_| tokio::spawn(async move { tls_get(ws, "api.example.com", "/crm/slow").await.2 })).collect();
+        (0..5).map(|_| tokio::spawn(async move { tls_get(ws, "api.example.com", "/crm/slow").await.2 })).collect();
     for r in slow {
         let r = tokio::time::timeout(Duration::from_secs(20), r).await.expect("no request is stuck").unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "slow"));
@@ -476,12 +479,19 @@ async fn one_trace_spans_the_parent_and_the_child() {
 
     // Spans of this trace, by service, until both sides have reported.
     let mut mine = std::collections::HashMap::new();
+    let mut others = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(mine.keys().any(|s: &String| s.contains("atrium-control-plane"))
         && mine.keys().any(|s: &String| s.contains("atrium-agent-cluster-a")))
     {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (service, span) = tokio::time::timeout(left, spans.recv()).await.expect("both sides export").unwrap();
+        let (service, span) = tokio::time::timeout(left, spans.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("both sides export; spans of this trace so far: {:?}; others: {others:?}", mine.keys())
+            })
+            .unwrap();
+        others.push((service.clone(), common::otlp::hex(&span.trace_id), common::otlp::hex(&span.parent_span_id)));
         if common::otlp::hex(&span.trace_id) == trace {
             mine.insert(service, span);
         }

@@ -57,7 +57,8 @@ pub fn spawn_health_checks(
                 }
                 let ok = match req.body(body::empty()) {
                     Ok(req) => {
-                        let conn = uplink_conn(&u.name, "127.0.0.1:0".parse().expect("static address"), up.clone());
+                        let mut conn = uplink_conn(&u.name, "127.0.0.1:0".parse().expect("static address"), up.clone());
+                        conn.internal = true;
                         let timeout = Duration::from_millis(hc.timeout_ms.max(1));
                         match tokio::time::timeout(timeout, gw.handle(req, &conn)).await {
                             Ok(resp) => status_ok(&hc, resp.status().as_u16()),

@@ -90,15 +90,18 @@ pub struct UplinkClient {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
-    endpoint: OnceLock<quinn::Endpoint>,
-    conns: Mutex<HashMap<String, quinn::Connection>>,
+    /// Per worker thread: its QUIC endpoint and its connection to each child. Each worker
+    /// runtime drives its own connections, so a request never waits on another thread.
+    workers: Mutex<HashMap<std::thread::ThreadId, WorkerConns>>,
+    /// Dials in progress, by worker and child.
+    dialing: Mutex<HashMap<(std::thread::ThreadId, String), Arc<tokio::sync::Mutex<()>>>>,
     down: Mutex<HashMap<String, Instant>>,
     /// Failed streams in a row per child, on connections that stayed up (passive health).
     failures: Mutex<HashMap<String, u32>>,
     /// Rotation counter for weighted picks.
     pub counter: AtomicU64,
-    /// Idle HTTP/1.1 streams by child and uplink.
-    streams: H1Pool<(String, String)>,
+    /// Idle HTTP/1.1 streams by worker thread, child and uplink.
+    streams: H1Pool<(std::thread::ThreadId, String, String)>,
     /// Waits for a free stream, by child (registered in the data plane's metrics).
     stream_waits: OnceLock<Family<ChildLabels, Counter>>,
     /// When the stream limit was last logged, by child.
@@ -118,6 +121,12 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// One worker thread's QUIC endpoint and connections.
+struct WorkerConns {
+    endpoint: quinn::Endpoint,
+    conns: HashMap<String, quinn::Connection>,
 }
 
 /// The request header that carries the client's address to the child on pooled HTTP/1.1
@@ -166,8 +175,8 @@ impl UplinkClient {
             ca,
             cert,
             key,
-            endpoint: OnceLock::new(),
-            conns: Mutex::default(),
+            workers: Mutex::default(),
+            dialing: Mutex::default(),
             down: Mutex::default(),
             failures: Mutex::default(),
             counter: AtomicU64::new(0),
@@ -189,8 +198,10 @@ impl UplinkClient {
                 tracing::warn!(child, reason = why, "child unreachable from this data plane; not routing to it");
             }
         }
-        if let Ok(mut c) = self.conns.lock() {
-            c.remove(child);
+        if let Ok(mut w) = self.workers.lock() {
+            for w in w.values_mut() {
+                w.conns.remove(child);
+            }
         }
     }
 
@@ -222,23 +233,57 @@ impl UplinkClient {
         }
     }
 
+    /// This worker's connection to `child`, live or not.
+    fn worker_connection(&self, child: &str) -> Option<quinn::Connection> {
+        let workers = self.workers.lock().ok()?;
+        workers.get(&std::thread::current().id())?.conns.get(child).cloned()
+    }
+
+    /// This worker's connection to `child`, if it is live.
+    fn live_connection(&self, child: &str) -> Option<quinn::Connection> {
+        self.worker_connection(child).filter(|c| c.close_reason().is_none())
+    }
+
     async fn connection(&self, child: &pb::Child) -> Result<quinn::Connection, String> {
-        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&child.name).cloned()) {
-            if c.close_reason().is_none() {
-                return Ok(c);
-            }
+        if let Some(c) = self.live_connection(&child.name) {
+            return Ok(c);
         }
-        let ep = match self.endpoint.get() {
-            Some(e) => e.clone(),
-            None => {
-                let e = client_endpoint()?;
-                self.endpoint.get_or_init(|| e).clone()
-            }
+        let tid = std::thread::current().id();
+        // One dial at a time per worker and child: requests arriving together share it
+        // instead of each opening a connection of its own.
+        let gate = match self.dialing.lock() {
+            Ok(mut d) => d.entry((tid, child.name.clone())).or_default().clone(),
+            Err(_) => return Err("uplink client state poisoned".into()),
         };
-        let conn = dial(&ep, child, &self.ca, &self.cert, &self.key, self.liveness).await?;
+        let _dialing = gate.lock().await;
+        if let Some(c) = self.live_connection(&child.name) {
+            return Ok(c);
+        }
+        let ep = self.workers.lock().ok().and_then(|w| w.get(&tid).map(|w| w.endpoint.clone()));
+        // quinn's endpoint and connection drivers keep the tracing span current when they
+        // are created: create them in a task of their own (same worker, no span), never
+        // inside a request's span, which would then stay open as long as the connection.
+        let (child_owned, ca, cert, key, liveness) =
+            (child.clone(), self.ca.clone(), self.cert.clone(), self.key.clone(), self.liveness);
+        let dialed = tokio::spawn(async move {
+            let ep = match ep {
+                Some(e) => e,
+                None => client_endpoint()?,
+            };
+            let conn = dial(&ep, &child_owned, &ca, &cert, &key, liveness).await?;
+            Ok::<_, String>((ep, conn))
+        })
+        .await
+        .map_err(|e| format!("dial task failed: {e}"))?;
+        let (ep, conn) = dialed?;
+        if let Ok(mut w) = self.workers.lock() {
+            w.entry(tid).or_insert_with(|| WorkerConns { endpoint: ep, conns: HashMap::new() });
+        }
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
-        if let Ok(mut c) = self.conns.lock() {
-            c.insert(child.name.clone(), conn.clone());
+        if let Ok(mut w) = self.workers.lock() {
+            if let Some(w) = w.get_mut(&tid) {
+                w.conns.insert(child.name.clone(), conn.clone());
+            }
         }
         Ok(conn)
     }
@@ -320,7 +365,7 @@ impl UplinkClient {
             }
         }
         // Idle pooled streams hold part of the limit: let them go so waiting requests get one.
-        self.streams.retain(|(c, _)| c != child);
+        self.streams.retain(|(_, c, _)| c != child);
     }
 
     /// Counts waits for a free stream in this family (the data plane's metrics).
@@ -382,7 +427,7 @@ impl UplinkClient {
         if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
             req.headers_mut().insert(CLIENT_HEADER, v);
         }
-        let key = (child.name.clone(), uplink_name.to_string());
+        let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
         let mut retried = false;
         loop {
             let (mut sender, fresh) = match self.streams.checkout(&key) {
@@ -422,7 +467,7 @@ impl UplinkClient {
                     }
                     _ => {
                         let err = e.into_error().to_string();
-                        let conn = self.conns.lock().ok().and_then(|c| c.get(&child.name).cloned());
+                        let conn = self.worker_connection(&child.name);
                         return Err(match conn {
                             Some(c) => self.stream_error(child, &c, err),
                             None => UpstreamError::Connect { server: child.name.clone(), reason: err },

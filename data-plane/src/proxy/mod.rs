@@ -96,13 +96,15 @@ pub struct ConnInfo {
     pub upstreams: Arc<Upstreams>,
     /// Set for requests arriving through an uplink: only its routers are eligible.
     pub uplink: Option<Arc<str>>,
+    /// Requests atrium makes itself (health checks through the routing): never traced.
+    pub internal: bool,
 }
 
 impl ConnInfo {
     /// Describes a new connection.
     pub fn new(entry_point: Arc<str>, port: u16, tls: bool, peer: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
         let ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok();
-        ConnInfo { entry_point, port, tls, peer, upstreams, uplink: None, ip_value: ip }
+        ConnInfo { entry_point, port, tls, peer, upstreams, uplink: None, ip_value: ip, internal: false }
     }
 
     /// The same connection on behalf of another client (a request relayed by a parent).
@@ -300,7 +302,7 @@ impl Gateway {
                 |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
             (h(header::REFERER), h(header::USER_AGENT))
         });
-        let span = crate::telemetry::enabled()
+        let span = (crate::telemetry::enabled() && !conn.internal)
             .then(|| crate::telemetry::request_span(req.headers(), &method, uri.path(), &conn.entry_point));
         let (mut resp, labels) = match &span {
             Some(span) => {
