@@ -94,7 +94,7 @@ pub struct UplinkClient {
     /// runtime drives its own connections, so a request never waits on another thread.
     workers: Mutex<HashMap<std::thread::ThreadId, WorkerConns>>,
     /// Dials in progress, by worker and child.
-    dialing: Mutex<HashMap<(std::thread::ThreadId, String), Arc<tokio::sync::Mutex<()>>>>,
+    dialing: Mutex<HashMap<WorkerChild, Arc<tokio::sync::Mutex<()>>>>,
     down: Mutex<HashMap<String, Instant>>,
     /// Failed streams in a row per child, on connections that stayed up (passive health).
     failures: Mutex<HashMap<String, u32>>,
@@ -122,6 +122,9 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+/// A worker thread and a child's name.
+type WorkerChild = (std::thread::ThreadId, String);
 
 /// One worker thread's QUIC endpoint and connections.
 struct WorkerConns {
