@@ -268,3 +268,46 @@ async fn retry_replays_bodies_on_network_errors_and_chosen_statuses() {
     }
     assert!(b.hits.load(Relaxed) > before, "b was tried and its 500 retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffering_reads_whole_bodies_and_spills_big_ones_to_disk() {
+    use http_body_util::BodyExt;
+    let be = backend::start("a", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut y = endpoints("svc", &[be.addr]);
+    y += &route("buffered", "PathPrefix(`/count`) || PathPrefix(`/bytes`)", &["spool"], "{name: svc, port: 80}");
+    y += &middleware(
+        "spool",
+        "{buffering: {maxRequestBodyBytes: 3000000, memRequestBodyBytes: 1024, memResponseBodyBytes: 1024}}",
+    );
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let client = common::client::http1();
+
+    // 2 MB sent chunked (no length): read whole (mostly on disk) and forwarded intact.
+    let chunked = || {
+        common::backend::Repeat { remaining: 2_000_000, chunk: bytes::Bytes::from(vec![b'x'; 64 * 1024]) }
+            .map_err(|e| match e {})
+            .boxed()
+    };
+    let req = hyper::Request::put(gw.web("/count")).body(chunked()).unwrap();
+    let r = common::client::send(&client, req).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "2000000"));
+    // Past maxRequestBodyBytes: 413, even though the client never said how long it was.
+    let req = hyper::Request::put(gw.web("/count"))
+        .body(
+            common::backend::Repeat { remaining: 3_500_000, chunk: bytes::Bytes::from(vec![b'x'; 64 * 1024]) }
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap();
+    assert_eq!(common::client::send(&client, req).await.status, 413);
+
+    // A streamed 300 kB response comes back whole, with its length.
+    let resp = client.request(hyper::Request::get(gw.web("/bytes/300000")).body(common::client::body("")).unwrap());
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp).await.unwrap().unwrap();
+    assert_eq!(resp.headers().get("content-length").map(|v| v.to_str().unwrap()), Some("300000"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 300_000);
+    assert!(body.iter().all(|b| *b == b'x'));
+}

@@ -49,19 +49,48 @@ pub enum Action {
     RateLimit(limits::RateLimiter),
     /// Concurrency limit per source.
     InFlight(limits::InFlight),
-    /// Body size limits (413 / 500 past them).
-    Buffering {
-        /// Largest request body, bytes (0: no limit).
-        max_request: u64,
-        /// Largest response body, bytes (0: no limit).
-        max_response: u64,
-    },
+    /// Whole bodies read before they go on, with size limits (413 / 500 past them).
+    Buffering(Buffering),
     /// Users and passwords.
     BasicAuth(basic_auth::BasicAuthRt),
     /// gzip responses.
     Compress(compress::CompressRt),
     /// Tries the request again on network errors and chosen statuses.
     Retry(retry::RetryPolicy),
+}
+
+/// The buffering middleware, as Traefik runs it: the whole request is read before it is
+/// forwarded and the whole response before it is returned, the first `mem*` bytes in memory
+/// and the rest in a temporary file; past `max*` the request gets 413 and the response 500.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffering {
+    /// Largest request body, bytes (0: no limit).
+    pub max_request: u64,
+    /// Request bytes kept in memory before spilling to disk.
+    pub mem_request: u64,
+    /// Largest response body, bytes (0: no limit).
+    pub max_response: u64,
+    /// Response bytes kept in memory before spilling to disk.
+    pub mem_response: u64,
+}
+
+impl Buffering {
+    /// Traefik's default for `memRequestBodyBytes` and `memResponseBodyBytes`: 1 MiB.
+    pub const DEFAULT_MEM: u64 = 1 << 20;
+
+    fn new(b: &config::Buffering) -> Result<Buffering, String> {
+        let bytes = |v: Option<i64>, field: &str, default: u64| match v {
+            None => Ok(default),
+            Some(n) if n >= 0 => Ok(n as u64),
+            Some(n) => Err(format!("buffering.{field}: {n} is negative")),
+        };
+        Ok(Buffering {
+            max_request: bytes(b.max_request_body_bytes, "maxRequestBodyBytes", 0)?,
+            mem_request: bytes(b.mem_request_body_bytes, "memRequestBodyBytes", Self::DEFAULT_MEM)?,
+            max_response: bytes(b.max_response_body_bytes, "maxResponseBodyBytes", 0)?,
+            mem_response: bytes(b.mem_response_body_bytes, "memResponseBodyBytes", Self::DEFAULT_MEM)?,
+        })
+    }
 }
 
 /// A middleware from a snapshot, ready to run.
@@ -119,13 +148,7 @@ impl CompiledMiddleware {
         } else if let Some(f) = &s.in_flight_req {
             Action::InFlight(limits::InFlight::new(f)?)
         } else if let Some(b) = &s.buffering {
-            if b.mem_request_body_bytes.is_some() || b.mem_response_body_bytes.is_some() {
-                return Err("buffering.memRequestBodyBytes/memResponseBodyBytes are not supported yet (bodies are buffered in memory up to the max)".into());
-            }
-            Action::Buffering {
-                max_request: b.max_request_body_bytes.unwrap_or(0).max(0) as u64,
-                max_response: b.max_response_body_bytes.unwrap_or(0).max(0) as u64,
-            }
+            Action::Buffering(Buffering::new(b)?)
         } else if let Some(r) = &s.retry {
             Action::Retry(retry::RetryPolicy::new(r)?)
         } else if let Some(c) = &s.compress {

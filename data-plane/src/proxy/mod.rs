@@ -405,7 +405,7 @@ impl Gateway {
         let mut guards = Vec::new();
         let mut drop_xff = false;
         let mut host_override: Option<String> = None;
-        let (mut max_request, mut max_response) = (0u64, 0u64);
+        let mut buffering: Option<&crate::middleware::Buffering> = None;
         let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
         let mut compress = None;
         let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
@@ -476,9 +476,8 @@ impl Gateway {
                         None => Some(body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")),
                     }
                 }
-                Action::Buffering { max_request: q, max_response: s } => {
-                    max_request = *q;
-                    max_response = *s;
+                Action::Buffering(b) => {
+                    buffering = Some(b);
                     None
                 }
                 Action::BasicAuth(b) => b.check(&mut parts.headers),
@@ -496,20 +495,38 @@ impl Gateway {
             }
         }
 
-        // The request body: streamed, or buffered under a buffering limit (413 past it).
+        // The request body: streamed, or read whole by a buffering middleware (413 past its
+        // limit, spilled to disk past its memory share).
         let mut req_body: Body = incoming;
-        if max_request > 0 {
+        if let Some(b) = buffering {
             let declared = parts
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max_request) {
+            if b.max_request > 0 && declared.is_some_and(|n| n > b.max_request) {
                 return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
             }
-            match body::collect_limited(req_body, max_request as usize).await {
-                Ok(b) => req_body = body::full(b),
-                Err(_) => return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels),
+            match body::spool(req_body, b.max_request, b.mem_request).await {
+                Ok(whole) => {
+                    req_body = whole;
+                    // The length is known now: it goes on with Content-Length.
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    if let Some(n) = http_body::Body::size_hint(&req_body).exact() {
+                        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
+                }
+                Err(body::CollectError::TooLarge) => {
+                    return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
+                }
+                Err(body::CollectError::Body(e)) => {
+                    tracing::debug!(error = %e, "request body failed while it was buffered");
+                    return (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
+                }
+                Err(body::CollectError::Spool(e)) => {
+                    tracing::error!(error = %e, "cannot spool a request body to disk");
+                    return (body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"), labels);
+                }
             }
         }
 
@@ -588,8 +605,8 @@ impl Gateway {
                     Err(body::CollectError::TooLarge) => {
                         return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
                     }
-                    Err(body::CollectError::Body(e)) => {
-                        tracing::debug!(error = %e, "request body failed while it was read for retry");
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "request body failed while it was read for retry");
                         return (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
                     }
                 }
@@ -652,10 +669,19 @@ impl Gateway {
         }
         let (mut rparts, rbody) = resp.into_parts();
         let mut out_body: Body = rbody;
-        if max_response > 0 {
-            match body::collect_limited(out_body, max_response as usize).await {
-                Ok(b) => out_body = body::full(b),
-                Err(_) => {
+        if let Some(b) = buffering.filter(|_| rparts.status != StatusCode::SWITCHING_PROTOCOLS) {
+            match body::spool(out_body, b.max_response, b.mem_response).await {
+                Ok(whole) => {
+                    out_body = whole;
+                    rparts.headers.remove(header::TRANSFER_ENCODING);
+                    if let Some(n) = http_body::Body::size_hint(&out_body).exact() {
+                        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
+                }
+                Err(e) => {
+                    if let body::CollectError::Spool(e) = &e {
+                        tracing::error!(error = %e, "cannot spool a response body to disk");
+                    }
                     return (
                         body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"),
                         labels,
