@@ -161,6 +161,14 @@ impl http_body::Body for FileBody {
     }
 }
 
+/// A plain-text response with `status`.
+pub fn text(status: http::StatusCode, msg: &str) -> http::Response<Body> {
+    let mut r = http::Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,12 +204,4 @@ mod tests {
         assert!(matches!(spool(chunks(30, 1000), 25_000, 1024).await, Err(CollectError::TooLarge)));
         assert!(spool(chunks(25, 1000), 25_000, 1024).await.is_ok(), "exactly the limit passes");
     }
-}
-
-/// A plain-text response with `status`.
-pub fn text(status: http::StatusCode, msg: &str) -> http::Response<Body> {
-    let mut r = http::Response::new(full(format!("{msg}\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
 }
