@@ -75,6 +75,10 @@ struct ServeArgs {
     /// `atrium_uplink_stream_limit_waits_total` counts them.
     #[arg(long, default_value_t = 1024)]
     uplink_max_streams: u32,
+    /// On an agent: how long a pooled uplink stream may wait for its next request before
+    /// it is closed, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    uplink_stream_idle_ms: u64,
 }
 
 impl ServeArgs {
@@ -107,6 +111,7 @@ impl ServeArgs {
                 keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
                 idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
                 max_streams: self.uplink_max_streams,
+                stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
             },
         })
     }

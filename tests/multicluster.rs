@@ -505,3 +505,28 @@ async fn one_trace_spans_the_parent_and_the_child() {
     );
     assert_eq!(seen.split('-').nth(2).unwrap(), common::otlp::hex(&child_span.span_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error() {
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
+    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
+    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-stream-idle-ms", "200"], &[]);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    let cp = parent(root, &a, &b, &[], &[]);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+    // Pauses around the child's 200 ms idle limit: some requests find their pooled stream
+    // already closed, some race its closing; every one is answered.
+    for pause_ms in [50u64, 150, 190, 200, 210, 250, 400, 600] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        for _ in 0..3 {
+            let r = tls_get(ws, "api.example.com", "/crm/health").await.2;
+            assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a")), "after {pause_ms} ms idle");
+        }
+    }
+}

@@ -97,11 +97,15 @@ fn uplink_conn(uplink_name: &str, client: SocketAddr, upstreams: Arc<Upstreams>)
 }
 
 /// Serves parents on `endpoint` until `stop`.
+///
+/// A pooled HTTP/1.1 stream that waits longer than `stream_idle` for its next request is
+/// closed.
 pub async fn serve_quic(
     endpoint: quinn::Endpoint,
     gw: Arc<Gateway>,
     up: Arc<Upstreams>,
     state: Arc<State>,
+    stream_idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -123,7 +127,7 @@ pub async fn serve_quic(
                     Err(e) => return tracing::info!(%remote, reason = %e, "parent disconnected"),
                 };
                 let (gw, up, state) = (gw.clone(), up.clone(), state.clone());
-                tokio::spawn(serve_stream(send, recv, remote, gw, up, state));
+                tokio::spawn(serve_stream(send, recv, remote, gw, up, state, stream_idle));
             }
         });
     }
@@ -136,6 +140,7 @@ async fn serve_stream(
     gw: Arc<Gateway>,
     up: Arc<Upstreams>,
     state: Arc<State>,
+    stream_idle: Duration,
 ) {
     let header = match uplink::read_header(&mut recv).await {
         Ok(h) => h,
@@ -178,9 +183,11 @@ async fn serve_stream(
         }
     });
     let io = TokioIo::new(uplink::io(send, recv));
-    if let Err(e) =
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(io, svc).await
-    {
+    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A pooled stream the parent leaves idle is closed, and so is one whose request head
+    // stalls: both free their share of the stream limit.
+    server.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(stream_idle);
+    if let Err(e) = server.serve_connection_with_upgrades(io, svc).await {
         tracing::debug!(%remote, error = %e, "uplink data stream ended with an error");
     }
 }

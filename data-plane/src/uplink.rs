@@ -92,11 +92,18 @@ pub struct Liveness {
     pub idle_timeout: Duration,
     /// Concurrent streams a peer may open.
     pub max_streams: u32,
+    /// How long a child keeps a pooled HTTP/1.1 stream that waits for its next request.
+    pub stream_idle: Duration,
 }
 
 impl Default for Liveness {
     fn default() -> Self {
-        Liveness { keep_alive: Duration::from_millis(250), idle_timeout: Duration::from_millis(900), max_streams: 1024 }
+        Liveness {
+            keep_alive: Duration::from_millis(250),
+            idle_timeout: Duration::from_millis(900),
+            max_streams: 1024,
+            stream_idle: Duration::from_secs(30),
+        }
     }
 }
 
