@@ -410,19 +410,8 @@ async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
-    let crm = backend::start("crm", "127.0.0.2").await;
-    let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    // cluster-a lets a parent open two streams at once.
-    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
-    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-max-streams", "2"], &[]);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
-    let cp = parent(root, &a, &b, &[], &[]);
-    let ws = cp.entry_points["websecure"];
-    until_status(ws, "/crm/health", 200).await;
+    let t = topology(&["--uplink-max-streams", "2"], &[]).await;
+    let (cp, ws) = (&t.cp, t.ws);
 
     // Five slow requests (3 s each) at once over the parent's two workers, each with its
     // own connection: whichever worker gets three or more has one waiting for a stream.
@@ -451,18 +440,8 @@ async fn one_trace_spans_the_parent_and_the_child() {
     let (collector, mut spans) = common::otlp::collector().await;
     let endpoint = format!("http://{collector}");
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
-    let crm = backend::start("crm", "127.0.0.2").await;
-    let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
-    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &[], &env);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
-    let cp = parent_with_env(root, &a, &b, &[], &[], &env);
-    let ws = cp.entry_points["websecure"];
-    until_status(ws, "/crm/health", 200).await;
+    let t = topology(&[], &env).await;
+    let ws = t.ws;
 
     let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     let tls = common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await;
@@ -508,18 +487,8 @@ async fn one_trace_spans_the_parent_and_the_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error() {
-    let crm = backend::start("crm", "127.0.0.2").await;
-    let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
-    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", &["--uplink-stream-idle-ms", "200"], &[]);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
-    let cp = parent(root, &a, &b, &[], &[]);
-    let ws = cp.entry_points["websecure"];
-    until_status(ws, "/crm/health", 200).await;
+    let t = topology(&["--uplink-stream-idle-ms", "200"], &[]).await;
+    let ws = t.ws;
     // Pauses around the child's 200 ms idle limit: some requests find their pooled stream
     // already closed, some race its closing; every one is answered.
     for pause_ms in [50u64, 150, 190, 200, 210, 250, 400, 600] {
@@ -529,4 +498,31 @@ async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error
             assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a")), "after {pause_ms} ms idle");
         }
     }
+}
+
+/// The seed's topology on loopback, cluster-a started with `a_flags`, cluster-a and the
+/// parent with `env`; ready once `/crm/health` answers 200 through the parent.
+struct Topology {
+    _backends: (backend::Backend, backend::Backend),
+    _a: GatewayProc,
+    _b: GatewayProc,
+    cp: GatewayProc,
+    ws: std::net::SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+async fn topology(a_flags: &[&str], env: &[(&str, &str)]) -> Topology {
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
+    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
+    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", a_flags, env);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    let cp = parent_with_env(root, &a, &b, &[], &[], env);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+    Topology { _backends: (crm, billing), _a: a, _b: b, cp, ws, _tmp: tmp }
 }

@@ -508,14 +508,7 @@ impl Gateway {
                 return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
             }
             match body::spool(req_body, b.max_request, b.mem_request).await {
-                Ok(whole) => {
-                    req_body = whole;
-                    // The length is known now: it goes on with Content-Length.
-                    parts.headers.remove(header::TRANSFER_ENCODING);
-                    if let Some(n) = http_body::Body::size_hint(&req_body).exact() {
-                        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                    }
-                }
+                Ok(whole) => req_body = with_known_length(&mut parts.headers, whole),
                 Err(body::CollectError::TooLarge) => {
                     return (body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"), labels);
                 }
@@ -671,13 +664,7 @@ impl Gateway {
         let mut out_body: Body = rbody;
         if let Some(b) = buffering.filter(|_| rparts.status != StatusCode::SWITCHING_PROTOCOLS) {
             match body::spool(out_body, b.max_response, b.mem_response).await {
-                Ok(whole) => {
-                    out_body = whole;
-                    rparts.headers.remove(header::TRANSFER_ENCODING);
-                    if let Some(n) = http_body::Body::size_hint(&out_body).exact() {
-                        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                    }
-                }
+                Ok(whole) => out_body = with_known_length(&mut rparts.headers, whole),
                 Err(e) => {
                     if let body::CollectError::Spool(e) = &e {
                         tracing::error!(error = %e, "cannot spool a response body to disk");
@@ -819,6 +806,15 @@ fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Respon
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// A body read whole goes on with `Content-Length` instead of chunked framing.
+fn with_known_length(headers: &mut http::HeaderMap, whole: Body) -> Body {
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(n) = http_body::Body::size_hint(&whole).exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    whole
 }
 
 /// A time as Common Log Format writes it, in UTC: `26/Nov/2026:06:18:47 +0000`.
