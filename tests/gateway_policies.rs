@@ -311,3 +311,56 @@ async fn buffering_reads_whole_bodies_and_spills_big_ones_to_disk() {
     assert_eq!(body.len(), 300_000);
     assert!(body.iter().all(|b| *b == b'x'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_keep_alive_connection_the_backend_is_closing_is_sent_again_if_idempotent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers the first request of each connection and closes the
+    // connection when the second arrives, without answering: what a server whose idle
+    // timeout fires as the request is written looks like from the proxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        served += 1;
+                        if served > 1 {
+                            return; // closes without an answer
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let y = endpoints("svc", &[addr]) + &route("all", "PathPrefix(`/`)", &[], "{name: svc, port: 80}");
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let client = common::client::http1();
+    let send = |method: &str| {
+        hyper::Request::builder().method(method).uri(gw.web("/x")).body(common::client::body("")).unwrap()
+    };
+    for i in 0..4 {
+        // Each request finds the previous one's connection pooled, and the backend closes it.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let r = common::client::send(&client, send("GET")).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "GET {i} was sent again on a fresh connection");
+    }
+    // POST is not idempotent: it may have been acted on, so its failure shows.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(common::client::send(&client, send("POST")).await.status, 502);
+}

@@ -431,10 +431,19 @@ impl UplinkClient {
             req.headers_mut().insert(CLIENT_HEADER, v);
         }
         let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
+        // The child closes a pooled stream that stayed idle too long; a request written just
+        // as it does gets no answer. An idempotent request without a body is then sent again
+        // on a fresh stream, so it needs its head kept.
+        let mut head = None;
         let mut retried = false;
         loop {
-            let (mut sender, fresh) = match self.streams.checkout(&key) {
-                Some(s) => (s, false),
+            let (mut sender, fresh) = match self.streams.checkout(&key, self.liveness.stream_idle) {
+                Some((s, idle)) => {
+                    if idle >= crate::upstream::MAY_BE_CLOSING && !retried {
+                        head = crate::upstream::resendable_head(&req);
+                    }
+                    (s, false)
+                }
                 None => {
                     let header = pb::StreamHeader {
                         kind: pb::stream_header::Kind::Data as i32,
@@ -467,6 +476,10 @@ impl UplinkClient {
                     Some(r) if !fresh && !retried => {
                         retried = true;
                         req = r;
+                    }
+                    None if !fresh && !retried && e.error().is_incomplete_message() && head.is_some() => {
+                        retried = true;
+                        req = head.as_ref().map(crate::upstream::from_head).expect("checked above");
                     }
                     _ => {
                         let err = e.into_error().to_string();

@@ -43,8 +43,8 @@ pub struct RouteEntry {
     pub uplinks: Vec<String>,
     /// `namespace/name` of its API, if any.
     pub api: Option<String>,
-    /// Router and service ids, shared, for metric labels on the hot path.
-    pub labels: (Arc<str>, Arc<str>),
+    /// Router and service ids with their metric handles, shared on the hot path.
+    pub labels: Arc<crate::proxy::metrics::RouterStats>,
     /// Requests routed here since the last usage report.
     pub served: std::sync::atomic::AtomicU64,
 }
@@ -264,7 +264,7 @@ impl RouteTable {
                 },
                 uplinks: r.uplinks.clone(),
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
-                labels: (Arc::from(r.id.as_str()), Arc::from(r.service.as_str())),
+                labels: Arc::new(crate::proxy::metrics::RouterStats::new(&r.id, &r.service)),
                 served: std::sync::atomic::AtomicU64::new(0),
             });
         }

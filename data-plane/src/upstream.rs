@@ -84,7 +84,7 @@ pub struct Upstreams {
 /// Idle HTTP/1.1 connections by key: upstream authority here, child and uplink for
 /// uplink streams ([`crate::multicluster`]).
 pub(crate) struct H1Pool<K> {
-    idle: Mutex<HashMap<K, Vec<Sender>>>,
+    idle: Mutex<HashMap<K, Vec<(Sender, std::time::Instant)>>>,
 }
 
 impl<K> Default for H1Pool<K> {
@@ -94,21 +94,22 @@ impl<K> Default for H1Pool<K> {
 }
 
 impl<K: std::hash::Hash + Eq> H1Pool<K> {
-    /// A connection ready for a request, if one is idle.
-    pub(crate) fn checkout(&self, key: &K) -> Option<Sender> {
+    /// A connection ready for a request, if one is idle and was put back less than
+    /// `max_idle` ago (older ones are closed: the server may be about to close them).
+    pub(crate) fn checkout(&self, key: &K, max_idle: Duration) -> Option<(Sender, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         let mut busy = Vec::new();
         let mut found = None;
-        while let Some(s) = list.pop() {
-            if s.is_closed() {
+        while let Some((s, since)) = list.pop() {
+            if s.is_closed() || since.elapsed() >= max_idle {
                 continue;
             }
             if s.is_ready() {
-                found = Some(s);
+                found = Some((s, since.elapsed()));
                 break;
             }
-            busy.push(s);
+            busy.push((s, since));
         }
         list.extend(busy);
         found
@@ -129,10 +130,44 @@ impl<K: std::hash::Hash + Eq> H1Pool<K> {
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() < max_idle {
-                list.push(s);
+                list.push((s, std::time::Instant::now()));
             }
         }
     }
+}
+
+/// Methods that may be sent twice without changing their effect (RFC 9110, 9.2.2).
+pub(crate) fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// A pooled connection idle at least this long may be closing: a request sent on it keeps
+/// its head (see [`resendable_head`]). Busier connections are not worth the copy.
+pub(crate) const MAY_BE_CLOSING: Duration = Duration::from_millis(10);
+
+/// What it takes to send a request again: the head of an idempotent request without a
+/// body. A server may close a pooled keep-alive connection just as a request is written on
+/// it; such a request got no answer and is sent once more on a fresh connection.
+pub(crate) fn resendable_head(req: &http::Request<Body>) -> Option<(http::Method, http::Uri, http::HeaderMap)> {
+    (http_body::Body::is_end_stream(req.body()) && idempotent(req.method()))
+        .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()))
+}
+
+/// Rebuilds a request kept by [`resendable_head`].
+pub(crate) fn from_head(head: &(http::Method, http::Uri, http::HeaderMap)) -> http::Request<Body> {
+    let mut req = http::Request::new(crate::body::empty());
+    *req.method_mut() = head.0.clone();
+    *req.uri_mut() = head.1.clone();
+    *req.headers_mut() = head.2.clone();
+    req
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -200,10 +235,16 @@ impl Upstreams {
         let origin_form =
             req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = http::Uri::from(origin_form);
+        let mut head = None;
         let mut retried = false;
         loop {
-            let (mut sender, fresh) = match self.h1.checkout(&auth) {
-                Some(s) => (s, false),
+            let (mut sender, fresh) = match self.h1.checkout(&auth, self.cfg.idle_timeout) {
+                Some((s, idle)) => {
+                    if idle >= MAY_BE_CLOSING && !retried {
+                        head = resendable_head(&req);
+                    }
+                    (s, false)
+                }
                 None => (self.connect_h1(&auth).await?, true),
             };
             match tokio::time::timeout(self.cfg.response_header_timeout, sender.try_send_request(req)).await {
@@ -221,6 +262,10 @@ impl Upstreams {
                     Some(r) if !fresh && !retried => {
                         retried = true;
                         req = r;
+                    }
+                    None if !fresh && !retried && e.error().is_incomplete_message() && head.is_some() => {
+                        retried = true;
+                        req = head.as_ref().map(from_head).expect("checked above");
                     }
                     _ => {
                         let err = e.into_error();

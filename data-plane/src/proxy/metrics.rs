@@ -95,7 +95,65 @@ impl Default for Metrics {
     }
 }
 
+/// A router's ids and its metric handles, looked up in the families once per route table
+/// instead of hashing label strings on every request.
+#[derive(Debug)]
+pub struct RouterStats {
+    /// Router id.
+    pub router: Arc<str>,
+    /// Service id.
+    pub service: Arc<str>,
+    latency: std::sync::OnceLock<Histogram>,
+    by_code: std::sync::RwLock<Vec<(u16, Counter)>>,
+}
+
+impl RouterStats {
+    /// Stats of router `router` forwarding to `service`.
+    pub fn new(router: &str, service: &str) -> RouterStats {
+        RouterStats {
+            router: Arc::from(router),
+            service: Arc::from(service),
+            latency: std::sync::OnceLock::new(),
+            by_code: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts a request answered with `code` after `secs`, by router (`None`: no router
+    /// matched).
+    pub fn record(&self, stats: Option<&RouterStats>, code: u16, secs: f64) {
+        let Some(st) = stats else {
+            let empty = Label(Arc::from(""));
+            self.requests.get_or_create(&RequestLabels { router: empty.clone(), service: empty, code }).inc();
+            return;
+        };
+        st.latency
+            .get_or_init(|| self.latency.get_or_create(&RouterLabels { router: Label(st.router.clone()) }).clone())
+            .observe(secs);
+        let cached = st.by_code.read().ok().and_then(|c| c.iter().find(|(k, _)| *k == code).map(|(_, c)| c.clone()));
+        let counter = match cached {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        router: Label(st.router.clone()),
+                        service: Label(st.service.clone()),
+                        code,
+                    })
+                    .clone();
+                if let Ok(mut by_code) = st.by_code.write() {
+                    if !by_code.iter().any(|(k, _)| *k == code) {
+                        by_code.push((code, c.clone()));
+                    }
+                }
+                c
+            }
+        };
+        counter.inc();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

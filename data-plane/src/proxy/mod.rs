@@ -152,7 +152,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// Router and service ids of a request, for metrics.
-type Labels = (Arc<str>, Arc<str>);
+type Labels = Arc<metrics::RouterStats>;
 
 /// Why a request could not be forwarded.
 enum ProxyError {
@@ -314,14 +314,14 @@ impl Gateway {
         // Answer in the client's protocol version, whatever the upstream spoke.
         *resp.version_mut() = version;
         let code = resp.status().as_u16();
-        let (router, service) = labels.unwrap_or_else(|| (Arc::from(""), Arc::from("")));
+        let (router, service): (&str, &str) = labels.as_deref().map_or(("", ""), |l| (&l.router, &l.service));
         if let Some(span) = &span {
-            crate::telemetry::record_outcome(span, code, &router, &service);
+            crate::telemetry::record_outcome(span, code, router, service);
         }
         if let (Some(fmt), Some((referer, agent))) = (self.access_log, seen) {
             let n = self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let ms = start.elapsed().as_secs_f64() * 1000.0;
-            let (r, s) = (&*router, &*service);
+            let (r, s) = (router, service);
             let line = match fmt {
                 AccessLog::Json => serde_json::json!({
                     "client": conn.peer.ip().to_string(), "method": method.as_str(), "uri": uri.to_string(),
@@ -349,17 +349,7 @@ impl Gateway {
             };
             println!("{line}");
         }
-        let router = metrics::Label(router);
-        if !router.0.is_empty() {
-            self.metrics
-                .latency
-                .get_or_create(&metrics::RouterLabels { router: router.clone() })
-                .observe(start.elapsed().as_secs_f64());
-        }
-        self.metrics
-            .requests
-            .get_or_create(&metrics::RequestLabels { router, service: metrics::Label(service), code })
-            .inc();
+        self.metrics.record(labels.as_deref(), code, start.elapsed().as_secs_f64());
         resp
     }
 
@@ -607,7 +597,7 @@ impl Gateway {
             req_body = body::full(bytes.clone());
             replay = Some((p, out.clone(), bytes));
         }
-        let mut result = self.dispatch(&svc, out, req_body, &conn.upstreams).await;
+        let mut result = self.forward(&svc, out, req_body, &conn.upstreams).await;
         if let Some((p, out, bytes)) = replay {
             let deadline = p.timeout.map(|t| Instant::now() + t);
             let mut attempt = 1;
@@ -626,7 +616,7 @@ impl Gateway {
                 }
                 tokio::time::sleep(wait).await;
                 tracing::debug!(router = %router.id, attempt, "retrying request");
-                result = self.dispatch(&svc, out.clone(), body::full(bytes.clone()), &conn.upstreams).await;
+                result = self.forward(&svc, out.clone(), body::full(bytes.clone()), &conn.upstreams).await;
             }
         }
         let mut resp = match result {
@@ -696,6 +686,21 @@ impl Gateway {
         (Response::from_parts(rparts, out_body), labels)
     }
 
+    /// Sends to `svc`: straight to a server for a load balancer (the common case, no boxed
+    /// future), through [`Gateway::dispatch`] for compositions.
+    async fn forward(
+        self: &Arc<Self>,
+        svc: &Arc<ServiceRt>,
+        out: Outgoing,
+        body: Body,
+        up: &Arc<Upstreams>,
+    ) -> Result<Response<Body>, ProxyError> {
+        match &**svc {
+            ServiceRt::LoadBalancer(lb) => send_to_server(lb, out, body, up).await,
+            _ => self.dispatch(svc, out, body, up).await,
+        }
+    }
+
     fn dispatch<'a>(
         self: &'a Arc<Self>,
         svc: &'a Arc<ServiceRt>,
@@ -705,20 +710,7 @@ impl Gateway {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
         Box::pin(async move {
             match &**svc {
-                ServiceRt::LoadBalancer(lb) => {
-                    let server = lb
-                        .pick()
-                        .ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
-                    let req = out.into_request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
-                    let h2c = server.url.scheme_str() == Some("h2c");
-                    match up.send(req, h2c).await {
-                        Ok(r) => Ok(r.map(body::incoming)),
-                        Err(e) => {
-                            lb.record_failure(server);
-                            Err(ProxyError::Upstream(e))
-                        }
-                    }
-                }
+                ServiceRt::LoadBalancer(lb) => send_to_server(lb, out, body, up).await,
                 ServiceRt::Weighted { .. } => {
                     let child = svc
                         .pick_child_with(&|c| self.child_down(c))
@@ -806,6 +798,26 @@ fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Respon
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// Picks a server of `lb` and sends the request there; a failure counts toward the
+/// server's passive health.
+async fn send_to_server(
+    lb: &service::LoadBalancer,
+    out: Outgoing,
+    body: Body,
+    up: &Upstreams,
+) -> Result<Response<Body>, ProxyError> {
+    let server = lb.pick().ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
+    let req = out.into_request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
+    let h2c = server.url.scheme_str() == Some("h2c");
+    match up.send(req, h2c).await {
+        Ok(r) => Ok(r.map(body::incoming)),
+        Err(e) => {
+            lb.record_failure(server);
+            Err(ProxyError::Upstream(e))
+        }
+    }
 }
 
 /// A body read whole goes on with `Content-Length` instead of chunked framing.
