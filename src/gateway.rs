@@ -4,7 +4,6 @@
 //! it. A watcher recompiles on every change (after a short quiet time); a change that does
 //! not load or compile is logged with file and line and the previous table stays.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,24 +52,16 @@ pub struct GatewayOptions {
     pub workers: usize,
 }
 
-/// One compile of the configuration, or the findings that prevent it.
-pub struct Compiled {
-    /// The route table to swap in.
-    pub runtime: Runtime,
-    /// Certificates by server name.
-    pub certs: HashMap<String, Arc<rustls::sign::CertifiedKey>>,
-}
-
 fn errors_of(diags: &[Diagnostic]) -> Vec<String> {
     diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
 }
 
-/// A compiled body and the certificates its routers name.
-pub type CompiledBody = (atrium_proto::v1::SnapshotBody, HashMap<String, Arc<rustls::sign::CertifiedKey>>);
-
 /// Loads and compiles values and manifests into a snapshot body; `Err` lists every error
 /// with file and line. Warnings are logged.
-pub fn compile_body(values: Option<&std::path::Path>, manifests: &[PathBuf]) -> Result<CompiledBody, Vec<String>> {
+pub fn compile_body(
+    values: Option<&std::path::Path>,
+    manifests: &[PathBuf],
+) -> Result<atrium_proto::v1::SnapshotBody, Vec<String>> {
     let (values, vdiags) = match values {
         Some(v) => Values::load(v),
         None => (Values::default(), Vec::new()),
@@ -83,26 +74,27 @@ pub fn compile_body(values: Option<&std::path::Path>, manifests: &[PathBuf]) -> 
     for d in vdiags.iter().chain(&m.diagnostics).chain(&compiled.diagnostics).filter(|d| !d.is_error()) {
         tracing::warn!("{d}");
     }
-    let certs = certificates(&m, &compiled.body).map_err(|e| vec![e])?;
+    let mut body = compiled.body;
+    body.tls_certificates = certificates(&m, &body).map_err(|e| vec![e])?;
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok((compiled.body, certs))
+    Ok(body)
 }
 
 /// Loads and compiles the configuration into a route table.
-pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Compiled, Vec<String>> {
-    let (body, certs) = compile_body(opts.values.as_deref(), &opts.manifests)?;
-    let runtime = Runtime::build(body, version).map_err(|e| vec![e])?;
-    Ok(Compiled { runtime, certs })
+pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Runtime, Vec<String>> {
+    let body = compile_body(opts.values.as_deref(), &opts.manifests)?;
+    Runtime::build(body, version).map_err(|e| vec![e])
 }
 
-/// The certificates routers name by `tls.secretName`, keyed by the hosts of their rules.
+/// The certificates routers name by `tls.secretName`, each with the hosts of the rules of
+/// the routers naming it, checked here so that a broken Secret is an error with its file.
 fn certificates(
     m: &Manifests,
     body: &atrium_proto::v1::SnapshotBody,
-) -> Result<HashMap<String, Arc<rustls::sign::CertifiedKey>>, String> {
-    let mut out = HashMap::new();
+) -> Result<Vec<atrium_proto::v1::TlsCertificate>, String> {
+    let mut out: std::collections::BTreeMap<String, atrium_proto::v1::TlsCertificate> = Default::default();
     for r in &body.routers {
         let Some(secret) = r.tls.as_ref().map(|t| t.secret.as_str()).filter(|s| !s.is_empty()) else { continue };
         let Some(l) = m.resources.iter().find(|l| matches!(l.resource, Resource::Secret(_)) && l.id() == secret) else {
@@ -118,19 +110,30 @@ fn certificates(
                 .decode(b64.trim())
                 .map_err(|e| format!("{}: Secret {secret} data.{k}: invalid base64: {e}", l.file.display()))
         };
-        let key = certified_key(&field("tls.crt")?, &field("tls.key")?)
-            .map_err(|e| format!("{}: Secret {secret}: {e}", l.file.display()))?;
-        let hosts = Rule::parse(&r.rule).ok().and_then(|rule| rule.required_hosts()).unwrap_or_default();
-        for h in hosts {
-            out.insert(h, key.clone());
-        }
+        let (cert, key) = (field("tls.crt")?, field("tls.key")?);
+        certified_key(&cert, &key).map_err(|e| format!("{}: Secret {secret}: {e}", l.file.display()))?;
+        let text = |b: Vec<u8>, k: &str| {
+            String::from_utf8(b).map_err(|_| format!("{}: Secret {secret} {k} is not PEM text", l.file.display()))
+        };
+        let entry = match out.get_mut(secret) {
+            Some(e) => e,
+            None => out.entry(secret.to_string()).or_insert(atrium_proto::v1::TlsCertificate {
+                secret: secret.to_string(),
+                server_names: Vec::new(),
+                cert_pem: text(cert, "tls.crt")?,
+                key_pem: text(key, "tls.key")?,
+            }),
+        };
+        entry.server_names.extend(Rule::parse(&r.rule).ok().and_then(|rule| rule.required_hosts()).unwrap_or_default());
     }
-    Ok(out)
-}
-
-fn apply(gw: &Gateway, c: Compiled) {
-    gw.certs.set(c.certs);
-    gw.swap(c.runtime);
+    Ok(out
+        .into_values()
+        .map(|mut c| {
+            c.server_names.sort();
+            c.server_names.dedup();
+            c
+        })
+        .collect())
 }
 
 /// Watches `paths` and calls `on_change` (on a blocking thread) after each burst of
@@ -184,7 +187,7 @@ fn watch_config(
     watch_paths(paths, debounce, move || {
         let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match compile(&opts, v) {
-            Ok(c) => apply(&gw, c),
+            Ok(rt) => gw.swap(rt),
             Err(errors) => {
                 for e in &errors {
                     tracing::error!("{e}");
@@ -349,7 +352,7 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
         (None, None) => CertStore::generated().map_err(anyhow::Error::msg)?,
     };
     let gw = Gateway::new(Upstreams::new(opts.upstream.clone()), opts.access_log, certs.clone());
-    apply(&gw, first);
+    gw.swap(first);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let threads = serve_entrypoints(

@@ -179,7 +179,7 @@ pub async fn run_control_plane(
     }
     let values = load_values(o.values.as_deref())?;
     let hub = Hub::new(env!("CARGO_PKG_VERSION"));
-    let (body, certs_map) = compile_body(o.values.as_deref(), &manifests)
+    let body = compile_body(o.values.as_deref(), &manifests)
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
     // The snapshot is the compiled manifests plus the live view of the children.
     let children = body.children.clone();
@@ -248,7 +248,6 @@ pub async fn run_control_plane(
         let (dca, dcert, dkey) = dp.read().map_err(anyhow::Error::msg)?;
         gw.set_uplink_client(UplinkClient::new(dca, dcert, dkey, o.liveness));
         // The embedded data plane takes the same snapshots, over an in-memory channel.
-        certs.set(certs_map);
         let mut rx = hub.subscribe();
         let egw = gw.clone();
         tokio::spawn(async move {
@@ -276,8 +275,7 @@ pub async fn run_control_plane(
     let _watcher = watch_paths(paths, debounce, move || {
         let detected = Instant::now();
         match compile_body(vals.as_deref(), &mans) {
-            Ok((body, certs)) => {
-                g.certs.set(certs);
+            Ok(body) => {
                 let before = h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
                 if let Ok(mut cur) = b.lock() {
                     *cur = body;
@@ -357,7 +355,9 @@ pub async fn run_data_plane(
         gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone(), o.liveness));
         Some(TlsMaterial { ca, cert, key })
     } else {
-        tracing::warn!("the control-plane URL is not https: snapshots travel without TLS");
+        tracing::warn!(
+            "the control-plane URL is not https: snapshots, and the TLS keys they carry, travel without TLS"
+        );
         None
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -423,10 +423,9 @@ pub async fn run_agent(
         "--cluster {cluster:?} must be a DNS label"
     );
     let values = load_values(o.values.as_deref())?;
-    let (body, certs_map) = compile_body(o.values.as_deref(), &manifests)
+    let body = compile_body(o.values.as_deref(), &manifests)
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
-    certs.set(certs_map);
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
     let uplinks = body.uplinks.clone();
     gw.swap(Runtime::build(body, 1).map_err(anyhow::Error::msg)?);
@@ -473,13 +472,10 @@ pub async fn run_agent(
     let version = std::sync::atomic::AtomicU64::new(1);
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
     let _watcher = watch_paths(paths, debounce, move || match compile_body(vals.as_deref(), &mans) {
-        Ok((body, certs)) => {
+        Ok(body) => {
             let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             match Runtime::build(body, v) {
-                Ok(rt) => {
-                    g.certs.set(certs);
-                    g.swap(rt);
-                }
+                Ok(rt) => g.swap(rt),
                 Err(e) => g.swap_failed(&e),
             }
         }

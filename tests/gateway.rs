@@ -229,24 +229,12 @@ async fn admin_endpoints_and_reload_keep_the_last_good_table() {
     assert!(metrics.contains("atrium_route_table_swap_failures_total 1"), "{metrics}");
 }
 
-fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
-    use base64::Engine;
-    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: apps\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
-        b64(&ck.cert.pem()),
-        b64(&ck.signing_key.serialize_pem())
-    );
-    (yaml, ck.cert.der().to_vec())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
     let be = backend::start("crm", "127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();
     let m = seed_child(tmp.path(), be.addr);
-    let (secret, der) = tls_secret("secure-cert", "secure.test");
+    let (secret, der) = common::tls_secret("apps", "secure-cert", "secure.test");
     write(&m, "secret.yaml", &secret);
     write(
         &m,

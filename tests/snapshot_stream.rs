@@ -59,6 +59,12 @@ fn control_plane(root: &Path, grpc: &str) -> GatewayProc {
 }
 
 fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc {
+    data_plane_with(root, grpc, id, "off")
+}
+
+/// [`data_plane`] with its `websecure` entrypoint at `websecure` (`off`, or an address).
+fn data_plane_with(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure: &str) -> GatewayProc {
+    let websecure = format!("websecure={websecure}");
     let args: Vec<String> = [
         "data-plane",
         "--control-plane",
@@ -74,7 +80,7 @@ fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc 
         "--entrypoint",
         "web=127.0.0.1:0",
         "--entrypoint",
-        "websecure=off",
+        &websecure,
         "--admin",
         "127.0.0.1:0",
         "--workers",
@@ -85,7 +91,7 @@ fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc 
     .iter()
     .map(|s| s.to_string())
     .collect();
-    GatewayProc::spawn(&args, 1, false)
+    GatewayProc::spawn(&args, if websecure.ends_with("=off") { 1 } else { 2 }, false)
 }
 
 async fn dataplanes(cp: &GatewayProc) -> serde_json::Value {
@@ -270,4 +276,31 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;
     assert!(cp.logged("server certificate reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_data_plane_serves_the_certificates_routers_name() {
+    let be = backend::start("a", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    manifests(&root.join("manifests"), be.addr, "v1");
+    let (secret, der) = common::tls_secret("ns", "shop-cert", "shop.test");
+    fs::write(
+        root.join("manifests/tls.yaml"),
+        secret + "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: shop, namespace: ns}\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`shop.test`)\n      services: [{name: svc, port: 80}]\n  tls:\n    secretName: shop-cert\n",
+    )
+    .unwrap();
+    let cp = control_plane(root, &free_port());
+    let dp = data_plane_with(root, cp.grpc.unwrap(), "edge-1", "127.0.0.1:0");
+    converged(&cp, &["edge-1"]).await;
+
+    let (_, leaf, r) = client::tls_get(dp.entry_points["websecure"], "shop.test", "/").await;
+    assert_eq!(leaf, der, "the remote data plane presents the Secret's certificate");
+    assert_eq!(r.status, 200);
+    let (_, other, _) = client::tls_get(dp.entry_points["websecure"], "else.test", "/").await;
+    assert_ne!(other, der, "other names get the default certificate");
+
+    // The key travels only inside the mTLS stream and the 0600 cache; the admin API never shows it.
+    let raw = get(&format!("http://{}/api/rawdata", dp.admin)).await.body;
+    assert!(!raw.contains("PRIVATE KEY") && raw.contains("ns/shop-cert"), "{raw}");
 }

@@ -78,3 +78,17 @@ pub fn line_of(file: &Path, needle: &str) -> usize {
     let text = std::fs::read_to_string(file).unwrap();
     text.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} not in {}", file.display())) + 1
 }
+
+/// A `kubernetes.io/tls` Secret `ns/name` with a fresh self-signed certificate for `host`,
+/// and that certificate's DER.
+pub fn tls_secret(ns: &str, name: &str, host: &str) -> (String, Vec<u8>) {
+    use base64::Engine;
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(&ck.cert.pem()),
+        b64(&ck.signing_key.serialize_pem())
+    );
+    (yaml, ck.cert.der().to_vec())
+}

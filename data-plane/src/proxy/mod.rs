@@ -278,6 +278,7 @@ impl Gateway {
         for lb in &lbs {
             service::health::spawn(lb, self.upstreams.clone());
         }
+        self.certs.set(tls::by_server_name(&rt.body));
         let version = rt.version;
         self.runtime.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);

@@ -40,6 +40,23 @@ pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, String> {
     certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
 }
 
+/// The certificates a snapshot carries, by lower-case server name. One that does not parse
+/// is logged and left out (the control plane checked it; this is the last line).
+pub fn by_server_name(body: &atrium_proto::v1::SnapshotBody) -> HashMap<String, Arc<CertifiedKey>> {
+    let mut out = HashMap::new();
+    for c in &body.tls_certificates {
+        match certified_key(c.cert_pem.as_bytes(), c.key_pem.as_bytes()) {
+            Ok(k) => {
+                for name in &c.server_names {
+                    out.insert(name.to_ascii_lowercase(), k.clone());
+                }
+            }
+            Err(e) => tracing::error!(secret = %c.secret, error = %e, "TLS certificate left out"),
+        }
+    }
+    out
+}
+
 impl CertStore {
     /// A store with a generated default certificate.
     pub fn generated() -> Result<Arc<CertStore>, String> {

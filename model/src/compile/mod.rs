@@ -194,6 +194,8 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         services: cx.services.into_values().collect(),
         children,
         uplinks,
+        // Filled by the binary, which reads the Secrets' key material.
+        tls_certificates: Vec::new(),
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
