@@ -369,3 +369,34 @@ async fn sigterm_drains_requests_in_flight_and_access_log_is_written() {
     .unwrap();
     assert!(status.0.is_some_and(|s| s.success()), "the gateway exits cleanly after draining: {:?}", status.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_log_format_lines_read_like_traefiks() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &["--access-log", "clf"]);
+    let req = hyper::Request::get(gw.web("/crm/health?x=1"))
+        .header("user-agent", "curl/8.5")
+        .header("referer", "https://portal.test/")
+        .body(client::body(""))
+        .unwrap();
+    assert_eq!(client::send(&client::http1(), req).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = gw.out.lock().unwrap().iter().find(|l| l.contains("/crm/health")).cloned() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // 127.0.0.1 - - [26/Nov/2026:06:28:47 +0000] "GET /crm/health?x=1 HTTP/1.1" 200 6
+    // "https://portal.test/" "curl/8.5" 1 "apps/crm-api/0" "apps/crm-service:80" 1ms
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "GET /crm/health\?x=1 HTTP/1\.1" 200 \S+ "https://portal\.test/" "curl/8\.5" \d+ "apps/crm-api/0" "[^"]+" \d+ms$"#,
+    )
+    .unwrap();
+    assert!(re.is_match(&line), "{line}");
+    let year: i32 = line.split('/').nth(2).unwrap()[..4].parse().unwrap();
+    assert!(year >= 2025, "a real date, not epoch seconds: {line}");
+}
