@@ -279,14 +279,10 @@ impl UplinkClient {
         .await
         .map_err(|e| format!("dial task failed: {e}"))?;
         let (ep, conn) = dialed?;
-        if let Ok(mut w) = self.workers.lock() {
-            w.entry(tid).or_insert_with(|| WorkerConns { endpoint: ep, conns: HashMap::new() });
-        }
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
         if let Ok(mut w) = self.workers.lock() {
-            if let Some(w) = w.get_mut(&tid) {
-                w.conns.insert(child.name.clone(), conn.clone());
-            }
+            let worker = w.entry(tid).or_insert_with(|| WorkerConns { endpoint: ep, conns: HashMap::new() });
+            worker.conns.insert(child.name.clone(), conn.clone());
         }
         Ok(conn)
     }
