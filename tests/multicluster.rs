@@ -254,6 +254,16 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
         assert!(Instant::now() < deadline, "the parent did not log the unreachable child");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Its data plane counted taking the child out.
+    let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
+    let downs = metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-a\"}");
+    assert!(downs >= 1, "{metrics}");
+    assert_eq!(metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-b\"}"), 0);
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (0 when absent).
+fn metric(text: &str, sample: &str) -> u64 {
+    text.lines().find(|l| l.starts_with(sample)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// A child copy of cluster-a's manifests serving uplink `crm` with `weight`, stamping its
@@ -426,11 +436,7 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
         assert_eq!(tls_get(ws, "api.example.com", "/crm/health").await.2.status, 200);
     }
     let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
-    let waits = metrics
-        .lines()
-        .find(|l| l.starts_with("atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let waits = metric(&metrics, "atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}");
     assert!(waits >= 1, "the wait is counted:\n{metrics}");
     assert!(cp.logged("uplink stream limit reached"));
 }

@@ -102,8 +102,8 @@ pub struct UplinkClient {
     pub counter: AtomicU64,
     /// Idle HTTP/1.1 streams by worker thread, child and uplink.
     streams: H1Pool<(std::thread::ThreadId, String, String)>,
-    /// Waits for a free stream, by child (registered in the data plane's metrics).
-    stream_waits: OnceLock<Family<ChildLabels, Counter>>,
+    /// Per-child counters, registered in the data plane's metrics.
+    metrics: OnceLock<UplinkMetrics>,
     /// When the stream limit was last logged, by child.
     stream_limit_logged: Mutex<HashMap<String, Instant>>,
     /// Requests waiting for a stream the limit does not allow yet.
@@ -150,6 +150,18 @@ fn needs_http2(h: &http::HeaderMap) -> bool {
     has(http::header::CONTENT_TYPE, "application/grpc") || has(http::header::TE, "trailers")
 }
 
+/// The data plane's per-child uplink counters.
+#[derive(Clone, Debug, Default)]
+pub struct UplinkMetrics {
+    /// Requests that waited because the child's concurrent-stream limit was reached.
+    pub stream_waits: Family<ChildLabels, Counter>,
+    /// Times this data plane took the child out of its routing (its connection failed, or
+    /// streams failed in a row).
+    pub marked_down: Family<ChildLabels, Counter>,
+    /// Streams that failed on a live connection (passive health).
+    pub failed_streams: Family<ChildLabels, Counter>,
+}
+
 /// Labels of per-child uplink metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct ChildLabels {
@@ -184,7 +196,7 @@ impl UplinkClient {
             failures: Mutex::default(),
             counter: AtomicU64::new(0),
             streams: H1Pool::default(),
-            stream_waits: OnceLock::new(),
+            metrics: OnceLock::new(),
             stream_limit_logged: Mutex::default(),
             stream_waiters: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -199,6 +211,7 @@ impl UplinkClient {
         if let Ok(mut d) = self.down.lock() {
             if d.insert(child.to_string(), Instant::now()).is_none_or(|t| t.elapsed() >= DOWN_FOR) {
                 tracing::warn!(child, reason = why, "child unreachable from this data plane; not routing to it");
+                self.count(child, |m| &m.marked_down);
             }
         }
         if let Ok(mut w) = self.workers.lock() {
@@ -210,6 +223,7 @@ impl UplinkClient {
 
     /// Counts a failed stream to `child`; enough in a row take it out.
     fn stream_failed(&self, child: &str, why: &str) {
+        self.count(child, |m| &m.failed_streams);
         let n = match self.failures.lock() {
             Ok(mut f) => {
                 let n = f.entry(child.to_string()).or_insert(0);
@@ -350,9 +364,7 @@ impl UplinkClient {
 
     /// Every stream the child allows is in use: requests wait for one to finish.
     fn stream_limit_reached(&self, child: &str) {
-        if let Some(c) = self.stream_waits.get() {
-            c.get_or_create(&ChildLabels { child: crate::proxy::metrics::Label(Arc::from(child)) }).inc();
-        }
+        self.count(child, |m| &m.stream_waits);
         let now = Instant::now();
         if let Ok(mut last) = self.stream_limit_logged.lock() {
             if last.get(child).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
@@ -367,9 +379,15 @@ impl UplinkClient {
         self.streams.retain(|(_, c, _)| c != child);
     }
 
-    /// Counts waits for a free stream in this family (the data plane's metrics).
-    pub fn set_stream_wait_metric(&self, family: Family<ChildLabels, Counter>) {
-        let _ = self.stream_waits.set(family);
+    /// Counts into these families (the data plane's metrics).
+    pub fn set_metrics(&self, metrics: UplinkMetrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, child: &str, which: impl Fn(&UplinkMetrics) -> &Family<ChildLabels, Counter>) {
+        if let Some(m) = self.metrics.get() {
+            which(m).get_or_create(&ChildLabels { child: crate::proxy::metrics::Label(Arc::from(child)) }).inc();
+        }
     }
 
     /// Forwards one request to `uplink` on `child`.

@@ -56,8 +56,8 @@ pub struct Metrics {
     pub swaps: Counter,
     /// Configurations refused (the previous table stayed).
     pub swap_failures: Counter,
-    /// Requests that waited because a child's concurrent-stream limit was reached.
-    pub uplink_stream_waits: Family<crate::multicluster::ChildLabels, Counter>,
+    /// Per-child uplink counters.
+    pub uplinks: crate::multicluster::UplinkMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,13 +85,23 @@ impl Default for Metrics {
             "Configurations refused; the previous table stayed in force",
             swap_failures.clone(),
         );
-        let uplink_stream_waits = Family::<crate::multicluster::ChildLabels, Counter>::default();
+        let uplinks = crate::multicluster::UplinkMetrics::default();
         registry.register(
             "uplink_stream_limit_waits",
             "Requests that waited for a free uplink stream because the child's concurrent-stream limit was reached",
-            uplink_stream_waits.clone(),
+            uplinks.stream_waits.clone(),
         );
-        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplink_stream_waits }
+        registry.register(
+            "uplink_child_marked_down",
+            "Times this data plane took a child out of its routing on its own (connection lost, or failed streams in a row)",
+            uplinks.marked_down.clone(),
+        );
+        registry.register(
+            "uplink_failed_streams",
+            "Uplink streams that failed while their connection stayed up",
+            uplinks.failed_streams.clone(),
+        );
+        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplinks }
     }
 }
 

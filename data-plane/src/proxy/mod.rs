@@ -235,7 +235,7 @@ impl Gateway {
     /// Enables `X@multicluster` services: requests go to children over QUIC with this
     /// client's certificate.
     pub fn set_uplink_client(&self, client: Arc<crate::multicluster::UplinkClient>) {
-        client.set_stream_wait_metric(self.metrics.uplink_stream_waits.clone());
+        client.set_metrics(self.metrics.uplinks.clone());
         let _ = self.uplinks.set(client);
     }
 
