@@ -341,14 +341,7 @@ async fn sigterm_drains_requests_in_flight_and_access_log_is_written() {
     let r = get(&gw.web("/crm/health")).await;
     assert_eq!(r.status, 200);
     // The access log line of that request.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        if let Some(l) = gw.out.lock().unwrap().iter().find(|l| l.contains("/crm/health")).cloned() {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no access log line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = gw.stdout_line("/crm/health").await;
     let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["router"], "apps/crm-api/0");
@@ -382,14 +375,7 @@ async fn common_log_format_lines_read_like_traefiks() {
         .body(client::body(""))
         .unwrap();
     assert_eq!(client::send(&client::http1(), req).await.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        if let Some(l) = gw.out.lock().unwrap().iter().find(|l| l.contains("/crm/health")).cloned() {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no access log line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = gw.stdout_line("/crm/health").await;
     // 127.0.0.1 - - [26/Nov/2026:06:28:47 +0000] "GET /crm/health?x=1 HTTP/1.1" 200 6
     // "https://portal.test/" "curl/8.5" 1 "apps/crm-api/0" "apps/crm-service:80" 1ms
     let re = regex::Regex::new(

@@ -119,6 +119,18 @@ impl GatewayProc {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// The first stdout line (the access log) containing `needle`, waiting up to 5 s.
+    pub async fn stdout_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self.out.lock().unwrap().iter().find(|l| l.contains(needle)).cloned() {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no stdout line with {needle:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills the process at once (SIGKILL): no goodbye to anyone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
