@@ -36,9 +36,9 @@ enum AccessLogFormat {
     Clf,
 }
 
-/// Flags of every serving subcommand.
+/// Listener flags of `gateway` and of every serving subcommand.
 #[derive(Args, Clone)]
-struct ServeArgs {
+struct ListenArgs {
     /// Helm-style values (entrypoints come from `ports`).
     #[arg(long)]
     values: Option<PathBuf>,
@@ -51,6 +51,36 @@ struct ServeArgs {
     /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
     #[arg(long)]
     admin: Option<String>,
+    /// Runtime worker threads (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Write an access log line per request to stdout.
+    #[arg(long, value_enum)]
+    access_log: Option<AccessLogFormat>,
+}
+
+impl ListenArgs {
+    fn admin(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        self.admin.as_deref().map(gateway::parse_addr).transpose().context("--admin")
+    }
+
+    fn access_log(&self) -> Option<atrium_data_plane::proxy::AccessLog> {
+        self.access_log.map(|f| match f {
+            AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
+            AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
+        })
+    }
+
+    fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
+}
+
+/// Flags of every serving subcommand.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
     /// Directory for generated state (development PKI, default certificate).
     #[arg(long, default_value = ".atrium")]
     state_dir: PathBuf,
@@ -58,12 +88,6 @@ struct ServeArgs {
     /// created on first start).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
-    /// Runtime worker threads (default: the number of cores).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Write an access log line per request to stdout.
-    #[arg(long, value_enum)]
-    access_log: Option<AccessLogFormat>,
     /// Uplink QUIC keep-alive interval, in milliseconds.
     #[arg(long, default_value_t = 250)]
     uplink_keepalive_ms: u64,
@@ -93,18 +117,16 @@ impl ServeArgs {
             "--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms ({} ms)",
             self.uplink_keepalive_ms
         );
+        let l = &self.listen;
         Ok(planes::ServeOptions {
-            values: self.values,
-            entry_points: self.entry_points,
-            bind_ip: self.bind_ip,
-            admin: self.admin.map(|a| gateway::parse_addr(&a)).transpose().context("--admin")?,
-            access_log: self.access_log.map(|f| match f {
-                AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
-                AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
-            }),
+            admin: l.admin()?,
+            access_log: l.access_log(),
+            workers: l.workers(),
+            values: self.listen.values,
+            entry_points: self.listen.entry_points,
+            bind_ip: self.listen.bind_ip,
             limits: Default::default(),
             upstream: Default::default(),
-            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             state_dir: self.state_dir,
             tls_dir: self.tls_dir,
             liveness: atrium_data_plane::uplink::Liveness {
@@ -231,21 +253,11 @@ enum Command {
     },
     /// Serve a Traefik-compatible gateway from local manifests, reloading them on change.
     Gateway {
-        /// Helm-style values (entrypoints come from `ports`).
-        #[arg(long)]
-        values: Option<PathBuf>,
         /// Manifest files or folders (watched).
         #[arg(long, required = true)]
         manifests: Vec<PathBuf>,
-        /// Override an entrypoint's address: NAME=ADDR (`:8000`, `127.0.0.1:0`) or NAME=off.
-        #[arg(long = "entrypoint", value_parser = gateway::parse_entry_point_flag)]
-        entry_points: Vec<(String, String)>,
-        /// IP the entrypoints bind to unless overridden.
-        #[arg(long, default_value = "0.0.0.0")]
-        bind_ip: std::net::IpAddr,
-        /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        listen: ListenArgs,
         /// Directory for generated state (the default TLS certificate); kept across restarts.
         #[arg(long)]
         state_dir: Option<PathBuf>,
@@ -253,12 +265,6 @@ enum Command {
         /// --name gateway`) are the default certificate, instead of a generated one.
         #[arg(long)]
         tls_dir: Option<PathBuf>,
-        /// Runtime worker threads (default: the number of cores).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Write an access log line per request to stdout.
-        #[arg(long, value_enum)]
-        access_log: Option<AccessLogFormat>,
         /// Quiet time before a configuration change is applied, in milliseconds.
         #[arg(long, default_value_t = 50)]
         watch_debounce_ms: u64,
@@ -385,15 +391,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         })(),
         Command::Gateway {
-            values,
             manifests,
-            entry_points,
-            bind_ip,
-            admin,
+            listen,
             state_dir,
             tls_dir,
-            workers,
-            access_log,
             watch_debounce_ms,
             header_read_timeout,
             max_header_bytes,
@@ -402,17 +403,14 @@ fn main() -> ExitCode {
             upstream_idle_timeout,
             drain_timeout,
         } => (|| {
-            let admin = admin.map(|a| gateway::parse_addr(&a)).transpose().context("--admin")?;
             let opts = gateway::GatewayOptions {
-                values,
+                admin: listen.admin()?,
+                access_log: listen.access_log(),
+                workers: listen.workers(),
+                values: listen.values,
                 manifests,
-                entry_points,
-                bind_ip,
-                admin,
-                access_log: access_log.map(|f| match f {
-                    AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
-                    AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
-                }),
+                entry_points: listen.entry_points,
+                bind_ip: listen.bind_ip,
                 debounce: Duration::from_millis(watch_debounce_ms.max(1)),
                 limits: atrium_data_plane::proxy::server::ServerLimits {
                     header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
@@ -421,7 +419,6 @@ fn main() -> ExitCode {
                 },
                 state_dir,
                 tls_dir,
-                workers: workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
                 upstream: atrium_data_plane::upstream::UpstreamConfig {
                     connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),
                     response_header_timeout: Duration::from_secs(upstream_response_timeout.max(1)),
