@@ -37,6 +37,8 @@ pub struct RouteEntry {
     pub middlewares: Vec<Arc<CompiledMiddleware>>,
     /// Service id.
     pub service: String,
+    /// The service itself, once the runtime has built it (see [`RouteTable::resolve_services`]).
+    pub target: Option<Arc<crate::service::ServiceRt>>,
     /// The service as the user wrote it.
     pub service_display: String,
     /// Uplinks this router is attached to.
@@ -205,6 +207,13 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Points every router at its built service, so a request needs no lookup by id.
+    pub fn resolve_services(&mut self, services: &HashMap<String, Arc<crate::service::ServiceRt>>) {
+        for r in &mut self.routers {
+            r.target = services.get(&r.service).cloned();
+        }
+    }
+
     /// Keeps the state of unchanged middlewares across a swap: where `old` has a middleware
     /// with the same id and configuration, its compiled instance (rate-limit buckets,
     /// in-flight counts) replaces the fresh one, so a reload elsewhere in the configuration
@@ -266,6 +275,7 @@ impl RouteTable {
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
                 labels: Arc::new(crate::proxy::metrics::RouterStats::new(&r.id, &r.service)),
                 served: std::sync::atomic::AtomicU64::new(0),
+                target: None,
             });
         }
         Ok(Self::build(routers, services))

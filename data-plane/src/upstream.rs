@@ -78,6 +78,7 @@ pub struct Upstreams {
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     h2c: Client<HttpConnector, Body>,
     h1: Arc<H1Pool<Authority>>,
+    inline: crate::h1::client::Client,
     cfg: UpstreamConfig,
 }
 
@@ -201,7 +202,7 @@ impl Upstreams {
             .pool_idle_timeout(cfg.idle_timeout)
             .http2_only(true)
             .build(connector(&cfg));
-        Upstreams { http, h2c, h1: Arc::default(), cfg }
+        Upstreams { http, h2c, h1: Arc::default(), inline: Default::default(), cfg }
     }
 
     async fn connect_h1(&self, auth: &Authority) -> Result<Sender, UpstreamError> {
@@ -278,17 +279,20 @@ impl Upstreams {
 
     /// Sends `req` (whose URI is absolute) to `server`, waiting at most the response
     /// header timeout. `h2c` selects HTTP/2 with prior knowledge.
-    pub async fn send(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Body>, UpstreamError> {
         if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
             if let Some(auth) = req.uri().authority().cloned() {
-                return self.send_h1(req, auth).await;
+                if crate::h1::client::eligible(&req) {
+                    return self.inline.send(req, auth, &self.cfg).await;
+                }
+                return self.send_h1(req, auth).await.map(|r| r.map(crate::body::incoming));
             }
         }
         let server = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         let fut = if h2c { self.h2c.request(req) } else { self.http.request(req) };
         match tokio::time::timeout(self.cfg.response_header_timeout, fut).await {
             Err(_) => Err(UpstreamError::Timeout { server, timeout: self.cfg.response_header_timeout }),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => Ok(r.map(crate::body::incoming)),
             Ok(Err(e)) if e.is_connect() => {
                 let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
                 Err(UpstreamError::Connect { server, reason })

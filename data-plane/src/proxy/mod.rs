@@ -53,8 +53,9 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles a snapshot body. An error leaves whatever was in force untouched.
     pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, String> {
-        let table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
+        let mut table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
         let services = service::build(&body.services, &body.children)?;
+        table.resolve_services(&services);
         let hash = {
             use sha2::Digest;
             sha2::Sha256::digest(prost::Message::encode_to_vec(&body)).to_vec()
@@ -295,16 +296,15 @@ impl Gateway {
     /// Serves one request.
     pub async fn handle(self: &Arc<Self>, req: Request<Body>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
         let version = req.version();
+        // What the access log needs from the request, kept only when there is one.
         let seen = self.access_log.map(|_| {
             let h =
                 |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
-            (h(header::REFERER), h(header::USER_AGENT))
+            (req.method().clone(), req.uri().clone(), h(header::REFERER), h(header::USER_AGENT))
         });
         let span = (crate::telemetry::enabled() && !conn.internal)
-            .then(|| crate::telemetry::request_span(req.headers(), &method, uri.path(), &conn.entry_point));
+            .then(|| crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point));
         let (mut resp, labels) = match &span {
             Some(span) => {
                 use tracing::Instrument;
@@ -319,7 +319,7 @@ impl Gateway {
         if let Some(span) = &span {
             crate::telemetry::record_outcome(span, code, router, service);
         }
-        if let (Some(fmt), Some((referer, agent))) = (self.access_log, seen) {
+        if let (Some(fmt), Some((method, uri, referer, agent))) = (self.access_log, seen) {
             let n = self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let (r, s) = (router, service);
@@ -359,20 +359,21 @@ impl Gateway {
             return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
         };
         let (mut parts, incoming) = req.into_parts();
-        let host_raw: String = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-            .unwrap_or_default();
-        // A Uri clone shares its bytes: borrowing path and query from it costs no copy.
+        // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
+        // path and query from them costs no copy.
         let uri = parts.uri.clone();
+        let host_header = if uri.authority().is_none() { parts.headers.get(header::HOST).cloned() } else { None };
+        let host_raw: &str = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or_default();
         let (path_raw, query) = (uri.path(), uri.query());
         let client_ip = Some(conn.peer.ip().to_canonical());
         let router: &RouteEntry = {
             let view = RequestView::with_client_ip(
                 parts.method.as_str(),
-                &host_raw,
+                host_raw,
                 path_raw,
                 query,
                 &parts.headers,
@@ -401,7 +402,7 @@ impl Gateway {
         let mut compress = None;
         let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
         let scheme = if conn.tls { "https" } else { "http" };
-        let canon_host = crate::request::canonical_host(&host_raw);
+        let canon_host = crate::request::canonical_host(host_raw);
 
         for m in &router.middlewares {
             let early = match &m.action {
@@ -429,13 +430,13 @@ impl Gateway {
                 },
                 Action::RedirectScheme { scheme: to, port, permanent } => {
                     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
+                    let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
                     redirect::scheme_target(&u, to, port.as_deref())
                         .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                 }
                 Action::RedirectRegex { regex, replacement, permanent } => {
                     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    let u = redirect::RequestUrl { scheme, host: &host_raw, path_and_query: pq };
+                    let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
                     redirect::regex_target(&u, regex, replacement)
                         .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                 }
@@ -527,11 +528,12 @@ impl Gateway {
         let client = forward::ClientSide {
             ip: conn.ip_value.as_ref(),
             proto,
-            host: parts
-                .headers
-                .get(header::HOST)
-                .cloned()
-                .or_else(|| HeaderValue::from_str(&host_raw).ok().filter(|h| !h.is_empty())),
+            // The host the client asked for: the request target's authority when it has
+            // one (HTTP/2, absolute form), else its Host header.
+            host: match uri.authority() {
+                None => headers.get(header::HOST).cloned(),
+                Some(_) => HeaderValue::from_str(host_raw).ok().filter(|h| !h.is_empty()),
+            },
             server: &self.hostname,
             drop_xff,
         };
@@ -545,7 +547,7 @@ impl Gateway {
             }
         } else if !host_raw.is_empty() && !headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
-            if let Ok(v) = HeaderValue::from_str(&host_raw) {
+            if let Ok(v) = HeaderValue::from_str(host_raw) {
                 headers.insert(header::HOST, v);
             }
         }
@@ -573,7 +575,7 @@ impl Gateway {
             client: conn.peer,
         };
 
-        let Some(svc) = rt.services.get(&router.service).cloned() else {
+        let Some(svc) = router.target.clone() else {
             return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
         };
         // A request that may be tried again keeps its body (413 past the retry's limit).
@@ -813,7 +815,7 @@ async fn send_to_server(
     let req = out.into_request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
     let h2c = server.url.scheme_str() == Some("h2c");
     match up.send(req, h2c).await {
-        Ok(r) => Ok(r.map(body::incoming)),
+        Ok(r) => Ok(r),
         Err(e) => {
             lb.record_failure(server);
             Err(ProxyError::Upstream(e))

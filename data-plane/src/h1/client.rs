@@ -1,0 +1,427 @@
+//! Bodiless requests to plain HTTP/1.1 upstreams, written and read on the requesting task.
+//!
+//! A pooled connection is checked out, the request head is written, the response head is
+//! read and parsed, and the response body reads straight from the connection. Once the body
+//! has been read to its end, the connection goes back to the pool (so a small response
+//! returns it before the client even sees it). A body dropped half-way closes it.
+//!
+//! A connection the server closed while it sat in the pool shows up as a failed write or
+//! as end-of-stream before any response byte; the request is then sent once more on a new
+//! connection — any request whose write failed, an idempotent one otherwise.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges, wants_close};
+use crate::body::{Body, BoxError};
+use crate::upstream::{UpstreamConfig, UpstreamError, idempotent};
+
+/// Largest response head accepted from an upstream (502 past it).
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+
+/// A connection to an upstream and what was read from it but not consumed yet.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+/// Idle connections of one upstream, with when each was put back.
+type Idle = Vec<(Conn, Instant)>;
+
+/// Idle connections by upstream.
+#[derive(Default)]
+pub(crate) struct Pool {
+    // Keys come from the configuration, not from clients: a fast hash is safe here.
+    idle: Mutex<HashMap<Authority, Idle, foldhash::fast::RandomState>>,
+}
+
+impl Pool {
+    fn checkout(&self, key: &Authority, max_idle: Duration) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some((c, since)) = list.pop() {
+            if since.elapsed() < max_idle {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, key: Authority, c: Conn, max: usize) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
+            if list.len() < max {
+                list.push((c, Instant::now()));
+            }
+        }
+    }
+}
+
+/// Where a response body's end is.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the server closes (the connection cannot be reused).
+    Close,
+}
+
+/// Whether `req` can take this path: plain HTTP/1.1, no body, no protocol switch.
+pub(crate) fn eligible(req: &Request<Body>) -> bool {
+    http_body::Body::is_end_stream(req.body())
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(header::UPGRADE)
+}
+
+fn encode_request(out: &mut Vec<u8>, req: &Request<Body>, auth: &Authority) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.headers().contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(auth.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    encode_headers(out, req.headers());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head (consumed from the buffer), or `None` when more bytes are needed.
+fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()>, Framing)>, String> {
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(format!("more than {MAX_HEADERS} response headers")),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    let http10 = resp.version == Some(0);
+    let mut r = [(0, 0, 0, 0); MAX_HEADERS];
+    let n = ranges(buf, resp.headers, &mut r);
+    let bytes = buf.split_to(len).freeze();
+    let headers = header_map(&bytes, &r[..n]).ok_or("invalid response header")?;
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+    let framing = if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked(Chunked::Size)
+    } else if let Some(v) = headers.get(header::CONTENT_LENGTH) {
+        let n = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("invalid Content-Length {v:?}"))?;
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let mut out = Response::new(());
+    *out.status_mut() = status;
+    *out.version_mut() = if http10 { http::Version::HTTP_10 } else { http::Version::HTTP_11 };
+    *out.headers_mut() = headers;
+    Ok(Some((out, framing)))
+}
+
+/// Why an exchange failed, and whether the request may go again on a new connection.
+struct Failed {
+    error: UpstreamError,
+    retry: bool,
+}
+
+/// Writes the request and reads the response head on `conn`.
+async fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    method: &Method,
+    reused: bool,
+    server: &Authority,
+) -> Result<(Response<()>, Framing), Failed> {
+    let protocol = |reason: String, retry: bool| Failed {
+        error: UpstreamError::Protocol { server: server.to_string(), reason },
+        retry,
+    };
+    if let Err(e) = conn.io.write_all(head).await {
+        // Nothing reached the server: any request may go again.
+        return Err(protocol(e.to_string(), reused));
+    }
+    let mut first = true;
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_response(&mut conn.buf, method) {
+                Ok(Some((resp, _))) if resp.status().is_informational() => continue,
+                Ok(Some(x)) => return Ok(x),
+                Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(protocol("response head too large".into(), false));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(protocol(e, false)),
+            }
+        }
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(8192);
+        }
+        let read = conn.io.read_buf(&mut conn.buf).await;
+        // The server closed a pooled connection without answering: it never saw this request.
+        let unanswered = first && conn.buf.is_empty() && reused && idempotent(method);
+        first = false;
+        match read {
+            Ok(0) => return Err(protocol("connection closed before a response".into(), unanswered)),
+            Err(e) => return Err(protocol(e.to_string(), unanswered)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The client side: connects, sends and pools.
+#[derive(Clone)]
+pub(crate) struct Client {
+    pool: Arc<Pool>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client { pool: Arc::new(Pool::default()) }
+    }
+}
+
+impl Client {
+    async fn connect(auth: &Authority, cfg: &UpstreamConfig) -> Result<Conn, UpstreamError> {
+        let server = auth.to_string();
+        let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
+        let io = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&target)).await {
+            Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
+            Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn { io, buf: BytesMut::with_capacity(8192) })
+    }
+
+    /// Sends an [`eligible`] request to `auth`.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        auth: Authority,
+        cfg: &UpstreamConfig,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let mut head = Vec::with_capacity(512);
+        encode_request(&mut head, &req, &auth);
+        let method = req.method();
+        let attempt = async {
+            let mut retried = false;
+            loop {
+                let (mut conn, reused) = match self.pool.checkout(&auth, cfg.idle_timeout) {
+                    Some(c) if !retried => (c, true),
+                    _ => (Self::connect(&auth, cfg).await?, false),
+                };
+                match exchange(&mut conn, &head, method, reused, &auth).await {
+                    Ok((resp, framing)) => return Ok((resp, framing, conn)),
+                    Err(f) if f.retry && !retried => {
+                        tracing::debug!(server = %auth, error = %f.error, "pooled upstream connection was closed; sending again");
+                        retried = true;
+                    }
+                    Err(f) => return Err(f.error),
+                }
+            }
+        };
+        let (resp, framing, conn) = match tokio::time::timeout(cfg.response_header_timeout, attempt).await {
+            Err(_) => {
+                return Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout });
+            }
+            Ok(r) => r?,
+        };
+        let reusable = resp.version() == http::Version::HTTP_11 && !wants_close(resp.headers());
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            framing,
+            home: reusable.then(|| (self.pool.clone(), auth, cfg.max_idle_per_host)),
+        };
+        body.finish_if_done();
+        Ok(resp.map(|()| crate::body::boxed(body)))
+    }
+}
+
+/// A response body read from the upstream connection as the client asks for it.
+struct UpstreamBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes once the body is complete (none: it is closed).
+    home: Option<(Arc<Pool>, Authority, usize)>,
+}
+
+impl UpstreamBody {
+    /// At the body's end, gives the connection back (only if nothing else was sent on it).
+    fn finish_if_done(&mut self) {
+        let done = matches!(self.framing, Framing::Length(0) | Framing::Chunked(Chunked::End));
+        if !done {
+            return;
+        }
+        if let (Some(conn), Some((pool, key, max))) = (self.conn.take(), self.home.take()) {
+            if conn.buf.is_empty() {
+                pool.checkin(key, conn, max);
+            }
+        }
+    }
+
+    /// Reads more into the connection's buffer: `Ok(0)` at end-of-stream.
+    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(16 * 1024);
+        }
+        loop {
+            match conn.io.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match conn.io.try_read_buf(&mut conn.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match &mut this.framing {
+                Framing::Length(0) => {
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = (conn.buf.len() as u64).min(*left) as usize;
+                        let data = conn.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        this.finish_if_done();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Chunked(state) => match state.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    Ok(Decoded::End(trailers)) => {
+                        this.finish_if_done();
+                        return Poll::Ready(if trailers.is_empty() {
+                            None
+                        } else {
+                            Some(Ok(Frame::trailers(trailers)))
+                        });
+                    }
+                    Ok(Decoded::More) => {}
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Framing::Close => {
+                    if !conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                    }
+                }
+            }
+            match Self::poll_fill(conn, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    let complete = matches!(this.framing, Framing::Close);
+                    this.conn = None;
+                    return Poll::Ready(if complete {
+                        None
+                    } else {
+                        Some(Err("upstream closed the connection before the end of the body".into()))
+                    });
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.framing, Framing::Length(0) | Framing::Chunked(Chunked::End))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_heads_parse_with_their_framing() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokNEXT"[..]);
+        let (resp, framing) = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().get("x-a").unwrap(), "1");
+        assert!(matches!(framing, Framing::Length(2)));
+        assert_eq!(&buf[..], b"okNEXT", "the head is consumed, the body stays");
+
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Chunked(_)));
+        // HEAD and 304 have no body whatever they declare; no length means until close.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
+        assert!(matches!(parse_response(&mut buf, &Method::HEAD).unwrap().unwrap().1, Framing::Length(0)));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 304 Not Modified\r\n\r\n"[..]);
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Length(0)));
+        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\nall"[..]);
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Close));
+
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
+        assert!(parse_response(&mut buf, &Method::GET).unwrap().is_none());
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..]);
+        assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("Content-Length"));
+        let mut buf = BytesMut::from(&b"SMTP ready\r\n\r\n"[..]);
+        assert!(parse_response(&mut buf, &Method::GET).is_err());
+    }
+
+    #[test]
+    fn request_heads_carry_origin_form_and_host() {
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = "http://backend:8080/a?b=1".parse().unwrap();
+        req.headers_mut().insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let mut out = Vec::new();
+        encode_request(&mut out, &req, &"backend:8080".parse().unwrap());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nhost: backend:8080\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        assert!(eligible(&req));
+        req.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        assert!(!eligible(&req));
+    }
+}

@@ -1,0 +1,242 @@
+//! A lean HTTP/1.1 path for the common case, on both sides of the proxy.
+//!
+//! [`server`] serves bodiless HTTP/1.1 requests on an entrypoint connection's own task and
+//! hands everything else to hyper; [`client`] sends bodiless requests to plain HTTP/1.1
+//! upstreams on pooled connections read and written inline, without a connection task.
+//! This module holds what both share: head parsing into `http` types that share the read
+//! buffer, header encoding, and chunked framing.
+
+pub(crate) mod client;
+pub(crate) mod server;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Headers parsed on the stack; a head with more goes the general way (hyper).
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// Where a header's name and value sit in the buffer a head was parsed from.
+type Range = (usize, usize, usize, usize);
+
+fn offset(base: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - base.as_ptr() as usize
+}
+
+/// Records where each parsed header sits in `base`.
+fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Range; MAX_HEADERS]) -> usize {
+    for (slot, h) in out.iter_mut().zip(headers) {
+        *slot = (offset(base, h.name.as_bytes()), h.name.len(), offset(base, h.value), h.value.len());
+    }
+    headers.len().min(MAX_HEADERS)
+}
+
+/// Builds a header map whose values share `bytes` (no copy).
+fn header_map(bytes: &Bytes, ranges: &[Range]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(ranges.len() + 8);
+    for &(no, nl, vo, vl) in ranges {
+        let name = HeaderName::from_bytes(&bytes[no..no + nl]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vo..vo + vl)).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+/// Appends `name: value\r\n` for every header.
+fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends the size line of a chunk.
+fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// Whether a `Connection` header asks to close.
+fn wants_close(h: &HeaderMap) -> bool {
+    h.get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+}
+
+/// Where a chunked body decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Expecting a size line.
+    Size,
+    /// Inside a chunk: this many bytes left.
+    Data(u64),
+    /// After a chunk's data: expecting its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// Done.
+    End,
+}
+
+/// What [`Chunked::decode`] found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    /// Body data.
+    Data(Bytes),
+    /// The trailers (possibly empty): the body is complete.
+    End(HeaderMap),
+    /// More bytes are needed.
+    More,
+}
+
+/// Longest size or trailer line accepted.
+const MAX_LINE: usize = 8 * 1024;
+/// Largest trailer section accepted.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+impl Chunked {
+    /// Decodes what `buf` holds, consuming it.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, String> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_LINE {
+                            return Err("chunk size line too long".into());
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    let line = buf.split_to(eol + 1);
+                    let digits = line[..].split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+                    let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| "bad chunk size")?;
+                    let size = u64::from_str_radix(digits, 16).map_err(|_| format!("bad chunk size {digits:?}"))?;
+                    *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(n).freeze();
+                    *self = if left == n as u64 { Chunked::DataEnd } else { Chunked::Data(left - n as u64) };
+                    return Ok(Decoded::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+                            return Err("chunk data longer than its size".into());
+                        }
+                        if buf.first() == Some(&b'\n') {
+                            let _ = buf.split_to(1);
+                            *self = Chunked::Size;
+                            continue;
+                        }
+                        return Ok(Decoded::More);
+                    }
+                    match &buf[..2] {
+                        b"\r\n" => drop(buf.split_to(2)),
+                        [b'\n', _] => drop(buf.split_to(1)),
+                        _ => return Err("chunk data longer than its size".into()),
+                    }
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    // The trailer section ends with an empty line; it may be that line alone.
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else if buf.starts_with(b"\n") {
+                        Some(1)
+                    } else {
+                        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+                    };
+                    let Some(end) = end else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err("trailer section too large".into());
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    let section = buf.split_to(end).freeze();
+                    *self = Chunked::End;
+                    let mut trailers = HeaderMap::new();
+                    if end > 2 {
+                        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        match httparse::parse_headers(&section, &mut raw) {
+                            Ok(httparse::Status::Complete((_, parsed))) => {
+                                let mut r = [(0, 0, 0, 0); MAX_HEADERS];
+                                let n = ranges(&section, parsed, &mut r);
+                                trailers = header_map(&section, &r[..n]).ok_or("invalid trailer")?;
+                            }
+                            _ => return Err("invalid trailer section".into()),
+                        }
+                    }
+                    return Ok(Decoded::End(trailers));
+                }
+                Chunked::End => return Ok(Decoded::End(HeaderMap::new())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[&[u8]]) -> Result<(Vec<u8>, HeaderMap), String> {
+        let mut st = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        for piece in input {
+            buf.extend_from_slice(piece);
+            loop {
+                match st.decode(&mut buf)? {
+                    Decoded::Data(d) => body.extend_from_slice(&d),
+                    Decoded::End(t) => return Ok((body, t)),
+                    Decoded::More => break,
+                }
+            }
+        }
+        Err("incomplete".into())
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire: &[u8] = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-checksum: abc\r\n\r\n";
+        let (body, trailers) = decode_all(&[wire]).unwrap();
+        assert_eq!(body, b"hello, world");
+        assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
+        // Byte by byte: the same result.
+        let pieces: Vec<&[u8]> = wire.chunks(1).collect();
+        let (body, trailers) = decode_all(&pieces).unwrap();
+        assert_eq!(body, b"hello, world");
+        assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
+        // No trailers, upper-case hex.
+        let (body, trailers) = decode_all(&[b"A\r\n0123456789\r\n0\r\n\r\n"]).unwrap();
+        assert_eq!(body, b"0123456789");
+        assert!(trailers.is_empty());
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        assert!(decode_all(&[b"zz\r\nhello\r\n"]).is_err());
+        assert!(decode_all(&[b"2\r\nhello\r\n"]).is_err(), "data longer than the chunk size");
+        assert!(decode_all(&[&[b'1'; 9000][..]]).is_err(), "endless size line");
+        assert_eq!(decode_all(&[b"5\r\nhel"]).unwrap_err(), "incomplete");
+    }
+
+    #[test]
+    fn header_maps_share_the_buffer_and_keep_repeated_names() {
+        let raw = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n");
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut h);
+        assert!(req.parse(&raw).unwrap().is_complete());
+        let mut r = [(0, 0, 0, 0); MAX_HEADERS];
+        let n = ranges(&raw, req.headers, &mut r);
+        let map = header_map(&raw, &r[..n]).unwrap();
+        assert_eq!(map.get("host").unwrap(), "a");
+        assert_eq!(map.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert!(wants_close(&HeaderMap::from_iter([(
+            http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Close")
+        )])));
+    }
+}

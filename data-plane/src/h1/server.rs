@@ -1,0 +1,404 @@
+//! The HTTP/1.1 fast path of an entrypoint connection.
+//!
+//! Most gateway traffic is HTTP/1.1 requests without a body. For those, this loop parses
+//! the head, calls the gateway and writes the response on the connection's own task: no
+//! dispatcher, no per-request channels. Anything else — a request with a body, an upgrade,
+//! `Expect`, HTTP/1.0, HTTP/2's preface, a head that does not parse or is too large — hands
+//! the connection, with the bytes already read, to hyper's server, which then serves it to
+//! the end (and answers the 400 or 431 itself). The hand-over happens at a request
+//! boundary, so no request is lost or answered twice.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, offset, ranges, wants_close};
+use crate::body::{self, Body};
+use crate::proxy::{ConnInfo, Gateway};
+
+/// Bodies up to this size are copied behind the head and sent in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// How a fast-path connection ended.
+pub(crate) enum Outcome<IO> {
+    /// Closed: by the client, a timeout, shutdown or an error.
+    Closed,
+    /// Hyper takes over from here (the bytes already read come first).
+    Handover(Prefixed<IO>),
+}
+
+// `Ready` is the common case and is moved once: boxing it would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A request the fast path serves (its head is consumed from the buffer).
+    Ready(Request<Body>),
+    /// More bytes are needed.
+    Partial,
+    /// Anything else: hyper decides (nothing consumed).
+    Handover,
+}
+
+/// Takes the next request head off `buf` when it is one the fast path serves.
+fn next_request(buf: &mut BytesMut) -> Parsed {
+    if buf.starts_with(b"PRI") {
+        return Parsed::Handover;
+    }
+    // Uninitialised slots: nothing to zero on every request.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handover,
+    };
+    if req.version != Some(1) {
+        return Parsed::Handover;
+    }
+    let (Some(m), Some(path)) = (req.method, req.path) else { return Parsed::Handover };
+    let method = match m {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        "CONNECT" => return Parsed::Handover,
+        other => match Method::from_bytes(other.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => return Parsed::Handover,
+        },
+    };
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        // A body, a protocol switch or `Expect: 100-continue`: hyper's job.
+        if n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"upgrade")
+            || n.eq_ignore_ascii_case(b"expect")
+            || (n.eq_ignore_ascii_case(b"content-length") && (h.value.is_empty() || h.value.iter().any(|&b| b != b'0')))
+        {
+            return Parsed::Handover;
+        }
+    }
+    let target = (offset(buf, path.as_bytes()), path.len());
+    let mut r = [(0, 0, 0, 0); MAX_HEADERS];
+    let n = ranges(buf, req.headers, &mut r);
+    let bytes = buf.split_to(len).freeze();
+    let built =
+        http::Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).ok().zip(header_map(&bytes, &r[..n]));
+    let Some((uri, headers)) = built else {
+        // Something httparse accepts that the http types do not: put it back for hyper.
+        let mut back = BytesMut::with_capacity(bytes.len() + buf.len());
+        back.extend_from_slice(&bytes);
+        back.extend_from_slice(buf);
+        *buf = back;
+        return Parsed::Handover;
+    };
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Parsed::Ready(req)
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// `Date` for a response, formatted once per second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(d.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// How the response body is framed on the wire.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the status line and headers; returns the framing of the body.
+fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_request: bool, size: Option<u64>) -> Framing {
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // The framing below is this hop's own.
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let declared: Option<u64> = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse().ok());
+    let has_date = parts.headers.contains_key(header::DATE);
+    encode_headers(out, &parts.headers);
+    if !has_date {
+        push_date(out);
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else if let Some(n) = size {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Next body frame's data, skipping trailers (dropped on this path like hyper's server
+/// does for HTTP/1.1 without `TE: trailers`). `Ok(None)` at the end.
+async fn next_data(b: &mut Body) -> Result<Option<Bytes>, body::BoxError> {
+    use http_body_util::BodyExt;
+    loop {
+        match b.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    if !d.is_empty() {
+                        return Ok(Some(d));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first data already available, without waiting: `Some(Ok(None))` for an empty body,
+/// `None` when it is not ready yet.
+fn ready_data(b: &mut Body) -> Option<Result<Option<Bytes>, body::BoxError>> {
+    if http_body::Body::is_end_stream(b) {
+        return Some(Ok(None));
+    }
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    loop {
+        match http_body::Body::poll_frame(Pin::new(&mut *b), &mut cx) {
+            Poll::Pending => return None,
+            Poll::Ready(None) => return Some(Ok(None)),
+            Poll::Ready(Some(Err(e))) => return Some(Err(e)),
+            Poll::Ready(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    if !d.is_empty() {
+                        return Some(Ok(Some(d)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends one piece of body data in the connection's framing.
+fn put_data(out: &mut Vec<u8>, d: &[u8], chunked: bool) {
+    if chunked {
+        chunk_size_line(out, d.len());
+    }
+    out.extend_from_slice(d);
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a response; `Ok(false)` when the connection cannot carry another request (a body
+/// shorter or longer than its `Content-Length`, or one that failed).
+///
+/// Data that is ready is gathered behind the head, so a small response is one write; the
+/// buffer goes out whenever the body has to be waited for.
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    head_request: bool,
+) -> io::Result<bool> {
+    let (mut parts, mut body) = resp.into_parts();
+    out.clear();
+    let framing = encode_head(out, &mut parts, head_request, http_body::Body::size_hint(&body).exact());
+    let chunked = matches!(framing, Framing::Chunked);
+    if matches!(framing, Framing::None) {
+        io.write_all(out).await?;
+        return Ok(true);
+    }
+    let mut sent = 0u64;
+    let ok = loop {
+        let next = match ready_data(&mut body) {
+            Some(r) => r,
+            None => {
+                io.write_all(out).await?;
+                out.clear();
+                next_data(&mut body).await
+            }
+        };
+        match next {
+            Ok(Some(d)) => {
+                sent += d.len() as u64;
+                if let Framing::Length(n) = framing {
+                    if sent > n {
+                        tracing::debug!(declared = n, "response body longer than its Content-Length; closing");
+                        break false;
+                    }
+                }
+                if d.len() <= COALESCE {
+                    put_data(out, &d, chunked);
+                } else {
+                    if chunked {
+                        chunk_size_line(out, d.len());
+                    }
+                    io.write_all(out).await?;
+                    out.clear();
+                    io.write_all(&d).await?;
+                    if chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                if out.len() >= COALESCE {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+            }
+            Ok(None) => {
+                break match framing {
+                    Framing::Length(n) => sent == n,
+                    _ => {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                        true
+                    }
+                };
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "response body failed");
+                break false;
+            }
+        }
+    };
+    io.write_all(out).await?;
+    Ok(ok)
+}
+
+/// Serves requests on `io` until the client closes, shutdown, or a request needs hyper.
+pub(crate) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    gw: &Arc<Gateway>,
+    info: &ConnInfo,
+    header_read_timeout: Duration,
+    max_head: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome<IO> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    let timer = tokio::time::sleep(header_read_timeout);
+    tokio::pin!(timer);
+    loop {
+        // Read until a head is complete.
+        let mut waited = false;
+        let req = loop {
+            match next_request(&mut buf) {
+                Parsed::Ready(r) => break r,
+                Parsed::Handover => return Outcome::Handover(Prefixed { pre: buf.freeze(), io }),
+                Parsed::Partial if buf.len() > max_head => {
+                    return Outcome::Handover(Prefixed { pre: buf.freeze(), io });
+                }
+                Parsed::Partial => {}
+            }
+            if !waited {
+                waited = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let idle = buf.is_empty();
+            tokio::select! {
+                biased;
+                r = io.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return Outcome::Closed,
+                    Ok(_) => {}
+                },
+                _ = &mut timer => {
+                    tracing::debug!(peer = %info.peer, "no complete request head within the header read timeout");
+                    return Outcome::Closed;
+                }
+                _ = stop.changed(), if idle => return Outcome::Closed,
+            }
+        };
+        let close = wants_close(req.headers());
+        let head_request = req.method() == Method::HEAD;
+        let resp = gw.handle(req, info).await;
+        let close = close || wants_close(resp.headers()) || *stop.borrow();
+        match write_response(&mut io, &mut out, resp, head_request).await {
+            Ok(true) if !close => {}
+            _ => {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::with_capacity(1024);
+        }
+    }
+}
+
+/// An I/O object that yields `pre` before reading from `io`.
+pub(crate) struct Prefixed<IO> {
+    pre: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let chunk = self.pre.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
