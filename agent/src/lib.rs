@@ -158,31 +158,27 @@ async fn serve_stream(
     let client: SocketAddr = header.client_addr.parse().unwrap_or(remote);
     let conn = Arc::new(uplink_conn(&header.uplink, client, up));
     let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
+    // Bodiless HTTP/1.1 requests are served inline; anything else goes to hyper from the
+    // first request that needs it (see `atrium_data_plane::h1::server`).
+    let fast = {
+        let (gw, base, tp) = (&gw, &*conn, &traceparent);
+        let handler = move |mut req: hyper::Request<body::Body>| {
+            let relayed = relayed_client(&mut req, tp.as_ref());
+            handle_relayed(gw, base, req, relayed)
+        };
+        let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
+        atrium_data_plane::h1::server::serve(uplink::io(send, recv), handler, remote, stream_idle, max_head, None).await
+    };
+    let io = match fast {
+        atrium_data_plane::h1::server::Outcome::Closed => return,
+        atrium_data_plane::h1::server::Outcome::Handover(io) => TokioIo::new(io),
+    };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
-        // On a pooled HTTP/1.1 stream each request names its own client.
-        let relayed = req
-            .headers_mut()
-            .remove(multicluster::CLIENT_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<SocketAddr>().ok());
+        let relayed = relayed_client(&mut req, traceparent.as_ref());
         let base = conn.clone();
-        // The stream header's trace context applies when the request lost its own.
-        if let Some(tp) = &traceparent {
-            req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
-        }
-        async move {
-            let relayed_conn;
-            let conn = match relayed {
-                Some(client) => {
-                    relayed_conn = base.for_client(client);
-                    &relayed_conn
-                }
-                None => &*base,
-            };
-            Ok::<_, std::convert::Infallible>(gw.handle(req.map(body::incoming), conn).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(handle_relayed(&gw, &base, req.map(body::incoming), relayed).await) }
     });
-    let io = TokioIo::new(uplink::io(send, recv));
     let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A pooled stream the parent leaves idle is closed, and so is one whose request head
     // stalls: both free their share of the stream limit.
@@ -190,6 +186,30 @@ async fn serve_stream(
     if let Err(e) = server.serve_connection_with_upgrades(io, svc).await {
         tracing::debug!(%remote, error = %e, "uplink data stream ended with an error");
     }
+}
+
+/// Serves a request on behalf of the client the parent named, if any.
+async fn handle_relayed(
+    gw: &Arc<Gateway>,
+    base: &atrium_data_plane::proxy::ConnInfo,
+    req: hyper::Request<body::Body>,
+    relayed: Option<SocketAddr>,
+) -> hyper::Response<body::Body> {
+    match relayed {
+        Some(client) => gw.handle(req, &base.for_client(client)).await,
+        None => gw.handle(req, base).await,
+    }
+}
+
+/// On a pooled HTTP/1.1 stream each request names its own client: takes it out of the
+/// request. The stream header's trace context applies when the request lost its own.
+fn relayed_client<B>(req: &mut hyper::Request<B>, traceparent: Option<&http::HeaderValue>) -> Option<SocketAddr> {
+    let relayed =
+        req.headers_mut().remove(multicluster::CLIENT_HEADER).and_then(|v| v.to_str().ok()?.parse::<SocketAddr>().ok());
+    if let Some(tp) = traceparent {
+        req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
+    }
+    relayed
 }
 
 async fn control(mut send: quinn::SendStream, mut recv: quinn::RecvStream, state: Arc<State>) {

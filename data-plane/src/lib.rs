@@ -15,7 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
-mod h1;
+pub mod h1;
 pub mod middleware;
 pub mod multicluster;
 pub mod pki;

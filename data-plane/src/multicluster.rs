@@ -100,8 +100,10 @@ pub struct UplinkClient {
     failures: Mutex<HashMap<String, u32>>,
     /// Rotation counter for weighted picks.
     pub counter: AtomicU64,
-    /// Idle HTTP/1.1 streams by worker thread, child and uplink.
-    streams: H1Pool<(std::thread::ThreadId, String, String)>,
+    /// Idle HTTP/1.1 streams by worker thread, child and uplink: those hyper serves
+    /// (requests with a body, upgrades) and those of the inline client (bodiless requests).
+    streams: H1Pool<StreamKey>,
+    inline: Arc<crate::h1::client::Pool<StreamKey, uplink::StreamIo>>,
     /// Per-child counters, registered in the data plane's metrics.
     metrics: OnceLock<UplinkMetrics>,
     /// When the stream limit was last logged, by child.
@@ -136,6 +138,9 @@ struct WorkerConns {
 /// uplink streams. The parent always sets it (a client's own value never passes), and the
 /// child removes it before routing.
 pub const CLIENT_HEADER: &str = "atrium-uplink-client";
+
+/// Pooled streams are found by worker thread, child and uplink.
+type StreamKey = (std::thread::ThreadId, String, String);
 
 /// Idle HTTP/1.1 streams kept per child and uplink. Each one counts against the child's
 /// concurrent-stream limit while it waits.
@@ -196,6 +201,7 @@ impl UplinkClient {
             failures: Mutex::default(),
             counter: AtomicU64::new(0),
             streams: H1Pool::default(),
+            inline: Arc::new(crate::h1::client::Pool::new(MAX_IDLE_STREAMS)),
             metrics: OnceLock::new(),
             stream_limit_logged: Mutex::default(),
             stream_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -329,6 +335,7 @@ impl UplinkClient {
                     let _waiting = scopeguard(|| {
                         self.stream_waiters.fetch_sub(1, Ordering::Relaxed);
                     });
+                    let _paused = self.inline.pause();
                     opening.await
                 }
             }
@@ -377,6 +384,7 @@ impl UplinkClient {
         }
         // Idle pooled streams hold part of the limit: let them go so waiting requests get one.
         self.streams.retain(|(_, c, _)| c != child);
+        self.inline.retain(|(_, c, _)| c != child);
     }
 
     /// Counts into these families (the data plane's metrics).
@@ -445,6 +453,33 @@ impl UplinkClient {
             req.headers_mut().insert(CLIENT_HEADER, v);
         }
         let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
+        if crate::h1::client::eligible(&req) {
+            // Bodiless requests: written and read inline on pooled streams.
+            let mut head = Vec::with_capacity(512);
+            crate::h1::client::encode_request(&mut head, &req, uplink_name);
+            let header = pb::StreamHeader {
+                kind: pb::stream_header::Kind::Data as i32,
+                uplink: uplink_name.to_string(),
+                ..Default::default()
+            };
+            let open = || async {
+                let (_, send, recv) = self.open_stream(child, &header).await?;
+                Ok(uplink::io(send, recv))
+            };
+            let sent =
+                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &head, req.method(), open).await;
+            return match sent {
+                Ok(resp) => {
+                    self.stream_ok(&child.name);
+                    Ok(resp)
+                }
+                Err(crate::h1::client::SendError::Connect(e)) => Err(e),
+                Err(crate::h1::client::SendError::Exchange(err)) => Err(match self.worker_connection(&child.name) {
+                    Some(c) => self.stream_error(child, &c, err),
+                    None => UpstreamError::Connect { server: child.name.clone(), reason: err },
+                }),
+            };
+        }
         // The child closes a pooled stream that stayed idle too long; a request written just
         // as it does gets no answer. An idempotent request without a body is then sent again
         // on a fresh stream, so it needs its head kept.

@@ -202,7 +202,8 @@ impl Upstreams {
             .pool_idle_timeout(cfg.idle_timeout)
             .http2_only(true)
             .build(connector(&cfg));
-        Upstreams { http, h2c, h1: Arc::default(), inline: Default::default(), cfg }
+        let inline = crate::h1::client::Client::new(cfg.max_idle_per_host);
+        Upstreams { http, h2c, h1: Arc::default(), inline, cfg }
     }
 
     async fn connect_h1(&self, auth: &Authority) -> Result<Sender, UpstreamError> {

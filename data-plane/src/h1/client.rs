@@ -10,7 +10,9 @@
 //! connection — any request whose write failed, an idempotent one otherwise.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges, wants_close};
@@ -29,41 +31,82 @@ use crate::upstream::{UpstreamConfig, UpstreamError, idempotent};
 /// Largest response head accepted from an upstream (502 past it).
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
-/// A connection to an upstream and what was read from it but not consumed yet.
-struct Conn {
-    io: TcpStream,
+/// A byte pipe the client can speak HTTP/1.1 on: a TCP connection, or a QUIC stream pair.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
+
+/// A connection and what was read from it but not consumed yet.
+pub(crate) struct Conn<IO> {
+    io: IO,
     buf: BytesMut,
 }
 
-/// Idle connections of one upstream, with when each was put back.
-type Idle = Vec<(Conn, Instant)>;
-
-/// Idle connections by upstream.
-#[derive(Default)]
-pub(crate) struct Pool {
-    // Keys come from the configuration, not from clients: a fast hash is safe here.
-    idle: Mutex<HashMap<Authority, Idle, foldhash::fast::RandomState>>,
+impl<IO> Conn<IO> {
+    /// Wraps a fresh connection.
+    pub(crate) fn new(io: IO) -> Self {
+        Conn { io, buf: BytesMut::with_capacity(8192) }
+    }
 }
 
-impl Pool {
-    fn checkout(&self, key: &Authority, max_idle: Duration) -> Option<Conn> {
+/// Idle connections of one key, with when each was put back.
+type Idle<IO> = Vec<(Conn<IO>, Instant)>;
+
+/// Idle connections by key (an upstream's authority; a child and uplink for uplinks).
+pub(crate) struct Pool<K, IO> {
+    // Keys come from the configuration, not from clients: a fast hash is safe here.
+    idle: Mutex<HashMap<K, Idle<IO>, foldhash::fast::RandomState>>,
+    /// While non-zero, connections are closed after use instead of pooled.
+    paused: AtomicUsize,
+    /// Idle connections kept per key.
+    max_idle: usize,
+}
+
+impl<K: Hash + Eq, IO> Pool<K, IO> {
+    /// An empty pool keeping at most `max_idle` connections per key.
+    pub(crate) fn new(max_idle: usize) -> Self {
+        Pool { idle: Mutex::new(HashMap::default()), paused: AtomicUsize::new(0), max_idle }
+    }
+
+    fn checkout(&self, key: &K, max_age: Duration) -> Option<Conn<IO>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some((c, since)) = list.pop() {
-            if since.elapsed() < max_idle {
+            if since.elapsed() < max_age {
                 return Some(c);
             }
         }
         None
     }
 
-    fn checkin(&self, key: Authority, c: Conn, max: usize) {
+    fn checkin(&self, key: K, c: Conn<IO>) {
+        if self.paused.load(Ordering::Relaxed) > 0 {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
-            if list.len() < max {
+            if list.len() < self.max_idle {
                 list.push((c, Instant::now()));
             }
         }
+    }
+
+    /// Closes the idle connections of every key `keep` refuses.
+    pub(crate) fn retain(&self, keep: impl Fn(&K) -> bool) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|k, _| keep(k));
+        }
+    }
+
+    /// Stops pooling until the guard is dropped (connections are closed after use).
+    pub(crate) fn pause(&self) -> impl Drop + '_ {
+        struct Resume<'a>(&'a AtomicUsize);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.paused.fetch_add(1, Ordering::Relaxed);
+        Resume(&self.paused)
     }
 }
 
@@ -76,21 +119,22 @@ enum Framing {
     Close,
 }
 
-/// Whether `req` can take this path: plain HTTP/1.1, no body, no protocol switch.
+/// Whether `req` can take this path: no body, no protocol switch.
 pub(crate) fn eligible(req: &Request<Body>) -> bool {
     http_body::Body::is_end_stream(req.body())
         && req.method() != Method::CONNECT
         && !req.headers().contains_key(header::UPGRADE)
 }
 
-fn encode_request(out: &mut Vec<u8>, req: &Request<Body>, auth: &Authority) {
+/// The request head in origin form; a `Host` from `host` when the request has none.
+pub(crate) fn encode_request(out: &mut Vec<u8>, req: &Request<Body>, host: &str) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !req.headers().contains_key(header::HOST) {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(auth.as_str().as_bytes());
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     encode_headers(out, req.headers());
@@ -144,25 +188,21 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Respons
 
 /// Why an exchange failed, and whether the request may go again on a new connection.
 struct Failed {
-    error: UpstreamError,
+    reason: String,
     retry: bool,
 }
 
 /// Writes the request and reads the response head on `conn`.
-async fn exchange(
-    conn: &mut Conn,
+async fn exchange<IO: Io>(
+    conn: &mut Conn<IO>,
     head: &[u8],
     method: &Method,
     reused: bool,
-    server: &Authority,
 ) -> Result<(Response<()>, Framing), Failed> {
-    let protocol = |reason: String, retry: bool| Failed {
-        error: UpstreamError::Protocol { server: server.to_string(), reason },
-        retry,
-    };
+    let failed = |reason: String, retry: bool| Failed { reason, retry };
     if let Err(e) = conn.io.write_all(head).await {
         // Nothing reached the server: any request may go again.
-        return Err(protocol(e.to_string(), reused));
+        return Err(failed(e.to_string(), reused));
     }
     let mut first = true;
     loop {
@@ -171,10 +211,10 @@ async fn exchange(
                 Ok(Some((resp, _))) if resp.status().is_informational() => continue,
                 Ok(Some(x)) => return Ok(x),
                 Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(protocol("response head too large".into(), false));
+                    return Err(failed("response head too large".into(), false));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(protocol(e, false)),
+                Err(e) => return Err(failed(e, false)),
             }
         }
         if conn.buf.capacity() - conn.buf.len() < 1024 {
@@ -185,27 +225,73 @@ async fn exchange(
         let unanswered = first && conn.buf.is_empty() && reused && idempotent(method);
         first = false;
         match read {
-            Ok(0) => return Err(protocol("connection closed before a response".into(), unanswered)),
-            Err(e) => return Err(protocol(e.to_string(), unanswered)),
+            Ok(0) => return Err(failed("connection closed before a response".into(), unanswered)),
+            Err(e) => return Err(failed(e.to_string(), unanswered)),
             Ok(_) => {}
         }
     }
 }
 
-/// The client side: connects, sends and pools.
-#[derive(Clone)]
-pub(crate) struct Client {
-    pool: Arc<Pool>,
+/// Why [`send`] failed.
+pub(crate) enum SendError {
+    /// The connector's own error (no connection).
+    Connect(UpstreamError),
+    /// The exchange on a connection failed.
+    Exchange(String),
 }
 
-impl Default for Client {
-    fn default() -> Self {
-        Client { pool: Arc::new(Pool::default()) }
-    }
+/// Sends a request head (of an [`eligible`] request) on a pooled connection of `key`, or
+/// on one from `connect`; the response's body reads from that connection, which goes back
+/// to the pool at the body's end. A pooled connection the server had closed is replaced
+/// once (see the module documentation).
+pub(crate) async fn send<K, IO, C, F>(
+    pool: &Arc<Pool<K, IO>>,
+    key: K,
+    max_age: Duration,
+    head: &[u8],
+    method: &Method,
+    mut connect: C,
+) -> Result<Response<Body>, SendError>
+where
+    K: Hash + Eq + Send + Sync + Unpin + 'static,
+    IO: Io,
+    C: FnMut() -> F,
+    F: Future<Output = Result<IO, UpstreamError>>,
+{
+    let mut retried = false;
+    let (resp, framing, conn) = loop {
+        let (mut conn, reused) = match pool.checkout(&key, max_age) {
+            Some(c) if !retried => (c, true),
+            _ => (Conn::new(connect().await.map_err(SendError::Connect)?), false),
+        };
+        match exchange(&mut conn, head, method, reused).await {
+            Ok((resp, framing)) => break (resp, framing, conn),
+            Err(f) if f.retry && !retried => {
+                tracing::debug!(error = %f.reason, "pooled connection was closed by its server; sending again");
+                retried = true;
+            }
+            Err(f) => return Err(SendError::Exchange(f.reason)),
+        }
+    };
+    let reusable = resp.version() == http::Version::HTTP_11 && !wants_close(resp.headers());
+    let mut body = UpstreamBody { conn: Some(conn), framing, home: reusable.then(|| (pool.clone(), key)) };
+    body.finish_if_done();
+    Ok(resp.map(|()| crate::body::boxed(body)))
+}
+
+/// The plain HTTP/1.1 upstream client: TCP connections pooled by authority.
+#[derive(Clone)]
+pub(crate) struct Client {
+    pool: Arc<Pool<Authority, TcpStream>>,
 }
 
 impl Client {
-    async fn connect(auth: &Authority, cfg: &UpstreamConfig) -> Result<Conn, UpstreamError> {
+    /// A client keeping at most `max_idle` idle connections per upstream.
+    pub(crate) fn new(max_idle: usize) -> Self {
+        Client { pool: Arc::new(Pool::new(max_idle)) }
+    }
+
+    async fn connect(auth: &Authority, cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
         let server = auth.to_string();
         let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
         let io = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&target)).await {
@@ -214,10 +300,10 @@ impl Client {
             Ok(Ok(s)) => s,
         };
         let _ = io.set_nodelay(true);
-        Ok(Conn { io, buf: BytesMut::with_capacity(8192) })
+        Ok(io)
     }
 
-    /// Sends an [`eligible`] request to `auth`.
+    /// Sends an [`eligible`] request to `auth`, within the response-header timeout.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
@@ -225,84 +311,49 @@ impl Client {
         cfg: &UpstreamConfig,
     ) -> Result<Response<Body>, UpstreamError> {
         let mut head = Vec::with_capacity(512);
-        encode_request(&mut head, &req, &auth);
-        let method = req.method();
-        let attempt = async {
-            let mut retried = false;
-            loop {
-                let (mut conn, reused) = match self.pool.checkout(&auth, cfg.idle_timeout) {
-                    Some(c) if !retried => (c, true),
-                    _ => (Self::connect(&auth, cfg).await?, false),
-                };
-                match exchange(&mut conn, &head, method, reused, &auth).await {
-                    Ok((resp, framing)) => return Ok((resp, framing, conn)),
-                    Err(f) if f.retry && !retried => {
-                        tracing::debug!(server = %auth, error = %f.error, "pooled upstream connection was closed; sending again");
-                        retried = true;
-                    }
-                    Err(f) => return Err(f.error),
-                }
-            }
-        };
-        let (resp, framing, conn) = match tokio::time::timeout(cfg.response_header_timeout, attempt).await {
-            Err(_) => {
-                return Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout });
-            }
-            Ok(r) => r?,
-        };
-        let reusable = resp.version() == http::Version::HTTP_11 && !wants_close(resp.headers());
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            framing,
-            home: reusable.then(|| (self.pool.clone(), auth, cfg.max_idle_per_host)),
-        };
-        body.finish_if_done();
-        Ok(resp.map(|()| crate::body::boxed(body)))
+        encode_request(&mut head, &req, auth.as_str());
+        let sent = send(&self.pool, auth.clone(), cfg.idle_timeout, &head, req.method(), || Self::connect(&auth, cfg));
+        match tokio::time::timeout(cfg.response_header_timeout, sent).await {
+            Err(_) => Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(SendError::Connect(e))) => Err(e),
+            Ok(Err(SendError::Exchange(reason))) => Err(UpstreamError::Protocol { server: auth.to_string(), reason }),
+        }
     }
 }
 
-/// A response body read from the upstream connection as the client asks for it.
-struct UpstreamBody {
-    conn: Option<Conn>,
+/// A response body read from the connection as the client asks for it.
+struct UpstreamBody<K: Hash + Eq, IO> {
+    conn: Option<Conn<IO>>,
     framing: Framing,
     /// Where the connection goes once the body is complete (none: it is closed).
-    home: Option<(Arc<Pool>, Authority, usize)>,
+    home: Option<(Arc<Pool<K, IO>>, K)>,
 }
 
-impl UpstreamBody {
+impl<K: Hash + Eq, IO: Io> UpstreamBody<K, IO> {
     /// At the body's end, gives the connection back (only if nothing else was sent on it).
     fn finish_if_done(&mut self) {
         let done = matches!(self.framing, Framing::Length(0) | Framing::Chunked(Chunked::End));
         if !done {
             return;
         }
-        if let (Some(conn), Some((pool, key, max))) = (self.conn.take(), self.home.take()) {
+        if let (Some(conn), Some((pool, key))) = (self.conn.take(), self.home.take()) {
             if conn.buf.is_empty() {
-                pool.checkin(key, conn, max);
+                pool.checkin(key, conn);
             }
         }
     }
 
     /// Reads more into the connection's buffer: `Ok(0)` at end-of-stream.
-    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    fn poll_fill(conn: &mut Conn<IO>, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(16 * 1024);
         }
-        loop {
-            match conn.io.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match conn.io.try_read_buf(&mut conn.buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
     }
 }
 
-impl http_body::Body for UpstreamBody {
+impl<K: Hash + Eq + Send + Sync + Unpin + 'static, IO: Io> http_body::Body for UpstreamBody<K, IO> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -415,7 +466,7 @@ mod tests {
         *req.uri_mut() = "http://backend:8080/a?b=1".parse().unwrap();
         req.headers_mut().insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         let mut out = Vec::new();
-        encode_request(&mut out, &req, &"backend:8080".parse().unwrap());
+        encode_request(&mut out, &req, "backend:8080");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nhost: backend:8080\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"

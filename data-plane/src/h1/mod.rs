@@ -7,7 +7,7 @@
 //! buffer, header encoding, and chunked framing.
 
 pub(crate) mod client;
-pub(crate) mod server;
+pub mod server;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 pub(crate) const MAX_HEADERS: usize = 64;
 
 /// Where a header's name and value sit in the buffer a head was parsed from.
-type Range = (usize, usize, usize, usize);
+type Range = (u32, u32, u32, u32);
 
 fn offset(base: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - base.as_ptr() as usize
@@ -25,7 +25,13 @@ fn offset(base: &[u8], part: &[u8]) -> usize {
 /// Records where each parsed header sits in `base`.
 fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Range; MAX_HEADERS]) -> usize {
     for (slot, h) in out.iter_mut().zip(headers) {
-        *slot = (offset(base, h.name.as_bytes()), h.name.len(), offset(base, h.value), h.value.len());
+        // Heads are limited far below 4 GiB (`--max-header-bytes`).
+        *slot = (
+            offset(base, h.name.as_bytes()) as u32,
+            h.name.len() as u32,
+            offset(base, h.value) as u32,
+            h.value.len() as u32,
+        );
     }
     headers.len().min(MAX_HEADERS)
 }
@@ -34,6 +40,7 @@ fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Range; MAX_H
 fn header_map(bytes: &Bytes, ranges: &[Range]) -> Option<HeaderMap> {
     let mut map = HeaderMap::with_capacity(ranges.len() + 8);
     for &(no, nl, vo, vl) in ranges {
+        let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
         let name = HeaderName::from_bytes(&bytes[no..no + nl]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vo..vo + vl)).ok()?;
         map.append(name, value);

@@ -10,7 +10,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,13 +21,12 @@ use tokio::sync::watch;
 
 use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, offset, ranges, wants_close};
 use crate::body::{self, Body};
-use crate::proxy::{ConnInfo, Gateway};
 
 /// Bodies up to this size are copied behind the head and sent in one write.
 const COALESCE: usize = 16 * 1024;
 
 /// How a fast-path connection ended.
-pub(crate) enum Outcome<IO> {
+pub enum Outcome<IO> {
     /// Closed: by the client, a timeout, shutdown or an error.
     Closed,
     /// Hyper takes over from here (the bytes already read come first).
@@ -300,19 +298,40 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     Ok(ok)
 }
 
-/// Serves requests on `io` until the client closes, shutdown, or a request needs hyper.
-pub(crate) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+/// Serves requests on `io` with `handler` until the client closes, the header read
+/// timeout passes without a complete request head, `stop` turns (while idle), or a
+/// request needs hyper ([`Outcome::Handover`]). `peer` names the connection in logs.
+pub async fn serve<IO, H, F>(
     mut io: IO,
-    gw: &Arc<Gateway>,
-    info: &ConnInfo,
+    handler: H,
+    peer: std::net::SocketAddr,
     header_read_timeout: Duration,
     max_head: usize,
-    stop: &mut watch::Receiver<bool>,
-) -> Outcome<IO> {
+    stop: Option<&watch::Receiver<bool>>,
+) -> Outcome<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<Body>) -> F,
+    F: Future<Output = Response<Body>>,
+{
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(1024);
     let timer = tokio::time::sleep(header_read_timeout);
     tokio::pin!(timer);
+    // One wait for shutdown for the whole connection, not one per request. It is polled
+    // only while the connection is idle, and ends the connection when it fires.
+    let mut shutdown = stop.cloned();
+    let stopping = async move {
+        // No sender (or no receiver) means no shutdown signal will ever come.
+        let signalled = match shutdown.as_mut() {
+            Some(s) => s.changed().await.is_ok(),
+            None => false,
+        };
+        if !signalled {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(stopping);
     loop {
         // Read until a head is complete.
         let mut waited = false;
@@ -340,16 +359,16 @@ pub(crate) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
                     Ok(_) => {}
                 },
                 _ = &mut timer => {
-                    tracing::debug!(peer = %info.peer, "no complete request head within the header read timeout");
+                    tracing::debug!(%peer, "no complete request head within the header read timeout");
                     return Outcome::Closed;
                 }
-                _ = stop.changed(), if idle => return Outcome::Closed,
+                _ = &mut stopping, if idle => return Outcome::Closed,
             }
         };
         let close = wants_close(req.headers());
         let head_request = req.method() == Method::HEAD;
-        let resp = gw.handle(req, info).await;
-        let close = close || wants_close(resp.headers()) || *stop.borrow();
+        let resp = handler(req).await;
+        let close = close || wants_close(resp.headers()) || stop.is_some_and(|s| *s.borrow());
         match write_response(&mut io, &mut out, resp, head_request).await {
             Ok(true) if !close => {}
             _ => {
@@ -364,7 +383,7 @@ pub(crate) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// An I/O object that yields `pre` before reading from `io`.
-pub(crate) struct Prefixed<IO> {
+pub struct Prefixed<IO> {
     pre: Bytes,
     io: IO,
 }

@@ -61,13 +61,19 @@ pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 /// puts back `Connection: upgrade` and `Upgrade` for a protocol switch.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
     if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
+        // `keep-alive`, `close` and `upgrade` are the usual tokens; only others name a
+        // header to remove (`from_bytes` lower-cases).
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let usual = [&b"keep-alive"[..], b"close", b"upgrade"].iter().any(|u| token.eq_ignore_ascii_case(u));
+                if !usual && !token.is_empty() {
+                    if let Ok(n) = HeaderName::from_bytes(token) {
+                        named.push(n);
+                    }
+                }
+            }
+        }
         for n in named {
             h.remove(n);
         }

@@ -152,17 +152,19 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handshake_timeout = limits.header_read_timeout;
         let max_head = limits.max_header_bytes.max(8192);
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = GatewayService { gw, info };
             match acceptor {
                 None => {
                     let (limit, max_head) = (handshake_timeout, max_head);
-                    let stream =
-                        match crate::h1::server::serve(stream, &svc.gw, &svc.info, limit, max_head, &mut stop).await {
-                            crate::h1::server::Outcome::Closed => return,
-                            crate::h1::server::Outcome::Handover(s) => s,
-                        };
+                    let (gw, info) = (&svc.gw, &*svc.info);
+                    let handler = |req| gw.handle(req, info);
+                    let served = crate::h1::server::serve(stream, handler, peer, limit, max_head, Some(&stop)).await;
+                    let stream = match served {
+                        crate::h1::server::Outcome::Closed => return,
+                        crate::h1::server::Outcome::Handover(s) => s,
+                    };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
