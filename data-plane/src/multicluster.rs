@@ -462,9 +462,23 @@ impl UplinkClient {
                 uplink: uplink_name.to_string(),
                 ..Default::default()
             };
-            let open = || async {
-                let (_, send, recv) = self.open_stream(child, &header).await?;
-                Ok(uplink::io(send, recv))
+            let header = &header;
+            let open = |retry: bool| {
+                async move {
+                    // A pooled stream failed: when its whole connection is gone (the child
+                    // died), this child is down; do not wait for a dial to find out again.
+                    if retry {
+                        if let Some(reason) = self.worker_connection(&child.name).and_then(|c| c.close_reason()) {
+                            self.mark_down(&child.name, &reason.to_string());
+                            return Err(UpstreamError::Connect {
+                                server: child.name.clone(),
+                                reason: reason.to_string(),
+                            });
+                        }
+                    }
+                    let (_, send, recv) = self.open_stream(child, header).await?;
+                    Ok(uplink::io(send, recv))
+                }
             };
             let sent =
                 crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &head, req.method(), open).await;

@@ -243,7 +243,7 @@ pub(crate) enum SendError {
 /// Sends a request head (of an [`eligible`] request) on a pooled connection of `key`, or
 /// on one from `connect`; the response's body reads from that connection, which goes back
 /// to the pool at the body's end. A pooled connection the server had closed is replaced
-/// once (see the module documentation).
+/// once (see the module documentation); `connect` is told whether it is replacing one.
 pub(crate) async fn send<K, IO, C, F>(
     pool: &Arc<Pool<K, IO>>,
     key: K,
@@ -255,14 +255,14 @@ pub(crate) async fn send<K, IO, C, F>(
 where
     K: Hash + Eq + Send + Sync + Unpin + 'static,
     IO: Io,
-    C: FnMut() -> F,
+    C: FnMut(bool) -> F,
     F: Future<Output = Result<IO, UpstreamError>>,
 {
     let mut retried = false;
     let (resp, framing, conn) = loop {
         let (mut conn, reused) = match pool.checkout(&key, max_age) {
             Some(c) if !retried => (c, true),
-            _ => (Conn::new(connect().await.map_err(SendError::Connect)?), false),
+            _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
         };
         match exchange(&mut conn, head, method, reused).await {
             Ok((resp, framing)) => break (resp, framing, conn),
@@ -312,7 +312,7 @@ impl Client {
     ) -> Result<Response<Body>, UpstreamError> {
         let mut head = Vec::with_capacity(512);
         encode_request(&mut head, &req, auth.as_str());
-        let sent = send(&self.pool, auth.clone(), cfg.idle_timeout, &head, req.method(), || Self::connect(&auth, cfg));
+        let sent = send(&self.pool, auth.clone(), cfg.idle_timeout, &head, req.method(), |_| Self::connect(&auth, cfg));
         match tokio::time::timeout(cfg.response_header_timeout, sent).await {
             Err(_) => Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout }),
             Ok(Ok(r)) => Ok(r),
@@ -474,5 +474,69 @@ mod tests {
         assert!(eligible(&req));
         req.headers_mut().insert("upgrade", "websocket".parse().unwrap());
         assert!(!eligible(&req));
+    }
+
+    /// A server on the other end of a duplex pipe: answers `ok` to every request head, or
+    /// reads the first one and closes without answering.
+    fn server(answer: bool) -> tokio::io::DuplexStream {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    if !answer {
+                        return;
+                    }
+                    let _ = server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                }
+                match server.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        client
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced_once_for_idempotent_requests() {
+        use http_body_util::BodyExt;
+        let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
+        let mut head = Vec::new();
+        encode_request(&mut head, &Request::new(crate::body::empty()), "up");
+        let dials = std::sync::Mutex::new(Vec::new());
+        let connect = |retry: bool| {
+            dials.lock().unwrap().push(retry);
+            std::future::ready(Ok(server(true)))
+        };
+
+        // Pooled, but its server reads the request and closes: GET goes again, once.
+        pool.checkin(1, Conn::new(server(false)));
+        let resp = match send(&pool, 1, Duration::from_secs(60), &head, &Method::GET, connect).await {
+            Ok(r) => r,
+            Err(_) => panic!("GET was not sent again"),
+        };
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(*dials.lock().unwrap(), [true], "one new connection, told it replaces one");
+        // The body was read to its end: the connection is back in the pool and reused.
+        let resp = send(&pool, 1, Duration::from_secs(60), &head, &Method::GET, connect).await;
+        assert!(resp.is_ok_and(|r| r.status() == 200));
+        assert_eq!(dials.lock().unwrap().len(), 1, "the pooled connection was reused");
+
+        // POST may have been acted on: its failure shows, nothing is sent again.
+        pool.retain(|_| false);
+        pool.checkin(1, Conn::new(server(false)));
+        let post = send(&pool, 1, Duration::from_secs(60), &head, &Method::POST, connect).await;
+        assert!(matches!(post, Err(SendError::Exchange(ref e)) if e.contains("closed")));
+        assert_eq!(dials.lock().unwrap().len(), 1);
+
+        // Past its idle age a pooled connection is not used at all.
+        pool.checkin(1, Conn::new(server(false)));
+        let resp = send(&pool, 1, Duration::ZERO, &head, &Method::POST, connect).await;
+        assert!(resp.is_ok_and(|r| r.status() == 200));
+        assert_eq!(dials.lock().unwrap()[1], false, "a fresh dial, not a replacement");
     }
 }
