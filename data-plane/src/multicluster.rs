@@ -455,8 +455,6 @@ impl UplinkClient {
         let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
         if crate::h1::client::eligible(&req) {
             // Bodiless requests: written and read inline on pooled streams.
-            let mut head = Vec::with_capacity(512);
-            crate::h1::client::encode_request(&mut head, &req, uplink_name);
             let header = pb::StreamHeader {
                 kind: pb::stream_header::Kind::Data as i32,
                 uplink: uplink_name.to_string(),
@@ -481,7 +479,7 @@ impl UplinkClient {
                 }
             };
             let sent =
-                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &head, req.method(), open).await;
+                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &req, uplink_name, open).await;
             return match sent {
                 Ok(resp) => {
                     self.stream_ok(&child.name);

@@ -68,6 +68,9 @@ pub enum UpstreamError {
     },
 }
 
+/// What sending a request upstream gives.
+pub type Sent = Result<http::Response<Body>, UpstreamError>;
+
 pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// The pooled clients. Plain HTTP/1.1 upstreams — the common case behind a gateway — go
@@ -280,12 +283,29 @@ impl Upstreams {
 
     /// Sends `req` (whose URI is absolute) to `server`, waiting at most the response
     /// header timeout. `h2c` selects HTTP/2 with prior knowledge.
-    pub async fn send(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Body>, UpstreamError> {
+    ///
+    /// Bodiless plain HTTP/1.1 requests — nearly all traffic — return the inline client's
+    /// future itself, with no wrapper around it: a request's future is moved at every
+    /// level it is nested in, so each level saved is a copy saved.
+    pub fn send(
+        &self,
+        req: http::Request<Body>,
+        h2c: bool,
+    ) -> futures_util::future::Either<impl Future<Output = Sent> + Send + '_, futures_util::future::BoxFuture<'_, Sent>>
+    {
+        use futures_util::future::Either;
+        if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && crate::h1::client::eligible(&req) {
+            if let Some(auth) = req.uri().authority().cloned() {
+                return Either::Left(self.inline.send(req, auth, &self.cfg));
+            }
+        }
+        Either::Right(Box::pin(self.send_other(req, h2c)))
+    }
+
+    /// Requests with a body or an upgrade, HTTPS and h2c: through hyper.
+    async fn send_other(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Body>, UpstreamError> {
         if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
             if let Some(auth) = req.uri().authority().cloned() {
-                if crate::h1::client::eligible(&req) {
-                    return self.inline.send(req, auth, &self.cfg).await;
-                }
                 return self.send_h1(req, auth).await.map(|r| r.map(crate::body::incoming));
             }
         }

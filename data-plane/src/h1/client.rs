@@ -39,12 +39,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 pub(crate) struct Conn<IO> {
     io: IO,
     buf: BytesMut,
+    /// The request head being written (kept: no allocation per request).
+    head: Vec<u8>,
 }
 
 impl<IO> Conn<IO> {
     /// Wraps a fresh connection.
     pub(crate) fn new(io: IO) -> Self {
-        Conn { io, buf: BytesMut::with_capacity(8192) }
+        Conn { io, buf: BytesMut::with_capacity(8192), head: Vec::with_capacity(512) }
     }
 }
 
@@ -195,12 +197,15 @@ struct Failed {
 /// Writes the request and reads the response head on `conn`.
 async fn exchange<IO: Io>(
     conn: &mut Conn<IO>,
-    head: &[u8],
-    method: &Method,
+    req: &Request<Body>,
+    host: &str,
     reused: bool,
 ) -> Result<(Response<()>, Framing), Failed> {
     let failed = |reason: String, retry: bool| Failed { reason, retry };
-    if let Err(e) = conn.io.write_all(head).await {
+    let method = req.method();
+    conn.head.clear();
+    encode_request(&mut conn.head, req, host);
+    if let Err(e) = conn.io.write_all(&conn.head).await {
         // Nothing reached the server: any request may go again.
         return Err(failed(e.to_string(), reused));
     }
@@ -240,7 +245,7 @@ pub(crate) enum SendError {
     Exchange(String),
 }
 
-/// Sends a request head (of an [`eligible`] request) on a pooled connection of `key`, or
+/// Sends an [`eligible`] request (`host` is its `Host` when it has none) on a pooled connection of `key`, or
 /// on one from `connect`; the response's body reads from that connection, which goes back
 /// to the pool at the body's end. A pooled connection the server had closed is replaced
 /// once (see the module documentation); `connect` is told whether it is replacing one.
@@ -248,8 +253,8 @@ pub(crate) async fn send<K, IO, C, F>(
     pool: &Arc<Pool<K, IO>>,
     key: K,
     max_age: Duration,
-    head: &[u8],
-    method: &Method,
+    req: &Request<Body>,
+    host: &str,
     mut connect: C,
 ) -> Result<Response<Body>, SendError>
 where
@@ -264,7 +269,7 @@ where
             Some(c) if !retried => (c, true),
             _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
         };
-        match exchange(&mut conn, head, method, reused).await {
+        match exchange(&mut conn, req, host, reused).await {
             Ok((resp, framing)) => break (resp, framing, conn),
             Err(f) if f.retry && !retried => {
                 tracing::debug!(error = %f.reason, "pooled connection was closed by its server; sending again");
@@ -279,10 +284,29 @@ where
     Ok(resp.map(|()| crate::body::boxed(body)))
 }
 
+/// An upstream's authority as a pool key: hashed and compared as the bytes the
+/// configuration wrote (`Authority`'s own hash lower-cases byte by byte, on every request).
+#[derive(Clone)]
+struct AuthorityKey(Authority);
+
+impl Hash for AuthorityKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
+}
+
+impl PartialEq for AuthorityKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for AuthorityKey {}
+
 /// The plain HTTP/1.1 upstream client: TCP connections pooled by authority.
 #[derive(Clone)]
 pub(crate) struct Client {
-    pool: Arc<Pool<Authority, TcpStream>>,
+    pool: Arc<Pool<AuthorityKey, TcpStream>>,
 }
 
 impl Client {
@@ -310,9 +334,8 @@ impl Client {
         auth: Authority,
         cfg: &UpstreamConfig,
     ) -> Result<Response<Body>, UpstreamError> {
-        let mut head = Vec::with_capacity(512);
-        encode_request(&mut head, &req, auth.as_str());
-        let sent = send(&self.pool, auth.clone(), cfg.idle_timeout, &head, req.method(), |_| Self::connect(&auth, cfg));
+        let key = AuthorityKey(auth.clone());
+        let sent = send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), |_| Self::connect(&auth, cfg));
         match tokio::time::timeout(cfg.response_header_timeout, sent).await {
             Err(_) => Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout }),
             Ok(Ok(r)) => Ok(r),
@@ -504,8 +527,9 @@ mod tests {
     async fn a_pooled_connection_the_server_closed_is_replaced_once_for_idempotent_requests() {
         use http_body_util::BodyExt;
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
-        let mut head = Vec::new();
-        encode_request(&mut head, &Request::new(crate::body::empty()), "up");
+        let get = Request::new(crate::body::empty());
+        let mut post = Request::new(crate::body::empty());
+        *post.method_mut() = Method::POST;
         let dials = std::sync::Mutex::new(Vec::new());
         let connect = |retry: bool| {
             dials.lock().unwrap().push(retry);
@@ -514,7 +538,7 @@ mod tests {
 
         // Pooled, but its server reads the request and closes: GET goes again, once.
         pool.checkin(1, Conn::new(server(false)));
-        let resp = match send(&pool, 1, Duration::from_secs(60), &head, &Method::GET, connect).await {
+        let resp = match send(&pool, 1, Duration::from_secs(60), &get, "up", connect).await {
             Ok(r) => r,
             Err(_) => panic!("GET was not sent again"),
         };
@@ -522,21 +546,21 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(*dials.lock().unwrap(), [true], "one new connection, told it replaces one");
         // The body was read to its end: the connection is back in the pool and reused.
-        let resp = send(&pool, 1, Duration::from_secs(60), &head, &Method::GET, connect).await;
+        let resp = send(&pool, 1, Duration::from_secs(60), &get, "up", connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
         assert_eq!(dials.lock().unwrap().len(), 1, "the pooled connection was reused");
 
         // POST may have been acted on: its failure shows, nothing is sent again.
         pool.retain(|_| false);
         pool.checkin(1, Conn::new(server(false)));
-        let post = send(&pool, 1, Duration::from_secs(60), &head, &Method::POST, connect).await;
-        assert!(matches!(post, Err(SendError::Exchange(ref e)) if e.contains("closed")));
+        let failed = send(&pool, 1, Duration::from_secs(60), &post, "up", connect).await;
+        assert!(matches!(failed, Err(SendError::Exchange(ref e)) if e.contains("closed")));
         assert_eq!(dials.lock().unwrap().len(), 1);
 
         // Past its idle age a pooled connection is not used at all.
         pool.checkin(1, Conn::new(server(false)));
-        let resp = send(&pool, 1, Duration::ZERO, &head, &Method::POST, connect).await;
+        let resp = send(&pool, 1, Duration::ZERO, &post, "up", connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
-        assert_eq!(dials.lock().unwrap()[1], false, "a fresh dial, not a replacement");
+        assert!(!dials.lock().unwrap()[1], "a fresh dial, not a replacement");
     }
 }

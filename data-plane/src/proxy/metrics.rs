@@ -141,26 +141,25 @@ impl Metrics {
         st.latency
             .get_or_init(|| self.latency.get_or_create(&RouterLabels { router: Label(st.router.clone()) }).clone())
             .observe(secs);
-        let cached = st.by_code.read().ok().and_then(|c| c.iter().find(|(k, _)| *k == code).map(|(_, c)| c.clone()));
-        let counter = match cached {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        router: Label(st.router.clone()),
-                        service: Label(st.service.clone()),
-                        code,
-                    })
-                    .clone();
-                if let Ok(mut by_code) = st.by_code.write() {
-                    if !by_code.iter().any(|(k, _)| *k == code) {
-                        by_code.push((code, c.clone()));
-                    }
-                }
-                c
+        // The common case: this code was seen before; counted under the read lock.
+        let counted =
+            st.by_code.read().is_ok_and(|c| c.iter().find(|(k, _)| *k == code).map(|(_, c)| c.inc()).is_some());
+        if counted {
+            return;
+        }
+        let counter = self
+            .requests
+            .get_or_create(&RequestLabels {
+                router: Label(st.router.clone()),
+                service: Label(st.service.clone()),
+                code,
+            })
+            .clone();
+        if let Ok(mut by_code) = st.by_code.write() {
+            if !by_code.iter().any(|(k, _)| *k == code) {
+                by_code.push((code, counter.clone()));
             }
-        };
+        }
         counter.inc();
     }
 

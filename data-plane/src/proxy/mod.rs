@@ -155,6 +155,9 @@ impl std::fmt::Debug for Gateway {
 /// Router and service ids of a request, for metrics.
 type Labels = Arc<metrics::RouterStats>;
 
+/// What forwarding a request gives.
+type Forwarded = Result<Response<Body>, ProxyError>;
+
 /// Why a request could not be forwarded.
 enum ProxyError {
     NoTarget(String),
@@ -390,7 +393,11 @@ impl Gateway {
         };
         let labels = Some(router.labels.clone());
         router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // Only middlewares read these (CORS, compress).
+        let with_middlewares = !router.middlewares.is_empty();
+        let origin = with_middlewares
+            .then(|| parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string))
+            .flatten();
         // Built on the first path rewrite only: most routers forward the path as it came.
         let mut url: Option<UrlPath> = None;
         let mut after = Vec::new();
@@ -400,7 +407,7 @@ impl Gateway {
         let mut buffering: Option<&crate::middleware::Buffering> = None;
         let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
         let mut compress = None;
-        let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
+        let accept_encoding = with_middlewares.then(|| parts.headers.get(header::ACCEPT_ENCODING).cloned()).flatten();
         let scheme = if conn.tls { "https" } else { "http" };
         let canon_host = crate::request::canonical_host(host_raw);
 
@@ -689,18 +696,22 @@ impl Gateway {
         (Response::from_parts(rparts, out_body), labels)
     }
 
-    /// Sends to `svc`: straight to a server for a load balancer (the common case, no boxed
-    /// future), through [`Gateway::dispatch`] for compositions.
-    async fn forward(
-        self: &Arc<Self>,
-        svc: &Arc<ServiceRt>,
+    /// Sends to `svc`: straight to a server for a load balancer (the common case: its
+    /// future itself, neither boxed nor wrapped), through [`Gateway::dispatch`] for
+    /// compositions.
+    fn forward<'a>(
+        self: &'a Arc<Self>,
+        svc: &'a Arc<ServiceRt>,
         out: Outgoing,
         body: Body,
-        up: &Arc<Upstreams>,
-    ) -> Result<Response<Body>, ProxyError> {
+        up: &'a Arc<Upstreams>,
+    ) -> futures_util::future::Either<
+        impl std::future::Future<Output = Forwarded> + Send + 'a,
+        futures_util::future::BoxFuture<'a, Forwarded>,
+    > {
         match &**svc {
-            ServiceRt::LoadBalancer(lb) => send_to_server(lb, out, body, up).await,
-            _ => self.dispatch(svc, out, body, up).await,
+            ServiceRt::LoadBalancer(lb) => futures_util::future::Either::Left(send_to_server(lb, out, body, up)),
+            _ => futures_util::future::Either::Right(self.dispatch(svc, out, body, up)),
         }
     }
 
