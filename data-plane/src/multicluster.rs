@@ -479,13 +479,19 @@ impl UplinkClient {
                 }
             };
             let sent =
-                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &req, uplink_name, open).await;
+                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &req, uplink_name, None, open)
+                    .await;
             return match sent {
                 Ok(resp) => {
                     self.stream_ok(&child.name);
                     Ok(resp)
                 }
                 Err(crate::h1::client::SendError::Connect(e)) => Err(e),
+                // Liveness, not a timer, bounds the wait on a child (QUIC idle timeout), so
+                // this does not happen; should it, it is a failed stream like any other.
+                Err(crate::h1::client::SendError::Timeout) => {
+                    Err(UpstreamError::Protocol { server: child.name.clone(), reason: "no response in time".into() })
+                }
                 Err(crate::h1::client::SendError::Exchange(err)) => Err(match self.worker_connection(&child.name) {
                     Some(c) => self.stream_error(child, &c, err),
                     None => UpstreamError::Connect { server: child.name.clone(), reason: err },

@@ -41,12 +41,16 @@ pub(crate) struct Conn<IO> {
     buf: BytesMut,
     /// The request head being written (kept: no allocation per request).
     head: Vec<u8>,
+    /// The response-header timer, made once and moved forward for each request: pushing a
+    /// deadline later is an atomic update, where a timer per request is a timer-wheel
+    /// insertion and removal.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Conn<IO> {
     /// Wraps a fresh connection.
     pub(crate) fn new(io: IO) -> Self {
-        Conn { io, buf: BytesMut::with_capacity(8192), head: Vec::with_capacity(512) }
+        Conn { io, buf: BytesMut::with_capacity(8192), head: Vec::with_capacity(512), timer: None }
     }
 }
 
@@ -194,9 +198,16 @@ struct Failed {
     retry: bool,
 }
 
+/// A connection's I/O and buffers, borrowed apart from its timer.
+struct Wire<'a, IO> {
+    io: &'a mut IO,
+    buf: &'a mut BytesMut,
+    head: &'a mut Vec<u8>,
+}
+
 /// Writes the request and reads the response head on `conn`.
 async fn exchange<IO: Io>(
-    conn: &mut Conn<IO>,
+    conn: Wire<'_, IO>,
     req: &Request<Body>,
     host: &str,
     reused: bool,
@@ -204,15 +215,15 @@ async fn exchange<IO: Io>(
     let failed = |reason: String, retry: bool| Failed { reason, retry };
     let method = req.method();
     conn.head.clear();
-    encode_request(&mut conn.head, req, host);
-    if let Err(e) = conn.io.write_all(&conn.head).await {
+    encode_request(conn.head, req, host);
+    if let Err(e) = conn.io.write_all(conn.head).await {
         // Nothing reached the server: any request may go again.
         return Err(failed(e.to_string(), reused));
     }
     let mut first = true;
     loop {
         if !conn.buf.is_empty() {
-            match parse_response(&mut conn.buf, method) {
+            match parse_response(conn.buf, method) {
                 Ok(Some((resp, _))) if resp.status().is_informational() => continue,
                 Ok(Some(x)) => return Ok(x),
                 Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
@@ -225,7 +236,7 @@ async fn exchange<IO: Io>(
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(8192);
         }
-        let read = conn.io.read_buf(&mut conn.buf).await;
+        let read = conn.io.read_buf(conn.buf).await;
         // The server closed a pooled connection without answering: it never saw this request.
         let unanswered = first && conn.buf.is_empty() && reused && idempotent(method);
         first = false;
@@ -243,6 +254,8 @@ pub(crate) enum SendError {
     Connect(UpstreamError),
     /// The exchange on a connection failed.
     Exchange(String),
+    /// No response head within the timeout.
+    Timeout,
 }
 
 /// Sends an [`eligible`] request (`host` is its `Host` when it has none) on a pooled connection of `key`, or
@@ -255,6 +268,7 @@ pub(crate) async fn send<K, IO, C, F>(
     max_age: Duration,
     req: &Request<Body>,
     host: &str,
+    timeout: Option<Duration>,
     mut connect: C,
 ) -> Result<Response<Body>, SendError>
 where
@@ -263,13 +277,29 @@ where
     C: FnMut(bool) -> F,
     F: Future<Output = Result<IO, UpstreamError>>,
 {
+    let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
     let mut retried = false;
     let (resp, framing, conn) = loop {
         let (mut conn, reused) = match pool.checkout(&key, max_age) {
             Some(c) if !retried => (c, true),
             _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
         };
-        match exchange(&mut conn, req, host, reused).await {
+        let Conn { io, buf, head, timer } = &mut conn;
+        let exchanged = exchange(Wire { io, buf, head }, req, host, reused);
+        let exchanged = match deadline {
+            None => exchanged.await,
+            Some(at) => {
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                timer.as_mut().reset(at);
+                let mut exchanged = std::pin::pin!(exchanged);
+                let raced = std::future::poll_fn(|cx| match exchanged.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+                });
+                raced.await.ok_or(SendError::Timeout)?
+            }
+        };
+        match exchanged {
             Ok((resp, framing)) => break (resp, framing, conn),
             Err(f) if f.retry && !retried => {
                 tracing::debug!(error = %f.reason, "pooled connection was closed by its server; sending again");
@@ -327,7 +357,8 @@ impl Client {
         Ok(io)
     }
 
-    /// Sends an [`eligible`] request to `auth`, within the response-header timeout.
+    /// Sends an [`eligible`] request to `auth`: the response head must come within the
+    /// response-header timeout of the request's start (connecting has its own timeout).
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
@@ -335,12 +366,15 @@ impl Client {
         cfg: &UpstreamConfig,
     ) -> Result<Response<Body>, UpstreamError> {
         let key = AuthorityKey(auth.clone());
-        let sent = send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), |_| Self::connect(&auth, cfg));
-        match tokio::time::timeout(cfg.response_header_timeout, sent).await {
-            Err(_) => Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout }),
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(SendError::Connect(e))) => Err(e),
-            Ok(Err(SendError::Exchange(reason))) => Err(UpstreamError::Protocol { server: auth.to_string(), reason }),
+        let timeout = Some(cfg.response_header_timeout);
+        match send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), timeout, |_| Self::connect(&auth, cfg)).await
+        {
+            Ok(r) => Ok(r),
+            Err(SendError::Timeout) => {
+                Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout })
+            }
+            Err(SendError::Connect(e)) => Err(e),
+            Err(SendError::Exchange(reason)) => Err(UpstreamError::Protocol { server: auth.to_string(), reason }),
         }
     }
 }
@@ -538,7 +572,7 @@ mod tests {
 
         // Pooled, but its server reads the request and closes: GET goes again, once.
         pool.checkin(1, Conn::new(server(false)));
-        let resp = match send(&pool, 1, Duration::from_secs(60), &get, "up", connect).await {
+        let resp = match send(&pool, 1, Duration::from_secs(60), &get, "up", None, connect).await {
             Ok(r) => r,
             Err(_) => panic!("GET was not sent again"),
         };
@@ -546,21 +580,57 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(*dials.lock().unwrap(), [true], "one new connection, told it replaces one");
         // The body was read to its end: the connection is back in the pool and reused.
-        let resp = send(&pool, 1, Duration::from_secs(60), &get, "up", connect).await;
+        let resp = send(&pool, 1, Duration::from_secs(60), &get, "up", None, connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
         assert_eq!(dials.lock().unwrap().len(), 1, "the pooled connection was reused");
 
         // POST may have been acted on: its failure shows, nothing is sent again.
         pool.retain(|_| false);
         pool.checkin(1, Conn::new(server(false)));
-        let failed = send(&pool, 1, Duration::from_secs(60), &post, "up", connect).await;
+        let failed = send(&pool, 1, Duration::from_secs(60), &post, "up", None, connect).await;
         assert!(matches!(failed, Err(SendError::Exchange(ref e)) if e.contains("closed")));
         assert_eq!(dials.lock().unwrap().len(), 1);
 
         // Past its idle age a pooled connection is not used at all.
         pool.checkin(1, Conn::new(server(false)));
-        let resp = send(&pool, 1, Duration::ZERO, &post, "up", connect).await;
+        let resp = send(&pool, 1, Duration::ZERO, &post, "up", None, connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
         assert!(!dials.lock().unwrap()[1], "a fresh dial, not a replacement");
+    }
+
+    #[tokio::test]
+    async fn no_response_head_within_the_timeout_is_a_timeout_and_the_timer_is_reused() {
+        let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
+        let get = Request::new(crate::body::empty());
+        // A server that reads the request and never answers (it keeps its end open).
+        let (client, mut silent) = tokio::io::duplex(1 << 16);
+        let held = tokio::spawn(async move {
+            let mut sink = vec![0u8; 1024];
+            while silent.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut once = Some(client);
+        let connect = |_| {
+            std::future::ready(
+                once.take().ok_or(UpstreamError::Connect { server: "up".into(), reason: "one connection only".into() }),
+            )
+        };
+        let start = Instant::now();
+        let r = send(&pool, 1, Duration::from_secs(60), &get, "up", Some(Duration::from_millis(50)), connect).await;
+        assert!(matches!(r, Err(SendError::Timeout)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        held.abort();
+
+        // On a pooled connection, the same timer is moved forward request after request.
+        let dials = std::sync::atomic::AtomicUsize::new(0);
+        let connect = |_| {
+            dials.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(server(true)))
+        };
+        for _ in 0..3 {
+            let r = send(&pool, 2, Duration::from_secs(60), &get, "up", Some(Duration::from_secs(5)), connect).await;
+            let body = http_body_util::BodyExt::collect(r.ok().unwrap().into_body()).await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(dials.load(Ordering::Relaxed), 1);
     }
 }
