@@ -176,12 +176,22 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Respons
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked(Chunked::Size)
-    } else if let Some(v) = headers.get(header::CONTENT_LENGTH) {
-        let n = std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("invalid Content-Length {v:?}"))?;
-        Framing::Length(n)
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        // Every value must agree (RFC 9112, 6.3): the body's end is where both sides think.
+        let mut length = None;
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            for part in v.as_bytes().split(|&b| b == b',') {
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u64>().ok())
+                    .ok_or_else(|| format!("invalid Content-Length {v:?}"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                length = Some(n);
+            }
+        }
+        Framing::Length(length.unwrap_or(0))
     } else {
         Framing::Close
     };
@@ -513,6 +523,10 @@ mod tests {
         assert!(parse_response(&mut buf, &Method::GET).unwrap().is_none());
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..]);
         assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("Content-Length"));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..]);
+        assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("conflicting"));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]);
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Length(2)));
         let mut buf = BytesMut::from(&b"SMTP ready\r\n\r\n"[..]);
         assert!(parse_response(&mut buf, &Method::GET).is_err());
     }

@@ -143,6 +143,11 @@ fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_reques
         .get(header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse().ok());
+    if declared.is_none() {
+        // A length that does not parse (a middleware's custom header, say) would contradict
+        // the framing chosen below: the framing wins.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let has_date = parts.headers.contains_key(header::DATE);
     encode_headers(out, &parts.headers);
     if !has_date {
@@ -419,5 +424,79 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        let p = next_request(&mut buf);
+        (p, buf)
+    }
+
+    #[test]
+    fn bodiless_heads_are_served_here_and_the_rest_goes_to_hyper_untouched() {
+        let (p, rest) = parse(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /next");
+        let Parsed::Ready(req) = p else { panic!("a plain GET is served here") };
+        assert_eq!((req.method(), req.uri().to_string()), (&Method::GET, "/a?b=1".to_string()));
+        assert_eq!(req.headers()["x-a"], "1");
+        assert_eq!(&rest[..], b"GET /next", "only the head is consumed");
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Parsed::Partial));
+        assert!(matches!(parse(b"DELETE / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, Parsed::Ready(_)));
+        for raw in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"NOT A REQUEST\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            let (p, rest) = parse(raw);
+            assert!(matches!(p, Parsed::Handover), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(&rest[..], raw, "hyper gets every byte");
+        }
+    }
+
+    fn head(resp: Response<Body>, head_request: bool) -> (String, Framing) {
+        let (mut parts, body) = resp.into_parts();
+        let mut out = Vec::new();
+        let f = encode_head(&mut out, &mut parts, head_request, http_body::Body::size_hint(&body).exact());
+        (String::from_utf8(out).unwrap(), f)
+    }
+
+    #[test]
+    fn response_heads_get_one_framing_and_a_date() {
+        let (h, f) = head(Response::new(body::full("hello")), false);
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\n") && h.ends_with("\r\n\r\n"));
+        assert!(h.contains("content-length: 5\r\n") && h.contains("date: "));
+        assert!(matches!(f, Framing::Length(5)));
+        // Unknown length: chunked; a transfer-encoding from elsewhere is not repeated.
+        let mut r = Response::new(body::boxed(http_body_util::StreamBody::new(futures_util::stream::empty::<
+            Result<http_body::Frame<Bytes>, std::io::Error>,
+        >())));
+        r.headers_mut().insert(header::TRANSFER_ENCODING, "gzip, chunked".parse().unwrap());
+        let (h, f) = head(r, false);
+        assert_eq!(h.matches("transfer-encoding").count(), 1);
+        assert!(h.contains("transfer-encoding: chunked\r\n") && matches!(f, Framing::Chunked));
+        // HEAD keeps the declared length and sends no body; 304 has none either.
+        let mut r = Response::new(body::empty());
+        r.headers_mut().insert(header::CONTENT_LENGTH, "42".parse().unwrap());
+        let (h, f) = head(r, true);
+        assert!(h.contains("content-length: 42\r\n") && matches!(f, Framing::None));
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        assert!(matches!(head(r, false).1, Framing::None));
+        // A length that does not parse is dropped for the real one; a Date is kept.
+        let mut r = Response::new(body::full("abc"));
+        r.headers_mut().insert(header::CONTENT_LENGTH, "many".parse().unwrap());
+        r.headers_mut().insert(header::DATE, "Thu, 26 Nov 2026 08:00:00 GMT".parse().unwrap());
+        let (h, f) = head(r, false);
+        assert!(!h.contains("many") && h.contains("content-length: 3\r\n") && matches!(f, Framing::Length(3)));
+        assert_eq!(h.matches("date: ").count(), 1);
     }
 }
