@@ -21,6 +21,7 @@ ATRIUM=target/release/atrium
 BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
 
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
+NGINX_MASTER_INDEX=${#PIDS[@]}
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
     proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
@@ -63,6 +64,9 @@ IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$ATRIUM_PID/status")
 for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
   curl -fsS -H 'Host: bench.test' "http://$target/" >/dev/null || { echo "$target is not answering" >&2; exit 1; }
 done
+# CPU per request of each proxy process (less noisy than req/s on a shared machine).
+NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
+declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID)
 
 measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
   local out
@@ -77,9 +81,11 @@ ROUNDS=${ROUNDS:-3}
 echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
 # The machine is shared by wrk, the backend and the proxy: interleave the targets and keep
 # each one's median round, so a noisy moment does not decide a ratio.
-declare -A RPS P99
+declare -A RPS P99 USR SYS
 for round in $(seq "$ROUNDS"); do
   for t in direct nginx one many; do
+    pid=${PROC[$t]:-}
+    [ -n "$pid" ] && read -r u0 s0 < <(cpu_ticks "$pid")
     case $t in
       direct) out=$(measure "$BACKEND" bench.test /) ;;
       nginx) out=$(measure "$NGINX" bench.test /) ;;
@@ -88,6 +94,11 @@ for round in $(seq "$ROUNDS"); do
     esac
     RPS[$t]+="${out% *} "
     P99[$t]+="${out#* } "
+    if [ -n "$pid" ]; then
+      read -r u1 s1 < <(cpu_ticks "$pid")
+      USR[$t]+="$(us_per_request $((u1 - u0)) "${out% *}") "
+      SYS[$t]+="$(us_per_request $((s1 - s0)) "${out% *}") "
+    fi
   done
 done
 direct_rps=$(median <<<"${RPS[direct]}"); direct_p99=$(median_lat <<<"${P99[direct]}")
@@ -102,6 +113,11 @@ cat <<TABLE
 | nginx proxy (1 worker, keep-alive upstream) | $nginx_rps | $nginx_p99 | 1.00× |
 | atrium gateway, 1 route (--workers 1) | $one_rps | $one_p99 | $(ratio "$one_rps" "$nginx_rps")× |
 | atrium gateway, 1,001 host+path routes (--workers 1) | $many_rps | $many_p99 | $(ratio "$many_rps" "$nginx_rps")× |
+
+| CPU per request (median) | user | kernel |
+|---|---|---|
+| nginx proxy | $(median <<<"${USR[nginx]}") µs | $(median <<<"${SYS[nginx]}") µs |
+| atrium gateway, 1 route | $(median <<<"${USR[one]}") µs | $(median <<<"${SYS[one]}") µs |
 
 atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")×. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
 TABLE
