@@ -72,10 +72,12 @@ fn next_request(buf: &mut BytesMut) -> Parsed {
     };
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
-        // A body, a protocol switch or `Expect: 100-continue`: hyper's job.
+        // A body, a protocol switch, `Expect: 100-continue` or a client that takes trailers
+        // (`TE`): hyper's job.
         if n.eq_ignore_ascii_case(b"transfer-encoding")
             || n.eq_ignore_ascii_case(b"upgrade")
             || n.eq_ignore_ascii_case(b"expect")
+            || n.eq_ignore_ascii_case(b"te")
             || (n.eq_ignore_ascii_case(b"content-length") && (h.value.is_empty() || h.value.iter().any(|&b| b != b'0')))
         {
             return Parsed::Handover;
@@ -174,18 +176,18 @@ fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_reques
     framing
 }
 
-/// Next body frame's data, skipping trailers (dropped on this path like hyper's server
-/// does for HTTP/1.1 without `TE: trailers`). `Ok(None)` at the end.
-async fn next_data(b: &mut Body) -> Result<Option<Bytes>, body::BoxError> {
-    use http_body_util::BodyExt;
+/// The next piece of body data, skipping trailers: this path does not send them, and a
+/// client that says it takes them (`TE: trailers`) is served by hyper. `Ok(None)` at the end.
+fn poll_data(b: &mut Body, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, body::BoxError>> {
     loop {
-        match b.frame().await {
-            None => return Ok(None),
-            Some(Err(e)) => return Err(e),
-            Some(Ok(f)) => {
+        match http_body::Body::poll_frame(Pin::new(&mut *b), cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(Ok(None)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(Some(Ok(f))) => {
                 if let Ok(d) = f.into_data() {
                     if !d.is_empty() {
-                        return Ok(Some(d));
+                        return Poll::Ready(Ok(Some(d)));
                     }
                 }
             }
@@ -193,27 +195,18 @@ async fn next_data(b: &mut Body) -> Result<Option<Bytes>, body::BoxError> {
     }
 }
 
-/// The first data already available, without waiting: `Some(Ok(None))` for an empty body,
-/// `None` when it is not ready yet.
+async fn next_data(b: &mut Body) -> Result<Option<Bytes>, body::BoxError> {
+    std::future::poll_fn(|cx| poll_data(b, cx)).await
+}
+
+/// The next piece of body data if it is there already, without waiting (`None` if not).
 fn ready_data(b: &mut Body) -> Option<Result<Option<Bytes>, body::BoxError>> {
     if http_body::Body::is_end_stream(b) {
         return Some(Ok(None));
     }
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
-    loop {
-        match http_body::Body::poll_frame(Pin::new(&mut *b), &mut cx) {
-            Poll::Pending => return None,
-            Poll::Ready(None) => return Some(Ok(None)),
-            Poll::Ready(Some(Err(e))) => return Some(Err(e)),
-            Poll::Ready(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    if !d.is_empty() {
-                        return Some(Ok(Some(d)));
-                    }
-                }
-            }
-        }
+    match poll_data(b, &mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
     }
 }
 
@@ -451,6 +444,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"NOT A REQUEST\r\n\r\n",
