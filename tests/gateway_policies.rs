@@ -301,7 +301,10 @@ async fn buffering_reads_whole_bodies_and_spills_big_ones_to_disk() {
                 .boxed(),
         )
         .unwrap();
-    assert_eq!(common::client::send(&client, req).await.status, 413);
+    let r = common::client::send(&client, req).await;
+    assert_eq!(r.status, 413);
+    // The rest of that body was never read: the connection is closed, not reused.
+    assert_eq!(r.header("connection"), Some("close"));
 
     // A streamed 300 kB response comes back whole, with its length.
     let resp = client.request(hyper::Request::get(gw.web("/bytes/300000")).body(common::client::body("")).unwrap());
