@@ -197,6 +197,10 @@ async fn basic_auth_from_a_secret_and_gzip_compression() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-seen-x-test"), Some("alice"), "headerField carries the user to the backend");
     assert_eq!(common::client::send(&common::client::http1(), send("alice", "nope")).await.status, 401);
+    // Refused before its body was read: the connection closes after the answer, and says so.
+    let post = hyper::Request::post(gw.web("/auth")).body(common::client::body(vec![b'x'; 300_000])).unwrap();
+    let r = common::client::send(&common::client::http1(), post).await;
+    assert_eq!((r.status, r.header("connection")), (401, Some("close")));
 
     let req = hyper::Request::get(gw.web("/gz/bytes/50000"))
         .header("accept-encoding", "gzip")
@@ -293,6 +297,7 @@ async fn buffering_reads_whole_bodies_and_spills_big_ones_to_disk() {
     let req = hyper::Request::put(gw.web("/count")).body(chunked()).unwrap();
     let r = common::client::send(&client, req).await;
     assert_eq!((r.status, r.body.as_str()), (200, "2000000"));
+    assert_eq!(r.header("connection"), None, "a body read to its end leaves the connection open");
     // Past maxRequestBodyBytes: 413, even though the client never said how long it was.
     let req = hyper::Request::put(gw.web("/count"))
         .body(

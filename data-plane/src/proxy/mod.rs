@@ -504,12 +504,12 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if b.max_request > 0 && declared.is_some_and(|n| n > b.max_request) {
-                return (too_large(parts.version), labels);
+                return (too_large(), labels);
             }
             match body::spool(req_body, b.max_request, b.mem_request).await {
                 Ok(whole) => req_body = with_known_length(&mut parts.headers, whole),
                 Err(body::CollectError::TooLarge) => {
-                    return (too_large(parts.version), labels);
+                    return (too_large(), labels);
                 }
                 Err(body::CollectError::Body(e)) => {
                     tracing::debug!(error = %e, "request body failed while it was buffered");
@@ -596,7 +596,7 @@ impl Gateway {
                 match body::collect_limited(req_body, limit).await {
                     Ok(b) => b,
                     Err(body::CollectError::TooLarge) => {
-                        return (too_large(parts.version), labels);
+                        return (too_large(), labels);
                     }
                     Err(e) => {
                         tracing::debug!(error = ?e, "request body failed while it was read for retry");
@@ -805,16 +805,10 @@ impl Gateway {
     }
 }
 
-/// 413 for a request body past a limit. The rest of that body is never read, so on
-/// HTTP/1.x the connection cannot carry another request: `Connection: close` makes the
-/// server close it after the answer and tells the client not to reuse it (as Go's server,
-/// and so Traefik, does).
-fn too_large(version: http::Version) -> Response<Body> {
-    let mut r = body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
-    if version < http::Version::HTTP_2 {
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
+/// 413 for a request body past a limit. (The rest of that body is never read: the server
+/// closes the connection after the answer and says so, see `proxy::server`.)
+fn too_large() -> Response<Body> {
+    body::text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
 }
 
 fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Response<Body> {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -114,7 +115,56 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let gw = self.gw.clone();
         let info = self.info.clone();
-        Box::pin(async move { Ok(gw.handle(req.map(crate::body::incoming), &info).await) })
+        let http1 = req.version() < http::Version::HTTP_2;
+        let (req, read) = if http1 && !http_body::Body::is_end_stream(req.body()) {
+            let read = Arc::new(AtomicBool::new(false));
+            (req.map(|b| crate::body::boxed(Tracked { inner: b, read: read.clone() })), Some(read))
+        } else {
+            (req.map(crate::body::incoming), None)
+        };
+        Box::pin(async move {
+            let mut resp = gw.handle(req, &info).await;
+            // An answer given before the request body was read to its end (401, 403, 429,
+            // an upstream that answered early): the rest of that body is never read, so the
+            // connection cannot carry another request. Say so, as Go's server does, so the
+            // client does not send its next request on a connection about to close.
+            if read.is_some_and(|r| !r.load(Ordering::Relaxed))
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
