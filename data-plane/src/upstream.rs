@@ -174,6 +174,23 @@ pub(crate) fn from_head(head: &(http::Method, http::Uri, http::HeaderMap)) -> ht
     req
 }
 
+/// A TCP connection to a plain upstream (port 80 when the authority names none), within
+/// the connect timeout, with Nagle off.
+pub(crate) async fn connect_tcp(
+    auth: &Authority,
+    cfg: &UpstreamConfig,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let server = auth.to_string();
+    let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
+    let stream = match tokio::time::timeout(cfg.connect_timeout, tokio::net::TcpStream::connect(&target)).await {
+        Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
+        Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams").field("cfg", &self.cfg).finish()
@@ -211,14 +228,7 @@ impl Upstreams {
 
     async fn connect_h1(&self, auth: &Authority) -> Result<Sender, UpstreamError> {
         let server = auth.to_string();
-        let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
-        let stream = match tokio::time::timeout(self.cfg.connect_timeout, tokio::net::TcpStream::connect(&target)).await
-        {
-            Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
-            Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(auth, &self.cfg).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect { server: server.clone(), reason: e.to_string() })?;

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges, wants_close};
 use crate::body::{Body, BoxError};
-use crate::upstream::{UpstreamConfig, UpstreamError, idempotent};
+use crate::upstream::{UpstreamConfig, UpstreamError, connect_tcp, idempotent};
 
 /// Largest response head accepted from an upstream (502 past it).
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
@@ -355,18 +355,6 @@ impl Client {
         Client { pool: Arc::new(Pool::new(max_idle)) }
     }
 
-    async fn connect(auth: &Authority, cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
-        let server = auth.to_string();
-        let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
-        let io = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&target)).await {
-            Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
-            Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
-            Ok(Ok(s)) => s,
-        };
-        let _ = io.set_nodelay(true);
-        Ok(io)
-    }
-
     /// Sends an [`eligible`] request to `auth`: the response head must come within the
     /// response-header timeout of the request's start (connecting has its own timeout).
     pub(crate) async fn send(
@@ -377,8 +365,7 @@ impl Client {
     ) -> Result<Response<Body>, UpstreamError> {
         let key = AuthorityKey(auth.clone());
         let timeout = Some(cfg.response_header_timeout);
-        match send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), timeout, |_| Self::connect(&auth, cfg)).await
-        {
+        match send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), timeout, |_| connect_tcp(&auth, cfg)).await {
             Ok(r) => Ok(r),
             Err(SendError::Timeout) => {
                 Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout })
