@@ -479,7 +479,7 @@ impl UplinkClient {
                 }
             };
             let sent =
-                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, &req, uplink_name, None, open)
+                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, req, uplink_name, None, open)
                     .await;
             return match sent {
                 Ok(resp) => {

@@ -73,25 +73,27 @@ impl<K: Hash + Eq, IO> Pool<K, IO> {
         Pool { idle: Mutex::new(HashMap::default()), paused: AtomicUsize::new(0), max_idle }
     }
 
-    fn checkout(&self, key: &K, max_age: Duration) -> Option<Conn<IO>> {
+    /// A connection of `key` idle for less than `max_age` at `now`.
+    fn checkout(&self, key: &K, max_age: Duration, now: Instant) -> Option<Conn<IO>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some((c, since)) = list.pop() {
-            if since.elapsed() < max_age {
+            if now.saturating_duration_since(since) < max_age {
                 return Some(c);
             }
         }
         None
     }
 
-    fn checkin(&self, key: K, c: Conn<IO>) {
+    /// Pools `c`, idle since `at`.
+    fn checkin(&self, key: K, c: Conn<IO>, at: Instant) {
         if self.paused.load(Ordering::Relaxed) > 0 {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() < self.max_idle {
-                list.push((c, Instant::now()));
+                list.push((c, at));
             }
         }
     }
@@ -276,7 +278,7 @@ pub(crate) async fn send<K, IO, C, F>(
     pool: &Arc<Pool<K, IO>>,
     key: K,
     max_age: Duration,
-    req: &Request<Body>,
+    req: Request<Body>,
     host: &str,
     timeout: Option<Duration>,
     mut connect: C,
@@ -287,10 +289,16 @@ where
     C: FnMut(bool) -> F,
     F: Future<Output = Result<IO, UpstreamError>>,
 {
-    let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
+    // The request's header map serves a later request's head, however this ends.
+    let req = RecycleHeaders(req);
+    let req = &req.0;
+    // One clock read serves the deadline, the pool's idle ages and, for a response that
+    // is complete at once, the time the connection goes back.
+    let now = Instant::now();
+    let deadline = timeout.map(|d| tokio::time::Instant::from_std(now) + d);
     let mut retried = false;
     let (resp, framing, conn) = loop {
-        let (mut conn, reused) = match pool.checkout(&key, max_age) {
+        let (mut conn, reused) = match pool.checkout(&key, max_age, now) {
             Some(c) if !retried => (c, true),
             _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
         };
@@ -320,8 +328,17 @@ where
     };
     let reusable = resp.version() == http::Version::HTTP_11 && !wants_close(resp.headers());
     let mut body = UpstreamBody { conn: Some(conn), framing, home: reusable.then(|| (pool.clone(), key)) };
-    body.finish_if_done();
+    body.finish_if_done(Some(now));
     Ok(resp.map(|()| crate::body::boxed(body)))
+}
+
+/// Gives a request's header map back for reuse when the request is dropped.
+struct RecycleHeaders(Request<Body>);
+
+impl Drop for RecycleHeaders {
+    fn drop(&mut self) {
+        super::recycle(std::mem::take(self.0.headers_mut()));
+    }
 }
 
 /// An upstream's authority as a pool key: hashed and compared as the bytes the
@@ -365,7 +382,7 @@ impl Client {
     ) -> Result<Response<Body>, UpstreamError> {
         let key = AuthorityKey(auth.clone());
         let timeout = Some(cfg.response_header_timeout);
-        match send(&self.pool, key, cfg.idle_timeout, &req, auth.as_str(), timeout, |_| connect_tcp(&auth, cfg)).await {
+        match send(&self.pool, key, cfg.idle_timeout, req, auth.as_str(), timeout, |_| connect_tcp(&auth, cfg)).await {
             Ok(r) => Ok(r),
             Err(SendError::Timeout) => {
                 Err(UpstreamError::Timeout { server: auth.to_string(), timeout: cfg.response_header_timeout })
@@ -385,15 +402,16 @@ struct UpstreamBody<K: Hash + Eq, IO> {
 }
 
 impl<K: Hash + Eq, IO: Io> UpstreamBody<K, IO> {
-    /// At the body's end, gives the connection back (only if nothing else was sent on it).
-    fn finish_if_done(&mut self) {
+    /// At the body's end, gives the connection back (only if nothing else was sent on it),
+    /// idle since `at` (default: now).
+    fn finish_if_done(&mut self, at: Option<Instant>) {
         let done = matches!(self.framing, Framing::Length(0) | Framing::Chunked(Chunked::End));
         if !done {
             return;
         }
         if let (Some(conn), Some((pool, key))) = (self.conn.take(), self.home.take()) {
             if conn.buf.is_empty() {
-                pool.checkin(key, conn);
+                pool.checkin(key, conn, at.unwrap_or_else(Instant::now));
             }
         }
     }
@@ -417,7 +435,7 @@ impl<K: Hash + Eq + Send + Sync + Unpin + 'static, IO: Io> http_body::Body for U
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             match &mut this.framing {
                 Framing::Length(0) => {
-                    this.finish_if_done();
+                    this.finish_if_done(None);
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) => {
@@ -425,14 +443,14 @@ impl<K: Hash + Eq + Send + Sync + Unpin + 'static, IO: Io> http_body::Body for U
                         let n = (conn.buf.len() as u64).min(*left) as usize;
                         let data = conn.buf.split_to(n).freeze();
                         *left -= n as u64;
-                        this.finish_if_done();
+                        this.finish_if_done(None);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
                 Framing::Chunked(state) => match state.decode(&mut conn.buf) {
                     Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                     Ok(Decoded::End(trailers)) => {
-                        this.finish_if_done();
+                        this.finish_if_done(None);
                         return Poll::Ready(if trailers.is_empty() {
                             None
                         } else {
@@ -562,9 +580,12 @@ mod tests {
     async fn a_pooled_connection_the_server_closed_is_replaced_once_for_idempotent_requests() {
         use http_body_util::BodyExt;
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
-        let get = Request::new(crate::body::empty());
-        let mut post = Request::new(crate::body::empty());
-        *post.method_mut() = Method::POST;
+        let get = || Request::new(crate::body::empty());
+        let post = || {
+            let mut post = Request::new(crate::body::empty());
+            *post.method_mut() = Method::POST;
+            post
+        };
         let dials = std::sync::Mutex::new(Vec::new());
         let connect = |retry: bool| {
             dials.lock().unwrap().push(retry);
@@ -572,8 +593,8 @@ mod tests {
         };
 
         // Pooled, but its server reads the request and closes: GET goes again, once.
-        pool.checkin(1, Conn::new(server(false)));
-        let resp = match send(&pool, 1, Duration::from_secs(60), &get, "up", None, connect).await {
+        pool.checkin(1, Conn::new(server(false)), Instant::now());
+        let resp = match send(&pool, 1, Duration::from_secs(60), get(), "up", None, connect).await {
             Ok(r) => r,
             Err(_) => panic!("GET was not sent again"),
         };
@@ -581,20 +602,20 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(*dials.lock().unwrap(), [true], "one new connection, told it replaces one");
         // The body was read to its end: the connection is back in the pool and reused.
-        let resp = send(&pool, 1, Duration::from_secs(60), &get, "up", None, connect).await;
+        let resp = send(&pool, 1, Duration::from_secs(60), get(), "up", None, connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
         assert_eq!(dials.lock().unwrap().len(), 1, "the pooled connection was reused");
 
         // POST may have been acted on: its failure shows, nothing is sent again.
         pool.retain(|_| false);
-        pool.checkin(1, Conn::new(server(false)));
-        let failed = send(&pool, 1, Duration::from_secs(60), &post, "up", None, connect).await;
+        pool.checkin(1, Conn::new(server(false)), Instant::now());
+        let failed = send(&pool, 1, Duration::from_secs(60), post(), "up", None, connect).await;
         assert!(matches!(failed, Err(SendError::Exchange(ref e)) if e.contains("closed")));
         assert_eq!(dials.lock().unwrap().len(), 1);
 
         // Past its idle age a pooled connection is not used at all.
-        pool.checkin(1, Conn::new(server(false)));
-        let resp = send(&pool, 1, Duration::ZERO, &post, "up", None, connect).await;
+        pool.checkin(1, Conn::new(server(false)), Instant::now());
+        let resp = send(&pool, 1, Duration::ZERO, post(), "up", None, connect).await;
         assert!(resp.is_ok_and(|r| r.status() == 200));
         assert!(!dials.lock().unwrap()[1], "a fresh dial, not a replacement");
     }
@@ -602,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn no_response_head_within_the_timeout_is_a_timeout_and_the_timer_is_reused() {
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
-        let get = Request::new(crate::body::empty());
+        let get = || Request::new(crate::body::empty());
         // A server that reads the request and never answers (it keeps its end open).
         let (client, mut silent) = tokio::io::duplex(1 << 16);
         let held = tokio::spawn(async move {
@@ -616,7 +637,7 @@ mod tests {
             )
         };
         let start = Instant::now();
-        let r = send(&pool, 1, Duration::from_secs(60), &get, "up", Some(Duration::from_millis(50)), connect).await;
+        let r = send(&pool, 1, Duration::from_secs(60), get(), "up", Some(Duration::from_millis(50)), connect).await;
         assert!(matches!(r, Err(SendError::Timeout)));
         assert!(start.elapsed() < Duration::from_secs(5));
         held.abort();
@@ -628,7 +649,7 @@ mod tests {
             std::future::ready(Ok(server(true)))
         };
         for _ in 0..3 {
-            let r = send(&pool, 2, Duration::from_secs(60), &get, "up", Some(Duration::from_secs(5)), connect).await;
+            let r = send(&pool, 2, Duration::from_secs(60), get(), "up", Some(Duration::from_secs(5)), connect).await;
             let body = http_body_util::BodyExt::collect(r.ok().unwrap().into_body()).await.unwrap().to_bytes();
             assert_eq!(body, "ok");
         }

@@ -36,9 +36,46 @@ fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Range; MAX_H
     headers.len().min(MAX_HEADERS)
 }
 
+thread_local! {
+    /// Emptied header maps of finished heads, kept for the next heads parsed on this thread
+    /// (a map is two allocations; a proxied request builds two maps).
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare maps kept per thread.
+const SPARE_MAPS_KEPT: usize = 32;
+/// Maps that grew past this many headers are not kept (one odd request must not pin memory).
+const SPARE_MAP_LARGEST: usize = 4 * MAX_HEADERS;
+
+/// Keeps `map`'s memory for a later head parsed on this thread.
+pub(crate) fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_LARGEST {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE_MAPS_KEPT {
+                s.push(map);
+            }
+        }
+    });
+}
+
+/// An empty map for at least `n` headers, recycled when one is spare.
+fn empty_map(n: usize) -> HeaderMap {
+    match SPARE_MAPS.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop())) {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
 /// Builds a header map whose values share `bytes` (no copy).
 fn header_map(bytes: &Bytes, ranges: &[Range]) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(ranges.len() + 8);
+    let mut map = empty_map(ranges.len() + 8);
     for &(no, nl, vo, vl) in ranges {
         let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
         let name = HeaderName::from_bytes(&bytes[no..no + nl]).ok()?;
@@ -187,6 +224,24 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_header_map_comes_back_empty_and_a_huge_one_is_not_kept() {
+        // Each test runs on its own thread: the spare list starts empty.
+        let head = Bytes::from_static(b"x-a: 1\r\nx-b: 2\r\n");
+        let map = header_map(&head, &[(0, 3, 5, 1), (8, 3, 13, 1)]).unwrap();
+        assert_eq!(map.get("x-b").unwrap(), "2");
+        recycle(map);
+        let again = header_map(&head, &[(0, 3, 5, 1)]).unwrap();
+        assert_eq!(again.len(), 1, "the earlier headers are gone: {again:?}");
+        assert!(again.get("x-b").is_none());
+        let mut huge = HeaderMap::with_capacity(SPARE_MAP_LARGEST + 1);
+        huge.insert("x-huge", HeaderValue::from_static("1"));
+        recycle(huge);
+        assert!(SPARE_MAPS.with(|s| s.borrow().is_empty()), "an oversized map is dropped");
+        recycle(again);
+        assert_eq!(SPARE_MAPS.with(|s| s.borrow().len()), 1);
+    }
 
     fn decode_all(input: &[&[u8]]) -> Result<(Vec<u8>, HeaderMap), String> {
         let mut st = Chunked::Size;

@@ -235,6 +235,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     let (mut parts, mut body) = resp.into_parts();
     out.clear();
     let framing = encode_head(out, &mut parts, head_request, http_body::Body::size_hint(&body).exact());
+    super::recycle(std::mem::take(&mut parts.headers));
     let chunked = matches!(framing, Framing::Chunked);
     if matches!(framing, Framing::None) {
         io.write_all(out).await?;

@@ -6,9 +6,11 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-// Header names are constants: removing by `&str` would parse and hash each name on every
-// request, and these functions run twice per request on the hot path.
-const HOP_BY_HOP: [HeaderName; 9] = [
+// Header names are built once: removing by `&str` would parse and hash each name on every
+// request, and these functions run twice per request on the hot path. The lists are
+// statics, not constants: a constant array of names (which have a destructor) would be
+// built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -26,7 +28,7 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: [HeaderName; 6] =
+static FORWARDED: [HeaderName; 6] =
     [X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER, X_REAL_IP];
 
 /// Removes the headers of `names` that are present. A request carries a handful of

@@ -296,8 +296,35 @@ impl Gateway {
         tracing::error!(%error, "configuration refused; the previous route table stays in force");
     }
 
-    /// Serves one request.
-    pub async fn handle(self: &Arc<Self>, req: Request<Body>, conn: &ConnInfo) -> Response<Body> {
+    /// Serves one request (in its trace span when tracing is on).
+    pub fn handle<'a>(
+        self: &'a Arc<Self>,
+        req: Request<Body>,
+        conn: &'a ConnInfo,
+    ) -> futures_util::future::Either<
+        impl std::future::Future<Output = Response<Body>> + Send + 'a,
+        futures_util::future::BoxFuture<'a, Response<Body>>,
+    > {
+        use futures_util::future::Either;
+        let span = (crate::telemetry::enabled() && !conn.internal)
+            .then(|| crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point));
+        match span {
+            None => Either::Left(self.serve(req, conn, None)),
+            Some(span) => {
+                use tracing::Instrument;
+                Either::Right(Box::pin(self.serve(req, conn, Some(span.clone())).instrument(span)))
+            }
+        }
+    }
+
+    /// [`Gateway::handle`]'s work: one async function from routing to the response, so the
+    /// request's future is built and moved once (each nested future is a copy of its state).
+    async fn serve(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        conn: &ConnInfo,
+        span: Option<tracing::Span>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let version = req.version();
         // What the access log needs from the request, kept only when there is one.
@@ -306,14 +333,348 @@ impl Gateway {
                 |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
             (req.method().clone(), req.uri().clone(), h(header::REFERER), h(header::USER_AGENT))
         });
-        let span = (crate::telemetry::enabled() && !conn.internal)
-            .then(|| crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point));
-        let (mut resp, labels) = match &span {
-            Some(span) => {
-                use tracing::Instrument;
-                self.handle_inner(req, conn).instrument(span.clone()).await
+        let (mut resp, labels): (Response<Body>, Option<Labels>) = 'inner: {
+            let Some(rt) = self.runtime.load_full() else {
+                break 'inner (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
+            };
+            let (mut parts, incoming) = req.into_parts();
+            // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
+            // path and query from them costs no copy.
+            let uri = parts.uri.clone();
+            let host_header = if uri.authority().is_none() { parts.headers.get(header::HOST).cloned() } else { None };
+            let host_raw: &str = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()))
+                .unwrap_or_default();
+            let (path_raw, query) = (uri.path(), uri.query());
+            let client_ip = Some(conn.peer.ip().to_canonical());
+            let router: &RouteEntry = {
+                let view = RequestView::with_client_ip(
+                    parts.method.as_str(),
+                    host_raw,
+                    path_raw,
+                    query,
+                    &parts.headers,
+                    client_ip,
+                );
+                let hit = match &conn.uplink {
+                    Some(u) => rt.table.route_uplink(u, &view),
+                    None => rt.table.route(Some(&conn.entry_point), &view),
+                };
+                match hit {
+                    Some(r) => r,
+                    None => break 'inner (body::text(StatusCode::NOT_FOUND, "404 page not found"), None),
+                }
+            };
+            let labels = Some(router.labels.clone());
+            router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Only middlewares read these (CORS, compress).
+            let with_middlewares = !router.middlewares.is_empty();
+            let origin = with_middlewares
+                .then(|| parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string))
+                .flatten();
+            // Built on the first path rewrite only: most routers forward the path as it came.
+            let mut url: Option<UrlPath> = None;
+            let mut after = Vec::new();
+            let mut guards = Vec::new();
+            let mut drop_xff = false;
+            let mut host_override: Option<String> = None;
+            let mut buffering: Option<&crate::middleware::Buffering> = None;
+            let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
+            let mut compress = None;
+            let accept_encoding =
+                with_middlewares.then(|| parts.headers.get(header::ACCEPT_ENCODING).cloned()).flatten();
+            let scheme = if conn.tls { "https" } else { "http" };
+            let canon_host = crate::request::canonical_host(host_raw);
+
+            for m in &router.middlewares {
+                let early = match &m.action {
+                    Action::Path => match m.rewrite_path(url.get_or_insert_with(|| UrlPath::from_escaped(path_raw))) {
+                        Ok(Some((name, value))) => {
+                            if let Ok(v) = HeaderValue::from_str(&value) {
+                                parts.headers.append(name, v);
+                            }
+                            None
+                        }
+                        Ok(None) => None,
+                        Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
+                        Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+                    },
+                    Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, &canon_host) {
+                        crate::middleware::headers::RequestAction::Respond(r) => Some(r),
+                        crate::middleware::headers::RequestAction::Continue { drop_xff: d, host } => {
+                            drop_xff |= d;
+                            if host.is_some() {
+                                host_override = host;
+                            }
+                            after.push(h);
+                            None
+                        }
+                    },
+                    Action::RedirectScheme { scheme: to, port, permanent } => {
+                        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
+                        redirect::scheme_target(&u, to, port.as_deref())
+                            .map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                    }
+                    Action::RedirectRegex { regex, replacement, permanent } => {
+                        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
+                        redirect::regex_target(&u, regex, replacement)
+                            .map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                    }
+                    Action::IpAllow(a) => (!a.allows(client_ip, &parts.headers)).then(|| {
+                        body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))
+                    }),
+                    Action::RateLimit(rl) => {
+                        let key = rl.source.key(client_ip, &parts.headers, &canon_host);
+                        match rl.admit(&key, Instant::now()) {
+                            Admission::Now => None,
+                            Admission::After(d) => {
+                                tokio::time::sleep(d).await;
+                                None
+                            }
+                            Admission::Refuse(d) => {
+                                let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+                                let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+                                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                                Some(r)
+                            }
+                        }
+                    }
+                    Action::InFlight(f) => {
+                        let key = f.source.key(client_ip, &parts.headers, &canon_host);
+                        match f.acquire(&key) {
+                            Some(g) => {
+                                guards.push(g);
+                                None
+                            }
+                            None => Some(body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")),
+                        }
+                    }
+                    Action::Buffering(b) => {
+                        buffering = Some(b);
+                        None
+                    }
+                    Action::BasicAuth(b) => b.check(&mut parts.headers),
+                    Action::Compress(c) => {
+                        compress = Some(c);
+                        None
+                    }
+                    Action::Retry(p) => {
+                        retry = Some(p);
+                        None
+                    }
+                };
+                if let Some(r) = early {
+                    break 'inner (r, labels);
+                }
             }
-            None => self.handle_inner(req, conn).await,
+
+            // The request body: streamed, or read whole by a buffering middleware (413 past its
+            // limit, spilled to disk past its memory share).
+            let mut req_body: Body = incoming;
+            if let Some(b) = buffering {
+                let declared = parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if b.max_request > 0 && declared.is_some_and(|n| n > b.max_request) {
+                    break 'inner (too_large(), labels);
+                }
+                match body::spool(req_body, b.max_request, b.mem_request).await {
+                    Ok(whole) => req_body = with_known_length(&mut parts.headers, whole),
+                    Err(body::CollectError::TooLarge) => {
+                        break 'inner (too_large(), labels);
+                    }
+                    Err(body::CollectError::Body(e)) => {
+                        tracing::debug!(error = %e, "request body failed while it was buffered");
+                        break 'inner (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
+                    }
+                    Err(body::CollectError::Spool(e)) => {
+                        tracing::error!(error = %e, "cannot spool a request body to disk");
+                        break 'inner (body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"), labels);
+                    }
+                }
+            }
+
+            let upgrade = forward::upgrade_protocol(&parts.headers);
+            let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+            let mut headers = std::mem::take(&mut parts.headers);
+            forward::strip_hop_by_hop(&mut headers, upgrade.clone());
+            let proto = match (upgrade.is_some(), conn.tls) {
+                (true, true) => "wss",
+                (true, false) => "ws",
+                (false, true) => "https",
+                (false, false) => "http",
+            };
+            let client = forward::ClientSide {
+                ip: conn.ip_value.as_ref(),
+                proto,
+                // The host the client asked for: the request target's authority when it has
+                // one (HTTP/2, absolute form), else its Host header.
+                host: match uri.authority() {
+                    None => headers.get(header::HOST).cloned(),
+                    Some(_) => HeaderValue::from_str(host_raw).ok().filter(|h| !h.is_empty()),
+                },
+                server: &self.hostname,
+                drop_xff,
+            };
+            forward::set_forwarded(&mut headers, &client);
+            if crate::telemetry::enabled() {
+                crate::telemetry::inject(&mut headers);
+            }
+            if let Some(h) = &host_override {
+                if let Ok(v) = HeaderValue::from_str(h) {
+                    headers.insert(header::HOST, v);
+                }
+            } else if !host_raw.is_empty() && !headers.contains_key(header::HOST) {
+                // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
+                if let Ok(v) = HeaderValue::from_str(host_raw) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+            let path_and_query = match &url {
+                None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                Some(u) => {
+                    let mut pq = u.request_path().to_string();
+                    if let Some(q) = query {
+                        pq.push('?');
+                        pq.push_str(q);
+                    }
+                    match http::uri::PathAndQuery::try_from(pq) {
+                        Ok(pq) => pq,
+                        Err(_) => {
+                            break 'inner (
+                                body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"),
+                                labels,
+                            );
+                        }
+                    }
+                }
+            };
+            let out = Outgoing {
+                method: parts.method.clone(),
+                path_and_query,
+                headers,
+                version: parts.version,
+                client: conn.peer,
+            };
+
+            let Some(svc) = router.target.clone() else {
+                break 'inner (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
+            };
+            // A request that may be tried again keeps its body (413 past the retry's limit).
+            let retry = retry.filter(|p| p.allows(&parts.method));
+            let mut replay = None;
+            if let Some(p) = retry {
+                let bytes = if http_body::Body::is_end_stream(&req_body) {
+                    Bytes::new()
+                } else {
+                    let limit = p.max_body.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                    match body::collect_limited(req_body, limit).await {
+                        Ok(b) => b,
+                        Err(body::CollectError::TooLarge) => {
+                            break 'inner (too_large(), labels);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = ?e, "request body failed while it was read for retry");
+                            break 'inner (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
+                        }
+                    }
+                };
+                req_body = body::full(bytes.clone());
+                replay = Some((p, out.clone(), bytes));
+            }
+            let mut result = self.forward(&svc, out, req_body, &conn.upstreams).await;
+            if let Some((p, out, bytes)) = replay {
+                let deadline = p.timeout.map(|t| Instant::now() + t);
+                let mut attempt = 1;
+                while attempt < p.attempts {
+                    let again = match &result {
+                        Ok(r) => p.retries_status(r.status()),
+                        Err(ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Protocol { .. })) => {
+                            p.retries_network_errors()
+                        }
+                        Err(e) => p.retries_status(error_response(e).status()),
+                    };
+                    attempt += 1;
+                    let wait = p.backoff(attempt);
+                    if !again || deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    tracing::debug!(router = %router.id, attempt, "retrying request");
+                    result = self.forward(&svc, out.clone(), body::full(bytes.clone()), &conn.upstreams).await;
+                }
+            }
+            let mut resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    match &e {
+                        ProxyError::NoTarget(why) => {
+                            tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
+                        }
+                        ProxyError::Upstream(err) => {
+                            tracing::warn!(router = %router.id, service = %router.service, error = %err, "upstream request failed")
+                        }
+                    }
+                    break 'inner (error_response(&e), labels);
+                }
+            };
+
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_up) = client_upgrade {
+                    let upstream_up = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        match (client_up.await, upstream_up.await) {
+                            (Ok(c), Ok(u)) => {
+                                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                            }
+                            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "protocol upgrade failed"),
+                        }
+                    });
+                }
+            } else {
+                forward::strip_hop_by_hop(resp.headers_mut(), None);
+            }
+            let (mut rparts, rbody) = resp.into_parts();
+            let mut out_body: Body = rbody;
+            if let Some(b) = buffering.filter(|_| rparts.status != StatusCode::SWITCHING_PROTOCOLS) {
+                match body::spool(out_body, b.max_response, b.mem_response).await {
+                    Ok(whole) => out_body = with_known_length(&mut rparts.headers, whole),
+                    Err(e) => {
+                        if let body::CollectError::Spool(e) = &e {
+                            tracing::error!(error = %e, "cannot spool a response body to disk");
+                        }
+                        break 'inner (
+                            body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"),
+                            labels,
+                        );
+                    }
+                }
+            }
+            for h in after.iter().rev() {
+                h.on_response(&mut rparts.headers, origin.as_deref(), conn.tls);
+            }
+            if let Some(c) = compress {
+                if c.applies(&parts.method, accept_encoding.as_ref(), rparts.status, &rparts.headers) {
+                    out_body = c.wrap(&mut rparts.headers, out_body);
+                }
+            }
+            if !guards.is_empty() {
+                // In-flight slots are held until the response body is finished or dropped.
+                out_body = out_body
+                    .map_frame(move |f| {
+                        let _held = &guards;
+                        f
+                    })
+                    .boxed();
+            }
+            (Response::from_parts(rparts, out_body), labels)
         };
         // Answer in the client's protocol version, whatever the upstream spoke.
         *resp.version_mut() = version;
@@ -355,345 +716,6 @@ impl Gateway {
         }
         self.metrics.record(labels.as_deref(), code, start.elapsed().as_secs_f64());
         resp
-    }
-
-    async fn handle_inner(self: &Arc<Self>, req: Request<Body>, conn: &ConnInfo) -> (Response<Body>, Option<Labels>) {
-        let Some(rt) = self.runtime.load_full() else {
-            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
-        };
-        let (mut parts, incoming) = req.into_parts();
-        // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
-        // path and query from them costs no copy.
-        let uri = parts.uri.clone();
-        let host_header = if uri.authority().is_none() { parts.headers.get(header::HOST).cloned() } else { None };
-        let host_raw: &str = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()))
-            .unwrap_or_default();
-        let (path_raw, query) = (uri.path(), uri.query());
-        let client_ip = Some(conn.peer.ip().to_canonical());
-        let router: &RouteEntry = {
-            let view = RequestView::with_client_ip(
-                parts.method.as_str(),
-                host_raw,
-                path_raw,
-                query,
-                &parts.headers,
-                client_ip,
-            );
-            let hit = match &conn.uplink {
-                Some(u) => rt.table.route_uplink(u, &view),
-                None => rt.table.route(Some(&conn.entry_point), &view),
-            };
-            match hit {
-                Some(r) => r,
-                None => return (body::text(StatusCode::NOT_FOUND, "404 page not found"), None),
-            }
-        };
-        let labels = Some(router.labels.clone());
-        router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Only middlewares read these (CORS, compress).
-        let with_middlewares = !router.middlewares.is_empty();
-        let origin = with_middlewares
-            .then(|| parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string))
-            .flatten();
-        // Built on the first path rewrite only: most routers forward the path as it came.
-        let mut url: Option<UrlPath> = None;
-        let mut after = Vec::new();
-        let mut guards = Vec::new();
-        let mut drop_xff = false;
-        let mut host_override: Option<String> = None;
-        let mut buffering: Option<&crate::middleware::Buffering> = None;
-        let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
-        let mut compress = None;
-        let accept_encoding = with_middlewares.then(|| parts.headers.get(header::ACCEPT_ENCODING).cloned()).flatten();
-        let scheme = if conn.tls { "https" } else { "http" };
-        let canon_host = crate::request::canonical_host(host_raw);
-
-        for m in &router.middlewares {
-            let early = match &m.action {
-                Action::Path => match m.rewrite_path(url.get_or_insert_with(|| UrlPath::from_escaped(path_raw))) {
-                    Ok(Some((name, value))) => {
-                        if let Ok(v) = HeaderValue::from_str(&value) {
-                            parts.headers.append(name, v);
-                        }
-                        None
-                    }
-                    Ok(None) => None,
-                    Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
-                    Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
-                },
-                Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, &canon_host) {
-                    crate::middleware::headers::RequestAction::Respond(r) => Some(r),
-                    crate::middleware::headers::RequestAction::Continue { drop_xff: d, host } => {
-                        drop_xff |= d;
-                        if host.is_some() {
-                            host_override = host;
-                        }
-                        after.push(h);
-                        None
-                    }
-                },
-                Action::RedirectScheme { scheme: to, port, permanent } => {
-                    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
-                    redirect::scheme_target(&u, to, port.as_deref())
-                        .map(|loc| redirect_to(&parts.method, *permanent, &loc))
-                }
-                Action::RedirectRegex { regex, replacement, permanent } => {
-                    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
-                    redirect::regex_target(&u, regex, replacement)
-                        .map(|loc| redirect_to(&parts.method, *permanent, &loc))
-                }
-                Action::IpAllow(a) => (!a.allows(client_ip, &parts.headers))
-                    .then(|| body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))),
-                Action::RateLimit(rl) => {
-                    let key = rl.source.key(client_ip, &parts.headers, &canon_host);
-                    match rl.admit(&key, Instant::now()) {
-                        Admission::Now => None,
-                        Admission::After(d) => {
-                            tokio::time::sleep(d).await;
-                            None
-                        }
-                        Admission::Refuse(d) => {
-                            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-                            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
-                            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                            Some(r)
-                        }
-                    }
-                }
-                Action::InFlight(f) => {
-                    let key = f.source.key(client_ip, &parts.headers, &canon_host);
-                    match f.acquire(&key) {
-                        Some(g) => {
-                            guards.push(g);
-                            None
-                        }
-                        None => Some(body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")),
-                    }
-                }
-                Action::Buffering(b) => {
-                    buffering = Some(b);
-                    None
-                }
-                Action::BasicAuth(b) => b.check(&mut parts.headers),
-                Action::Compress(c) => {
-                    compress = Some(c);
-                    None
-                }
-                Action::Retry(p) => {
-                    retry = Some(p);
-                    None
-                }
-            };
-            if let Some(r) = early {
-                return (r, labels);
-            }
-        }
-
-        // The request body: streamed, or read whole by a buffering middleware (413 past its
-        // limit, spilled to disk past its memory share).
-        let mut req_body: Body = incoming;
-        if let Some(b) = buffering {
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if b.max_request > 0 && declared.is_some_and(|n| n > b.max_request) {
-                return (too_large(), labels);
-            }
-            match body::spool(req_body, b.max_request, b.mem_request).await {
-                Ok(whole) => req_body = with_known_length(&mut parts.headers, whole),
-                Err(body::CollectError::TooLarge) => {
-                    return (too_large(), labels);
-                }
-                Err(body::CollectError::Body(e)) => {
-                    tracing::debug!(error = %e, "request body failed while it was buffered");
-                    return (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
-                }
-                Err(body::CollectError::Spool(e)) => {
-                    tracing::error!(error = %e, "cannot spool a request body to disk");
-                    return (body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"), labels);
-                }
-            }
-        }
-
-        let upgrade = forward::upgrade_protocol(&parts.headers);
-        let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-        let mut headers = std::mem::take(&mut parts.headers);
-        forward::strip_hop_by_hop(&mut headers, upgrade.clone());
-        let proto = match (upgrade.is_some(), conn.tls) {
-            (true, true) => "wss",
-            (true, false) => "ws",
-            (false, true) => "https",
-            (false, false) => "http",
-        };
-        let client = forward::ClientSide {
-            ip: conn.ip_value.as_ref(),
-            proto,
-            // The host the client asked for: the request target's authority when it has
-            // one (HTTP/2, absolute form), else its Host header.
-            host: match uri.authority() {
-                None => headers.get(header::HOST).cloned(),
-                Some(_) => HeaderValue::from_str(host_raw).ok().filter(|h| !h.is_empty()),
-            },
-            server: &self.hostname,
-            drop_xff,
-        };
-        forward::set_forwarded(&mut headers, &client);
-        if crate::telemetry::enabled() {
-            crate::telemetry::inject(&mut headers);
-        }
-        if let Some(h) = &host_override {
-            if let Ok(v) = HeaderValue::from_str(h) {
-                headers.insert(header::HOST, v);
-            }
-        } else if !host_raw.is_empty() && !headers.contains_key(header::HOST) {
-            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
-            if let Ok(v) = HeaderValue::from_str(host_raw) {
-                headers.insert(header::HOST, v);
-            }
-        }
-        let path_and_query = match &url {
-            None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            Some(u) => {
-                let mut pq = u.request_path().to_string();
-                if let Some(q) = query {
-                    pq.push('?');
-                    pq.push_str(q);
-                }
-                match http::uri::PathAndQuery::try_from(pq) {
-                    Ok(pq) => pq,
-                    Err(_) => {
-                        return (body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"), labels);
-                    }
-                }
-            }
-        };
-        let out = Outgoing {
-            method: parts.method.clone(),
-            path_and_query,
-            headers,
-            version: parts.version,
-            client: conn.peer,
-        };
-
-        let Some(svc) = router.target.clone() else {
-            return (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
-        };
-        // A request that may be tried again keeps its body (413 past the retry's limit).
-        let retry = retry.filter(|p| p.allows(&parts.method));
-        let mut replay = None;
-        if let Some(p) = retry {
-            let bytes = if http_body::Body::is_end_stream(&req_body) {
-                Bytes::new()
-            } else {
-                let limit = p.max_body.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-                match body::collect_limited(req_body, limit).await {
-                    Ok(b) => b,
-                    Err(body::CollectError::TooLarge) => {
-                        return (too_large(), labels);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = ?e, "request body failed while it was read for retry");
-                        return (body::text(StatusCode::BAD_REQUEST, "Bad Request"), labels);
-                    }
-                }
-            };
-            req_body = body::full(bytes.clone());
-            replay = Some((p, out.clone(), bytes));
-        }
-        let mut result = self.forward(&svc, out, req_body, &conn.upstreams).await;
-        if let Some((p, out, bytes)) = replay {
-            let deadline = p.timeout.map(|t| Instant::now() + t);
-            let mut attempt = 1;
-            while attempt < p.attempts {
-                let again = match &result {
-                    Ok(r) => p.retries_status(r.status()),
-                    Err(ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Protocol { .. })) => {
-                        p.retries_network_errors()
-                    }
-                    Err(e) => p.retries_status(error_response(e).status()),
-                };
-                attempt += 1;
-                let wait = p.backoff(attempt);
-                if !again || deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                    break;
-                }
-                tokio::time::sleep(wait).await;
-                tracing::debug!(router = %router.id, attempt, "retrying request");
-                result = self.forward(&svc, out.clone(), body::full(bytes.clone()), &conn.upstreams).await;
-            }
-        }
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                match &e {
-                    ProxyError::NoTarget(why) => {
-                        tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
-                    }
-                    ProxyError::Upstream(err) => {
-                        tracing::warn!(router = %router.id, service = %router.service, error = %err, "upstream request failed")
-                    }
-                }
-                return (error_response(&e), labels);
-            }
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_up) = client_upgrade {
-                let upstream_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match (client_up.await, upstream_up.await) {
-                        (Ok(c), Ok(u)) => {
-                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                        }
-                        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "protocol upgrade failed"),
-                    }
-                });
-            }
-        } else {
-            forward::strip_hop_by_hop(resp.headers_mut(), None);
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        let mut out_body: Body = rbody;
-        if let Some(b) = buffering.filter(|_| rparts.status != StatusCode::SWITCHING_PROTOCOLS) {
-            match body::spool(out_body, b.max_response, b.mem_response).await {
-                Ok(whole) => out_body = with_known_length(&mut rparts.headers, whole),
-                Err(e) => {
-                    if let body::CollectError::Spool(e) = &e {
-                        tracing::error!(error = %e, "cannot spool a response body to disk");
-                    }
-                    return (
-                        body::text(StatusCode::INTERNAL_SERVER_ERROR, "response body over the buffering limit"),
-                        labels,
-                    );
-                }
-            }
-        }
-        for h in after.iter().rev() {
-            h.on_response(&mut rparts.headers, origin.as_deref(), conn.tls);
-        }
-        if let Some(c) = compress {
-            if c.applies(&parts.method, accept_encoding.as_ref(), rparts.status, &rparts.headers) {
-                out_body = c.wrap(&mut rparts.headers, out_body);
-            }
-        }
-        if !guards.is_empty() {
-            // In-flight slots are held until the response body is finished or dropped.
-            out_body = out_body
-                .map_frame(move |f| {
-                    let _held = &guards;
-                    f
-                })
-                .boxed();
-        }
-        (Response::from_parts(rparts, out_body), labels)
     }
 
     /// Sends to `svc`: straight to a server for a load balancer (the common case: its

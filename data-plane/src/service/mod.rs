@@ -34,9 +34,16 @@ struct Passive {
 }
 
 impl Server {
+    #[cfg(test)]
     fn available(&self, now: Instant) -> bool {
+        self.available_at(Some(now))
+    }
+
+    /// Healthy, and not ejected at `now` (`None`: passive checks are off, nothing is).
+    fn available_at(&self, now: Option<Instant>) -> bool {
         self.healthy.load(Ordering::Relaxed)
-            && self.passive.lock().map(|p| p.ejected_until.is_none_or(|t| t <= now)).unwrap_or(true)
+            && now
+                .is_none_or(|now| self.passive.lock().map(|p| p.ejected_until.is_none_or(|t| t <= now)).unwrap_or(true))
     }
 }
 
@@ -56,43 +63,47 @@ pub struct LoadBalancer {
 }
 
 /// Smooth weighted round-robin (as nginx does): deterministic, and spreads picks evenly.
-fn smooth_wrr(current: &mut [i64], weights: &[(usize, i64)]) -> Option<usize> {
-    let total: i64 = weights.iter().map(|(_, w)| *w).sum();
-    if total <= 0 {
-        return None;
-    }
+/// `weights` yields (index, weight) for the candidates that can take a request; one pass,
+/// nothing allocated.
+fn smooth_wrr(current: &mut [i64], weights: impl Iterator<Item = (usize, i64)>) -> Option<usize> {
+    let mut total = 0i64;
     let mut best: Option<usize> = None;
-    for &(i, w) in weights {
+    for (i, w) in weights {
+        total += w;
         current[i] += w;
         if best.is_none_or(|b| current[i] > current[b]) {
             best = Some(i);
         }
     }
-    if let Some(b) = best {
-        current[b] -= total;
-    }
-    best
+    let b = best?;
+    current[b] -= total;
+    Some(b)
 }
 
 impl LoadBalancer {
     /// Picks an available server, or `None` when none is.
     pub fn pick(&self) -> Option<&Server> {
-        let now = Instant::now();
-        let weights: Vec<(usize, i64)> = self
+        let now = self.ejection_clock();
+        let weights = self
             .servers
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.weight > 0 && s.available(now))
-            .map(|(i, s)| (i, i64::from(s.weight)))
-            .collect();
+            .filter(|(_, s)| s.weight > 0 && s.available_at(now))
+            .map(|(i, s)| (i, i64::from(s.weight)));
         let mut cur = self.wrr.lock().ok()?;
-        smooth_wrr(&mut cur, &weights).map(|i| &self.servers[i])
+        smooth_wrr(&mut cur, weights).map(|i| &self.servers[i])
     }
 
     /// Whether any server can take traffic.
     pub fn has_available(&self) -> bool {
-        let now = Instant::now();
-        self.servers.iter().any(|s| s.weight > 0 && s.available(now))
+        let now = self.ejection_clock();
+        self.servers.iter().any(|s| s.weight > 0 && s.available_at(now))
+    }
+
+    /// The time to compare passive ejections with; `None` without a passive check (no
+    /// server can be ejected, so the clock is not read on the request path).
+    fn ejection_clock(&self) -> Option<Instant> {
+        self.passive.as_ref().map(|_| Instant::now())
     }
 
     /// Takes over what `old` (the same service in the previous table) learnt about servers
@@ -220,14 +231,13 @@ impl ServiceRt {
     /// [`ServiceRt::pick_child`], leaving out children for which `child_down` holds.
     pub fn pick_child_with(&self, child_down: &dyn Fn(&str) -> bool) -> Option<&Arc<ServiceRt>> {
         let ServiceRt::Weighted { children, wrr } = self else { return None };
-        let weights: Vec<(usize, i64)> = children
+        let weights = children
             .iter()
             .enumerate()
             .filter(|(_, (c, w))| *w > 0 && c.available_with(child_down))
-            .map(|(i, (_, w))| (i, i64::from(*w)))
-            .collect();
+            .map(|(i, (_, w))| (i, i64::from(*w)));
         let mut cur = wrr.lock().ok()?;
-        smooth_wrr(&mut cur, &weights).map(|i| &children[i].0)
+        smooth_wrr(&mut cur, weights).map(|i| &children[i].0)
     }
 
     /// Every load balancer reachable from this service (for health checks).
