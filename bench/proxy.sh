@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proxy throughput: atrium gateway vs nginx, in front of the same backend, in one run.
 #
-#   bash bench/proxy.sh                     # 3 interleaved rounds of 5 s per target
-#   DURATION=10 ROUNDS=5 bash bench/proxy.sh
+#   bash bench/proxy.sh                     # 5 interleaved rounds of 5 s per target
+#   DURATION=10 ROUNDS=7 bash bench/proxy.sh
 #
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints a Markdown table for
@@ -77,7 +77,7 @@ measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
   echo "$rps $p99"
 }
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
 # The machine is shared by wrk, the backend and the proxy: interleave the targets and keep
 # each one's median round, so a noisy moment does not decide a ratio.
