@@ -256,6 +256,45 @@ async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_http1_keeps_the_connection_across_bodiless_and_body_requests() {
+    use http_body_util::BodyExt;
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    write(
+        &m,
+        "secure.yaml",
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: secure\n  namespace: apps\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`secure.test`)\n      services: [{name: crm-service, port: 80}]\n  tls: {}\n",
+    );
+    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    // HTTP/1.1 only: the fast path serves the GETs, hyper the POST (it has a body), all on
+    // one TLS connection.
+    let tls = client::tls_connect(gw.entry_points["websecure"], "secure.test", &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let requests = [("GET", "/first", ""), ("POST", "/form", "a=1&b=2"), ("GET", "/last", "")];
+    for (method, path, body) in requests {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "secure.test")
+            .body(client::body(body.to_string()))
+            .unwrap();
+        // Ready means the connection is still open and idle (a closed one is an error here).
+        s.ready().await.unwrap_or_else(|e| panic!("before {method} {path}: {e}"));
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        assert_eq!(resp.headers()["x-seen-x-forwarded-proto"], "https", "{method} {path}");
+        assert!(resp.headers().get(hyper::header::CONNECTION).is_none(), "{method} {path}: kept alive");
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, format!("path={path}"), "{method} {path}");
+    }
+    assert!(!conn.is_finished(), "the three requests shared one connection, still open");
+    conn.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_dir_supplies_the_default_certificate() {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let be = backend::start("crm", "127.0.0.1").await;

@@ -168,6 +168,34 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Serves one HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from
+/// the first request the fast path does not serve, to the end of the connection.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<IO>(
+    io: IO,
+    svc: GatewayService,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_read_timeout: Duration,
+    max_head: usize,
+    stop: &watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (gw, info) = (&svc.gw, &*svc.info);
+    let handler = |req| gw.handle(req, info);
+    let served = crate::h1::server::serve(io, handler, peer, header_read_timeout, max_head, Some(stop)).await;
+    let io = match served {
+        crate::h1::server::Outcome::Closed => return,
+        crate::h1::server::Outcome::Handover(io) => io,
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Serves an entrypoint until `shutdown` turns true, then drains connections.
 pub async fn serve(
     ep: EntryPoint,
@@ -205,33 +233,24 @@ pub async fn serve(
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = GatewayService { gw, info };
-            match acceptor {
-                None => {
-                    let (limit, max_head) = (handshake_timeout, max_head);
-                    let (gw, info) = (&svc.gw, &*svc.info);
-                    let handler = |req| gw.handle(req, info);
-                    let served = crate::h1::server::serve(stream, handler, peer, limit, max_head, Some(&stop)).await;
-                    let stream = match served {
-                        crate::h1::server::Outcome::Closed => return,
-                        crate::h1::server::Outcome::Handover(s) => s,
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+            let Some(acc) = acceptor else {
+                return serve_connection(stream, svc, &builder, watcher, handshake_timeout, max_head, &stop, peer)
+                    .await;
+            };
+            let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // HTTP/2 was negotiated: hyper's from the first byte.
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                Some(acc) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
+                return;
             }
+            serve_connection(tls, svc, &builder, watcher, handshake_timeout, max_head, &stop, peer).await;
         });
     }
     drop(ep.listener);
