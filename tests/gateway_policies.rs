@@ -372,3 +372,53 @@ async fn a_request_on_a_keep_alive_connection_the_backend_is_closing_is_sent_aga
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(common::client::send(&client, send("POST")).await.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_set_before_middlewares_which_may_override_them() {
+    let be = backend::start("a", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut y = endpoints("svc", &[be.addr]);
+    // Behind a TLS-terminating load balancer: the headers middleware says the scheme.
+    y += &route("behind-lb", "PathPrefix(`/lb`)", &["says-https"], "{name: svc, port: 80}");
+    y += &middleware(
+        "says-https",
+        "{headers: {customRequestHeaders: {X-Forwarded-Proto: https, X-Forwarded-For: 203.0.113.7}}}",
+    );
+    y += &route("no-xff", "PathPrefix(`/no-xff`)", &["no-xff"], "{name: svc, port: 80}");
+    y += &middleware("no-xff", "{headers: {customRequestHeaders: {X-Forwarded-For: \"\"}}}");
+    // Routing sees the entrypoint's values, not the client's.
+    y += &route(
+        "by-proto",
+        "Header(`X-Forwarded-Proto`, `http`) && PathPrefix(`/by-proto`)",
+        &[],
+        "{name: svc, port: 80}",
+    );
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &[]);
+
+    let r = get(&gw.web("/lb")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("https"), "the middleware's value wins");
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"), "the client IP is appended");
+    assert_eq!(r.header("x-seen-x-real-ip"), Some("127.0.0.1"));
+
+    let r = get(&gw.web("/no-xff")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-x-forwarded-for"), None);
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
+
+    // A client's own forwarding headers are replaced, and naming them in `Connection` does
+    // not remove the proxy's.
+    let req = hyper::Request::builder()
+        .uri(gw.web("/by-proto"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("connection", "keep-alive, X-Forwarded-For, X-Real-Ip")
+        .body(common::client::body(""))
+        .unwrap();
+    let r = common::client::send(&common::client::http1(), req).await;
+    assert_eq!(r.status, 200, "the rule matched the entrypoint's X-Forwarded-Proto: http");
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-seen-x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
+}

@@ -1,8 +1,10 @@
 //! Request and response headers across the proxy hop, as Traefik sets them.
 //!
 //! Incoming `X-Forwarded-*` and `X-Real-Ip` come from an untrusted client, so they are
-//! replaced (Traefik's default with no trusted IPs). Hop-by-hop headers are removed in both
-//! directions, except the `Upgrade` handshake of a protocol switch.
+//! replaced (Traefik's default with no trusted IPs). As in Traefik, this happens in two
+//! steps: the entrypoint sets them before routing and middlewares (so a headers middleware
+//! can override them), and the proxy adds `X-Forwarded-For` last. Hop-by-hop headers are
+//! removed in both directions, except the `Upgrade` handshake of a protocol switch.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -70,8 +72,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
             for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let usual = [&b"keep-alive"[..], b"close", b"upgrade"].iter().any(|u| token.eq_ignore_ascii_case(u));
                 if !usual && !token.is_empty() {
-                    if let Ok(n) = HeaderName::from_bytes(token) {
-                        named.push(n);
+                    // The forwarding headers are the proxy's own: a client cannot have them
+                    // removed by naming them (as Traefik since CVE-2024-45410).
+                    match HeaderName::from_bytes(token) {
+                        Ok(n) if !FORWARDED.contains(&n) => named.push(n),
+                        _ => {}
                     }
                 }
             }
@@ -107,8 +112,6 @@ pub struct ClientSide<'a> {
     pub host: Option<HeaderValue>,
     /// This proxy's host name.
     pub server: &'a HeaderValue,
-    /// `X-Forwarded-For: ""` was configured: do not add one.
-    pub drop_xff: bool,
 }
 
 /// Traefik's `X-Forwarded-Port`: the port of the Host the client asked for, else the
@@ -125,13 +128,13 @@ fn forwarded_port(host: Option<&HeaderValue>, proto: &str) -> HeaderValue {
     }
 }
 
-/// Sets the `X-Forwarded-*` and `X-Real-Ip` headers of a request going upstream.
+/// The entrypoint's step, before routing: the client's own `X-Forwarded-*` and `X-Real-Ip`
+/// go, and the proxy's `X-Real-Ip`, `X-Forwarded-Proto`, `-Host`, `-Port` and `-Server` are
+/// set. Middlewares may change them afterwards; `X-Forwarded-For` is added by
+/// [`add_forwarded_for`] when the request leaves.
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     remove_listed(h, &FORWARDED);
     if let Some(ip) = c.ip {
-        if !c.drop_xff {
-            h.insert(X_FORWARDED_FOR, ip.clone());
-        }
         h.insert(X_REAL_IP, ip.clone());
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
@@ -140,6 +143,30 @@ pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     }
     h.insert(X_FORWARDED_PORT, forwarded_port(c.host.as_ref(), c.proto));
     h.insert(X_FORWARDED_SERVER, c.server.clone());
+}
+
+/// The proxy's step, as the request leaves: the client's IP goes into `X-Forwarded-For`,
+/// after a value a middleware set there (joined with `, `, as Go's reverse proxy does),
+/// unless a middleware emptied it (`drop`).
+pub fn add_forwarded_for(h: &mut HeaderMap, ip: Option<&HeaderValue>, drop: bool) {
+    let Some(ip) = ip else { return };
+    if drop {
+        h.remove(X_FORWARDED_FOR);
+        return;
+    }
+    if !h.contains_key(X_FORWARDED_FOR) {
+        h.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(X_FORWARDED_FOR) {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
 }
 
 #[cfg(test)]
@@ -179,24 +206,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         let (ip, server) = (HeaderValue::from_static("10.0.0.9"), HeaderValue::from_static("gw-1"));
         let c = ClientSide {
             ip: Some(&ip),
             proto: "https",
             host: Some(HeaderValue::from_static("api.test:8443")),
             server: &server,
-            drop_xff: false,
         };
         set_forwarded(&mut h, &c);
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert!(h.get("x-forwarded-for").is_none(), "the client's is gone; the proxy adds its own last");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.test:8443");
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8443");
         assert_eq!(h.get("x-forwarded-server").unwrap(), "gw-1");
-        let mut h = HeaderMap::new();
-        set_forwarded(&mut h, &ClientSide { drop_xff: true, ..c.clone() });
-        assert!(h.get("x-forwarded-for").is_none());
+        add_forwarded_for(&mut h, c.ip, false);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         // Without a port in Host, the scheme's default.
         for (host, proto, want) in [
             ("api.test", "https", "443"),
@@ -208,5 +234,31 @@ mod tests {
             set_forwarded(&mut h, &ClientSide { host: Some(HeaderValue::from_static(host)), proto, ..c.clone() });
             assert_eq!(h.get("x-forwarded-port").unwrap(), want, "{host} {proto}");
         }
+    }
+
+    #[test]
+    fn x_forwarded_for_follows_a_middlewares_value_or_is_left_out() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        add_forwarded_for(&mut h, Some(&ip), false);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 10.0.0.9");
+        let mut h = HeaderMap::new();
+        add_forwarded_for(&mut h, Some(&ip), true);
+        assert!(h.get("x-forwarded-for").is_none(), "X-Forwarded-For: \"\" stops the proxy adding one");
+    }
+
+    #[test]
+    fn a_client_cannot_have_the_forwarding_headers_removed_through_connection() {
+        let (ip, server) = (HeaderValue::from_static("10.0.0.9"), HeaderValue::from_static("gw-1"));
+        let c = ClientSide { ip: Some(&ip), proto: "http", host: None, server: &server };
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("X-Forwarded-Proto, x-real-ip, X-Other"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        set_forwarded(&mut h, &c);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-real-ip").unwrap(), "10.0.0.9");
+        assert!(h.get("x-other").is_none(), "other named headers still go");
     }
 }

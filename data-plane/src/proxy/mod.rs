@@ -349,6 +349,26 @@ impl Gateway {
                 .unwrap_or_default();
             let (path_raw, query) = (uri.path(), uri.query());
             let client_ip = Some(conn.peer.ip().to_canonical());
+            // The entrypoint's forwarding headers, before routing and middlewares (which see
+            // them and may override them), as Traefik sets them.
+            let upgrade = forward::upgrade_protocol(&parts.headers);
+            let client = forward::ClientSide {
+                ip: conn.ip_value.as_ref(),
+                proto: match (upgrade.is_some(), conn.tls) {
+                    (true, true) => "wss",
+                    (true, false) => "ws",
+                    (false, true) => "https",
+                    (false, false) => "http",
+                },
+                // The host the client asked for: the request target's authority when it has
+                // one (HTTP/2, absolute form), else its Host header.
+                host: match uri.authority() {
+                    None => host_header.clone(),
+                    Some(_) => HeaderValue::from_str(host_raw).ok().filter(|h| !h.is_empty()),
+                },
+                server: &self.hostname,
+            };
+            forward::set_forwarded(&mut parts.headers, &client);
             let router: &RouteEntry = {
                 let view = RequestView::with_client_ip(
                     parts.method.as_str(),
@@ -500,29 +520,10 @@ impl Gateway {
                 }
             }
 
-            let upgrade = forward::upgrade_protocol(&parts.headers);
             let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
             let mut headers = std::mem::take(&mut parts.headers);
             forward::strip_hop_by_hop(&mut headers, upgrade.clone());
-            let proto = match (upgrade.is_some(), conn.tls) {
-                (true, true) => "wss",
-                (true, false) => "ws",
-                (false, true) => "https",
-                (false, false) => "http",
-            };
-            let client = forward::ClientSide {
-                ip: conn.ip_value.as_ref(),
-                proto,
-                // The host the client asked for: the request target's authority when it has
-                // one (HTTP/2, absolute form), else its Host header.
-                host: match uri.authority() {
-                    None => headers.get(header::HOST).cloned(),
-                    Some(_) => HeaderValue::from_str(host_raw).ok().filter(|h| !h.is_empty()),
-                },
-                server: &self.hostname,
-                drop_xff,
-            };
-            forward::set_forwarded(&mut headers, &client);
+            forward::add_forwarded_for(&mut headers, conn.ip_value.as_ref(), drop_xff);
             if crate::telemetry::enabled() {
                 crate::telemetry::inject(&mut headers);
             }
