@@ -39,8 +39,8 @@ for l in sys.stdin:
     v.append((n*{'us':1e-3,'ms':1,'s':1e3}[u], l))
 v.sort(); print(v[(len(v)-1)//2][1])"; }
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
-# User and kernel CPU ticks a process has used so far.
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# User and kernel CPU ticks the given processes have used so far, summed.
+cpu_ticks() { for p in "$@"; do cat "/proc/$p/stat"; done | awk '{u += $14; s += $15} END {print u, s}'; }
 # µs of CPU per request: $1 = ticks used during a run, $2 = its req/s (DURATION seconds long).
 us_per_request() { python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / ($2 * $DURATION):.2f}')"; }
 

@@ -6,6 +6,7 @@
 # Then the time from a child's `kill -9` until the parent stops routing to it (503).
 #
 #   bash bench/uplink.sh                    # 3 interleaved rounds of 5 s per target
+#                                           # (req/s, p50, p99, CPU per request, failover)
 #   DURATION=10 ROUNDS=5 bash bench/uplink.sh
 #   HOLD=600 bash bench/uplink.sh           # start everything and keep it up, for profiling
 #
@@ -41,9 +42,11 @@ nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } lo
 nginx_conf child "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX_TLS ssl; ssl_certificate $WORK/pki/nginx.pem; ssl_certificate_key $WORK/pki/nginx-key.pem;
     location / { proxy_pass http://be; $HEADERS } }"
+CHILD_NGINX=${PIDS[-1]}
 # The parent-side nginx: plain in, HTTPS keep-alive (TLS sessions reused) to the child.
 nginx_conf front "upstream child { server $NGINX_TLS; keepalive 64; }
   server { listen $NGINX_FRONT; location / { proxy_pass https://child; proxy_ssl_session_reuse on; $HEADERS } }"
+FRONT_NGINX=${PIDS[-1]}
 
 # The child: one Uplink whose router forwards everything to the backend.
 mkdir -p "$WORK/child" "$WORK/parent" "$WORK/gateway"
@@ -103,10 +106,10 @@ CHILD_PID=$!; PIDS+=($CHILD_PID)
 "$ATRIUM" control-plane --manifests "$WORK/parent/manifests.yaml" --values "$WORK/parent/values.yaml" \
   --tls-dir "$WORK/pki" --state-dir "$WORK/parent/state" --grpc "$GRPC" \
   --entrypoint "web=$PARENT" --entrypoint websecure=off --workers 1 2>"$WORK/parent/log" &
-PIDS+=($!)
+PARENT_PID=$!; PIDS+=($PARENT_PID)
 "$ATRIUM" gateway --manifests "$WORK/gateway/manifests.yaml" --workers 1 --entrypoint "web=$GATEWAY" \
   --entrypoint websecure=off 2>"$WORK/gateway/log" &
-PIDS+=($!)
+GATEWAY_PID=$!; PIDS+=($GATEWAY_PID)
 
 for target in "$BACKEND" "$GATEWAY" "$PARENT" "$NGINX_FRONT"; do
   ok=
@@ -130,10 +133,18 @@ measure() { # $1 = addr -> "rps p50 p99"
   echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="50%" {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
 }
 
+# CPU per request of every proxy process on each path (the backend's is the same for all):
+# the two nginx workers of the chain; the parent (control plane and its data plane) and the
+# child agent of the uplink path.
+declare -A PROC=([gateway]="$GATEWAY_PID" [chain]="$(pgrep -P "$FRONT_NGINX") $(pgrep -P "$CHILD_NGINX")"
+  [uplink]="$PARENT_PID $CHILD_PID")
 echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
-declare -A RPS P50 P99
+declare -A RPS P50 P99 USR SYS
 for round in $(seq "$ROUNDS"); do
   for t in direct gateway chain uplink; do
+    pids=${PROC[$t]:-}
+    # shellcheck disable=SC2086 # a list of pids
+    [ -n "$pids" ] && read -r u0 s0 < <(cpu_ticks $pids)
     case $t in
       direct) out=$(measure "$BACKEND") ;;
       gateway) out=$(measure "$GATEWAY") ;;
@@ -142,8 +153,14 @@ for round in $(seq "$ROUNDS"); do
     esac
     read -r r a b <<<"$out"
     RPS[$t]+="$r "; P50[$t]+="$a "; P99[$t]+="$b "
+    if [ -n "$pids" ]; then
+      # shellcheck disable=SC2086
+      read -r u1 s1 < <(cpu_ticks $pids)
+      USR[$t]+="$(us_per_request $((u1 - u0)) "$r") "; SYS[$t]+="$(us_per_request $((s1 - s0)) "$r") "
+    fi
   done
 done
+cpu_row() { echo "| $2 | $(median <<<"${USR[$1]}") µs | $(median <<<"${SYS[$1]}") µs |"; }
 row() { # $1 = key, $2 = label
   local r; r=$(median <<<"${RPS[$1]}")
   echo "| $2 | $r | $(median_lat <<<"${P50[$1]}") | $(median_lat <<<"${P99[$1]}") | $(ratio "$r" "$(median <<<"${RPS[chain]}")")× |"
@@ -182,6 +199,12 @@ $(row direct "backend direct (nginx, 1 worker)")
 $(row chain "nginx → HTTPS keep-alive → nginx → backend (1 worker each)")
 $(row gateway "atrium gateway → backend (single hop, --workers 1)")
 $(row uplink "parent data plane → QUIC uplink → agent → backend (--workers 1 each)")
+
+| CPU per request of the proxies on the path (median) | user | kernel |
+|---|---|---|
+$(cpu_row chain "nginx → HTTPS → nginx (both workers)")
+$(cpu_row gateway "atrium gateway (single hop)")
+$(cpu_row uplink "parent + child agent (QUIC uplink)")
 
 Time until the parent answers 503 instead of routing to the child (goal ≤ 1000 ms; Traefik Hub polls every 5 s):
 - the child is kill -9'd: $KILL_MS ms;
