@@ -24,7 +24,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges, wants_close};
+use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges};
 use crate::body::{Body, BoxError};
 use crate::upstream::{UpstreamConfig, UpstreamError, connect_tcp, idempotent};
 
@@ -149,8 +149,28 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, req: &Request<Body>, host: &str)
     out.extend_from_slice(b"\r\n");
 }
 
+/// A parsed response head: the response, its body's framing, and whether the connection can
+/// carry another request afterwards.
+#[derive(Debug)]
+struct Head {
+    resp: Response<()>,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// A parsed response head (consumed from the buffer), or `None` when more bytes are needed.
-fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()>, Framing)>, String> {
+///
+/// The framing and reuse come from the raw headers. The hop-by-hop headers this hop
+/// consumes (`Connection` with only `keep-alive`/`close`, `Keep-Alive`, `Transfer-Encoding`)
+/// are left out of the map: the proxy would remove them anyway, and a map entry costs a
+/// hash and an insertion. A `Connection` that names other headers stays, so that the proxy
+/// removes those too.
+fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, String> {
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
@@ -162,14 +182,52 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Respons
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
     let http10 = resp.version == Some(0);
+    let (mut chunked, mut close, mut names_others) = (false, false, false);
+    // Every Content-Length value must agree (RFC 9112, 6.3): the body's end is where both
+    // sides think.
+    let mut length: Option<u64> = None;
+    let mut consumed = [false; MAX_HEADERS];
+    for (i, h) in resp.headers.iter().enumerate() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u64>().ok())
+                    .ok_or_else(|| format!("invalid Content-Length {:?}", String::from_utf8_lossy(h.value)))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked |= lists(h.value, b"chunked");
+            consumed[i] = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= lists(h.value, b"close");
+            names_others |=
+                h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
+                    !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+            consumed[i] = true;
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            consumed[i] = true;
+        }
+    }
     let mut r = [(0, 0, 0, 0); MAX_HEADERS];
-    let n = ranges(buf, resp.headers, &mut r);
+    let mut n = ranges(buf, resp.headers, &mut r);
+    if !names_others {
+        let mut kept = 0;
+        for i in 0..n {
+            if !consumed[i] {
+                r[kept] = r[i];
+                kept += 1;
+            }
+        }
+        n = kept;
+    }
     let bytes = buf.split_to(len).freeze();
     let headers = header_map(&bytes, &r[..n]).ok_or("invalid response header")?;
-    let chunked = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")));
     let framing = if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -178,22 +236,8 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Respons
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked(Chunked::Size)
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        // Every value must agree (RFC 9112, 6.3): the body's end is where both sides think.
-        let mut length = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            for part in v.as_bytes().split(|&b| b == b',') {
-                let n = std::str::from_utf8(part)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u64>().ok())
-                    .ok_or_else(|| format!("invalid Content-Length {v:?}"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting Content-Length values".into());
-                }
-                length = Some(n);
-            }
-        }
-        Framing::Length(length.unwrap_or(0))
+    } else if let Some(n) = length {
+        Framing::Length(n)
     } else {
         Framing::Close
     };
@@ -201,7 +245,7 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<(Respons
     *out.status_mut() = status;
     *out.version_mut() = if http10 { http::Version::HTTP_10 } else { http::Version::HTTP_11 };
     *out.headers_mut() = headers;
-    Ok(Some((out, framing)))
+    Ok(Some(Head { resp: out, framing, reusable: !http10 && !close }))
 }
 
 /// Why an exchange failed, and whether the request may go again on a new connection.
@@ -218,12 +262,7 @@ struct Wire<'a, IO> {
 }
 
 /// Writes the request and reads the response head on `conn`.
-async fn exchange<IO: Io>(
-    conn: Wire<'_, IO>,
-    req: &Request<Body>,
-    host: &str,
-    reused: bool,
-) -> Result<(Response<()>, Framing), Failed> {
+async fn exchange<IO: Io>(conn: Wire<'_, IO>, req: &Request<Body>, host: &str, reused: bool) -> Result<Head, Failed> {
     let failed = |reason: String, retry: bool| Failed { reason, retry };
     let method = req.method();
     conn.head.clear();
@@ -236,7 +275,7 @@ async fn exchange<IO: Io>(
     loop {
         if !conn.buf.is_empty() {
             match parse_response(conn.buf, method) {
-                Ok(Some((resp, _))) if resp.status().is_informational() => continue,
+                Ok(Some(head)) if head.resp.status().is_informational() => continue,
                 Ok(Some(x)) => return Ok(x),
                 Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
                     return Err(failed("response head too large".into(), false));
@@ -297,7 +336,7 @@ where
     let now = Instant::now();
     let deadline = timeout.map(|d| tokio::time::Instant::from_std(now) + d);
     let mut retried = false;
-    let (resp, framing, conn) = loop {
+    let (Head { resp, framing, reusable }, conn) = loop {
         let (mut conn, reused) = match pool.checkout(&key, max_age, now) {
             Some(c) if !retried => (c, true),
             _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
@@ -318,7 +357,7 @@ where
             }
         };
         match exchanged {
-            Ok((resp, framing)) => break (resp, framing, conn),
+            Ok(head) => break (head, conn),
             Err(f) if f.retry && !retried => {
                 tracing::debug!(error = %f.reason, "pooled connection was closed by its server; sending again");
                 retried = true;
@@ -326,7 +365,6 @@ where
             Err(f) => return Err(SendError::Exchange(f.reason)),
         }
     };
-    let reusable = resp.version() == http::Version::HTTP_11 && !wants_close(resp.headers());
     let mut body = UpstreamBody { conn: Some(conn), framing, home: reusable.then(|| (pool.clone(), key)) };
     body.finish_if_done(Some(now));
     Ok(resp.map(|()| crate::body::boxed(body)))
@@ -508,21 +546,22 @@ mod tests {
     #[test]
     fn response_heads_parse_with_their_framing() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokNEXT"[..]);
-        let (resp, framing) = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        let Head { resp, framing, reusable } = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers().get("x-a").unwrap(), "1");
         assert!(matches!(framing, Framing::Length(2)));
+        assert!(reusable);
         assert_eq!(&buf[..], b"okNEXT", "the head is consumed, the body stays");
 
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Chunked(_)));
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Chunked(_)));
         // HEAD and 304 have no body whatever they declare; no length means until close.
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::HEAD).unwrap().unwrap().1, Framing::Length(0)));
+        assert!(matches!(parse_response(&mut buf, &Method::HEAD).unwrap().unwrap().framing, Framing::Length(0)));
         let mut buf = BytesMut::from(&b"HTTP/1.1 304 Not Modified\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Length(0)));
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Length(0)));
         let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\nall"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Close));
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Close));
 
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
         assert!(parse_response(&mut buf, &Method::GET).unwrap().is_none());
@@ -530,8 +569,22 @@ mod tests {
         assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("Content-Length"));
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..]);
         assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("conflicting"));
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"[..],
+        );
+        let head = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert!(head.reusable && matches!(head.framing, Framing::Chunked(_)));
+        let names: Vec<&str> = head.resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"], "the hop-by-hop headers this hop consumed are left out");
+        // A Connection that names another header stays, for the proxy to remove both.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n"[..]);
+        let head = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert!(!head.reusable, "Connection: close");
+        assert!(head.resp.headers().contains_key("connection") && head.resp.headers().contains_key("x-hop"));
+        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
+        assert!(!parse_response(&mut buf, &Method::GET).unwrap().unwrap().reusable, "HTTP/1.0");
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().1, Framing::Length(2)));
+        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Length(2)));
         let mut buf = BytesMut::from(&b"SMTP ready\r\n\r\n"[..]);
         assert!(parse_response(&mut buf, &Method::GET).is_err());
     }
