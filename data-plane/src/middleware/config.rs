@@ -327,17 +327,20 @@ pub struct Headers {
     pub is_development: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions_policy: Option<String>,
+    /// HTTP Public Key Pinning (`Public-Key-Pins`), sent on HTTPS only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<NotSupported>,
+    pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referrer_policy: Option<String>,
-    /// The `ssl*` options are deprecated in Traefik v3 (use redirectScheme).
+    /// The `ssl*` redirect options are deprecated in Traefik v3 (use redirectScheme).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_force_host: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_host: Option<NotSupported>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssl_proxy_headers: Option<NotSupported>,
+    /// Request headers (and the exact values) that mean the client came over HTTPS to a
+    /// proxy in front, for `Strict-Transport-Security` and `Public-Key-Pins`.
+    #[serde(default, rename = "sslProxyHeaders", skip_serializing_if = "BTreeMap::is_empty")]
+    pub ssl_proxy_headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_redirect: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,6 +26,9 @@ pub enum RequestAction {
         drop_xff: bool,
         /// A new Host to send upstream.
         host: Option<String>,
+        /// The request came over HTTPS, directly or as one of `sslProxyHeaders` says (for
+        /// the response's `Strict-Transport-Security` and `Public-Key-Pins`).
+        ssl: bool,
     },
     /// Answer now (CORS preflight, bad host).
     Respond(http::Response<Body>),
@@ -70,8 +73,9 @@ impl HeadersRt {
         self.origin_regexes.iter().any(|re| re.is_match(origin)).then(|| origin.to_string())
     }
 
-    /// The request phase. `host` is the request's host (for allowedHosts).
-    pub fn on_request(&self, method: &Method, headers: &mut HeaderMap, host: &str) -> RequestAction {
+    /// The request phase. `host` is the request's host as the client sent it, port included
+    /// (for allowedHosts); `tls` whether it came over TLS.
+    pub fn on_request(&self, method: &Method, headers: &mut HeaderMap, host: &str, tls: bool) -> RequestAction {
         let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if self.has_cors
             && method == Method::OPTIONS
@@ -93,19 +97,23 @@ impl HeadersRt {
             return RequestAction::Respond(r);
         }
         if !self.cfg.allowed_hosts.is_empty() && self.cfg.is_development != Some(true) {
-            let mut candidates = vec![host.to_string()];
-            for hp in &self.cfg.hosts_proxy_headers {
-                if let Some(v) = headers.get(hp.as_str()).and_then(|v| v.to_str().ok()) {
-                    candidates.push(v.to_string());
-                }
-            }
-            let ok = candidates
+            // The first of `hostsProxyHeaders` that is set names the host instead.
+            let host = self
+                .cfg
+                .hosts_proxy_headers
                 .iter()
-                .any(|h| !h.is_empty() && self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
-            if !ok {
+                .find_map(|hp| headers.get(hp.as_str()).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()))
+                .unwrap_or(host);
+            if !self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host)) {
                 return RequestAction::Respond(body::text(StatusCode::INTERNAL_SERVER_ERROR, "Bad Host"));
             }
         }
+        let ssl = tls
+            || self
+                .cfg
+                .ssl_proxy_headers
+                .iter()
+                .any(|(k, v)| headers.get(k.as_str()).is_some_and(|h| h.as_bytes() == v.as_bytes()));
         let mut drop_xff = false;
         let mut new_host = None;
         for (k, v) in &self.cfg.custom_request_headers {
@@ -118,43 +126,23 @@ impl HeadersRt {
             }
             set_or_remove(headers, k, v);
         }
-        RequestAction::Continue { drop_xff, host: new_host }
+        RequestAction::Continue { drop_xff, host: new_host, ssl }
     }
 
-    /// The response phase. `origin` is the request's Origin header; `tls` whether the
-    /// request came over TLS (for Strict-Transport-Security).
-    pub fn on_response(&self, h: &mut HeaderMap, origin: Option<&str>, tls: bool) {
+    /// The response phase. `origin` is the request's Origin header; `ssl` what
+    /// [`RequestAction::Continue`] said (for Strict-Transport-Security and Public-Key-Pins).
+    pub fn on_response(&self, h: &mut HeaderMap, origin: Option<&str>, ssl: bool) {
         let c = &self.cfg;
-        // Security headers first, so custom response headers can override them.
-        if c.frame_deny == Some(true) {
-            h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-        }
-        if let Some(v) = c.custom_frame_options_value.as_deref() {
-            set_or_remove(h, "x-frame-options", v);
-        }
-        if c.content_type_nosniff == Some(true) {
-            h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-        }
-        if c.browser_xss_filter == Some(true) {
-            h.insert("x-xss-protection", HeaderValue::from_static("1; mode=block"));
-        }
-        if let Some(v) = c.custom_browser_xss_value.as_deref() {
-            set_or_remove(h, "x-xss-protection", v);
-        }
-        if let Some(v) = c.content_security_policy.as_deref() {
-            set_or_remove(h, "content-security-policy", v);
-        }
-        if let Some(v) = c.content_security_policy_report_only.as_deref() {
-            set_or_remove(h, "content-security-policy-report-only", v);
-        }
-        if let Some(v) = c.referrer_policy.as_deref() {
-            set_or_remove(h, "referrer-policy", v);
-        }
-        if let Some(v) = c.permissions_policy.as_deref() {
-            set_or_remove(h, "permissions-policy", v);
-        }
+        // Security headers first, so custom response headers can override them. An empty
+        // option is an option not set: it never removes what the backend sent.
+        let set = |h: &mut HeaderMap, name: &'static str, value: Option<&str>| {
+            if let Some(v) = value.filter(|v| !v.is_empty()).and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(name, v);
+            }
+        };
+        let production = c.is_development != Some(true);
         if let Some(secs) = c.sts_seconds.filter(|s| *s > 0) {
-            if (tls || c.force_sts_header == Some(true)) && c.is_development != Some(true) {
+            if (ssl || c.force_sts_header == Some(true)) && production {
                 let mut v = format!("max-age={secs}");
                 if c.sts_include_subdomains == Some(true) {
                     v.push_str("; includeSubDomains");
@@ -162,9 +150,21 @@ impl HeadersRt {
                 if c.sts_preload == Some(true) {
                     v.push_str("; preload");
                 }
-                set_or_remove(h, "strict-transport-security", &v);
+                set(h, "strict-transport-security", Some(&v));
             }
         }
+        let deny = (c.frame_deny == Some(true)).then_some("DENY");
+        set(h, "x-frame-options", c.custom_frame_options_value.as_deref().filter(|v| !v.is_empty()).or(deny));
+        set(h, "x-content-type-options", (c.content_type_nosniff == Some(true)).then_some("nosniff"));
+        let xss = (c.browser_xss_filter == Some(true)).then_some("1; mode=block");
+        set(h, "x-xss-protection", c.custom_browser_xss_value.as_deref().filter(|v| !v.is_empty()).or(xss));
+        if ssl && production {
+            set(h, "public-key-pins", c.public_key.as_deref());
+        }
+        set(h, "content-security-policy", c.content_security_policy.as_deref());
+        set(h, "content-security-policy-report-only", c.content_security_policy_report_only.as_deref());
+        set(h, "referrer-policy", c.referrer_policy.as_deref());
+        set(h, "permissions-policy", c.permissions_policy.as_deref());
         for (k, v) in &c.custom_response_headers {
             set_or_remove(h, k, v);
         }
@@ -218,9 +218,10 @@ mod tests {
         let mut req = HeaderMap::new();
         req.insert("x-drop", HeaderValue::from_static("1"));
         req.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        match h.on_request(&Method::GET, &mut req, "a.test") {
-            RequestAction::Continue { drop_xff, host } => {
+        match h.on_request(&Method::GET, &mut req, "a.test", false) {
+            RequestAction::Continue { drop_xff, host, ssl } => {
                 assert!(drop_xff);
+                assert!(!ssl);
                 assert_eq!(host.as_deref(), Some("upstream.test"));
             }
             RequestAction::Respond(_) => panic!("no response expected"),
@@ -256,7 +257,7 @@ mod tests {
         let mut req = HeaderMap::new();
         req.insert("origin", HeaderValue::from_static("https://foo.test"));
         req.insert("access-control-request-method", HeaderValue::from_static("GET"));
-        let RequestAction::Respond(r) = h.on_request(&Method::OPTIONS, &mut req, "a") else {
+        let RequestAction::Respond(r) = h.on_request(&Method::OPTIONS, &mut req, "a", false) else {
             panic!("preflight must be answered")
         };
         assert_eq!(r.status(), StatusCode::OK);
@@ -268,7 +269,7 @@ mod tests {
         // Without Access-Control-Request-Method it is a normal request.
         let mut req = HeaderMap::new();
         req.insert("origin", HeaderValue::from_static("https://foo.test"));
-        assert!(matches!(h.on_request(&Method::OPTIONS, &mut req, "a"), RequestAction::Continue { .. }));
+        assert!(matches!(h.on_request(&Method::OPTIONS, &mut req, "a", false), RequestAction::Continue { .. }));
     }
 
     #[test]
@@ -336,13 +337,84 @@ mod tests {
     }
 
     #[test]
+    fn ssl_proxy_headers_and_public_key_pins() {
+        let h = rt(Headers {
+            sts_seconds: Some(60),
+            public_key: Some("pin-sha256=\"base64==\"; max-age=60".into()),
+            ssl_proxy_headers: map(&[("X-Forwarded-Proto", "https")]),
+            ..Default::default()
+        });
+        let ssl_of = |pairs: &[(&'static str, &'static str)], tls: bool| {
+            let mut req = HeaderMap::new();
+            for (k, v) in pairs {
+                req.insert(*k, HeaderValue::from_static(v));
+            }
+            match h.on_request(&Method::GET, &mut req, "a.test", tls) {
+                RequestAction::Continue { ssl, .. } => ssl,
+                RequestAction::Respond(_) => panic!("no response expected"),
+            }
+        };
+        assert!(ssl_of(&[("x-forwarded-proto", "https")], false), "a proxy in front says HTTPS");
+        assert!(!ssl_of(&[("x-forwarded-proto", "HTTPS")], false), "the value must match exactly");
+        assert!(!ssl_of(&[], false));
+        assert!(ssl_of(&[], true));
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, None, true);
+        assert_eq!(resp.get("strict-transport-security").unwrap(), "max-age=60");
+        assert_eq!(resp.get("public-key-pins").unwrap(), "pin-sha256=\"base64==\"; max-age=60");
+        let mut resp = HeaderMap::new();
+        h.on_response(&mut resp, None, false);
+        assert!(resp.is_empty(), "neither header over plain HTTP: {resp:?}");
+    }
+
+    #[test]
+    fn an_empty_security_option_is_unset_and_custom_values_win_over_the_flags() {
+        let h = rt(Headers {
+            frame_deny: Some(true),
+            custom_frame_options_value: Some("SAMEORIGIN".into()),
+            browser_xss_filter: Some(true),
+            custom_browser_xss_value: Some(String::new()),
+            referrer_policy: Some(String::new()),
+            ..Default::default()
+        });
+        let mut resp = HeaderMap::new();
+        resp.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        h.on_response(&mut resp, None, false);
+        assert_eq!(resp.get("x-frame-options").unwrap(), "SAMEORIGIN");
+        assert_eq!(resp.get("x-xss-protection").unwrap(), "1; mode=block", "an empty custom value falls back");
+        assert_eq!(resp.get("referrer-policy").unwrap(), "no-referrer", "the backend's value stays");
+    }
+
+    #[test]
+    fn allowed_hosts_use_the_first_proxy_header_set_and_keep_the_port() {
+        let h = rt(Headers {
+            allowed_hosts: vec!["good.test".into()],
+            hosts_proxy_headers: vec!["X-Forwarded-Host".into()],
+            ..Default::default()
+        });
+        let verdict = |fwd: Option<&'static str>, host: &str| {
+            let mut req = HeaderMap::new();
+            if let Some(f) = fwd {
+                req.insert("x-forwarded-host", HeaderValue::from_static(f));
+            }
+            matches!(h.on_request(&Method::GET, &mut req, host, false), RequestAction::Continue { .. })
+        };
+        assert!(verdict(None, "good.test"));
+        assert!(verdict(None, "GOOD.test"));
+        assert!(!verdict(None, "good.test:8000"), "the host is compared with its port, as Traefik does");
+        assert!(verdict(Some("good.test"), "evil.test"), "the proxy header names the host");
+        assert!(!verdict(Some("evil.test"), "good.test"), "and replaces the Host, it is not one more chance");
+        assert!(verdict(Some(""), "good.test"), "an empty proxy header is not set");
+    }
+
+    #[test]
     fn allowed_hosts_answer_500_for_unlisted_or_empty() {
         let h = rt(Headers { allowed_hosts: vec!["good.test".into()], ..Default::default() });
         let mut req = HeaderMap::new();
-        assert!(matches!(h.on_request(&Method::GET, &mut req, "good.test"), RequestAction::Continue { .. }));
-        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "evil.test") else { panic!() };
+        assert!(matches!(h.on_request(&Method::GET, &mut req, "good.test", false), RequestAction::Continue { .. }));
+        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "evil.test", false) else { panic!() };
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "") else { panic!() };
+        let RequestAction::Respond(r) = h.on_request(&Method::GET, &mut req, "", false) else { panic!() };
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -421,14 +421,14 @@ impl Gateway {
                         Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
                         Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
                     },
-                    Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, &canon_host) {
+                    Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, host_raw, conn.tls) {
                         crate::middleware::headers::RequestAction::Respond(r) => Some(r),
-                        crate::middleware::headers::RequestAction::Continue { drop_xff: d, host } => {
+                        crate::middleware::headers::RequestAction::Continue { drop_xff: d, host, ssl } => {
                             drop_xff |= d;
                             if host.is_some() {
                                 host_override = host;
                             }
-                            after.push(h);
+                            after.push((h, ssl));
                             None
                         }
                     },
@@ -658,8 +658,8 @@ impl Gateway {
                     }
                 }
             }
-            for h in after.iter().rev() {
-                h.on_response(&mut rparts.headers, origin.as_deref(), conn.tls);
+            for (h, ssl) in after.iter().rev() {
+                h.on_response(&mut rparts.headers, origin.as_deref(), *ssl);
             }
             if let Some(c) = compress {
                 if c.applies(&parts.method, accept_encoding.as_ref(), rparts.status, &rparts.headers) {
