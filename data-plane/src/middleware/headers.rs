@@ -65,7 +65,12 @@ impl HeadersRt {
     /// `(allowed, value for Access-Control-Allow-Origin)`.
     fn origin_allowed(&self, origin: &str) -> Option<String> {
         if self.allow_all_origins {
-            return Some(if self.credentials() { origin.to_string() } else { "*".to_string() });
+            // With credentials the request's Origin is echoed: a request without one gets none.
+            return if self.credentials() {
+                (!origin.is_empty()).then(|| origin.to_string())
+            } else {
+                Some("*".into())
+            };
         }
         if self.cfg.access_control_allow_origin_list.iter().any(|o| o == origin) {
             return Some(origin.to_string());
@@ -295,6 +300,23 @@ mod tests {
         let mut resp = HeaderMap::new();
         h.on_response(&mut resp, Some("https://bar.test"), false);
         assert!(resp.get("access-control-allow-origin").is_none());
+    }
+
+    #[test]
+    fn a_wildcard_answers_requests_without_origin_unless_it_must_echo_one() {
+        let any = rt(Headers { access_control_allow_origin_list: vec!["*".into()], ..Default::default() });
+        let mut resp = HeaderMap::new();
+        any.on_response(&mut resp, None, false);
+        assert_eq!(resp.get("access-control-allow-origin").unwrap(), "*");
+        let with_credentials = rt(Headers {
+            access_control_allow_origin_list: vec!["*".into()],
+            access_control_allow_credentials: Some(true),
+            ..Default::default()
+        });
+        let mut resp = HeaderMap::new();
+        with_credentials.on_response(&mut resp, None, false);
+        assert!(resp.get("access-control-allow-origin").is_none(), "{resp:?}");
+        assert_eq!(resp.get("access-control-allow-credentials").unwrap(), "true");
     }
 
     #[test]
