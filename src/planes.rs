@@ -335,6 +335,18 @@ pub async fn run_data_plane(
     let values = load_values(o.values.as_deref())?;
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
+    let tls = if control_plane.starts_with("https://") {
+        let files = node_pki(&o, &tls_name)?;
+        let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+        // The same certificate opens uplinks to children.
+        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone(), o.liveness));
+        Some(TlsMaterial { ca, cert, key })
+    } else {
+        tracing::warn!(
+            "the control-plane URL is not https: snapshots, and the TLS keys they carry, travel without TLS"
+        );
+        None
+    };
     // Cold start: serve the last acknowledged snapshot before the control plane answers.
     match snapshot::load_cache(&cache_dir) {
         Ok(Some(rt)) => {
@@ -348,18 +360,6 @@ pub async fn run_data_plane(
         Ok(None) => tracing::info!(dir = %cache_dir.display(), "no cached snapshot; waiting for the control plane"),
         Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache; waiting for the control plane"),
     }
-    let tls = if control_plane.starts_with("https://") {
-        let files = node_pki(&o, &tls_name)?;
-        let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
-        // The same certificate opens uplinks to children.
-        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone(), o.liveness));
-        Some(TlsMaterial { ca, cert, key })
-    } else {
-        tracing::warn!(
-            "the control-plane URL is not https: snapshots, and the TLS keys they carry, travel without TLS"
-        );
-        None
-    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let client =
         ClientConfig { endpoint: control_plane, node_id, group, tls, cache_dir: Some(cache_dir), usage_interval };

@@ -425,3 +425,32 @@ async fn common_log_format_lines_read_like_traefiks() {
     let year: i32 = line.split('/').nth(2).unwrap()[..4].parse().unwrap();
     assert!(year >= 2025, "a real date, not epoch seconds: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multicluster_service_on_a_plain_gateway_is_explained_and_answers_503() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    write(
+        &m,
+        "parent-route.yaml",
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: remote\n  namespace: apps\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/remote`)\n      services: [{name: crm@multicluster, kind: TraefikService}]\n",
+    );
+    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    // The rest of the configuration is served as usual (and so it is loaded).
+    assert_eq!(get(&gw.web("/crm/health")).await.status, 200);
+    let r = get(&gw.web("/remote/x")).await;
+    assert_eq!(r.status, 503);
+    assert!(!r.body.contains("no configuration"), "{}", r.body);
+    // The log says why, at load time (read by another thread: wait for it, 5 s at most).
+    let needle = "only a parent's data plane reaches children";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = gw.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no log line about @multicluster on a plain gateway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("crm"), "and names the service: {line}");
+}

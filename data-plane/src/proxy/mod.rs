@@ -283,6 +283,25 @@ impl Gateway {
             service::health::spawn(lb, self.upstreams.clone());
         }
         self.certs.set(tls::by_server_name(&rt.body));
+        if self.uplinks.get().is_none() {
+            let mut remote: Vec<&str> = rt
+                .services
+                .values()
+                .filter_map(|s| match &**s {
+                    ServiceRt::Multicluster { name, .. } => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if !remote.is_empty() {
+                remote.sort_unstable();
+                remote.dedup();
+                tracing::warn!(
+                    services = ?remote,
+                    "routers use @multicluster services, but only a parent's data plane reaches children \
+                     (atrium control-plane or data-plane with its certificate): they answer 503 here"
+                );
+            }
+        }
         let version = rt.version;
         self.runtime.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);
@@ -795,7 +814,7 @@ impl Gateway {
                 ServiceRt::Multicluster { name, children } => {
                     let Some(client) = self.uplinks.get() else {
                         return Err(ProxyError::NoTarget(format!(
-                            "{name}@multicluster: this data plane has no uplink client (no TLS directory)"
+                            "{name}@multicluster: this process does not reach children (not a parent's data plane)"
                         )));
                     };
                     let (uplink, pinned) = crate::multicluster::resolve(children, name);
