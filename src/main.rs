@@ -268,10 +268,14 @@ enum Command {
         /// Quiet time before a configuration change is applied, in milliseconds.
         #[arg(long, default_value_t = 50)]
         watch_debounce_ms: u64,
-        /// Seconds a client has to send complete request headers; also how long an idle
-        /// keep-alive connection is kept.
+        /// Seconds a client has to send complete request headers (from the connection's
+        /// start for its first request, from a head's first byte for the next ones).
         #[arg(long, default_value_t = 60)]
         header_read_timeout: u64,
+        /// Seconds a keep-alive connection may stay idle between requests (Traefik's
+        /// `respondingTimeouts.idleTimeout`).
+        #[arg(long, default_value_t = 180)]
+        idle_timeout: u64,
         /// Largest request head in bytes (431 past it).
         #[arg(long, default_value_t = 1 << 20)]
         max_header_bytes: usize,
@@ -397,6 +401,7 @@ fn main() -> ExitCode {
             tls_dir,
             watch_debounce_ms,
             header_read_timeout,
+            idle_timeout,
             max_header_bytes,
             upstream_connect_timeout,
             upstream_response_timeout,
@@ -414,6 +419,7 @@ fn main() -> ExitCode {
                 debounce: Duration::from_millis(watch_debounce_ms.max(1)),
                 limits: atrium_data_plane::proxy::server::ServerLimits {
                     header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
+                    idle_timeout: Duration::from_secs(idle_timeout.max(1)),
                     max_header_bytes,
                     drain_timeout: Duration::from_secs(drain_timeout),
                 },

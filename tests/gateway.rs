@@ -119,7 +119,16 @@ async fn errors_a_user_can_read() {
     let gw = GatewayProc::start(
         Some(&values()),
         &m,
-        &["--upstream-response-timeout", "1", "--header-read-timeout", "1", "--max-header-bytes", "16384"],
+        &[
+            "--upstream-response-timeout",
+            "1",
+            "--header-read-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--max-header-bytes",
+            "16384",
+        ],
     );
 
     assert_eq!(get(&gw.web("/nothing-routes-here")).await.status, 404);
@@ -162,7 +171,7 @@ async fn errors_a_user_can_read() {
     assert!(start.elapsed() < Duration::from_secs(5), "cut off after the header read timeout");
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
 
-    // An idle keep-alive connection is closed after the same timeout.
+    // An idle keep-alive connection is closed after the idle timeout.
     let mut s = std::net::TcpStream::connect(web).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /crm/health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
@@ -453,4 +462,96 @@ async fn a_multicluster_service_on_a_plain_gateway_is_explained_and_answers_503(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(line.contains("crm"), "and names the service: {line}");
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `s` (10 s at most).
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n =
+            tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await.expect("a response in time").unwrap();
+        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// How long until the server closes `s` (it must, within 10 s).
+async fn time_to_close(s: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the connection was not closed within 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_and_slow_heads_have_their_own_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &["--header-read-timeout", "1", "--idle-timeout", "3"]);
+    let web = gw.entry_points["web"];
+    let get = b"GET /crm/x HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    // Idle longer than the header-read timeout but within the idle timeout: still open.
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    s.write_all(get).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    s.write_all(get).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"), "kept through 1.6 s of idle time");
+    // A head that has started must be complete within the header-read timeout.
+    s.write_all(b"GET /crm/x HTTP/1.1\r\nHo").await.unwrap();
+    let closed = time_to_close(&mut s).await;
+    assert!(closed >= Duration::from_millis(800) && closed < Duration::from_millis(2800), "{closed:?}");
+
+    // Idle past the idle timeout: closed.
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    s.write_all(get).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let closed = time_to_close(&mut s).await;
+    assert!(closed >= Duration::from_millis(2500) && closed < Duration::from_secs(6), "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_close_but_not_while_a_request_is_in_flight() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let gw = GatewayProc::start(Some(&values()), &m, &["--idle-timeout", "1"]);
+    let web = gw.entry_points["web"];
+    let h2c = || async {
+        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap()
+    };
+    let get = |path: &str| hyper::Request::get(format!("http://a{path}")).body(client::body("")).unwrap();
+
+    // A request slower than the idle timeout is answered: the connection is busy, not idle.
+    let (mut s, conn) = h2c().await;
+    let conn = tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(get("/crm/slow"))).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    // Then, with nothing in flight, the server closes it within about a second.
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was not closed");
+    assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
 }

@@ -167,7 +167,9 @@ async fn serve_stream(
             handle_relayed(gw, base, req, relayed)
         };
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
-        atrium_data_plane::h1::server::serve(uplink::io(send, recv), handler, remote, stream_idle, max_head, None).await
+        // A pooled stream waits for the parent's next request as long as the parent keeps it.
+        let timeouts = atrium_data_plane::h1::server::Timeouts { header_read: stream_idle, idle: stream_idle };
+        atrium_data_plane::h1::server::serve(uplink::io(send, recv), handler, remote, timeouts, max_head, None).await
     };
     let io = match fast {
         atrium_data_plane::h1::server::Outcome::Closed => return,

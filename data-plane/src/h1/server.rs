@@ -297,14 +297,31 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     Ok(ok)
 }
 
-/// Serves requests on `io` with `handler` until the client closes, the header read
-/// timeout passes without a complete request head, `stop` turns (while idle), or a
-/// request needs hyper ([`Outcome::Handover`]). `peer` names the connection in logs.
+/// How long a connection may wait for the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a complete request head: from the connection's start for the first request,
+    /// from the first byte of the head for the next ones.
+    pub header_read: Duration,
+    /// Between requests on a keep-alive connection, until the next head's first byte.
+    pub idle: Duration,
+}
+
+/// What the connection's timer is counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Head,
+    Idle,
+}
+
+/// Serves requests on `io` with `handler` until the client closes, a timeout passes (see
+/// [`Timeouts`]), `stop` turns (while idle), or a request needs hyper
+/// ([`Outcome::Handover`]). `peer` names the connection in logs.
 pub async fn serve<IO, H, F>(
     mut io: IO,
     handler: H,
     peer: std::net::SocketAddr,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     max_head: usize,
     stop: Option<&watch::Receiver<bool>>,
 ) -> Outcome<IO>
@@ -315,8 +332,10 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(1024);
-    let timer = tokio::time::sleep(header_read_timeout);
+    // Armed from the start for the first request's head.
+    let timer = tokio::time::sleep(timeouts.header_read);
     tokio::pin!(timer);
+    let mut armed = Some(Waiting::Head);
     // One wait for shutdown for the whole connection, not one per request. It is polled
     // only while the connection is idle, and ends the connection when it fires.
     let mut shutdown = stop.cloned();
@@ -333,7 +352,6 @@ where
     tokio::pin!(stopping);
     loop {
         // Read until a head is complete.
-        let mut waited = false;
         let req = loop {
             match next_request(&mut buf) {
                 Parsed::Ready(r) => break r,
@@ -343,9 +361,16 @@ where
                 }
                 Parsed::Partial => {}
             }
-            if !waited {
-                waited = true;
-                timer.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
+            // Nothing of the next head yet: the connection is idle. The timer is re-armed
+            // only when what it counts changes (one clock read per wait, not per read).
+            let waiting = if buf.is_empty() && armed != Some(Waiting::Head) { Waiting::Idle } else { Waiting::Head };
+            if armed != Some(waiting) {
+                armed = Some(waiting);
+                let limit = match waiting {
+                    Waiting::Head => timeouts.header_read,
+                    Waiting::Idle => timeouts.idle,
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + limit);
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
@@ -358,7 +383,10 @@ where
                     Ok(_) => {}
                 },
                 _ = &mut timer => {
-                    tracing::debug!(%peer, "no complete request head within the header read timeout");
+                    match armed {
+                        Some(Waiting::Idle) => tracing::debug!(%peer, "idle keep-alive connection closed"),
+                        _ => tracing::debug!(%peer, "no complete request head within the header read timeout"),
+                    }
                     return Outcome::Closed;
                 }
                 _ = &mut stopping, if idle => return Outcome::Closed,
@@ -378,6 +406,8 @@ where
         if out.capacity() > 64 * 1024 {
             out = Vec::with_capacity(1024);
         }
+        // The next wait is idle time until the next head starts (unless it is there already).
+        armed = None;
     }
 }
 

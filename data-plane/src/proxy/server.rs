@@ -21,6 +21,8 @@ use super::{ConnInfo, Gateway};
 pub struct ServerLimits {
     /// A client that has not sent complete request headers by then is cut off.
     pub header_read_timeout: Duration,
+    /// A keep-alive connection with nothing in flight is closed after this long idle.
+    pub idle_timeout: Duration,
     /// Largest request head (request line + headers); past it the answer is 431.
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
@@ -31,6 +33,8 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             header_read_timeout: Duration::from_secs(60),
+            // Traefik's `respondingTimeouts.idleTimeout`.
+            idle_timeout: Duration::from_secs(180),
             max_header_bytes: 1 << 20,
             drain_timeout: Duration::from_secs(30),
         }
@@ -105,6 +109,125 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 struct GatewayService {
     gw: Arc<Gateway>,
     info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+}
+
+/// When a hyper-served connection last moved bytes, and how many of its requests are being
+/// answered: what its idle timeout looks at (hyper closes an idle HTTP/1 connection at its
+/// header-read timeout, but never an idle HTTP/2 one).
+struct Activity {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last read or write.
+    last: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long no byte has moved.
+    fn quiet_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+
+    /// Returns once the connection has been quiet for `idle` with nothing in flight.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let quiet = self.quiet_for();
+            if quiet >= idle && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            // A request in flight (an upstream taking its time) keeps the connection.
+            tokio::time::sleep(if quiet >= idle { idle } else { idle - quiet }).await;
+        }
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> InFlight {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// I/O that records its activity.
+struct Active<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Active<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if polled.is_ready() {
+            self.activity.touch();
+        }
+        polled
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if polled.is_ready() {
+            self.activity.touch();
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
@@ -115,6 +238,7 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let gw = self.gw.clone();
         let info = self.info.clone();
+        let in_flight = InFlight::new(&self.activity);
         let http1 = req.version() < http::Version::HTTP_2;
         let (req, read) = if http1 && !http_body::Body::is_end_stream(req.body()) {
             let read = Arc::new(AtomicBool::new(false));
@@ -123,6 +247,7 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
             (req.map(crate::body::incoming), None)
         };
         Box::pin(async move {
+            let _in_flight = in_flight;
             let mut resp = gw.handle(req, &info).await;
             // An answer given before the request body was read to its end (401, 403, 429,
             // an upstream that answered early): the rest of that body is never read, so the
@@ -168,31 +293,56 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Serves one HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from
-/// the first request the fast path does not serve, to the end of the connection.
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<IO>(
-    io: IO,
+/// One accepted connection and what serving it needs besides its I/O.
+struct Accepted {
     svc: GatewayService,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
-    header_read_timeout: Duration,
-    max_head: usize,
-    stop: &watch::Receiver<bool>,
+    limits: ServerLimits,
+    stop: watch::Receiver<bool>,
     peer: SocketAddr,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (gw, info) = (&svc.gw, &*svc.info);
-    let handler = |req| gw.handle(req, info);
-    let served = crate::h1::server::serve(io, handler, peer, header_read_timeout, max_head, Some(stop)).await;
-    let io = match served {
-        crate::h1::server::Outcome::Closed => return,
-        crate::h1::server::Outcome::Handover(io) => io,
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+}
+
+impl Accepted {
+    /// An HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from the
+    /// first request the fast path does not serve, to the end of the connection.
+    async fn serve_h1<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeouts = crate::h1::server::Timeouts {
+            header_read: self.limits.header_read_timeout,
+            idle: self.limits.idle_timeout,
+        };
+        let max_head = self.limits.max_header_bytes.max(8192);
+        let (gw, info) = (&self.svc.gw, &*self.svc.info);
+        let handler = |req| gw.handle(req, info);
+        let served = crate::h1::server::serve(io, handler, self.peer, timeouts, max_head, Some(&self.stop)).await;
+        match served {
+            crate::h1::server::Outcome::Closed => {}
+            crate::h1::server::Outcome::Handover(io) => self.serve_hyper(io).await,
+        }
+    }
+
+    /// hyper, to the end of the connection (HTTP/2 over TLS from its first byte), closed
+    /// once it has been idle for the idle timeout with nothing in flight.
+    async fn serve_hyper<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = self.svc.activity.clone();
+        activity.touch();
+        let io = Active { io, activity: activity.clone() };
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), self.svc);
+        let peer = self.peer;
+        tokio::select! {
+            served = self.watcher.watch(conn.into_owned()) => {
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            () = activity.idle(self.limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
+        }
     }
 }
 
@@ -229,14 +379,16 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let handshake_timeout = limits.header_read_timeout;
-        let max_head = limits.max_header_bytes.max(8192);
-        let stop = shutdown.clone();
+        let accepted = Accepted {
+            svc: GatewayService { gw, info, activity: Activity::new() },
+            builder,
+            watcher,
+            limits: limits.clone(),
+            stop: shutdown.clone(),
+            peer,
+        };
         tokio::spawn(async move {
-            let svc = GatewayService { gw, info };
-            let Some(acc) = acceptor else {
-                return serve_connection(stream, svc, &builder, watcher, handshake_timeout, max_head, &stop, peer)
-                    .await;
-            };
+            let Some(acc) = acceptor else { return accepted.serve_h1(stream).await };
             let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -244,13 +396,10 @@ pub async fn serve(
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 // HTTP/2 was negotiated: hyper's from the first byte.
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
+                accepted.serve_hyper(tls).await;
+            } else {
+                accepted.serve_h1(tls).await;
             }
-            serve_connection(tls, svc, &builder, watcher, handshake_timeout, max_head, &stop, peer).await;
         });
     }
     drop(ep.listener);
