@@ -33,6 +33,33 @@ fn write(dir: &Path, name: &str, text: &str) {
     fs::write(dir.join(name), text).unwrap();
 }
 
+/// An IngressRoute `name` in namespace `apps` on `entry_point`: `rule` to `service`
+/// (a YAML flow mapping), with `tls: {}` when asked.
+fn ingress_route(name: &str, entry_point: &str, rule: &str, service: &str, tls: bool) -> String {
+    format!(
+        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n  entryPoints: [{entry_point}]\n  routes:\n    - match: {rule}\n      services: [{service}]\n{}",
+        if tls { "  tls: {}\n" } else { "" }
+    )
+}
+
+/// The seed's cluster-a gateway in front of a test backend, with `extra` manifests
+/// (file name, text) and `args`. The backend and the directory live as long as it.
+struct Seeded {
+    gw: GatewayProc,
+    _backend: backend::Backend,
+    _dir: tempfile::TempDir,
+}
+
+async fn seeded(extra: &[(&str, &str)], args: &[&str]) -> Seeded {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    for (name, text) in extra {
+        write(&m, name, text);
+    }
+    Seeded { gw: GatewayProc::start(Some(&values()), &m, args), _backend: be, _dir: tmp }
+}
+
 const EXTRA_ROUTES: &str = "apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
 metadata:
@@ -267,15 +294,9 @@ async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_http1_keeps_the_connection_across_bodiless_and_body_requests() {
     use http_body_util::BodyExt;
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = seed_child(tmp.path(), be.addr);
-    write(
-        &m,
-        "secure.yaml",
-        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: secure\n  namespace: apps\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`secure.test`)\n      services: [{name: crm-service, port: 80}]\n  tls: {}\n",
-    );
-    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let secure = ingress_route("secure", "websecure", "Host(`secure.test`)", "{name: crm-service, port: 80}", true);
+    let setup = seeded(&[("secure.yaml", &secure)], &[]).await;
+    let gw = &setup.gw;
     // HTTP/1.1 only: the fast path serves the GETs, hyper the POST (it has a body), all on
     // one TLS connection.
     let tls = client::tls_connect(gw.entry_points["websecure"], "secure.test", &[b"http/1.1"]).await;
@@ -437,15 +458,15 @@ async fn common_log_format_lines_read_like_traefiks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multicluster_service_on_a_plain_gateway_is_explained_and_answers_503() {
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = seed_child(tmp.path(), be.addr);
-    write(
-        &m,
-        "parent-route.yaml",
-        "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: remote\n  namespace: apps\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/remote`)\n      services: [{name: crm@multicluster, kind: TraefikService}]\n",
+    let remote = ingress_route(
+        "remote",
+        "web",
+        "PathPrefix(`/remote`)",
+        "{name: crm@multicluster, kind: TraefikService}",
+        false,
     );
-    let gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let setup = seeded(&[("parent-route.yaml", &remote)], &[]).await;
+    let gw = &setup.gw;
     // The rest of the configuration is served as usual (and so it is loaded).
     assert_eq!(get(&gw.web("/crm/health")).await.status, 200);
     let r = get(&gw.web("/remote/x")).await;
@@ -503,10 +524,8 @@ async fn time_to_close(s: &mut tokio::net::TcpStream) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_and_slow_heads_have_their_own_timeouts() {
     use tokio::io::AsyncWriteExt;
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = seed_child(tmp.path(), be.addr);
-    let gw = GatewayProc::start(Some(&values()), &m, &["--header-read-timeout", "1", "--idle-timeout", "3"]);
+    let setup = seeded(&[], &["--header-read-timeout", "1", "--idle-timeout", "3"]).await;
+    let gw = &setup.gw;
     let web = gw.entry_points["web"];
     let get = b"GET /crm/x HTTP/1.1\r\nHost: a\r\n\r\n";
 
@@ -532,10 +551,8 @@ async fn idle_keep_alive_connections_and_slow_heads_have_their_own_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_close_but_not_while_a_request_is_in_flight() {
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = seed_child(tmp.path(), be.addr);
-    let gw = GatewayProc::start(Some(&values()), &m, &["--idle-timeout", "1"]);
+    let setup = seeded(&[], &["--idle-timeout", "1"]).await;
+    let gw = &setup.gw;
     let web = gw.entry_points["web"];
     let h2c = || async {
         let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
