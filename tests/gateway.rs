@@ -566,6 +566,12 @@ async fn idle_http2_connections_close_but_not_while_a_request_is_in_flight() {
     let conn = tokio::spawn(conn);
     let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(get("/crm/slow"))).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
+    // So is a response whose body comes long after its head: it is in flight until it ends.
+    let resp =
+        tokio::time::timeout(Duration::from_secs(10), s.send_request(get("/crm/trickle"))).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("the whole body").to_bytes();
+    assert_eq!(body, "trickled");
     // Then, with nothing in flight, the server closes it within about a second.
     let start = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;

@@ -3,6 +3,7 @@
 //! - any path: `200`, body `path=<path-and-query>`, headers `x-seen-*` echo the request's
 //!   Host, X-Forwarded-For/-Prefix/-Proto, traceparent and the backend's `x-backend-name`;
 //! - `/slow`: waits 3 s before answering;
+//! - `/trickle`: answers at once, then sends its body (`trickled`) 3 s later;
 //! - `/count`: reads the whole request body and answers with its length;
 //! - `/bytes/<n>`: streams `n` bytes back;
 //! - `/health`: 200, or 500 once the `healthy` flag is cleared;
@@ -95,6 +96,11 @@ async fn serve(
     let mut resp = if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
         Response::new(full("slow"))
+    } else if path.starts_with("/trickle") {
+        Response::new(BodyExt::boxed(Trickle {
+            delay: Box::pin(tokio::time::sleep(Duration::from_secs(3))),
+            done: false,
+        }))
     } else if path.starts_with("/count") {
         let mut n: u64 = 0;
         let mut body = req.into_body();
@@ -122,6 +128,29 @@ async fn serve(
     resp.headers_mut().insert("x-backend-name", name.parse().unwrap());
     resp.headers_mut().insert("x-traefik-backend", "set-by-backend".parse().unwrap());
     Ok(resp)
+}
+
+/// A body sent 3 s after its head.
+struct Trickle {
+    delay: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl hyper::body::Body for Trickle {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(std::future::Future::poll(self.delay.as_mut(), cx));
+        self.done = true;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"trickled")))))
+    }
 }
 
 /// A streamed body of `remaining` bytes, sent in 64 KiB frames.
