@@ -578,3 +578,22 @@ async fn idle_http2_connections_close_but_not_while_a_request_is_in_flight() {
     assert!(ended.is_ok(), "an idle HTTP/2 connection was not closed");
     assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_is_not_offered_so_browsers_use_http1() {
+    let setup = seeded(&[], &[]).await;
+    let tcp = tokio::net::TcpStream::connect(setup.gw.entry_points["web"]).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    // A first request, so that the server's SETTINGS have arrived.
+    let get = hyper::Request::get("http://a/crm/x").body(client::body("")).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.send_request(get)).await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    // Extended CONNECT (RFC 8441) needs SETTINGS_ENABLE_CONNECT_PROTOCOL from the server.
+    let mut connect =
+        hyper::Request::builder().method("CONNECT").uri("http://a/crm/ws").body(client::body("")).unwrap();
+    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let sent = tokio::time::timeout(Duration::from_secs(10), s.send_request(connect)).await.unwrap();
+    assert!(sent.is_err(), "the gateway does not tunnel extended CONNECT, so it must not offer it: {sent:?}");
+}

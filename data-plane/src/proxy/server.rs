@@ -100,7 +100,9 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32).enable_connect_protocol();
+    // Extended CONNECT (RFC 8441, WebSocket over HTTP/2) is not advertised: the gateway does
+    // not tunnel it, and a browser that does not see it opens its WebSocket over HTTP/1.1.
+    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     b
 }
 
