@@ -22,6 +22,12 @@ fn route(name: &str, rule: &str, middlewares: &[&str], service: &str) -> String 
     )
 }
 
+/// A gateway serving `yaml` (written to `tmp` as one manifest file) with `args`.
+fn start(tmp: &tempfile::TempDir, yaml: &str, args: &[&str]) -> GatewayProc {
+    fs::write(tmp.path().join("all.yaml"), yaml).unwrap();
+    GatewayProc::start(None, tmp.path(), args)
+}
+
 fn middleware(name: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n"
@@ -51,8 +57,7 @@ async fn admission_redirect_and_cors_middlewares() {
         "cors",
         "{headers: {accessControlAllowMethods: [GET, PUT], accessControlAllowOriginList: [\"https://app.test\"], accessControlMaxAge: 60}}",
     );
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
 
     assert_eq!(get(&gw.web("/limited")).await.status, 200);
     assert_eq!(get(&gw.web("/limited")).await.status, 200);
@@ -112,8 +117,7 @@ async fn weighted_round_robin_failover_and_health_checks() {
     y += "---\napiVersion: traefik.io/v1alpha1\nkind: TraefikService\nmetadata: {name: fo, namespace: ns}\nspec:\n  failover:\n    service: {name: dead, port: 80, healthCheck: {path: /health, interval: 100ms, timeout: 200ms}}\n    fallback: {name: sb, port: 80}\n";
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     y += &endpoints("dead", &[dead]);
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
 
     let mut to_b = 0;
     for _ in 0..400 {
@@ -183,8 +187,7 @@ async fn basic_auth_from_a_secret_and_gzip_compression() {
     y += &route("gz", "PathPrefix(`/gz`)", &["gzip", "strip-gz"], "{name: svc, port: 80}");
     y += &middleware("gzip", "{compress: {}}");
     y += &middleware("strip-gz", "{stripPrefix: {prefixes: [/gz]}}");
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
 
     let r = get(&gw.web("/auth")).await;
     assert_eq!(r.status, 401);
@@ -241,8 +244,7 @@ async fn retry_replays_bodies_on_network_errors_and_chosen_statuses() {
     y += &middleware("retry-small", "{retry: {attempts: 3, maxRequestBodyBytes: 1000}}");
     y += &route("health", "PathPrefix(`/health`)", &["retry-5xx"], "{name: ab, port: 80}");
     y += &middleware("retry-5xx", "{retry: {attempts: 2, status: [\"500-599\"]}}");
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
     let client = common::client::http1();
     let req = |method: &str, path: &str, body: String| {
         hyper::Request::builder().method(method).uri(gw.web(path)).body(common::client::body(body)).unwrap()
@@ -284,8 +286,7 @@ async fn buffering_reads_whole_bodies_and_spills_big_ones_to_disk() {
         "spool",
         "{buffering: {maxRequestBodyBytes: 3000000, memRequestBodyBytes: 1024, memResponseBodyBytes: 1024}}",
     );
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
     let client = common::client::http1();
 
     // 2 MB sent chunked (no length): read whole (mostly on disk) and forwarded intact.
@@ -356,8 +357,7 @@ async fn a_request_on_a_keep_alive_connection_the_backend_is_closing_is_sent_aga
     });
     let tmp = tempfile::tempdir().unwrap();
     let y = endpoints("svc", &[addr]) + &route("all", "PathPrefix(`/`)", &[], "{name: svc, port: 80}");
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let gw = start(&tmp, &y, &["--workers", "1"]);
     let client = common::client::http1();
     let send = |method: &str| {
         hyper::Request::builder().method(method).uri(gw.web("/x")).body(common::client::body("")).unwrap()
@@ -393,8 +393,7 @@ async fn forwarding_headers_are_set_before_middlewares_which_may_override_them()
         &[],
         "{name: svc, port: 80}",
     );
-    fs::write(tmp.path().join("all.yaml"), y).unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &[]);
+    let gw = start(&tmp, &y, &[]);
 
     let r = get(&gw.web("/lb")).await;
     assert_eq!(r.status, 200);
