@@ -30,6 +30,15 @@ where
     b.map_err(Into::into).boxed()
 }
 
+/// `b`, keeping `held` alive until the body is finished or dropped (a slot, a guard).
+pub fn holding<T: Send + Sync + 'static>(b: Body, held: T) -> Body {
+    b.map_frame(move |f| {
+        let _held = &held;
+        f
+    })
+    .boxed()
+}
+
 /// A body received by hyper (a request from a client, a response from an upstream).
 ///
 /// A concrete function rather than the generic [`boxed`]: inside async fns the generic

@@ -24,7 +24,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, ranges};
+use super::{Chunked, Decoded, MAX_HEADERS, encode_headers, header_map, lists, ranges};
 use crate::body::{Body, BoxError};
 use crate::upstream::{UpstreamConfig, UpstreamError, connect_tcp, idempotent};
 
@@ -156,11 +156,6 @@ struct Head {
     resp: Response<()>,
     framing: Framing,
     reusable: bool,
-}
-
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-fn lists(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A parsed response head (consumed from the buffer), or `None` when more bytes are needed.

@@ -102,9 +102,12 @@ fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
 
 /// Whether a `Connection` header asks to close.
 fn wants_close(h: &HeaderMap) -> bool {
-    h.get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+    h.get_all(http::header::CONNECTION).iter().any(|v| lists(v.as_bytes(), b"close"))
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Where a chunked body decoder stands.

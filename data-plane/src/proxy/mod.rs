@@ -687,12 +687,7 @@ impl Gateway {
             }
             if !guards.is_empty() {
                 // In-flight slots are held until the response body is finished or dropped.
-                out_body = out_body
-                    .map_frame(move |f| {
-                        let _held = &guards;
-                        f
-                    })
-                    .boxed();
+                out_body = body::holding(out_body, guards);
             }
             (Response::from_parts(rparts, out_body), labels)
         };

@@ -172,32 +172,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted in flight until it ends or is dropped.
-struct Guarded {
-    inner: crate::body::Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// I/O that records its activity.
 struct Active<IO> {
     io: IO,
@@ -286,7 +260,7 @@ impl hyper::service::Service<http::Request<Incoming>> for GatewayService {
                 resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             // In flight until its body has been sent: a slow stream is not an idle connection.
-            Ok(resp.map(|inner| crate::body::boxed(Guarded { inner, _in_flight: in_flight })))
+            Ok(resp.map(|b| crate::body::holding(b, in_flight)))
         })
     }
 }
