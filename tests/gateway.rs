@@ -485,28 +485,6 @@ async fn a_multicluster_service_on_a_plain_gateway_is_explained_and_answers_503(
     assert!(line.contains("crm"), "and names the service: {line}");
 }
 
-/// Reads one HTTP/1.1 response with a `Content-Length` from `s` (10 s at most).
-async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize =
-                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                return String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned();
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n =
-            tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await.expect("a response in time").unwrap();
-        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// How long until the server closes `s` (it must, within 10 s).
 async fn time_to_close(s: &mut tokio::net::TcpStream) -> Duration {
     use tokio::io::AsyncReadExt;
@@ -532,10 +510,10 @@ async fn idle_keep_alive_connections_and_slow_heads_have_their_own_timeouts() {
     // Idle longer than the header-read timeout but within the idle timeout: still open.
     let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
     s.write_all(get).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(common::client::read_response(&mut s).await.starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(1600)).await;
     s.write_all(get).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"), "kept through 1.6 s of idle time");
+    assert!(common::client::read_response(&mut s).await.starts_with("HTTP/1.1 200"), "kept through 1.6 s of idle time");
     // A head that has started must be complete within the header-read timeout.
     s.write_all(b"GET /crm/x HTTP/1.1\r\nHo").await.unwrap();
     let closed = time_to_close(&mut s).await;
@@ -544,7 +522,7 @@ async fn idle_keep_alive_connections_and_slow_heads_have_their_own_timeouts() {
     // Idle past the idle timeout: closed.
     let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
     s.write_all(get).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(common::client::read_response(&mut s).await.starts_with("HTTP/1.1 200"));
     let closed = time_to_close(&mut s).await;
     assert!(closed >= Duration::from_millis(2500) && closed < Duration::from_secs(6), "{closed:?}");
 }

@@ -421,3 +421,117 @@ async fn forwarding_headers_are_set_before_middlewares_which_may_override_them()
     assert_eq!(r.header("x-seen-x-real-ip"), Some("127.0.0.1"));
     assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
 }
+
+/// A backend on raw TCP: records each request head it gets and answers every one with
+/// `response`.
+async fn recording_backend(
+    response: &'static [u8],
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.lock().unwrap().push(String::from_utf8_lossy(&buf[..end]).into_owned());
+                        buf.drain(..end + 4);
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A message's head lines with names in lower case, sorted, without `Date` (its value is
+/// the clock's).
+fn normalized(message: &str) -> Vec<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    let mut rest: Vec<String> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap_or((l, ""));
+            format!("{}:{}", n.to_ascii_lowercase(), v.trim())
+        })
+        .filter(|l| !l.starts_with("date:"))
+        .collect();
+    rest.sort();
+    std::iter::once(first).chain(rest).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_lane_puts_the_same_heads_on_the_wire_as_the_general_one() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, heads) = recording_backend(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Authenticate: Basic\r\nX-Up: yes\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let base = endpoints("svc", &[addr]) + &route("all", "PathPrefix(`/`)", &[], "{name: svc, port: 80}");
+    // Same routes; a header matcher elsewhere in the table sends every request the general way.
+    let with_matcher = base.clone()
+        + &route("by-header", "Header(`X-Never`, `1`) && PathPrefix(`/never`)", &[], "{name: svc, port: 80}");
+    let (tmp_direct, tmp_general) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let direct = start(&tmp_direct, &base, &[]);
+    let general = start(&tmp_general, &with_matcher, &[]);
+
+    let request = "GET /p?q=1 HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-Ip: 6.6.6.6\r\n\
+                   Connection: keep-alive, X-Drop, X-Forwarded-Proto\r\nX-Drop: 1\r\nX-Keep: 2\r\nProxy-Authorization: x\r\n\r\n";
+    let mut answers = Vec::new();
+    for gw in [&direct, &general] {
+        let mut s = tokio::net::TcpStream::connect(gw.web_addr()).await.unwrap();
+        // Twice on one connection: the second request goes on the pooled upstream connection.
+        for _ in 0..2 {
+            s.write_all(request.as_bytes()).await.unwrap();
+            answers.push(common::client::read_response(&mut s).await);
+        }
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 4, "{heads:?}");
+    // The lanes are told apart by header name case: bytes keep the client's, maps lower it.
+    assert!(heads[0].contains("\r\nX-Keep: 2"), "the direct lane carried the request: {}", heads[0]);
+    assert!(heads[2].contains("\r\nx-keep: 2"), "the general lane carried the request: {}", heads[2]);
+    let sent = normalized(&heads[0]);
+    for h in &heads[1..] {
+        assert_eq!(normalized(h), sent);
+    }
+    for want in [
+        "GET /p?q=1 HTTP/1.1",
+        "host:api.test",
+        "x-keep:2",
+        "x-forwarded-for:127.0.0.1",
+        "x-real-ip:127.0.0.1",
+        "x-forwarded-proto:http",
+        "x-forwarded-host:api.test",
+        "x-forwarded-port:80",
+    ] {
+        assert!(sent.iter().any(|l| l == want), "{want} in {sent:?}");
+    }
+    for gone in ["x-drop", "connection", "proxy-authorization"] {
+        assert!(!sent.iter().any(|l| l.starts_with(&format!("{gone}:"))), "{gone} in {sent:?}");
+    }
+    let answered = normalized(&answers[0]);
+    for a in &answers[1..] {
+        assert_eq!(normalized(a), answered);
+    }
+    for a in &answers {
+        assert!(a.ends_with("\r\n\r\nok") && a.to_ascii_lowercase().contains("\r\ndate: "), "{a}");
+    }
+    assert_eq!(answered, ["HTTP/1.1 200 OK", "content-length:2", "x-up:yes"], "hop-by-hop headers stay at this hop");
+}

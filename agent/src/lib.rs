@@ -162,10 +162,10 @@ async fn serve_stream(
     // first request that needs it (see `atrium_data_plane::h1::server`).
     let fast = {
         let (gw, base, tp) = (&gw, &*conn, &traceparent);
-        let handler = move |mut req: hyper::Request<body::Body>| {
+        let handler = atrium_data_plane::h1::server::requests(move |mut req: hyper::Request<body::Body>| {
             let relayed = relayed_client(&mut req, tp.as_ref());
             handle_relayed(gw, base, req, relayed)
-        };
+        });
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
         // A pooled stream waits for the parent's next request as long as the parent keeps it.
         let timeouts = atrium_data_plane::h1::server::Timeouts { header_read: stream_idle, idle: stream_idle };

@@ -478,9 +478,16 @@ impl UplinkClient {
                     Ok(uplink::io(send, recv))
                 }
             };
-            let sent =
-                crate::h1::client::send(&self.inline, key, self.liveness.stream_idle, req, uplink_name, None, open)
-                    .await;
+            let sent = crate::h1::client::send(
+                &self.inline,
+                key,
+                self.liveness.stream_idle,
+                crate::h1::client::Pooled(req),
+                uplink_name,
+                None,
+                open,
+            )
+            .await;
             return match sent {
                 Ok(resp) => {
                     self.stream_ok(&child.name);

@@ -204,9 +204,17 @@ pub struct RouteTable {
     by_uplink: HashMap<String, RouterIndex>,
     all: RouterIndex,
     services: HashMap<String, Service>,
+    /// Whether a router's rule matches on headers (routing then needs the request's
+    /// headers as a map).
+    reads_headers: bool,
 }
 
 impl RouteTable {
+    /// Whether some router's rule matches on request headers.
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
+    }
+
     /// Points every router at its built service, so a request needs no lookup by id.
     pub fn resolve_services(&mut self, services: &HashMap<String, Arc<crate::service::ServiceRt>>) {
         for r in &mut self.routers {
@@ -313,7 +321,8 @@ impl RouteTable {
                 by_uplink.entry(u.clone()).or_default().insert(&r.rule, rank as u32);
             }
         }
-        RouteTable { routers, by_entry_point, by_uplink, all, services }
+        let reads_headers = routers.iter().any(|r| r.rule.reads_headers());
+        RouteTable { routers, by_entry_point, by_uplink, all, services, reads_headers }
     }
 
     /// The routers in priority order.

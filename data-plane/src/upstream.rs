@@ -306,10 +306,20 @@ impl Upstreams {
         use futures_util::future::Either;
         if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && crate::h1::client::eligible(&req) {
             if let Some(auth) = req.uri().authority().cloned() {
-                return Either::Left(self.inline.send(req, auth, &self.cfg));
+                return Either::Left(self.inline.send(crate::h1::client::Pooled(req), auth, &self.cfg));
             }
         }
         Either::Right(Box::pin(self.send_other(req, h2c)))
+    }
+
+    /// Sends a bodiless request to the plain HTTP/1.1 server `auth` on a pooled connection
+    /// (see [`crate::h1::client`]), waiting at most the response header timeout.
+    pub(crate) fn send_inline<'a, O: crate::h1::client::Outbound + 'a>(
+        &'a self,
+        req: O,
+        auth: Authority,
+    ) -> impl Future<Output = Result<O::Reply, UpstreamError>> + 'a {
+        self.inline.send(req, auth, &self.cfg)
     }
 
     /// Requests with a body or an upgrade, HTTPS and h2c: through hyper.

@@ -109,6 +109,11 @@ impl GatewayProc {
         GatewayProc { child, entry_points, admin: admin.unwrap(), grpc, log, out }
     }
 
+    /// The `web` entrypoint's address.
+    pub fn web_addr(&self) -> std::net::SocketAddr {
+        self.entry_points["web"]
+    }
+
     /// `http://<web>` + path.
     pub fn web(&self, path: &str) -> String {
         format!("http://{}{path}", self.entry_points["web"])

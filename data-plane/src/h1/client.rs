@@ -149,39 +149,123 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, req: &Request<Body>, host: &str)
     out.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response head: the response, its body's framing, and whether the connection can
-/// carry another request afterwards.
+/// A request [`send`] can write, and what its response head becomes.
+pub(crate) trait Outbound {
+    /// The response head as the caller wants it.
+    type Head;
+    /// The request method (it decides whether a response has a body, and retries).
+    fn method(&self) -> &Method;
+    /// Writes the request head; `host` is the upstream's authority.
+    fn encode(&self, out: &mut Vec<u8>, host: &str);
+    /// Builds the response head from the parsed one.
+    fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, String>;
+    /// The response head and its body together.
+    type Reply;
+    /// Puts the body behind the head.
+    fn reply(head: Self::Head, body: Body) -> Self::Reply;
+}
+
+/// A response head as parsed: its status and version, and where its headers are in its
+/// bytes (without the hop-by-hop headers this hop consumed, see [`parse_response`]).
+pub(crate) struct ParsedHead<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) version: http::Version,
+    pub(crate) bytes: &'a Bytes,
+    pub(crate) headers: &'a [super::Range],
+    /// The `Content-Length` (every copy agreed), unless chunked framing overrides it.
+    pub(crate) length: Option<u64>,
+}
+
+impl ParsedHead<'_> {
+    /// The headers' names and values, in order.
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        self.headers.iter().map(|&r| super::raw_header(self.bytes, r))
+    }
+}
+
+/// A request in `http` types; its header map is kept for a later head when it is dropped.
+pub(crate) struct Pooled(pub(crate) Request<Body>);
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        super::recycle(std::mem::take(self.0.headers_mut()));
+    }
+}
+
+impl Outbound for Pooled {
+    type Head = Response<()>;
+    type Reply = Response<Body>;
+
+    fn method(&self) -> &Method {
+        self.0.method()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, host: &str) {
+        encode_request(out, &self.0, host);
+    }
+
+    fn head(parsed: &ParsedHead<'_>) -> Result<Response<()>, String> {
+        let headers = header_map(parsed.bytes, parsed.headers).ok_or("invalid response header")?;
+        let mut out = Response::new(());
+        *out.status_mut() = parsed.status;
+        *out.version_mut() = parsed.version;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    fn reply(head: Response<()>, body: Body) -> Response<Body> {
+        head.map(|()| body)
+    }
+}
+
+/// A parsed response head: what it became, its body's framing, and whether the connection
+/// can carry another request afterwards.
 #[derive(Debug)]
-struct Head {
-    resp: Response<()>,
+struct Answer<H> {
+    head: H,
     framing: Framing,
     reusable: bool,
 }
 
-/// A parsed response head (consumed from the buffer), or `None` when more bytes are needed.
+/// What [`parse_response`] found.
+#[derive(Debug)]
+enum Step<H> {
+    /// A final response head (consumed from the buffer).
+    Final(Answer<H>),
+    /// An informational (1xx) head, consumed and skipped.
+    Informational,
+    /// More bytes are needed.
+    More,
+}
+
+/// Parses a response head off `buf`.
 ///
 /// The framing and reuse come from the raw headers. The hop-by-hop headers this hop
-/// consumes (`Connection` with only `keep-alive`/`close`, `Keep-Alive`, `Transfer-Encoding`)
-/// are left out of the map: the proxy would remove them anyway, and a map entry costs a
-/// hash and an insertion. A `Connection` that names other headers stays, so that the proxy
-/// removes those too.
-fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, String> {
+/// consumes (`Connection` with only `keep-alive`/`close`, `Keep-Alive`, `Transfer-Encoding`,
+/// and `Content-Length` beside chunked framing, which overrides it) are left out of what
+/// `O::head` gets: the proxy would remove them anyway. A `Connection` that names other
+/// headers stays, so that the proxy removes those too.
+fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method) -> Result<Step<O::Head>, String> {
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Step::More),
         Err(httparse::Error::TooManyHeaders) => return Err(format!("more than {MAX_HEADERS} response headers")),
         Err(e) => return Err(format!("invalid response head: {e}")),
     };
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    if status.is_informational() {
+        let _ = buf.split_to(len);
+        return Ok(Step::Informational);
+    }
     let http10 = resp.version == Some(0);
     let (mut chunked, mut close, mut names_others) = (false, false, false);
     // Every Content-Length value must agree (RFC 9112, 6.3): the body's end is where both
     // sides think.
     let mut length: Option<u64> = None;
-    let mut consumed = [false; MAX_HEADERS];
+    let mut consumed = 0u64;
     for (i, h) in resp.headers.iter().enumerate() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -197,37 +281,39 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, S
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked |= lists(h.value, b"chunked");
-            consumed[i] = true;
+            consumed |= 1 << i;
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= lists(h.value, b"close");
             names_others |=
                 h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
                     !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
                 });
-            consumed[i] = true;
+            consumed |= 1 << i;
         } else if name.eq_ignore_ascii_case(b"keep-alive") {
-            consumed[i] = true;
+            consumed |= 1 << i;
         }
     }
-    let mut r = [(0, 0, 0, 0); MAX_HEADERS];
-    let mut n = ranges(buf, resp.headers, &mut r);
-    if !names_others {
-        let mut kept = 0;
-        for i in 0..n {
-            if !consumed[i] {
-                r[kept] = r[i];
-                kept += 1;
+    if chunked {
+        for (i, h) in resp.headers.iter().enumerate() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                consumed |= 1 << i;
             }
         }
-        n = kept;
     }
+    let mut r = super::spare_ranges();
+    ranges(buf, resp.headers, &mut r);
+    let mut i = 0;
+    r.retain(|&h| {
+        let keep = consumed & (1 << i) == 0 || (names_others && connection_line(buf, h));
+        i += 1;
+        keep
+    });
     let bytes = buf.split_to(len).freeze();
-    let headers = header_map(&bytes, &r[..n]).ok_or("invalid response header")?;
-    let framing = if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let version = if http10 { http::Version::HTTP_10 } else { http::Version::HTTP_11 };
+    let declared = length.filter(|_| !chunked);
+    let head = O::head(&ParsedHead { status, version, bytes: &bytes, headers: &r, length: declared });
+    super::recycle_ranges(r);
+    let framing = if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked(Chunked::Size)
@@ -236,11 +322,12 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, S
     } else {
         Framing::Close
     };
-    let mut out = Response::new(());
-    *out.status_mut() = status;
-    *out.version_mut() = if http10 { http::Version::HTTP_10 } else { http::Version::HTTP_11 };
-    *out.headers_mut() = headers;
-    Ok(Some(Head { resp: out, framing, reusable: !http10 && !close }))
+    Ok(Step::Final(Answer { head: head?, framing, reusable: !http10 && !close }))
+}
+
+/// Whether the header at `r` is a `Connection` header.
+fn connection_line(base: &[u8], r: super::Range) -> bool {
+    super::raw_header(base, r).0.eq_ignore_ascii_case(b"connection")
 }
 
 /// Why an exchange failed, and whether the request may go again on a new connection.
@@ -257,11 +344,16 @@ struct Wire<'a, IO> {
 }
 
 /// Writes the request and reads the response head on `conn`.
-async fn exchange<IO: Io>(conn: Wire<'_, IO>, req: &Request<Body>, host: &str, reused: bool) -> Result<Head, Failed> {
+async fn exchange<IO: Io, O: Outbound>(
+    conn: Wire<'_, IO>,
+    req: &O,
+    host: &str,
+    reused: bool,
+) -> Result<Answer<O::Head>, Failed> {
     let failed = |reason: String, retry: bool| Failed { reason, retry };
     let method = req.method();
     conn.head.clear();
-    encode_request(conn.head, req, host);
+    req.encode(conn.head, host);
     if let Err(e) = conn.io.write_all(conn.head).await {
         // Nothing reached the server: any request may go again.
         return Err(failed(e.to_string(), reused));
@@ -269,13 +361,13 @@ async fn exchange<IO: Io>(conn: Wire<'_, IO>, req: &Request<Body>, host: &str, r
     let mut first = true;
     loop {
         if !conn.buf.is_empty() {
-            match parse_response(conn.buf, method) {
-                Ok(Some(head)) if head.resp.status().is_informational() => continue,
-                Ok(Some(x)) => return Ok(x),
-                Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+            match parse_response::<O>(conn.buf, method) {
+                Ok(Step::Informational) => continue,
+                Ok(Step::Final(x)) => return Ok(x),
+                Ok(Step::More) if conn.buf.len() > MAX_RESPONSE_HEAD => {
                     return Err(failed("response head too large".into(), false));
                 }
-                Ok(None) => {}
+                Ok(Step::More) => {}
                 Err(e) => return Err(failed(e, false)),
             }
         }
@@ -308,30 +400,29 @@ pub(crate) enum SendError {
 /// on one from `connect`; the response's body reads from that connection, which goes back
 /// to the pool at the body's end. A pooled connection the server had closed is replaced
 /// once (see the module documentation); `connect` is told whether it is replacing one.
-pub(crate) async fn send<K, IO, C, F>(
+pub(crate) async fn send<K, IO, C, F, O>(
     pool: &Arc<Pool<K, IO>>,
     key: K,
     max_age: Duration,
-    req: Request<Body>,
+    req: O,
     host: &str,
     timeout: Option<Duration>,
     mut connect: C,
-) -> Result<Response<Body>, SendError>
+) -> Result<O::Reply, SendError>
 where
     K: Hash + Eq + Send + Sync + Unpin + 'static,
     IO: Io,
     C: FnMut(bool) -> F,
     F: Future<Output = Result<IO, UpstreamError>>,
+    O: Outbound,
 {
-    // The request's header map serves a later request's head, however this ends.
-    let req = RecycleHeaders(req);
-    let req = &req.0;
+    let req = &req;
     // One clock read serves the deadline, the pool's idle ages and, for a response that
     // is complete at once, the time the connection goes back.
     let now = Instant::now();
     let deadline = timeout.map(|d| tokio::time::Instant::from_std(now) + d);
     let mut retried = false;
-    let (Head { resp, framing, reusable }, conn) = loop {
+    let (Answer { head: resp, framing, reusable }, conn) = loop {
         let (mut conn, reused) = match pool.checkout(&key, max_age, now) {
             Some(c) if !retried => (c, true),
             _ => (Conn::new(connect(retried).await.map_err(SendError::Connect)?), false),
@@ -362,16 +453,7 @@ where
     };
     let mut body = UpstreamBody { conn: Some(conn), framing, home: reusable.then(|| (pool.clone(), key)) };
     body.finish_if_done(Some(now));
-    Ok(resp.map(|()| crate::body::boxed(body)))
-}
-
-/// Gives a request's header map back for reuse when the request is dropped.
-struct RecycleHeaders(Request<Body>);
-
-impl Drop for RecycleHeaders {
-    fn drop(&mut self) {
-        super::recycle(std::mem::take(self.0.headers_mut()));
-    }
+    Ok(O::reply(resp, crate::body::boxed(body)))
 }
 
 /// An upstream's authority as a pool key: hashed and compared as the bytes the
@@ -407,12 +489,12 @@ impl Client {
 
     /// Sends an [`eligible`] request to `auth`: the response head must come within the
     /// response-header timeout of the request's start (connecting has its own timeout).
-    pub(crate) async fn send(
+    pub(crate) async fn send<O: Outbound>(
         &self,
-        req: Request<Body>,
+        req: O,
         auth: Authority,
         cfg: &UpstreamConfig,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<O::Reply, UpstreamError> {
         let key = AuthorityKey(auth.clone());
         let timeout = Some(cfg.response_header_timeout);
         match send(&self.pool, key, cfg.idle_timeout, req, auth.as_str(), timeout, |_| connect_tcp(&auth, cfg)).await {
@@ -538,50 +620,127 @@ impl<K: Hash + Eq + Send + Sync + Unpin + 'static, IO: Io> http_body::Body for U
 mod tests {
     use super::*;
 
+    /// Parses a response head into a header map (`None`: more bytes needed).
+    fn parse(raw: &[u8], method: &Method) -> Result<Option<Answer<Response<()>>>, String> {
+        let mut buf = BytesMut::from(raw);
+        loop {
+            match parse_response::<Pooled>(&mut buf, method)? {
+                Step::Final(a) => return Ok(Some(a)),
+                Step::Informational => continue,
+                Step::More => return Ok(None),
+            }
+        }
+    }
+
     #[test]
     fn response_heads_parse_with_their_framing() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokNEXT"[..]);
-        let Head { resp, framing, reusable } = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers().get("x-a").unwrap(), "1");
+        let Ok(Step::Final(Answer { head, framing, reusable })) = parse_response::<Pooled>(&mut buf, &Method::GET)
+        else {
+            panic!("a complete head")
+        };
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers().get("x-a").unwrap(), "1");
         assert!(matches!(framing, Framing::Length(2)));
         assert!(reusable);
         assert_eq!(&buf[..], b"okNEXT", "the head is consumed, the body stays");
+        let framing = |raw: &[u8], m: &Method| parse(raw, m).unwrap().unwrap().framing;
 
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Chunked(_)));
+        assert!(matches!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &Method::GET),
+            Framing::Chunked(_)
+        ));
         // HEAD and 304 have no body whatever they declare; no length means until close.
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::HEAD).unwrap().unwrap().framing, Framing::Length(0)));
-        let mut buf = BytesMut::from(&b"HTTP/1.1 304 Not Modified\r\n\r\n"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Length(0)));
-        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\nall"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Close));
+        assert!(matches!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD), Framing::Length(0)));
+        assert!(matches!(framing(b"HTTP/1.1 304 Not Modified\r\n\r\n", &Method::GET), Framing::Length(0)));
+        assert!(matches!(framing(b"HTTP/1.0 200 OK\r\n\r\nall", &Method::GET), Framing::Close));
+        // An informational head is skipped.
+        let a = parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", &Method::GET);
+        assert_eq!(a.unwrap().unwrap().head.status(), 204);
 
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
-        assert!(parse_response(&mut buf, &Method::GET).unwrap().is_none());
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..]);
-        assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("Content-Length"));
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..]);
-        assert!(parse_response(&mut buf, &Method::GET).unwrap_err().contains("conflicting"));
-        let mut buf = BytesMut::from(
-            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"[..],
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Len", &Method::GET).unwrap().is_none());
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &Method::GET)
+                .unwrap_err()
+                .contains("Content-Length")
         );
-        let head = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        let e = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", &Method::GET).unwrap_err();
+        assert!(e.contains("conflicting"));
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
         assert!(head.reusable && matches!(head.framing, Framing::Chunked(_)));
-        let names: Vec<&str> = head.resp.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-a"], "the hop-by-hop headers this hop consumed are left out");
+        let names: Vec<&str> = head.head.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-a"],
+            "the hop-by-hop headers this hop consumed are left out, and a length beside chunked"
+        );
         // A Connection that names another header stays, for the proxy to remove both.
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n"[..]);
-        let head = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        let head =
+            parse(b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n", &Method::GET).unwrap().unwrap();
         assert!(!head.reusable, "Connection: close");
-        assert!(head.resp.headers().contains_key("connection") && head.resp.headers().contains_key("x-hop"));
-        let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
-        assert!(!parse_response(&mut buf, &Method::GET).unwrap().unwrap().reusable, "HTTP/1.0");
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]);
-        assert!(matches!(parse_response(&mut buf, &Method::GET).unwrap().unwrap().framing, Framing::Length(2)));
-        let mut buf = BytesMut::from(&b"SMTP ready\r\n\r\n"[..]);
-        assert!(parse_response(&mut buf, &Method::GET).is_err());
+        assert!(head.head.headers().contains_key("connection") && head.head.headers().contains_key("x-hop"));
+        assert!(
+            !parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &Method::GET).unwrap().unwrap().reusable,
+            "HTTP/1.0"
+        );
+        assert!(matches!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", &Method::GET),
+            Framing::Length(2)
+        ));
+        assert!(parse(b"SMTP ready\r\n\r\n", &Method::GET).is_err());
+    }
+
+    /// An [`Outbound`] whose response heads are passed through as bytes.
+    struct PassThrough(Request<Body>);
+
+    impl Outbound for PassThrough {
+        type Head = super::super::Passed;
+        type Reply = super::super::Passed;
+        fn method(&self) -> &Method {
+            self.0.method()
+        }
+        fn encode(&self, out: &mut Vec<u8>, host: &str) {
+            encode_request(out, &self.0, host);
+        }
+        fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, String> {
+            Ok(super::super::Passed::from_head(parsed))
+        }
+        fn reply(mut head: Self::Head, body: Body) -> Self::Reply {
+            head.body = body;
+            head
+        }
+    }
+
+    #[test]
+    fn passed_heads_keep_their_lines_minus_the_hop_by_hop_ones() {
+        let pass = |raw: &[u8], m: &Method| {
+            let mut buf = BytesMut::from(raw);
+            let Ok(Step::Final(a)) = parse_response::<PassThrough>(&mut buf, m) else { panic!("a complete head") };
+            a.head
+        };
+        let p = pass(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+              Proxy-Authenticate: Basic\r\nX-Forwarded-Proto: kept\r\nContent-Length: 2, 2\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\n\r\nok",
+            &Method::GET,
+        );
+        assert_eq!(p.status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&p.lines),
+            "Server: up\r\nX-Forwarded-Proto: kept\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\ncontent-length: 2\r\n"
+        );
+        assert!(p.has_date && p.declared == Some(2));
+        // Chunked framing overrides a length, which is not passed on; HEAD keeps the length.
+        let p =
+            pass(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n", &Method::GET);
+        assert_eq!(String::from_utf8_lossy(&p.lines), "X-A: 1\r\n");
+        assert!(!p.has_date && p.declared.is_none());
+        let p = pass(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD);
+        assert_eq!(String::from_utf8_lossy(&p.lines), "content-length: 9\r\n");
     }
 
     #[test]
@@ -628,11 +787,11 @@ mod tests {
     async fn a_pooled_connection_the_server_closed_is_replaced_once_for_idempotent_requests() {
         use http_body_util::BodyExt;
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
-        let get = || Request::new(crate::body::empty());
+        let get = || Pooled(Request::new(crate::body::empty()));
         let post = || {
             let mut post = Request::new(crate::body::empty());
             *post.method_mut() = Method::POST;
-            post
+            Pooled(post)
         };
         let dials = std::sync::Mutex::new(Vec::new());
         let connect = |retry: bool| {
@@ -671,7 +830,7 @@ mod tests {
     #[tokio::test]
     async fn no_response_head_within_the_timeout_is_a_timeout_and_the_timer_is_reused() {
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
-        let get = || Request::new(crate::body::empty());
+        let get = || Pooled(Request::new(crate::body::empty()));
         // A server that reads the request and never answers (it keeps its end open).
         let (client, mut silent) = tokio::io::duplex(1 << 16);
         let held = tokio::spawn(async move {

@@ -23,29 +23,54 @@ fn offset(base: &[u8], part: &[u8]) -> usize {
 }
 
 /// Records where each parsed header sits in `base`.
-fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut [Range; MAX_HEADERS]) -> usize {
-    for (slot, h) in out.iter_mut().zip(headers) {
+fn ranges(base: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<Range>) {
+    out.extend(headers.iter().map(|h| {
         // Heads are limited far below 4 GiB (`--max-header-bytes`).
-        *slot = (
+        (
             offset(base, h.name.as_bytes()) as u32,
             h.name.len() as u32,
             offset(base, h.value) as u32,
             h.value.len() as u32,
-        );
-    }
-    headers.len().min(MAX_HEADERS)
+        )
+    }));
 }
 
 thread_local! {
     /// Emptied header maps of finished heads, kept for the next heads parsed on this thread
     /// (a map is two allocations; a proxied request builds two maps).
-    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_MAPS: Spares<HeaderMap> = const { RefCell::new(Vec::new()) };
+    /// Emptied byte buffers (response heads passed through as bytes).
+    static SPARE_BYTES: Spares<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Emptied lists of header positions (request heads).
+    static SPARE_RANGES: Spares<Vec<Range>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Spare maps kept per thread.
-const SPARE_MAPS_KEPT: usize = 32;
+/// Per-thread spare values of one kind.
+type Spares<T> = RefCell<Vec<T>>;
+
+/// Spare values kept per thread and kind.
+const SPARES_KEPT: usize = 32;
 /// Maps that grew past this many headers are not kept (one odd request must not pin memory).
 const SPARE_MAP_LARGEST: usize = 4 * MAX_HEADERS;
+/// Buffers larger than this are not kept.
+const SPARE_BYTES_LARGEST: usize = 16 * 1024;
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+fn take_spare<T: 'static>(key: &'static LocalKey<Spares<T>>) -> Option<T> {
+    key.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+}
+
+fn keep_spare<T: 'static>(key: &'static LocalKey<Spares<T>>, v: T) {
+    key.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARES_KEPT {
+                s.push(v);
+            }
+        }
+    });
+}
 
 /// Keeps `map`'s memory for a later head parsed on this thread.
 pub(crate) fn recycle(mut map: HeaderMap) {
@@ -53,18 +78,12 @@ pub(crate) fn recycle(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    SPARE_MAPS.with(|s| {
-        if let Ok(mut s) = s.try_borrow_mut() {
-            if s.len() < SPARE_MAPS_KEPT {
-                s.push(map);
-            }
-        }
-    });
+    keep_spare(&SPARE_MAPS, map);
 }
 
 /// An empty map for at least `n` headers, recycled when one is spare.
 fn empty_map(n: usize) -> HeaderMap {
-    match SPARE_MAPS.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop())) {
+    match take_spare(&SPARE_MAPS) {
         Some(mut map) => {
             map.reserve(n);
             map
@@ -73,16 +92,103 @@ fn empty_map(n: usize) -> HeaderMap {
     }
 }
 
+/// An empty byte buffer, recycled when one is spare.
+fn spare_bytes() -> Vec<u8> {
+    take_spare(&SPARE_BYTES).unwrap_or_else(|| Vec::with_capacity(512))
+}
+
+/// Keeps a byte buffer for later.
+fn recycle_bytes(mut v: Vec<u8>) {
+    if v.capacity() > 0 && v.capacity() <= SPARE_BYTES_LARGEST {
+        v.clear();
+        keep_spare(&SPARE_BYTES, v);
+    }
+}
+
+/// An empty list of header positions, recycled when one is spare.
+fn spare_ranges() -> Vec<Range> {
+    take_spare(&SPARE_RANGES).unwrap_or_else(|| Vec::with_capacity(16))
+}
+
+/// Keeps a list of header positions for later.
+fn recycle_ranges(mut v: Vec<Range>) {
+    if v.capacity() > 0 && v.capacity() <= MAX_HEADERS {
+        v.clear();
+        keep_spare(&SPARE_RANGES, v);
+    }
+}
+
+/// The name and value of a header at `r` in `base`.
+fn raw_header(base: &[u8], r: Range) -> (&[u8], &[u8]) {
+    let (no, nl, vo, vl) = (r.0 as usize, r.1 as usize, r.2 as usize, r.3 as usize);
+    (&base[no..no + nl], &base[vo..vo + vl])
+}
+
 /// Builds a header map whose values share `bytes` (no copy).
 fn header_map(bytes: &Bytes, ranges: &[Range]) -> Option<HeaderMap> {
     let mut map = empty_map(ranges.len() + 8);
-    for &(no, nl, vo, vl) in ranges {
-        let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
-        let name = HeaderName::from_bytes(&bytes[no..no + nl]).ok()?;
+    for &r in ranges {
+        let (vo, vl) = (r.2 as usize, r.3 as usize);
+        let name = HeaderName::from_bytes(raw_header(bytes, r).0).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vo..vo + vl)).ok()?;
         map.append(name, value);
     }
     Some(map)
+}
+
+/// An upstream's response passed through as bytes: its header lines, copied as they came
+/// minus the hop-by-hop ones (the same rules as for a header map, see
+/// `proxy::forward::strip_hop_by_hop`), and its body.
+pub struct Passed {
+    /// The status.
+    pub status: http::StatusCode,
+    /// `name: value\r\n` lines.
+    lines: Vec<u8>,
+    /// Whether one of the lines is `Date`.
+    has_date: bool,
+    /// The `Content-Length` among the lines, if any.
+    declared: Option<u64>,
+    /// The body.
+    pub body: crate::body::Body,
+}
+
+impl Passed {
+    /// Copies the header lines of an upstream's response head, minus the hop-by-hop ones
+    /// (the body comes later).
+    pub(crate) fn from_head(parsed: &client::ParsedHead<'_>) -> Passed {
+        let mut lines = spare_bytes();
+        let mut has_date = false;
+        let rules = crate::proxy::forward::HopRules::new(parsed.headers());
+        for (name, value) in parsed.headers() {
+            if rules.removes(name) || name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            has_date |= name.eq_ignore_ascii_case(b"date");
+            push_line(&mut lines, name, value);
+        }
+        if rules.te_trailers {
+            push_line(&mut lines, b"te", b"trailers");
+        }
+        // One Content-Length, the value every copy agreed on.
+        if let Some(n) = parsed.length {
+            push_line(&mut lines, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+        Passed { status: parsed.status, lines, has_date, declared: parsed.length, body: crate::body::empty() }
+    }
+}
+
+impl Drop for Passed {
+    fn drop(&mut self) {
+        recycle_bytes(std::mem::take(&mut self.lines));
+    }
+}
+
+/// Appends `name: value\r\n`.
+pub(crate) fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `name: value\r\n` for every header.
@@ -106,7 +212,7 @@ fn wants_close(h: &HeaderMap) -> bool {
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
-fn lists(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn lists(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
@@ -209,9 +315,9 @@ impl Chunked {
                         let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
                         match httparse::parse_headers(&section, &mut raw) {
                             Ok(httparse::Status::Complete((_, parsed))) => {
-                                let mut r = [(0, 0, 0, 0); MAX_HEADERS];
-                                let n = ranges(&section, parsed, &mut r);
-                                trailers = header_map(&section, &r[..n]).ok_or("invalid trailer")?;
+                                let mut r = Vec::with_capacity(parsed.len());
+                                ranges(&section, parsed, &mut r);
+                                trailers = header_map(&section, &r).ok_or("invalid trailer")?;
                             }
                             _ => return Err("invalid trailer section".into()),
                         }
@@ -294,9 +400,9 @@ mod tests {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut h);
         assert!(req.parse(&raw).unwrap().is_complete());
-        let mut r = [(0, 0, 0, 0); MAX_HEADERS];
-        let n = ranges(&raw, req.headers, &mut r);
-        let map = header_map(&raw, &r[..n]).unwrap();
+        let mut r = Vec::new();
+        ranges(&raw, req.headers, &mut r);
+        let map = header_map(&raw, &r).unwrap();
         assert_eq!(map.get("host").unwrap(), "a");
         assert_eq!(map.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert!(wants_close(&HeaderMap::from_iter([(

@@ -14,12 +14,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, offset, ranges, wants_close};
+use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, lists, offset, ranges, wants_close};
 use crate::body::{self, Body};
 
 /// Bodies up to this size are copied behind the head and sent in one write.
@@ -33,16 +34,93 @@ pub enum Outcome<IO> {
     Handover(Prefixed<IO>),
 }
 
-// `Ready` is the common case and is moved once: boxing it would cost an allocation.
-#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// A request the fast path serves (its head is consumed from the buffer).
-    Ready(Request<Body>),
+    Ready(Head),
     /// More bytes are needed.
     Partial,
     /// Anything else: hyper decides (nothing consumed).
     Handover,
 }
+
+/// A bodiless HTTP/1.1 request head as it came: its bytes, and where its headers are.
+/// A handler either works on the bytes or asks for [`Head::into_request`].
+pub struct Head {
+    method: Method,
+    uri: http::Uri,
+    bytes: Bytes,
+    headers: Vec<super::Range>,
+}
+
+impl Head {
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request target (origin or absolute form).
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+
+    /// The headers, names and values as sent, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        self.headers.iter().map(|&r| super::raw_header(&self.bytes, r))
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Whether the client asked to close the connection after this request.
+    fn wants_close(&self) -> bool {
+        self.headers().any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && lists(v, b"close"))
+    }
+
+    /// The request in `http` types (its header values share the head's bytes). `None` for
+    /// a header `http` refuses although the parser took it.
+    pub fn into_request(mut self) -> Option<Request<Body>> {
+        let headers = header_map(&self.bytes, &self.headers);
+        super::recycle_ranges(std::mem::take(&mut self.headers));
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = headers?;
+        Some(req)
+    }
+}
+
+/// What a handler answers.
+pub enum Reply {
+    /// A response to encode.
+    Response(Response<Body>),
+    /// An upstream's response passed through as bytes.
+    Passed(super::Passed),
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(r: Response<Body>) -> Reply {
+        Reply::Response(r)
+    }
+}
+
+/// Serves heads with a handler of requests: each head becomes a [`Request`] (400 if the
+/// `http` types refuse a header).
+pub fn requests<H, F>(handler: H) -> impl Fn(Head) -> RequestReply<F>
+where
+    H: Fn(Request<Body>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    use futures_util::FutureExt;
+    move |head: Head| match head.into_request() {
+        Some(req) => Either::Left(handler(req).map(Reply::Response as fn(Response<Body>) -> Reply)),
+        None => Either::Right(std::future::ready(Reply::Response(body::text(StatusCode::BAD_REQUEST, "Bad Request")))),
+    }
+}
+
+/// The future of a [`requests`] handler.
+pub type RequestReply<F> = Either<futures_util::future::Map<F, fn(Response<Body>) -> Reply>, std::future::Ready<Reply>>;
 
 /// Takes the next request head off `buf` when it is one the fast path serves.
 fn next_request(buf: &mut BytesMut) -> Parsed {
@@ -84,24 +162,19 @@ fn next_request(buf: &mut BytesMut) -> Parsed {
         }
     }
     let target = (offset(buf, path.as_bytes()), path.len());
-    let mut r = [(0, 0, 0, 0); MAX_HEADERS];
-    let n = ranges(buf, req.headers, &mut r);
+    let mut headers = super::spare_ranges();
+    ranges(buf, req.headers, &mut headers);
     let bytes = buf.split_to(len).freeze();
-    let built =
-        http::Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)).ok().zip(header_map(&bytes, &r[..n]));
-    let Some((uri, headers)) = built else {
-        // Something httparse accepts that the http types do not: put it back for hyper.
+    let Ok(uri) = http::Uri::from_maybe_shared(bytes.slice(target.0..target.0 + target.1)) else {
+        // A target httparse accepts that the http types do not: put it back for hyper.
+        super::recycle_ranges(headers);
         let mut back = BytesMut::with_capacity(bytes.len() + buf.len());
         back.extend_from_slice(&bytes);
         back.extend_from_slice(buf);
         *buf = back;
         return Parsed::Handover;
     };
-    let mut req = Request::new(body::empty());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    Parsed::Ready(req)
+    Parsed::Ready(Head { method, uri, bytes, headers })
 }
 
 thread_local! {
@@ -130,28 +203,24 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the status line and headers; returns the framing of the body.
-fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_request: bool, size: Option<u64>) -> Framing {
-    let status = parts.status;
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // The framing below is this hop's own.
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    let declared: Option<u64> = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse().ok());
-    if declared.is_none() {
-        // A length that does not parse (a middleware's custom header, say) would contradict
-        // the framing chosen below: the framing wins.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let has_date = parts.headers.contains_key(header::DATE);
-    encode_headers(out, &parts.headers);
+}
+
+/// Ends a head whose headers are written: `Date` unless it has one, this hop's framing
+/// (`declared` is its `Content-Length`, `size` the body's known size).
+fn finish_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    head_request: bool,
+    declared: Option<u64>,
+    size: Option<u64>,
+    has_date: bool,
+) -> Framing {
     if !has_date {
         push_date(out);
     }
@@ -174,6 +243,33 @@ fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_reques
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// Writes the status line and headers; returns the framing of the body.
+fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_request: bool, size: Option<u64>) -> Framing {
+    status_line(out, parts.status);
+    // The framing below is this hop's own.
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let declared: Option<u64> = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse().ok());
+    if declared.is_none() {
+        // A length that does not parse (a middleware's custom header, say) would contradict
+        // the framing chosen below: the framing wins.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let has_date = parts.headers.contains_key(header::DATE);
+    encode_headers(out, &parts.headers);
+    finish_head(out, parts.status, head_request, declared, size, has_date)
+}
+
+/// Writes a passed-through head; returns the framing of the body.
+fn encode_passed(out: &mut Vec<u8>, p: &super::Passed, head_request: bool) -> Framing {
+    status_line(out, p.status);
+    out.extend_from_slice(&p.lines);
+    finish_head(out, p.status, head_request, p.declared, None, p.has_date)
 }
 
 /// The next piece of body data, skipping trailers: this path does not send them, and a
@@ -229,13 +325,19 @@ fn put_data(out: &mut Vec<u8>, d: &[u8], chunked: bool) {
 async fn write_response<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     out: &mut Vec<u8>,
-    resp: Response<Body>,
+    reply: Reply,
     head_request: bool,
 ) -> io::Result<bool> {
-    let (mut parts, mut body) = resp.into_parts();
     out.clear();
-    let framing = encode_head(out, &mut parts, head_request, http_body::Body::size_hint(&body).exact());
-    super::recycle(std::mem::take(&mut parts.headers));
+    let (framing, mut body) = match reply {
+        Reply::Response(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            let framing = encode_head(out, &mut parts, head_request, http_body::Body::size_hint(&body).exact());
+            super::recycle(std::mem::take(&mut parts.headers));
+            (framing, body)
+        }
+        Reply::Passed(mut p) => (encode_passed(out, &p, head_request), std::mem::replace(&mut p.body, body::empty())),
+    };
     let chunked = matches!(framing, Framing::Chunked);
     if matches!(framing, Framing::None) {
         io.write_all(out).await?;
@@ -327,8 +429,8 @@ pub async fn serve<IO, H, F>(
 ) -> Outcome<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<Body>) -> F,
-    F: Future<Output = Response<Body>>,
+    H: Fn(Head) -> F,
+    F: Future<Output = Reply>,
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(1024);
@@ -392,11 +494,13 @@ where
                 _ = &mut stopping, if idle => return Outcome::Closed,
             }
         };
-        let close = wants_close(req.headers());
+        let close = req.wants_close();
         let head_request = req.method() == Method::HEAD;
-        let resp = handler(req).await;
-        let close = close || wants_close(resp.headers()) || stop.is_some_and(|s| *s.borrow());
-        match write_response(&mut io, &mut out, resp, head_request).await {
+        let reply = handler(req).await;
+        let close = close
+            || matches!(&reply, Reply::Response(r) if wants_close(r.headers()))
+            || stop.is_some_and(|s| *s.borrow());
+        match write_response(&mut io, &mut out, reply, head_request).await {
             Ok(true) if !close => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -464,8 +568,12 @@ mod tests {
     #[test]
     fn bodiless_heads_are_served_here_and_the_rest_goes_to_hyper_untouched() {
         let (p, rest) = parse(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /next");
-        let Parsed::Ready(req) = p else { panic!("a plain GET is served here") };
-        assert_eq!((req.method(), req.uri().to_string()), (&Method::GET, "/a?b=1".to_string()));
+        let Parsed::Ready(head) = p else { panic!("a plain GET is served here") };
+        assert_eq!((head.method(), head.uri().to_string()), (&Method::GET, "/a?b=1".to_string()));
+        assert_eq!(head.header(b"x-a"), Some(&b"1"[..]));
+        assert_eq!(head.headers().map(|(n, _)| n).collect::<Vec<_>>(), [&b"Host"[..], b"X-A"]);
+        assert!(!head.wants_close());
+        let req = head.into_request().unwrap();
         assert_eq!(req.headers()["x-a"], "1");
         assert_eq!(&rest[..], b"GET /next", "only the head is consumed");
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Parsed::Partial));

@@ -116,15 +116,17 @@ pub struct ClientSide<'a> {
 
 /// Traefik's `X-Forwarded-Port`: the port of the Host the client asked for, else the
 /// scheme's default (so a request that crossed an uplink keeps the parent's port).
-fn forwarded_port(host: Option<&HeaderValue>, proto: &str) -> HeaderValue {
-    let explicit = host.and_then(|h| h.to_str().ok()).and_then(|h| {
-        let after_v6 = h.rfind(']').map_or(h, |i| &h[i + 1..]);
-        after_v6.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+fn forwarded_port<'a>(host: Option<&'a [u8]>, proto: &str) -> &'a [u8] {
+    let visible = |h: &&[u8]| h.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    let explicit = host.filter(visible).and_then(|h| {
+        let after_v6 = h.iter().rposition(|&b| b == b']').map_or(h, |i| &h[i + 1..]);
+        let colon = after_v6.iter().rposition(|&b| b == b':')?;
+        Some(&after_v6[colon + 1..]).filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
     });
     match explicit {
-        Some(p) => HeaderValue::from_str(p).unwrap_or(HeaderValue::from_static("80")),
-        None if matches!(proto, "https" | "wss") => HeaderValue::from_static("443"),
-        None => HeaderValue::from_static("80"),
+        Some(p) => p,
+        None if matches!(proto, "https" | "wss") => b"443",
+        None => b"80",
     }
 }
 
@@ -141,7 +143,8 @@ pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     if let Some(host) = &c.host {
         h.insert(X_FORWARDED_HOST, host.clone());
     }
-    h.insert(X_FORWARDED_PORT, forwarded_port(c.host.as_ref(), c.proto));
+    let port = forwarded_port(c.host.as_ref().map(HeaderValue::as_bytes), c.proto);
+    h.insert(X_FORWARDED_PORT, HeaderValue::from_bytes(port).unwrap_or(HeaderValue::from_static("80")));
     h.insert(X_FORWARDED_SERVER, c.server.clone());
 }
 
@@ -167,6 +170,136 @@ pub fn add_forwarded_for(h: &mut HeaderMap, ip: Option<&HeaderValue>, drop: bool
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         h.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// Whether a header is hop-by-hop (one of [`HOP_BY_HOP`]), for names as bytes.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Whether a header is one of the proxy's forwarding headers ([`FORWARDED`]).
+fn is_forwarding(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        9 => &[b"x-real-ip"],
+        15 => &[b"x-forwarded-for"],
+        16 => &[b"x-forwarded-host", b"x-forwarded-port"],
+        17 => &[b"x-forwarded-proto"],
+        18 => &[b"x-forwarded-server"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// [`strip_hop_by_hop`]'s rules for headers as bytes (no protocol switch): which headers
+/// go, and whether `TE: trailers` is to be put back.
+pub(crate) struct HopRules<I> {
+    headers: I,
+    /// Whether a `Connection` header is there (it may name headers to remove).
+    connection: bool,
+    /// Whether a `TE` header lists `trailers`.
+    pub(crate) te_trailers: bool,
+}
+
+impl<'a, I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone> HopRules<I> {
+    /// The rules for one head's headers.
+    pub(crate) fn new(headers: I) -> Self {
+        let (mut connection, mut te_trailers) = (false, false);
+        for (n, v) in headers.clone() {
+            connection |= n.eq_ignore_ascii_case(b"connection");
+            te_trailers |= n.eq_ignore_ascii_case(b"te") && crate::h1::lists(v, b"trailers");
+        }
+        HopRules { headers, connection, te_trailers }
+    }
+
+    /// Whether header `name` goes at this hop.
+    pub(crate) fn removes(&self, name: &[u8]) -> bool {
+        if is_hop_by_hop(name) {
+            return true;
+        }
+        // The forwarding headers are the proxy's own: naming them does not remove them.
+        self.connection
+            && !is_forwarding(name)
+            && self.headers.clone().any(|(n, v)| {
+                n.eq_ignore_ascii_case(b"connection")
+                    && v.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
+                        let usual =
+                            [&b"keep-alive"[..], b"close", b"upgrade"].iter().any(|u| t.eq_ignore_ascii_case(u));
+                        !usual && t.eq_ignore_ascii_case(name)
+                    })
+            })
+    }
+}
+
+/// The client side of a request passed as bytes (see [`ClientSide`]).
+pub(crate) struct RawClient<'a> {
+    /// The client's IP.
+    pub(crate) ip: Option<&'a [u8]>,
+    /// `http` or `https`.
+    pub(crate) proto: &'static str,
+    /// This proxy's host name.
+    pub(crate) server: &'a [u8],
+}
+
+/// The head the proxy sends for a bodiless HTTP/1.1 request that no middleware touches,
+/// written from the client's head as bytes: what [`set_forwarded`], [`strip_hop_by_hop`]
+/// and [`add_forwarded_for`] do to a header map, done while copying the lines. The Host
+/// is the client's when `pass_host` (else, or when it sent none, `authority`).
+pub(crate) fn encode_request_raw<'a>(
+    out: &mut Vec<u8>,
+    method: &http::Method,
+    target: &[u8],
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+    c: &RawClient<'_>,
+    pass_host: bool,
+    authority: &[u8],
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    use crate::h1::push_line;
+    let rules = HopRules::new(headers.clone());
+    let mut host: Option<&[u8]> = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"host") {
+            host.get_or_insert(value);
+            if !pass_host {
+                continue;
+            }
+        } else if is_forwarding(name) || rules.removes(name) {
+            continue;
+        }
+        push_line(out, name, value);
+    }
+    if rules.te_trailers {
+        push_line(out, b"te", b"trailers");
+    }
+    if !pass_host || host.is_none() {
+        push_line(out, b"host", authority);
+    }
+    if let Some(ip) = c.ip {
+        push_line(out, b"x-real-ip", ip);
+    }
+    push_line(out, b"x-forwarded-proto", c.proto.as_bytes());
+    if let Some(h) = host {
+        push_line(out, b"x-forwarded-host", h);
+    }
+    push_line(out, b"x-forwarded-port", forwarded_port(host, c.proto));
+    push_line(out, b"x-forwarded-server", c.server);
+    if let Some(ip) = c.ip {
+        push_line(out, b"x-forwarded-for", ip);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -246,6 +379,106 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded_for(&mut h, Some(&ip), true);
         assert!(h.get("x-forwarded-for").is_none(), "X-Forwarded-For: \"\" stops the proxy adding one");
+    }
+
+    /// What the header-map path sends for a bodiless request with no middleware (the
+    /// general lane's steps, in order), as sorted `name: value` lines.
+    fn via_map(headers: &[(&str, &str)], c: &ClientSide<'_>, pass_host: bool, authority: &str) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        set_forwarded(&mut h, c);
+        strip_hop_by_hop(&mut h, None);
+        add_forwarded_for(&mut h, c.ip, false);
+        if !pass_host || !h.contains_key(header::HOST) {
+            h.insert(header::HOST, HeaderValue::from_str(authority).unwrap());
+        }
+        let mut lines: Vec<String> =
+            h.iter().map(|(n, v)| format!("{}: {}", n.as_str(), v.to_str().unwrap())).collect();
+        lines.sort();
+        lines
+    }
+
+    /// What the direct lane writes for the same request, parsed back the same way.
+    fn via_bytes(
+        headers: &[(&str, &str)],
+        c: &RawClient<'_>,
+        pass_host: bool,
+        authority: &str,
+    ) -> (String, Vec<String>) {
+        let mut out = Vec::new();
+        let raw = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        encode_request_raw(&mut out, &http::Method::GET, b"/a?b", raw, c, pass_host, authority.as_bytes());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        let mut lines = text.trim_end().split("\r\n");
+        let request_line = lines.next().unwrap().to_string();
+        let mut lines: Vec<String> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                format!("{}: {v}", n.to_ascii_lowercase())
+            })
+            .collect();
+        lines.sort();
+        (request_line, lines)
+    }
+
+    #[test]
+    fn the_direct_lane_writes_what_the_header_map_path_sends() {
+        let (ip, server) = (HeaderValue::from_static("10.0.0.9"), HeaderValue::from_static("gw-1"));
+        let cases: &[&[(&str, &str)]] = &[
+            &[("Host", "api.test")],
+            &[("Host", "api.test:8443"), ("Accept", "*/*"), ("accept", "text/html")],
+            &[],
+            &[("Host", "")],
+            &[
+                ("Host", "a.test"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("x-forwarded-proto", "gopher"),
+            ],
+            &[("Host", "a.test"), ("X-Forwarded-Host", "evil"), ("X-Forwarded-Port", "1"), ("X-Forwarded-Server", "x")],
+            &[
+                ("Host", "a.test"),
+                ("Connection", "keep-alive, X-Drop, X-Forwarded-Proto"),
+                ("X-Drop", "1"),
+                ("X-Keep", "2"),
+            ],
+            &[
+                ("Host", "a.test"),
+                ("Connection", "close"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Authorization", "Basic x"),
+            ],
+            &[
+                ("Host", "a.test"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Trailer", "x"),
+                ("connection", "x-one"),
+                ("Connection", "X-Two"),
+                ("x-one", "1"),
+                ("x-two", "2"),
+            ],
+            &[("Host", "[::1]:81"), ("Cookie", "a=1"), ("Cookie", "b=2")],
+        ];
+        for headers in cases {
+            for (proto, pass_host) in [("http", true), ("https", true), ("http", false)] {
+                for with_ip in [true, false] {
+                    let host = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+                        .map(|(_, v)| HeaderValue::from_str(v).unwrap());
+                    let ip_v = with_ip.then_some(&ip);
+                    let c = ClientSide { ip: ip_v, proto, host, server: &server };
+                    let raw = RawClient { ip: ip_v.map(HeaderValue::as_bytes), proto, server: server.as_bytes() };
+                    let want = via_map(headers, &c, pass_host, "backend:8080");
+                    let (line, got) = via_bytes(headers, &raw, pass_host, "backend:8080");
+                    assert_eq!(line, "GET /a?b HTTP/1.1");
+                    assert_eq!(got, want, "{headers:?} proto {proto} pass_host {pass_host} ip {with_ip}");
+                }
+            }
+        }
     }
 
     #[test]

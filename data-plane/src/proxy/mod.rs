@@ -7,6 +7,7 @@
 //! (response phase, in reverse order).
 
 pub mod admin;
+mod direct;
 pub mod forward;
 pub mod metrics;
 pub mod server;
@@ -172,6 +173,24 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         }
         ProxyError::Upstream(_) => body::text(StatusCode::BAD_GATEWAY, "Bad Gateway"),
     }
+}
+
+/// Logs why a request could not be forwarded; the answer the client gets.
+fn failure(router: &RouteEntry, e: &ProxyError) -> Response<Body> {
+    match e {
+        ProxyError::NoTarget(why) => {
+            tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
+        }
+        ProxyError::Upstream(err) => {
+            tracing::warn!(router = %router.id, service = %router.service, error = %err, "upstream request failed")
+        }
+    }
+    error_response(e)
+}
+
+/// A load balancer with no server to take a request.
+fn no_server(lb: &service::LoadBalancer) -> ProxyError {
+    ProxyError::NoTarget(format!("service {} has no available server", lb.id))
 }
 
 /// The upstream-bound part of a request that may be sent more than once (retries,
@@ -632,17 +651,7 @@ impl Gateway {
             }
             let mut resp = match result {
                 Ok(r) => r,
-                Err(e) => {
-                    match &e {
-                        ProxyError::NoTarget(why) => {
-                            tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
-                        }
-                        ProxyError::Upstream(err) => {
-                            tracing::warn!(router = %router.id, service = %router.service, error = %err, "upstream request failed")
-                        }
-                    }
-                    break 'inner (error_response(&e), labels);
-                }
+                Err(e) => break 'inner (failure(router, &e), labels),
             };
 
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -865,7 +874,7 @@ async fn send_to_server(
     body: Body,
     up: &Upstreams,
 ) -> Result<Response<Body>, ProxyError> {
-    let server = lb.pick().ok_or_else(|| ProxyError::NoTarget(format!("service {} has no available server", lb.id)))?;
+    let server = lb.pick().ok_or_else(|| no_server(lb))?;
     let req = out.into_request(server, lb.pass_host_header, body).map_err(ProxyError::NoTarget)?;
     let h2c = server.url.scheme_str() == Some("h2c");
     match up.send(req, h2c).await {

@@ -318,7 +318,7 @@ impl Accepted {
         };
         let max_head = self.limits.max_header_bytes.max(8192);
         let (gw, info) = (&self.svc.gw, &*self.svc.info);
-        let handler = |req| gw.handle(req, info);
+        let handler = |head| gw.serve_head(head, info);
         let served = crate::h1::server::serve(io, handler, self.peer, timeouts, max_head, Some(&self.stop)).await;
         match served {
             crate::h1::server::Outcome::Closed => {}

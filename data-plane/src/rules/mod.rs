@@ -266,11 +266,12 @@ impl Node {
         }
     }
 
-    fn mentions_host(&self) -> bool {
+    /// Whether any matcher of the tree passes `f`.
+    fn any_matcher(&self, f: &dyn Fn(&Matcher) -> bool) -> bool {
         match self {
-            Node::M(m) => matches!(m, Matcher::Host(_) | Matcher::HostRegexp(_)),
-            Node::And(a, b) | Node::Or(a, b) => a.mentions_host() || b.mentions_host(),
-            Node::Not(a) => a.mentions_host(),
+            Node::M(m) => f(m),
+            Node::And(a, b) | Node::Or(a, b) => a.any_matcher(f) || b.any_matcher(f),
+            Node::Not(a) => a.any_matcher(f),
         }
     }
 }
@@ -311,7 +312,12 @@ impl Rule {
 
     /// Whether a `Host` or `HostRegexp` matcher appears anywhere in the rule.
     pub fn mentions_host(&self) -> bool {
-        self.tree.mentions_host()
+        self.tree.any_matcher(&|m| matches!(m, Matcher::Host(_) | Matcher::HostRegexp(_)))
+    }
+
+    /// Whether a `Header` or `HeaderRegexp` matcher appears anywhere in the rule.
+    pub fn reads_headers(&self) -> bool {
+        self.tree.any_matcher(&|m| matches!(m, Matcher::Header(..) | Matcher::HeaderRegexp(..)))
     }
 }
 

@@ -56,6 +56,8 @@ pub struct LoadBalancer {
     pub servers: Vec<Server>,
     /// Keep the client's Host header.
     pub pass_host_header: bool,
+    /// Whether every server speaks plain HTTP/1.1 (`http://`).
+    pub plain_http: bool,
     /// Active health check configuration.
     pub health_check: Option<pb::HealthCheck>,
     passive: Option<pb::PassiveHealthCheck>,
@@ -298,6 +300,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
                 let n = servers.len();
                 ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
                     id: id.to_string(),
+                    plain_http: servers.iter().all(|s| s.url.scheme_str() == Some("http")),
                     servers,
                     pass_host_header: lb.pass_host_header,
                     health_check: lb.health_check.clone(),

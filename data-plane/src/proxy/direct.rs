@@ -1,0 +1,132 @@
+//! The direct lane: a bodiless HTTP/1.1 request to a router without middlewares, sent to a
+//! plain HTTP/1.1 server, goes through as bytes.
+//!
+//! The request head is written from the client's head line by line, with the forwarding
+//! and hop-by-hop rules of [`super::forward`] applied on the way; the response head comes
+//! back as its lines, minus the hop-by-hop ones. No header map is built on either side,
+//! which is most of what a proxied request costs in user space. Everything else (header
+//! matchers in the table, middlewares, other services, HTTPS or h2c servers, tracing, an
+//! access log, an absolute-form target) takes the general lane, [`Gateway::handle`], with
+//! the same result on the wire but for header order and the case of header names.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Method;
+
+use super::{ConnInfo, Gateway, ProxyError};
+use crate::h1::Passed;
+use crate::h1::client::{Outbound, ParsedHead};
+use crate::h1::server::{Head, Reply};
+use crate::request::RequestView;
+use crate::service::ServiceRt;
+
+/// A client's head on its way to a server, with what the proxy adds.
+struct RawRequest<'a> {
+    head: &'a Head,
+    client: super::forward::RawClient<'a>,
+    pass_host: bool,
+}
+
+impl Outbound for RawRequest<'_> {
+    type Head = Passed;
+    type Reply = Passed;
+
+    fn method(&self) -> &Method {
+        self.head.method()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, authority: &str) {
+        let target = self.head.uri().path_and_query().map_or("/", |p| p.as_str());
+        super::forward::encode_request_raw(
+            out,
+            self.head.method(),
+            target.as_bytes(),
+            self.head.headers(),
+            &self.client,
+            self.pass_host,
+            authority.as_bytes(),
+        );
+    }
+
+    fn head(parsed: &ParsedHead<'_>) -> Result<Passed, String> {
+        Ok(Passed::from_head(parsed))
+    }
+
+    fn reply(mut head: Passed, body: crate::body::Body) -> Passed {
+        head.body = body;
+        head
+    }
+}
+
+/// An empty header map, for routing tables that match on no header.
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
+
+impl Gateway {
+    /// Serves a request head from the HTTP/1.1 fast path: through the direct lane when it
+    /// can take it, else as a request through [`Gateway::handle`].
+    pub async fn serve_head(self: &Arc<Self>, head: Head, conn: &ConnInfo) -> Reply {
+        let lane_open = self.access_log.is_none()
+            && !crate::telemetry::enabled()
+            && conn.uplink.is_none()
+            && head.uri().authority().is_none();
+        let rt = if lane_open { self.runtime.load_full().filter(|rt| !rt.table.reads_headers()) } else { None };
+        let routed = rt.as_ref().and_then(|rt| {
+            let host = head.header(b"host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
+            let view = RequestView::with_client_ip(
+                head.method().as_str(),
+                host,
+                head.uri().path(),
+                head.uri().query(),
+                &NO_HEADERS,
+                Some(conn.peer.ip().to_canonical()),
+            );
+            let router = rt.table.route(Some(&conn.entry_point), &view)?;
+            match router.target.as_deref() {
+                Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
+                    Some((router, lb))
+                }
+                _ => None,
+            }
+        });
+        let Some((router, lb)) = routed else {
+            return match head.into_request() {
+                Some(req) => self.handle(req, conn).await.into(),
+                None => crate::body::text(http::StatusCode::BAD_REQUEST, "Bad Request").into(),
+            };
+        };
+        let start = Instant::now();
+        router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = match lb.pick() {
+            None => Err(super::no_server(lb)),
+            Some(server) => match server.url.authority() {
+                None => Err(ProxyError::NoTarget("server without authority".into())),
+                Some(auth) => {
+                    let req = RawRequest {
+                        head: &head,
+                        client: super::forward::RawClient {
+                            ip: conn.ip_value.as_ref().map(http::HeaderValue::as_bytes),
+                            proto: if conn.tls { "https" } else { "http" },
+                            server: self.hostname.as_bytes(),
+                        },
+                        pass_host: lb.pass_host_header,
+                    };
+                    conn.upstreams.send_inline(req, auth.clone()).await.map_err(|e| {
+                        lb.record_failure(server);
+                        ProxyError::Upstream(e)
+                    })
+                }
+            },
+        };
+        let reply = match sent {
+            Ok(passed) => Reply::Passed(passed),
+            Err(e) => Reply::Response(super::failure(router, &e)),
+        };
+        let code = match &reply {
+            Reply::Passed(p) => p.status.as_u16(),
+            Reply::Response(r) => r.status().as_u16(),
+        };
+        self.metrics.record(Some(&router.labels), code, start.elapsed().as_secs_f64());
+        reply
+    }
+}
