@@ -338,6 +338,11 @@ impl RouteTable {
     /// The router a request arriving on `entry_point` (or on any entrypoint, with `None`)
     /// goes to.
     pub fn route(&self, entry_point: Option<&str>, req: &RequestView<'_>) -> Option<&RouteEntry> {
+        self.route_index(entry_point, req).map(|i| &self.routers[i])
+    }
+
+    /// [`RouteTable::route`]'s router as its position in [`RouteTable::routers`].
+    pub fn route_index(&self, entry_point: Option<&str>, req: &RequestView<'_>) -> Option<usize> {
         let index = match entry_point {
             None => &self.all,
             Some(ep) => self.by_entry_point.get(ep).or_else(|| self.by_entry_point.get(""))?,
@@ -348,17 +353,17 @@ impl RouteTable {
     /// The router a request arriving through uplink `uplink` goes to: only routers attached
     /// to that uplink are eligible.
     pub fn route_uplink(&self, uplink: &str, req: &RequestView<'_>) -> Option<&RouteEntry> {
-        self.lookup(self.by_uplink.get(uplink)?, req)
+        self.lookup(self.by_uplink.get(uplink)?, req).map(|i| &self.routers[i])
     }
 
-    fn lookup(&self, index: &RouterIndex, req: &RequestView<'_>) -> Option<&RouteEntry> {
+    fn lookup(&self, index: &RouterIndex, req: &RequestView<'_>) -> Option<usize> {
         // A per-thread scratch buffer: no allocation per lookup.
         thread_local!(static CANDIDATES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) });
         CANDIDATES.with(|c| {
             let mut cands = c.borrow_mut();
             cands.clear();
             index.candidates(req, &mut cands);
-            cands.iter().map(|&i| &self.routers[i as usize]).find(|r| r.rule.matches(req))
+            cands.iter().map(|&i| i as usize).find(|&i| self.routers[i].rule.matches(req))
         })
     }
 }

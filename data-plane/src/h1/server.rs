@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -105,22 +104,52 @@ impl From<Response<Body>> for Reply {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// What a handler answers with: a future of a [`Reply`], a future of a response, or
+    /// 400 for a head the `http` types refused. (`fut` is the variant's future; the macro
+    /// takes no documentation on fields.)
+    #[project = HandledProj]
+    #[allow(missing_docs)]
+    pub enum Handled<R, G> {
+        /// A reply on its way.
+        Reply { #[pin] fut: R },
+        /// A response on its way.
+        Response { #[pin] fut: G },
+        /// A header the `http` types refuse although the parser took it.
+        Refused,
+    }
+}
+
+impl<R: Future<Output = Reply>, G: Future<Output = Response<Body>>> Future for Handled<R, G> {
+    type Output = Reply;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match self.project() {
+            HandledProj::Reply { fut } => fut.poll(cx),
+            HandledProj::Response { fut } => fut.poll(cx).map(Reply::Response),
+            HandledProj::Refused => Poll::Ready(Reply::Response(body::text(StatusCode::BAD_REQUEST, "Bad Request"))),
+        }
+    }
+}
+
+impl<R, G> Handled<R, G> {
+    /// A head served as a request by `handler`.
+    pub fn request(head: Head, handler: impl FnOnce(Request<Body>) -> G) -> Self {
+        match head.into_request() {
+            Some(req) => Handled::Response { fut: handler(req) },
+            None => Handled::Refused,
+        }
+    }
+}
+
 /// Serves heads with a handler of requests: each head becomes a [`Request`] (400 if the
 /// `http` types refuse a header).
-pub fn requests<H, F>(handler: H) -> impl Fn(Head) -> RequestReply<F>
+pub fn requests<H, F>(handler: H) -> impl Fn(Head) -> Handled<std::future::Pending<Reply>, F>
 where
     H: Fn(Request<Body>) -> F,
     F: Future<Output = Response<Body>>,
 {
-    use futures_util::FutureExt;
-    move |head: Head| match head.into_request() {
-        Some(req) => Either::Left(handler(req).map(Reply::Response as fn(Response<Body>) -> Reply)),
-        None => Either::Right(std::future::ready(Reply::Response(body::text(StatusCode::BAD_REQUEST, "Bad Request")))),
-    }
+    move |head: Head| Handled::request(head, &handler)
 }
-
-/// The future of a [`requests`] handler.
-pub type RequestReply<F> = Either<futures_util::future::Map<F, fn(Response<Body>) -> Reply>, std::future::Ready<Reply>>;
 
 /// Takes the next request head off `buf` when it is one the fast path serves.
 fn next_request(buf: &mut BytesMut) -> Parsed {

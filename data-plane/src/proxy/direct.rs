@@ -12,14 +12,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Method;
+use http::{Method, Response};
 
-use super::{ConnInfo, Gateway, ProxyError};
+use super::{ConnInfo, Gateway, ProxyError, Runtime};
+use crate::body::Body;
 use crate::h1::Passed;
 use crate::h1::client::{Outbound, ParsedHead};
-use crate::h1::server::{Head, Reply};
+use crate::h1::server::{Handled, Head, Reply};
 use crate::request::RequestView;
-use crate::service::ServiceRt;
+use crate::service::{LoadBalancer, ServiceRt};
 
 /// A client's head on its way to a server, with what the proxy adds.
 struct RawRequest<'a> {
@@ -53,7 +54,7 @@ impl Outbound for RawRequest<'_> {
         Ok(Passed::from_head(parsed))
     }
 
-    fn reply(mut head: Passed, body: crate::body::Body) -> Passed {
+    fn reply(mut head: Passed, body: Body) -> Passed {
         head.body = body;
         head
     }
@@ -64,41 +65,62 @@ static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::n
 
 impl Gateway {
     /// Serves a request head from the HTTP/1.1 fast path: through the direct lane when it
-    /// can take it, else as a request through [`Gateway::handle`].
-    pub async fn serve_head(self: &Arc<Self>, head: Head, conn: &ConnInfo) -> Reply {
-        let lane_open = self.access_log.is_none()
-            && !crate::telemetry::enabled()
-            && conn.uplink.is_none()
-            && head.uri().authority().is_none();
-        let rt = if lane_open { self.runtime.load_full().filter(|rt| !rt.table.reads_headers()) } else { None };
-        let routed = rt.as_ref().and_then(|rt| {
-            let host = head.header(b"host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
-            let view = RequestView::with_client_ip(
-                head.method().as_str(),
-                host,
-                head.uri().path(),
-                head.uri().query(),
-                &NO_HEADERS,
-                Some(conn.peer.ip().to_canonical()),
-            );
-            let router = rt.table.route(Some(&conn.entry_point), &view)?;
-            match router.target.as_deref() {
-                Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
-                    Some((router, lb))
-                }
-                _ => None,
-            }
-        });
-        let Some((router, lb)) = routed else {
-            return match head.into_request() {
-                Some(req) => self.handle(req, conn).await.into(),
-                None => crate::body::text(http::StatusCode::BAD_REQUEST, "Bad Request").into(),
-            };
+    /// can take it, else as a request through [`Gateway::handle`]. The lane is chosen
+    /// before either future is made, so neither is nested in the other.
+    pub fn serve_head<'a>(
+        self: &'a Arc<Self>,
+        head: Head,
+        conn: &'a ConnInfo,
+    ) -> Handled<impl Future<Output = Reply> + Send + 'a, impl Future<Output = Response<Body>> + Send + 'a> {
+        match self.direct_route(&head, conn) {
+            Some((rt, router, lb)) => Handled::Reply { fut: self.direct(rt, router, lb, head, conn) },
+            None => Handled::request(head, |req| self.handle(req, conn)),
+        }
+    }
+
+    /// The configuration, router (its position) and load balancer of a request the direct
+    /// lane can take.
+    fn direct_route(&self, head: &Head, conn: &ConnInfo) -> Option<(Arc<Runtime>, usize, Arc<LoadBalancer>)> {
+        if self.access_log.is_some()
+            || crate::telemetry::enabled()
+            || conn.uplink.is_some()
+            || head.uri().authority().is_some()
+        {
+            return None;
+        }
+        let rt = self.runtime.load_full().filter(|rt| !rt.table.reads_headers())?;
+        let host = head.header(b"host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
+        let view = RequestView::with_client_ip(
+            head.method().as_str(),
+            host,
+            head.uri().path(),
+            head.uri().query(),
+            &NO_HEADERS,
+            Some(conn.peer.ip().to_canonical()),
+        );
+        let i = rt.table.route_index(Some(&conn.entry_point), &view)?;
+        let router = &rt.table.routers()[i];
+        let lb = match router.target.as_deref() {
+            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => lb.clone(),
+            _ => return None,
         };
+        Some((rt, i, lb))
+    }
+
+    /// Sends a request the direct lane takes (see [`Gateway::direct_route`]).
+    async fn direct(
+        self: &Arc<Self>,
+        rt: Arc<Runtime>,
+        router: usize,
+        lb: Arc<LoadBalancer>,
+        head: Head,
+        conn: &ConnInfo,
+    ) -> Reply {
         let start = Instant::now();
+        let router = &rt.table.routers()[router];
         router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = match lb.pick() {
-            None => Err(super::no_server(lb)),
+            None => Err(super::no_server(&lb)),
             Some(server) => match server.url.authority() {
                 None => Err(ProxyError::NoTarget("server without authority".into())),
                 Some(auth) => {
