@@ -1,6 +1,8 @@
 //! Hot swap under load: while bounded client loops send requests, the route table is
 //! replaced 150 times. Not one request may fail, and none may see a mix of two
-//! configurations (two middlewares stamp the version; both stamps must agree).
+//! configurations (two middlewares stamp the version; both stamps must agree). A second
+//! router, without middlewares (the direct lane), sends to a backend that alternates with
+//! the version: its requests must not fail either, and both backends must answer.
 
 mod common;
 
@@ -18,7 +20,7 @@ use atrium_model::values::Values;
 use common::backend;
 use common::client;
 
-fn config(version: u64, backend: std::net::SocketAddr) -> String {
+fn config(version: u64, backend: std::net::SocketAddr, direct: [std::net::SocketAddr; 2]) -> String {
     format!(
         "apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -29,6 +31,8 @@ spec:
     - match: PathPrefix(`/v`)
       middlewares: [{{name: stamp-a}}, {{name: stamp-b}}, {{name: strip}}]
       services: [{{name: svc, port: 80}}]
+    - match: PathPrefix(`/d`)
+      services: [{{name: direct, port: 80}}]
 ---
 apiVersion: traefik.io/v1alpha1
 kind: Middleware
@@ -48,10 +52,11 @@ spec: {{stripPrefix: {{prefixes: [/v{}]}}}}
         // Alternate the strip prefix so the path the backend sees depends on the version too.
         if version.is_multiple_of(2) { "" } else { "/" },
     ) + &common::service_manifests("ns", "svc", &[backend])
+        + &common::service_manifests("ns", "direct", &[direct[(version % 2) as usize]])
 }
 
-fn runtime(version: u64, backend: std::net::SocketAddr) -> Runtime {
-    let m = load_text(&format!("v{version}.yaml"), &config(version, backend));
+fn runtime(version: u64, backend: std::net::SocketAddr, direct: [std::net::SocketAddr; 2]) -> Runtime {
+    let m = load_text(&format!("v{version}.yaml"), &config(version, backend, direct));
     assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
     let c = atrium_model::compile::compile(&m, &Values::default(), None);
     assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
@@ -61,8 +66,10 @@ fn runtime(version: u64, backend: std::net::SocketAddr) -> Runtime {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_table_swapped_150_times_under_load_without_a_failure() {
     let be = backend::start("b", "127.0.0.1").await;
+    let (even, odd) = (backend::start("even", "127.0.0.1").await, backend::start("odd", "127.0.0.1").await);
+    let direct = [even.addr, odd.addr];
     let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
-    gw.swap(runtime(1, be.addr));
+    gw.swap(runtime(1, be.addr, direct));
     let ep = EntryPoint::bind("web", "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
     let addr = ep.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -95,8 +102,28 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
             (n, seen)
         }));
     }
+    let mut direct_clients = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        direct_clients.push(tokio::spawn(async move {
+            let http = client::http1();
+            let mut names = BTreeSet::new();
+            let mut n = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Bounded as above.
+            while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
+                let req = hyper::Request::get(format!("http://{addr}/d/item")).body(client::body("")).unwrap();
+                let r = client::send(&http, req).await;
+                assert_eq!(r.status, 200, "direct-lane request {n} failed: {r:?}");
+                assert_eq!(r.body, "path=/d/item");
+                names.insert(r.header("x-backend-name").unwrap().to_string());
+                n += 1;
+            }
+            (n, names)
+        }));
+    }
     for v in 2..=151u64 {
-        gw.swap(runtime(v, be.addr));
+        gw.swap(runtime(v, be.addr, direct));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -112,6 +139,13 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
     assert!(total >= 150, "only {total} requests went through");
     assert!(versions.len() >= 20, "requests saw only {} table versions", versions.len());
     assert!(versions.contains(&151));
+    let mut names = BTreeSet::new();
+    for c in direct_clients {
+        let (n, seen) = c.await.unwrap();
+        assert!(n >= 50, "only {n} direct-lane requests went through");
+        names.extend(seen);
+    }
+    assert_eq!(names, BTreeSet::from(["even".to_string(), "odd".to_string()]), "both versions' backends answered");
     let _ = stop_tx.send(true);
     server.await.unwrap();
 }

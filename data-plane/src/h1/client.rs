@@ -157,6 +157,11 @@ pub(crate) trait Outbound {
     fn method(&self) -> &Method;
     /// Writes the request head; `host` is the upstream's authority.
     fn encode(&self, out: &mut Vec<u8>, host: &str);
+    /// When the request started, if the caller read the clock already (it serves the
+    /// response-header deadline and the pool's idle ages).
+    fn started(&self) -> Option<Instant> {
+        None
+    }
     /// Builds the response head from the parsed one.
     fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, String>;
     /// The response head and its body together.
@@ -419,7 +424,7 @@ where
     let req = &req;
     // One clock read serves the deadline, the pool's idle ages and, for a response that
     // is complete at once, the time the connection goes back.
-    let now = Instant::now();
+    let now = req.started().unwrap_or_else(Instant::now);
     let deadline = timeout.map(|d| tokio::time::Instant::from_std(now) + d);
     let mut retried = false;
     let (Answer { head: resp, framing, reusable }, conn) = loop {

@@ -27,6 +27,7 @@ struct RawRequest<'a> {
     head: &'a Head,
     client: super::forward::RawClient<'a>,
     pass_host: bool,
+    start: Instant,
 }
 
 impl Outbound for RawRequest<'_> {
@@ -48,6 +49,10 @@ impl Outbound for RawRequest<'_> {
             self.pass_host,
             authority.as_bytes(),
         );
+    }
+
+    fn started(&self) -> Option<Instant> {
+        Some(self.start)
     }
 
     fn head(parsed: &ParsedHead<'_>) -> Result<Passed, String> {
@@ -132,6 +137,7 @@ impl Gateway {
                             server: self.hostname.as_bytes(),
                         },
                         pass_host: lb.pass_host_header,
+                        start,
                     };
                     conn.upstreams.send_inline(req, auth.clone()).await.map_err(|e| {
                         lb.record_failure(server);
