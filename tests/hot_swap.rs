@@ -63,6 +63,28 @@ fn runtime(version: u64, backend: std::net::SocketAddr, direct: [std::net::Socke
     Runtime::build(c.body, version).unwrap()
 }
 
+/// A client sending GET `url` until `stop` (bounded: 20,000 requests or 60 s); `check`
+/// asserts on each response (and its number) and names what it saw. Returns the count and
+/// the names.
+fn client_loop(
+    stop: Arc<AtomicBool>,
+    url: String,
+    check: fn(&client::Resp, u32) -> String,
+) -> tokio::task::JoinHandle<(u32, BTreeSet<String>)> {
+    tokio::spawn(async move {
+        let http = client::http1();
+        let mut seen = BTreeSet::new();
+        let mut n = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
+            let req = hyper::Request::get(url.as_str()).body(client::body("")).unwrap();
+            seen.insert(check(&client::send(&http, req).await, n));
+            n += 1;
+        }
+        (n, seen)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_table_swapped_150_times_under_load_without_a_failure() {
     let be = backend::start("b", "127.0.0.1").await;
@@ -77,51 +99,28 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
     let server = tokio::spawn(server::serve(ep, gw.clone(), up, ServerLimits::default(), stop_rx));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let stop = stop.clone();
-        clients.push(tokio::spawn(async move {
-            let http = client::http1();
-            let mut seen = BTreeSet::new();
-            let mut n = 0u32;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            // Bounded: stops when told, after 20,000 requests, or after 60 s.
-            while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
-                let req = hyper::Request::get(format!("http://{addr}/v/item")).body(client::body("")).unwrap();
-                let r = client::send(&http, req).await;
+    let url = |path: &str| format!("http://{addr}{path}");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            client_loop(stop.clone(), url("/v/item"), |r, n| {
                 assert_eq!(r.status, 200, "request {n} failed: {r:?}");
-                let (a, b) =
-                    (r.header("x-version-a").unwrap().to_string(), r.header("x-version-b").unwrap().to_string());
+                let (a, b) = (r.header("x-version-a").unwrap(), r.header("x-version-b").unwrap());
                 assert_eq!(a, b, "a request saw two configurations");
-                let v: u64 = a.parse().unwrap();
                 // Both strip prefixes (`/v` and `/v/`) leave the backend the same path.
                 assert_eq!(r.body, "path=/item");
-                seen.insert(v);
-                n += 1;
-            }
-            (n, seen)
-        }));
-    }
-    let mut direct_clients = Vec::new();
-    for _ in 0..2 {
-        let stop = stop.clone();
-        direct_clients.push(tokio::spawn(async move {
-            let http = client::http1();
-            let mut names = BTreeSet::new();
-            let mut n = 0u32;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            // Bounded as above.
-            while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
-                let req = hyper::Request::get(format!("http://{addr}/d/item")).body(client::body("")).unwrap();
-                let r = client::send(&http, req).await;
+                a.to_string()
+            })
+        })
+        .collect();
+    let direct_clients: Vec<_> = (0..2)
+        .map(|_| {
+            client_loop(stop.clone(), url("/d/item"), |r, n| {
                 assert_eq!(r.status, 200, "direct-lane request {n} failed: {r:?}");
                 assert_eq!(r.body, "path=/d/item");
-                names.insert(r.header("x-backend-name").unwrap().to_string());
-                n += 1;
-            }
-            (n, names)
-        }));
-    }
+                r.header("x-backend-name").unwrap().to_string()
+            })
+        })
+        .collect();
     for v in 2..=151u64 {
         gw.swap(runtime(v, be.addr, direct));
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -138,7 +137,7 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
     assert_eq!(gw.runtime().unwrap().version, 151);
     assert!(total >= 150, "only {total} requests went through");
     assert!(versions.len() >= 20, "requests saw only {} table versions", versions.len());
-    assert!(versions.contains(&151));
+    assert!(versions.contains("151"));
     let mut names = BTreeSet::new();
     for c in direct_clients {
         let (n, seen) = c.await.unwrap();

@@ -92,30 +92,27 @@ fn empty_map(n: usize) -> HeaderMap {
     }
 }
 
-/// An empty byte buffer, recycled when one is spare.
-fn spare_bytes() -> Vec<u8> {
-    take_spare(&SPARE_BYTES).unwrap_or_else(|| Vec::with_capacity(512))
+/// An empty vector from `key`'s spares, else a new one with room for `room`.
+fn spare_vec<T: 'static>(key: &'static LocalKey<Spares<Vec<T>>>, room: usize) -> Vec<T> {
+    take_spare(key).unwrap_or_else(|| Vec::with_capacity(room))
 }
 
-/// Keeps a byte buffer for later.
-fn recycle_bytes(mut v: Vec<u8>) {
-    if v.capacity() > 0 && v.capacity() <= SPARE_BYTES_LARGEST {
+/// Keeps `v`'s memory among `key`'s spares, unless it grew past `largest`.
+fn recycle_vec<T: 'static>(key: &'static LocalKey<Spares<Vec<T>>>, mut v: Vec<T>, largest: usize) {
+    if v.capacity() > 0 && v.capacity() <= largest {
         v.clear();
-        keep_spare(&SPARE_BYTES, v);
+        keep_spare(key, v);
     }
 }
 
 /// An empty list of header positions, recycled when one is spare.
 fn spare_ranges() -> Vec<Range> {
-    take_spare(&SPARE_RANGES).unwrap_or_else(|| Vec::with_capacity(16))
+    spare_vec(&SPARE_RANGES, 16)
 }
 
 /// Keeps a list of header positions for later.
-fn recycle_ranges(mut v: Vec<Range>) {
-    if v.capacity() > 0 && v.capacity() <= MAX_HEADERS {
-        v.clear();
-        keep_spare(&SPARE_RANGES, v);
-    }
+fn recycle_ranges(v: Vec<Range>) {
+    recycle_vec(&SPARE_RANGES, v, MAX_HEADERS);
 }
 
 /// The name and value of a header at `r` in `base`.
@@ -156,7 +153,7 @@ impl Passed {
     /// Copies the header lines of an upstream's response head, minus the hop-by-hop ones
     /// (the body comes later).
     pub(crate) fn from_head(parsed: &client::ParsedHead<'_>) -> Passed {
-        let mut lines = spare_bytes();
+        let mut lines = spare_vec(&SPARE_BYTES, 512);
         let mut has_date = false;
         let rules = crate::proxy::forward::HopRules::new(parsed.headers());
         for (name, value) in parsed.headers() {
@@ -179,7 +176,7 @@ impl Passed {
 
 impl Drop for Passed {
     fn drop(&mut self) {
-        recycle_bytes(std::mem::take(&mut self.lines));
+        recycle_vec(&SPARE_BYTES, std::mem::take(&mut self.lines), SPARE_BYTES_LARGEST);
     }
 }
 
