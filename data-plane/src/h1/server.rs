@@ -80,13 +80,18 @@ impl Head {
     /// The request in `http` types (its header values share the head's bytes). `None` for
     /// a header `http` refuses although the parser took it.
     pub fn into_request(mut self) -> Option<Request<Body>> {
-        let headers = header_map(&self.bytes, &self.headers);
-        super::recycle_ranges(std::mem::take(&mut self.headers));
+        let headers = header_map(&self.bytes, &self.headers)?;
         let mut req = Request::new(body::empty());
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.headers_mut() = headers?;
+        *req.method_mut() = std::mem::replace(&mut self.method, Method::GET);
+        *req.uri_mut() = std::mem::take(&mut self.uri);
+        *req.headers_mut() = headers;
         Some(req)
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        super::recycle_ranges(std::mem::take(&mut self.headers));
     }
 }
 
@@ -622,6 +627,19 @@ mod tests {
             assert!(matches!(p, Parsed::Handover), "{}", String::from_utf8_lossy(raw));
             assert_eq!(&rest[..], raw, "hyper gets every byte");
         }
+    }
+
+    #[test]
+    fn a_head_gives_its_header_positions_back_however_it_ends() {
+        // Each test runs on its own thread: the spare list starts empty.
+        let spares = || super::super::SPARE_RANGES.with(|s| s.borrow().len());
+        let Parsed::Ready(head) = parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").0 else { panic!("a plain GET") };
+        drop(head);
+        assert_eq!(spares(), 1, "dropped (the direct lane)");
+        let Parsed::Ready(head) = parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").0 else { panic!("a plain GET") };
+        assert_eq!(spares(), 0, "the spare list was taken");
+        assert!(head.into_request().is_some());
+        assert_eq!(spares(), 1, "made into a request (the general lane)");
     }
 
     fn head(resp: Response<Body>, head_request: bool) -> (String, Framing) {

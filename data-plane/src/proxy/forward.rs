@@ -143,8 +143,13 @@ pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     if let Some(host) = &c.host {
         h.insert(X_FORWARDED_HOST, host.clone());
     }
-    let port = forwarded_port(c.host.as_ref().map(HeaderValue::as_bytes), c.proto);
-    h.insert(X_FORWARDED_PORT, HeaderValue::from_bytes(port).unwrap_or(HeaderValue::from_static("80")));
+    let port = match forwarded_port(c.host.as_ref().map(HeaderValue::as_bytes), c.proto) {
+        // The defaults need no copy.
+        b"80" => HeaderValue::from_static("80"),
+        b"443" => HeaderValue::from_static("443"),
+        p => HeaderValue::from_bytes(p).unwrap_or(HeaderValue::from_static("80")),
+    };
+    h.insert(X_FORWARDED_PORT, port);
     h.insert(X_FORWARDED_SERVER, c.server.clone());
 }
 
