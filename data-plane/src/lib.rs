@@ -28,3 +28,34 @@ pub mod table;
 pub mod telemetry;
 pub mod uplink;
 pub mod upstream;
+
+/// Deterministic pseudo-random inputs for tests.
+#[cfg(test)]
+mod test_rng {
+    /// A small deterministic generator (an LCG), so failures replay.
+    pub(crate) struct Lcg(pub(crate) u64);
+
+    impl Lcg {
+        pub(crate) fn next(&mut self) -> usize {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) as usize
+        }
+        pub(crate) fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[self.next() % xs.len()]
+        }
+        /// `s` with each letter's case picked at random.
+        pub(crate) fn cased(&mut self, s: &str) -> String {
+            s.chars().map(|c| if self.next().is_multiple_of(2) { c.to_ascii_uppercase() } else { c }).collect()
+        }
+        /// A list of up to four of `tokens`, comma-separated.
+        pub(crate) fn tokens(&mut self, tokens: &[&str]) -> String {
+            let n = 1 + self.next() % 4;
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = self.pick(tokens);
+                out.push(self.cased(t));
+            }
+            out.join(", ")
+        }
+    }
+}

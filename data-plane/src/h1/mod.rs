@@ -203,6 +203,22 @@ fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
 }
 
+/// Reads one `Content-Length` value into `length`: one number, or a list of copies of one
+/// number (RFC 9110, 8.6), which must also agree with the values read before.
+pub(crate) fn read_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+    for part in value.split(|&b| b == b',') {
+        let n = std::str::from_utf8(part)
+            .ok()
+            .and_then(|p| p.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("invalid Content-Length {:?}", String::from_utf8_lossy(value)))?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values".into());
+        }
+        *length = Some(n);
+    }
+    Ok(())
+}
+
 /// Whether a `Connection` header asks to close.
 fn wants_close(h: &HeaderMap) -> bool {
     h.get_all(http::header::CONNECTION).iter().any(|v| lists(v.as_bytes(), b"close"))

@@ -231,7 +231,8 @@ fn push_date(out: &mut Vec<u8>) {
 }
 
 /// How the response body is framed on the wire.
-enum Framing {
+#[derive(Debug, PartialEq)]
+pub(super) enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -280,19 +281,36 @@ fn finish_head(
 }
 
 /// Writes the status line and headers; returns the framing of the body.
-fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_request: bool, size: Option<u64>) -> Framing {
+pub(super) fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &mut http::response::Parts,
+    head_request: bool,
+    size: Option<u64>,
+) -> Framing {
     status_line(out, parts.status);
     // The framing below is this hop's own.
     parts.headers.remove(header::TRANSFER_ENCODING);
-    let declared: Option<u64> = parts
+    let mut declared = None;
+    let read = parts
         .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse().ok());
-    if declared.is_none() {
-        // A length that does not parse (a middleware's custom header, say) would contradict
-        // the framing chosen below: the framing wins.
-        parts.headers.remove(header::CONTENT_LENGTH);
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_for_each(|v| super::read_length(v.as_bytes(), &mut declared));
+    match (read, declared) {
+        (Ok(()), Some(n)) => {
+            // Copies of one number (`2, 2`, or two lines) go out as one.
+            let mut digits = itoa::Buffer::new();
+            let one = digits.format(n);
+            if parts.headers.get_all(header::CONTENT_LENGTH).iter().map(|v| v.as_bytes()).ne([one.as_bytes()]) {
+                parts.headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+            }
+        }
+        _ => {
+            // A length that does not parse (a middleware's custom header, say) would
+            // contradict the framing chosen below: the framing wins.
+            declared = None;
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
     }
     let has_date = parts.headers.contains_key(header::DATE);
     encode_headers(out, &parts.headers);
@@ -300,7 +318,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &mut http::response::Parts, head_reques
 }
 
 /// Writes a passed-through head; returns the framing of the body.
-fn encode_passed(out: &mut Vec<u8>, p: &super::Passed, head_request: bool) -> Framing {
+pub(super) fn encode_passed(out: &mut Vec<u8>, p: &super::Passed, head_request: bool) -> Framing {
     status_line(out, p.status);
     out.extend_from_slice(&p.lines);
     finish_head(out, p.status, head_request, p.declared, None, p.has_date)
@@ -678,5 +696,16 @@ mod tests {
         let (h, f) = head(r, false);
         assert!(!h.contains("many") && h.contains("content-length: 3\r\n") && matches!(f, Framing::Length(3)));
         assert_eq!(h.matches("date: ").count(), 1);
+        // Copies of one length go out as one; lengths that disagree are dropped for the real one.
+        let mut r = Response::new(body::full("ab"));
+        r.headers_mut().insert(header::CONTENT_LENGTH, "2, 2".parse().unwrap());
+        let (h, f) = head(r, false);
+        assert!(h.contains("content-length: 2\r\n") && !h.contains("2, 2") && matches!(f, Framing::Length(2)));
+        let mut r = Response::new(body::full("ab"));
+        r.headers_mut().append(header::CONTENT_LENGTH, "2".parse().unwrap());
+        r.headers_mut().append(header::CONTENT_LENGTH, "3".parse().unwrap());
+        let (h, f) = head(r, false);
+        assert_eq!(h.matches("content-length").count(), 1);
+        assert!(h.contains("content-length: 2\r\n") && matches!(f, Framing::Length(2)), "{h}");
     }
 }

@@ -64,6 +64,12 @@ pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, and those the `Connection` header names. `keep_upgrade`
 /// puts back `Connection: upgrade` and `Upgrade` for a protocol switch.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
+    // `TE: trailers` is the one TE value that may cross (gRPC needs it); as in Go's reverse
+    // proxy, what the request said counts, even if its `Connection` names `TE`.
+    let te_trailers = h.contains_key(header::TE)
+        && h.get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     if h.contains_key(header::CONNECTION) {
         // `keep-alive`, `close` and `upgrade` are the usual tokens; only others name a
         // header to remove (`from_bytes` lower-cases).
@@ -85,11 +91,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
             h.remove(n);
         }
     }
-    // `TE: trailers` is the one TE value that may cross (gRPC needs it).
-    let te_trailers = h.contains_key(header::TE)
-        && h.get_all(header::TE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     remove_listed(h, &HOP_BY_HOP);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -483,6 +484,64 @@ mod tests {
                     assert_eq!(got, want, "{headers:?} proto {proto} pass_host {pass_host} ip {with_ip}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_direct_lane_writes_what_the_header_map_path_sends_for_generated_heads() {
+        const NAMES: &[&str] = &[
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-forwarded-server",
+            "x-real-ip",
+            "accept",
+            "cookie",
+            "x-a",
+            "x-b",
+            "x-drop",
+        ];
+        const TOKENS: &[&str] =
+            &["keep-alive", "close", "upgrade", "x-a", "x-drop", "x-forwarded-for", "x-real-ip", "te", "cookie", ""];
+        let (ip, server) = (HeaderValue::from_static("10.0.0.9"), HeaderValue::from_static("gw-1"));
+        let mut rng = crate::test_rng::Lcg(7);
+        for case in 0..3000 {
+            let n = rng.next() % 9;
+            let headers: Vec<(String, String)> = (0..n)
+                .map(|_| {
+                    let name = rng.pick(NAMES);
+                    let value = match name {
+                        "connection" => rng.tokens(TOKENS),
+                        "te" => rng.tokens(&["trailers", "gzip", "deflate"]),
+                        "host" => rng.pick(&["a.test", "a.test:8080", "[::1]:81", "", "b.test."]).to_string(),
+                        _ => rng.pick(&["v1", "v2", "a, b"]).to_string(),
+                    };
+                    (rng.cased(name), value)
+                })
+                .collect();
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let proto = rng.pick(&["http", "https"]);
+            let pass_host = !rng.next().is_multiple_of(3);
+            let ip_v = (!rng.next().is_multiple_of(8)).then_some(&ip);
+            let host = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| HeaderValue::from_str(v).unwrap());
+            let c = ClientSide { ip: ip_v, proto, host, server: &server };
+            let raw = RawClient { ip: ip_v.map(HeaderValue::as_bytes), proto, server: server.as_bytes() };
+            let want = via_map(&headers, &c, pass_host, "backend:8080");
+            let (_, got) = via_bytes(&headers, &raw, pass_host, "backend:8080");
+            assert_eq!(got, want, "case {case}: {headers:?} proto {proto} pass_host {pass_host} ip {}", ip_v.is_some());
         }
     }
 
