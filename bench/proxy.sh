@@ -66,7 +66,8 @@ for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
 done
 # CPU per request of each proxy process (less noisy than req/s on a shared machine).
 NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
-declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID)
+ATRIUM1000_PID=${PIDS[-1]}
+declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID)
 
 measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
   local out
@@ -101,6 +102,8 @@ for round in $(seq "$ROUNDS"); do
     fi
   done
 done
+# User + kernel µs per request (median of each).
+total_cpu() { python3 -c "print($(median <<<"${USR[$1]}") + $(median <<<"${SYS[$1]}"))"; }
 direct_rps=$(median <<<"${RPS[direct]}"); direct_p99=$(median_lat <<<"${P99[direct]}")
 nginx_rps=$(median <<<"${RPS[nginx]}"); nginx_p99=$(median_lat <<<"${P99[nginx]}")
 one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
@@ -118,6 +121,7 @@ cat <<TABLE
 |---|---|---|
 | nginx proxy | $(median <<<"${USR[nginx]}") µs | $(median <<<"${SYS[nginx]}") µs |
 | atrium gateway, 1 route | $(median <<<"${USR[one]}") µs | $(median <<<"${SYS[one]}") µs |
+| atrium gateway, 1,001 routes | $(median <<<"${USR[many]}") µs | $(median <<<"${SYS[many]}") µs |
 
-atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")×. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
+atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu many)")× the requests per CPU second. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
 TABLE
