@@ -8,6 +8,10 @@
 //! A connection the server closed while it sat in the pool shows up as a failed write or
 //! as end-of-stream before any response byte; the request is then sent once more on a new
 //! connection — any request whose write failed, an idempotent one otherwise.
+//!
+//! What is sent, and what the response head becomes, is the caller's ([`Outbound`]): a
+//! request in `http` types answered with a header map ([`Pooled`]), or the proxy's direct
+//! lane, which writes the head from the client's bytes and passes the response's lines on.
 
 use std::collections::HashMap;
 use std::hash::Hash;

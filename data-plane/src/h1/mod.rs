@@ -3,11 +3,16 @@
 //! [`server`] serves bodiless HTTP/1.1 requests on an entrypoint connection's own task and
 //! hands everything else to hyper; [`client`] sends bodiless requests to plain HTTP/1.1
 //! upstreams on pooled connections read and written inline, without a connection task.
-//! This module holds what both share: head parsing into `http` types that share the read
-//! buffer, header encoding, and chunked framing.
+//! This module holds what both share: where a parsed head's headers are in its bytes,
+//! header maps built from those positions (sharing the bytes), response heads passed
+//! through as their lines ([`Passed`]), header encoding, and chunked framing; plus the
+//! per-thread spare maps and buffers that keep a request from allocating.
 
 pub(crate) mod client;
 pub mod server;
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -55,13 +60,12 @@ const SPARE_MAP_LARGEST: usize = 4 * MAX_HEADERS;
 /// Buffers larger than this are not kept.
 const SPARE_BYTES_LARGEST: usize = 16 * 1024;
 
-use std::cell::RefCell;
-use std::thread::LocalKey;
-
+/// A spare value of `key`'s kind, if one is kept.
 fn take_spare<T: 'static>(key: &'static LocalKey<Spares<T>>) -> Option<T> {
     key.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
 }
 
+/// Keeps `v` among `key`'s spares (up to [`SPARES_KEPT`]).
 fn keep_spare<T: 'static>(key: &'static LocalKey<Spares<T>>, v: T) {
     key.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {

@@ -7,6 +7,11 @@
 //! the connection, with the bytes already read, to hyper's server, which then serves it to
 //! the end (and answers the 400 or 431 itself). The hand-over happens at a request
 //! boundary, so no request is lost or answered twice.
+//!
+//! The handler gets each head as parsed ([`Head`]: its bytes and where its headers are),
+//! and answers with a response, or with an upstream's response head passed through as its
+//! lines ([`Reply::Passed`], the proxy's direct lane); either way the framing of the
+//! client's connection is this loop's.
 
 use std::io;
 use std::pin::Pin;
@@ -67,7 +72,7 @@ impl Head {
         self.headers.iter().map(|&r| super::raw_header(&self.bytes, r))
     }
 
-    /// The first value of header `name` (lower case).
+    /// The first value of header `name` (compared in any case).
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
@@ -101,12 +106,6 @@ pub enum Reply {
     Response(Response<Body>),
     /// An upstream's response passed through as bytes.
     Passed(super::Passed),
-}
-
-impl From<Response<Body>> for Reply {
-    fn from(r: Response<Body>) -> Reply {
-        Reply::Response(r)
-    }
 }
 
 pin_project_lite::pin_project! {
