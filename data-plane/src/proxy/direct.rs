@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use http::{Method, Response};
 
-use super::{ConnInfo, Gateway, ProxyError, Runtime};
+use super::{ConnInfo, Gateway, ProxyError, Routed, Runtime};
 use crate::body::Body;
 use crate::h1::Passed;
 use crate::h1::client::{Outbound, ParsedHead};
@@ -65,6 +65,12 @@ impl Outbound for RawRequest<'_> {
     }
 }
 
+/// The lane a request from the fast path takes (see [`Gateway::serve_head`]).
+enum Lane {
+    Direct(Arc<Runtime>, usize, Arc<LoadBalancer>),
+    General(Option<Routed>),
+}
+
 /// An empty header map, for routing tables that match on no header.
 static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
 
@@ -78,22 +84,25 @@ impl Gateway {
         conn: &'a ConnInfo,
     ) -> Handled<impl Future<Output = Reply> + Send + 'a, impl Future<Output = Response<Body>> + Send + 'a> {
         match self.direct_route(&head, conn) {
-            Some((rt, router, lb)) => Handled::Reply { fut: self.direct(rt, router, lb, head, conn) },
-            None => Handled::request(head, |req| self.handle(req, conn)),
+            Lane::Direct(rt, router, lb) => Handled::Reply { fut: self.direct(rt, router, lb, head, conn) },
+            Lane::General(routed) => Handled::request(head, |req| self.handle_routed(req, conn, routed)),
         }
     }
 
-    /// The configuration, router (its position) and load balancer of a request the direct
-    /// lane can take.
-    fn direct_route(&self, head: &Head, conn: &ConnInfo) -> Option<(Arc<Runtime>, usize, Arc<LoadBalancer>)> {
+    /// Which lane a request takes: the direct one with its configuration, router (its
+    /// position) and load balancer, or the general one, with its router when it was found
+    /// here (so that it is not looked up twice).
+    fn direct_route(&self, head: &Head, conn: &ConnInfo) -> Lane {
         if self.access_log.is_some()
             || crate::telemetry::enabled()
             || conn.uplink.is_some()
             || head.uri().authority().is_some()
         {
-            return None;
+            return Lane::General(None);
         }
-        let rt = self.runtime.load_full().filter(|rt| !rt.table.reads_headers())?;
+        let Some(rt) = self.runtime.load_full().filter(|rt| !rt.table.reads_headers()) else {
+            return Lane::General(None);
+        };
         let host = head.header(b"host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
         let view = RequestView::with_client_ip(
             head.method().as_str(),
@@ -103,13 +112,17 @@ impl Gateway {
             &NO_HEADERS,
             Some(conn.peer.ip().to_canonical()),
         );
-        let i = rt.table.route_index(Some(&conn.entry_point), &view)?;
-        let router = &rt.table.routers()[i];
-        let lb = match router.target.as_deref() {
-            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => lb.clone(),
-            _ => return None,
+        let Some(i) = rt.table.route_index(Some(&conn.entry_point), &view) else {
+            return Lane::General(None);
         };
-        Some((rt, i, lb))
+        let router = &rt.table.routers()[i];
+        match router.target.as_deref() {
+            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
+                let lb = lb.clone();
+                Lane::Direct(rt, i, lb)
+            }
+            _ => Lane::General(Some(Routed { rt, router: i })),
+        }
     }
 
     /// Sends a request the direct lane takes (see [`Gateway::direct_route`]).

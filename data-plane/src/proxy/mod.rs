@@ -159,6 +159,15 @@ type Labels = Arc<metrics::RouterStats>;
 /// What forwarding a request gives.
 type Forwarded = Result<Response<Body>, ProxyError>;
 
+/// A request's router, found before the request was built (by the direct lane, which
+/// routes without the request's headers only when no rule reads them, so the router is
+/// the one [`Gateway::serve`] would find), with the configuration it belongs to.
+struct Routed {
+    rt: Arc<Runtime>,
+    /// Its position in the table's routers.
+    router: usize,
+}
+
 /// Why a request could not be forwarded.
 enum ProxyError {
     NoTarget(String),
@@ -343,14 +352,28 @@ impl Gateway {
         impl std::future::Future<Output = Response<Body>> + Send + 'a,
         futures_util::future::BoxFuture<'a, Response<Body>>,
     > {
+        self.handle_routed(req, conn, None)
+    }
+
+    /// [`Gateway::handle`] for a request whose router was found already (see
+    /// [`Routed`]).
+    fn handle_routed<'a>(
+        self: &'a Arc<Self>,
+        req: Request<Body>,
+        conn: &'a ConnInfo,
+        routed: Option<Routed>,
+    ) -> futures_util::future::Either<
+        impl std::future::Future<Output = Response<Body>> + Send + 'a,
+        futures_util::future::BoxFuture<'a, Response<Body>>,
+    > {
         use futures_util::future::Either;
         let span = (crate::telemetry::enabled() && !conn.internal)
             .then(|| crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point));
         match span {
-            None => Either::Left(self.serve(req, conn, None)),
+            None => Either::Left(self.serve(req, conn, None, routed)),
             Some(span) => {
                 use tracing::Instrument;
-                Either::Right(Box::pin(self.serve(req, conn, Some(span.clone())).instrument(span)))
+                Either::Right(Box::pin(self.serve(req, conn, Some(span.clone()), routed).instrument(span)))
             }
         }
     }
@@ -362,6 +385,7 @@ impl Gateway {
         req: Request<Body>,
         conn: &ConnInfo,
         span: Option<tracing::Span>,
+        routed: Option<Routed>,
     ) -> Response<Body> {
         let start = Instant::now();
         let version = req.version();
@@ -372,8 +396,17 @@ impl Gateway {
             (req.method().clone(), req.uri().clone(), h(header::REFERER), h(header::USER_AGENT))
         });
         let (mut resp, labels): (Response<Body>, Option<Labels>) = 'inner: {
-            let Some(rt) = self.runtime.load_full() else {
-                break 'inner (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None);
+            let (rt, routed_to) = match routed {
+                Some(Routed { rt, router }) => (rt, Some(router)),
+                None => match self.runtime.load_full() {
+                    Some(rt) => (rt, None),
+                    None => {
+                        break 'inner (
+                            body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"),
+                            None,
+                        );
+                    }
+                },
             };
             let (mut parts, incoming) = req.into_parts();
             // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
@@ -407,7 +440,9 @@ impl Gateway {
                 server: &self.hostname,
             };
             forward::set_forwarded(&mut parts.headers, &client);
-            let router: &RouteEntry = {
+            let router: &RouteEntry = if let Some(i) = routed_to {
+                &rt.table.routers()[i]
+            } else {
                 let view = RequestView::with_client_ip(
                     parts.method.as_str(),
                     host_raw,
