@@ -458,14 +458,14 @@ pub async fn run_agent(
         let ep = quinn::Endpoint::server(cfg, addr)
             .with_context(|| format!("binding uplink entrypoint {name} on udp {addr}"))?;
         tracing::info!(name = %name, addr = %ep.local_addr()?, cluster = %cluster, "uplink entrypoint listening (QUIC, mTLS)");
-        tasks.push(tokio::spawn(atrium_agent::serve_quic(
-            ep,
-            gw.clone(),
-            up.clone(),
-            state.clone(),
-            o.liveness.stream_idle,
-            stop_rx.clone(),
-        )));
+        let server = atrium_agent::UplinkServer {
+            gw: gw.clone(),
+            upstreams: up.clone(),
+            state: state.clone(),
+            stream_idle: o.liveness.stream_idle,
+            entry_point: Arc::from(name.as_str()),
+        };
+        tasks.push(tokio::spawn(atrium_agent::serve_quic(ep, Arc::new(server), stop_rx.clone())));
     }
     tasks.extend(o.admin(&gw, None, &stop_rx).await?);
     let (vals, mans, g) = (o.values.clone(), manifests.clone(), gw.clone());

@@ -173,12 +173,26 @@ pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
     };
     let method = req.method.as_deref().unwrap_or("GET");
     let remote = req.remote_addr.as_deref().unwrap_or("192.0.2.1:1234");
-    let view = RequestView::new(method, host, parts.path, parts.query, &headers, remote);
-    let hit = table.route(req.entry_point.as_deref(), &view);
+    // As a gateway does: the sanitized path is routed and forwarded, a path that cannot
+    // be made safe is a 400 before routing.
+    let (sanitized, refused) = match atrium_data_plane::path_security::sanitize(parts.path) {
+        Ok(p) => (p, None),
+        Err(e) => (std::borrow::Cow::Borrowed(""), Some(e)),
+    };
+    if let Some(e) = &refused {
+        if case.expect.router != "none" {
+            errors.push(format!("the gateway answers 400 before routing: {e}"));
+        }
+    }
+    let view = RequestView::new(method, host, &sanitized, parts.query, &headers, remote);
+    let hit = if refused.is_some() { None } else { table.route(req.entry_point.as_deref(), &view) };
     let router = hit.map(|r| r.id.clone());
     let service = hit.map(|r| r.service_display.clone());
     let path = hit.map(|r| {
-        let mut p = UrlPath::from_escaped(parts.path);
+        if let Some(c) = table.refused_encoding(r, req.entry_point.as_deref().unwrap_or(""), &sanitized) {
+            return Err(format!("400 Bad Request: encoded character {c} is not allowed in the path"));
+        }
+        let mut p = UrlPath::from_escaped(&sanitized);
         match r.rewrite_path(&mut p) {
             Ok(()) => Ok((p.request_path().to_string(), p.decoded.clone())),
             Err(e) => Err(e.to_string()),

@@ -31,6 +31,7 @@ async fn get_via_traced(
         kind: pb::stream_header::Kind::Data as i32,
         uplink: uplink_name.into(),
         client_addr: "203.0.113.9:4321".into(),
+        client_proto: "https".into(),
         traceparent: traceparent.into(),
     };
     uplink::write_frame(&mut send, &h).await.unwrap();
@@ -146,6 +147,12 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, headers, _) = get_via_traced(&conn, "crm", "/crm/health", tp).await;
     assert_eq!((status, headers["x-seen-traceparent"].to_str().unwrap()), (200, tp));
+    // The child sanitizes what arrives through an uplink too: `..` cannot leave the
+    // uplink's prefix (routed as `/other`, which no crm router serves), and an encoded
+    // slash is refused.
+    assert_eq!(get_via(&conn, "crm", "/crm/%2e%2e/other").await.0, 404);
+    assert_eq!(get_via(&conn, "crm", "/crm/a/../health").await.2, "health");
+    assert_eq!(get_via(&conn, "crm", "/crm/a%2Fb").await.0, 400);
     // Only routers attached to the requested uplink can match.
     assert_eq!(get_via(&conn, "crm", "/billing/health").await.0, 404);
     assert_eq!(get_via(&conn, "billing", "/crm/health").await.0, 404);

@@ -532,3 +532,62 @@ async fn topology(a_flags: &[&str], env: &[(&str, &str)]) -> Topology {
     until_status(ws, "/crm/health", 200).await;
     Topology { _backends: (crm, billing), _a: a, _b: b, cp, ws, _tmp: tmp }
 }
+
+/// A client of the parent cannot pose as another client to a child, on either uplink
+/// framing: HTTP/2 end to end (`TE: trailers`) or pooled HTTP/1.1 streams. The child's
+/// backend sees the parent's view of the client, and the client's scheme at the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
+    use common::client::tls_connect;
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    test_pki(root);
+    // cluster-a: `/crm/internal` admits only 203.0.113.0/24, the address a client forges.
+    let internal = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: internal\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/crm/internal`)\n      middlewares: [{name: only-partners}]\n      services: [{name: crm-service, port: 80}]\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: only-partners, namespace: apps}\nspec: {ipAllowList: {sourceRange: [203.0.113.0/24]}}\n".to_string();
+    let a = agent_with(root, "cluster-a", "127.0.0.2", "crm", crm.addr, &[("internal.yaml", internal)]);
+    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    // The parent also serves crm on plain `web`, where HTTP/2 comes with prior knowledge.
+    let plain = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: crm-plain\n  namespace: apps\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/crm`)\n      services: [{name: crm@multicluster, kind: TraefikService}]\n".to_string();
+    let cp = parent(root, &a, &b, &[], &[("plain.yaml", plain)]);
+    let ws = cp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+
+    let forged = "203.0.113.66:1 https";
+    let mut h2c = common::exchanges::h2(tokio::net::TcpStream::connect(cp.entry_points["web"]).await.unwrap()).await;
+    let mut h2s = common::exchanges::h2(tls_connect(ws, "api.example.com", &[b"h2"]).await).await;
+    for (scheme, s) in [("http", &mut h2c), ("https", &mut h2s)] {
+        // With `TE: trailers` the request stays HTTP/2 through the uplink; without, it
+        // goes over a pooled HTTP/1.1 stream.
+        for trailers in [true, false] {
+            let req = |path: &str| {
+                let mut b = hyper::Request::get(format!("{scheme}://api.example.com{path}"))
+                    .header(atrium_data_plane::multicluster::CLIENT_HEADER, forged)
+                    .header("atrium-uplink-anything", "x");
+                if trailers {
+                    b = b.header("te", "trailers");
+                }
+                b.body(common::client::body("")).unwrap()
+            };
+            let what = format!("{scheme}, trailers {trailers}");
+            s.ready().await.unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.send_request(req("/crm/health")))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.status(), 200, "{what}");
+            let seen = |h: &str| r.headers().get(h).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            assert_eq!(seen("x-seen-x-real-ip"), "127.0.0.1", "{what}");
+            assert_eq!(seen("x-seen-x-forwarded-for"), "127.0.0.1", "{what}");
+            assert_eq!(seen("x-seen-x-forwarded-proto"), scheme, "the client's scheme at the parent ({what})");
+            http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+            s.ready().await.unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.send_request(req("/crm/internal")))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.status(), 403, "the allow list sees the real client ({what})");
+        }
+    }
+}

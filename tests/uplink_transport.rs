@@ -98,6 +98,7 @@ async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::Str
         kind: pb::stream_header::Kind::Data as i32,
         uplink: uplink_name.into(),
         client_addr: "203.0.113.9:4321".into(),
+        client_proto: "https".into(),
         traceparent: String::new(),
     };
     uplink::write_frame(&mut send, &h).await.unwrap();

@@ -57,7 +57,9 @@ pub fn spawn_health_checks(
                 }
                 let ok = match req.body(body::empty()) {
                     Ok(req) => {
-                        let mut conn = uplink_conn(&u.name, "127.0.0.1:0".parse().expect("static address"), up.clone());
+                        let entry_point = format!("uplink:{}", u.name);
+                        let client = "127.0.0.1:0".parse().expect("static address");
+                        let mut conn = uplink_conn(&entry_point, &u.name, client, up.clone());
                         conn.internal = true;
                         let timeout = Duration::from_millis(hc.timeout_ms.max(1));
                         match tokio::time::timeout(timeout, gw.handle(req, &conn)).await {
@@ -90,30 +92,37 @@ pub fn spawn_health_checks(
     }
 }
 
-fn uplink_conn(uplink_name: &str, client: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
-    let mut c = ConnInfo::new(Arc::from(format!("uplink:{uplink_name}")), 0, true, client, upstreams);
+/// A request arriving on uplink entrypoint `entry_point` for uplink `uplink_name`.
+fn uplink_conn(entry_point: &str, uplink_name: &str, client: SocketAddr, upstreams: Arc<Upstreams>) -> ConnInfo {
+    let mut c = ConnInfo::new(Arc::from(entry_point), 0, true, client, upstreams);
     c.uplink = Some(Arc::from(uplink_name));
     c
 }
 
+/// What serving parents on one uplink entrypoint takes.
+#[derive(Debug)]
+pub struct UplinkServer {
+    /// The child's gateway: uplink requests are routed by it.
+    pub gw: Arc<Gateway>,
+    /// Upstream clients for requests served here.
+    pub upstreams: Arc<Upstreams>,
+    /// What the agent tells parents on control streams.
+    pub state: Arc<State>,
+    /// A pooled HTTP/1.1 stream that waits longer than this for its next request is
+    /// closed.
+    pub stream_idle: Duration,
+    /// The uplink entrypoint's name (its `http.encodedCharacters` apply).
+    pub entry_point: Arc<str>,
+}
+
 /// Serves parents on `endpoint` until `stop`.
-///
-/// A pooled HTTP/1.1 stream that waits longer than `stream_idle` for its next request is
-/// closed.
-pub async fn serve_quic(
-    endpoint: quinn::Endpoint,
-    gw: Arc<Gateway>,
-    up: Arc<Upstreams>,
-    state: Arc<State>,
-    stream_idle: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve_quic(endpoint: quinn::Endpoint, server: Arc<UplinkServer>, mut stop: watch::Receiver<bool>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             _ = stop.changed() => { endpoint.close(0u32.into(), b"shutting down"); return; }
         };
-        let (gw, up, state) = (gw.clone(), up.clone(), state.clone());
+        let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -126,8 +135,7 @@ pub async fn serve_quic(
                     Ok(s) => s,
                     Err(e) => return tracing::info!(%remote, reason = %e, "parent disconnected"),
                 };
-                let (gw, up, state) = (gw.clone(), up.clone(), state.clone());
-                tokio::spawn(serve_stream(send, recv, remote, gw, up, state, stream_idle));
+                tokio::spawn(serve_stream(send, recv, remote, server.clone()));
             }
         });
     }
@@ -137,10 +145,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     remote: SocketAddr,
-    gw: Arc<Gateway>,
-    up: Arc<Upstreams>,
-    state: Arc<State>,
-    stream_idle: Duration,
+    server: Arc<UplinkServer>,
 ) {
     let header = match uplink::read_header(&mut recv).await {
         Ok(h) => h,
@@ -152,18 +157,36 @@ async fn serve_stream(
         }
     };
     if header.kind == pb::stream_header::Kind::Control as i32 {
-        control(send, recv, state).await;
+        control(send, recv, server.state.clone()).await;
         return;
     }
-    let client: SocketAddr = header.client_addr.parse().unwrap_or(remote);
-    let conn = Arc::new(uplink_conn(&header.uplink, client, up));
+    // An HTTP/2 stream names its one client in the header; a pooled HTTP/1.1 stream leaves
+    // it empty and names the client of each request in `CLIENT_HEADER`. A header whose
+    // client does not parse is refused rather than served as the parent's own request.
+    let per_stream = if header.client_addr.is_empty() {
+        None
+    } else {
+        match uplink::RelayedClient::from_parts(&header.client_addr, &header.client_proto) {
+            Some(c) => Some(c),
+            None => {
+                tracing::warn!(%remote, client = %header.client_addr, proto = %header.client_proto, "bad uplink stream header: unreadable client; reset");
+                let _ = send.reset(1u32.into());
+                let _ = recv.stop(1u32.into());
+                return;
+            }
+        }
+    };
+    let client = per_stream.map_or(remote, |c| c.addr);
+    let conn = Arc::new(uplink_conn(&server.entry_point, &header.uplink, client, server.upstreams.clone()));
+    let gw = server.gw.clone();
+    let stream_idle = server.stream_idle;
     let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
     // Bodiless HTTP/1.1 requests are served inline; anything else goes to hyper from the
     // first request that needs it (see `atrium_data_plane::h1::server`).
     let fast = {
         let (gw, base, tp) = (&gw, &*conn, &traceparent);
         let handler = atrium_data_plane::h1::server::requests(move |mut req: hyper::Request<body::Body>| {
-            let relayed = relayed_client(&mut req, tp.as_ref());
+            let relayed = relayed_client(&mut req, per_stream, tp.as_ref());
             handle_relayed(gw, base, req, relayed)
         });
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
@@ -177,7 +200,7 @@ async fn serve_stream(
     };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
-        let relayed = relayed_client(&mut req, traceparent.as_ref());
+        let relayed = relayed_client(&mut req, per_stream, traceparent.as_ref());
         let base = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(handle_relayed(&gw, &base, req.map(body::incoming), relayed).await) }
     });
@@ -195,7 +218,7 @@ async fn handle_relayed(
     gw: &Arc<Gateway>,
     base: &atrium_data_plane::proxy::ConnInfo,
     req: hyper::Request<body::Body>,
-    relayed: Option<SocketAddr>,
+    relayed: Option<uplink::RelayedClient>,
 ) -> hyper::Response<body::Body> {
     match relayed {
         Some(client) => gw.handle(req, &base.for_client(client)).await,
@@ -203,11 +226,17 @@ async fn handle_relayed(
     }
 }
 
-/// On a pooled HTTP/1.1 stream each request names its own client: takes it out of the
-/// request. The stream header's trace context applies when the request lost its own.
-fn relayed_client<B>(req: &mut hyper::Request<B>, traceparent: Option<&http::HeaderValue>) -> Option<SocketAddr> {
-    let relayed =
-        req.headers_mut().remove(multicluster::CLIENT_HEADER).and_then(|v| v.to_str().ok()?.parse::<SocketAddr>().ok());
+/// The client of a relayed request: the stream's when its header named one, else the one
+/// the request names (pooled HTTP/1.1 streams). The request's own `CLIENT_HEADER` is taken
+/// out either way, so it is trusted only where the parent sets it. The stream header's
+/// trace context applies when the request lost its own.
+fn relayed_client<B>(
+    req: &mut hyper::Request<B>,
+    per_stream: Option<uplink::RelayedClient>,
+    traceparent: Option<&http::HeaderValue>,
+) -> Option<uplink::RelayedClient> {
+    let named = req.headers_mut().remove(multicluster::CLIENT_HEADER);
+    let relayed = per_stream.or_else(|| uplink::RelayedClient::from_header(named?.as_bytes()));
     if let Some(tp) = traceparent {
         req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
     }

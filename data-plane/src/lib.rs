@@ -2,8 +2,9 @@
 //! serves it.
 //!
 //! The path of a request, following the names:
-//! 1. [`request::RequestView`] canonicalises the routing inputs (host, routing path, client
-//!    IP) the way Traefik does.
+//! 1. [`path_security::sanitize`] cleans the request path (dot segments, escapes) or
+//!    refuses it, and [`request::RequestView`] canonicalises the routing inputs (host,
+//!    routing path, client IP) the way Traefik does.
 //! 2. [`table::RouteTable`] — compiled from a snapshot by [`table::RouteTable::from_snapshot`]
 //!    — picks the router: an index narrows the candidates by host and path prefix, then
 //!    each candidate's [`rules::Rule`] runs in priority order.
@@ -18,6 +19,7 @@ pub mod body;
 pub mod h1;
 pub mod middleware;
 pub mod multicluster;
+pub mod path_security;
 pub mod pki;
 pub mod proxy;
 pub mod request;

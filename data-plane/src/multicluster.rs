@@ -134,9 +134,10 @@ struct WorkerConns {
     conns: HashMap<String, quinn::Connection>,
 }
 
-/// The request header that carries the client's address to the child on pooled HTTP/1.1
-/// uplink streams. The parent always sets it (a client's own value never passes), and the
-/// child removes it before routing.
+/// The request header that carries the client (address and scheme, see
+/// [`uplink::RelayedClient`]) to the child on pooled HTTP/1.1 uplink streams. The parent
+/// sets it on every such request; a client's own `atrium-*` headers never leave the first
+/// atrium hop (see `proxy::forward`), and the child takes it out before routing.
 pub const CLIENT_HEADER: &str = "atrium-uplink-client";
 
 /// Pooled streams are found by worker thread, child and uplink.
@@ -412,7 +413,7 @@ impl UplinkClient {
         &self,
         child: &pb::Child,
         uplink_name: &str,
-        client: SocketAddr,
+        client: uplink::RelayedClient,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
@@ -420,7 +421,8 @@ impl UplinkClient {
             let header = pb::StreamHeader {
                 kind: pb::stream_header::Kind::Data as i32,
                 uplink: uplink_name.to_string(),
-                client_addr: client.to_string(),
+                client_addr: client.addr.to_string(),
+                client_proto: client.proto().to_string(),
                 // The W3C trace context of the request, so the child's spans join the trace
                 // even when a hop in between strips headers.
                 traceparent: req
@@ -449,9 +451,7 @@ impl UplinkClient {
 
         *req.uri_mut() = http::Uri::from(pq);
         *req.version_mut() = http::Version::HTTP_11;
-        if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
-            req.headers_mut().insert(CLIENT_HEADER, v);
-        }
+        req.headers_mut().insert(CLIENT_HEADER, client.header_value());
         let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
         if crate::h1::client::eligible(&req) {
             // Bodiless requests: written and read inline on pooled streams.

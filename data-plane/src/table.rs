@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use atrium_proto::v1::{Service, SnapshotBody};
 
-use crate::middleware::CompiledMiddleware;
 use crate::middleware::path::{RewriteError, UrlPath};
+use crate::middleware::{Action, CompiledMiddleware};
+use crate::path_security::EncodedCharacters;
 use crate::request::RequestView;
 use crate::rules::Rule;
 
@@ -49,6 +50,9 @@ pub struct RouteEntry {
     pub labels: Arc<crate::proxy::metrics::RouterStats>,
     /// Requests routed here since the last usage report.
     pub served: std::sync::atomic::AtomicU64,
+    /// The encoded characters its paths may carry, when an `encodedCharacters` middleware
+    /// says (it overrides the entrypoint's setting).
+    pub encoded_characters: Option<EncodedCharacters>,
 }
 
 impl RouteEntry {
@@ -207,6 +211,8 @@ pub struct RouteTable {
     /// Whether a router's rule matches on headers (routing then needs the request's
     /// headers as a map).
     reads_headers: bool,
+    /// Each entrypoint's `http.encodedCharacters`.
+    encoded_by_entry_point: HashMap<String, EncodedCharacters>,
 }
 
 impl RouteTable {
@@ -272,7 +278,6 @@ impl RouteTable {
                 rule,
                 priority: r.priority,
                 entry_points: r.entry_points.clone(),
-                middlewares: mws,
                 service: r.service.clone(),
                 service_display: if r.service_display.is_empty() {
                     r.service.clone()
@@ -284,12 +289,40 @@ impl RouteTable {
                 labels: Arc::new(crate::proxy::metrics::RouterStats::new(&r.id, &r.service)),
                 served: std::sync::atomic::AtomicU64::new(0),
                 target: None,
+                encoded_characters: mws.iter().find_map(|m| match m.action {
+                    Action::EncodedCharacters(e) => Some(e),
+                    _ => None,
+                }),
+                middlewares: mws,
             });
         }
-        Ok(Self::build(routers, services))
+        let encoded = body
+            .entry_points
+            .iter()
+            .map(|e| (e.name.clone(), e.encoded_characters.as_ref().map(EncodedCharacters::from).unwrap_or_default()))
+            .collect();
+        Ok(Self::build(routers, services, encoded))
     }
 
-    fn build(mut routers: Vec<RouteEntry>, services: HashMap<String, Service>) -> RouteTable {
+    /// The first encoded character of `sanitized` (a [`crate::path_security::sanitize`]d
+    /// path) that `router` may not see on `entry_point`: its `encodedCharacters`
+    /// middleware decides, else the entrypoint's setting (none allowed by default).
+    pub fn refused_encoding(&self, router: &RouteEntry, entry_point: &str, sanitized: &str) -> Option<&'static str> {
+        if !sanitized.contains('%') {
+            return None;
+        }
+        let allowed = router
+            .encoded_characters
+            .or_else(|| self.encoded_by_entry_point.get(entry_point).copied())
+            .unwrap_or_default();
+        allowed.refused(sanitized)
+    }
+
+    fn build(
+        mut routers: Vec<RouteEntry>,
+        services: HashMap<String, Service>,
+        encoded_by_entry_point: HashMap<String, EncodedCharacters>,
+    ) -> RouteTable {
         routers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
         let mut by_entry_point: HashMap<String, RouterIndex> = HashMap::new();
         let mut all = RouterIndex::default();
@@ -322,7 +355,7 @@ impl RouteTable {
             }
         }
         let reads_headers = routers.iter().any(|r| r.rule.reads_headers());
-        RouteTable { routers, by_entry_point, by_uplink, all, services, reads_headers }
+        RouteTable { routers, by_entry_point, by_uplink, all, services, reads_headers, encoded_by_entry_point }
     }
 
     /// The routers in priority order.

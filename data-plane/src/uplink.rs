@@ -47,6 +47,46 @@ pub enum FrameError {
     UnknownKind(i32),
 }
 
+/// The client a parent relays a request for: its address, and whether it reached the parent
+/// over TLS. On the child it is the client for `ClientIP`, `ipAllowList` and the
+/// `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayedClient {
+    /// The client's socket address at the parent.
+    pub addr: std::net::SocketAddr,
+    /// Whether the client spoke TLS to the parent.
+    pub tls: bool,
+}
+
+impl RelayedClient {
+    /// The scheme as a stream header carries it.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The value of the per-request header on pooled HTTP/1.1 streams: `ADDR PROTO`.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let text = format!("{} {}", self.addr, self.proto());
+        http::HeaderValue::from_str(&text).unwrap_or_else(|_| http::HeaderValue::from_static("0.0.0.0:0 http"))
+    }
+
+    /// Reads [`RelayedClient::header_value`]'s format; `None` for anything else.
+    pub fn from_header(v: &[u8]) -> Option<RelayedClient> {
+        let (addr, proto) = std::str::from_utf8(v).ok()?.split_once(' ')?;
+        RelayedClient::from_parts(addr, proto)
+    }
+
+    /// From a stream header's `client_addr` and `client_proto`.
+    pub fn from_parts(addr: &str, proto: &str) -> Option<RelayedClient> {
+        let tls = match proto {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        Some(RelayedClient { addr: addr.parse().ok()?, tls })
+    }
+}
+
 /// Writes one length-prefixed message.
 pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin, M: Message>(w: &mut W, msg: &M) -> std::io::Result<()> {
     let body = msg.encode_to_vec();
@@ -241,6 +281,7 @@ mod tests {
             kind: pb::stream_header::Kind::Data as i32,
             uplink: "crm".into(),
             client_addr: "10.0.0.1:5".into(),
+            client_proto: "http".into(),
             traceparent: String::new(),
         };
         write_frame(&mut a, &h).await.unwrap();

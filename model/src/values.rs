@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use atrium_data_plane::middleware::config::{IntOrString, NotSupported};
+use atrium_data_plane::path_security::EncodedCharacters;
 use serde::Deserialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
@@ -30,6 +31,16 @@ pub struct EntryPointConfig {
     pub uplink: bool,
     /// Terminates TLS.
     pub tls: bool,
+    /// Encoded characters request paths may carry (`http.encodedCharacters`; none by
+    /// default).
+    pub encoded_characters: EncodedCharacters,
+}
+
+impl EntryPointConfig {
+    /// A port with nothing but its number, TLS and uplink flags set.
+    pub fn new(port: u16, uplink: bool, tls: bool) -> Self {
+        EntryPointConfig { port, uplink, tls, encoded_characters: EncodedCharacters::default() }
+    }
 }
 
 /// `hub.providers.multicluster`.
@@ -109,10 +120,10 @@ pub struct Values {
 impl Default for Values {
     fn default() -> Self {
         let mut ports = BTreeMap::new();
-        ports.insert("web".to_string(), EntryPointConfig { port: 8000, uplink: false, tls: false });
-        ports.insert("websecure".to_string(), EntryPointConfig { port: 8443, uplink: false, tls: true });
-        ports.insert(ADMIN_PORT.to_string(), EntryPointConfig { port: 8080, uplink: false, tls: false });
-        ports.insert(METRICS_PORT.to_string(), EntryPointConfig { port: 9100, uplink: false, tls: false });
+        ports.insert("web".to_string(), EntryPointConfig::new(8000, false, false));
+        ports.insert("websecure".to_string(), EntryPointConfig::new(8443, false, true));
+        ports.insert(ADMIN_PORT.to_string(), EntryPointConfig::new(8080, false, false));
+        ports.insert(METRICS_PORT.to_string(), EntryPointConfig::new(9100, false, false));
         Values { ports, multicluster: None, file: None, doc: None }
     }
 }
@@ -168,8 +179,14 @@ impl Values {
             match k.as_str().unwrap_or("") {
                 "hub" => r.hub(val, &mut v),
                 "ports" => r.ports(val, &mut v),
-                "additionalArguments" => r.arguments(val, &mut v),
+                // Read once every port is known: arguments may refer to any of them.
+                "additionalArguments" => {}
                 other => r.unread(k, other),
+            }
+        }
+        for (k, val) in entries {
+            if k.as_str() == Some("additionalArguments") {
+                r.arguments(val, &mut v);
             }
         }
         v.doc = Some(doc);
@@ -279,7 +296,7 @@ impl Reader<'_> {
             if val.kind == NodeKind::Null {
                 continue;
             }
-            let mut ep = v.ports.get(&name).cloned().unwrap_or(EntryPointConfig { port: 0, uplink: false, tls: false });
+            let mut ep = v.ports.get(&name).cloned().unwrap_or(EntryPointConfig::new(0, false, false));
             for (fk, fv) in self.map(val, &path) {
                 let field = fk.as_str().unwrap_or("");
                 let fpath = format!("{path}.{field}");
@@ -304,6 +321,20 @@ impl Reader<'_> {
                                 }
                             } else {
                                 self.unread(tk, &tpath);
+                            }
+                        }
+                    }
+                    "http" => {
+                        for (hk, hv) in self.map(fv, &fpath) {
+                            let hkey = hk.as_str().unwrap_or("");
+                            let hpath = format!("{fpath}.{hkey}");
+                            if hkey == "encodedCharacters" {
+                                match from_node_at::<EncodedCharacters>(hv, &hpath) {
+                                    Ok(e) => ep.encoded_characters = e,
+                                    Err(e) => self.de_error(e, hv),
+                                }
+                            } else {
+                                self.unread(hk, &hpath);
                             }
                         }
                     }
@@ -333,9 +364,20 @@ impl Reader<'_> {
                 self.error(item, &path, format!("expected a string, found {}", item.describe()));
                 continue;
             };
+            if let Some(parsed) = parse_encoded_characters_argument(arg) {
+                match parsed.and_then(|(ep, flag, allow)| match v.ports.get_mut(&ep) {
+                    Some(e) => Ok(e.encoded_characters.set(&flag, allow)),
+                    None => Err(format!("{arg:?}: no port named {ep:?} (declare it under `ports`)")),
+                }) {
+                    Ok(true) => {}
+                    Ok(false) => self.error(item, &path, format!("{arg:?}: unknown encodedCharacters option")),
+                    Err(msg) => self.error(item, &path, msg),
+                }
+                continue;
+            }
             match parse_uplink_tls_argument(arg) {
                 Some(Ok((ep, tls))) => {
-                    let e = v.ports.entry(ep).or_insert(EntryPointConfig { port: 9443, uplink: true, tls });
+                    let e = v.ports.entry(ep).or_insert(EntryPointConfig::new(9443, true, tls));
                     e.tls = tls;
                 }
                 Some(Err(msg)) => self.error(item, &path, msg),
@@ -352,6 +394,28 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// `--entryPoints.<name>.http.encodedCharacters.<flag>=<bool>` (Traefik's flags are
+/// case-insensitive in their first part) → (name, flag, value). `None` when the argument
+/// is something else.
+fn parse_encoded_characters_argument(arg: &str) -> Option<Result<(String, String, bool), String>> {
+    let rest = arg.strip_prefix("--")?;
+    let (head, rest) = rest.split_once('.')?;
+    if !head.eq_ignore_ascii_case("entryPoints") {
+        return None;
+    }
+    let (key, value) = rest.split_once('=').unwrap_or((rest, "true"));
+    let (name, flag) = key.split_once(".http.encodedCharacters.")?;
+    if name.is_empty() || name.contains('.') {
+        return Some(Err(format!("invalid entrypoint name in {arg:?}")));
+    }
+    let allow = match value.to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => return Some(Err(format!("{arg:?}: expected true or false after '='"))),
+    };
+    Some(Ok((name.to_string(), flag.to_string(), allow)))
 }
 
 /// `--hub.uplinkEntryPoints.<name>.http.tls=<bool>` → (name, tls). `None` when the
@@ -416,7 +480,7 @@ additionalArguments:
     fn child_values_declare_a_tls_uplink_entrypoint() {
         let (v, d) = Values::parse(Path::new("v.yaml"), CHILD);
         assert!(d.is_empty(), "{d:?}");
-        assert_eq!(v.ports["multicluster"], EntryPointConfig { port: 9443, uplink: true, tls: true });
+        assert_eq!(v.ports["multicluster"], EntryPointConfig::new(9443, true, true));
         assert_eq!(v.entry_points().count(), 3);
     }
 

@@ -149,7 +149,7 @@ pub struct MiddlewareSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_auth: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encoded_characters: Option<NotSupported>,
+    pub encoded_characters: Option<crate::path_security::EncodedCharacters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<NotSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,7 +195,7 @@ impl MiddlewareSpec {
         }
         check!(
             add_prefix => "addPrefix", basic_auth => "basicAuth", buffering => "buffering",
-            chain => "chain", compress => "compress", headers => "headers",
+            chain => "chain", compress => "compress", encoded_characters => "encodedCharacters", headers => "headers",
             in_flight_req => "inFlightReq", ip_allow_list => "ipAllowList",
             rate_limit => "rateLimit", redirect_regex => "redirectRegex",
             redirect_scheme => "redirectScheme", replace_path => "replacePath",

@@ -57,6 +57,10 @@ pub enum Action {
     Compress(compress::CompressRt),
     /// Tries the request again on network errors and chosen statuses.
     Retry(retry::RetryPolicy),
+    /// The encoded characters its router's paths may carry. The check runs right after
+    /// routing, before any middleware (see [`crate::table::RouteTable::refused_encoding`]),
+    /// so the middleware's own place in the chain does nothing.
+    EncodedCharacters(crate::path_security::EncodedCharacters),
 }
 
 /// The buffering middleware, as Traefik runs it: the whole request is read before it is
@@ -155,6 +159,8 @@ impl CompiledMiddleware {
             Action::Compress(compress::CompressRt::new(c)?)
         } else if let Some(b) = &s.basic_auth {
             Action::BasicAuth(basic_auth::BasicAuthRt::new(b)?)
+        } else if let Some(e) = &s.encoded_characters {
+            Action::EncodedCharacters(*e)
         } else if s.chain.is_some() {
             // Chains are flattened by the compiler; a chain never reaches the data plane.
             return Err("a chain must be flattened before it reaches the data plane".into());

@@ -103,11 +103,22 @@ impl Gateway {
         let Some(rt) = self.runtime.load_full().filter(|rt| !rt.table.reads_headers()) else {
             return Lane::General(None);
         };
-        let host = head.header(b"host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
+        // A path that sanitizing changes or refuses: the general lane forwards the clean
+        // one or answers 400.
+        let path = head.uri().path();
+        if !matches!(crate::path_security::sanitize(path), Ok(std::borrow::Cow::Borrowed(_))) {
+            return Lane::General(None);
+        }
+        // Exactly one Host, else the general lane answers 400 (see `host_problem`).
+        let mut hosts = head.headers().filter(|(n, _)| n.eq_ignore_ascii_case(b"host"));
+        let host = match (hosts.next(), hosts.next()) {
+            (Some((_, h)), None) => std::str::from_utf8(h).unwrap_or_default(),
+            _ => return Lane::General(None),
+        };
         let view = RequestView::with_client_ip(
             head.method().as_str(),
             host,
-            head.uri().path(),
+            path,
             head.uri().query(),
             &NO_HEADERS,
             Some(conn.peer.ip().to_canonical()),
@@ -117,7 +128,11 @@ impl Gateway {
         };
         let router = &rt.table.routers()[i];
         match router.target.as_deref() {
-            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
+            Some(ServiceRt::LoadBalancer(lb))
+                if router.middlewares.is_empty()
+                    && lb.plain_http
+                    && rt.table.refused_encoding(router, &conn.entry_point, path).is_none() =>
+            {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }

@@ -131,12 +131,34 @@ fn forwarded_port<'a>(host: Option<&'a [u8]>, proto: &str) -> &'a [u8] {
     }
 }
 
-/// The entrypoint's step, before routing: the client's own `X-Forwarded-*` and `X-Real-Ip`
-/// go, and the proxy's `X-Real-Ip`, `X-Forwarded-Proto`, `-Host`, `-Port` and `-Server` are
-/// set. Middlewares may change them afterwards; `X-Forwarded-For` is added by
-/// [`add_forwarded_for`] when the request leaves.
+/// Whether a header is one atrium uses between its own components (`atrium-*`). A client
+/// never gets to send one: they are removed at the first atrium hop, on every lane.
+pub(crate) fn is_internal(name: &[u8]) -> bool {
+    name.len() > INTERNAL_PREFIX.len() && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+}
+
+/// The prefix of atrium's own headers.
+const INTERNAL_PREFIX: &[u8] = b"atrium-";
+
+/// Removes every `atrium-*` header (see [`is_internal`]). Clients rarely send one, so the
+/// common case is one pass over the names and no allocation.
+fn remove_internal(h: &mut HeaderMap) {
+    if !h.keys().any(|k| is_internal(k.as_str().as_bytes())) {
+        return;
+    }
+    let names: Vec<HeaderName> = h.keys().filter(|k| is_internal(k.as_str().as_bytes())).cloned().collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+/// The entrypoint's step, before routing: the client's own `X-Forwarded-*`, `X-Real-Ip`
+/// and `atrium-*` headers go, and the proxy's `X-Real-Ip`, `X-Forwarded-Proto`, `-Host`,
+/// `-Port` and `-Server` are set. Middlewares may change them afterwards;
+/// `X-Forwarded-For` is added by [`add_forwarded_for`] when the request leaves.
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
     remove_listed(h, &FORWARDED);
+    remove_internal(h);
     if let Some(ip) = c.ip {
         h.insert(X_REAL_IP, ip.clone());
     }
@@ -282,7 +304,7 @@ pub(crate) fn encode_request_raw<'a>(
             if !pass_host {
                 continue;
             }
-        } else if is_forwarding(name) || rules.removes(name) {
+        } else if is_forwarding(name) || is_internal(name) || rules.removes(name) {
             continue;
         }
         push_line(out, name, value);
@@ -373,6 +395,21 @@ mod tests {
             set_forwarded(&mut h, &ClientSide { host: Some(HeaderValue::from_static(host)), proto, ..c.clone() });
             assert_eq!(h.get("x-forwarded-port").unwrap(), want, "{host} {proto}");
         }
+    }
+
+    #[test]
+    fn a_client_cannot_send_atriums_own_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("atrium-uplink-client", HeaderValue::from_static("203.0.113.66:1 https"));
+        h.insert("Atrium-Other", HeaderValue::from_static("x"));
+        h.insert("atrium", HeaderValue::from_static("not ours: no dash"));
+        h.insert("x-atrium-keep", HeaderValue::from_static("1"));
+        let server = HeaderValue::from_static("gw");
+        set_forwarded(&mut h, &ClientSide { ip: None, proto: "http", host: None, server: &server });
+        assert!(h.get("atrium-uplink-client").is_none() && h.get("atrium-other").is_none());
+        assert_eq!(h.get("atrium").unwrap(), "not ours: no dash");
+        assert_eq!(h.get("x-atrium-keep").unwrap(), "1");
+        assert!(is_internal(b"ATRIUM-UPLINK-CLIENT") && !is_internal(b"atrium-") && !is_internal(b"atriumx"));
     }
 
     #[test]
@@ -467,6 +504,7 @@ mod tests {
                 ("x-two", "2"),
             ],
             &[("Host", "[::1]:81"), ("Cookie", "a=1"), ("Cookie", "b=2")],
+            &[("Host", "a.test"), ("Atrium-Uplink-Client", "203.0.113.66:1 https"), ("atrium-anything", "x")],
         ];
         for headers in cases {
             for (proto, pass_host) in [("http", true), ("https", true), ("http", false)] {

@@ -109,16 +109,23 @@ impl ConnInfo {
         ConnInfo { entry_point, port, tls, peer, upstreams, uplink: None, ip_value: ip, internal: false }
     }
 
-    /// The same connection on behalf of another client (a request relayed by a parent).
-    pub fn for_client(&self, peer: SocketAddr) -> ConnInfo {
+    /// The same connection on behalf of another client (a request relayed by a parent):
+    /// its address and scheme stand for the parent's.
+    pub fn for_client(&self, client: crate::uplink::RelayedClient) -> ConnInfo {
         ConnInfo {
-            peer,
-            ip_value: HeaderValue::from_str(&peer.ip().to_canonical().to_string()).ok(),
+            peer: client.addr,
+            tls: client.tls,
+            ip_value: HeaderValue::from_str(&client.addr.ip().to_canonical().to_string()).ok(),
             entry_point: self.entry_point.clone(),
             upstreams: self.upstreams.clone(),
             uplink: self.uplink.clone(),
             ..*self
         }
+    }
+
+    /// This connection's client as a parent names it to a child.
+    fn relayed(&self) -> crate::uplink::RelayedClient {
+        crate::uplink::RelayedClient { addr: self.peer, tls: self.tls }
     }
 }
 
@@ -211,8 +218,8 @@ struct Outgoing {
     headers: http::HeaderMap,
     /// The client's protocol version (HTTP/2 stays HTTP/2 through an uplink).
     version: http::Version,
-    /// The client, named to a child in the uplink stream header.
-    client: SocketAddr,
+    /// The client, named to a child across an uplink.
+    client: crate::uplink::RelayedClient,
 }
 
 impl Outgoing {
@@ -409,6 +416,9 @@ impl Gateway {
                 },
             };
             let (mut parts, incoming) = req.into_parts();
+            if let Some(why) = host_problem(parts.version, &parts.headers) {
+                break 'inner (body::text(StatusCode::BAD_REQUEST, why), None);
+            }
             // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
             // path and query from them costs no copy.
             let uri = parts.uri.clone();
@@ -418,7 +428,14 @@ impl Gateway {
                 .map(|a| a.as_str())
                 .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()))
                 .unwrap_or_default();
-            let (path_raw, query) = (uri.path(), uri.query());
+            // The path every step sees and the upstream gets: dot segments gone, escapes
+            // normalised; what cannot be made safe is a 400 (see `path_security`).
+            let query = uri.query();
+            let path = match crate::path_security::sanitize(uri.path()) {
+                Ok(p) => p,
+                Err(e) => break 'inner (body::text(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {e}")), None),
+            };
+            let path_raw: &str = &path;
             let client_ip = Some(conn.peer.ip().to_canonical());
             // The entrypoint's forwarding headers, before routing and middlewares (which see
             // them and may override them), as Traefik sets them.
@@ -462,13 +479,27 @@ impl Gateway {
             };
             let labels = Some(router.labels.clone());
             router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(c) = rt.table.refused_encoding(router, &conn.entry_point, path_raw) {
+                let why = format!("400 Bad Request: encoded character {c} is not allowed in the path");
+                break 'inner (body::text(StatusCode::BAD_REQUEST, &why), labels);
+            }
             // Only middlewares read these (CORS, compress).
             let with_middlewares = !router.middlewares.is_empty();
             let origin = with_middlewares
                 .then(|| parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string))
                 .flatten();
-            // Built on the first path rewrite only: most routers forward the path as it came.
-            let mut url: Option<UrlPath> = None;
+            // Built on the first path rewrite, or when sanitizing changed the path: most
+            // routers forward the path as it came.
+            let mut url: Option<UrlPath> =
+                matches!(path, std::borrow::Cow::Owned(_)).then(|| UrlPath::from_escaped(path_raw));
+            // The path and query as redirects see them: the sanitized path.
+            let redirect_pq = || match (&path, parts.uri.path_and_query()) {
+                (std::borrow::Cow::Borrowed(_), Some(pq)) => std::borrow::Cow::Borrowed(pq.as_str()),
+                _ => std::borrow::Cow::Owned(match query {
+                    Some(q) => format!("{path_raw}?{q}"),
+                    None => path_raw.to_string(),
+                }),
+            };
             let mut after = Vec::new();
             let mut guards = Vec::new();
             let mut drop_xff = false;
@@ -506,14 +537,14 @@ impl Gateway {
                         }
                     },
                     Action::RedirectScheme { scheme: to, port, permanent } => {
-                        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
+                        let pq = redirect_pq();
+                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: &pq };
                         redirect::scheme_target(&u, to, port.as_deref())
                             .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                     }
                     Action::RedirectRegex { regex, replacement, permanent } => {
-                        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: pq };
+                        let pq = redirect_pq();
+                        let u = redirect::RequestUrl { scheme, host: host_raw, path_and_query: &pq };
                         redirect::regex_target(&u, regex, replacement)
                             .map(|loc| redirect_to(&parts.method, *permanent, &loc))
                     }
@@ -559,6 +590,8 @@ impl Gateway {
                         retry = Some(p);
                         None
                     }
+                    // Checked right after routing.
+                    Action::EncodedCharacters(_) => None,
                 };
                 if let Some(r) = early {
                     break 'inner (r, labels);
@@ -634,7 +667,7 @@ impl Gateway {
                 path_and_query,
                 headers,
                 version: parts.version,
-                client: conn.peer,
+                client: conn.relayed(),
             };
 
             let Some(svc) = router.target.clone() else {
@@ -883,6 +916,18 @@ impl Gateway {
                 }
             }
         })
+    }
+}
+
+/// Why a request's `Host` headers make it a bad request: more than one (any version), or
+/// none on HTTP/1.1 (RFC 9112, 3.2), as Go's server answers. Two Host values would let
+/// the router and the upstream see different hosts.
+fn host_problem(version: http::Version, headers: &http::HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("400 Bad Request: too many Host headers"),
+        (None, None) if version == http::Version::HTTP_11 => Some("400 Bad Request: missing required Host header"),
+        _ => None,
     }
 }
 

@@ -175,7 +175,13 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
 
     let entry_points: Vec<pb::EntryPoint> = values
         .entry_points()
-        .map(|(n, e)| pb::EntryPoint { name: n.clone(), port: e.port.into(), tls: e.tls, uplink: e.uplink })
+        .map(|(n, e)| pb::EntryPoint {
+            name: n.clone(),
+            port: e.port.into(),
+            tls: e.tls,
+            uplink: e.uplink,
+            encoded_characters: (e.encoded_characters != Default::default()).then(|| e.encoded_characters.into()),
+        })
         .collect();
 
     let middlewares = compile_middlewares(&mut cx, m);

@@ -1,0 +1,245 @@
+//! Request path security, as Traefik v3.7 applies it before and after routing.
+//!
+//! Before routing, [`sanitize`] turns the path as sent into the one every lane routes on and
+//! forwards:
+//! 1. a `%` that does not start a two-digit escape, or a literal `#`, is a bad request;
+//! 2. escapes are written upper case (`%2f` → `%2F`), and those of unreserved characters
+//!    (`A-Z a-z 0-9 - . _ ~`) are decoded (RFC 3986 §2.3, §6.2.2.1), so `%2e%2e` is `..`;
+//! 3. a literal `\` becomes `%5C`, as Go's escaped path writes it (some backends take it
+//!    for a separator);
+//! 4. `.` and `..` segments and repeated slashes go, as Go's `path.Join` does (a trailing
+//!    slash stays). `..` never climbs above the root.
+//!
+//! So `/public/../admin` and `/public/%2e%2e/admin` both route, and reach the backend, as
+//! `/admin`: a router for `/public` cannot be used to reach what `/admin` guards.
+//!
+//! After routing, [`EncodedCharacters::refused`] refuses (400) a path that still carries an
+//! encoded `/ \ NUL ; % ? #` unless the router allows it (an `encodedCharacters`
+//! middleware) or its entrypoint does (`http.encodedCharacters`). Nothing is allowed by
+//! default: these are the escapes that let a router and a backend read one path two ways.
+//!
+//! Everything here is pure and allocation-free for a path that needs no change.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// Which encoded characters a path may carry (Traefik's `encodedCharacters`, on an
+/// entrypoint or as a middleware). Each one left `false` is refused with 400.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncodedCharacters {
+    /// `%2F`.
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
+    /// `%5C` (and a literal `\`).
+    #[serde(default)]
+    pub allow_encoded_back_slash: bool,
+    /// `%00`.
+    #[serde(default)]
+    pub allow_encoded_null_character: bool,
+    /// `%3B`.
+    #[serde(default)]
+    pub allow_encoded_semicolon: bool,
+    /// `%25`.
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    /// `%3F`.
+    #[serde(default)]
+    pub allow_encoded_question_mark: bool,
+    /// `%23`.
+    #[serde(default)]
+    pub allow_encoded_hash: bool,
+}
+
+impl EncodedCharacters {
+    /// Every one allowed.
+    pub const ALL: EncodedCharacters = EncodedCharacters {
+        allow_encoded_slash: true,
+        allow_encoded_back_slash: true,
+        allow_encoded_null_character: true,
+        allow_encoded_semicolon: true,
+        allow_encoded_percent: true,
+        allow_encoded_question_mark: true,
+        allow_encoded_hash: true,
+    };
+
+    /// Sets the flag of Traefik's name `flag` (`allowEncodedSlash`, …); `false` for an
+    /// unknown name.
+    pub fn set(&mut self, flag: &str, value: bool) -> bool {
+        let f = match flag {
+            "allowEncodedSlash" => &mut self.allow_encoded_slash,
+            "allowEncodedBackSlash" => &mut self.allow_encoded_back_slash,
+            "allowEncodedNullCharacter" => &mut self.allow_encoded_null_character,
+            "allowEncodedSemicolon" => &mut self.allow_encoded_semicolon,
+            "allowEncodedPercent" => &mut self.allow_encoded_percent,
+            "allowEncodedQuestionMark" => &mut self.allow_encoded_question_mark,
+            "allowEncodedHash" => &mut self.allow_encoded_hash,
+            _ => return false,
+        };
+        *f = value;
+        true
+    }
+
+    /// The first encoded character of a [`sanitize`]d path (escapes upper case) that is
+    /// not allowed, as its escape (`"%2F"`).
+    pub fn refused(&self, sanitized: &str) -> Option<&'static str> {
+        if *self == Self::ALL || !sanitized.contains('%') {
+            return None;
+        }
+        let b = sanitized.as_bytes();
+        b.iter().enumerate().filter(|&(_, &c)| c == b'%').find_map(|(i, _)| {
+            let (allowed, name) = match b.get(i + 1..i + 3)? {
+                b"2F" => (self.allow_encoded_slash, "%2F"),
+                b"5C" => (self.allow_encoded_back_slash, "%5C"),
+                b"00" => (self.allow_encoded_null_character, "%00"),
+                b"3B" => (self.allow_encoded_semicolon, "%3B"),
+                b"25" => (self.allow_encoded_percent, "%25"),
+                b"3F" => (self.allow_encoded_question_mark, "%3F"),
+                b"23" => (self.allow_encoded_hash, "%23"),
+                _ => return None,
+            };
+            (!allowed).then_some(name)
+        })
+    }
+}
+
+impl From<&atrium_proto::v1::EncodedCharacters> for EncodedCharacters {
+    fn from(e: &atrium_proto::v1::EncodedCharacters) -> Self {
+        EncodedCharacters {
+            allow_encoded_slash: e.allow_encoded_slash,
+            allow_encoded_back_slash: e.allow_encoded_back_slash,
+            allow_encoded_null_character: e.allow_encoded_null_character,
+            allow_encoded_semicolon: e.allow_encoded_semicolon,
+            allow_encoded_percent: e.allow_encoded_percent,
+            allow_encoded_question_mark: e.allow_encoded_question_mark,
+            allow_encoded_hash: e.allow_encoded_hash,
+        }
+    }
+}
+
+impl From<EncodedCharacters> for atrium_proto::v1::EncodedCharacters {
+    fn from(e: EncodedCharacters) -> Self {
+        atrium_proto::v1::EncodedCharacters {
+            allow_encoded_slash: e.allow_encoded_slash,
+            allow_encoded_back_slash: e.allow_encoded_back_slash,
+            allow_encoded_null_character: e.allow_encoded_null_character,
+            allow_encoded_semicolon: e.allow_encoded_semicolon,
+            allow_encoded_percent: e.allow_encoded_percent,
+            allow_encoded_question_mark: e.allow_encoded_question_mark,
+            allow_encoded_hash: e.allow_encoded_hash,
+        }
+    }
+}
+
+/// Why a path cannot be routed (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `%` that does not start a two-digit escape.
+    #[error("invalid percent-encoding in the request path")]
+    BadEscape,
+    /// A literal `#` (a fragment has no place in a request).
+    #[error("fragment in the request path")]
+    Fragment,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether the path needs more than a look: escapes, backslashes, fragments, dot segments
+/// or repeated slashes. Most paths need none of it.
+fn needs_work(p: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &c) in p.iter().enumerate() {
+        match c {
+            b'%' | b'\\' | b'#' => return true,
+            b'/' if prev == b'/' => return true,
+            // A segment that starts with a dot may be `.` or `..`.
+            b'.' if prev == b'/' => {
+                let rest = &p[i..];
+                let seg = rest.split(|&c| c == b'/').next().unwrap_or(rest);
+                if seg == b"." || seg == b".." {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    false
+}
+
+/// The path every lane routes on and forwards (see the module documentation). A path that
+/// does not start with `/` (`*`, or an empty one) is only checked for bad escapes.
+pub fn sanitize(escaped: &str) -> Result<Cow<'_, str>, PathError> {
+    let b = escaped.as_bytes();
+    if !needs_work(b) {
+        return Ok(Cow::Borrowed(escaped));
+    }
+    // Steps 1-3: escapes normalised, backslashes escaped.
+    let mut norm = String::with_capacity(b.len() + 2);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => return Err(PathError::Fragment),
+            b'%' => {
+                let (Some(h), Some(l)) =
+                    (b.get(i + 1).and_then(|&c| hex_value(c)), b.get(i + 2).and_then(|&c| hex_value(c)))
+                else {
+                    return Err(PathError::BadEscape);
+                };
+                let v = h * 16 + l;
+                if is_unreserved(v) {
+                    norm.push(v as char);
+                } else {
+                    norm.push('%');
+                    norm.push(b[i + 1].to_ascii_uppercase() as char);
+                    norm.push(b[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => norm.push_str("%5C"),
+            _ => {
+                // Copy the run up to the next byte of interest (keeps UTF-8 intact).
+                let end = b[i..].iter().position(|&c| matches!(c, b'#' | b'%' | b'\\')).map_or(b.len(), |n| i + n);
+                norm.push_str(&escaped[i..end]);
+                i = end;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if !norm.starts_with('/') {
+        return Ok(Cow::Owned(norm));
+    }
+    // Step 4: Go's `path.Join` on the escaped path, keeping a trailing slash.
+    let trailing = norm.ends_with('/');
+    let mut segs: Vec<&str> = Vec::new();
+    for seg in norm.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::with_capacity(norm.len());
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing && !out.ends_with('/') {
+        out.push('/');
+    }
+    Ok(if out == escaped { Cow::Borrowed(escaped) } else { Cow::Owned(out) })
+}
+
+#[cfg(test)]
+mod tests;
