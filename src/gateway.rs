@@ -137,11 +137,14 @@ fn certificates(
 }
 
 /// Watches `paths` and calls `on_change` (on a blocking thread) after each burst of
-/// changes has been quiet for `debounce` (and at most 10 × `debounce` after it began).
+/// changes has been quiet for `debounce` (and at most 10 × `debounce` after it began). A
+/// reload that panics is a refused configuration like any other: `refused` hears of it
+/// (and counts it), and the previous configuration stays.
 pub fn watch_paths(
     paths: Vec<PathBuf>,
     debounce: Duration,
     on_change: impl Fn() + Send + Sync + 'static,
+    refused: impl Fn(&str) + Send + Sync + 'static,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -168,7 +171,7 @@ pub fn watch_paths(
             }
             let f = on_change.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || f()).await {
-                tracing::error!(error = %e, "configuration reload task failed");
+                refused(&format!("the configuration reload failed: {e}"));
             }
         }
     });
@@ -184,18 +187,24 @@ fn watch_config(
     let version = std::sync::atomic::AtomicU64::new(first_version);
     let paths: Vec<PathBuf> = opts.manifests.iter().chain(opts.values.iter()).cloned().collect();
     let debounce = opts.debounce;
-    watch_paths(paths, debounce, move || {
-        let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        match compile(&opts, v) {
-            Ok(rt) => gw.swap(rt),
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("{e}");
+    let g = gw.clone();
+    watch_paths(
+        paths,
+        debounce,
+        move || {
+            let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            match compile(&opts, v) {
+                Ok(rt) => gw.swap(rt),
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
                 }
-                gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
             }
-        }
-    })
+        },
+        move |why| g.swap_failed(why),
+    )
 }
 
 /// The entrypoints to bind: the values' ports, moved or turned off by `--entrypoint`.

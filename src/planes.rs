@@ -272,30 +272,38 @@ pub async fn run_control_plane(
     let (vals, mans, h, g, b, publish) =
         (o.values.clone(), manifests.clone(), hub.clone(), gw.clone(), base.clone(), publish.clone());
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
-    let _watcher = watch_paths(paths, debounce, move || {
-        let detected = Instant::now();
-        match compile_body(vals.as_deref(), &mans) {
-            Ok(body) => {
-                let before = h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
-                if let Ok(mut cur) = b.lock() {
-                    *cur = body;
+    let _watcher = watch_paths(
+        paths,
+        debounce,
+        move || {
+            let detected = Instant::now();
+            match compile_body(vals.as_deref(), &mans) {
+                Ok(body) => {
+                    let before = h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
+                    if let Ok(mut cur) = b.lock() {
+                        *cur = body;
+                    }
+                    publish(detected);
+                    if h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
+                        tracing::info!("configuration changed on disk but compiles to the same snapshot");
+                    }
                 }
-                publish(detected);
-                if h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
-                    tracing::info!("configuration changed on disk but compiles to the same snapshot");
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    g.swap_failed(&format!(
+                        "{} error(s) in the configuration; data planes keep the previous snapshot",
+                        errors.len()
+                    ));
                 }
             }
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("{e}");
-                }
-                g.swap_failed(&format!(
-                    "{} error(s) in the configuration; data planes keep the previous snapshot",
-                    errors.len()
-                ));
-            }
-        }
-    })?;
+        },
+        {
+            let g = gw.clone();
+            move |why| g.swap_failed(why)
+        },
+    )?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -471,21 +479,29 @@ pub async fn run_agent(
     let (vals, mans, g) = (o.values.clone(), manifests.clone(), gw.clone());
     let version = std::sync::atomic::AtomicU64::new(1);
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
-    let _watcher = watch_paths(paths, debounce, move || match compile_body(vals.as_deref(), &mans) {
-        Ok(body) => {
-            let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            match Runtime::build(body, v) {
-                Ok(rt) => g.swap(rt),
-                Err(e) => g.swap_failed(&e),
+    let _watcher = watch_paths(
+        paths,
+        debounce,
+        move || match compile_body(vals.as_deref(), &mans) {
+            Ok(body) => {
+                let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                match Runtime::build(body, v) {
+                    Ok(rt) => g.swap(rt),
+                    Err(e) => g.swap_failed(&e),
+                }
             }
-        }
-        Err(errors) => {
-            for e in &errors {
-                tracing::error!("{e}");
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                g.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
             }
-            g.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
-        }
-    })?;
+        },
+        {
+            let g = gw.clone();
+            move |why| g.swap_failed(why)
+        },
+    )?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -72,6 +72,23 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic
     }
 }
 
+/// Largest manifest or values file read (a bigger one is an error, not a memory spike in
+/// the process that serves traffic). Kubernetes keeps each object under 1.5 MiB.
+pub const MAX_FILE_BYTES: u64 = 32 << 20;
+
+/// Reads a configuration file as text, up to [`MAX_FILE_BYTES`]; the error names the file.
+pub fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    // One byte past the limit tells a file that is too large (also one growing as it is read).
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("{}: larger than {} MiB; not read", path.display(), MAX_FILE_BYTES >> 20));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text: {e}", path.display()))
+}
+
 /// Loads every manifest under `paths`.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Manifests {
     let mut m = Manifests::default();
@@ -80,9 +97,9 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Manifests {
         collect_files(p.as_ref(), &mut files, &mut m.diagnostics);
     }
     for f in files {
-        match fs::read_to_string(&f) {
+        match read_text(&f) {
             Ok(text) => load_str(&f, &text, &mut m),
-            Err(e) => m.diagnostics.push(Diagnostic::general(Severity::Error, "io", format!("{}: {e}", f.display()))),
+            Err(e) => m.diagnostics.push(Diagnostic::general(Severity::Error, "io", e)),
         }
     }
     check_duplicates(&mut m);

@@ -142,10 +142,10 @@ impl Values {
     /// Loads a values file. Problems are returned as findings; the values are the merge of
     /// whatever was readable over the defaults.
     pub fn load(path: &Path) -> (Values, Vec<Diagnostic>) {
-        match std::fs::read_to_string(path) {
+        match crate::loader::read_text(path) {
             Ok(text) => Self::parse(path, &text),
             Err(e) => {
-                let d = Diagnostic::general(Severity::Error, "io", format!("{}: {e}", path.display()));
+                let d = Diagnostic::general(Severity::Error, "io", e);
                 (Values::default(), vec![d])
             }
         }

@@ -92,3 +92,28 @@ pub fn tls_secret(ns: &str, name: &str, host: &str) -> (String, Vec<u8>) {
     );
     (yaml, ck.cert.der().to_vec())
 }
+
+/// Polls `check` every 20 ms until it yields `Some`, for at most `limit`; panics naming
+/// `what` otherwise. Tests wait on conditions, never on fixed sleeps.
+pub async fn eventually<T, F, Fut>(limit: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

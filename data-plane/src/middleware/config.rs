@@ -70,11 +70,23 @@ impl IntOrString {
     /// (`1m30s`, `250ms`).
     pub fn as_duration(&self) -> Result<std::time::Duration, String> {
         match self {
-            IntOrString::Int(i) if *i >= 0 => Ok(std::time::Duration::from_secs(*i as u64)),
-            IntOrString::Int(i) => Err(format!("negative duration {i}")),
+            IntOrString::Int(i) if *i < 0 => Err(format!("negative duration {i}")),
+            IntOrString::Int(i) => seconds(*i as f64, &i.to_string()),
             IntOrString::Str(s) => parse_go_duration(s),
         }
     }
+}
+
+/// Go's longest duration (`math.MaxInt64` nanoseconds, about 292 years), in seconds.
+const MAX_DURATION_SECS: f64 = 9_223_372_036.854_775;
+
+/// `secs` seconds as a duration: Go's bounds (a longer one is an error, as in Go), never
+/// a panic.
+fn seconds(secs: f64, text: &str) -> Result<std::time::Duration, String> {
+    if !(0.0..=MAX_DURATION_SECS).contains(&secs) {
+        return Err(format!("duration {text:?} is out of range (at most about 292 years)"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {text:?}: {e}"))
 }
 
 /// Parses a Go duration string (`300ms`, `1.5h`, `2h45m`). A bare number is seconds, as
@@ -85,10 +97,12 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err("empty duration".into());
     }
     if let Ok(secs) = t.parse::<f64>()
-        && secs >= 0.0
         && secs.is_finite()
     {
-        return Ok(std::time::Duration::from_secs_f64(secs));
+        if secs < 0.0 {
+            return Err(format!("negative duration {s:?}"));
+        }
+        return seconds(secs, s);
     }
     let mut total = 0f64;
     let mut rest = t;
@@ -111,9 +125,12 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
             u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
         };
         total += n * scale;
+        if !total.is_finite() || total > MAX_DURATION_SECS {
+            return Err(format!("duration {s:?} is out of range (at most about 292 years)"));
+        }
         rest = &rest[unit_end..];
     }
-    Ok(std::time::Duration::from_secs_f64(total))
+    seconds(total, s)
 }
 
 /// A reference to another middleware.
@@ -521,6 +538,15 @@ mod tests {
         assert_eq!(parse_go_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_go_duration("10").unwrap(), Duration::from_secs(10));
+        // Past Go's bound (about 292 years) is an error, never a panic.
+        for huge in ["1e30s", "1e30", "99999999999h", "1e400s", "300000000000s", "18446744073709551616ms"] {
+            let e = parse_go_duration(huge).unwrap_err();
+            assert!(e.contains("out of range") || e.contains("invalid") || e.contains("unknown unit"), "{huge}: {e}");
+        }
+        assert!(parse_go_duration("-1s").is_err() && parse_go_duration("-5").is_err());
+        assert!(parse_go_duration("2562047h").is_ok(), "just under Go's bound");
+        assert!(IntOrString::Int(i64::MAX).as_duration().is_err());
+        assert_eq!(IntOrString::Int(90).as_duration().unwrap(), Duration::from_secs(90));
         assert!(parse_go_duration("5 parsecs").is_err());
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("ms").is_err());

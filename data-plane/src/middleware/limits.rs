@@ -167,8 +167,7 @@ impl RateLimiter {
         let burst = cfg.burst.unwrap_or(1).max(1) as f64;
         // Traefik delays a request when the wait is under half an interval between two
         // requests at the configured rate; longer waits are refused.
-        let max_delay =
-            if rate_per_sec > 0.0 { Duration::from_secs_f64((0.5 / rate_per_sec).min(0.5)) } else { Duration::ZERO };
+        let max_delay = if rate_per_sec > 0.0 { secs_f64((0.5 / rate_per_sec).min(0.5)) } else { Duration::ZERO };
         Ok(RateLimiter {
             rate_per_sec,
             burst,
@@ -197,7 +196,7 @@ impl RateLimiter {
             b.tokens -= 1.0;
             return Admission::Now;
         }
-        let wait = Duration::from_secs_f64((1.0 - b.tokens) / self.rate_per_sec);
+        let wait = secs_f64((1.0 - b.tokens) / self.rate_per_sec);
         if wait <= self.max_delay {
             b.tokens -= 1.0; // reserved: the token that arrives during the wait is ours
             Admission::After(wait)
@@ -205,6 +204,12 @@ impl RateLimiter {
             Admission::Refuse(wait)
         }
     }
+}
+
+/// Seconds as a duration, saturating instead of panicking on what configuration
+/// extremes can produce (a rate of one request per 292 years).
+fn secs_f64(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 /// inFlightReq: at most `amount` requests in flight per source.

@@ -5,4 +5,4 @@ pub mod de;
 pub mod node;
 
 pub use de::{DeError, from_node, from_node_at};
-pub use node::{Mark, Node, NodeKind, SyntaxError, parse_documents};
+pub use node::{Limits, Mark, Node, NodeKind, SyntaxError, parse_documents, parse_documents_within};

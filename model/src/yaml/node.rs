@@ -216,24 +216,69 @@ fn mark_of(m: &saphyr_parser::Marker) -> Mark {
     Mark { line: m.line(), col: m.col() + 1 }
 }
 
-/// Parses every document of a YAML stream. Empty documents are dropped.
+/// How much one YAML text may hold. A manifest is read by the process that serves
+/// traffic, so no single file may exhaust its stack or memory: nesting, alias expansion
+/// and node counts are bounded, and going past a bound is a syntax error at the place it
+/// happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of sequences and mappings.
+    pub max_depth: usize,
+    /// Nodes in one text, counting each alias as the nodes it copies.
+    pub max_nodes: usize,
+    /// Nodes that aliases may copy in one text, beyond [`Limits::alias_floor`]: at most as
+    /// many as the text itself holds, so aliases can at most double a document.
+    pub alias_floor: usize,
+    /// Documents in one text.
+    pub max_documents: usize,
+}
+
+impl Limits {
+    /// The bounds every loader uses (Kubernetes objects stay far below them).
+    pub const DEFAULT: Limits =
+        Limits { max_depth: 128, max_nodes: 4_000_000, alias_floor: 10_000, max_documents: 100_000 };
+}
+
+/// Parses every document of a YAML stream, within [`Limits::DEFAULT`]. Empty documents are
+/// dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    parse_documents_within(text, Limits::DEFAULT)
+}
+
+/// [`parse_documents`] with other bounds.
+pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut docs = Vec::new();
-    // Stack of containers being built: (mark, kind, pending key for maps, anchor id).
+    // Stack of containers being built: (mark, kind, pending key for maps, anchor id, nodes
+    // inside so far).
     enum Frame {
-        Seq(Mark, Vec<Node>, usize),
-        Map(Mark, Vec<(Node, Node)>, Option<Node>, usize),
+        Seq(Mark, Vec<Node>, usize, usize),
+        Map(Mark, Vec<(Node, Node)>, Option<Node>, usize, usize),
+    }
+    impl Frame {
+        fn count(&mut self) -> &mut usize {
+            match self {
+                Frame::Seq(.., n) | Frame::Map(.., n) => n,
+            }
+        }
     }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: std::collections::HashMap<usize, Node> = std::collections::HashMap::new();
+    // Anchored nodes, with how many nodes each holds.
+    let mut anchors: std::collections::HashMap<usize, (Node, usize)> = std::collections::HashMap::new();
     let mut root: Option<Node> = None;
+    // Nodes parsed, and nodes copied by aliases, in this text.
+    let (mut parsed, mut copied) = (0usize, 0usize);
+    let too_much = |mark: Mark, what: String| SyntaxError { mark, message: what };
 
-    fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node) {
+    /// Puts a finished node (holding `size` nodes) into its parent.
+    fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, size: usize) {
+        if let Some(f) = stack.last_mut() {
+            *f.count() += size;
+        }
         match stack.last_mut() {
             None => *root = Some(node),
-            Some(Frame::Seq(_, items, _)) => items.push(node),
-            Some(Frame::Map(_, entries, key, _)) => match key.take() {
+            Some(Frame::Seq(_, items, _, _)) => items.push(node),
+            Some(Frame::Map(_, entries, key, _, _)) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => entries.push((k, node)),
             },
@@ -249,17 +294,28 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             Event::DocumentEnd => {
                 if let Some(n) = root.take() {
                     if n.kind != NodeKind::Null {
+                        if docs.len() >= limits.max_documents {
+                            return Err(too_much(mark, format!("more than {} documents", limits.max_documents)));
+                        }
                         docs.push(n);
                     }
                 }
                 anchors.clear();
             }
             Event::Alias(id) => {
-                let n = anchors
+                let (n, size) = anchors
                     .get(&id)
-                    .cloned()
                     .ok_or_else(|| SyntaxError { mark, message: "alias to an unknown anchor".into() })?;
-                push(&mut stack, &mut root, n);
+                // Checked before the copy is made: a billion-laughs text stops here.
+                copied = copied.saturating_add(*size);
+                if copied > limits.alias_floor.max(parsed) || parsed.saturating_add(copied) > limits.max_nodes {
+                    return Err(too_much(
+                        mark,
+                        format!("aliases expand to more than {} nodes", limits.alias_floor.max(parsed)),
+                    ));
+                }
+                let (n, size) = (n.clone(), *size);
+                push(&mut stack, &mut root, n, size);
             }
             Event::Scalar(value, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -270,23 +326,36 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                     NodeKind::Scalar { value: value.into_owned(), plain }
                 };
                 let node = Node { mark, kind };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                parsed += 1;
+                if parsed.saturating_add(copied) > limits.max_nodes {
+                    return Err(too_much(mark, format!("more than {} nodes", limits.max_nodes)));
                 }
-                push(&mut stack, &mut root, node);
+                if anchor > 0 {
+                    anchors.insert(anchor, (node.clone(), 1));
+                }
+                push(&mut stack, &mut root, node, 1);
             }
-            Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(mark, Vec::new(), anchor)),
-            Event::MappingStart(anchor, _) => stack.push(Frame::Map(mark, Vec::new(), None, anchor)),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= limits.max_depth {
+                    return Err(too_much(mark, format!("nesting deeper than {} levels", limits.max_depth)));
+                }
+                parsed += 1;
+                stack.push(match ev {
+                    Event::SequenceStart(..) => Frame::Seq(mark, Vec::new(), anchor, 0),
+                    _ => Frame::Map(mark, Vec::new(), None, anchor, 0),
+                });
+            }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq(m, items, a)) => (Node { mark: m, kind: NodeKind::Seq(items) }, a),
-                    Some(Frame::Map(m, entries, _, a)) => (Node { mark: m, kind: NodeKind::Map(entries) }, a),
+                let (node, anchor, inside) = match stack.pop() {
+                    Some(Frame::Seq(m, items, a, n)) => (Node { mark: m, kind: NodeKind::Seq(items) }, a, n),
+                    Some(Frame::Map(m, entries, _, a, n)) => (Node { mark: m, kind: NodeKind::Map(entries) }, a, n),
                     None => return Err(SyntaxError { mark, message: "unbalanced collection end".into() }),
                 };
+                let size = inside.saturating_add(1);
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), size));
                 }
-                push(&mut stack, &mut root, node);
+                push(&mut stack, &mut root, node, size);
             }
         }
     }
@@ -329,6 +398,54 @@ mod tests {
         assert_eq!(err.mark.line, 3);
         let err = parse_documents("a: [1, 2\n").unwrap_err();
         assert!(err.mark.line >= 1);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_at_its_line_not_a_crash() {
+        // 100,000 levels of block sequences, and of flow sequences.
+        let block: String = "- ".repeat(100_000) + "x\n";
+        let err = parse_documents(&block).unwrap_err();
+        assert!(err.message.contains("nesting deeper than 128 levels"), "{err}");
+        assert_eq!(err.mark.line, 1);
+        let flow = "a: ".to_string() + &"[".repeat(100_000);
+        assert!(parse_documents(&flow).is_err());
+        let indented: String = (0..200).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+        let err = parse_documents(&indented).unwrap_err();
+        assert!(err.message.contains("nesting"), "{err}");
+        assert!(err.mark.line > 100, "points at the level past the bound: {err}");
+        // 127 levels are fine.
+        let ok: String = "- ".repeat(127) + "x\n";
+        assert!(parse_documents(&ok).is_ok());
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_grow() {
+        // Nine levels of nine aliases each: 9^9 nodes if expanded.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let start = std::time::Instant::now();
+        let err = parse_documents(&bomb).unwrap_err();
+        assert!(err.message.contains("aliases expand to more than"), "{err}");
+        assert!(err.mark.line > 1);
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "stopped early: {:?}", start.elapsed());
+        // Ordinary reuse stays fine.
+        let docs = parse_documents("base: &b {k: v}\nx: *b\ny: *b\n").unwrap();
+        assert_eq!(docs[0].locate("y.k").as_str(), Some("v"));
+    }
+
+    #[test]
+    fn node_and_document_counts_are_bounded() {
+        let small = Limits { max_nodes: 50, max_documents: 3, ..Limits::DEFAULT };
+        let many: String = (0..100).map(|i| format!("- {i}\n")).collect();
+        let err = parse_documents_within(&many, small).unwrap_err();
+        assert!(err.message.contains("more than 50 nodes"), "{err}");
+        let docs = "a: 1\n---\nb: 2\n---\nc: 3\n---\nd: 4\n";
+        let err = parse_documents_within(docs, small).unwrap_err();
+        assert!(err.message.contains("more than 3 documents"), "{err}");
+        assert!(parse_documents(docs).is_ok());
     }
 
     #[test]
