@@ -34,7 +34,7 @@ pub struct GatewayOptions {
     /// IP every entrypoint binds to unless overridden.
     pub bind_ip: IpAddr,
     /// Admin listener.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<admin::AdminConfig>,
     /// Access log format.
     pub access_log: Option<AccessLog>,
     /// Quiet time before a change is applied.
@@ -62,6 +62,14 @@ pub fn compile_body(
     values: Option<&std::path::Path>,
     manifests: &[PathBuf],
 ) -> Result<atrium_proto::v1::SnapshotBody, Vec<String>> {
+    compile_config(values, manifests).map(|(_, body)| body)
+}
+
+/// [`compile_body`], with the values it read.
+pub fn compile_config(
+    values: Option<&std::path::Path>,
+    manifests: &[PathBuf],
+) -> Result<(Values, atrium_proto::v1::SnapshotBody), Vec<String>> {
     let (values, vdiags) = match values {
         Some(v) => Values::load(v),
         None => (Values::default(), Vec::new()),
@@ -79,7 +87,7 @@ pub fn compile_body(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(body)
+    Ok((values, body))
 }
 
 /// Loads and compiles the configuration into a route table.
@@ -239,6 +247,28 @@ pub fn entry_point_addrs(
     Ok(out)
 }
 
+/// Starts the admin listener, if one is configured (every serving role's one way).
+pub async fn serve_admin(
+    cfg: Option<&admin::AdminConfig>,
+    gw: &Arc<Gateway>,
+    extra: Option<Arc<dyn admin::AdminExtra>>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(cfg) = cfg else { return Ok(None) };
+    let l = admin::bind(cfg).await.with_context(|| format!("binding admin listener on {}", cfg.addr))?;
+    tracing::info!(addr = %l.local_addr()?, token = cfg.token.is_some(), "admin listening");
+    Ok(Some(tokio::spawn(admin::serve(l, gw.clone(), extra, cfg.token.clone(), stop_rx.clone()))))
+}
+
+/// The admin listener's address: as [`parse_addr`], except that a bare `:PORT` binds
+/// loopback (the admin API is for this host unless an address says otherwise).
+pub fn parse_admin_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port.parse()?));
+    }
+    Ok(s.parse()?)
+}
+
 /// `:8000`, `127.0.0.1:8000` or `[::1]:8000`.
 pub fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
     if let Some(port) = s.strip_prefix(':') {
@@ -373,12 +403,7 @@ pub async fn run(opts: GatewayOptions) -> anyhow::Result<()> {
         opts.workers,
         &stop_rx,
     )?;
-    let mut tasks = Vec::new();
-    if let Some(a) = opts.admin {
-        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
-        tracing::info!(addr = %l.local_addr()?, "admin listening");
-        tasks.push(tokio::spawn(admin::serve(l, gw.clone(), stop_rx.clone())));
-    }
+    let tasks: Vec<_> = serve_admin(opts.admin.as_ref(), &gw, None, &stop_rx).await?.into_iter().collect();
     let _watcher = watch_config(opts.clone(), gw.clone(), 1)?;
     shutdown_signal().await;
     tracing::info!("shutting down: draining requests in flight");

@@ -48,9 +48,14 @@ struct ListenArgs {
     /// IP the entrypoints bind to unless overridden.
     #[arg(long, default_value = "0.0.0.0")]
     bind_ip: std::net::IpAddr,
-    /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000.
+    /// Admin listener (health, metrics, raw data), e.g. 127.0.0.1:9000; a bare `:PORT`
+    /// binds loopback only.
     #[arg(long)]
     admin: Option<String>,
+    /// A file holding the bearer token the admin API asks for (`/healthz`, `/readyz` and
+    /// `/metrics` stay open for probes and scrapers).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Runtime worker threads (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -60,8 +65,22 @@ struct ListenArgs {
 }
 
 impl ListenArgs {
-    fn admin(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
-        self.admin.as_deref().map(gateway::parse_addr).transpose().context("--admin")
+    fn admin(&self) -> anyhow::Result<Option<atrium_data_plane::proxy::admin::AdminConfig>> {
+        let Some(a) = self.admin.as_deref() else {
+            anyhow::ensure!(self.admin_token_file.is_none(), "--admin-token-file needs --admin");
+            return Ok(None);
+        };
+        let addr = gateway::parse_admin_addr(a).context("--admin")?;
+        let token = match &self.admin_token_file {
+            Some(f) => Some(atrium_data_plane::proxy::admin::read_token(f).context("--admin-token-file")?),
+            None => None,
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            eprintln!(
+                "atrium: warning: the admin API on {addr} is reachable off this host without a token (--admin-token-file)"
+            );
+        }
+        Ok(Some(atrium_data_plane::proxy::admin::AdminConfig { addr, token }))
     }
 
     fn access_log(&self) -> Option<atrium_data_plane::proxy::AccessLog> {
@@ -76,11 +95,70 @@ impl ListenArgs {
     }
 }
 
+/// Timeouts and limits of every serving subcommand. The defaults are near nginx's and
+/// Traefik's (see the README's table).
+#[derive(Args, Clone)]
+struct LimitArgs {
+    /// Seconds a client has to send complete request headers (from the connection's
+    /// start for its first request, from a head's first byte for the next ones).
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Seconds a keep-alive connection may stay idle between requests (Traefik's
+    /// `respondingTimeouts.idleTimeout`).
+    #[arg(long, default_value_t = 180)]
+    idle_timeout: u64,
+    /// Largest request head in bytes (431 past it), and largest HTTP/2 header list.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Client connections served at once by this process; past it, new connections are
+    /// closed at once.
+    #[arg(long, default_value_t = 65_536)]
+    max_connections: usize,
+    /// Seconds to connect to an upstream (502 past it).
+    #[arg(long, default_value_t = 30)]
+    upstream_connect_timeout: u64,
+    /// Seconds to an upstream's response headers, a child's through an uplink included
+    /// (504 past it).
+    #[arg(long, default_value_t = 60)]
+    upstream_response_timeout: u64,
+    /// Seconds an idle upstream connection stays pooled.
+    #[arg(long, default_value_t = 90)]
+    upstream_idle_timeout: u64,
+    /// Seconds shutdown waits for requests in flight.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+impl LimitArgs {
+    fn server(&self) -> anyhow::Result<atrium_data_plane::proxy::server::ServerLimits> {
+        anyhow::ensure!(self.max_connections > 0, "--max-connections: at least 1");
+        anyhow::ensure!(self.max_header_bytes >= 1024, "--max-header-bytes: at least 1024");
+        Ok(atrium_data_plane::proxy::server::ServerLimits::new(
+            Duration::from_secs(self.header_read_timeout.max(1)),
+            Duration::from_secs(self.idle_timeout.max(1)),
+            self.max_header_bytes,
+            Duration::from_secs(self.drain_timeout),
+            self.max_connections,
+        ))
+    }
+
+    fn upstream(&self) -> atrium_data_plane::upstream::UpstreamConfig {
+        atrium_data_plane::upstream::UpstreamConfig {
+            connect_timeout: Duration::from_secs(self.upstream_connect_timeout.max(1)),
+            response_header_timeout: Duration::from_secs(self.upstream_response_timeout.max(1)),
+            idle_timeout: Duration::from_secs(self.upstream_idle_timeout),
+            ..Default::default()
+        }
+    }
+}
+
 /// Flags of every serving subcommand.
 #[derive(Args, Clone)]
 struct ServeArgs {
     #[command(flatten)]
     listen: ListenArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Directory for generated state (development PKI, default certificate).
     #[arg(long, default_value = ".atrium")]
     state_dir: PathBuf,
@@ -125,8 +203,8 @@ impl ServeArgs {
             values: self.listen.values,
             entry_points: self.listen.entry_points,
             bind_ip: self.listen.bind_ip,
-            limits: Default::default(),
-            upstream: Default::default(),
+            limits: self.limits.server()?,
+            upstream: self.limits.upstream(),
             state_dir: self.state_dir,
             tls_dir: self.tls_dir,
             liveness: atrium_data_plane::uplink::Liveness {
@@ -268,29 +346,8 @@ enum Command {
         /// Quiet time before a configuration change is applied, in milliseconds.
         #[arg(long, default_value_t = 50)]
         watch_debounce_ms: u64,
-        /// Seconds a client has to send complete request headers (from the connection's
-        /// start for its first request, from a head's first byte for the next ones).
-        #[arg(long, default_value_t = 60)]
-        header_read_timeout: u64,
-        /// Seconds a keep-alive connection may stay idle between requests (Traefik's
-        /// `respondingTimeouts.idleTimeout`).
-        #[arg(long, default_value_t = 180)]
-        idle_timeout: u64,
-        /// Largest request head in bytes (431 past it).
-        #[arg(long, default_value_t = 1 << 20)]
-        max_header_bytes: usize,
-        /// Seconds to connect to an upstream (502 past it).
-        #[arg(long, default_value_t = 30)]
-        upstream_connect_timeout: u64,
-        /// Seconds to an upstream's response headers (504 past it).
-        #[arg(long, default_value_t = 60)]
-        upstream_response_timeout: u64,
-        /// Seconds an idle upstream connection stays pooled.
-        #[arg(long, default_value_t = 90)]
-        upstream_idle_timeout: u64,
-        /// Seconds shutdown waits for requests in flight.
-        #[arg(long, default_value_t = 30)]
-        drain_timeout: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Check manifests (one cluster's, or a topology directory) without starting anything.
     Lint {
@@ -394,20 +451,7 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         })(),
-        Command::Gateway {
-            manifests,
-            listen,
-            state_dir,
-            tls_dir,
-            watch_debounce_ms,
-            header_read_timeout,
-            idle_timeout,
-            max_header_bytes,
-            upstream_connect_timeout,
-            upstream_response_timeout,
-            upstream_idle_timeout,
-            drain_timeout,
-        } => (|| {
+        Command::Gateway { manifests, listen, state_dir, tls_dir, watch_debounce_ms, limits } => (|| {
             let opts = gateway::GatewayOptions {
                 admin: listen.admin()?,
                 access_log: listen.access_log(),
@@ -417,20 +461,10 @@ fn main() -> ExitCode {
                 entry_points: listen.entry_points,
                 bind_ip: listen.bind_ip,
                 debounce: Duration::from_millis(watch_debounce_ms.max(1)),
-                limits: atrium_data_plane::proxy::server::ServerLimits {
-                    header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
-                    idle_timeout: Duration::from_secs(idle_timeout.max(1)),
-                    max_header_bytes,
-                    drain_timeout: Duration::from_secs(drain_timeout),
-                },
+                limits: limits.server()?,
                 state_dir,
                 tls_dir,
-                upstream: atrium_data_plane::upstream::UpstreamConfig {
-                    connect_timeout: Duration::from_secs(upstream_connect_timeout.max(1)),
-                    response_header_timeout: Duration::from_secs(upstream_response_timeout.max(1)),
-                    idle_timeout: Duration::from_secs(upstream_idle_timeout),
-                    ..Default::default()
-                },
+                upstream: limits.upstream(),
             };
             // The control runtime (watcher, admin, health checks) is one thread; the
             // entrypoints run on `workers` threads of their own.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use atrium_control_plane::children::{ParentTls, Polling, Registry};
+use atrium_control_plane::children::{Children, ParentTls, Polling, Registry};
 use atrium_control_plane::hub::Hub;
 use atrium_control_plane::service::Snapshots;
 use atrium_data_plane::multicluster::UplinkClient;
@@ -27,7 +27,9 @@ use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::gateway::{self, compile_body, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths};
+use crate::gateway::{
+    self, compile_body, compile_config, entry_point_addrs, serve_entrypoints, shutdown_signal, watch_paths,
+};
 
 /// Serving options shared by both planes.
 #[derive(Debug, Clone)]
@@ -39,7 +41,7 @@ pub struct ServeOptions {
     /// IP the entrypoints bind to.
     pub bind_ip: IpAddr,
     /// Admin listener.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<admin::AdminConfig>,
     /// Access log.
     pub access_log: Option<AccessLog>,
     /// Listener limits.
@@ -106,10 +108,7 @@ impl ServeOptions {
         extra: Option<Arc<dyn AdminExtra>>,
         stop_rx: &watch::Receiver<bool>,
     ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-        let Some(a) = self.admin else { return Ok(None) };
-        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin listener on {a}"))?;
-        tracing::info!(addr = %l.local_addr()?, "admin listening");
-        Ok(Some(tokio::spawn(admin::serve_with(l, gw.clone(), extra, stop_rx.clone()))))
+        gateway::serve_admin(self.admin.as_ref(), gw, extra, stop_rx).await
     }
 }
 
@@ -166,6 +165,16 @@ impl AdminExtra for ControlPlaneAdmin {
     }
 }
 
+/// The parent's poll timing from its values (`pollInterval`/`pollTimeout`, 5 s each by
+/// default).
+fn polling(values: &Values, liveness: atrium_data_plane::uplink::Liveness) -> Polling {
+    let mc = values.multicluster.clone().unwrap_or_default();
+    let secs = |v: &Option<atrium_data_plane::middleware::config::IntOrString>| {
+        v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
+    };
+    Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness }
+}
+
 /// `atrium control-plane`.
 pub async fn run_control_plane(
     o: ServeOptions,
@@ -182,7 +191,7 @@ pub async fn run_control_plane(
     let body = compile_body(o.values.as_deref(), &manifests)
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
     // The snapshot is the compiled manifests plus the live view of the children.
-    let children = body.children.clone();
+    let first_children = body.children.clone();
     let base = Arc::new(Mutex::new(body));
     let registry: Arc<Mutex<Registry>> = Arc::new(Mutex::new(Registry::new()));
     let publish = {
@@ -209,35 +218,31 @@ pub async fn run_control_plane(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     let server = Server::builder()
-        .add_service(SnapshotServiceServer::new(Snapshots(hub.clone())).max_encoding_message_size(256 << 20))
+        .add_service(
+            SnapshotServiceServer::new(Snapshots::new(hub.clone(), stop_rx.clone()))
+                .max_encoding_message_size(256 << 20),
+        )
         .serve_with_incoming_shutdown(atrium_control_plane::tls::incoming(listener, tls), async move {
             let _ = grpc_stop.changed().await;
         });
     let grpc_task = tokio::spawn(server);
 
-    // Children: dialled with this control plane's certificate, polled, watched for liveness.
-    if !children.is_empty() {
-        let (cert, key) = (std::fs::read(&files.cert)?, std::fs::read(&files.key)?);
-        let mc = values.multicluster.clone().unwrap_or_default();
-        let secs = |v: &Option<atrium_data_plane::middleware::config::IntOrString>| {
-            v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
-        };
-        let polling =
-            Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness: o.liveness };
+    // Children: dialled with this control plane's certificate, polled, watched for
+    // liveness; the list follows the values file.
+    let (cert, key) = (std::fs::read(&files.cert)?, std::fs::read(&files.key)?);
+    let children = {
         let (reg, publish) = (registry.clone(), publish.clone());
-        let live = atrium_control_plane::children::spawn(
-            children,
+        Children::new(
             ParentTls { ca: ca.clone(), cert, key },
-            polling,
             Arc::new(move |r: Registry| {
                 if let Ok(mut cur) = reg.lock() {
                     *cur = r;
                 }
                 publish(Instant::now());
             }),
-        );
-        drop(live);
-    }
+        )
+    };
+    children.set(&first_children, polling(&values, o.liveness));
 
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
@@ -269,20 +274,20 @@ pub async fn run_control_plane(
     let extra: Arc<dyn AdminExtra> =
         Arc::new(ControlPlaneAdmin { hub: hub.clone(), base: base.clone(), registry: registry.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
-    let (vals, mans, h, g, b, publish) =
-        (o.values.clone(), manifests.clone(), hub.clone(), gw.clone(), base.clone(), publish.clone());
-    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
-    let _watcher = watch_paths(
-        paths,
-        debounce,
+    let reload = {
+        let (vals, mans, h, g, b, publish) =
+            (o.values.clone(), manifests.clone(), hub.clone(), gw.clone(), base.clone(), publish.clone());
+        let (children, liveness) = (children.clone(), o.liveness);
         move || {
             let detected = Instant::now();
-            match compile_body(vals.as_deref(), &mans) {
-                Ok(body) => {
+            match compile_config(vals.as_deref(), &mans) {
+                Ok((values, body)) => {
                     let before = h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
+                    let listed = body.children.clone();
                     if let Ok(mut cur) = b.lock() {
                         *cur = body;
                     }
+                    children.set(&listed, polling(&values, liveness));
                     publish(detected);
                     if h.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
                         tracing::info!("configuration changed on disk but compiles to the same snapshot");
@@ -298,17 +303,21 @@ pub async fn run_control_plane(
                     ));
                 }
             }
-        },
-        {
-            let g = gw.clone();
-            move |why| g.swap_failed(why)
-        },
-    )?;
+        }
+    };
+    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
+    let refused = {
+        let g = gw.clone();
+        move |why: &str| g.swap_failed(why)
+    };
+    let _watcher = watch_paths(paths, debounce, reload, refused)?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: closing snapshot streams and child sessions, draining requests in flight");
     let _ = stop_tx.send(true);
+    children.stop();
     let _ = grpc_task.await;
     join_all(tasks, threads).await;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -414,7 +423,7 @@ fn uplink_addrs(o: &ServeOptions, values: &Values) -> anyhow::Result<Vec<(String
 }
 
 /// `atrium agent`: a child cluster's gateway plus its uplinks, served to parents over
-/// mutual-TLS QUIC.
+/// mutual-TLS QUIC. Manifests and values are watched: routes and uplinks follow them.
 pub async fn run_agent(
     o: ServeOptions,
     cluster: String,
@@ -422,7 +431,6 @@ pub async fn run_agent(
     tls_name: Option<String>,
     debounce: Duration,
 ) -> anyhow::Result<()> {
-    use atrium_proto::v1 as pb;
     for p in &manifests {
         anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
     }
@@ -435,24 +443,13 @@ pub async fn run_agent(
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
-    let uplinks = body.uplinks.clone();
+    let first_uplinks = body.uplinks.clone();
     gw.swap(Runtime::build(body, 1).map_err(anyhow::Error::msg)?);
-    let state = Arc::new(watch::Sender::new(pb::Register {
-        cluster: cluster.clone(),
-        uplinks: uplinks
-            .iter()
-            .map(|u| pb::UplinkState {
-                name: u.name.clone(),
-                weight: u.weight,
-                healthy: u.health_check.is_none(),
-                entry_points: u.entry_points.clone(),
-            })
-            .collect(),
-    }));
+    let up = Arc::new(Upstreams::new(o.upstream.clone()));
+    let uplinks = atrium_agent::Uplinks::new(&cluster, gw.clone(), up.clone());
+    uplinks.set(first_uplinks);
     let (stop_tx, stop_rx) = watch::channel(false);
     let threads = o.serve(&values, &gw, &certs, &stop_rx)?;
-    let up = Arc::new(Upstreams::new(o.upstream.clone()));
-    atrium_agent::spawn_health_checks(gw.clone(), up.clone(), uplinks, state.clone(), stop_rx.clone());
     let quic_addrs = uplink_addrs(&o, &values)?;
     anyhow::ensure!(
         !quic_addrs.is_empty(),
@@ -469,24 +466,26 @@ pub async fn run_agent(
         let server = atrium_agent::UplinkServer {
             gw: gw.clone(),
             upstreams: up.clone(),
-            state: state.clone(),
+            state: uplinks.state(),
             stream_idle: o.liveness.stream_idle,
             entry_point: Arc::from(name.as_str()),
         };
         tasks.push(tokio::spawn(atrium_agent::serve_quic(ep, Arc::new(server), stop_rx.clone())));
     }
     tasks.extend(o.admin(&gw, None, &stop_rx).await?);
-    let (vals, mans, g) = (o.values.clone(), manifests.clone(), gw.clone());
-    let version = std::sync::atomic::AtomicU64::new(1);
-    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
-    let _watcher = watch_paths(
-        paths,
-        debounce,
+    let reload = {
+        let (vals, mans, g, uplinks) = (o.values.clone(), manifests.clone(), gw.clone(), uplinks.clone());
+        let version = std::sync::atomic::AtomicU64::new(1);
         move || match compile_body(vals.as_deref(), &mans) {
             Ok(body) => {
                 let v = version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let listed = body.uplinks.clone();
                 match Runtime::build(body, v) {
-                    Ok(rt) => g.swap(rt),
+                    Ok(rt) => {
+                        g.swap(rt);
+                        // Parents hear of added, changed and removed uplinks at once.
+                        uplinks.set(listed);
+                    }
                     Err(e) => g.swap_failed(&e),
                 }
             }
@@ -496,15 +495,19 @@ pub async fn run_agent(
                 }
                 g.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
             }
-        },
-        {
-            let g = gw.clone();
-            move |why| g.swap_failed(why)
-        },
-    )?;
+        }
+    };
+    let refused = {
+        let g = gw.clone();
+        move |why: &str| g.swap_failed(why)
+    };
+    let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
+    let _watcher = watch_paths(paths, debounce, reload, refused)?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: closing uplinks, draining requests in flight");
     let _ = stop_tx.send(true);
+    uplinks.stop();
     join_all(tasks, threads).await;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -591,3 +591,109 @@ async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
         }
     }
 }
+
+/// SIGTERM stops every role promptly and cleanly (exit 0): a control plane with a data
+/// plane streaming from it and children connected, the data plane, and an agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_role_promptly_with_peers_connected() {
+    let t = topology(&[], &[]).await;
+    let root = t._tmp.path();
+    let grpc = t.cp.grpc.expect("the control plane serves gRPC");
+    let args = strings(&[
+        "data-plane",
+        "--control-plane",
+        &format!("https://{grpc}"),
+        "--node-id",
+        "dp-1",
+        "--cache-dir",
+        root.join("dp-1/cache").to_str().unwrap(),
+        "--state-dir",
+        root.join("dp-1/state").to_str().unwrap(),
+        "--tls-dir",
+        root.join("pki").to_str().unwrap(),
+        "--entrypoint",
+        "web=127.0.0.1:0",
+        "--entrypoint",
+        "websecure=127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let mut dp = GatewayProc::spawn(&args, 2, false);
+    // The data plane streams from the control plane and reaches the children.
+    let ws = dp.entry_points["websecure"];
+    until_status(ws, "/crm/health", 200).await;
+    let Topology { mut cp, _a: mut a, .. } = t;
+    for (what, p) in [("control plane", &mut cp), ("data plane", &mut dp), ("agent", &mut a)] {
+        let start = Instant::now();
+        p.terminate();
+        let status = p.wait_exit(Duration::from_secs(10));
+        let took = start.elapsed();
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "the {what} exits 0 on SIGTERM (took {took:?})");
+        assert!(took < Duration::from_secs(3), "the {what} stopped in {took:?}");
+    }
+}
+
+/// The parent's admin view of its children.
+async fn children_json(cp: &GatewayProc) -> serde_json::Value {
+    serde_json::from_str(&common::client::get(&format!("http://{}/api/children", cp.admin)).await.body).unwrap()
+}
+
+/// Both sides follow their files: an Uplink edited, added or removed on a child, and a
+/// child removed from or put back into the parent's values, change the parent's routing
+/// within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds() {
+    let t = topology(&[], &[]).await;
+    let (cp, ws, root) = (&t.cp, t.ws, t._tmp.path());
+    until_status(ws, "/billing/health", 200).await;
+    let within = Duration::from_secs(2);
+    let timed = |what: &'static str| (what, Instant::now());
+
+    // cluster-a's Uplink gets weight 0: no child serves crm any more.
+    let uplink = root.join("cluster-a/uplink.yaml");
+    let (what, start) = timed("weight 0 on cluster-a's uplink");
+    edit(&uplink, &[("  exposeName: crm\n", "  exposeName: crm\n  weight: 0\n".into())]);
+    until_status(ws, "/crm/health", 503).await;
+    assert!(start.elapsed() < within, "{what}: {:?}", start.elapsed());
+    let (what, start) = timed("weight back to 3");
+    edit(&uplink, &[("  weight: 0\n", "  weight: 3\n".into())]);
+    until_status(ws, "/crm/health", 200).await;
+    assert!(start.elapsed() < within, "{what}: {:?}", start.elapsed());
+    let c = children_json(cp).await;
+    assert_eq!(c["cluster-a"]["uplinks"][0]["weight"], 3, "{c}");
+
+    // A second Uplink appears, then goes.
+    let extra = root.join("cluster-a/extra-uplink.yaml");
+    fs::write(&extra, "apiVersion: hub.traefik.io/v1alpha1\nkind: Uplink\nmetadata: {name: reports, namespace: apps}\nspec: {exposeName: reports}\n").unwrap();
+    let names = |c: &serde_json::Value| -> Vec<String> {
+        c["cluster-a"]["uplinks"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_string()).collect()
+    };
+    let start = Instant::now();
+    common::eventually(within, "the added uplink reaches the parent", || async {
+        names(&children_json(cp).await).contains(&"reports".to_string()).then_some(())
+    })
+    .await;
+    fs::remove_file(&extra).unwrap();
+    common::eventually(within, "the removed uplink leaves the parent", || async {
+        (!names(&children_json(cp).await).contains(&"reports".to_string())).then_some(())
+    })
+    .await;
+    assert!(start.elapsed() < 2 * within);
+
+    // The parent's values lose cluster-b, then get it back.
+    let values = root.join("parent/values.yaml");
+    let text = fs::read_to_string(&values).unwrap();
+    let b_start = text.find("        cluster-b:").expect("cluster-b in the parent's values");
+    let b_block = text[b_start..].to_string();
+    let (what, start) = timed("cluster-b removed from the parent's values");
+    fs::write(&values, &text[..b_start]).unwrap();
+    until_status(ws, "/billing/health", 503).await;
+    assert!(start.elapsed() < within, "{what}: {:?}", start.elapsed());
+    assert!(children_json(cp).await.get("cluster-b").is_none());
+    assert!(cp.logged("child removed from the configuration"));
+    let (what, start) = timed("cluster-b back");
+    fs::write(&values, text[..b_start].to_string() + &b_block).unwrap();
+    until_status(ws, "/billing/health", 200).await;
+    assert!(start.elapsed() < within, "{what}: {:?}", start.elapsed());
+    assert_eq!(until_status(ws, "/crm/health", 200).await.status, 200, "cluster-a was never disturbed");
+}

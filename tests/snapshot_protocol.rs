@@ -20,7 +20,7 @@ async fn serve(hub: Arc<Hub>) -> std::net::SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(SnapshotServiceServer::new(Snapshots(hub)))
+            .add_service(SnapshotServiceServer::new(Snapshots::new(hub, tokio::sync::watch::channel(false).1)))
             .serve_with_incoming(TcpListenerStream::new(l)),
     );
     addr

@@ -33,14 +33,108 @@ use tokio::sync::watch;
 /// The agent's current answer to its parents.
 pub type State = watch::Sender<pb::Register>;
 
+/// The uplinks this child exposes, following its configuration: what parents are told
+/// (the [`State`] every control stream pushes), and the health checks behind it.
+///
+/// [`Uplinks::set`] takes each new configuration: an uplink added, changed (weight,
+/// entrypoints, health check) or removed reaches every connected parent at once. An
+/// uplink whose health check did not change keeps its verdict across a reload; a new or
+/// changed one with a health check starts unhealthy until its first check passes.
+pub struct Uplinks {
+    state: Arc<State>,
+    gw: Arc<Gateway>,
+    upstreams: Arc<Upstreams>,
+    /// The configuration in force.
+    current: std::sync::Mutex<Vec<pb::Uplink>>,
+    /// Dropping it stops the current health checks.
+    checks: std::sync::Mutex<Option<watch::Sender<()>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Uplinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uplinks").field("state", &*self.state.borrow()).finish()
+    }
+}
+
+impl Uplinks {
+    /// Cluster `cluster`'s uplinks, none yet, checked through `gw` on the current runtime.
+    pub fn new(cluster: &str, gw: Arc<Gateway>, upstreams: Arc<Upstreams>) -> Arc<Uplinks> {
+        Arc::new(Uplinks {
+            state: Arc::new(watch::Sender::new(pb::Register { cluster: cluster.to_string(), uplinks: Vec::new() })),
+            gw,
+            upstreams,
+            current: std::sync::Mutex::default(),
+            checks: std::sync::Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// What parents are told.
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Puts a configuration's uplinks in force (see the type's documentation).
+    pub fn set(&self, mut uplinks: Vec<pb::Uplink>) {
+        uplinks.sort_by(|a, b| a.name.cmp(&b.name));
+        let Ok(mut current) = self.current.lock() else { return };
+        if *current == uplinks {
+            return;
+        }
+        let before = std::mem::replace(&mut *current, uplinks.clone());
+        self.state.send_modify(|reg| {
+            let healthy_before = |u: &pb::Uplink| {
+                let same_check = before.iter().any(|b| b.name == u.name && b.health_check == u.health_check);
+                same_check.then(|| reg.uplinks.iter().find(|s| s.name == u.name).map(|s| s.healthy)).flatten()
+            };
+            let next = uplinks
+                .iter()
+                .map(|u| pb::UplinkState {
+                    name: u.name.clone(),
+                    weight: u.weight,
+                    healthy: healthy_before(u).unwrap_or(u.health_check.is_none()),
+                    entry_points: u.entry_points.clone(),
+                })
+                .collect();
+            reg.uplinks = next;
+        });
+        for u in &uplinks {
+            match before.iter().find(|b| b.name == u.name) {
+                None => tracing::info!(uplink = %u.name, weight = u.weight, "uplink added"),
+                Some(b) if b != u => tracing::info!(uplink = %u.name, weight = u.weight, "uplink changed"),
+                _ => {}
+            }
+        }
+        for b in before.iter().filter(|b| !uplinks.iter().any(|u| u.name == b.name)) {
+            tracing::info!(uplink = %b.name, "uplink removed");
+        }
+        // A new generation of health checks; dropping the old sender stops the old ones.
+        let (tx, rx) = watch::channel(());
+        if let Ok(mut checks) = self.checks.lock() {
+            *checks = Some(tx);
+        }
+        let _enter = self.runtime.enter();
+        spawn_health_checks(self.gw.clone(), self.upstreams.clone(), uplinks, self.state.clone(), rx);
+    }
+
+    /// Stops the health checks (shutdown).
+    pub fn stop(&self) {
+        if let Ok(mut checks) = self.checks.lock() {
+            *checks = None;
+        }
+    }
+}
+
 /// Runs every uplink's health check through the uplink's own routing and publishes
-/// changes in `state`. Uplinks without a health check are healthy.
-pub fn spawn_health_checks(
+/// changes in `state`, until `stop`'s sender is dropped. Uplinks without a health check
+/// are healthy.
+fn spawn_health_checks(
     gw: Arc<Gateway>,
     up: Arc<Upstreams>,
     uplinks: Vec<pb::Uplink>,
     state: Arc<State>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<()>,
 ) {
     for u in uplinks {
         let Some(hc) = u.health_check.clone() else { continue };
@@ -62,9 +156,12 @@ pub fn spawn_health_checks(
                         let mut conn = uplink_conn(&entry_point, &u.name, client, up.clone());
                         conn.internal = true;
                         let timeout = Duration::from_millis(hc.timeout_ms.max(1));
-                        match tokio::time::timeout(timeout, gw.handle(req, &conn)).await {
-                            Ok(resp) => status_ok(&hc, resp.status().as_u16()),
-                            Err(_) => false,
+                        tokio::select! {
+                            r = tokio::time::timeout(timeout, gw.handle(req, &conn)) => match r {
+                                Ok(resp) => status_ok(&hc, resp.status().as_u16()),
+                                Err(_) => false,
+                            },
+                            _ = stop.changed() => return,
                         }
                     }
                     Err(_) => false,

@@ -92,7 +92,10 @@ async fn run(nodes: usize, routers: usize, iterations: usize) -> (Duration, Dura
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(SnapshotServiceServer::new(Snapshots(hub.clone())).max_encoding_message_size(256 << 20))
+            .add_service(
+                SnapshotServiceServer::new(Snapshots::new(hub.clone(), tokio::sync::watch::channel(false).1))
+                    .max_encoding_message_size(256 << 20),
+            )
             .serve_with_incoming(TcpListenerStream::new(l)),
     );
     let before = rss_kib();

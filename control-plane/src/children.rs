@@ -28,7 +28,7 @@ pub struct ParentTls {
 }
 
 /// Poll timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Polling {
     /// How often the parent polls.
     pub interval: Duration,
@@ -122,33 +122,123 @@ async fn session(
     }
 }
 
-/// Dials every child and keeps the registry; `on_change` gets each new registry.
-pub fn spawn(
-    children: Vec<pb::Child>,
+/// A child's configuration, its polling, and the task that keeps its session up.
+type Session = (pb::Child, Polling, tokio::task::JoinHandle<()>);
+
+/// The children the parent dials, following the configuration: [`Children::set`] starts a
+/// session for each new child, restarts those whose address or transport changed, and
+/// ends those that left (which leave the registry at once). Every registry change goes to
+/// `on_change`, which republishes the snapshot.
+pub struct Children {
+    tls: ParentTls,
+    registry: Arc<Mutex<Registry>>,
+    on_change: Arc<dyn Fn(Registry) + Send + Sync>,
+    /// Each child's session, by name.
+    sessions: Mutex<BTreeMap<String, Session>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Children {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Children").field("registry", &self.registry).finish()
+    }
+}
+
+impl Children {
+    /// No children yet; sessions run on the current Tokio runtime.
+    pub fn new(tls: ParentTls, on_change: Arc<dyn Fn(Registry) + Send + Sync>) -> Arc<Children> {
+        Arc::new(Children {
+            tls,
+            registry: Arc::default(),
+            on_change,
+            sessions: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The reachable children and their uplinks now.
+    pub fn registry(&self) -> Registry {
+        self.registry.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Dials exactly `children`, polled as `polling` says (see the type's documentation).
+    pub fn set(&self, children: &[pb::Child], polling: Polling) {
+        let Ok(mut sessions) = self.sessions.lock() else { return };
+        let wanted: BTreeMap<&str, &pb::Child> = children.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut left = Vec::new();
+        sessions.retain(|name, (child, p, task)| {
+            let keep = wanted.get(name.as_str()).is_some_and(|c| *c == child && *p == polling);
+            if !keep {
+                task.abort();
+                left.push(name.clone());
+            }
+            keep
+        });
+        let mut removed = false;
+        if let Ok(mut r) = self.registry.lock() {
+            for name in &left {
+                removed |= r.remove(name).is_some();
+                if !wanted.contains_key(name.as_str()) {
+                    tracing::info!(cluster = %name, "child removed from the configuration; no longer dialled");
+                }
+            }
+        }
+        for (name, child) in wanted {
+            if sessions.contains_key(name) {
+                continue;
+            }
+            let task = self.runtime.spawn(keep_session(
+                child.clone(),
+                self.tls.clone(),
+                polling,
+                self.registry.clone(),
+                self.on_change.clone(),
+            ));
+            sessions.insert(name.to_string(), (child.clone(), polling, task));
+        }
+        drop(sessions);
+        if removed {
+            (self.on_change)(self.registry());
+        }
+    }
+
+    /// Ends every session (shutdown).
+    pub fn stop(&self) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            for (_, (_, _, task)) in std::mem::take(&mut *sessions) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Keeps a session with `child` up: redials with backoff whenever it ends.
+async fn keep_session(
+    child: pb::Child,
     tls: ParentTls,
     polling: Polling,
+    registry: Arc<Mutex<Registry>>,
     on_change: Arc<dyn Fn(Registry) + Send + Sync>,
-) -> Arc<Mutex<Registry>> {
-    let registry = Arc::new(Mutex::new(Registry::new()));
-    for child in children {
-        let (tls, registry, on_change) = (tls.clone(), registry.clone(), on_change.clone());
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let result = session(&child, &tls, polling, &registry, on_change.as_ref()).await;
-                let removed = registry.lock().ok().and_then(|mut r| r.remove(&child.name).map(|_| r.clone()));
-                let why = result.err().unwrap_or_else(|| "control stream closed".into());
-                if let Some(snapshot) = removed {
-                    tracing::warn!(cluster = %child.name, address = %child.address, reason = %why, "child unreachable");
-                    on_change(snapshot);
-                    backoff = Duration::from_millis(100);
-                } else {
-                    tracing::debug!(cluster = %child.name, reason = %why, "child not reachable yet");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        });
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = session(&child, &tls, polling, &registry, on_change.as_ref()).await;
+        let removed = registry.lock().ok().and_then(|mut r| r.remove(&child.name).map(|_| r.clone()));
+        let why = result.err().unwrap_or_else(|| "control stream closed".into());
+        if let Some(snapshot) = removed {
+            tracing::warn!(cluster = %child.name, address = %child.address, reason = %why, "child unreachable");
+            on_change(snapshot);
+            backoff = Duration::from_millis(100);
+        } else {
+            tracing::debug!(cluster = %child.name, reason = %why, "child not reachable yet");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    registry
 }

@@ -15,9 +15,20 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::Hub;
 
-/// The service over a hub.
+/// The service over a hub. Its streams end when `shutdown` turns true, so a control
+/// plane that is asked to stop is not held up by the data planes streaming from it.
 #[derive(Debug, Clone)]
-pub struct Snapshots(pub Arc<Hub>);
+pub struct Snapshots {
+    hub: Arc<Hub>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Snapshots {
+    /// Serves `hub` until `shutdown` turns true.
+    pub fn new(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> Snapshots {
+        Snapshots { hub, shutdown }
+    }
+}
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlPlaneMessage, Status>> + Send>>;
 
@@ -30,7 +41,8 @@ impl SnapshotService for Snapshots {
     type StreamStream = Outbound;
 
     async fn stream(&self, request: Request<Streaming<pb::DataPlaneMessage>>) -> Result<Response<Outbound>, Status> {
-        let hub = self.0.clone();
+        let hub = self.hub.clone();
+        let mut shutdown = self.shutdown.clone();
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
@@ -85,8 +97,16 @@ impl SnapshotService for Snapshots {
                     return;
                 }
             }
+            // Ends the stream at shutdown; a dropped sender means none will come.
+            let stopping = async move {
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(stopping);
             loop {
                 tokio::select! {
+                    _ = &mut stopping => break,
                     changed = updates.changed() => {
                         if changed.is_err() {
                             break;

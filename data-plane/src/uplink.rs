@@ -124,7 +124,7 @@ pub async fn read_header(r: &mut quinn::RecvStream) -> Result<pb::StreamHeader, 
 }
 
 /// QUIC timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
     /// Keep-alive interval.
     pub keep_alive: Duration,

@@ -1,5 +1,10 @@
 //! The admin listener, off the public entrypoints: `/healthz`, `/readyz`, `/metrics` and
 //! `/api/rawdata`.
+//!
+//! It binds loopback unless told otherwise. With a token ([`AdminConfig::token`]),
+//! everything but the probes and the metrics asks for `Authorization: Bearer <token>`.
+//! What it shows never carries a secret: TLS keys are not in it at all, and basicAuth
+//! users are shown as a count.
 
 use std::sync::Arc;
 
@@ -13,6 +18,82 @@ use tokio::sync::watch;
 
 use super::Gateway;
 use crate::body::{self, Body};
+
+/// Where the admin API listens, and the token it asks for.
+#[derive(Clone)]
+pub struct AdminConfig {
+    /// The listener's address.
+    pub addr: std::net::SocketAddr,
+    /// The bearer token every endpoint but `/healthz`, `/readyz` and `/metrics` asks for.
+    pub token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// Why an admin token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// It cannot be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It holds too little to be a secret.
+    #[error("{file}: the token must be at least 16 characters (one line)")]
+    TooShort {
+        /// The file.
+        file: String,
+    },
+}
+
+/// Reads a token file: its first line, trimmed.
+pub fn read_token(path: &std::path::Path) -> Result<Arc<str>, TokenError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { file: file.clone(), source })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 {
+        return Err(TokenError::TooShort { file });
+    }
+    Ok(Arc::from(token))
+}
+
+/// Whether `req` carries `token` as its bearer token (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A middleware's configuration as the admin API shows it: the values of secret fields
+/// (basicAuth users and their hashes) replaced by how many there are.
+fn redacted(mut cfg: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Object(o) = &mut cfg {
+        for key in ["users", "resolvedUsers"] {
+            if let Some(v) = o.get_mut(key) {
+                let n = v.as_array().map_or(1, Vec::len);
+                *v = serde_json::Value::String(format!("<redacted: {n} entries>"));
+            }
+        }
+    }
+    cfg
+}
 
 /// The compiled configuration in force, as JSON.
 pub fn rawdata(gw: &Gateway) -> serde_json::Value {
@@ -32,7 +113,7 @@ pub fn rawdata(gw: &Gateway) -> serde_json::Value {
         .middlewares
         .iter()
         .map(|m| {
-            let cfg: serde_json::Value = serde_json::from_str(&m.config_json).unwrap_or(serde_json::Value::Null);
+            let cfg = redacted(serde_json::from_str(&m.config_json).unwrap_or(serde_json::Value::Null));
             (m.id.clone(), serde_json::json!({ m.kind.clone(): cfg }))
         })
         .collect();
@@ -80,7 +161,21 @@ pub trait AdminExtra: Send + Sync {
     fn metrics(&self) -> String;
 }
 
-fn respond(gw: &Gateway, extra: Option<&dyn AdminExtra>, req: &Request<Incoming>) -> Response<Body> {
+fn respond(
+    gw: &Gateway,
+    extra: Option<&dyn AdminExtra>,
+    token: Option<&str>,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if let Some(t) = token.filter(|_| !open) {
+        if !authorized(req, t) {
+            let mut r = body::text(StatusCode::UNAUTHORIZED, "401 Unauthorized: a bearer token is required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"atrium-admin\""));
+            return r;
+        }
+    }
     if let Some(v) = extra.and_then(|e| e.json(req.uri().path())) {
         let mut r = Response::new(body::full(serde_json::to_vec_pretty(&v).unwrap_or_default()));
         r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
@@ -114,16 +209,18 @@ fn respond(gw: &Gateway, extra: Option<&dyn AdminExtra>, req: &Request<Incoming>
     }
 }
 
-/// Serves the admin API until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
-    serve_with(listener, gw, None, shutdown).await;
+/// Binds the admin listener.
+pub async fn bind(cfg: &AdminConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(cfg.addr).await
 }
 
-/// Serves the admin API with extra endpoints until `shutdown` turns true.
-pub async fn serve_with(
+/// Serves the admin API (with the extra endpoints of the process embedding this data
+/// plane) until `shutdown` turns true.
+pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
     extra: Option<Arc<dyn AdminExtra>>,
+    token: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -131,15 +228,45 @@ pub async fn serve_with(
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let gw = gw.clone();
-        let extra = extra.clone();
+        let (gw, extra, token) = (gw.clone(), extra.clone(), token.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                let extra = extra.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&gw, extra.as_deref(), &req)) }
+                let (gw, extra, token) = (gw.clone(), extra.clone(), token.clone());
+                async move { Ok::<_, std::convert::Infallible>(respond(&gw, extra.as_deref(), token.as_deref(), &req)) }
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_shown_as_counts() {
+        let cfg = serde_json::json!({"users": ["a:$apr1$x", "b:$apr1$y"], "realm": "r", "resolvedUsers": ["c:$2y$z"]});
+        let shown = redacted(cfg).to_string();
+        assert!(!shown.contains("apr1") && !shown.contains("$2y"), "{shown}");
+        assert!(shown.contains("<redacted: 2 entries>") && shown.contains("\"realm\":\"r\""), "{shown}");
+    }
+
+    #[test]
+    fn token_files_are_read_and_checked() {
+        let dir = tempfile_dir();
+        let f = dir.join("token");
+        std::fs::write(&f, "short\n").unwrap();
+        assert!(matches!(read_token(&f), Err(TokenError::TooShort { .. })));
+        std::fs::write(&f, "  0123456789abcdef0123  \nignored\n").unwrap();
+        assert_eq!(&*read_token(&f).unwrap(), "0123456789abcdef0123");
+        assert!(matches!(read_token(&dir.join("missing")), Err(TokenError::Read { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("atrium-admin-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

@@ -16,28 +16,62 @@ use tokio::sync::watch;
 
 use super::{ConnInfo, Gateway};
 
-/// Connection limits of an entrypoint.
+/// Connection limits of an entrypoint. Clones share one connection count: every
+/// entrypoint and worker of a process served with clones of one `ServerLimits` counts
+/// against the same `max_connections`.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// A client that has not sent complete request headers by then is cut off.
     pub header_read_timeout: Duration,
     /// A keep-alive connection with nothing in flight is closed after this long idle.
     pub idle_timeout: Duration,
-    /// Largest request head (request line + headers); past it the answer is 431.
+    /// Largest request head (request line + headers), and largest HTTP/2 header list;
+    /// past it the answer is 431.
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Connections served at once; past it, new connections are closed at once.
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
+}
+
+impl ServerLimits {
+    /// Limits with their own connection count.
+    pub fn new(
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+        max_header_bytes: usize,
+        drain_timeout: Duration,
+        max_connections: usize,
+    ) -> ServerLimits {
+        let max_connections = max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        ServerLimits {
+            header_read_timeout,
+            idle_timeout,
+            max_header_bytes,
+            drain_timeout,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
+        }
+    }
+
+    /// The connection limit.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// A slot for one more connection, if the limit allows.
+    fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
 }
 
 impl Default for ServerLimits {
+    /// The command line's defaults: near nginx's (`client_header_timeout` 60 s, 32 KiB of
+    /// headers) and Envoy's (60 KiB of headers), tighter on time (10 s for a head); the
+    /// idle timeout is Traefik's.
     fn default() -> Self {
-        ServerLimits {
-            header_read_timeout: Duration::from_secs(60),
-            // Traefik's `respondingTimeouts.idleTimeout`.
-            idle_timeout: Duration::from_secs(180),
-            max_header_bytes: 1 << 20,
-            drain_timeout: Duration::from_secs(30),
-        }
+        ServerLimits::new(Duration::from_secs(10), Duration::from_secs(180), 64 * 1024, Duration::from_secs(30), 65_536)
     }
 }
 
@@ -360,6 +394,7 @@ pub async fn serve(
     let acceptor = ep.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&limits));
+    let mut limit_logged = false;
     loop {
         let accepted = tokio::select! {
             a = ep.listener.accept() => a,
@@ -374,6 +409,17 @@ pub async fn serve(
                 continue;
             }
         };
+        // Past the connection limit a new connection is closed at once: a flood cannot take
+        // memory and descriptors from the connections being served.
+        let Some(permit) = limits.admit() else {
+            if !limit_logged {
+                tracing::warn!(entrypoint = %ep.name, max = limits.max_connections(), "connection limit reached; closing new connections");
+                limit_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        limit_logged = false;
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(ep.name.clone(), port, acceptor.is_some(), peer, upstreams.clone()));
         let gw = gw.clone();
@@ -390,6 +436,7 @@ pub async fn serve(
             peer,
         };
         tokio::spawn(async move {
+            let _permit = permit;
             let Some(acc) = acceptor else { return accepted.serve_h1(stream).await };
             let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
                 Ok(Ok(s)) => s,
