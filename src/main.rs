@@ -236,9 +236,13 @@ enum CertsCommand {
         /// Directory holding the CA.
         #[arg(long)]
         dir: PathBuf,
-        /// Certificate name (`control-plane`, `data-plane`, a node id).
+        /// Certificate name (`control-plane`, `data-plane`, a node id, a cluster name).
         #[arg(long)]
         name: String,
+        /// The role it carries: `control-plane`, `data-plane` or `agent` (default: from the
+        /// name: `control-plane` and `data-plane` are those roles, any other name an agent).
+        #[arg(long)]
+        role: Option<String>,
         /// Extra DNS names or IPs.
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -446,8 +450,10 @@ fn main() -> ExitCode {
         })(),
         Command::Certs { command } => (|| {
             match command {
-                CertsCommand::Init { dir } => planes::certs(true, &dir, None, &[])?,
-                CertsCommand::Issue { dir, name, sans } => planes::certs(false, &dir, Some(&name), &sans)?,
+                CertsCommand::Init { dir } => planes::certs(true, &dir, None, None, &[])?,
+                CertsCommand::Issue { dir, name, role, sans } => {
+                    planes::certs(false, &dir, Some(&name), role.as_deref(), &sans)?
+                }
             }
             Ok(ExitCode::SUCCESS)
         })(),

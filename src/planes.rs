@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use atrium_control_plane::children::{Children, ParentTls, Polling, Registry};
+use atrium_control_plane::children::{Children, Polling, Registry};
 use atrium_control_plane::hub::Hub;
 use atrium_control_plane::service::Snapshots;
 use atrium_data_plane::multicluster::UplinkClient;
@@ -20,7 +20,8 @@ use atrium_data_plane::proxy::admin::{self, AdminExtra};
 use atrium_data_plane::proxy::server::ServerLimits;
 use atrium_data_plane::proxy::tls::CertStore;
 use atrium_data_plane::proxy::{AccessLog, Gateway, Runtime};
-use atrium_data_plane::snapshot::{self, ClientConfig, TlsMaterial};
+use atrium_data_plane::snapshot::{self, ClientConfig};
+use atrium_data_plane::trust::{NodeTrust, Role};
 use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
 use atrium_model::values::Values;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
@@ -84,8 +85,14 @@ fn node_pki(o: &ServeOptions, name: &str) -> anyhow::Result<pki::NodeFiles> {
             }
             Ok(f)
         }
-        None => pki::ensure(&o.state_dir.join("pki"), name).map_err(anyhow::Error::msg),
+        None => Ok(pki::ensure(&o.state_dir.join("pki"), name, &[])?),
     }
+}
+
+/// This node's TLS material (see [`node_pki`]), re-read whenever its files change.
+fn node_trust(o: &ServeOptions, name: &str) -> anyhow::Result<NodeTrust> {
+    let files = node_pki(o, name)?;
+    Ok(NodeTrust::load(&files)?)
 }
 
 impl ServeOptions {
@@ -208,11 +215,10 @@ pub async fn run_control_plane(
     if o.tls_dir.is_none() {
         // A client certificate for data planes started next to this control plane
         // (`--tls-dir <state-dir>/pki`).
-        pki::ensure(&o.state_dir.join("pki"), "data-plane").map_err(anyhow::Error::msg)?;
+        pki::ensure(&o.state_dir.join("pki"), "data-plane", &[])?;
     }
-    let ca = std::fs::read(&files.ca).with_context(|| files.ca.display().to_string())?;
-    let tls = atrium_control_plane::tls::server_config(&ca, files.cert.clone(), files.key.clone())
-        .map_err(anyhow::Error::msg)?;
+    let trust = NodeTrust::load(&files)?;
+    let tls = atrium_control_plane::tls::server_config(&trust).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(grpc).await.with_context(|| format!("binding gRPC on {grpc}"))?;
     tracing::info!(addr = %listener.local_addr()?, tls_dir = %files.ca.parent().map(|p| p.display().to_string()).unwrap_or_default(), "snapshot gRPC listening (mTLS)");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -229,11 +235,10 @@ pub async fn run_control_plane(
 
     // Children: dialled with this control plane's certificate, polled, watched for
     // liveness; the list follows the values file.
-    let (cert, key) = (std::fs::read(&files.cert)?, std::fs::read(&files.key)?);
     let children = {
         let (reg, publish) = (registry.clone(), publish.clone());
         Children::new(
-            ParentTls { ca: ca.clone(), cert, key },
+            trust.clone(),
             Arc::new(move |r: Registry| {
                 if let Ok(mut cur) = reg.lock() {
                     *cur = r;
@@ -249,9 +254,7 @@ pub async fn run_control_plane(
     let mut threads = Vec::new();
     if embedded {
         // The embedded data plane reaches children with the `data-plane` certificate.
-        let dp = node_pki(&o, "data-plane")?;
-        let (dca, dcert, dkey) = dp.read().map_err(anyhow::Error::msg)?;
-        gw.set_uplink_client(UplinkClient::new(dca, dcert, dkey, o.liveness));
+        gw.set_uplink_client(UplinkClient::new(node_trust(&o, "data-plane")?, o.liveness));
         // The embedded data plane takes the same snapshots, over an in-memory channel.
         let mut rx = hub.subscribe();
         let egw = gw.clone();
@@ -353,11 +356,10 @@ pub async fn run_data_plane(
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
     let tls = if control_plane.starts_with("https://") {
-        let files = node_pki(&o, &tls_name)?;
-        let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+        let trust = node_trust(&o, &tls_name)?;
         // The same certificate opens uplinks to children.
-        gw.set_uplink_client(UplinkClient::new(ca.clone(), cert.clone(), key.clone(), o.liveness));
-        Some(TlsMaterial { ca, cert, key })
+        gw.set_uplink_client(UplinkClient::new(trust.clone(), o.liveness));
+        Some(trust)
     } else {
         tracing::warn!(
             "the control-plane URL is not https: snapshots, and the TLS keys they carry, travel without TLS"
@@ -392,9 +394,15 @@ pub async fn run_data_plane(
 }
 
 /// `atrium certs init|issue`.
-pub fn certs(init: bool, dir: &std::path::Path, name: Option<&str>, sans: &[String]) -> anyhow::Result<()> {
+pub fn certs(
+    init: bool,
+    dir: &std::path::Path,
+    name: Option<&str>,
+    role: Option<&str>,
+    sans: &[String],
+) -> anyhow::Result<()> {
     if init {
-        if pki::init_ca(dir).map_err(anyhow::Error::msg)? {
+        if pki::init_ca(dir)? {
             println!("created CA {}", dir.join("ca.pem").display());
         } else {
             println!("CA {} already exists; kept", dir.join("ca.pem").display());
@@ -402,8 +410,12 @@ pub fn certs(init: bool, dir: &std::path::Path, name: Option<&str>, sans: &[Stri
         return Ok(());
     }
     let name = name.context("--name is required")?;
-    let f = pki::issue(dir, name, sans).map_err(anyhow::Error::msg)?;
-    println!("issued {} and {}", f.cert.display(), f.key.display());
+    let role = match role {
+        Some(r) => Role::parse(r).with_context(|| format!("--role {r:?}: one of control-plane, data-plane, agent"))?,
+        None => Role::for_name(name),
+    };
+    let f = pki::issue(dir, name, role, sans)?;
+    println!("issued {} and {} (role {role})", f.cert.display(), f.key.display());
     Ok(())
 }
 
@@ -455,11 +467,10 @@ pub async fn run_agent(
         !quic_addrs.is_empty(),
         "no uplink entrypoint: mark a port `uplink: true` in the values (the guide's `ports.multicluster`)"
     );
-    let files = node_pki(&o, tls_name.as_deref().unwrap_or(&cluster))?;
-    let (ca, cert, key) = files.read().map_err(anyhow::Error::msg)?;
+    let trust = node_trust(&o, tls_name.as_deref().unwrap_or(&cluster))?;
     let mut tasks = Vec::new();
     for (name, addr) in quic_addrs {
-        let cfg = atrium_data_plane::uplink::server_config(&ca, &cert, &key, o.liveness).map_err(anyhow::Error::msg)?;
+        let cfg = atrium_data_plane::uplink::server_config(&trust, o.liveness)?;
         let ep = quinn::Endpoint::server(cfg, addr)
             .with_context(|| format!("binding uplink entrypoint {name} on udp {addr}"))?;
         tracing::info!(name = %name, addr = %ep.local_addr()?, cluster = %cluster, "uplink entrypoint listening (QUIC, mTLS)");

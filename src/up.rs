@@ -63,12 +63,10 @@ fn materialise(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Creates the installation CA and one certificate per component, keeping existing ones.
 fn ensure_pki(dir: &Path) -> anyhow::Result<()> {
-    pki::init_ca(dir).map_err(anyhow::Error::msg)?;
     let sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
     for name in ["control-plane", "data-plane", "cluster-a", "cluster-b"] {
-        if !dir.join(format!("{name}.pem")).is_file() {
-            pki::issue(dir, name, &sans).map_err(anyhow::Error::msg)?;
-        }
+        // Each with its role (the name decides: the children are agents).
+        pki::ensure(dir, name, &sans)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use atrium_data_plane::pki;
+use atrium_data_plane::trust::Role;
 use atrium_data_plane::uplink::{self, Liveness, ServerCheck};
 use atrium_proto::v1 as pb;
 use bytes::Bytes;
@@ -54,8 +55,8 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     let tmp = tempfile::tempdir().unwrap();
     let pki_dir = tmp.path().join("pki");
     pki::init_ca(&pki_dir).unwrap();
-    pki::issue(&pki_dir, "cluster-a", &[]).unwrap();
-    let parent = pki::issue(&pki_dir, "control-plane", &[]).unwrap();
+    pki::issue(&pki_dir, "cluster-a", Role::Agent, &[]).unwrap();
+    let parent = pki::issue(&pki_dir, "control-plane", Role::ControlPlane, &[]).unwrap();
     let m = tmp.path().join("manifests");
     common::copy_dir(&common::example().join("cluster-a/manifests"), &m);
     let eps = m.join("crm-endpoints.yaml");
@@ -104,12 +105,9 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     let quic_addr = agent.entry_points["multicluster"];
 
     // The parent dials the uplink entrypoint with its own certificate.
-    let (ca, cert, key) =
-        (fs::read(&parent.ca).unwrap(), fs::read(&parent.cert).unwrap(), fs::read(&parent.key).unwrap());
+    let trust = atrium_data_plane::trust::NodeTrust::load(&parent).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(
-        uplink::client_config(&ca, &cert, &key, &ServerCheck::default(), Liveness::default()).unwrap(),
-    );
+    ep.set_default_client_config(uplink::client_config(&trust, &ServerCheck::default(), Liveness::default()).unwrap());
     let conn = ep.connect(quic_addr, "localhost").unwrap().await.unwrap();
 
     // Control stream: Register, then an Update once the health check passes.

@@ -120,7 +120,8 @@ fn test_pki(root: &Path) {
     let pki_dir = root.join("pki");
     pki::init_ca(&pki_dir).unwrap();
     for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
-        pki::issue(&pki_dir, n, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
+        let role = atrium_data_plane::trust::Role::for_name(n);
+        pki::issue(&pki_dir, n, role, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
     }
 }
 

@@ -117,3 +117,34 @@ async fn version_skew_is_refused_with_an_explicit_status() {
     let first = tokio::time::timeout(Duration::from_secs(5), inbound.message()).await.unwrap().unwrap().unwrap();
     assert!(matches!(first.msg, Some(pb::control_plane_message::Msg::Snapshot(_))));
 }
+
+/// A data plane whose table came from a newer control plane (its cache, here) refuses the
+/// snapshots of an older one (a stale replica): NACKed, and the newer table stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_an_older_epoch_is_refused() {
+    let hub = Hub::new(env!("CARGO_PKG_VERSION"));
+    hub.publish(&body("PathPrefix(`/old`)"), Instant::now()).unwrap();
+    // The cache holds a snapshot of a later epoch.
+    let cache = tempfile::tempdir().unwrap();
+    let newer = atrium_proto::seal(pb::Version { epoch: hub.epoch() + 1, seq: 1 }, &body("PathPrefix(`/newer`)"));
+    snapshot::store_cache(cache.path(), &newer).unwrap();
+    let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+    gw.swap(snapshot::load_cache(cache.path()).unwrap().unwrap());
+    let addr = serve(hub.clone()).await;
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cfg = ClientConfig {
+        endpoint: format!("http://{addr}"),
+        node_id: "dp-e".into(),
+        group: "default".into(),
+        tls: None,
+        cache_dir: Some(cache.path().to_path_buf()),
+        usage_interval: Duration::from_secs(10),
+    };
+    tokio::spawn(snapshot::run(gw.clone(), cfg, stop_rx));
+    until("the NACK", || hub.nodes().get("dp-e").is_some_and(|n| n.last_nack.is_some())).await;
+    let nack = hub.nodes()["dp-e"].last_nack.clone().unwrap();
+    assert!(nack.contains("older than the one in force"), "{nack}");
+    let rt = gw.runtime().unwrap();
+    assert_eq!((rt.epoch, rt.version), (hub.epoch() + 1, 1), "the newer table stays");
+    assert_eq!(snapshot::load_cache(cache.path()).unwrap().unwrap().epoch, hub.epoch() + 1, "and so does its cache");
+}

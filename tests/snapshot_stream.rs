@@ -231,7 +231,7 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     // Another installation's CA.
     let other = root.join("other-pki");
     assert!(atrium_data_plane::pki::init_ca(&other).unwrap());
-    atrium_data_plane::pki::issue(&other, "data-plane", &[]).unwrap();
+    atrium_data_plane::pki::issue(&other, "data-plane", atrium_data_plane::trust::Role::DataPlane, &[]).unwrap();
     let args: Vec<String> = [
         "data-plane",
         "--control-plane",
@@ -272,10 +272,11 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     // The control plane's certificate is renewed on disk: the next handshake uses it, no
     // restart needed, and a data plane of this installation still gets in.
     tokio::time::sleep(Duration::from_millis(1100)).await; // a new modification time
-    atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", &[]).unwrap();
+    let role = atrium_data_plane::trust::Role::ControlPlane;
+    atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", role, &[]).unwrap();
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;
-    assert!(cp.logged("server certificate reloaded"));
+    assert!(cp.logged("TLS material reloaded"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,4 +304,53 @@ async fn a_remote_data_plane_serves_the_certificates_routers_name() {
     // The key travels only inside the mTLS stream and the 0600 cache; the admin API never shows it.
     let raw = get(&format!("http://{}/api/rawdata", dp.admin)).await.body;
     assert!(!raw.contains("PRIVATE KEY") && raw.contains("ns/shop-cert"), "{raw}");
+}
+
+/// A certificate of this installation's CA is not enough: a child's (agent) certificate
+/// is refused by the snapshot service, so it never receives snapshots and the TLS keys
+/// they carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_certificate_cannot_stream_snapshots() {
+    let be = backend::start("b", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    manifests(&root.join("manifests"), be.addr, "v1");
+    let cp = control_plane(root, "127.0.0.1:0");
+    let pki_dir = root.join("cp/pki");
+    atrium_data_plane::pki::issue(&pki_dir, "cluster-a", atrium_data_plane::trust::Role::Agent, &[]).unwrap();
+    let args: Vec<String> = [
+        "data-plane",
+        "--control-plane",
+        &format!("https://{}", cp.grpc.unwrap()),
+        "--node-id",
+        "posing-child",
+        "--cache-dir",
+        &root.join("posing/cache").display().to_string(),
+        "--state-dir",
+        &root.join("posing/state").display().to_string(),
+        "--tls-dir",
+        &pki_dir.display().to_string(),
+        "--tls-name",
+        "cluster-a",
+        "--entrypoint",
+        "web=127.0.0.1:0",
+        "--entrypoint",
+        "websecure=off",
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dp = GatewayProc::spawn(&args, 1, false);
+    common::eventually(Duration::from_secs(10), "the control plane logs why it refused", || async {
+        cp.logged("the peer's certificate has role agent, and only data-plane may connect here").then_some(())
+    })
+    .await;
+    assert!(dp.logged("snapshot stream failed"));
+    assert_eq!(get(&dp.web("/x")).await.status, 503, "no snapshot was ever received");
+    assert!(!root.join("posing/cache/snapshot.pb").exists(), "nothing was cached");
+    // A real data plane of the same installation gets in.
+    let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
+    wait_stamp(&good, "v1").await;
 }

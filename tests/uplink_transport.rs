@@ -7,31 +7,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use atrium_data_plane::pki;
+use atrium_data_plane::trust::{NodeTrust, Role};
 use atrium_data_plane::uplink::{self, Liveness, ServerCheck};
 use atrium_proto::v1 as pb;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// A certificate and its key, as PEM.
-type Pair = (Vec<u8>, Vec<u8>);
-
-fn pki_dir(dir: &Path, names: &[&str]) -> (Vec<u8>, Vec<Pair>) {
+/// A CA in `dir` and a certificate per `(name, role)`, as each node would load them.
+fn pki_dir(dir: &Path, names: &[(&str, Role)]) -> Vec<NodeTrust> {
     pki::init_ca(dir).unwrap();
-    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
-    let certs = names
-        .iter()
-        .map(|n| {
-            let f = pki::issue(dir, n, &[]).unwrap();
-            (std::fs::read(f.cert).unwrap(), std::fs::read(f.key).unwrap())
-        })
-        .collect();
-    (ca, certs)
+    names.iter().map(|(n, role)| NodeTrust::load(&pki::issue(dir, n, *role, &[]).unwrap()).unwrap()).collect()
 }
 
 /// A child-side endpoint that answers every DATA stream with what it saw.
-async fn child(ca: &[u8], cert: &[u8], key: &[u8]) -> (SocketAddr, quinn::Endpoint) {
-    let cfg = uplink::server_config(ca, cert, key, Liveness::default()).unwrap();
+async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
+    let cfg = uplink::server_config(t, Liveness::default()).unwrap();
     let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let server = ep.clone();
@@ -76,20 +67,29 @@ async fn child(ca: &[u8], cert: &[u8], key: &[u8]) -> (SocketAddr, quinn::Endpoi
     (addr, ep)
 }
 
-async fn parent_connect(
-    ca: &[u8],
-    cert: &[u8],
-    key: &[u8],
-    check: &ServerCheck,
-    addr: SocketAddr,
-) -> Result<quinn::Connection, String> {
+/// Connects as a parent with `t`'s certificate, or refuses (either side) with a reason.
+async fn parent_connect(t: &NodeTrust, check: &ServerCheck, addr: SocketAddr) -> Result<quinn::Connection, String> {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(uplink::client_config(ca, cert, key, check, Liveness::default())?);
+    ep.set_default_client_config(uplink::client_config(t, check, Liveness::default()).map_err(|e| e.to_string())?);
     let connecting = ep.connect(addr, "localhost").map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(5), connecting)
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // With TLS 1.3 the client may finish first; a refusal by the child then closes the
+    // connection at once: a stream tells.
+    let probe = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&[0, 0, 0, 0]).await.map_err(|e| e.to_string())?;
+        let mut b = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut b).await;
+        Ok::<_, String>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), probe).await;
+    match conn.close_reason() {
+        Some(reason) => Err(reason.to_string()),
+        None => Ok(conn),
+    }
 }
 
 async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::StreamIo {
@@ -108,9 +108,9 @@ async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_over_quic_streams_with_mutual_tls() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, certs) = pki_dir(tmp.path(), &["cluster-a", "control-plane"]);
-    let (addr, _child) = child(&ca, &certs[0].0, &certs[0].1).await;
-    let conn = parent_connect(&ca, &certs[1].0, &certs[1].1, &ServerCheck::default(), addr).await.unwrap();
+    let t = pki_dir(tmp.path(), &[("cluster-a", Role::Agent), ("control-plane", Role::ControlPlane)]);
+    let (addr, _child) = child(&t[0]).await;
+    let conn = parent_connect(&t[1], &ServerCheck::default(), addr).await.unwrap();
 
     // HTTP/1.1 on one stream.
     let io = data_stream(&conn, "crm").await;
@@ -156,39 +156,24 @@ async fn http1_and_http2_over_quic_streams_with_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_from_another_ca_are_refused_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, certs) = pki_dir(&tmp.path().join("ours"), &["cluster-a", "control-plane"]);
-    let (other_ca, other) = pki_dir(&tmp.path().join("theirs"), &["cluster-x", "control-plane"]);
-    let (addr, _child) = child(&ca, &certs[0].0, &certs[0].1).await;
+    let ours = pki_dir(&tmp.path().join("ours"), &[("cluster-a", Role::Agent), ("control-plane", Role::ControlPlane)]);
+    let theirs =
+        pki_dir(&tmp.path().join("theirs"), &[("cluster-x", Role::Agent), ("control-plane", Role::ControlPlane)]);
+    let ours_ca = std::fs::read(tmp.path().join("ours/ca.pem")).unwrap();
+    let (addr, _child) = child(&ours[0]).await;
     // A parent with a certificate from another CA: refused by the child.
-    let refused = match parent_connect(
-        &other_ca,
-        &other[1].0,
-        &other[1].1,
-        &ServerCheck { root_cas: ca.clone(), ..Default::default() },
-        addr,
-    )
-    .await
-    {
-        Err(e) => e,
-        // With TLS 1.3 the client may finish first; the child's refusal then closes the connection.
-        Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap().to_string(),
-    };
-    assert!(!refused.is_empty());
+    let check = ServerCheck { root_cas: ours_ca, ..Default::default() };
+    assert!(parent_connect(&theirs[1], &check, addr).await.is_err());
     // A child whose certificate chains to another CA: refused by the parent.
-    let (other_addr, _other_child) = child(&other_ca, &other[0].0, &other[0].1).await;
-    let e = parent_connect(&ca, &certs[1].0, &certs[1].1, &ServerCheck::default(), other_addr).await.unwrap_err();
+    let (other_addr, _other_child) = child(&theirs[0]).await;
+    let e = parent_connect(&ours[1], &ServerCheck::default(), other_addr).await.unwrap_err();
     assert!(e.to_lowercase().contains("certificate") || e.to_lowercase().contains("unknown"), "{e}");
     // insecureSkipVerify accepts the unknown child (the seed's development setting), but the
     // child still insists on a client certificate from its own CA.
-    let conn = parent_connect(
-        &ca,
-        &other[1].0,
-        &other[1].1,
-        &ServerCheck { insecure_skip_verify: true, ..Default::default() },
-        other_addr,
-    )
-    .await
-    .unwrap();
+    let conn =
+        parent_connect(&theirs[1], &ServerCheck { insecure_skip_verify: true, ..Default::default() }, other_addr)
+            .await
+            .unwrap();
     let io = data_stream(&conn, "crm").await;
     let (mut s, c) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.unwrap();
     tokio::spawn(c);
@@ -199,14 +184,43 @@ async fn peers_from_another_ca_are_refused_both_ways() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A chain to the CA is not enough: a child lets in only parents (control planes and data
+/// planes), and a parent talks only to agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_of_the_wrong_role_are_refused_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = pki_dir(
+        tmp.path(),
+        &[
+            ("cluster-a", Role::Agent),
+            ("cluster-b", Role::Agent),
+            ("data-plane", Role::DataPlane),
+            ("control-plane", Role::ControlPlane),
+        ],
+    );
+    let (addr, _child) = child(&t[0]).await;
+    // Another child's (agent) certificate as a parent: refused.
+    let e = parent_connect(&t[1], &ServerCheck::default(), addr).await.unwrap_err();
+    assert!(!e.is_empty());
+    // Both parent roles get in.
+    assert!(parent_connect(&t[2], &ServerCheck::default(), addr).await.is_ok());
+    assert!(parent_connect(&t[3], &ServerCheck::default(), addr).await.is_ok());
+    // A "child" that presents a data plane's certificate: the parent refuses it.
+    let (impostor, _ep) = child(&t[2]).await;
+    let e = parent_connect(&t[3], &ServerCheck::default(), impostor).await.unwrap_err();
+    assert!(e.contains("role data-plane"), "the refusal names the role: {e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_transport_certificates_replace_the_parents_own_identity() {
     use atrium_data_plane::multicluster::{client_endpoint, dial};
     let tmp = tempfile::tempdir().unwrap();
     // The child trusts only the "theirs" CA; the parent's own certificate is from "ours".
-    let (ca, ours) = pki_dir(&tmp.path().join("ours"), &["control-plane"]);
-    let (their_ca, theirs) = pki_dir(&tmp.path().join("theirs"), &["cluster-a", "parent-for-a"]);
-    let (addr, _child) = child(&their_ca, &theirs[0].0, &theirs[0].1).await;
+    let ours = pki_dir(&tmp.path().join("ours"), &[("control-plane", Role::ControlPlane)]);
+    let theirs =
+        pki_dir(&tmp.path().join("theirs"), &[("cluster-a", Role::Agent), ("parent-for-a", Role::ControlPlane)]);
+    let their_ca = std::fs::read(tmp.path().join("theirs/ca.pem")).unwrap();
+    let (addr, _child) = child(&theirs[0]).await;
     let ep = client_endpoint().unwrap();
     let mut c = pb::Child {
         name: "cluster-a".into(),
@@ -219,8 +233,8 @@ async fn servers_transport_certificates_replace_the_parents_own_identity() {
         ..Default::default()
     };
     // Without `certificates` the child refuses the parent's own identity.
-    let refused = match dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await {
-        Err(e) => e,
+    let refused = match dial(&ep, &c, &ours[0], Liveness::default()).await {
+        Err(e) => e.to_string(),
         Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap().to_string(),
     };
     assert!(!refused.is_empty());
@@ -230,7 +244,7 @@ async fn servers_transport_certificates_replace_the_parents_own_identity() {
         cert_file: dir.join("parent-for-a.pem").to_string_lossy().into_owned(),
         key_file: dir.join("parent-for-a-key.pem").to_string_lossy().into_owned(),
     }];
-    let conn = dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await.unwrap();
+    let conn = dial(&ep, &c, &ours[0], Liveness::default()).await.unwrap();
     let io = data_stream(&conn, "crm").await;
     let (mut s, h) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.unwrap();
     tokio::spawn(h);
@@ -241,6 +255,6 @@ async fn servers_transport_certificates_replace_the_parents_own_identity() {
     assert_eq!(resp.status(), 200);
     // A pair whose file is missing is an error naming the field and the file.
     c.transport.as_mut().unwrap().certificates[0].cert_file = "/nonexistent/parent.pem".into();
-    let e = dial(&ep, &c, &ca, &ours[0].0, &ours[0].1, Liveness::default()).await.unwrap_err();
-    assert!(e.contains("serversTransport.certificates certFile /nonexistent/parent.pem"), "{e}");
+    let e = dial(&ep, &c, &ours[0], Liveness::default()).await.unwrap_err().to_string();
+    assert!(e.contains("serversTransport.certificates: /nonexistent/parent.pem"), "{e}");
 }

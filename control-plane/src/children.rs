@@ -16,16 +16,9 @@ use atrium_proto::v1 as pb;
 /// Child name → its uplinks, for the reachable children.
 pub type Registry = BTreeMap<String, Vec<pb::UplinkState>>;
 
-/// TLS material the parent presents to children.
-#[derive(Debug, Clone)]
-pub struct ParentTls {
-    /// This installation's CA.
-    pub ca: Vec<u8>,
-    /// The control plane's certificate.
-    pub cert: Vec<u8>,
-    /// Its key.
-    pub key: Vec<u8>,
-}
+/// TLS material the parent presents to children: the control plane's certificate and the
+/// installation's CA (re-read when their files change).
+pub type ParentTls = atrium_data_plane::trust::NodeTrust;
 
 /// Poll timing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,7 +45,7 @@ async fn session(
 ) -> Result<(), String> {
     let ep = atrium_data_plane::multicluster::client_endpoint()?;
     let conn =
-        atrium_data_plane::multicluster::dial(&ep, child, &tls.ca, &tls.cert, &tls.key, polling.liveness).await?;
+        atrium_data_plane::multicluster::dial(&ep, child, tls, polling.liveness).await.map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     uplink::write_frame(
         &mut send,

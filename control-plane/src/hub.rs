@@ -14,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prost::Message;
-use sha2::Digest;
 use tokio::sync::watch;
 
 /// A snapshot as published.
@@ -113,7 +112,7 @@ impl Hub {
     /// Publishes a compiled body; `None` when it equals the current one (nothing sent).
     pub fn publish(&self, body: &pb::SnapshotBody, detected_at: Instant) -> Option<pb::Version> {
         let bytes = body.encode_to_vec();
-        let hash = sha2::Sha256::digest(&bytes).to_vec();
+        let hash = atrium_proto::body_hash(&bytes);
         if self.current.borrow().as_ref().is_some_and(|p| p.snapshot.hash == hash) {
             return None;
         }

@@ -1,84 +1,25 @@
 //! Mutual TLS for the snapshot gRPC listener.
 //!
 //! We accept TLS ourselves (rustls) and hand finished streams to tonic, so that:
-//! - a refused peer (no certificate, or one from another CA) is logged here with the
-//!   reason, not only on the data plane's side;
-//! - the server certificate is re-read when its file changes, without a restart.
+//! - a refused peer (no certificate, one from another CA, or one whose role is not
+//!   data-plane) is logged here with the reason, not only on the data plane's side;
+//! - the server certificate and the CA are re-read when their files change, without a
+//!   restart (see `atrium_data_plane::trust`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-/// The server certificate, re-read when its file's modification time changes.
-#[derive(Debug)]
-struct Reloading {
-    cert: PathBuf,
-    key: PathBuf,
-    state: Mutex<(Option<SystemTime>, Arc<CertifiedKey>)>,
-}
-
-impl Reloading {
-    fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.cert).and_then(|m| m.modified()).ok()
-    }
-}
-
-impl ResolvesServerCert for Reloading {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let now = self.mtime();
-        let mut st = self.state.lock().ok()?;
-        if now.is_some() && now != st.0 {
-            match (std::fs::read(&self.cert), std::fs::read(&self.key)) {
-                (Ok(c), Ok(k)) => match atrium_data_plane::proxy::tls::certified_key(&c, &k) {
-                    Ok(ck) => {
-                        tracing::info!(cert = %self.cert.display(), "server certificate reloaded");
-                        *st = (now, ck);
-                    }
-                    Err(e) => {
-                        tracing::error!(cert = %self.cert.display(), error = %e, "new server certificate unusable; keeping the previous one")
-                    }
-                },
-                _ => {
-                    tracing::error!(cert = %self.cert.display(), "cannot read the new server certificate; keeping the previous one")
-                }
-            }
-        }
-        Some(st.1.clone())
-    }
-}
-
-/// A rustls server configuration requiring client certificates from `ca`.
-pub fn server_config(ca: &[u8], cert: PathBuf, key: PathBuf) -> Result<Arc<rustls::ServerConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca) {
-        roots.add(c.map_err(|e| format!("CA: {e}"))?).map_err(|e| format!("CA: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let first = atrium_data_plane::proxy::tls::certified_key(
-        &std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?,
-        &std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?,
-    )?;
-    let mtime = std::fs::metadata(&cert).and_then(|m| m.modified()).ok();
-    let resolver = Reloading { cert, key, state: Mutex::new((mtime, first)) };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(cfg))
+/// The snapshot listener's TLS: the control plane's certificate, and only data planes of
+/// this installation's CA as clients (a child's certificate is refused: snapshots carry TLS
+/// private keys). Certificate and CA are re-read when their files change.
+pub fn server_config(trust: &atrium_data_plane::trust::NodeTrust) -> Result<Arc<rustls::ServerConfig>, String> {
+    use atrium_data_plane::trust::Role;
+    trust.server_config(&[Role::DataPlane], "snapshot stream", &[b"h2"], false).map(Arc::new).map_err(|e| e.to_string())
 }
 
 /// Accepts TCP connections, completes mutual TLS and yields the streams tonic serves.
@@ -106,7 +47,7 @@ pub fn incoming(
                         let _ = tx.send(Ok(s)).await;
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "data plane refused: TLS handshake failed (a client certificate from this installation's CA is required)")
+                        tracing::warn!(%peer, error = %e, "data plane refused: TLS handshake failed (a data-plane certificate from this installation's CA is required)")
                     }
                     Err(_) => tracing::warn!(%peer, "data plane refused: TLS handshake timed out"),
                 }

@@ -28,6 +28,7 @@ pub mod service;
 pub mod snapshot;
 pub mod table;
 pub mod telemetry;
+pub mod trust;
 pub mod uplink;
 pub mod upstream;
 

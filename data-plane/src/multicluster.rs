@@ -87,9 +87,8 @@ pub fn parse_address(address: &str) -> Result<(String, u16), String> {
 pub struct UplinkClient {
     /// Keep-alive and idle timeout of the connections to children.
     liveness: Liveness,
-    ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
+    /// This data plane's certificate and the installation's CA (re-read on change).
+    trust: crate::trust::NodeTrust,
     /// Per worker thread: its QUIC endpoint and its connection to each child. Each worker
     /// runtime drives its own connections, so a request never waits on another thread.
     workers: Mutex<HashMap<std::thread::ThreadId, WorkerConns>>,
@@ -189,13 +188,11 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 const MAX_STREAM_FAILURES: u32 = 3;
 
 impl UplinkClient {
-    /// A client presenting `cert` (a certificate of this installation's CA `ca`).
-    pub fn new(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>, liveness: Liveness) -> Arc<UplinkClient> {
+    /// A client presenting the data-plane certificate of `trust`.
+    pub fn new(trust: crate::trust::NodeTrust, liveness: Liveness) -> Arc<UplinkClient> {
         Arc::new(UplinkClient {
             liveness,
-            ca,
-            cert,
-            key,
+            trust,
             workers: Mutex::default(),
             dialing: Mutex::default(),
             down: Mutex::default(),
@@ -287,14 +284,13 @@ impl UplinkClient {
         // quinn's endpoint and connection drivers keep the tracing span current when they
         // are created: create them in a task of their own (same worker, no span), never
         // inside a request's span, which would then stay open as long as the connection.
-        let (child_owned, ca, cert, key, liveness) =
-            (child.clone(), self.ca.clone(), self.cert.clone(), self.key.clone(), self.liveness);
+        let (child_owned, trust, liveness) = (child.clone(), self.trust.clone(), self.liveness);
         let dialed = tokio::spawn(async move {
             let ep = match ep {
                 Some(e) => e,
-                None => client_endpoint()?,
+                None => client_endpoint().map_err(|e| e.to_string())?,
             };
-            let conn = dial(&ep, &child_owned, &ca, &cert, &key, liveness).await?;
+            let conn = dial(&ep, &child_owned, &trust, liveness).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((ep, conn))
         })
         .await
@@ -569,19 +565,43 @@ impl UplinkClient {
     }
 }
 
+/// Why a child could not be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Its address does not parse.
+    #[error("{0}")]
+    Address(String),
+    /// The TLS configuration for it cannot be built.
+    #[error(transparent)]
+    Tls(#[from] uplink::UplinkTlsError),
+    /// Its host does not resolve.
+    #[error("resolving {host}: {reason}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The QUIC connection failed (refused certificate, unreachable, …).
+    #[error("{0}")]
+    Connect(String),
+    /// No handshake within the liveness idle timeout.
+    #[error("QUIC handshake timed out")]
+    Timeout,
+}
+
 /// Opens a mutual-TLS QUIC connection from `ep` to `child`, honouring its
 /// `serversTransport`: `insecureSkipVerify`, `rootCAs` (PEM or file paths), `serverName`,
-/// and `certificates` (the first pair is presented instead of this node's own `cert`/`key`).
-/// The handshake gives up after the liveness idle timeout.
+/// and `certificates` (the first pair is presented instead of this node's own). Without
+/// them the child must present an agent certificate of this installation. The handshake
+/// gives up after the liveness idle timeout.
 pub async fn dial(
     ep: &quinn::Endpoint,
     child: &pb::Child,
-    ca: &[u8],
-    cert: &[u8],
-    key: &[u8],
+    trust: &crate::trust::NodeTrust,
     liveness: Liveness,
-) -> Result<quinn::Connection, String> {
-    let (host, port) = parse_address(&child.address)?;
+) -> Result<quinn::Connection, DialError> {
+    let (host, port) = parse_address(&child.address).map_err(DialError::Address)?;
     let t = child.transport.clone().unwrap_or_default();
     let mut root_cas = Vec::new();
     for r in &t.root_cas {
@@ -594,30 +614,20 @@ pub async fn dial(
         root_cas,
         server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
         insecure_skip_verify: t.insecure_skip_verify,
+        certificate: t.certificates.first().map(|p| (p.cert_file.clone().into(), p.key_file.clone().into())),
     };
-    let own;
-    let (cert, key) = match t.certificates.first() {
-        Some(pair) => {
-            let read = |f: &str, what: &str| {
-                std::fs::read(f).map_err(|e| format!("serversTransport.certificates {what} {f}: {e}"))
-            };
-            own = (read(&pair.cert_file, "certFile")?, read(&pair.key_file, "keyFile")?);
-            (own.0.as_slice(), own.1.as_slice())
-        }
-        None => (cert, key),
-    };
-    let cfg = uplink::client_config(ca, cert, key, &check, liveness)?;
+    let cfg = uplink::client_config(trust, &check, liveness)?;
     let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
+        .map_err(|e| DialError::Resolve { host: host.clone(), reason: e.to_string() })?
         .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
+        .ok_or_else(|| DialError::Resolve { host: host.clone(), reason: "no address".into() })?;
     let name = check.server_name.clone().unwrap_or(host);
-    let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| e.to_string())?;
+    let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| DialError::Connect(e.to_string()))?;
     tokio::time::timeout(liveness.idle_timeout, connecting)
         .await
-        .map_err(|_| "QUIC handshake timed out".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| DialError::Timeout)?
+        .map_err(|e| DialError::Connect(e.to_string()))
 }
 
 /// A client endpoint on an ephemeral port of every address.
@@ -671,7 +681,7 @@ mod tests {
 
     #[test]
     fn failed_streams_in_a_row_take_a_child_out_and_a_success_ends_the_streak() {
-        let client = UplinkClient::new(vec![], vec![], vec![], Liveness::default());
+        let client = UplinkClient::new(crate::trust::test_trust(), Liveness::default());
         client.stream_failed("a", "reset");
         client.stream_failed("a", "reset");
         client.stream_ok("a");
@@ -686,7 +696,7 @@ mod tests {
 
     #[test]
     fn candidates_follow_health_reachability_and_weight() {
-        let client = UplinkClient::new(vec![], vec![], vec![], Liveness::default());
+        let client = UplinkClient::new(crate::trust::test_trust(), Liveness::default());
         let cs = vec![
             child("a", &[("crm", 1, true)], true),
             child("b", &[("crm", 3, true)], true),

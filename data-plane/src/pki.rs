@@ -1,13 +1,15 @@
 //! Development PKI: one CA per installation, leaf certificates issued from it.
 //!
 //! `atrium certs init --dir D` writes `D/ca.pem` and `D/ca-key.pem`;
-//! `atrium certs issue --dir D --name N` writes `D/N.pem` and `D/N-key.pem`, valid for
-//! both server and client authentication, with `N`, `localhost` and `127.0.0.1` (and any
-//! `--san`) as names. Private keys are written with mode 0600. Every atrium component
-//! accepts only peers whose certificate chains to the CA of its `--tls-dir`.
+//! `atrium certs issue --dir D --name N [--role R]` writes `D/N.pem` and `D/N-key.pem`,
+//! valid for both server and client authentication, with `N`, `localhost` and `127.0.0.1`
+//! (and any `--san`) as names and the role as a URI SAN (see [`crate::trust`]). Private
+//! keys are written with mode 0600. Every atrium component accepts only peers whose
+//! certificate chains to the CA of its `--tls-dir` and carries a role allowed on that link.
 
 use std::path::{Path, PathBuf};
 
+use crate::trust::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
@@ -38,27 +40,58 @@ impl NodeFiles {
     }
 
     /// Reads the three PEM files: CA, certificate, key.
-    pub fn read(&self) -> Result<Pems, String> {
-        let r = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    pub fn read(&self) -> Result<Pems, PkiError> {
+        let r = |p: &Path| std::fs::read(p).map_err(|source| PkiError::Io { file: p.to_path_buf(), source });
         Ok((r(&self.ca)?, r(&self.cert)?, r(&self.key)?))
     }
 }
 
-/// Writes a file only its owner can read.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes a file only its owner can read: mode 0600 whether it is created or already
+/// existed with a looser mode (the mode is set before the bytes are written).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     use std::io::Write;
+    let io = |source| PkiError::Io { file: path.to_path_buf(), source };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+    let mut f = opts.open(path).map_err(io)?;
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
+}
+
+/// Why development PKI material cannot be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA key is missing (no `atrium certs init`).
+    #[error("{file}: {source} (run `atrium certs init` first)")]
+    NoCa {
+        /// The CA key file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A name that cannot be a certificate's.
+    #[error("invalid certificate name {0:?}")]
+    BadName(String),
+    /// Generating or signing failed.
+    #[error("{0}")]
+    Generate(#[from] rcgen::Error),
 }
 
 /// The CA's parameters. Issuing only needs the CA's name and key, so they are rebuilt here
 /// rather than parsed back from the certificate.
-fn ca_params() -> Result<CertificateParams, String> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, "atrium development CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -66,65 +99,78 @@ fn ca_params() -> Result<CertificateParams, String> {
 }
 
 /// Creates the CA in `dir` unless it exists. Returns whether it was created.
-pub fn init_ca(dir: &Path) -> Result<bool, String> {
+pub fn init_ca(dir: &Path) -> Result<bool, PkiError> {
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     if cert_path.is_file() && key_path.is_file() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { file: dir.to_path_buf(), source })?;
     let params = ca_params()?;
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem()).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(|source| PkiError::Io { file: cert_path, source })?;
     Ok(true)
 }
 
-/// Issues a leaf certificate for `name` from the CA in `dir`.
-pub fn issue(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles, String> {
+/// Issues a leaf certificate for `name` with `role` (a URI SAN, see [`Role::uri`]) from
+/// the CA in `dir`, valid for server and client authentication, for `name`, `localhost`,
+/// `127.0.0.1` and `extra_sans`.
+pub fn issue(dir: &Path, name: &str, role: Role, extra_sans: &[String]) -> Result<NodeFiles, PkiError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(format!("invalid certificate name {name:?}"));
+        return Err(PkiError::BadName(name.to_string()));
     }
     let ca_key_path = dir.join("ca-key.pem");
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path)
-        .map_err(|e| format!("{}: {e} (run `atrium certs init` first)", ca_key_path.display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| format!("CA key: {e}"))?;
+    let ca_key_pem =
+        std::fs::read_to_string(&ca_key_path).map_err(|source| PkiError::NoCa { file: ca_key_path.clone(), source })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let mut names: Vec<String> = vec![name.to_string(), "localhost".into(), "127.0.0.1".into()];
     names.extend(extra_sans.iter().cloned());
     names.dedup();
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.subject_alt_names = names
+    let mut sans = names
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(|e| format!("invalid name {n:?}: {e}")),
+            Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(|_| PkiError::BadName(n.clone())),
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    sans.push(SanType::URI(role.uri(name).try_into().map_err(|_| PkiError::BadName(name.to_string()))?));
+    params.subject_alt_names = sans;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
     let files = NodeFiles::new(dir, name);
     write_private(&files.key, key.serialize_pem().as_bytes())?;
-    std::fs::write(&files.cert, cert.pem()).map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    // Each node directory carries the CA certificate it trusts.
+    std::fs::write(&files.cert, cert.pem()).map_err(|source| PkiError::Io { file: files.cert.clone(), source })?;
     Ok(files)
 }
 
-/// The CA and `name`'s certificate in `dir`, created when missing (the development
-/// default: mTLS on, even on a laptop).
-pub fn ensure(dir: &Path, name: &str) -> Result<NodeFiles, String> {
+/// The CA and `name`'s certificate in `dir` (also for `extra_sans`), created when missing
+/// (the development default: mTLS on, even on a laptop). A certificate there without the
+/// role its name gives (one issued before certificates carried roles) is issued again.
+pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles, PkiError> {
     if init_ca(dir)? {
         tracing::info!(dir = %dir.display(), "created a development CA");
     }
     let files = NodeFiles::new(dir, name);
+    let role = Role::for_name(name);
     if files.cert.is_file() && files.key.is_file() {
-        return Ok(files);
+        let has_role = std::fs::read(&files.cert)
+            .ok()
+            .and_then(|pem| crate::trust::pem_certificates(&pem).ok())
+            .and_then(|c| c.first().and_then(crate::trust::role_of))
+            == Some(role);
+        if has_role {
+            return Ok(files);
+        }
+        tracing::warn!(name, role = %role, "development certificate without its role; issuing it again");
     }
-    let f = issue(dir, name, &[])?;
-    tracing::info!(name, dir = %dir.display(), "issued a development certificate");
+    let f = issue(dir, name, role, extra_sans)?;
+    tracing::info!(name, role = %role, dir = %dir.display(), "issued a development certificate");
     Ok(f)
 }
 
@@ -138,7 +184,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(init_ca(&dir).unwrap());
         assert!(!init_ca(&dir).unwrap(), "an existing CA is kept");
-        let f = issue(&dir, "dp-1", &["10.1.2.3".into()]).unwrap();
+        let f = issue(&dir, "dp-1", Role::DataPlane, &["10.1.2.3".into()]).unwrap();
         let (ca, cert, key) = f.read().unwrap();
         assert!(String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"));
         assert!(String::from_utf8_lossy(&cert).contains("BEGIN CERTIFICATE"));
@@ -150,7 +196,15 @@ mod tests {
                 assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
             }
         }
-        assert!(issue(&dir, "../evil", &[]).is_err());
+        assert!(issue(&dir, "../evil", Role::Agent, &[]).is_err());
+        // Rewriting a private file that had a looser mode makes it 0600 again.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_private(&f.key, b"rewritten").unwrap();
+            assert_eq!(std::fs::metadata(&f.key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,7 +18,7 @@ use pb::data_plane_message::Msg as DpMsg;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 use crate::proxy::{Gateway, Runtime};
 
@@ -29,7 +29,7 @@ pub const CACHE_FILE: &str = "snapshot.pb";
 pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
-    crate::pki::write_private(&tmp, &s.encode_to_vec())?;
+    crate::pki::write_private(&tmp, &s.encode_to_vec()).map_err(|e| e.to_string())?;
     let path = dir.join(CACHE_FILE);
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     // Make the rename itself durable.
@@ -49,17 +49,6 @@ pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, String> {
     };
     let s = pb::Snapshot::decode(bytes.as_slice()).map_err(|e| format!("{}: not a snapshot: {e}", path.display()))?;
     Runtime::from_snapshot(&s).map(Some).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// PEM material for mutual TLS with the control plane.
-#[derive(Debug, Clone)]
-pub struct TlsMaterial {
-    /// The CA the control plane's certificate must chain to.
-    pub ca: Vec<u8>,
-    /// This node's certificate.
-    pub cert: Vec<u8>,
-    /// This node's key.
-    pub key: Vec<u8>,
 }
 
 /// Requests per router since the last report (counters are reset as they are read).
@@ -85,6 +74,23 @@ pub fn take_usage(gw: &Gateway) -> Vec<pb::UsageEntry> {
     out
 }
 
+/// Why a snapshot of `incoming` version must not replace the one of `current`: it comes
+/// from an older control-plane epoch (a control plane that started before the one this
+/// table came from: a stale replica, or a replay), or is an earlier sequence of the same
+/// epoch. `None` when it may be applied.
+pub fn older(current: Option<pb::Version>, incoming: Option<pb::Version>) -> Option<String> {
+    let (cur, new) = (current?, incoming.unwrap_or_default());
+    if new.epoch < cur.epoch {
+        return Some(format!(
+            "snapshot of control-plane epoch {} is older than the one in force (epoch {}); refused",
+            new.epoch, cur.epoch
+        ));
+    }
+    (new.epoch == cur.epoch && new.seq < cur.seq).then(|| {
+        format!("snapshot {} is older than the one in force ({}) of the same epoch; refused", new.seq, cur.seq)
+    })
+}
+
 /// How to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -94,8 +100,9 @@ pub struct ClientConfig {
     pub node_id: String,
     /// Its group.
     pub group: String,
-    /// mTLS material; `None` only for plain-text endpoints.
-    pub tls: Option<TlsMaterial>,
+    /// This node's certificate and the installation's CA; `None` only for plain-text
+    /// endpoints.
+    pub tls: Option<crate::trust::NodeTrust>,
     /// Where acknowledged snapshots are kept.
     pub cache_dir: Option<PathBuf>,
     /// How often usage is reported.
@@ -138,27 +145,39 @@ pub async fn run(gw: Arc<Gateway>, cfg: ClientConfig, mut shutdown: watch::Recei
 }
 
 async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
-    let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
+    // With TLS, the connection is made here (rustls with this node's reloading certificate,
+    // the control plane's role checked), and tonic speaks HTTP/2 over it.
+    let uri = match &cfg.tls {
+        Some(_) => cfg.endpoint.replacen("https://", "http://", 1),
+        None => cfg.endpoint.clone(),
+    };
+    let ep = Endpoint::from_shared(uri)
         .map_err(|e| format!("invalid control-plane URL {:?}: {e}", cfg.endpoint))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
-    if let Some(t) = &cfg.tls {
-        let host = cfg
-            .endpoint
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split([':', '/']).next())
-            .unwrap_or("localhost")
-            .to_string();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&t.ca))
-            .identity(Identity::from_pem(&t.cert, &t.key))
-            .domain_name(host);
-        ep = ep.tls_config(tls).map_err(|e| format!("TLS configuration: {e}"))?;
+    let channel = match &cfg.tls {
+        Some(t) => {
+            let host = cfg
+                .endpoint
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.rsplit_once(':').map(|(h, _)| h).or(Some(r)))
+                .map(|h| h.trim_matches(['[', ']']).trim_end_matches('/'))
+                .unwrap_or("localhost")
+                .to_string();
+            let verifier = t
+                .server_verifier(crate::trust::Role::ControlPlane, "snapshot stream")
+                .map_err(|e| format!("TLS configuration: {e}"))?;
+            let tls = t.client_config(verifier, &[b"h2"], false).map_err(|e| format!("TLS configuration: {e}"))?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("control-plane host {host:?}: {e}"))?;
+            ep.connect_with_connector(TlsConnector { tls: Arc::new(tls), name }).await
+        }
+        None => ep.connect().await,
     }
-    let channel = ep.connect().await.map_err(|e| format!("cannot connect: {}", source_chain(&e)))?;
+    .map_err(|e| format!("cannot connect: {}", source_chain(&e)))?;
     let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
     let current = gw.runtime();
@@ -199,7 +218,12 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         match msg.msg {
             Some(CpMsg::Snapshot(s)) => {
                 let version = s.version;
-                let reply = match Runtime::from_snapshot(&s) {
+                let current = gw.runtime().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
+                let checked = match older(current, version) {
+                    Some(why) => Err(why),
+                    None => Runtime::from_snapshot(&s),
+                };
+                let reply = match checked {
                     Ok(rt) => {
                         gw.swap(rt);
                         if let Some(dir) = &cfg.cache_dir {
@@ -225,6 +249,38 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// TCP and TLS to the control plane, for tonic: the URI names the address, the TLS
+/// configuration what to present and what to expect.
+#[derive(Clone)]
+struct TlsConnector {
+    tls: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+type Tls = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = Tls;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Tls, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (tls, name) = (self.tls.clone(), self.name.clone());
+        Box::pin(async move {
+            let authority =
+                uri.authority().map(|a| a.to_string()).ok_or_else(|| std::io::Error::other("no address"))?;
+            let tcp = tokio::net::TcpStream::connect(authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -247,15 +303,20 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::Digest;
 
     fn snapshot(seq: u64) -> pb::Snapshot {
-        let body = pb::SnapshotBody::default().encode_to_vec();
-        pb::Snapshot {
-            version: Some(pb::Version { epoch: 7, seq }),
-            hash: sha2::Sha256::digest(&body).to_vec(),
-            body: body.into(),
-        }
+        atrium_proto::seal(pb::Version { epoch: 7, seq }, &pb::SnapshotBody::default())
+    }
+
+    #[test]
+    fn snapshots_of_older_epochs_or_sequences_are_refused() {
+        let v = |epoch, seq| Some(pb::Version { epoch, seq });
+        assert!(older(None, v(1, 1)).is_none(), "nothing in force: anything goes");
+        assert!(older(v(5, 3), v(6, 1)).is_none(), "a newer control plane");
+        assert!(older(v(5, 3), v(5, 4)).is_none(), "the next change");
+        assert!(older(v(5, 3), v(5, 3)).is_none(), "the same version again");
+        assert!(older(v(5, 3), v(4, 9)).unwrap().contains("epoch 4 is older than the one in force (epoch 5)"));
+        assert!(older(v(5, 3), v(5, 2)).unwrap().contains("older than the one in force (3)"));
     }
 
     #[test]

@@ -18,8 +18,6 @@ use std::time::Duration;
 use atrium_proto::v1 as pb;
 use prost::Message;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// ALPN of the uplink protocol.
@@ -147,44 +145,43 @@ impl Default for Liveness {
     }
 }
 
-fn transport(l: Liveness) -> Result<Arc<quinn::TransportConfig>, String> {
+/// Why an uplink TLS configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkTlsError {
+    /// The certificate, key or CA.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    /// `serversTransport.rootCAs` does not parse.
+    #[error("serversTransport.rootCAs: {0}")]
+    RootCas(String),
+    /// `serversTransport.certificates` cannot be read.
+    #[error("serversTransport.certificates: {0}")]
+    TransportCertificate(crate::trust::TrustError),
+    /// QUIC refused the TLS configuration.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+    /// A liveness setting QUIC cannot take.
+    #[error("uplink idle timeout: {0}")]
+    Liveness(String),
+}
+
+fn transport(l: Liveness) -> Result<Arc<quinn::TransportConfig>, UplinkTlsError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(l.keep_alive));
-    t.max_idle_timeout(Some(l.idle_timeout.try_into().map_err(|e| format!("idle timeout: {e}"))?));
+    t.max_idle_timeout(Some(l.idle_timeout.try_into().map_err(|e| UplinkTlsError::Liveness(format!("{e}")))?));
     t.max_concurrent_bidi_streams(l.max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
     Ok(Arc::new(t))
 }
 
-fn chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| format!("certificate: {e}"))
-}
-
-fn roots(ca: &[u8]) -> Result<rustls::RootCertStore, String> {
-    let mut r = rustls::RootCertStore::empty();
-    for c in chain(ca)? {
-        r.add(c).map_err(|e| format!("CA: {e}"))?;
-    }
-    Ok(r)
-}
-
-/// The agent's QUIC server: presents `cert`, accepts only clients whose certificate
-/// chains to `ca`.
-pub fn server_config(ca: &[u8], cert: &[u8], key: &[u8], l: Liveness) -> Result<quinn::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain(cert)?, key)
-        .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut cfg =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?));
+/// The agent's QUIC server: presents this node's certificate, lets in only parents (a
+/// control plane or a data plane of this installation's CA, see [`crate::trust`]). The
+/// certificate and CA are re-read when their files change.
+pub fn server_config(trust: &crate::trust::NodeTrust, l: Liveness) -> Result<quinn::ServerConfig, UplinkTlsError> {
+    use crate::trust::Role;
+    let tls = trust.server_config(&[Role::ControlPlane, Role::DataPlane], "uplink", &[ALPN], true)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| UplinkTlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport(l)?);
     Ok(cfg)
 }
@@ -192,72 +189,46 @@ pub fn server_config(ca: &[u8], cert: &[u8], key: &[u8], l: Liveness) -> Result<
 /// How a parent checks a child's certificate (the seed's `serversTransport`).
 #[derive(Debug, Clone, Default)]
 pub struct ServerCheck {
-    /// Trust these CAs (PEM); empty means the installation's CA passed separately.
+    /// Trust these CAs (PEM) instead of the installation's; the child's certificate then
+    /// comes from another PKI, so its role is not asked for.
     pub root_cas: Vec<u8>,
     /// Expected name in the child's certificate; default: the host of its address.
     pub server_name: Option<String>,
     /// Accept any certificate (development only; logged as a warning).
     pub insecure_skip_verify: bool,
+    /// Present this certificate and key (files) instead of the node's own.
+    pub certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A parent's QUIC client: presents `cert` and checks the child as `check` says.
+/// A parent's QUIC client: presents the node's certificate (or the transport's) and checks
+/// the child as `check` says: by default, an agent of this installation's CA.
 pub fn client_config(
-    ca: &[u8],
-    cert: &[u8],
-    key: &[u8],
+    trust: &crate::trust::NodeTrust,
     check: &ServerCheck,
     l: Liveness,
-) -> Result<quinn::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?;
-    let builder = if check.insecure_skip_verify {
+) -> Result<quinn::ClientConfig, UplinkTlsError> {
+    use crate::trust::{FileIdentity, FileRoots, NoVerify, Role, RoleServerVerifier, root_store};
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if check.insecure_skip_verify {
         tracing::warn!("insecureSkipVerify: the child's certificate is not verified");
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        NoVerify::new()
+    } else if !check.root_cas.is_empty() {
+        let roots = root_store(&check.root_cas).map_err(UplinkTlsError::RootCas)?;
+        RoleServerVerifier::new(FileRoots::fixed(roots), None, "uplink")?
     } else {
-        let trusted = if check.root_cas.is_empty() { ca } else { &check.root_cas };
-        builder.with_root_certificates(roots(trusted)?)
+        trust.server_verifier(Role::Agent, "uplink")?
     };
-    let mut tls = builder.with_client_auth_cert(chain(cert)?, key).map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?));
+    let own;
+    let node = match &check.certificate {
+        Some((cert, key)) => {
+            let identity = FileIdentity::load(cert, key).map_err(UplinkTlsError::TransportCertificate)?;
+            own = crate::trust::NodeTrust { identity, roots: trust.roots.clone() };
+            &own
+        }
+        None => trust,
+    };
+    let tls = node.client_config(verifier, &[ALPN], true)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| UplinkTlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport(l)?);
     Ok(cfg)
 }

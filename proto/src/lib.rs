@@ -14,6 +14,19 @@ pub mod v1 {
 
 pub use prost::Message;
 
+/// The SHA-256 of an encoded snapshot body: what identifies a configuration (equal
+/// configurations encode, and so hash, equally). The one place it is computed.
+pub fn body_hash(encoded: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(encoded).to_vec()
+}
+
+/// A snapshot of `body` at `version`: the body encoded once and hashed.
+pub fn seal(version: v1::Version, body: &v1::SnapshotBody) -> v1::Snapshot {
+    let encoded = body.encode_to_vec();
+    v1::Snapshot { version: Some(version), hash: body_hash(&encoded), body: encoded.into() }
+}
+
 /// Version handshake between a control plane and a data plane: the major versions must be
 /// equal, and the data plane's minor version must not be newer than the control plane's
 /// (an older data plane understands everything it is sent; a newer one may expect more).

@@ -57,18 +57,13 @@ impl Runtime {
         let mut table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
         let services = service::build(&body.services, &body.children)?;
         table.resolve_services(&services);
-        let hash = {
-            use sha2::Digest;
-            sha2::Sha256::digest(prost::Message::encode_to_vec(&body)).to_vec()
-        };
+        let hash = atrium_proto::body_hash(&prost::Message::encode_to_vec(&body));
         Ok(Runtime { version, epoch: 0, hash, table, services, body })
     }
 
     /// Compiles a snapshot received from a control plane, after checking its hash.
     pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Runtime, String> {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(&s.body);
-        if digest.as_slice() != s.hash.as_slice() {
+        if atrium_proto::body_hash(&s.body) != s.hash {
             return Err("snapshot body does not match its hash".into());
         }
         let body =

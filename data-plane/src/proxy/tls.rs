@@ -78,7 +78,7 @@ impl CertStore {
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])
                 .map_err(|e| e.to_string())?;
             let key_pem = ck.signing_key.serialize_pem();
-            crate::pki::write_private(&key, key_pem.as_bytes())?;
+            crate::pki::write_private(&key, key_pem.as_bytes()).map_err(|e| e.to_string())?;
             std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
             certified_key(ck.cert.pem().as_bytes(), key_pem.as_bytes())?
         };

@@ -14,7 +14,6 @@ use atrium_data_plane::middleware::config::MiddlewareRef;
 use atrium_data_plane::rules::Rule;
 use atrium_proto::v1 as pb;
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 pub use services::{PORTAL_SERVICE, health_check};
 
@@ -55,9 +54,9 @@ impl Compiled {
 }
 
 /// Encodes a body and hashes it: equal configurations give equal hashes.
-pub fn encode(body: &pb::SnapshotBody) -> (Vec<u8>, [u8; 32]) {
+pub fn encode(body: &pb::SnapshotBody) -> (Vec<u8>, Vec<u8>) {
     let bytes = body.encode_to_vec();
-    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let hash = atrium_proto::body_hash(&bytes);
     (bytes, hash)
 }
 
