@@ -358,6 +358,19 @@ async fn tls_dir_supplies_the_default_certificate() {
     let (_, leaf, r) = client::tls_get(gw.entry_points["websecure"], "anything.test", "/crm/health").await;
     assert_eq!(leaf, issued.as_ref(), "names without a secretName get the TLS directory's certificate");
     assert_eq!(r.status, 404, "the handshake completed and the request was answered (the seed routes `web` only)");
+
+    // The certificate is renewed on disk: new connections get the new one, no restart.
+    let o = common::atrium(["certs", "issue", "--dir", pki_arg, "--name", "gateway", "--san", "renewed.test"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let renewed = CertificateDer::from_pem_file(pki.join("gateway.pem")).unwrap();
+    assert_ne!(renewed, issued);
+    let ws = gw.entry_points["websecure"];
+    common::eventually(Duration::from_secs(10), "the renewed certificate is served", || async {
+        let (_, leaf, _) = client::tls_get(ws, "anything.test", "/").await;
+        (leaf == renewed.as_ref()).then_some(())
+    })
+    .await;
+    assert!(gw.logged("TLS material reloaded"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,26 @@ use rustls::sign::CertifiedKey;
 /// The certificates in force.
 #[derive(Debug)]
 pub struct CertStore {
-    default: Arc<CertifiedKey>,
+    default: DefaultCert,
     by_name: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+/// The certificate for names no router's certificate serves.
+#[derive(Debug)]
+enum DefaultCert {
+    /// Generated for this process.
+    Generated(Arc<CertifiedKey>),
+    /// From files, re-read when they change (see [`crate::trust::FileIdentity`]).
+    Files(Arc<crate::trust::FileIdentity>),
+}
+
+impl DefaultCert {
+    fn current(&self) -> Arc<CertifiedKey> {
+        match self {
+            DefaultCert::Generated(k) => k.clone(),
+            DefaultCert::Files(f) => f.current(),
+        }
+    }
 }
 
 /// Parses a PEM certificate chain and key into a signing key.
@@ -60,37 +78,31 @@ pub fn by_server_name(body: &atrium_proto::v1::SnapshotBody) -> HashMap<String, 
 impl CertStore {
     /// A store with a generated default certificate.
     pub fn generated() -> Result<Arc<CertStore>, String> {
-        let default = self_signed(&["localhost", "atrium.local"])?;
+        let default = DefaultCert::Generated(self_signed(&["localhost", "atrium.local"])?);
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
 
     /// A store whose default certificate persists in `dir` (`default-cert.pem`,
     /// `default-key.pem`, the key written with mode 0600): generated on first start, reused
-    /// afterwards, so clients that pinned it keep working across restarts.
+    /// afterwards, so clients that pinned it keep working across restarts; replaced files
+    /// are served without a restart.
     pub fn persistent(dir: &std::path::Path) -> Result<Arc<CertStore>, String> {
         let (cert, key) = (dir.join("default-cert.pem"), dir.join("default-key.pem"));
-        let default = if cert.is_file() && key.is_file() {
-            let c = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-            let k = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            certified_key(&c, &k).map_err(|e| format!("{}: {e}", cert.display()))?
-        } else {
+        if !(cert.is_file() && key.is_file()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])
                 .map_err(|e| e.to_string())?;
-            let key_pem = ck.signing_key.serialize_pem();
-            crate::pki::write_private(&key, key_pem.as_bytes()).map_err(|e| e.to_string())?;
+            crate::pki::write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
             std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
-            certified_key(ck.cert.pem().as_bytes(), key_pem.as_bytes())?
-        };
-        Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
+        }
+        Self::from_files(&cert, &key)
     }
 
     /// A store whose default certificate is a node certificate of a TLS directory
-    /// (`<name>.pem`, `<name>-key.pem`, as `atrium certs issue` writes them).
+    /// (`<name>.pem`, `<name>-key.pem`, as `atrium certs issue` writes them), re-read when
+    /// its files change.
     pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertStore>, String> {
-        let c = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-        let k = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-        let default = certified_key(&c, &k).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let default = DefaultCert::Files(crate::trust::FileIdentity::load(cert, key).map_err(|e| e.to_string())?);
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
 
@@ -111,7 +123,7 @@ impl CertStore {
                 }
             }
         }
-        self.default.clone()
+        self.default.current()
     }
 
     /// A rustls server configuration over this store, offering HTTP/2 and HTTP/1.1.
@@ -148,8 +160,8 @@ mod tests {
         store.set(HashMap::from([("a.test".to_string(), a.clone()), ("*.w.test".to_string(), w.clone())]));
         assert!(Arc::ptr_eq(&store.lookup(Some("A.TEST")), &a));
         assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")), &w));
-        assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default));
-        assert!(Arc::ptr_eq(&store.lookup(None), &store.default));
+        assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default.current()));
+        assert!(Arc::ptr_eq(&store.lookup(None), &store.default.current()));
     }
 
     #[test]
@@ -158,7 +170,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let a = CertStore::persistent(&dir).unwrap();
         let b = CertStore::persistent(&dir).unwrap();
-        assert_eq!(a.default.cert, b.default.cert);
+        assert_eq!(a.default.current().cert, b.default.current().cert);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
