@@ -181,6 +181,9 @@ struct ServeArgs {
     /// it is closed, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     uplink_stream_idle_ms: u64,
+    /// Largest uplink control frame (a child's uplink list, a parent's poll), in bytes.
+    #[arg(long, default_value_t = atrium_data_plane::uplink::MAX_FRAME)]
+    uplink_max_frame_bytes: usize,
 }
 
 impl ServeArgs {
@@ -212,6 +215,7 @@ impl ServeArgs {
                 idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
                 max_streams: self.uplink_max_streams,
                 stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
+                max_frame: self.uplink_max_frame_bytes.max(1024),
             },
         })
     }

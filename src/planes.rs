@@ -480,6 +480,7 @@ pub async fn run_agent(
             state: uplinks.state(),
             stream_idle: o.liveness.stream_idle,
             entry_point: Arc::from(name.as_str()),
+            max_frame: o.liveness.max_frame,
         };
         tasks.push(tokio::spawn(atrium_agent::serve_quic(ep, Arc::new(server), stop_rx.clone())));
     }

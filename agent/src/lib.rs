@@ -210,6 +210,8 @@ pub struct UplinkServer {
     pub stream_idle: Duration,
     /// The uplink entrypoint's name (its `http.encodedCharacters` apply).
     pub entry_point: Arc<str>,
+    /// Largest control frame accepted from a parent.
+    pub max_frame: usize,
 }
 
 /// Serves parents on `endpoint` until `stop`.
@@ -254,7 +256,7 @@ async fn serve_stream(
         }
     };
     if header.kind == pb::stream_header::Kind::Control as i32 {
-        control(send, recv, server.state.clone()).await;
+        control(send, recv, server.state.clone(), server.max_frame).await;
         return;
     }
     // An HTTP/2 stream names its one client in the header; a pooled HTTP/1.1 stream leaves
@@ -340,7 +342,11 @@ fn relayed_client<B>(
     relayed
 }
 
-async fn control(mut send: quinn::SendStream, mut recv: quinn::RecvStream, state: Arc<State>) {
+/// A parent's control stream: `Register` at once, then an `Update` on every change and in
+/// answer to every `Poll`. Frames are awaited beside state changes, so they are read
+/// cancel-safely.
+async fn control(mut send: quinn::SendStream, recv: quinn::RecvStream, state: Arc<State>, max_frame: usize) {
+    let mut recv = uplink::FrameReader::new(recv, max_frame);
     let mut rx = state.subscribe();
     let first = rx.borrow_and_update().clone();
     if uplink::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Register(first)) })
@@ -357,7 +363,7 @@ async fn control(mut send: quinn::SendStream, mut recv: quinn::RecvStream, state
                 }
                 rx.borrow_and_update().clone()
             }
-            msg = uplink::read_frame::<_, pb::ParentMessage>(&mut recv) => match msg {
+            msg = recv.next::<pb::ParentMessage>() => match msg {
                 Ok(_) => rx.borrow().clone(),
                 Err(_) => return,
             },

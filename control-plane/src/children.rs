@@ -46,14 +46,16 @@ async fn session(
     let ep = atrium_data_plane::multicluster::client_endpoint()?;
     let conn =
         atrium_data_plane::multicluster::dial(&ep, child, tls, polling.liveness).await.map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    // Frames are awaited in a `select!` with the poll timer: read them cancel-safely.
+    let mut recv = uplink::FrameReader::new(recv, polling.liveness.max_frame);
     uplink::write_frame(
         &mut send,
         &pb::StreamHeader { kind: pb::stream_header::Kind::Control as i32, ..Default::default() },
     )
     .await
     .map_err(|e| e.to_string())?;
-    let first: pb::AgentMessage = tokio::time::timeout(polling.timeout, uplink::read_frame(&mut recv))
+    let first: pb::AgentMessage = tokio::time::timeout(polling.timeout, recv.next())
         .await
         .map_err(|_| "no Register in time".to_string())?
         .map_err(|e| e.to_string())?;
@@ -78,7 +80,7 @@ async fn session(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         let msg = tokio::select! {
-            m = uplink::read_frame::<_, pb::AgentMessage>(&mut recv) => m.map_err(|e| e.to_string())?,
+            m = recv.next::<pb::AgentMessage>() => m.map_err(|e| e.to_string())?,
             _ = poll.tick() => {
                 if last_heard.elapsed() > polling.timeout + polling.interval {
                     return Err(format!("no answer within pollTimeout ({:?})", polling.timeout));

@@ -22,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// ALPN of the uplink protocol.
 pub const ALPN: &[u8] = b"atrium-uplink/1";
-/// Largest frame accepted; anything larger is a protocol error.
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame accepted by default (`--uplink-max-frame-bytes`); anything larger is a
+/// protocol error. A `Register` of a child with a thousand uplinks is about 60 KiB.
+pub const MAX_FRAME: usize = 256 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +35,9 @@ pub enum FrameError {
     /// I/O failed.
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
-    /// A length over [`MAX_FRAME`].
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    /// A length over the limit.
+    #[error("frame of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     /// Bytes that are not the expected message.
     #[error("malformed frame: {0}")]
     Malformed(#[from] prost::DecodeError),
@@ -94,7 +95,10 @@ pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin, M: Message>(w: &mut W
     w.write_all(&buf).await
 }
 
-/// Reads one length-prefixed message.
+/// Reads one length-prefixed message of at most [`MAX_FRAME`] bytes, and nothing past it
+/// (what follows a stream's header is the stream's HTTP). Memory grows with the bytes that
+/// arrive, not with the length announced. Not cancel-safe: for a stream of frames read in
+/// a `select!`, use a [`FrameReader`].
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin, M: Message + Default>(r: &mut R) -> Result<M, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -104,11 +108,69 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin, M: Message + Default>(r
     }
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
-        return Err(FrameError::TooLarge(n));
+        return Err(FrameError::TooLarge(n, MAX_FRAME));
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(n.min(READ_CHUNK));
+    (&mut *r).take(n as u64).read_to_end(&mut body).await?;
+    if body.len() < n {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(M::decode(body.as_slice())?)
+}
+
+/// How much buffer a frame being read may take ahead of the bytes that arrived.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The frames of a stream that carries nothing else (a control stream after its header),
+/// read so that waiting for the next one can be cancelled at any point (a `select!` with a
+/// timer) without losing a byte: a frame partly read stays in the buffer for the next call.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: bytes::BytesMut,
+    max: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    /// Frames of at most `max` bytes from `io`.
+    pub fn new(io: R, max: usize) -> Self {
+        FrameReader { io, buf: bytes::BytesMut::new(), max }
+    }
+
+    /// The next message. Cancel-safe.
+    pub async fn next<M: Message + Default>(&mut self) -> Result<M, FrameError> {
+        loop {
+            if let Some(m) = self.parse()? {
+                return Ok(m);
+            }
+            // `read_buf` either reads into the buffer or not at all: cancelling it loses nothing.
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(if self.buf.is_empty() {
+                    FrameError::Closed
+                } else {
+                    FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+    }
+
+    /// A whole frame off the buffer, if it holds one; else room for more.
+    fn parse<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
+        if self.buf.len() < 4 {
+            self.buf.reserve(64);
+            return Ok(None);
+        }
+        let n = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if n > self.max {
+            return Err(FrameError::TooLarge(n, self.max));
+        }
+        if self.buf.len() < 4 + n {
+            self.buf.reserve((4 + n - self.buf.len()).min(READ_CHUNK));
+            return Ok(None);
+        }
+        let frame = self.buf.split_to(4 + n);
+        Ok(Some(M::decode(&frame[4..])?))
+    }
 }
 
 /// Reads a stream's header, refusing anything that is not a well-formed header of a known
@@ -132,6 +194,8 @@ pub struct Liveness {
     pub max_streams: u32,
     /// How long a child keeps a pooled HTTP/1.1 stream that waits for its next request.
     pub stream_idle: Duration,
+    /// Largest control frame accepted.
+    pub max_frame: usize,
 }
 
 impl Default for Liveness {
@@ -141,6 +205,7 @@ impl Default for Liveness {
             idle_timeout: Duration::from_millis(900),
             max_streams: 1024,
             stream_idle: Duration::from_secs(30),
+            max_frame: MAX_FRAME,
         }
     }
 }
@@ -259,11 +324,49 @@ mod tests {
         let back: pb::StreamHeader = read_frame(&mut b).await.unwrap();
         assert_eq!(back, h);
         a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
-        assert!(matches!(read_frame::<_, pb::StreamHeader>(&mut b).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(read_frame::<_, pb::StreamHeader>(&mut b).await, Err(FrameError::TooLarge(..))));
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
         assert!(matches!(read_frame::<_, pb::StreamHeader>(&mut b).await, Err(FrameError::Malformed(_))));
         drop(a);
         assert!(matches!(read_frame::<_, pb::StreamHeader>(&mut b).await, Err(FrameError::Closed)));
+        // A length that promises more than ever comes: an error, and no allocation of it.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&[0, 3, 0, 0, 1, 2]).await.unwrap();
+        drop(a);
+        assert!(matches!(read_frame::<_, pb::StreamHeader>(&mut b).await, Err(FrameError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn a_frame_reader_loses_nothing_when_a_wait_is_cancelled() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 1024);
+        let msg = pb::Poll { seq: 42 };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(msg.encoded_len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&msg.encode_to_vec());
+        // The frame arrives one byte at a time, and every wait is cut short once.
+        for byte in &bytes {
+            a.write_all(std::slice::from_ref(byte)).await.unwrap();
+            let cut = tokio::time::timeout(std::time::Duration::from_millis(5), r.next::<pb::Poll>()).await;
+            if let Ok(got) = cut {
+                assert_eq!(got.unwrap(), msg, "only the last byte completes the frame");
+                break;
+            }
+        }
+        // Two frames in one write, read as two.
+        let twice = [bytes.clone(), bytes.clone()].concat();
+        a.write_all(&twice).await.unwrap();
+        assert_eq!(r.next::<pb::Poll>().await.unwrap(), msg);
+        assert_eq!(r.next::<pb::Poll>().await.unwrap(), msg);
+        // Over the limit: refused before any of it is read.
+        a.write_all(&(4096u32).to_be_bytes()).await.unwrap();
+        assert!(matches!(r.next::<pb::Poll>().await, Err(FrameError::TooLarge(4096, 1024))));
+        // Garbage of the announced size: a decode error.
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 1024);
+        a.write_all(&[0, 0, 0, 2, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(r.next::<pb::Poll>().await, Err(FrameError::Malformed(_))));
+        drop(a);
     }
 }
