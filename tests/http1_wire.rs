@@ -19,17 +19,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// - `/chunked`: a chunked body `hello, world` with a trailer;
 /// - `/http10`: an HTTP/1.0 answer delimited by closing the connection;
 /// - `/post`: echoes the request body it read (by `Content-Length`);
+/// - `/stray…`: answers `answer <n>`, then 20 ms later writes a second, unsolicited
+///   response (`EVIL`) into the idle connection and counts it;
 /// - anything else: `path=<path>` with `Content-Length`.
 ///
-/// Returns its address and the number of connections it accepted.
-async fn raw_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// Returns its address, the number of connections it accepted, and of stray responses
+/// it sent.
+async fn raw_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let strays = Arc::new(AtomicUsize::new(0));
+    let (count, sent_strays) = (accepted.clone(), strays.clone());
+    let answered = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::Relaxed);
+            let (sent_strays, answered) = (sent_strays.clone(), answered.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -58,6 +64,18 @@ async fn raw_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                         }
                     }
                     let body: Vec<u8> = buf.drain(..length).collect();
+                    if path.starts_with("/stray") {
+                        let n = answered.fetch_add(1, Ordering::Relaxed);
+                        let b = format!("answer {n}");
+                        let a = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{b}", b.len());
+                        if s.write_all(a.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL").await;
+                        sent_strays.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let answer: Vec<u8> = match path.as_str() {
                         "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 1\r\n\r\n".to_vec(),
                         "/http10" => {
@@ -82,7 +100,7 @@ async fn raw_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, strays)
 }
 
 /// Reads one response off `s`: status line and headers (lower-cased names), then a body
@@ -152,7 +170,7 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_framing_on_both_sides_of_the_gateway() {
-    let (be, accepted) = raw_backend().await;
+    let (be, accepted, _) = raw_backend().await;
     let tmp = tempfile::tempdir().unwrap();
     let y = common::service_manifests("ns", "raw", &[be])
         + "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: all, namespace: ns}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/`)\n      services: [{name: raw, port: 80}]\n";
@@ -217,4 +235,37 @@ async fn http1_framing_on_both_sides_of_the_gateway() {
     // before it shared one.
     let n = accepted.load(Ordering::Relaxed);
     assert!((2..=4).contains(&n), "{n} upstream connections for 8 requests");
+}
+
+/// A backend that writes a second, unsolicited response into an idle keep-alive
+/// connection: the next request — on the direct lane, the general lane, or with a body —
+/// never gets those bytes as its answer (it goes out on a fresh connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_while_idle_never_answer_the_next_request() {
+    let (be, accepted, strays) = raw_backend().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let y = common::service_manifests("ns", "raw", &[be])
+        + "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: all, namespace: ns}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/stray`)\n      services: [{name: raw, port: 80}]\n    - match: PathPrefix(`/stray-mw`)\n      middlewares: [{name: stamp}]\n      services: [{name: raw, port: 80}]\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: stamp, namespace: ns}\nspec: {headers: {customResponseHeaders: {X-Lane: general}}}\n";
+    fs::write(tmp.path().join("all.yaml"), y).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let web = gw.entry_points["web"];
+    let requests = [
+        "GET /stray HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /stray-mw HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST /stray HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+        "GET /stray HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for (i, req) in requests.iter().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let resp = common::client::read_response(&mut s).await;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        assert_eq!(body, format!("answer {i}"), "request {i}: its own answer, never the stray one: {resp}");
+        // Wait until the backend has written its stray response into the idle connection.
+        common::eventually(Duration::from_secs(10), "the stray response is sent", || async {
+            (strays.load(Ordering::Relaxed) > i).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), requests.len(), "no connection that spoke while idle was reused");
 }

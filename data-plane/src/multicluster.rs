@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::body::{self, Body};
 use crate::uplink::{self, Liveness, ServerCheck};
-use crate::upstream::{H1Pool, UpstreamError};
+use crate::upstream::UpstreamError;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -99,9 +99,8 @@ pub struct UplinkClient {
     failures: Mutex<HashMap<String, u32>>,
     /// Rotation counter for weighted picks.
     pub counter: AtomicU64,
-    /// Idle HTTP/1.1 streams by worker thread, child and uplink: those hyper serves
-    /// (requests with a body, upgrades) and those of the inline client (bodiless requests).
-    streams: H1Pool<StreamKey>,
+    /// Idle HTTP/1.1 streams by worker thread, child and uplink (the one HTTP/1.1 client's
+    /// pool, see [`crate::h1::client`]).
     inline: Arc<crate::h1::client::Pool<StreamKey, uplink::StreamIo>>,
     /// Per-child counters, registered in the data plane's metrics.
     metrics: OnceLock<UplinkMetrics>,
@@ -198,7 +197,6 @@ impl UplinkClient {
             down: Mutex::default(),
             failures: Mutex::default(),
             counter: AtomicU64::new(0),
-            streams: H1Pool::default(),
             inline: Arc::new(crate::h1::client::Pool::new(MAX_IDLE_STREAMS)),
             metrics: OnceLock::new(),
             stream_limit_logged: Mutex::default(),
@@ -380,7 +378,6 @@ impl UplinkClient {
             }
         }
         // Idle pooled streams hold part of the limit: let them go so waiting requests get one.
-        self.streams.retain(|(_, c, _)| c != child);
         self.inline.retain(|(_, c, _)| c != child);
     }
 
@@ -411,6 +408,7 @@ impl UplinkClient {
         uplink_name: &str,
         client: uplink::RelayedClient,
         mut req: Request<Body>,
+        response_timeout: std::time::Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if req.version() == http::Version::HTTP_2 && needs_http2(req.headers()) {
@@ -448,119 +446,58 @@ impl UplinkClient {
         *req.uri_mut() = http::Uri::from(pq);
         *req.version_mut() = http::Version::HTTP_11;
         req.headers_mut().insert(CLIENT_HEADER, client.header_value());
-        let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
-        if crate::h1::client::eligible(&req) {
-            // Bodiless requests: written and read inline on pooled streams.
-            let header = pb::StreamHeader {
-                kind: pb::stream_header::Kind::Data as i32,
-                uplink: uplink_name.to_string(),
-                ..Default::default()
-            };
-            let header = &header;
-            let open = |retry: bool| {
-                async move {
-                    // A pooled stream failed: when its whole connection is gone (the child
-                    // died), this child is down; do not wait for a dial to find out again.
-                    if retry {
-                        if let Some(reason) = self.worker_connection(&child.name).and_then(|c| c.close_reason()) {
-                            self.mark_down(&child.name, &reason.to_string());
-                            return Err(UpstreamError::Connect {
-                                server: child.name.clone(),
-                                reason: reason.to_string(),
-                            });
-                        }
-                    }
-                    let (_, send, recv) = self.open_stream(child, header).await?;
-                    Ok(uplink::io(send, recv))
-                }
-            };
-            let sent = crate::h1::client::send(
-                &self.inline,
-                key,
-                self.liveness.stream_idle,
-                crate::h1::client::Pooled(req),
-                uplink_name,
-                None,
-                open,
-            )
-            .await;
-            return match sent {
-                Ok(resp) => {
-                    self.stream_ok(&child.name);
-                    Ok(resp)
-                }
-                Err(crate::h1::client::SendError::Connect(e)) => Err(e),
-                // Liveness, not a timer, bounds the wait on a child (QUIC idle timeout), so
-                // this does not happen; should it, it is a failed stream like any other.
-                Err(crate::h1::client::SendError::Timeout) => {
-                    Err(UpstreamError::Protocol { server: child.name.clone(), reason: "no response in time".into() })
-                }
-                Err(crate::h1::client::SendError::Exchange(err)) => Err(match self.worker_connection(&child.name) {
-                    Some(c) => self.stream_error(child, &c, err),
-                    None => UpstreamError::Connect { server: child.name.clone(), reason: err },
-                }),
-            };
+        if !crate::h1::client::eligible(&req) {
+            return Err(UpstreamError::Protocol {
+                server: child.name.clone(),
+                reason: "CONNECT is not forwarded".into(),
+            });
         }
-        // The child closes a pooled stream that stayed idle too long; a request written just
-        // as it does gets no answer. An idempotent request without a body is then sent again
-        // on a fresh stream, so it needs its head kept.
-        let mut head = None;
-        let mut retried = false;
-        loop {
-            let (mut sender, fresh) = match self.streams.checkout(&key, self.liveness.stream_idle) {
-                Some((s, idle)) => {
-                    if idle >= crate::upstream::MAY_BE_CLOSING && !retried {
-                        head = crate::upstream::resendable_head(&req);
+        // Every HTTP/1.1 request — with or without a body, upgrades included — on pooled
+        // streams of the one HTTP/1.1 client.
+        let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
+        let header = pb::StreamHeader {
+            kind: pb::stream_header::Kind::Data as i32,
+            uplink: uplink_name.to_string(),
+            ..Default::default()
+        };
+        let header = &header;
+        let open = |retry: bool| {
+            async move {
+                // A pooled stream failed: when its whole connection is gone (the child
+                // died), this child is down; do not wait for a dial to find out again.
+                if retry {
+                    if let Some(reason) = self.worker_connection(&child.name).and_then(|c| c.close_reason()) {
+                        self.mark_down(&child.name, &reason.to_string());
+                        return Err(UpstreamError::Connect { server: child.name.clone(), reason: reason.to_string() });
                     }
-                    (s, false)
                 }
-                None => {
-                    let header = pb::StreamHeader {
-                        kind: pb::stream_header::Kind::Data as i32,
-                        uplink: uplink_name.to_string(),
-                        ..Default::default()
-                    };
-                    let (conn, send, recv) = self.open_stream(child, &header).await?;
-                    let io = TokioIo::new(uplink::io(send, recv));
-                    let (s, c) = hyper::client::conn::http1::handshake(io)
-                        .await
-                        .map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
-                    tokio::spawn(async move {
-                        let _ = c.with_upgrades().await;
-                    });
-                    (s, true)
-                }
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                        && self.stream_waiters.load(Ordering::Relaxed) == 0
-                    {
-                        self.streams.checkin(key, sender, MAX_IDLE_STREAMS);
-                    }
-                    self.stream_ok(&child.name);
-                    return Ok(resp.map(body::incoming));
-                }
-                Err(mut e) => match e.take_message() {
-                    // A pooled stream the child already closed: once more on a fresh one.
-                    Some(r) if !fresh && !retried => {
-                        retried = true;
-                        req = r;
-                    }
-                    None if !fresh && !retried && e.error().is_incomplete_message() && head.is_some() => {
-                        retried = true;
-                        req = head.as_ref().map(crate::upstream::from_head).expect("checked above");
-                    }
-                    _ => {
-                        let err = e.into_error().to_string();
-                        let conn = self.worker_connection(&child.name);
-                        return Err(match conn {
-                            Some(c) => self.stream_error(child, &c, err),
-                            None => UpstreamError::Connect { server: child.name.clone(), reason: err },
-                        });
-                    }
-                },
+                let (_, send, recv) = self.open_stream(child, header).await?;
+                Ok(uplink::io(send, recv))
             }
+        };
+        let sent = crate::h1::client::send(
+            &self.inline,
+            key,
+            self.liveness.stream_idle,
+            crate::h1::client::Pooled(req),
+            uplink_name,
+            Some(response_timeout),
+            open,
+        )
+        .await;
+        match sent {
+            Ok(resp) => {
+                self.stream_ok(&child.name);
+                Ok(resp)
+            }
+            Err(crate::h1::client::SendError::Connect(e)) => Err(e),
+            Err(crate::h1::client::SendError::Timeout) => {
+                Err(UpstreamError::Timeout { server: child.name.clone(), timeout: response_timeout })
+            }
+            Err(crate::h1::client::SendError::Exchange(err)) => Err(match self.worker_connection(&child.name) {
+                Some(c) => self.stream_error(child, &c, err),
+                None => UpstreamError::Connect { server: child.name.clone(), reason: err },
+            }),
         }
     }
 }

@@ -1,26 +1,35 @@
-//! Connections to upstream servers: one pooled HTTP client stack (keep-alive, HTTP/1.1 and
-//! HTTP/2 by ALPN over TLS, HTTP/2 with prior knowledge for `h2c` servers), with the
-//! connect and response-header timeouts that turn into 502 and 504.
+//! Connections to upstream servers, with the connect and response-header timeouts that turn
+//! into 502 and 504.
+//!
+//! Every HTTP/1.1 connection — plain, or TLS where the server chose HTTP/1.1 by ALPN —
+//! lives in the one pool of [`crate::h1::client`], which hands out only clean connections.
+//! HTTP/2 (`h2c` servers, and TLS servers that chose `h2`) is multiplexed: one connection per
+//! server, shared by its requests, replaced when it closes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
-
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::body::Body;
+use crate::h1::client::{self as h1c, Pool, Pooled};
 
 /// Upstream timeouts and pool settings.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// TCP connect timeout (502 past it).
+    /// TCP connect timeout (502 past it), TLS handshake included.
     pub connect_timeout: Duration,
-    /// Time to the response headers (504 past it).
+    /// Time to the response headers (504 past it), from when the request is written whole.
     pub response_header_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
@@ -71,75 +80,6 @@ pub enum UpstreamError {
 /// What sending a request upstream gives.
 pub type Sent = Result<http::Response<Body>, UpstreamError>;
 
-pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Body>;
-
-/// The pooled clients. Plain HTTP/1.1 upstreams — the common case behind a gateway — go
-/// through a lean pool of hyper connections of our own; HTTPS (ALPN) and h2c go through
-/// hyper-util's client.
-#[derive(Clone)]
-pub struct Upstreams {
-    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
-    h2c: Client<HttpConnector, Body>,
-    h1: Arc<H1Pool<Authority>>,
-    inline: crate::h1::client::Client,
-    cfg: UpstreamConfig,
-}
-
-/// Idle HTTP/1.1 connections by key: upstream authority here, child and uplink for
-/// uplink streams ([`crate::multicluster`]).
-pub(crate) struct H1Pool<K> {
-    idle: Mutex<HashMap<K, Vec<(Sender, std::time::Instant)>>>,
-}
-
-impl<K> Default for H1Pool<K> {
-    fn default() -> Self {
-        H1Pool { idle: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl<K: std::hash::Hash + Eq> H1Pool<K> {
-    /// A connection ready for a request, if one is idle and was put back less than
-    /// `max_idle` ago (older ones are closed: the server may be about to close them).
-    pub(crate) fn checkout(&self, key: &K, max_idle: Duration) -> Option<(Sender, Duration)> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(key)?;
-        let mut busy = Vec::new();
-        let mut found = None;
-        while let Some((s, since)) = list.pop() {
-            if s.is_closed() || since.elapsed() >= max_idle {
-                continue;
-            }
-            if s.is_ready() {
-                found = Some((s, since.elapsed()));
-                break;
-            }
-            busy.push((s, since));
-        }
-        list.extend(busy);
-        found
-    }
-
-    /// Closes the idle connections of every key `keep` refuses.
-    pub(crate) fn retain(&self, keep: impl Fn(&K) -> bool) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|k, _| keep(k));
-        }
-    }
-
-    /// Puts a connection back. It becomes ready again once its response body is read.
-    pub(crate) fn checkin(&self, key: K, s: Sender, max_idle: usize) {
-        if s.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(key).or_default();
-            if list.len() < max_idle {
-                list.push((s, std::time::Instant::now()));
-            }
-        }
-    }
-}
-
 /// Methods that may be sent twice without changing their effect (RFC 9110, 9.2.2).
 pub(crate) fn idempotent(m: &http::Method) -> bool {
     matches!(
@@ -153,36 +93,91 @@ pub(crate) fn idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// A pooled connection idle at least this long may be closing: a request sent on it keeps
-/// its head (see [`resendable_head`]). Busier connections are not worth the copy.
-pub(crate) const MAY_BE_CLOSING: Duration = Duration::from_millis(10);
-
-/// What it takes to send a request again: the head of an idempotent request without a
-/// body. A server may close a pooled keep-alive connection just as a request is written on
-/// it; such a request got no answer and is sent once more on a fresh connection.
-pub(crate) fn resendable_head(req: &http::Request<Body>) -> Option<(http::Method, http::Uri, http::HeaderMap)> {
-    (http_body::Body::is_end_stream(req.body()) && idempotent(req.method()))
-        .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()))
+/// An upstream as a pool key: its scheme and authority, hashed and compared as the bytes
+/// the configuration wrote (`Authority`'s own hash lower-cases byte by byte, on every
+/// request).
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamKey {
+    tls: bool,
+    authority: Authority,
 }
 
-/// Rebuilds a request kept by [`resendable_head`].
-pub(crate) fn from_head(head: &(http::Method, http::Uri, http::HeaderMap)) -> http::Request<Body> {
-    let mut req = http::Request::new(crate::body::empty());
-    *req.method_mut() = head.0.clone();
-    *req.uri_mut() = head.1.clone();
-    *req.headers_mut() = head.2.clone();
-    req
+impl Hash for UpstreamKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.tls.hash(state);
+        self.authority.as_str().hash(state);
+    }
 }
 
-/// A TCP connection to a plain upstream (port 80 when the authority names none), within
-/// the connect timeout, with Nagle off.
-pub(crate) async fn connect_tcp(
-    auth: &Authority,
-    cfg: &UpstreamConfig,
-) -> Result<tokio::net::TcpStream, UpstreamError> {
+impl PartialEq for UpstreamKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.tls == other.tls && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for UpstreamKey {}
+
+/// A connection to an upstream: plain TCP, or TLS over TCP.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TCP connection to a plain upstream (port 80 when the authority names none, 443 for
+/// TLS), within the connect timeout, with Nagle off.
+pub(crate) async fn connect_tcp(auth: &Authority, tls: bool, cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
     let server = auth.to_string();
-    let target = if auth.port_u16().is_some() { server.clone() } else { format!("{server}:80") };
-    let stream = match tokio::time::timeout(cfg.connect_timeout, tokio::net::TcpStream::connect(&target)).await {
+    let target = match auth.port_u16() {
+        Some(_) => server.clone(),
+        None => format!("{server}:{}", if tls { 443 } else { 80 }),
+    };
+    let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&target)).await {
         Err(_) => return Err(UpstreamError::Connect { server, reason: "connect timed out".into() }),
         Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: e.to_string() }),
         Ok(Ok(s)) => s,
@@ -191,112 +186,74 @@ pub(crate) async fn connect_tcp(
     Ok(stream)
 }
 
+/// The protocol a TLS upstream chose by ALPN, learnt at its first connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negotiated {
+    Http1,
+    Http2,
+}
+
+/// The clients of one worker thread: the HTTP/1.1 pool and the HTTP/2 connections.
+pub struct Upstreams {
+    h1: Arc<Pool<UpstreamKey, Stream>>,
+    h2: Mutex<HashMap<UpstreamKey, http2::SendRequest<Body>>>,
+    /// TLS upstreams that chose HTTP/2.
+    speaks_h2: Mutex<HashSet<UpstreamKey>>,
+    /// TLS offering `h2` and `http/1.1` (a first connection), and `http/1.1` only (more
+    /// connections to a server that chose it).
+    tls_any: Arc<rustls::ClientConfig>,
+    tls_h1: Arc<rustls::ClientConfig>,
+    cfg: UpstreamConfig,
+}
+
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams").field("cfg", &self.cfg).finish()
     }
 }
 
-fn connector(cfg: &UpstreamConfig) -> HttpConnector {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(cfg.connect_timeout));
-    c.set_nodelay(true);
-    c.enforce_http(false);
-    c
+/// A client TLS configuration trusting the public web PKI, offering `alpn`.
+fn tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
 }
 
 impl Upstreams {
     /// Builds the clients.
     pub fn new(cfg: UpstreamConfig) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector(&cfg));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_max_idle_per_host(cfg.max_idle_per_host)
-            .build(https);
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .http2_only(true)
-            .build(connector(&cfg));
-        let inline = crate::h1::client::Client::new(cfg.max_idle_per_host);
-        Upstreams { http, h2c, h1: Arc::default(), inline, cfg }
-    }
-
-    async fn connect_h1(&self, auth: &Authority) -> Result<Sender, UpstreamError> {
-        let server = auth.to_string();
-        let stream = connect_tcp(auth, &self.cfg).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect { server: server.clone(), reason: e.to_string() })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Plain HTTP/1.1 through the pool. A pooled connection the server already closed
-    /// gives the request back untouched; it is then sent once on a fresh connection.
-    async fn send_h1(
-        &self,
-        mut req: http::Request<Body>,
-        auth: Authority,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let origin_form =
-            req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = http::Uri::from(origin_form);
-        let mut head = None;
-        let mut retried = false;
-        loop {
-            let (mut sender, fresh) = match self.h1.checkout(&auth, self.cfg.idle_timeout) {
-                Some((s, idle)) => {
-                    if idle >= MAY_BE_CLOSING && !retried {
-                        head = resendable_head(&req);
-                    }
-                    (s, false)
-                }
-                None => (self.connect_h1(&auth).await?, true),
-            };
-            match tokio::time::timeout(self.cfg.response_header_timeout, sender.try_send_request(req)).await {
-                Err(_) => {
-                    return Err(UpstreamError::Timeout {
-                        server: auth.to_string(),
-                        timeout: self.cfg.response_header_timeout,
-                    });
-                }
-                Ok(Ok(resp)) => {
-                    self.h1.checkin(auth, sender, self.cfg.max_idle_per_host);
-                    return Ok(resp);
-                }
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(r) if !fresh && !retried => {
-                        retried = true;
-                        req = r;
-                    }
-                    None if !fresh && !retried && e.error().is_incomplete_message() && head.is_some() => {
-                        retried = true;
-                        req = head.as_ref().map(from_head).expect("checked above");
-                    }
-                    _ => {
-                        let err = e.into_error();
-                        return Err(UpstreamError::Protocol { server: auth.to_string(), reason: err.to_string() });
-                    }
-                },
-            }
+        Upstreams {
+            h1: Arc::new(Pool::new(cfg.max_idle_per_host)),
+            h2: Mutex::default(),
+            speaks_h2: Mutex::default(),
+            tls_any: tls_config(&[b"h2", b"http/1.1"]),
+            tls_h1: tls_config(&[b"http/1.1"]),
+            cfg,
         }
     }
 
-    /// Sends `req` (whose URI is absolute) to `server`, waiting at most the response
+    /// The timeouts and pool settings.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    /// Connections of the HTTP/1.1 pool discarded because they were not clean.
+    pub fn discarded_connections(&self) -> u64 {
+        self.h1.discarded()
+    }
+
+    /// Sends `req` (whose URI is absolute) to its server, waiting at most the response
     /// header timeout. `h2c` selects HTTP/2 with prior knowledge.
     ///
-    /// Bodiless plain HTTP/1.1 requests — nearly all traffic — return the inline client's
-    /// future itself, with no wrapper around it: a request's future is moved at every
-    /// level it is nested in, so each level saved is a copy saved.
+    /// Plain HTTP/1.1 — nearly all traffic — returns the HTTP/1.1 client's future itself,
+    /// with no wrapper around it: a request's future is moved at every level it is nested
+    /// in, so each level saved is a copy saved.
     pub fn send(
         &self,
         req: http::Request<Body>,
@@ -304,41 +261,154 @@ impl Upstreams {
     ) -> futures_util::future::Either<impl Future<Output = Sent> + Send + '_, futures_util::future::BoxFuture<'_, Sent>>
     {
         use futures_util::future::Either;
-        if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && crate::h1::client::eligible(&req) {
+        if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && h1c::eligible(&req) {
             if let Some(auth) = req.uri().authority().cloned() {
-                return Either::Left(self.inline.send(crate::h1::client::Pooled(req), auth, &self.cfg));
+                return Either::Left(self.send_h1(Pooled(req), UpstreamKey { tls: false, authority: auth }, None));
             }
         }
         Either::Right(Box::pin(self.send_other(req, h2c)))
     }
 
     /// Sends a bodiless request to the plain HTTP/1.1 server `auth` on a pooled connection
-    /// (see [`crate::h1::client`]), waiting at most the response header timeout.
-    pub(crate) fn send_inline<'a, O: crate::h1::client::Outbound + 'a>(
+    /// (the proxy's direct lane), waiting at most the response header timeout.
+    pub(crate) fn send_inline<'a, O: h1c::Outbound + 'a>(
         &'a self,
         req: O,
         auth: Authority,
     ) -> impl Future<Output = Result<O::Reply, UpstreamError>> + 'a {
-        self.inline.send(req, auth, &self.cfg)
+        self.send_h1(req, UpstreamKey { tls: false, authority: auth }, None)
     }
 
-    /// Requests with a body or an upgrade, HTTPS and h2c: through hyper.
-    async fn send_other(&self, req: http::Request<Body>, h2c: bool) -> Result<http::Response<Body>, UpstreamError> {
-        if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            if let Some(auth) = req.uri().authority().cloned() {
-                return self.send_h1(req, auth).await.map(|r| r.map(crate::body::incoming));
+    /// HTTP/1.1 through the pool. `first` is a TLS connection dialled already (to learn
+    /// the protocol), used before any new one.
+    async fn send_h1<O: h1c::Outbound>(
+        &self,
+        req: O,
+        key: UpstreamKey,
+        first: Option<Stream>,
+    ) -> Result<O::Reply, UpstreamError> {
+        let server = || key.authority.to_string();
+        let timeout = self.cfg.response_header_timeout;
+        let mut first = first;
+        let connect = |_| {
+            let pre = first.take();
+            let key = &key;
+            async move {
+                match pre {
+                    Some(s) => Ok(s),
+                    None if key.tls => self.dial_tls(key, &self.tls_h1).await.map(|(s, _)| s),
+                    None => connect_tcp(&key.authority, false, &self.cfg).await.map(Stream::Plain),
+                }
             }
+        };
+        let host = key.authority.as_str().to_string();
+        match h1c::send(&self.h1, key.clone(), self.cfg.idle_timeout, req, &host, Some(timeout), connect).await {
+            Ok(r) => Ok(r),
+            Err(h1c::SendError::Timeout) => Err(UpstreamError::Timeout { server: server(), timeout }),
+            Err(h1c::SendError::Connect(e)) => Err(e),
+            Err(h1c::SendError::Exchange(reason)) => Err(UpstreamError::Protocol { server: server(), reason }),
         }
+    }
+
+    /// A TLS connection to `key`'s server offering what `tls` offers; the protocol it chose.
+    async fn dial_tls(
+        &self,
+        key: &UpstreamKey,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<(Stream, Negotiated), UpstreamError> {
+        let server = key.authority.to_string();
+        let tcp = connect_tcp(&key.authority, true, &self.cfg).await?;
+        let name = rustls::pki_types::ServerName::try_from(key.authority.host().trim_matches(['[', ']']).to_string())
+            .map_err(|e| UpstreamError::Connect { server: server.clone(), reason: e.to_string() })?;
+        let handshake = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp);
+        let s = match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
+            Err(_) => return Err(UpstreamError::Connect { server, reason: "TLS handshake timed out".into() }),
+            Ok(Err(e)) => return Err(UpstreamError::Connect { server, reason: format!("TLS: {e}") }),
+            Ok(Ok(s)) => s,
+        };
+        let proto = if s.get_ref().1.alpn_protocol() == Some(b"h2") { Negotiated::Http2 } else { Negotiated::Http1 };
+        Ok((Stream::Tls(Box::new(s)), proto))
+    }
+
+    /// Requests that do not take the plain HTTP/1.1 path: TLS upstreams (HTTP/1.1 or
+    /// HTTP/2 as the server chose) and h2c.
+    async fn send_other(&self, req: http::Request<Body>, h2c: bool) -> Sent {
         let server = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
-        let fut = if h2c { self.h2c.request(req) } else { self.http.request(req) };
-        match tokio::time::timeout(self.cfg.response_header_timeout, fut).await {
-            Err(_) => Err(UpstreamError::Timeout { server, timeout: self.cfg.response_header_timeout }),
-            Ok(Ok(r)) => Ok(r.map(crate::body::incoming)),
-            Ok(Err(e)) if e.is_connect() => {
-                let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-                Err(UpstreamError::Connect { server, reason })
+        let Some(authority) = req.uri().authority().cloned() else {
+            return Err(UpstreamError::Connect { server, reason: "no authority".into() });
+        };
+        if !h1c::eligible(&req) {
+            return Err(UpstreamError::Protocol { server, reason: "CONNECT is not forwarded".into() });
+        }
+        let tls = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let key = UpstreamKey { tls, authority };
+        if h2c {
+            return self.send_h2(req, key, None).await;
+        }
+        if !tls {
+            return self.send_h1(Pooled(req), key, None).await;
+        }
+        if self.speaks_h2.lock().is_ok_and(|s| s.contains(&key)) {
+            return self.send_h2(req, key, None).await;
+        }
+        // An idle HTTP/1.1 connection means the protocol is known; otherwise a first
+        // connection tells.
+        let known_h1 = self.h1.has_idle(&key);
+        if known_h1 {
+            return self.send_h1(Pooled(req), key, None).await;
+        }
+        let (stream, proto) = self.dial_tls(&key, &self.tls_any).await?;
+        match proto {
+            Negotiated::Http2 => {
+                if let Ok(mut s) = self.speaks_h2.lock() {
+                    s.insert(key.clone());
+                }
+                self.send_h2(req, key, Some(stream)).await
             }
+            Negotiated::Http1 => self.send_h1(Pooled(req), key, Some(stream)).await,
+        }
+    }
+
+    /// HTTP/2 on the server's shared connection (dialled when there is none, over
+    /// `stream` when given).
+    async fn send_h2(&self, mut req: http::Request<Body>, key: UpstreamKey, stream: Option<Stream>) -> Sent {
+        let server = key.authority.to_string();
+        let timeout = self.cfg.response_header_timeout;
+        let existing = self.h2.lock().ok().and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let io = match stream {
+                    Some(s) => s,
+                    None if key.tls => self.dial_tls(&key, &self.tls_any).await?.0,
+                    None => Stream::Plain(connect_tcp(&key.authority, false, &self.cfg).await?),
+                };
+                let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                    .map_err(|e| UpstreamError::Connect { server: server.clone(), reason: e.to_string() })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                    }
+                });
+                if let Ok(mut m) = self.h2.lock() {
+                    m.insert(key.clone(), s.clone());
+                }
+                s
+            }
+        };
+        *req.version_mut() = http::Version::HTTP_2;
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Err(_) => Err(UpstreamError::Timeout { server, timeout }),
+            Ok(Ok(r)) => Ok(r.map(crate::body::incoming)),
             Ok(Err(e)) => {
+                if let Ok(mut m) = self.h2.lock() {
+                    m.remove(&key);
+                }
                 let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
                 Err(UpstreamError::Protocol { server, reason })
             }

@@ -211,9 +211,11 @@ fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
 /// number (RFC 9110, 8.6), which must also agree with the values read before.
 pub(crate) fn read_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
     for part in value.split(|&b| b == b',') {
-        let n = std::str::from_utf8(part)
-            .ok()
-            .and_then(|p| p.trim().parse::<u64>().ok())
+        // Digits only: no sign, no inner space (`+5` and `5 5` are not lengths).
+        let digits = part.trim_ascii();
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+            .flatten()
             .ok_or_else(|| format!("invalid Content-Length {:?}", String::from_utf8_lossy(value)))?;
         if length.is_some_and(|l| l != n) {
             return Err("conflicting Content-Length values".into());
@@ -279,6 +281,10 @@ impl Chunked {
                     let line = buf.split_to(eol + 1);
                     let digits = line[..].split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(&[]);
                     let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| "bad chunk size")?;
+                    // Hex digits only (`from_str_radix` would take a sign).
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("bad chunk size {digits:?}"));
+                    }
                     let size = u64::from_str_radix(digits, 16).map_err(|_| format!("bad chunk size {digits:?}"))?;
                     *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
                 }

@@ -17,7 +17,7 @@ use http::{Method, Response};
 use super::{ConnInfo, Gateway, ProxyError, Routed, Runtime};
 use crate::body::Body;
 use crate::h1::Passed;
-use crate::h1::client::{Outbound, ParsedHead};
+use crate::h1::client::{BodyFraming, Outbound, ParsedHead, Upgraded};
 use crate::h1::server::{Handled, Head, Reply};
 use crate::request::RequestView;
 use crate::service::{LoadBalancer, ServiceRt};
@@ -38,7 +38,7 @@ impl Outbound for RawRequest<'_> {
         self.head.method()
     }
 
-    fn encode(&self, out: &mut Vec<u8>, authority: &str) {
+    fn encode(&self, out: &mut Vec<u8>, authority: &str, _: BodyFraming) {
         let target = self.head.uri().path_and_query().map_or("/", |p| p.as_str());
         super::forward::encode_request_raw(
             out,
@@ -59,7 +59,7 @@ impl Outbound for RawRequest<'_> {
         Ok(Passed::from_head(parsed))
     }
 
-    fn reply(mut head: Passed, body: Body) -> Passed {
+    fn reply(mut head: Passed, body: Body, _: Option<Upgraded>) -> Passed {
         head.body = body;
         head
     }

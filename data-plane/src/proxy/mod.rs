@@ -718,17 +718,23 @@ impl Gateway {
             };
 
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_up) = client_upgrade {
-                    let upstream_up = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(async move {
-                        match (client_up.await, upstream_up.await) {
-                            (Ok(c), Ok(u)) => {
-                                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                // The upstream's switched connection is joined to the client's.
+                match (client_upgrade, crate::h1::client::UpgradeSlot::take(&mut resp)) {
+                    (Some(client_up), Some(mut upstream)) => {
+                        tokio::spawn(async move {
+                            match client_up.await {
+                                Ok(c) => {
+                                    let mut c = TokioIo::new(c);
+                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
                             }
-                            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "protocol upgrade failed"),
-                        }
-                    });
+                        });
+                    }
+                    _ => {
+                        tracing::warn!(router = %router.id, "a 101 answer without a connection to switch; refused");
+                        break 'inner (body::text(StatusCode::BAD_GATEWAY, "Bad Gateway"), labels);
+                    }
                 }
             } else {
                 forward::strip_hop_by_hop(resp.headers_mut(), None);
@@ -898,7 +904,8 @@ impl Gateway {
                         *req.uri_mut() = http::Uri::from(out.path_and_query.clone());
                         *req.headers_mut() = out.headers.clone();
                         *req.version_mut() = out.version;
-                        match client.send(child, uplink, out.client, req).await {
+                        let timeout = up.config().response_header_timeout;
+                        match client.send(child, uplink, out.client, req, timeout).await {
                             Ok(r) => return Ok(r),
                             Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),
                             Err(e) => return Err(ProxyError::Upstream(e)),
