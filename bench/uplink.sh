@@ -3,7 +3,9 @@
 # against, in the same run:
 #   - the single-hop `atrium gateway` in front of the same backend;
 #   - nginx → nginx over HTTPS with upstream keep-alive (the two-hop chain atrium replaces).
-# Then the time from a child's `kill -9` until the parent stops routing to it (503).
+# Then failover: a second child joins (the parent's values are edited live), the first is
+# `kill -9`'d under load (how long until it gets no more requests, the slowest request, the
+# failures), and the time from the last child's `kill -9` until the parent answers 503.
 #
 #   bash bench/uplink.sh                    # 3 interleaved rounds of 5 s per target
 #                                           # (req/s, p50, p99, CPU per request, failover)
@@ -24,11 +26,11 @@ cargo build --release --quiet
 ATRIUM=target/release/atrium
 
 BACKEND=127.0.0.1:18281; GATEWAY=127.0.0.1:18282; PARENT=127.0.0.1:18283; UPLINK_PORT=18284
-NGINX_FRONT=127.0.0.1:18285; NGINX_TLS=127.0.0.1:18286; GRPC=127.0.0.1:18287
+NGINX_FRONT=127.0.0.1:18285; NGINX_TLS=127.0.0.1:18286; GRPC=127.0.0.1:18287; UPLINK2_PORT=18288
 
 # One CA for everything: atrium's components and nginx's TLS hop.
 "$ATRIUM" certs init --dir "$WORK/pki" >/dev/null
-for n in control-plane data-plane child nginx; do "$ATRIUM" certs issue --dir "$WORK/pki" --name "$n" >/dev/null; done
+for n in control-plane data-plane child child2 nginx; do "$ATRIUM" certs issue --dir "$WORK/pki" --name "$n" >/dev/null; done
 
 HEADERS='proxy_http_version 1.1; proxy_set_header Connection "";
     proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;
@@ -77,6 +79,19 @@ spec:
       services: [{name: backend, port: 80}]
 YAML
 backend_manifests >> "$WORK/child/manifests.yaml"
+# The second child (for failover under load): the same uplink on another port, its answers
+# stamped so the load generator sees which child served.
+mkdir -p "$WORK/child2"
+sed "s/port: $UPLINK_PORT/port: $UPLINK2_PORT/" "$WORK/child/values.yaml" > "$WORK/child2/values.yaml"
+sed 's/services: \[{name: backend, port: 80}\]/middlewares: [{name: stamp}]\n      services: [{name: backend, port: 80}]/' \
+  "$WORK/child/manifests.yaml" > "$WORK/child2/manifests.yaml"
+cat >> "$WORK/child2/manifests.yaml" <<YAML
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: stamp, namespace: bench}
+spec: {headers: {customResponseHeaders: {X-Child: child2}}}
+YAML
 cat > "$WORK/parent/values.yaml" <<YAML
 hub:
   providers:
@@ -167,11 +182,10 @@ row() { # $1 = key, $2 = label
 }
 
 # Failover, polling the parent every 10 ms until it stops routing to the child (503):
-# first the uplink's health check starts failing (its check interval is 250 ms), then,
-# once it passes again, the child is kill -9'd.
-python3 - "$PARENT" "$CHILD_PID" "$WORK/hc-ok" > "$WORK/failover" <<'PY'
-import os, signal, sys, time, http.client
-host, port = sys.argv[1].split(":"); pid = int(sys.argv[2]); hc = sys.argv[3]
+# the uplink's health check starts failing (its check interval is 250 ms), then passes again.
+python3 - "$PARENT" "$WORK/hc-ok" > "$WORK/failover" <<'PY'
+import os, sys, time, http.client
+host, port = sys.argv[1].split(":"); hc = sys.argv[2]
 def status():
     c = http.client.HTTPConnection(host, int(port), timeout=5)
     c.request("GET", "/", headers={"Host": "bench.test"})
@@ -187,10 +201,69 @@ assert status() == 200
 os.remove(hc); health = until(503)
 with open(hc, "w") as f: f.write("ok")
 back = until(200)
-os.kill(pid, signal.SIGKILL); kill = until(503)
-print(kill, health, back)
+print(health, back)
 PY
-read -r KILL_MS HEALTH_MS BACK_MS < "$WORK/failover"
+read -r HEALTH_MS BACK_MS < "$WORK/failover"
+
+# A second child joins: started, then added to the parent's values (followed live).
+"$ATRIUM" agent --cluster child2 --manifests "$WORK/child2/manifests.yaml" --values "$WORK/child2/values.yaml" \
+  --tls-dir "$WORK/pki" --tls-name child2 --state-dir "$WORK/child2/state" --bind-ip 127.0.0.1 \
+  --entrypoint web=127.0.0.1:0 --entrypoint websecure=off --workers 1 2>"$WORK/child2/log" &
+CHILD2_PID=$!; PIDS+=($CHILD2_PID)
+cat >> "$WORK/parent/values.yaml" <<YAML
+        child2:
+          address: "https://127.0.0.1:$UPLINK2_PORT"
+YAML
+# Under load (8 keep-alive clients), the first child is kill -9'd: how long until no request
+# goes to it (a request sent to it waits for its connection to be found dead, then is
+# replayed on child2), the slowest request, and the failures.
+python3 - "$PARENT" "$CHILD_PID" "$CHILD2_PID" > "$WORK/underload" <<'PY'
+import os, signal, sys, threading, time, http.client
+host, port = sys.argv[1].split(":"); first, second = int(sys.argv[2]), int(sys.argv[3])
+def get(c):
+    c.request("GET", "/", headers={"Host": "bench.test"})
+    r = c.getresponse(); r.read(); return r.status, r.getheader("X-Child") or "child"
+c = http.client.HTTPConnection(host, int(port), timeout=10)
+for _ in range(1000):  # until both children serve
+    if {get(c)[1] for _ in range(8)} == {"child", "child2"}:
+        break
+    time.sleep(0.02)
+c.close()
+killed = [None]; samples = []; lock = threading.Lock(); stop = time.monotonic() + 5.0
+def client():
+    c = http.client.HTTPConnection(host, int(port), timeout=10); mine = []
+    for _ in range(200000):
+        t0 = time.monotonic()
+        if t0 > stop: break
+        try: status, child = get(c)
+        except Exception:
+            status, child = 0, ""; c.close(); c = http.client.HTTPConnection(host, int(port), timeout=10)
+        mine.append((t0, time.monotonic() - t0, status, child))
+    with lock: samples.extend(mine)
+threads = [threading.Thread(target=client) for _ in range(8)]
+for t in threads: t.start()
+time.sleep(1.5); os.kill(first, signal.SIGKILL); killed[0] = time.monotonic()
+for t in threads: t.join()
+k = killed[0]
+failed = sum(1 for s in samples if s[2] != 200)
+worst = max(s[1] for s in samples)
+# A request routed to the dead child waits until its connection is found dead; the last
+# such request (started after the kill) says when routing left the child.
+slow_after = [s[0] - k for s in samples if s[0] >= k and s[1] > 0.2]
+stopped = max(slow_after) * 1000 if slow_after else 0.0
+# With child2 alone left, the time until the parent answers 503 once it is kill -9'd too.
+os.kill(second, signal.SIGKILL); t0 = time.monotonic(); last = "never"
+c = http.client.HTTPConnection(host, int(port), timeout=10)
+for _ in range(1000):
+    try: status = get(c)[0]
+    except Exception:
+        c.close(); c = http.client.HTTPConnection(host, int(port), timeout=10); continue
+    if status == 503:
+        last = f"{(time.monotonic() - t0) * 1000:.0f}"; break
+    time.sleep(0.01)
+print(f"{stopped:.0f} {worst * 1000:.0f} {failed} {len(samples)} {last}")
+PY
+read -r STOPPED_MS WORST_MS FAILED TOTAL KILL_MS < "$WORK/underload"
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p50 | p99 | ratio to nginx chain |
@@ -206,7 +279,12 @@ $(cpu_row chain "nginx → HTTPS → nginx (both workers)")
 $(cpu_row gateway "atrium gateway (single hop)")
 $(cpu_row uplink "parent + child agent (QUIC uplink)")
 
-Time until the parent answers 503 instead of routing to the child (goal ≤ 1000 ms; Traefik Hub polls every 5 s):
-- the child is kill -9'd: $KILL_MS ms;
+A child kill -9'd under load (8 keep-alive clients, two children serving the uplink; goal:
+no request fails, the dead child gets no request after 1.0 s, none waits more than ~1 s):
+- $TOTAL requests, $FAILED failed; the slowest took $WORST_MS ms;
+- the dead child got its last request $STOPPED_MS ms after the kill.
+
+Time until the parent answers 503 instead of routing to a child (goal ≤ 1000 ms; Traefik Hub polls every 5 s):
+- the last child is kill -9'd: $KILL_MS ms;
 - the uplink's health check starts failing (check interval 250 ms): $HEALTH_MS ms from the failure (routing came back $BACK_MS ms after it passed again).
 TABLE

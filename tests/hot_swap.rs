@@ -1,5 +1,6 @@
-//! Hot swap under load: while bounded client loops send requests, the route table is
-//! replaced 150 times. Not one request may fail, and none may see a mix of two
+//! Hot swap under load: while bounded client loops send requests (keep-alive HTTP/1.1 on
+//! both lanes, a new connection per request, HTTP/2), the route table is replaced 1,000
+//! times. Not one request may fail, and none may see a mix of two
 //! configurations (two middlewares stamp the version; both stamps must agree). A second
 //! router, without middlewares (the direct lane), sends to a backend that alternates with
 //! the version: its requests must not fail either, and both backends must answer.
@@ -85,8 +86,53 @@ fn client_loop(
     })
 }
 
+/// A client that opens a new connection for every request (`Connection: close`), until
+/// `stop` (bounded like [`client_loop`]). Returns the count.
+fn fresh_connection_loop(stop: Arc<AtomicBool>, addr: std::net::SocketAddr) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut n = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /v/item HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+            let resp = client::read_response(&mut s).await;
+            assert!(resp.starts_with("HTTP/1.1 200"), "fresh-connection request {n} failed: {resp}");
+            assert!(resp.ends_with("path=/item"), "{resp}");
+            n += 1;
+        }
+        n
+    })
+}
+
+/// An HTTP/2 (prior knowledge) client multiplexing requests on one connection, until
+/// `stop` (bounded like [`client_loop`]). Returns the count.
+fn h2_loop(stop: Arc<AtomicBool>, addr: std::net::SocketAddr, path: &'static str) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut h2 = common::exchanges::h2(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        let mut n = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && n < 20_000 && Instant::now() < deadline {
+            let body = if n.is_multiple_of(2) { client::body("") } else { client::body(vec![b'x'; 1000]) };
+            let req = hyper::Request::post(format!("http://a{path}")).body(body).unwrap();
+            h2.ready().await.unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(10), h2.send_request(req)).await.unwrap().unwrap();
+            assert_eq!(r.status(), 200, "HTTP/2 request {n} failed");
+            if path.starts_with("/v") {
+                let (a, b) = (r.headers()["x-version-a"].clone(), r.headers()["x-version-b"].clone());
+                assert_eq!(a, b, "an HTTP/2 request saw two configurations");
+            }
+            http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// 1,000 swaps while clients of every kind keep sending: keep-alive HTTP/1.1 on both lanes,
+/// a new connection per request, HTTP/2 with and without bodies. Not one request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn route_table_swapped_150_times_under_load_without_a_failure() {
+async fn route_table_swapped_1000_times_under_load_without_a_failure() {
     let be = backend::start("b", "127.0.0.1").await;
     let (even, odd) = (backend::start("even", "127.0.0.1").await, backend::start("odd", "127.0.0.1").await);
     let direct = [even.addr, odd.addr];
@@ -100,7 +146,7 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let url = |path: &str| format!("http://{addr}{path}");
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..3)
         .map(|_| {
             client_loop(stop.clone(), url("/v/item"), |r, n| {
                 assert_eq!(r.status, 200, "request {n} failed: {r:?}");
@@ -121,9 +167,11 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
             })
         })
         .collect();
-    for v in 2..=151u64 {
+    let fresh = fresh_connection_loop(stop.clone(), addr);
+    let h2 = [h2_loop(stop.clone(), addr, "/v/item"), h2_loop(stop.clone(), addr, "/d/item")];
+    for v in 2..=1001u64 {
         gw.swap(runtime(v, be.addr, direct));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.store(true, Ordering::Relaxed);
@@ -134,10 +182,10 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
         total += n;
         versions.extend(seen);
     }
-    assert_eq!(gw.runtime().unwrap().version, 151);
-    assert!(total >= 150, "only {total} requests went through");
-    assert!(versions.len() >= 20, "requests saw only {} table versions", versions.len());
-    assert!(versions.contains("151"));
+    assert_eq!(gw.runtime().unwrap().version, 1001);
+    assert_eq!(gw.metrics.swaps.get(), 1001, "every swap went in");
+    assert!(total >= 300, "only {total} requests went through");
+    assert!(versions.len() >= 50, "requests saw only {} table versions", versions.len());
     let mut names = BTreeSet::new();
     for c in direct_clients {
         let (n, seen) = c.await.unwrap();
@@ -145,6 +193,10 @@ async fn route_table_swapped_150_times_under_load_without_a_failure() {
         names.extend(seen);
     }
     assert_eq!(names, BTreeSet::from(["even".to_string(), "odd".to_string()]), "both versions' backends answered");
+    assert!(fresh.await.unwrap() >= 50, "new connections kept being served");
+    for c in h2 {
+        assert!(c.await.unwrap() >= 50, "HTTP/2 requests kept being served");
+    }
     let _ = stop_tx.send(true);
     server.await.unwrap();
 }

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod fuzzing;
 pub mod h1;
 pub mod middleware;
 pub mod multicluster;

@@ -267,6 +267,7 @@ impl UplinkClient {
         if let Some(c) = self.live_connection(&child.name) {
             return Ok(c);
         }
+
         let tid = std::thread::current().id();
         // One dial at a time per worker and child: requests arriving together share it
         // instead of each opening a connection of its own.
@@ -310,6 +311,12 @@ impl UplinkClient {
         header: &pb::StreamHeader,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), UpstreamError> {
         let connect_err = |reason: String| UpstreamError::Connect { server: child.name.clone(), reason };
+        // A child this data plane just found dead is not dialled again until its time out is
+        // over: a request being replayed (its stream died with the child) goes to the next
+        // child at once instead of waiting out a handshake to a dead address.
+        if self.is_down(&child.name) && self.live_connection(&child.name).is_none() {
+            return Err(connect_err("taken out of routing moments ago (its connection failed)".into()));
+        }
         let conn = match self.connection(child).await {
             Ok(c) => c,
             Err(e) => {

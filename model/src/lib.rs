@@ -9,6 +9,7 @@
 //! - [`topology`]: a parent and its children on disk.
 //! - [`compile`]: resources + values + uplink registry → a snapshot (pure).
 //! - [`lint`]: the compiler's findings plus the guide's "Important Considerations".
+//! - [`fuzzing`]: the manifests fuzz target's body, replayed by a stable test.
 //!
 //! It lives in its own crate so that the agent can compile its local configuration
 //! without pulling in the portal: the arrows are `proto ← data-plane ← model ←
@@ -18,6 +19,7 @@
 
 pub mod compile;
 pub mod diagnostic;
+pub mod fuzzing;
 pub mod lint;
 pub mod loader;
 pub mod resources;

@@ -155,6 +155,15 @@ where
     move |head: Head| Handled::request(head, &handler)
 }
 
+/// The next request head off `buf` that the fast path would serve (`None`: more bytes are
+/// needed, or hyper would take the connection). For the fuzz targets.
+pub fn next_head(buf: &mut BytesMut) -> Option<Head> {
+    match next_request(buf) {
+        Parsed::Ready(h) => Some(h),
+        _ => None,
+    }
+}
+
 /// Takes the next request head off `buf` when it is one the fast path serves.
 fn next_request(buf: &mut BytesMut) -> Parsed {
     if buf.starts_with(b"PRI") {

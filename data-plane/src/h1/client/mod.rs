@@ -342,6 +342,31 @@ fn connection_line(base: &[u8], r: super::Range) -> bool {
     super::raw_header(base, r).0.eq_ignore_ascii_case(b"connection")
 }
 
+/// An upstream's response head, as this client parses it (for the fuzz targets): for a
+/// GET and a HEAD, asking to switch protocols or not, and the body that follows.
+pub fn fuzz_response_head(data: &[u8]) {
+    for (method, upgrade) in [(Method::GET, false), (Method::HEAD, true)] {
+        let mut buf = BytesMut::from(data);
+        for _ in 0..8 {
+            match parse_response::<Pooled>(&mut buf, &method, upgrade) {
+                Ok(Step::Informational) => continue,
+                Ok(Step::Final(a)) => {
+                    if let Framing::Chunked(mut c) = a.framing {
+                        for _ in 0..64 {
+                            match c.decode(&mut buf) {
+                                Ok(Decoded::Data(_)) => {}
+                                _ => break,
+                            }
+                        }
+                    }
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 /// Why an exchange failed, and whether the request may go again on a new connection.
 struct Failed {
     kind: FailKind,

@@ -1,0 +1,119 @@
+//! The inputs an attacker controls, each fed to the code that parses it: what the fuzz
+//! targets in `fuzz/` run, and what the stable tests below replay from their corpora (so
+//! a finding stays fixed, and the targets cannot rot without CI noticing).
+//!
+//! Every function here must return for any input, without panicking.
+
+use bytes::BytesMut;
+
+use crate::rules::Rule;
+
+/// A router rule (`Host(`a`) && PathPrefix(`/b`)`): parsed, and when it parses, matched
+/// against a few requests.
+pub fn rule(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(rule) = Rule::parse(text) else { return };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-a", http::HeaderValue::from_static("1"));
+    for (host, path, query) in
+        [("a.example.com", "/a/b", Some("k=v&x")), ("", "", None), ("[::1]:8080", "/%2F", Some(""))]
+    {
+        let view = crate::request::RequestView::with_client_ip(
+            "GET",
+            host,
+            path,
+            query,
+            &headers,
+            Some(std::net::IpAddr::from([10, 0, 0, 1])),
+        );
+        let _ = rule.matches(&view);
+    }
+    let _ = (rule.required_hosts(), rule.required_prefixes());
+}
+
+/// Bytes from a client, as the HTTP/1.1 fast path reads them: request heads taken off the
+/// buffer one after another, each turned into a request, its path sanitized and its
+/// routing view built. The same bytes as an upstream's response head, too.
+pub fn http1_head(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    for _ in 0..64 {
+        let Some(head) = crate::h1::server::next_head(&mut buf) else { break };
+        let path = head.uri().path().to_string();
+        let _ = crate::path_security::sanitize(&path);
+        let Some(req) = head.into_request() else { continue };
+        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let _ = crate::request::RequestView::with_client_ip(
+            req.method().as_str(),
+            host,
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+            None,
+        );
+    }
+    crate::h1::client::fuzz_response_head(data);
+}
+
+/// Bytes on an uplink stream: a stream header, then control frames, read as a child and a
+/// parent read them.
+pub fn uplink_frames(data: &[u8]) {
+    use atrium_proto::v1 as pb;
+    use futures_util::FutureExt;
+    let mut one = data;
+    let _ = crate::uplink::read_frame::<_, pb::StreamHeader>(&mut one).now_or_never();
+    let mut frames = crate::uplink::FrameReader::new(data, 4096);
+    for i in 0..64u32 {
+        let read = if i.is_multiple_of(2) {
+            frames.next::<pb::AgentMessage>().now_or_never().map(|r| r.map(drop))
+        } else {
+            frames.next::<pb::ParentMessage>().now_or_never().map(|r| r.map(drop))
+        };
+        if !matches!(read, Some(Ok(()))) {
+            break;
+        }
+    }
+}
+
+/// A snapshot as a data plane receives it (stream, or cache file): decoded, its hash
+/// checked, and the body compiled into a route table.
+pub fn snapshot(data: &[u8]) {
+    use atrium_proto::v1 as pb;
+    use prost::Message;
+    if let Ok(s) = pb::Snapshot::decode(data) {
+        let _ = crate::proxy::Runtime::from_snapshot(&s);
+    }
+    if let Ok(body) = pb::SnapshotBody::decode(data) {
+        let _ = crate::proxy::Runtime::build(body, 1);
+    }
+}
+
+/// Replays every file of `fuzz/corpus/<target>` through `f`.
+#[cfg(test)]
+pub(crate) fn replay(target: &str, f: fn(&[u8])) -> usize {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        f(&std::fs::read(&p).unwrap());
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzz_corpora_replay_without_a_panic() {
+        for (target, f) in [
+            ("rule", rule as fn(&[u8])),
+            ("http1_head", http1_head),
+            ("uplink_frames", uplink_frames),
+            ("snapshot", snapshot),
+        ] {
+            let n = replay(target, f);
+            assert!(n > 0, "the {target} corpus is empty");
+        }
+    }
+}
