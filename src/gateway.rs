@@ -93,7 +93,7 @@ pub fn compile_config(
 /// Loads and compiles the configuration into a route table.
 pub fn compile(opts: &GatewayOptions, version: u64) -> Result<Runtime, Vec<String>> {
     let body = compile_body(opts.values.as_deref(), &opts.manifests)?;
-    Runtime::build(body, version).map_err(|e| vec![e])
+    Runtime::build(body, version).map_err(|e| vec![e.to_string()])
 }
 
 /// The certificates routers name by `tls.secretName`, each with the hosts of the rules of
@@ -207,7 +207,7 @@ fn watch_config(
                     for e in &errors {
                         tracing::error!("{e}");
                     }
-                    gw.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
+                    gw.swap_failed(format!("{} error(s) in the configuration", errors.len()));
                 }
             }
         },

@@ -300,7 +300,7 @@ pub async fn run_control_plane(
                     for e in &errors {
                         tracing::error!("{e}");
                     }
-                    g.swap_failed(&format!(
+                    g.swap_failed(format!(
                         "{} error(s) in the configuration; data planes keep the previous snapshot",
                         errors.len()
                     ));
@@ -456,7 +456,7 @@ pub async fn run_agent(
     let certs = CertStore::persistent(&o.state_dir).map_err(anyhow::Error::msg)?;
     let gw = Gateway::new(Upstreams::new(o.upstream.clone()), o.access_log, certs.clone());
     let first_uplinks = body.uplinks.clone();
-    gw.swap(Runtime::build(body, 1).map_err(anyhow::Error::msg)?);
+    gw.swap(Runtime::build(body, 1)?);
     let up = Arc::new(Upstreams::new(o.upstream.clone()));
     let uplinks = atrium_agent::Uplinks::new(&cluster, gw.clone(), up.clone());
     uplinks.set(first_uplinks);
@@ -505,7 +505,7 @@ pub async fn run_agent(
                 for e in &errors {
                     tracing::error!("{e}");
                 }
-                g.swap_failed(&format!("{} error(s) in the configuration", errors.len()));
+                g.swap_failed(format!("{} error(s) in the configuration", errors.len()));
             }
         }
     };

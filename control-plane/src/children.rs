@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use atrium_data_plane::multicluster::DialError;
 use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 
@@ -36,31 +37,51 @@ fn names(ups: &[pb::UplinkState]) -> String {
     format!("[{}]", v.join(","))
 }
 
+/// Why a session with a child ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The child could not be dialled.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The connection failed or closed.
+    #[error("{0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A control frame could not be read.
+    #[error("control stream: {0}")]
+    Frame(#[from] uplink::FrameError),
+    /// A control frame could not be written.
+    #[error("control stream: {0}")]
+    Write(#[from] std::io::Error),
+    /// The child broke the protocol.
+    #[error("{0}")]
+    Protocol(&'static str),
+    /// The child stayed silent past `pollTimeout`.
+    #[error("no answer within pollTimeout ({0:?})")]
+    Silent(Duration),
+}
+
 async fn session(
     child: &pb::Child,
     tls: &ParentTls,
     polling: Polling,
     registry: &Mutex<Registry>,
     on_change: &(dyn Fn(Registry) + Send + Sync),
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let ep = atrium_data_plane::multicluster::client_endpoint()?;
-    let conn =
-        atrium_data_plane::multicluster::dial(&ep, child, tls, polling.liveness).await.map_err(|e| e.to_string())?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let conn = atrium_data_plane::multicluster::dial(&ep, child, tls, polling.liveness).await?;
+    let (mut send, recv) = conn.open_bi().await?;
     // Frames are awaited in a `select!` with the poll timer: read them cancel-safely.
     let mut recv = uplink::FrameReader::new(recv, polling.liveness.max_frame);
     uplink::write_frame(
         &mut send,
         &pb::StreamHeader { kind: pb::stream_header::Kind::Control as i32, ..Default::default() },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let first: pb::AgentMessage = tokio::time::timeout(polling.timeout, recv.next())
         .await
-        .map_err(|_| "no Register in time".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionError::Protocol("no Register in time"))??;
     let Some(pb::agent_message::Msg::Register(reg)) = first.msg else {
-        return Err("the child did not Register first".into());
+        return Err(SessionError::Protocol("the child did not Register first"));
     };
     if reg.cluster != child.name {
         tracing::warn!(child = %child.name, registered_as = %reg.cluster, "child registered under another name; using the parent's name for it");
@@ -69,7 +90,7 @@ async fn session(
     current.sort_by(|a, b| a.name.cmp(&b.name));
     tracing::info!(cluster = %child.name, address = %child.address, uplinks = %names(&current), "uplink connected");
     let snapshot = {
-        let mut r = registry.lock().map_err(|_| "registry poisoned")?;
+        let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
         r.insert(child.name.clone(), current.clone());
         r.clone()
     };
@@ -80,16 +101,16 @@ async fn session(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         let msg = tokio::select! {
-            m = recv.next::<pb::AgentMessage>() => m.map_err(|e| e.to_string())?,
+            m = recv.next::<pb::AgentMessage>() => m?,
             _ = poll.tick() => {
                 if last_heard.elapsed() > polling.timeout + polling.interval {
-                    return Err(format!("no answer within pollTimeout ({:?})", polling.timeout));
+                    return Err(SessionError::Silent(polling.timeout));
                 }
                 seq += 1;
-                uplink::write_frame(&mut send, &pb::ParentMessage { msg: Some(pb::parent_message::Msg::Poll(pb::Poll { seq })) }).await.map_err(|e| e.to_string())?;
+                uplink::write_frame(&mut send, &pb::ParentMessage { msg: Some(pb::parent_message::Msg::Poll(pb::Poll { seq })) }).await?;
                 continue;
             }
-            reason = conn.closed() => return Err(reason.to_string()),
+            reason = conn.closed() => return Err(reason.into()),
         };
         last_heard = tokio::time::Instant::now();
         let Some(pb::agent_message::Msg::Update(mut u)) = msg.msg else { continue };
@@ -108,7 +129,7 @@ async fn session(
             }
             current = u.uplinks;
             let snapshot = {
-                let mut r = registry.lock().map_err(|_| "registry poisoned")?;
+                let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
                 r.insert(child.name.clone(), current.clone());
                 r.clone()
             };
@@ -225,7 +246,7 @@ async fn keep_session(
     loop {
         let result = session(&child, &tls, polling, &registry, on_change.as_ref()).await;
         let removed = registry.lock().ok().and_then(|mut r| r.remove(&child.name).map(|_| r.clone()));
-        let why = result.err().unwrap_or_else(|| "control stream closed".into());
+        let why = result.err().map_or_else(|| "control stream closed".to_string(), |e| e.to_string());
         if let Some(snapshot) = removed {
             tracing::warn!(cluster = %child.name, address = %child.address, reason = %why, "child unreachable");
             on_change(snapshot);

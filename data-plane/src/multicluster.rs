@@ -68,17 +68,53 @@ pub fn pick<'a>(cands: &[(&'a pb::Child, u32)], counter: &AtomicU64) -> Option<&
     None
 }
 
-/// `https://host:port` → (host, port); default port 9443.
-pub fn parse_address(address: &str) -> Result<(String, u16), String> {
-    let rest = address
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("child address {address:?} must start with https://"))?;
+/// Why a child's `address` cannot be dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Not `https://`: the uplink is QUIC with TLS.
+    #[error("child address {0:?} must start with https:// (the uplink is QUIC with TLS)")]
+    Scheme(String),
+    /// A path, no host, or an unclosed IPv6 bracket.
+    #[error("child address {0:?} must be https://host[:port] with no path")]
+    Shape(String),
+    /// A port that is not 1-65535.
+    #[error("child address {address:?}: invalid port {port:?}")]
+    Port {
+        /// The address.
+        address: String,
+        /// The port as written.
+        port: String,
+    },
+}
+
+/// A child's `address` (`https://host[:port]`, IPv6 in brackets) → (host, port); the port
+/// defaults to 9443. The one parser of child addresses (values, lint and dialling use it).
+pub fn parse_address(address: &str) -> Result<(String, u16), AddressError> {
+    let rest = address.strip_prefix("https://").ok_or_else(|| AddressError::Scheme(address.to_string()))?;
     let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().map_err(|_| format!("bad port in {address:?}"))?)
+    let shape = || AddressError::Shape(address.to_string());
+    if rest.is_empty() || rest.contains('/') {
+        return Err(shape());
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(shape)?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
         }
-        _ => (rest.trim_matches(['[', ']']).to_string(), 9443),
+    };
+    if host.is_empty() {
+        return Err(shape());
+    }
+    let port = match port {
+        None => 9443,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| AddressError::Port { address: address.to_string(), port: p.to_string() })?,
     };
     Ok((host, port))
 }
@@ -263,7 +299,7 @@ impl UplinkClient {
         self.worker_connection(child).filter(|c| c.close_reason().is_none())
     }
 
-    async fn connection(&self, child: &pb::Child) -> Result<quinn::Connection, String> {
+    async fn connection(&self, child: &pb::Child) -> Result<quinn::Connection, DialError> {
         if let Some(c) = self.live_connection(&child.name) {
             return Ok(c);
         }
@@ -273,7 +309,7 @@ impl UplinkClient {
         // instead of each opening a connection of its own.
         let gate = match self.dialing.lock() {
             Ok(mut d) => d.entry((tid, child.name.clone())).or_default().clone(),
-            Err(_) => return Err("uplink client state poisoned".into()),
+            Err(_) => return Err(DialError::Connect("uplink client state poisoned".into())),
         };
         let _dialing = gate.lock().await;
         if let Some(c) = self.live_connection(&child.name) {
@@ -287,13 +323,13 @@ impl UplinkClient {
         let dialed = tokio::spawn(async move {
             let ep = match ep {
                 Some(e) => e,
-                None => client_endpoint().map_err(|e| e.to_string())?,
+                None => client_endpoint()?,
             };
-            let conn = dial(&ep, &child_owned, &trust, liveness).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((ep, conn))
+            let conn = dial(&ep, &child_owned, &trust, liveness).await?;
+            Ok::<_, DialError>((ep, conn))
         })
         .await
-        .map_err(|e| format!("dial task failed: {e}"))?;
+        .map_err(|e| DialError::Connect(format!("dial task failed: {e}")))?;
         let (ep, conn) = dialed?;
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
         if let Ok(mut w) = self.workers.lock() {
@@ -320,6 +356,7 @@ impl UplinkClient {
         let conn = match self.connection(child).await {
             Ok(c) => c,
             Err(e) => {
+                let e = e.to_string();
                 self.mark_down(&child.name, &e);
                 return Err(connect_err(e));
             }
@@ -513,8 +550,11 @@ impl UplinkClient {
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// Its address does not parse.
-    #[error("{0}")]
-    Address(String),
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// No local QUIC endpoint could be made.
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
     /// The TLS configuration for it cannot be built.
     #[error(transparent)]
     Tls(#[from] uplink::UplinkTlsError),
@@ -545,7 +585,7 @@ pub async fn dial(
     trust: &crate::trust::NodeTrust,
     liveness: Liveness,
 ) -> Result<quinn::Connection, DialError> {
-    let (host, port) = parse_address(&child.address).map_err(DialError::Address)?;
+    let (host, port) = parse_address(&child.address)?;
     let t = child.transport.clone().unwrap_or_default();
     let mut root_cas = Vec::new();
     for r in &t.root_cas {
@@ -575,11 +615,11 @@ pub async fn dial(
 }
 
 /// A client endpoint on an ephemeral port of every address.
-pub fn client_endpoint() -> Result<quinn::Endpoint, String> {
+pub fn client_endpoint() -> Result<quinn::Endpoint, DialError> {
     // A dual-stack socket reaches IPv4 children as mapped addresses; fall back to IPv4 only.
-    quinn::Endpoint::client("[::]:0".parse().expect("static address"))
-        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")))
-        .map_err(|e| e.to_string())
+    quinn::Endpoint::client(std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
+        .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))))
+        .map_err(DialError::Endpoint)
 }
 
 #[cfg(test)]
@@ -662,6 +702,11 @@ mod tests {
     fn addresses() {
         assert_eq!(parse_address("https://127.0.0.2:9443").unwrap(), ("127.0.0.2".into(), 9443));
         assert_eq!(parse_address("https://child-a.example.com").unwrap(), ("child-a.example.com".into(), 9443));
-        assert!(parse_address("http://x:1").is_err());
+        assert_eq!(parse_address("https://[::1]:9000").unwrap(), ("::1".into(), 9000));
+        assert!(matches!(parse_address("http://x:1"), Err(AddressError::Scheme(_))));
+        assert!(matches!(parse_address("https://a:0"), Err(AddressError::Port { .. })));
+        assert!(matches!(parse_address("https://a:99999"), Err(AddressError::Port { .. })));
+        assert!(matches!(parse_address("https://a/path"), Err(AddressError::Shape(_))));
+        assert!(matches!(parse_address("https://[::1"), Err(AddressError::Shape(_))));
     }
 }

@@ -25,13 +25,38 @@ use crate::proxy::{Gateway, Runtime};
 /// The cache file inside the cache directory.
 pub const CACHE_FILE: &str = "snapshot.pb";
 
+/// Why the snapshot cache cannot be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The file or its directory cannot be written or read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file or directory.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a snapshot, or not one that compiles.
+    #[error("{file}: {reason}")]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Writes `s` to `dir/snapshot.pb` atomically.
-pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), CacheError> {
+    let io = |file: PathBuf| move |source| CacheError::Io { file, source };
+    std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
     let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
-    crate::pki::write_private(&tmp, &s.encode_to_vec()).map_err(|e| e.to_string())?;
+    crate::pki::write_private(&tmp, &s.encode_to_vec()).map_err(|e| match e {
+        crate::pki::PkiError::Io { file, source } => CacheError::Io { file, source },
+        other => CacheError::Corrupt { file: tmp.clone(), reason: other.to_string() },
+    })?;
     let path = dir.join(CACHE_FILE);
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, &path).map_err(io(path.clone()))?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -40,15 +65,16 @@ pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), String> {
 }
 
 /// Reads the cache; `Ok(None)` when there is none, `Err` when it is unreadable or corrupt.
-pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, String> {
+pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, CacheError> {
     let path = dir.join(CACHE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(source) => return Err(CacheError::Io { file: path, source }),
     };
-    let s = pb::Snapshot::decode(bytes.as_slice()).map_err(|e| format!("{}: not a snapshot: {e}", path.display()))?;
-    Runtime::from_snapshot(&s).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+    let corrupt = |reason: String| CacheError::Corrupt { file: path.clone(), reason };
+    let s = pb::Snapshot::decode(bytes.as_slice()).map_err(|e| corrupt(format!("not a snapshot: {e}")))?;
+    Runtime::from_snapshot(&s).map(Some).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Requests per router since the last report (counters are reset as they are read).
@@ -144,7 +170,40 @@ pub async fn run(gw: Arc<Gateway>, cfg: ClientConfig, mut shutdown: watch::Recei
     }
 }
 
-async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
+/// Why a snapshot stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The control-plane URL does not parse.
+    #[error("invalid control-plane URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// This node's TLS material cannot be used.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] crate::trust::TrustError),
+    /// No connection.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The control plane refused the stream (version skew, say).
+    #[error("control plane refused the stream: {message} ({code:?})")]
+    Refused {
+        /// Its message.
+        message: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+    },
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Stream(String),
+    /// The stream closed under this side.
+    #[error("stream closed")]
+    Closed,
+}
+
+async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamError> {
     // With TLS, the connection is made here (rustls with this node's reloading certificate,
     // the control plane's role checked), and tonic speaks HTTP/2 over it.
     let uri = match &cfg.tls {
@@ -152,7 +211,7 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         None => cfg.endpoint.clone(),
     };
     let ep = Endpoint::from_shared(uri)
-        .map_err(|e| format!("invalid control-plane URL {:?}: {e}", cfg.endpoint))?
+        .map_err(|e| StreamError::Url { url: cfg.endpoint.clone(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -167,17 +226,15 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
                 .map(|h| h.trim_matches(['[', ']']).trim_end_matches('/'))
                 .unwrap_or("localhost")
                 .to_string();
-            let verifier = t
-                .server_verifier(crate::trust::Role::ControlPlane, "snapshot stream")
-                .map_err(|e| format!("TLS configuration: {e}"))?;
-            let tls = t.client_config(verifier, &[b"h2"], false).map_err(|e| format!("TLS configuration: {e}"))?;
+            let verifier = t.server_verifier(crate::trust::Role::ControlPlane, "snapshot stream")?;
+            let tls = t.client_config(verifier, &[b"h2"], false)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("control-plane host {host:?}: {e}"))?;
+                .map_err(|e| StreamError::Url { url: cfg.endpoint.clone(), reason: format!("host {host:?}: {e}") })?;
             ep.connect_with_connector(TlsConnector { tls: Arc::new(tls), name }).await
         }
         None => ep.connect().await,
     }
-    .map_err(|e| format!("cannot connect: {}", source_chain(&e)))?;
+    .map_err(|e| StreamError::Connect(source_chain(&e)))?;
     let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
     let current = gw.runtime();
@@ -188,11 +245,11 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         last_version: current.as_ref().map(|r| pb::Version { epoch: r.epoch, seq: r.version }),
         last_hash: current.as_ref().map(|r| r.hash.clone()).unwrap_or_default(),
     };
-    tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| "stream closed")?;
+    tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("control plane refused the stream: {} ({:?})", s.message(), s.code()))?
+        .map_err(|s| StreamError::Refused { message: s.message().to_string(), code: s.code() })?
         .into_inner();
     tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
     let usage_tx = tx.clone();
@@ -214,13 +271,13 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
         }
     });
     let _stop_reporter = AbortOnDrop(reporter);
-    while let Some(msg) = inbound.message().await.map_err(|s| format!("stream error: {}", s.message()))? {
+    while let Some(msg) = inbound.message().await.map_err(|s| StreamError::Stream(s.message().to_string()))? {
         match msg.msg {
             Some(CpMsg::Snapshot(s)) => {
                 let version = s.version;
                 let current = gw.runtime().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
                 let checked = match older(current, version) {
-                    Some(why) => Err(why),
+                    Some(why) => Err(crate::proxy::RuntimeError::Older(why)),
                     None => Runtime::from_snapshot(&s),
                 };
                 let reply = match checked {
@@ -234,11 +291,12 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), String> {
                         DpMsg::Ack(pb::Ack { version, hash: s.hash.to_vec() })
                     }
                     Err(e) => {
-                        gw.swap_failed(&e);
-                        DpMsg::Nack(pb::Nack { version, error: e })
+                        let error = e.to_string();
+                        gw.swap_failed(&error);
+                        DpMsg::Nack(pb::Nack { version, error })
                     }
                 };
-                tx.send(pb::DataPlaneMessage { msg: Some(reply) }).await.map_err(|_| "stream closed")?;
+                tx.send(pb::DataPlaneMessage { msg: Some(reply) }).await.map_err(|_| StreamError::Closed)?;
             }
             Some(CpMsg::UpToDate(u)) => {
                 tracing::info!(version = ?u.version, "the table in force is already current");
@@ -337,7 +395,7 @@ mod tests {
         let mut s = snapshot(4);
         s.hash[0] ^= 1;
         std::fs::write(dir.join(CACHE_FILE), s.encode_to_vec()).unwrap();
-        assert!(load_cache(&dir).unwrap_err().contains("hash"));
+        assert!(load_cache(&dir).unwrap_err().to_string().contains("hash"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

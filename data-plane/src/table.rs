@@ -184,7 +184,7 @@ pub enum TableError {
         /// Middleware id.
         id: String,
         /// Why.
-        error: String,
+        error: crate::middleware::MiddlewareError,
     },
     /// A reference to something the snapshot does not contain.
     #[error("router {router}: unknown {what} {name:?}")]

@@ -221,21 +221,34 @@ impl rustls::client::ResolvesClientCert for FileIdentity {
     }
 }
 
+/// Why PEM text is not a usable certificate bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// Not PEM.
+    #[error("certificate: {0}")]
+    Syntax(#[from] rustls::pki_types::pem::Error),
+    /// No certificate in it.
+    #[error("no certificate in PEM")]
+    Empty,
+    /// A certificate that cannot be a trust anchor.
+    #[error("CA certificate: {0}")]
+    Anchor(#[from] rustls::Error),
+}
+
 /// The certificates of a CA bundle (PEM).
-pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> =
-        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| format!("certificate: {e}"))?;
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>()?;
     if certs.is_empty() {
-        return Err("no certificate in PEM".into());
+        return Err(PemError::Empty);
     }
     Ok(certs)
 }
 
 /// A root store of the certificates of a CA bundle (PEM).
-pub fn root_store(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+pub fn root_store(pem: &[u8]) -> Result<rustls::RootCertStore, PemError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in pem_certificates(pem)? {
-        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+        roots.add(c)?;
     }
     Ok(roots)
 }
@@ -248,7 +261,9 @@ impl FileRoots {
     /// Reads the CA bundle at `ca`.
     pub fn load(ca: &Path) -> Result<Arc<FileRoots>, TrustError> {
         let parse = |f: &[PathBuf]| {
-            root_store(&read(&f[0])?).map(Arc::new).map_err(|reason| TrustError::Invalid { file: f[0].clone(), reason })
+            root_store(&read(&f[0])?)
+                .map(Arc::new)
+                .map_err(|e| TrustError::Invalid { file: f[0].clone(), reason: e.to_string() })
         };
         Ok(Arc::new(FileRoots(FileBacked::load(vec![ca.to_path_buf()], "CA", parse)?)))
     }

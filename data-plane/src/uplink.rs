@@ -218,7 +218,7 @@ pub enum UplinkTlsError {
     Trust(#[from] crate::trust::TrustError),
     /// `serversTransport.rootCAs` does not parse.
     #[error("serversTransport.rootCAs: {0}")]
-    RootCas(String),
+    RootCas(#[from] crate::trust::PemError),
     /// `serversTransport.certificates` cannot be read.
     #[error("serversTransport.certificates: {0}")]
     TransportCertificate(crate::trust::TrustError),
@@ -277,7 +277,7 @@ pub fn client_config(
         tracing::warn!("insecureSkipVerify: the child's certificate is not verified");
         NoVerify::new()
     } else if !check.root_cas.is_empty() {
-        let roots = root_store(&check.root_cas).map_err(UplinkTlsError::RootCas)?;
+        let roots = root_store(&check.root_cas)?;
         RoleServerVerifier::new(FileRoots::fixed(roots), None, "uplink")?
     } else {
         trust.server_verifier(Role::Agent, "uplink")?

@@ -260,7 +260,9 @@ fn check_plan_limit(
                 "period must be positive".to_string(),
             )),
             Ok(_) => {}
-            Err(e) => diags.push(Diagnostic::on(Severity::Error, "schema", l, &format!("{field}.period"), e)),
+            Err(e) => {
+                diags.push(Diagnostic::on(Severity::Error, "schema", l, &format!("{field}.period"), e.to_string()))
+            }
         }
     }
 }

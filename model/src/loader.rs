@@ -76,17 +76,45 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic
 /// the process that serves traffic). Kubernetes keeps each object under 1.5 MiB.
 pub const MAX_FILE_BYTES: u64 = 32 << 20;
 
+/// Why a configuration file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It cannot be opened or read.
+    #[error("{}: {source}", file.display())]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is larger than [`MAX_FILE_BYTES`].
+    #[error("{}: larger than {} MiB; not read", file.display(), MAX_FILE_BYTES >> 20)]
+    TooLarge {
+        /// The file.
+        file: PathBuf,
+    },
+    /// It is not UTF-8 text.
+    #[error("{}: not UTF-8 text: {source}", file.display())]
+    NotText {
+        /// The file.
+        file: PathBuf,
+        /// Where it stops being text.
+        source: std::string::FromUtf8Error,
+    },
+}
+
 /// Reads a configuration file as text, up to [`MAX_FILE_BYTES`]; the error names the file.
-pub fn read_text(path: &Path) -> Result<String, String> {
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
     use std::io::Read;
-    let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let io = |source| ReadError::Io { file: path.to_path_buf(), source };
+    let f = fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     // One byte past the limit tells a file that is too large (also one growing as it is read).
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("{}: larger than {} MiB; not read", path.display(), MAX_FILE_BYTES >> 20));
+        return Err(ReadError::TooLarge { file: path.to_path_buf() });
     }
-    String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text: {e}", path.display()))
+    String::from_utf8(bytes).map_err(|source| ReadError::NotText { file: path.to_path_buf(), source })
 }
 
 /// Loads every manifest under `paths`.
@@ -99,7 +127,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Manifests {
     for f in files {
         match read_text(&f) {
             Ok(text) => load_str(&f, &text, &mut m),
-            Err(e) => m.diagnostics.push(Diagnostic::general(Severity::Error, "io", e)),
+            Err(e) => m.diagnostics.push(Diagnostic::general(Severity::Error, "io", e.to_string())),
         }
     }
     check_duplicates(&mut m);

@@ -57,35 +57,9 @@ pub fn is_valid_cluster_name(name: &str) -> bool {
 }
 
 /// A child's `address` (`https://host:port`) → (host, port). The port defaults to 9443.
+/// (The data plane's parser: lint, values and dialling agree on what an address is.)
 pub fn parse_child_address(address: &str) -> Result<(String, u16), String> {
-    let rest = address
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("child address {address:?} must start with https:// (the uplink is QUIC with TLS)"))?;
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return Err(format!("child address {address:?} must be https://host[:port] with no path"));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| format!("child address {address:?}: unclosed '['"))?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("child address {address:?} has no host"));
-    }
-    let port = match port {
-        None => 9443,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("child address {address:?}: invalid port {p:?}"))?,
-    };
-    Ok((host, port))
+    atrium_data_plane::multicluster::parse_address(address).map_err(|e| e.to_string())
 }
 
 fn load_cluster(name: &str, dir: &Path, diags: &mut Vec<Diagnostic>) -> Cluster {

@@ -145,7 +145,7 @@ impl Values {
         match crate::loader::read_text(path) {
             Ok(text) => Self::parse(path, &text),
             Err(e) => {
-                let d = Diagnostic::general(Severity::Error, "io", e);
+                let d = Diagnostic::general(Severity::Error, "io", e.to_string());
                 (Values::default(), vec![d])
             }
         }
@@ -268,7 +268,7 @@ impl Reader<'_> {
             if let (name, Some(val)) = d {
                 if let Err(e) = val.as_duration() {
                     let at = node.get(name).unwrap_or(node);
-                    self.error(at, &format!("hub.providers.multicluster.{name}"), e);
+                    self.error(at, &format!("hub.providers.multicluster.{name}"), e.to_string());
                 }
             }
         }

@@ -207,18 +207,38 @@ fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
 }
 
+/// Why a message's framing cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// A `Content-Length` that is not digits.
+    #[error("invalid Content-Length {0:?}")]
+    BadLength(String),
+    /// `Content-Length` values that disagree.
+    #[error("conflicting Content-Length values")]
+    ConflictingLengths,
+    /// A chunk size line that is not hex digits (or too long).
+    #[error("bad chunk size {0:?}")]
+    BadChunkSize(String),
+    /// More data than a chunk's size.
+    #[error("chunk data longer than its size")]
+    ChunkOverrun,
+    /// A trailer section that does not parse, or is too large.
+    #[error("invalid trailer section")]
+    BadTrailers,
+}
+
 /// Reads one `Content-Length` value into `length`: one number, or a list of copies of one
 /// number (RFC 9110, 8.6), which must also agree with the values read before.
-pub(crate) fn read_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+pub(crate) fn read_length(value: &[u8], length: &mut Option<u64>) -> Result<(), FramingError> {
     for part in value.split(|&b| b == b',') {
         // Digits only: no sign, no inner space (`+5` and `5 5` are not lengths).
         let digits = part.trim_ascii();
         let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
             .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
             .flatten()
-            .ok_or_else(|| format!("invalid Content-Length {:?}", String::from_utf8_lossy(value)))?;
+            .ok_or_else(|| FramingError::BadLength(String::from_utf8_lossy(value).into_owned()))?;
         if length.is_some_and(|l| l != n) {
-            return Err("conflicting Content-Length values".into());
+            return Err(FramingError::ConflictingLengths);
         }
         *length = Some(n);
     }
@@ -268,24 +288,25 @@ const MAX_TRAILERS: usize = 64 * 1024;
 
 impl Chunked {
     /// Decodes what `buf` holds, consuming it.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, String> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, FramingError> {
         loop {
             match *self {
                 Chunked::Size => {
                     let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
                         if buf.len() > MAX_LINE {
-                            return Err("chunk size line too long".into());
+                            return Err(FramingError::BadChunkSize("(a line too long)".into()));
                         }
                         return Ok(Decoded::More);
                     };
                     let line = buf.split_to(eol + 1);
                     let digits = line[..].split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(&[]);
-                    let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| "bad chunk size")?;
+                    let bad = || FramingError::BadChunkSize(String::from_utf8_lossy(digits.trim_ascii()).into_owned());
+                    let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| bad())?;
                     // Hex digits only (`from_str_radix` would take a sign).
                     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(format!("bad chunk size {digits:?}"));
+                        return Err(bad());
                     }
-                    let size = u64::from_str_radix(digits, 16).map_err(|_| format!("bad chunk size {digits:?}"))?;
+                    let size = u64::from_str_radix(digits, 16).map_err(|_| bad())?;
                     *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
                 }
                 Chunked::Data(left) => {
@@ -300,7 +321,7 @@ impl Chunked {
                 Chunked::DataEnd => {
                     if buf.len() < 2 {
                         if buf.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
-                            return Err("chunk data longer than its size".into());
+                            return Err(FramingError::ChunkOverrun);
                         }
                         if buf.first() == Some(&b'\n') {
                             let _ = buf.split_to(1);
@@ -312,7 +333,7 @@ impl Chunked {
                     match &buf[..2] {
                         b"\r\n" => drop(buf.split_to(2)),
                         [b'\n', _] => drop(buf.split_to(1)),
-                        _ => return Err("chunk data longer than its size".into()),
+                        _ => return Err(FramingError::ChunkOverrun),
                     }
                     *self = Chunked::Size;
                 }
@@ -327,7 +348,7 @@ impl Chunked {
                     };
                     let Some(end) = end else {
                         if buf.len() > MAX_TRAILERS {
-                            return Err("trailer section too large".into());
+                            return Err(FramingError::BadTrailers);
                         }
                         return Ok(Decoded::More);
                     };
@@ -340,9 +361,9 @@ impl Chunked {
                             Ok(httparse::Status::Complete((_, parsed))) => {
                                 let mut r = Vec::with_capacity(parsed.len());
                                 ranges(&section, parsed, &mut r);
-                                trailers = header_map(&section, &r).ok_or("invalid trailer")?;
+                                trailers = header_map(&section, &r).ok_or(FramingError::BadTrailers)?;
                             }
-                            _ => return Err("invalid trailer section".into()),
+                            _ => return Err(FramingError::BadTrailers),
                         }
                     }
                     return Ok(Decoded::End(trailers));
@@ -375,7 +396,8 @@ mod tests {
         assert_eq!(SPARE_MAPS.with(|s| s.borrow().len()), 1);
     }
 
-    fn decode_all(input: &[&[u8]]) -> Result<(Vec<u8>, HeaderMap), String> {
+    /// The body and trailers of a whole chunked message; `Ok(None)` when it is cut short.
+    fn decode_all(input: &[&[u8]]) -> Result<Option<(Vec<u8>, HeaderMap)>, FramingError> {
         let mut st = Chunked::Size;
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
@@ -384,27 +406,27 @@ mod tests {
             loop {
                 match st.decode(&mut buf)? {
                     Decoded::Data(d) => body.extend_from_slice(&d),
-                    Decoded::End(t) => return Ok((body, t)),
+                    Decoded::End(t) => return Ok(Some((body, t))),
                     Decoded::More => break,
                 }
             }
         }
-        Err("incomplete".into())
+        Ok(None)
     }
 
     #[test]
     fn chunked_bodies_decode_across_any_split() {
         let wire: &[u8] = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-checksum: abc\r\n\r\n";
-        let (body, trailers) = decode_all(&[wire]).unwrap();
+        let (body, trailers) = decode_all(&[wire]).unwrap().unwrap();
         assert_eq!(body, b"hello, world");
         assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
         // Byte by byte: the same result.
         let pieces: Vec<&[u8]> = wire.chunks(1).collect();
-        let (body, trailers) = decode_all(&pieces).unwrap();
+        let (body, trailers) = decode_all(&pieces).unwrap().unwrap();
         assert_eq!(body, b"hello, world");
         assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
         // No trailers, upper-case hex.
-        let (body, trailers) = decode_all(&[b"A\r\n0123456789\r\n0\r\n\r\n"]).unwrap();
+        let (body, trailers) = decode_all(&[b"A\r\n0123456789\r\n0\r\n\r\n"]).unwrap().unwrap();
         assert_eq!(body, b"0123456789");
         assert!(trailers.is_empty());
     }
@@ -414,7 +436,8 @@ mod tests {
         assert!(decode_all(&[b"zz\r\nhello\r\n"]).is_err());
         assert!(decode_all(&[b"2\r\nhello\r\n"]).is_err(), "data longer than the chunk size");
         assert!(decode_all(&[&[b'1'; 9000][..]]).is_err(), "endless size line");
-        assert_eq!(decode_all(&[b"5\r\nhel"]).unwrap_err(), "incomplete");
+        assert_eq!(decode_all(&[b"5\r\nhel"]).unwrap(), None, "cut short: more is needed, no error");
+        assert_eq!(decode_all(&[b"+5\r\nhello\r\n"]).unwrap_err(), FramingError::BadChunkSize("+5".into()));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Secret travel as `{SHA256}` hashes, never in clear. Accepted hashes: bcrypt (`$2a$`,
 //! `$2b$`, `$2y$`), Apache MD5 (`$apr1$`, htpasswd's default), `{SHA}` and `{SHA256}`.
 
+use crate::middleware::MiddlewareError;
 use std::collections::HashMap;
 
 use base64::Engine;
@@ -31,7 +32,7 @@ pub struct BasicAuthRt {
     header_field: Option<HeaderName>,
 }
 
-fn parse_hash(h: &str) -> Result<Hash, String> {
+fn parse_hash(h: &str) -> Result<Hash, MiddlewareError> {
     if h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$") {
         return Ok(Hash::Bcrypt(h.to_string()));
     }
@@ -43,12 +44,12 @@ fn parse_hash(h: &str) -> Result<Hash, String> {
         return base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map(Hash::Sha1)
-            .map_err(|e| format!("invalid {{SHA}} hash: {e}"));
+            .map_err(|e| MiddlewareError::from(format!("invalid {{SHA}} hash: {e}")));
     }
     if let Some(hex) = h.strip_prefix("{SHA256}") {
         let bytes: Result<Vec<u8>, _> =
             (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16)).collect();
-        return bytes.map(Hash::Sha256).map_err(|_| "invalid {SHA256} hash".to_string());
+        return bytes.map(Hash::Sha256).map_err(|_| "invalid {SHA256} hash".into());
     }
     Err("unsupported password hash (use bcrypt, $apr1$, {SHA} or {SHA256})".into())
 }
@@ -141,7 +142,7 @@ pub fn sha256_entry(user: &str, password: &str) -> String {
 
 impl BasicAuthRt {
     /// Compiles the configuration (its users already resolved from the Secret).
-    pub fn new(c: &BasicAuth) -> Result<Self, String> {
+    pub fn new(c: &BasicAuth) -> Result<Self, MiddlewareError> {
         let mut users = HashMap::new();
         for line in c
             .resolved_users
@@ -153,7 +154,10 @@ impl BasicAuthRt {
             let (user, hash) = line.split_once(':').ok_or_else(|| {
                 format!("basicAuth: user line without ':' ({:?}…)", line.chars().take(8).collect::<String>())
             })?;
-            users.insert(user.to_string(), parse_hash(hash).map_err(|e| format!("basicAuth user {user:?}: {e}"))?);
+            users.insert(
+                user.to_string(),
+                parse_hash(hash).map_err(|e| MiddlewareError::from(format!("basicAuth user {user:?}: {e}")))?,
+            );
         }
         if users.is_empty() {
             return Err("basicAuth has no users (its Secret must hold `users` lines or a username and password)".into());
@@ -161,7 +165,10 @@ impl BasicAuthRt {
         let header_field = c
             .header_field
             .as_deref()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("basicAuth: invalid headerField {h:?}")))
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| MiddlewareError::from(format!("basicAuth: invalid headerField {h:?}")))
+            })
             .transpose()?;
         Ok(BasicAuthRt {
             users,

@@ -4,6 +4,7 @@
 //! Traefik also offers `br` and `zstd`; atrium speaks gzip only, so a configuration that
 //! lists encodings without `gzip` is refused rather than silently doing something else.
 
+use crate::middleware::MiddlewareError;
 use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,12 +32,12 @@ fn media_type(v: &str) -> String {
 
 impl CompressRt {
     /// Compiles the configuration.
-    pub fn new(c: &Compress) -> Result<Self, String> {
+    pub fn new(c: &Compress) -> Result<Self, MiddlewareError> {
         if !c.encodings.is_empty() && !c.encodings.iter().any(|e| e == "gzip") {
-            return Err(format!(
+            return Err(MiddlewareError::from(format!(
                 "compress: encodings {:?} are not supported yet (atrium compresses with gzip)",
                 c.encodings
-            ));
+            )));
         }
         if c.default_encoding.as_deref().is_some_and(|d| d != "gzip") {
             return Err("compress: only gzip is supported yet as defaultEncoding".into());

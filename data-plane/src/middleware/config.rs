@@ -7,6 +7,7 @@
 //! [`NotSupported`], so a manifest that sets them is rejected by name instead of being
 //! ignored silently.
 
+use crate::middleware::MiddlewareError;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -68,13 +69,41 @@ impl fmt::Display for IntOrString {
 impl IntOrString {
     /// A duration as Traefik reads it: a bare number is seconds, a string is a Go duration
     /// (`1m30s`, `250ms`).
-    pub fn as_duration(&self) -> Result<std::time::Duration, String> {
+    pub fn as_duration(&self) -> Result<std::time::Duration, DurationError> {
         match self {
-            IntOrString::Int(i) if *i < 0 => Err(format!("negative duration {i}")),
+            IntOrString::Int(i) if *i < 0 => Err(DurationError::Negative(i.to_string())),
             IntOrString::Int(i) => seconds(*i as f64, &i.to_string()),
             IntOrString::Str(s) => parse_go_duration(s),
         }
     }
+}
+
+/// Why a duration cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing at all.
+    #[error("empty duration")]
+    Empty,
+    /// Not a number with units.
+    #[error("invalid duration {0:?}")]
+    Invalid(String),
+    /// A number without its unit (`1m30`).
+    #[error("missing unit in duration {0:?}")]
+    MissingUnit(String),
+    /// A unit Go does not know.
+    #[error("unknown unit {unit:?} in duration {text:?}")]
+    UnknownUnit {
+        /// The unit.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// Below zero.
+    #[error("negative duration {0:?}")]
+    Negative(String),
+    /// Longer than Go's longest duration.
+    #[error("duration {0:?} is out of range (at most about 292 years)")]
+    OutOfRange(String),
 }
 
 /// Go's longest duration (`math.MaxInt64` nanoseconds, about 292 years), in seconds.
@@ -82,25 +111,25 @@ const MAX_DURATION_SECS: f64 = 9_223_372_036.854_775;
 
 /// `secs` seconds as a duration: Go's bounds (a longer one is an error, as in Go), never
 /// a panic.
-fn seconds(secs: f64, text: &str) -> Result<std::time::Duration, String> {
+fn seconds(secs: f64, text: &str) -> Result<std::time::Duration, DurationError> {
     if !(0.0..=MAX_DURATION_SECS).contains(&secs) {
-        return Err(format!("duration {text:?} is out of range (at most about 292 years)"));
+        return Err(DurationError::OutOfRange(text.to_string()));
     }
-    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {text:?}: {e}"))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| DurationError::OutOfRange(text.to_string()))
 }
 
 /// Parses a Go duration string (`300ms`, `1.5h`, `2h45m`). A bare number is seconds, as
 /// Traefik's own duration type reads it.
-pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     if let Ok(secs) = t.parse::<f64>()
         && secs.is_finite()
     {
         if secs < 0.0 {
-            return Err(format!("negative duration {s:?}"));
+            return Err(DurationError::Negative(s.to_string()));
         }
         return seconds(secs, s);
     }
@@ -109,9 +138,9 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
     while !rest.is_empty() {
         let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_end == 0 {
-            return Err(format!("invalid duration {s:?}"));
+            return Err(DurationError::Invalid(s.to_string()));
         }
-        let n: f64 = rest[..num_end].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| DurationError::Invalid(s.to_string()))?;
         rest = &rest[num_end..];
         let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_end] {
@@ -121,12 +150,12 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("missing unit in duration {s:?}")),
-            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+            "" => return Err(DurationError::MissingUnit(s.to_string())),
+            u => return Err(DurationError::UnknownUnit { unit: u.to_string(), text: s.to_string() }),
         };
         total += n * scale;
         if !total.is_finite() || total > MAX_DURATION_SECS {
-            return Err(format!("duration {s:?} is out of range (at most about 292 years)"));
+            return Err(DurationError::OutOfRange(s.to_string()));
         }
         rest = &rest[unit_end..];
     }
@@ -232,11 +261,13 @@ impl MiddlewareSpec {
     }
 
     /// Rebuilds a spec from a snapshot's `(kind, config_json)`.
-    pub fn from_kind_json(kind: &str, json: &str) -> Result<MiddlewareSpec, String> {
-        let cfg: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("middleware config: {e}"))?;
+    pub fn from_kind_json(kind: &str, json: &str) -> Result<MiddlewareSpec, MiddlewareError> {
+        let cfg: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| MiddlewareError::from(format!("middleware config: {e}")))?;
         let mut obj = serde_json::Map::new();
         obj.insert(kind.to_string(), cfg);
-        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| format!("middleware {kind}: {e}"))
+        serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| MiddlewareError::from(format!("middleware {kind}: {e}")))
     }
 }
 
@@ -541,7 +572,13 @@ mod tests {
         // Past Go's bound (about 292 years) is an error, never a panic.
         for huge in ["1e30s", "1e30", "99999999999h", "1e400s", "300000000000s", "18446744073709551616ms"] {
             let e = parse_go_duration(huge).unwrap_err();
-            assert!(e.contains("out of range") || e.contains("invalid") || e.contains("unknown unit"), "{huge}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    DurationError::OutOfRange(_) | DurationError::Invalid(_) | DurationError::UnknownUnit { .. }
+                ),
+                "{huge}: {e}"
+            );
         }
         assert!(parse_go_duration("-1s").is_err() && parse_go_duration("-5").is_err());
         assert!(parse_go_duration("2562047h").is_ok(), "just under Go's bound");

@@ -1,6 +1,7 @@
 //! The `headers` middleware: custom request/response headers, CORS and the common
 //! security headers, with Traefik's semantics (see `traefik-semantics.md`, "headers").
 
+use crate::middleware::MiddlewareError;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
@@ -45,7 +46,7 @@ fn set_or_remove(h: &mut HeaderMap, name: &str, value: &str) {
 
 impl HeadersRt {
     /// Compiles the configuration.
-    pub fn new(cfg: Headers) -> Result<Self, String> {
+    pub fn new(cfg: Headers) -> Result<Self, MiddlewareError> {
         let origin_regexes = super::path::compile_regexes(&cfg.access_control_allow_origin_list_regex)?;
         let allow_all_origins = cfg.access_control_allow_origin_list.iter().any(|o| o == "*");
         let has_cors = cfg.access_control_allow_credentials.is_some()

@@ -3,6 +3,7 @@
 //! The limiter is a plain state machine over `Instant`s, so tests drive it without
 //! sleeping.
 
+use crate::middleware::MiddlewareError;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -20,15 +21,15 @@ pub struct IpSource {
     excluded: Vec<IpNet>,
 }
 
-fn parse_net(s: &str) -> Result<IpNet, String> {
+fn parse_net(s: &str) -> Result<IpNet, MiddlewareError> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("invalid IP or CIDR {s:?}"))
+        .map_err(|_| MiddlewareError::from(format!("invalid IP or CIDR {s:?}")))
 }
 
 impl IpSource {
     /// From an `ipStrategy`.
-    pub fn new(s: Option<&IpStrategy>) -> Result<Self, String> {
+    pub fn new(s: Option<&IpStrategy>) -> Result<Self, MiddlewareError> {
         let Some(s) = s else { return Ok(Self::default()) };
         if s.ipv6_subnet.is_some() {
             return Err("ipStrategy.ipv6Subnet is not supported yet".into());
@@ -71,10 +72,11 @@ pub struct IpAllow {
 
 impl IpAllow {
     /// Compiles the configuration.
-    pub fn new(cfg: &super::config::IpAllowList) -> Result<Self, String> {
+    pub fn new(cfg: &super::config::IpAllowList) -> Result<Self, MiddlewareError> {
         let reject_status = match cfg.reject_status_code {
             None | Some(0) => http::StatusCode::FORBIDDEN,
-            Some(c) => http::StatusCode::from_u16(c).map_err(|_| format!("invalid rejectStatusCode {c}"))?,
+            Some(c) => http::StatusCode::from_u16(c)
+                .map_err(|_| MiddlewareError::from(format!("invalid rejectStatusCode {c}")))?,
         };
         Ok(IpAllow {
             ranges: cfg.source_range.iter().map(|r| parse_net(r)).collect::<Result<_, _>>()?,
@@ -104,7 +106,7 @@ pub enum SourceKey {
 
 impl SourceKey {
     /// From a `sourceCriterion`.
-    pub fn new(c: Option<&SourceCriterion>) -> Result<Self, String> {
+    pub fn new(c: Option<&SourceCriterion>) -> Result<Self, MiddlewareError> {
         match c {
             Some(SourceCriterion { request_header_name: Some(h), .. }) if !h.is_empty() => {
                 Ok(SourceKey::Header(h.clone()))
@@ -155,7 +157,7 @@ pub enum Admission {
 
 impl RateLimiter {
     /// Compiles a rateLimit configuration.
-    pub fn new(cfg: &super::config::RateLimit) -> Result<Self, String> {
+    pub fn new(cfg: &super::config::RateLimit) -> Result<Self, MiddlewareError> {
         let period = cfg.period.as_ref().map(|p| p.as_duration()).transpose()?.unwrap_or(Duration::from_secs(1));
         if period.is_zero() {
             return Err("rateLimit.period must be positive".into());
@@ -243,7 +245,7 @@ impl Drop for InFlightGuard {
 
 impl InFlight {
     /// Compiles an inFlightReq configuration.
-    pub fn new(cfg: &super::config::InFlightReq) -> Result<Self, String> {
+    pub fn new(cfg: &super::config::InFlightReq) -> Result<Self, MiddlewareError> {
         if cfg.amount <= 0 {
             return Err("inFlightReq.amount must be positive".into());
         }

@@ -16,6 +16,29 @@ pub mod retry;
 use regex::Regex;
 
 pub use config::MiddlewareSpec;
+
+/// Why a middleware's configuration cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MiddlewareError {
+    /// A duration field.
+    #[error(transparent)]
+    Duration(#[from] config::DurationError),
+    /// Any other invalid value, said in words (the field and the value).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for MiddlewareError {
+    fn from(s: String) -> Self {
+        MiddlewareError::Invalid(s)
+    }
+}
+
+impl From<&str> for MiddlewareError {
+    fn from(s: &str) -> Self {
+        MiddlewareError::Invalid(s.to_string())
+    }
+}
 use path::{RewriteError, UrlPath};
 
 /// What a middleware does at run time.
@@ -82,11 +105,11 @@ impl Buffering {
     /// Traefik's default for `memRequestBodyBytes` and `memResponseBodyBytes`: 1 MiB.
     pub const DEFAULT_MEM: u64 = 1 << 20;
 
-    fn new(b: &config::Buffering) -> Result<Buffering, String> {
+    fn new(b: &config::Buffering) -> Result<Buffering, MiddlewareError> {
         let bytes = |v: Option<i64>, field: &str, default: u64| match v {
             None => Ok(default),
             Some(n) if n >= 0 => Ok(n as u64),
-            Some(n) => Err(format!("buffering.{field}: {n} is negative")),
+            Some(n) => Err(MiddlewareError::from(format!("buffering.{field}: {n} is negative"))),
         };
         Ok(Buffering {
             max_request: bytes(b.max_request_body_bytes, "maxRequestBodyBytes", 0)?,
@@ -112,13 +135,13 @@ pub struct CompiledMiddleware {
 
 impl CompiledMiddleware {
     /// Compiles a snapshot middleware.
-    pub fn new(id: &str, kind: &str, config_json: &str) -> Result<Self, String> {
+    pub fn new(id: &str, kind: &str, config_json: &str) -> Result<Self, MiddlewareError> {
         let spec = MiddlewareSpec::from_kind_json(kind, config_json)?;
         Self::from_spec(id, spec)
     }
 
     /// Compiles a spec, validating what Traefik validates when it builds the middleware.
-    pub fn from_spec(id: &str, spec: MiddlewareSpec) -> Result<Self, String> {
+    pub fn from_spec(id: &str, spec: MiddlewareSpec) -> Result<Self, MiddlewareError> {
         let mut regexes = Vec::new();
         let s = &spec;
         let action = if let Some(sp) = &s.strip_prefix {

@@ -6,6 +6,7 @@
 //! backend receives, like Go's `URL.RawPath`) in step. `route-check` and the proxy run the
 //! same code.
 
+use crate::middleware::MiddlewareError;
 use regex::Regex;
 
 use crate::request::percent_decode;
@@ -183,8 +184,11 @@ fn strict_unescape(s: &str) -> Result<String, RewriteError> {
 }
 
 /// Compiles Go regexps for stripPrefixRegex / replacePathRegex.
-pub fn compile_regexes(patterns: &[String]) -> Result<Vec<Regex>, String> {
-    patterns.iter().map(|p| re2::compile(p).map_err(|e| format!("invalid regexp {p:?}: {e}"))).collect()
+pub fn compile_regexes(patterns: &[String]) -> Result<Vec<Regex>, MiddlewareError> {
+    patterns
+        .iter()
+        .map(|p| re2::compile(p).map_err(|e| MiddlewareError::from(format!("invalid regexp {p:?}: {e}"))))
+        .collect()
 }
 
 #[cfg(test)]

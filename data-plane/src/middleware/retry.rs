@@ -6,6 +6,7 @@
 //! `maxRequestBodyBytes` (a body is kept in memory to be sent again; over this size the
 //! request gets 413; `-1`, the default, means no limit).
 
+use crate::middleware::MiddlewareError;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -28,23 +29,23 @@ pub struct RetryPolicy {
 }
 
 /// Parses `status` items such as `"500"`, `"500-599"` or `"502,504"` into inclusive ranges.
-fn status_ranges(items: &[String]) -> Result<Vec<(u16, u16)>, String> {
+fn status_ranges(items: &[String]) -> Result<Vec<(u16, u16)>, MiddlewareError> {
     let mut out = Vec::new();
     for item in items {
         for part in item.split(',').filter(|p| !p.is_empty()) {
-            let code = |s: &str| -> Result<u16, String> {
+            let code = |s: &str| -> Result<u16, MiddlewareError> {
                 s.trim()
                     .parse::<u16>()
                     .ok()
                     .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| format!("retry.status: {s:?} is not an HTTP status code"))
+                    .ok_or_else(|| MiddlewareError::from(format!("retry.status: {s:?} is not an HTTP status code")))
             };
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (code(a)?, code(b)?),
                 None => (code(part)?, code(part)?),
             };
             if lo > hi {
-                return Err(format!("retry.status: range {part:?} ends before it starts"));
+                return Err(MiddlewareError::from(format!("retry.status: range {part:?} ends before it starts")));
             }
             out.push((lo, hi));
         }
@@ -54,18 +55,22 @@ fn status_ranges(items: &[String]) -> Result<Vec<(u16, u16)>, String> {
 
 impl RetryPolicy {
     /// Compiles a `retry` middleware.
-    pub fn new(r: &Retry) -> Result<RetryPolicy, String> {
+    pub fn new(r: &Retry) -> Result<RetryPolicy, MiddlewareError> {
         if r.attempts <= 0 {
             return Err("retry.attempts must be positive".into());
         }
         let attempts = u32::try_from(r.attempts).map_err(|_| "retry.attempts is too large".to_string())?;
         let duration = |d: &Option<super::config::IntOrString>, field: &str| {
-            d.as_ref().map(|d| d.as_duration().map_err(|e| format!("retry.{field}: {e}"))).transpose()
+            d.as_ref()
+                .map(|d| d.as_duration().map_err(|e| MiddlewareError::from(format!("retry.{field}: {e}"))))
+                .transpose()
         };
         let max_body = match r.max_request_body_bytes {
             None | Some(-1) => None,
             Some(n) if n >= 0 => Some(n as u64),
-            Some(n) => return Err(format!("retry.maxRequestBodyBytes: {n} (use -1 for no limit)")),
+            Some(n) => {
+                return Err(MiddlewareError::from(format!("retry.maxRequestBodyBytes: {n} (use -1 for no limit)")));
+            }
         };
         Ok(RetryPolicy {
             attempts,
@@ -107,7 +112,7 @@ mod tests {
     use super::*;
     use crate::middleware::config::IntOrString;
 
-    fn retry(json: &str) -> Result<RetryPolicy, String> {
+    fn retry(json: &str) -> Result<RetryPolicy, MiddlewareError> {
         let r: Retry = serde_json::from_str(json).expect("valid retry configuration");
         RetryPolicy::new(&r)
     }
@@ -139,8 +144,15 @@ mod tests {
         for (c, want) in [(400, true), (401, false), (500, true), (503, true), (504, true), (429, true), (505, false)] {
             assert_eq!(p.retries_status(StatusCode::from_u16(c).unwrap()), want, "status {c}");
         }
-        assert!(retry(r#"{"attempts": 2, "status": ["503-500"]}"#).unwrap_err().contains("ends before it starts"));
-        assert!(retry(r#"{"attempts": 2, "status": ["600"]}"#).unwrap_err().contains("not an HTTP status code"));
+        assert!(
+            retry(r#"{"attempts": 2, "status": ["503-500"]}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("ends before it starts")
+        );
+        assert!(
+            retry(r#"{"attempts": 2, "status": ["600"]}"#).unwrap_err().to_string().contains("not an HTTP status code")
+        );
     }
 
     #[test]
@@ -154,12 +166,17 @@ mod tests {
         assert_eq!(p.max_body, Some(1024));
         assert!(!p.retries_network_errors());
         assert!(p.allows(&Method::POST));
-        assert!(retry(r#"{"attempts": 0}"#).unwrap_err().contains("positive"));
-        assert!(retry(r#"{"attempts": 2, "maxRequestBodyBytes": -2}"#).unwrap_err().contains("maxRequestBodyBytes"));
+        assert!(retry(r#"{"attempts": 0}"#).unwrap_err().to_string().contains("positive"));
+        assert!(
+            retry(r#"{"attempts": 2, "maxRequestBodyBytes": -2}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("maxRequestBodyBytes")
+        );
         let r = Retry {
             initial_interval: Some(IntOrString::Str("soon".into())),
             ..serde_json::from_str(r#"{"attempts": 2}"#).unwrap()
         };
-        assert!(RetryPolicy::new(&r).unwrap_err().contains("initialInterval"));
+        assert!(RetryPolicy::new(&r).unwrap_err().to_string().contains("initialInterval"));
     }
 }

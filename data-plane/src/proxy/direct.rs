@@ -55,7 +55,7 @@ impl Outbound for RawRequest<'_> {
         Some(self.start)
     }
 
-    fn head(parsed: &ParsedHead<'_>) -> Result<Passed, String> {
+    fn head(parsed: &ParsedHead<'_>) -> Result<Passed, crate::h1::client::HeadError> {
         Ok(Passed::from_head(parsed))
     }
 

@@ -51,23 +51,42 @@ pub struct Runtime {
     pub body: SnapshotBody,
 }
 
+/// Why a snapshot cannot become a configuration in force.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The body is not the one its hash names (corrupt, or tampered with).
+    #[error("snapshot body does not match its hash")]
+    HashMismatch,
+    /// The body is not a snapshot body.
+    #[error("snapshot body: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A router or middleware does not compile.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+    /// A service does not compile.
+    #[error("{0}")]
+    Service(String),
+    /// An older snapshot than the one in force (see [`crate::snapshot::older`]).
+    #[error("{0}")]
+    Older(String),
+}
+
 impl Runtime {
     /// Compiles a snapshot body. An error leaves whatever was in force untouched.
-    pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, String> {
-        let mut table = RouteTable::from_snapshot(&body).map_err(|e| e.to_string())?;
-        let services = service::build(&body.services, &body.children)?;
+    pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, RuntimeError> {
+        let mut table = RouteTable::from_snapshot(&body)?;
+        let services = service::build(&body.services, &body.children).map_err(RuntimeError::Service)?;
         table.resolve_services(&services);
         let hash = atrium_proto::body_hash(&prost::Message::encode_to_vec(&body));
         Ok(Runtime { version, epoch: 0, hash, table, services, body })
     }
 
     /// Compiles a snapshot received from a control plane, after checking its hash.
-    pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Runtime, String> {
+    pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Runtime, RuntimeError> {
         if atrium_proto::body_hash(&s.body) != s.hash {
-            return Err("snapshot body does not match its hash".into());
+            return Err(RuntimeError::HashMismatch);
         }
-        let body =
-            <SnapshotBody as prost::Message>::decode(s.body.clone()).map_err(|e| format!("snapshot body: {e}"))?;
+        let body = <SnapshotBody as prost::Message>::decode(s.body.clone())?;
         let v = s.version.unwrap_or_default();
         let mut rt = Runtime::build(body, v.seq)?;
         rt.epoch = v.epoch;
@@ -340,7 +359,7 @@ impl Gateway {
     }
 
     /// Records a configuration that was refused.
-    pub fn swap_failed(&self, error: &str) {
+    pub fn swap_failed(&self, error: impl std::fmt::Display) {
         self.metrics.swap_failures.inc();
         tracing::error!(%error, "configuration refused; the previous route table stays in force");
     }

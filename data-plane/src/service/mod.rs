@@ -516,11 +516,11 @@ mod tests {
                 services: vec![pb::WeightedService { service: "w".into(), weight: 1 }],
             })),
         };
-        assert!(build(&[s], &[]).unwrap_err().contains("refers back"));
+        assert!(build(&[s], &[]).unwrap_err().to_string().contains("refers back"));
         let s = pb::Service {
             id: "f".into(),
             kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })),
         };
-        assert!(build(&[s], &[]).unwrap_err().contains("unknown service"));
+        assert!(build(&[s], &[]).unwrap_err().to_string().contains("unknown service"));
     }
 }

@@ -235,6 +235,7 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
         if spec.chain.is_none()
             && let Err(e) = CompiledMiddleware::from_spec(&id, spec.clone())
         {
+            let e = e.to_string();
             let code = if e.contains("not supported yet") { "unsupported-field" } else { "schema" };
             cx.err(l, &format!("spec.{}", kinds[0]), code, e);
             continue;

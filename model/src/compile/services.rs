@@ -25,7 +25,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 fn ms(v: Option<&IntOrString>, default_ms: u64) -> Result<u64, String> {
     match v {
         None => Ok(default_ms),
-        Some(d) => d.as_duration().map(|d| d.as_millis() as u64),
+        Some(d) => d.as_duration().map(|d| d.as_millis() as u64).map_err(|e| e.to_string()),
     }
 }
 

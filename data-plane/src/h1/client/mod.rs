@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub(crate) use pool::{Conn, Pool};
 pub use upgrade::{UpgradeSlot, Upgraded};
 
-use super::{Chunked, Decoded, MAX_HEADERS, chunk_size_line, encode_headers, header_map, lists, ranges};
+use super::{Chunked, Decoded, chunk_size_line, encode_headers, header_map, lists, ranges};
 use crate::body::{Body, BoxError};
 use crate::upstream::{UpstreamError, idempotent};
 
@@ -149,7 +149,7 @@ pub(crate) trait Outbound {
         false
     }
     /// Builds the response head from the parsed one.
-    fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, String>;
+    fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, HeadError>;
     /// The response head and its body together.
     type Reply;
     /// Puts the body (and, after a `101`, the switched connection) behind the head.
@@ -203,8 +203,8 @@ impl Outbound for Pooled {
         asks_upgrade(self.0.headers())
     }
 
-    fn head(parsed: &ParsedHead<'_>) -> Result<Response<()>, String> {
-        let headers = header_map(parsed.bytes, parsed.headers).ok_or("invalid response header")?;
+    fn head(parsed: &ParsedHead<'_>) -> Result<Response<()>, HeadError> {
+        let headers = header_map(parsed.bytes, parsed.headers).ok_or(HeadError::Header)?;
         let mut out = Response::new(());
         *out.status_mut() = parsed.status;
         *out.version_mut() = parsed.version;
@@ -243,6 +243,32 @@ enum Step<H> {
     More,
 }
 
+/// Why an upstream's response head is refused (the request gets 502).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not an HTTP/1.x response head.
+    #[error("invalid response head: {0}")]
+    Syntax(String),
+    /// More headers than accepted.
+    #[error("more than {MAX_RESPONSE_HEADERS} response headers")]
+    TooManyHeaders,
+    /// A status outside 100-999.
+    #[error("invalid status {0}")]
+    Status(u16),
+    /// A transfer coding other than `chunked` last.
+    #[error("unsupported Transfer-Encoding {0:?}")]
+    TransferEncoding(String),
+    /// Its length or chunks.
+    #[error(transparent)]
+    Framing(#[from] super::FramingError),
+    /// A header the `http` types refuse although the parser took it.
+    #[error("invalid response header")]
+    Header,
+}
+
+/// Headers accepted in an upstream's response head (hyper's default is 100).
+const MAX_RESPONSE_HEADERS: usize = 128;
+
 /// Parses a response head off `buf`.
 ///
 /// The framing and reuse come from the raw headers. The hop-by-hop headers this hop
@@ -250,17 +276,17 @@ enum Step<H> {
 /// and `Content-Length` beside chunked framing, which overrides it) are left out of what
 /// `O::head` gets: the proxy would remove them anyway. A `Connection` that names other
 /// headers stays, so that the proxy removes those too.
-fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Step<O::Head>, String> {
-    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Step<O::Head>, HeadError> {
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Step::More),
-        Err(httparse::Error::TooManyHeaders) => return Err(format!("more than {MAX_HEADERS} response headers")),
-        Err(e) => return Err(format!("invalid response head: {e}")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Syntax(e.to_string())),
     };
     let code = resp.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status(code))?;
     // A 101 answers a request that asked to switch protocols: it is that request's final
     // answer. Any other 1xx (100 Continue, 103 Early Hints) is skipped.
     let switched = status == StatusCode::SWITCHING_PROTOCOLS && upgrade;
@@ -273,7 +299,7 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
     // Every Content-Length value must agree (RFC 9112, 6.3): the body's end is where both
     // sides think.
     let mut length: Option<u64> = None;
-    let mut consumed = 0u64;
+    let mut consumed = 0u128;
     for (i, h) in resp.headers.iter().enumerate() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -283,7 +309,7 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
             // coding makes the body's end something both sides could read differently.
             let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
             if !last.eq_ignore_ascii_case(b"chunked") || chunked {
-                return Err(format!("unsupported Transfer-Encoding {:?}", String::from_utf8_lossy(h.value)));
+                return Err(HeadError::TransferEncoding(String::from_utf8_lossy(h.value).into_owned()));
             }
             chunked = true;
             consumed |= 1 << i;
@@ -490,7 +516,7 @@ fn parsed_head<O: Outbound>(
                 return Err(Failed::new("response head too large", false));
             }
             Ok(Step::More) => return Ok(None),
-            Err(e) => return Err(Failed::new(e, false)),
+            Err(e) => return Err(Failed::new(e.to_string(), false)),
         }
     }
     Ok(None)
@@ -515,7 +541,7 @@ async fn send_body<IO: Io, O: Outbound>(
         }
         tokio::select! {
             written = &mut writing => {
-                return written.map(|()| None).map_err(|e| Failed::new(e, false));
+                return written.map(|()| None).map_err(|e| Failed::new(e.to_string(), false));
             }
             read = rd.read_buf(buf) => {
                 match read {
@@ -531,9 +557,28 @@ async fn send_body<IO: Io, O: Outbound>(
     }
 }
 
+/// Why a request body could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The client's body failed (it went away, say).
+    #[error("request body failed: {0}")]
+    Body(BoxError),
+    /// The body did not match its declared length.
+    #[error("request body of {sent} bytes, {declared} declared")]
+    Length {
+        /// What was sent (so far).
+        sent: u64,
+        /// What its length said.
+        declared: u64,
+    },
+}
+
 /// Writes a request body: exactly its declared length, or as chunks and a last chunk
 /// (with trailers, if it has any).
-async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut body: Body, framing: BodyFraming) -> Result<(), String> {
+async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut body: Body, framing: BodyFraming) -> Result<(), BodyError> {
     let chunked = framing == BodyFraming::Chunked;
     let declared = match framing {
         BodyFraming::Length(n) => Some(n),
@@ -543,7 +588,7 @@ async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut body: Body, framing: B
     let mut line = Vec::with_capacity(32);
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("request body failed: {e}"))?;
+        let frame = frame.map_err(BodyError::Body)?;
         let frame = match frame.into_data() {
             Ok(d) => d,
             Err(f) => {
@@ -555,22 +600,22 @@ async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut body: Body, framing: B
             continue;
         }
         sent += frame.len() as u64;
-        if declared.is_some_and(|n| sent > n) {
-            return Err("request body longer than its length".into());
+        if let Some(n) = declared.filter(|n| sent > *n) {
+            return Err(BodyError::Length { sent, declared: n });
         }
         if chunked {
             line.clear();
             chunk_size_line(&mut line, frame.len());
-            w.write_all(&line).await.map_err(|e| e.to_string())?;
+            w.write_all(&line).await?;
         }
-        w.write_all(&frame).await.map_err(|e| e.to_string())?;
+        w.write_all(&frame).await?;
         if chunked {
-            w.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
+            w.write_all(b"\r\n").await?;
         }
     }
     if let Some(n) = declared {
         if sent != n {
-            return Err(format!("request body of {sent} bytes, {n} declared"));
+            return Err(BodyError::Length { sent, declared: n });
         }
     }
     if chunked {
@@ -580,9 +625,9 @@ async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, mut body: Body, framing: B
             encode_headers(&mut line, t);
         }
         line.extend_from_slice(b"\r\n");
-        w.write_all(&line).await.map_err(|e| e.to_string())?;
+        w.write_all(&line).await?;
     }
-    w.flush().await.map_err(|e| e.to_string())
+    Ok(w.flush().await?)
 }
 
 /// Why [`send`] failed.
@@ -766,7 +811,7 @@ mod tests {
     use super::*;
 
     /// Parses a response head into a header map (`None`: more bytes needed).
-    fn parse(raw: &[u8], method: &Method) -> Result<Option<Answer<Response<()>>>, String> {
+    fn parse(raw: &[u8], method: &Method) -> Result<Option<Answer<Response<()>>>, HeadError> {
         let mut buf = BytesMut::from(raw);
         loop {
             match parse_response::<Pooled>(&mut buf, method, false)? {
@@ -808,10 +853,11 @@ mod tests {
         assert!(
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &Method::GET)
                 .unwrap_err()
+                .to_string()
                 .contains("Content-Length")
         );
         let e = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", &Method::GET).unwrap_err();
-        assert!(e.contains("conflicting"));
+        assert!(e.to_string().contains("conflicting"));
         let head = parse(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nX-A: 1\r\n\r\n",
             &Method::GET,
@@ -853,7 +899,7 @@ mod tests {
         fn encode(&self, out: &mut Vec<u8>, host: &str, framing: BodyFraming) {
             encode_request(out, &self.0, host, framing);
         }
-        fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, String> {
+        fn head(parsed: &ParsedHead<'_>) -> Result<Self::Head, HeadError> {
             Ok(super::super::Passed::from_head(parsed))
         }
         fn reply(mut head: Self::Head, body: Body, _: Option<Upgraded>) -> Self::Reply {
@@ -1202,6 +1248,20 @@ mod tests {
         up.read_exact(&mut echo).await.unwrap();
         assert_eq!(&echo, b"ping");
         assert_eq!(pool.idle_count(&1), 0);
+    }
+
+    #[test]
+    fn responses_with_many_headers_parse_up_to_the_limit() {
+        let head = |n: usize| {
+            let mut h = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..n {
+                h.push_str(&format!("set-cookie: c{i}=1\r\n"));
+            }
+            h + "content-length: 0\r\n\r\n"
+        };
+        let a = parse(head(100).as_bytes(), &Method::GET).unwrap().unwrap();
+        assert_eq!(a.head.headers().get_all("set-cookie").iter().count(), 100);
+        assert!(matches!(parse(head(200).as_bytes(), &Method::GET), Err(HeadError::TooManyHeaders)));
     }
 
     #[test]
