@@ -194,7 +194,9 @@ pub async fn run_control_plane(
         anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
     }
     let values = load_values(o.values.as_deref())?;
-    let hub = Hub::new(env!("CARGO_PKG_VERSION"));
+    let epoch = atrium_control_plane::hub::next_epoch(&o.state_dir)
+        .with_context(|| format!("recording the snapshot epoch in {}", o.state_dir.display()))?;
+    let hub = Hub::with_epoch(env!("CARGO_PKG_VERSION"), epoch);
     let body = compile_body(o.values.as_deref(), &manifests)
         .map_err(|errs| anyhow::anyhow!("the configuration does not compile:\n{}", errs.join("\n")))?;
     // The snapshot is the compiled manifests plus the live view of the children.
@@ -469,6 +471,7 @@ pub async fn run_agent(
     );
     let trust = node_trust(&o, tls_name.as_deref().unwrap_or(&cluster))?;
     let mut tasks = Vec::new();
+    let in_flight = Arc::new(atrium_agent::InFlight::default());
     for (name, addr) in quic_addrs {
         let cfg = atrium_data_plane::uplink::server_config(&trust, o.liveness)?;
         let ep = quinn::Endpoint::server(cfg, addr)
@@ -481,6 +484,8 @@ pub async fn run_agent(
             stream_idle: o.liveness.stream_idle,
             entry_point: Arc::from(name.as_str()),
             max_frame: o.liveness.max_frame,
+            in_flight: in_flight.clone(),
+            drain_timeout: o.limits.drain_timeout,
         };
         tasks.push(tokio::spawn(atrium_agent::serve_quic(ep, Arc::new(server), stop_rx.clone())));
     }
@@ -516,9 +521,10 @@ pub async fn run_agent(
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
     let _watcher = watch_paths(paths, debounce, reload, refused)?;
     shutdown_signal().await;
-    tracing::info!("shutting down: closing uplinks, draining requests in flight");
+    tracing::info!("shutting down: withdrawing uplinks, draining requests in flight");
+    // Parents hear first, so they stop sending here while what is in flight finishes.
+    uplinks.withdraw();
     let _ = stop_tx.send(true);
-    uplinks.stop();
     join_all(tasks, threads).await;
     tracing::info!("stopped");
     Ok(())

@@ -162,14 +162,19 @@ pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
         }
     }
     let parts = split_url(&req.url);
-    let host = match req
-        .headers
-        .get("Host")
-        .or_else(|| req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v))
-    {
-        Some(OneOrMany::One(h)) => h.as_str(),
-        Some(OneOrMany::Many(l)) => l.first().map(String::as_str).unwrap_or(""),
-        None => parts.authority,
+    // As a gateway reads it: the URL's authority wins over a Host header (an absolute-form
+    // target), and two Host headers are a 400.
+    let host_header = req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v);
+    let host = match (parts.authority, host_header) {
+        (a, _) if !a.is_empty() => a,
+        (_, Some(OneOrMany::One(h))) => h.as_str(),
+        (_, Some(OneOrMany::Many(l))) => {
+            if l.len() > 1 && case.expect.router != "none" {
+                errors.push("the gateway answers 400: too many Host headers".into());
+            }
+            l.first().map(String::as_str).unwrap_or("")
+        }
+        _ => "",
     };
     let method = req.method.as_deref().unwrap_or("GET");
     let remote = req.remote_addr.as_deref().unwrap_or("192.0.2.1:1234");

@@ -173,11 +173,16 @@ spec:
         tmp.path(),
         "t.yaml",
         "tests:
-  - name: host header replaces the URL authority
+  - name: with an origin-form URL the host header gives the host
+    request:
+      url: /
+      headers: {Host: override.test}
+    expect: {router: ns/h, service: x@multicluster}
+  - name: an absolute URL's authority wins over the host header, as on the gateway
     request:
       url: http://url.test/
       headers: {Host: override.test}
-    expect: {router: ns/h, service: x@multicluster}
+    expect: {router: none}
   - name: unparseable remote address does not match ClientIP
     request:
       url: http://a/
@@ -194,5 +199,5 @@ spec:
     );
     let out = run(&m, &tests, &[]);
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).ends_with("3 passed, 0 failed\n"), "{}", stdout(&out));
+    assert!(stdout(&out).ends_with("4 passed, 0 failed\n"), "{}", stdout(&out));
 }

@@ -64,8 +64,15 @@ fn data_plane(root: &Path, grpc: std::net::SocketAddr, id: &str) -> GatewayProc 
 
 /// [`data_plane`] with its `websecure` entrypoint at `websecure` (`off`, or an address).
 fn data_plane_with(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure: &str) -> GatewayProc {
+    let args = data_plane_args(root, grpc, id, websecure, &[]);
+    GatewayProc::spawn(&args, if websecure == "off" { 1 } else { 2 }, false)
+}
+
+/// The flags of data plane `id` of the control plane at `grpc` (its files under
+/// `root/<id>`, the certificates of `root/cp/pki`), `extra` last.
+fn data_plane_args(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure: &str, extra: &[&str]) -> Vec<String> {
     let websecure = format!("websecure={websecure}");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "data-plane",
         "--control-plane",
         &format!("https://{grpc}"),
@@ -91,7 +98,8 @@ fn data_plane_with(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure:
     .iter()
     .map(|s| s.to_string())
     .collect();
-    GatewayProc::spawn(&args, if websecure.ends_with("=off") { 1 } else { 2 }, false)
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 async fn dataplanes(cp: &GatewayProc) -> serde_json::Value {
@@ -318,30 +326,7 @@ async fn a_childs_certificate_cannot_stream_snapshots() {
     let cp = control_plane(root, "127.0.0.1:0");
     let pki_dir = root.join("cp/pki");
     atrium_data_plane::pki::issue(&pki_dir, "cluster-a", atrium_data_plane::trust::Role::Agent, &[]).unwrap();
-    let args: Vec<String> = [
-        "data-plane",
-        "--control-plane",
-        &format!("https://{}", cp.grpc.unwrap()),
-        "--node-id",
-        "posing-child",
-        "--cache-dir",
-        &root.join("posing/cache").display().to_string(),
-        "--state-dir",
-        &root.join("posing/state").display().to_string(),
-        "--tls-dir",
-        &pki_dir.display().to_string(),
-        "--tls-name",
-        "cluster-a",
-        "--entrypoint",
-        "web=127.0.0.1:0",
-        "--entrypoint",
-        "websecure=off",
-        "--admin",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = data_plane_args(root, cp.grpc.unwrap(), "posing-child", "off", &["--tls-name", "cluster-a"]);
     let dp = GatewayProc::spawn(&args, 1, false);
     common::eventually(Duration::from_secs(10), "the control plane logs why it refused", || async {
         cp.logged("the peer's certificate has role agent, and only data-plane may connect here").then_some(())
@@ -349,7 +334,7 @@ async fn a_childs_certificate_cannot_stream_snapshots() {
     .await;
     assert!(dp.logged("snapshot stream failed"));
     assert_eq!(get(&dp.web("/x")).await.status, 503, "no snapshot was ever received");
-    assert!(!root.join("posing/cache/snapshot.pb").exists(), "nothing was cached");
+    assert!(!root.join("posing-child/cache/snapshot.pb").exists(), "nothing was cached");
     // A real data plane of the same installation gets in.
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;

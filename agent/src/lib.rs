@@ -124,6 +124,72 @@ impl Uplinks {
             *checks = None;
         }
     }
+
+    /// The first step of a graceful shutdown: stops the health checks and tells every
+    /// parent that no uplink is healthy any more, so parents route new requests to other
+    /// children while this one finishes what it holds.
+    pub fn withdraw(&self) {
+        self.stop();
+        self.state.send_modify(|reg| {
+            for u in &mut reg.uplinks {
+                u.healthy = false;
+            }
+        });
+        tracing::info!("uplinks withdrawn: parents route new requests to other children");
+    }
+}
+
+/// The requests parents have in flight on this agent, so a shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    started: std::sync::atomic::AtomicU64,
+}
+
+/// One request in flight, until it is dropped.
+struct Serving(Arc<InFlight>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    fn start(self: &Arc<Self>) -> Serving {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.now.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Serving(self.clone())
+    }
+
+    /// Requests being served now (their responses not yet sent whole).
+    pub fn count(&self) -> usize {
+        self.now.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in flight and no request started for `quiet` (parents have
+    /// heard the uplinks are withdrawn and stopped sending), or `limit` passed. True when
+    /// it settled.
+    pub async fn settle(&self, quiet: Duration, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let tick = Duration::from_millis(25);
+        let mut seen = self.started.load(std::sync::atomic::Ordering::Acquire);
+        let mut calm_since = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            let started = self.started.load(std::sync::atomic::Ordering::Acquire);
+            if started != seen || self.count() > 0 {
+                seen = started;
+                calm_since = now;
+            } else if now.duration_since(calm_since) >= quiet {
+                return true;
+            }
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep(tick.min(deadline - now)).await;
+        }
+    }
 }
 
 /// Runs every uplink's health check through the uplink's own routing and publishes
@@ -212,14 +278,32 @@ pub struct UplinkServer {
     pub entry_point: Arc<str>,
     /// Largest control frame accepted from a parent.
     pub max_frame: usize,
+    /// Requests in flight (shared by every uplink entrypoint).
+    pub in_flight: Arc<InFlight>,
+    /// How long a shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
 }
 
-/// Serves parents on `endpoint` until `stop`.
+/// How long no new request must arrive before a shutting-down agent closes its uplinks:
+/// the time parents take to act on the withdrawal.
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+
+/// Serves parents on `endpoint` until `stop`. Then (the uplinks having been withdrawn, see
+/// [`Uplinks::withdraw`]) it goes on serving what parents still send until nothing is in
+/// flight and nothing new came for a moment, or the drain timeout passed, and closes.
 pub async fn serve_quic(endpoint: quinn::Endpoint, server: Arc<UplinkServer>, mut stop: watch::Receiver<bool>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
-            _ = stop.changed() => { endpoint.close(0u32.into(), b"shutting down"); return; }
+            _ = stop.changed() => {
+                if server.in_flight.settle(DRAIN_QUIET, server.drain_timeout).await {
+                    tracing::info!("uplink requests drained");
+                } else {
+                    tracing::warn!(in_flight = server.in_flight.count(), "drain timeout: closing uplinks with requests in flight");
+                }
+                endpoint.close(0u32.into(), b"shutting down");
+                return;
+            }
         };
         let server = server.clone();
         tokio::spawn(async move {
@@ -278,15 +362,16 @@ async fn serve_stream(
     let client = per_stream.map_or(remote, |c| c.addr);
     let conn = Arc::new(uplink_conn(&server.entry_point, &header.uplink, client, server.upstreams.clone()));
     let gw = server.gw.clone();
+    let in_flight = server.in_flight.clone();
     let stream_idle = server.stream_idle;
     let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
     // Bodiless HTTP/1.1 requests are served inline; anything else goes to hyper from the
     // first request that needs it (see `atrium_data_plane::h1::server`).
     let fast = {
-        let (gw, base, tp) = (&gw, &*conn, &traceparent);
+        let (gw, base, tp, fl) = (&gw, &*conn, &traceparent, &in_flight);
         let handler = atrium_data_plane::h1::server::requests(move |mut req: hyper::Request<body::Body>| {
             let relayed = relayed_client(&mut req, per_stream, tp.as_ref());
-            handle_relayed(gw, base, req, relayed)
+            handle_relayed(gw, base, req, relayed, fl)
         });
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
         // A pooled stream waits for the parent's next request as long as the parent keeps it.
@@ -300,8 +385,10 @@ async fn serve_stream(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let relayed = relayed_client(&mut req, per_stream, traceparent.as_ref());
-        let base = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle_relayed(&gw, &base, req.map(body::incoming), relayed).await) }
+        let (base, fl) = (conn.clone(), in_flight.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(handle_relayed(&gw, &base, req.map(body::incoming), relayed, &fl).await)
+        }
     });
     let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A pooled stream the parent leaves idle is closed, and so is one whose request head
@@ -313,16 +400,20 @@ async fn serve_stream(
 }
 
 /// Serves a request on behalf of the client the parent named, if any.
+/// The request counts as in flight until its response is sent whole.
 async fn handle_relayed(
     gw: &Arc<Gateway>,
     base: &atrium_data_plane::proxy::ConnInfo,
     req: hyper::Request<body::Body>,
     relayed: Option<uplink::RelayedClient>,
+    in_flight: &Arc<InFlight>,
 ) -> hyper::Response<body::Body> {
-    match relayed {
+    let serving = in_flight.start();
+    let resp = match relayed {
         Some(client) => gw.handle(req, &base.for_client(client)).await,
         None => gw.handle(req, base).await,
-    }
+    };
+    resp.map(|b| body::holding(b, serving))
 }
 
 /// The client of a relayed request: the stream's when its header named one, else the one

@@ -7,6 +7,7 @@
 //! handed to `on_change`, which republishes the snapshot.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,11 +61,28 @@ pub enum SessionError {
     Silent(Duration),
 }
 
+/// Puts `child`'s uplinks in the registry, unless its session was ended meanwhile (the
+/// flag is cleared under the registry's lock, so an ended session never writes again).
+fn record(
+    registry: &Mutex<Registry>,
+    alive: &AtomicBool,
+    child: &str,
+    uplinks: &[pb::UplinkState],
+) -> Result<Registry, SessionError> {
+    let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
+    if !alive.load(Ordering::Acquire) {
+        return Err(SessionError::Protocol("session ended"));
+    }
+    r.insert(child.to_string(), uplinks.to_vec());
+    Ok(r.clone())
+}
+
 async fn session(
     child: &pb::Child,
     tls: &ParentTls,
     polling: Polling,
     registry: &Mutex<Registry>,
+    alive: &AtomicBool,
     on_change: &(dyn Fn(Registry) + Send + Sync),
 ) -> Result<(), SessionError> {
     let ep = atrium_data_plane::multicluster::client_endpoint()?;
@@ -89,12 +107,7 @@ async fn session(
     let mut current = reg.uplinks;
     current.sort_by(|a, b| a.name.cmp(&b.name));
     tracing::info!(cluster = %child.name, address = %child.address, uplinks = %names(&current), "uplink connected");
-    let snapshot = {
-        let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
-        r.insert(child.name.clone(), current.clone());
-        r.clone()
-    };
-    on_change(snapshot);
+    on_change(record(registry, alive, &child.name, &current)?);
     let mut poll = tokio::time::interval(polling.interval);
     poll.tick().await;
     let mut seq = 0;
@@ -128,18 +141,14 @@ async fn session(
                 }
             }
             current = u.uplinks;
-            let snapshot = {
-                let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
-                r.insert(child.name.clone(), current.clone());
-                r.clone()
-            };
-            on_change(snapshot);
+            on_change(record(registry, alive, &child.name, &current)?);
         }
     }
 }
 
-/// A child's configuration, its polling, and the task that keeps its session up.
-type Session = (pb::Child, Polling, tokio::task::JoinHandle<()>);
+/// A child's configuration, its polling, the task that keeps its session up, and whether
+/// that session may still write to the registry.
+type Session = (pb::Child, Polling, tokio::task::JoinHandle<()>, Arc<AtomicBool>);
 
 /// The children the parent dials, following the configuration: [`Children::set`] starts a
 /// session for each new child, restarts those whose address or transport changed, and
@@ -182,16 +191,23 @@ impl Children {
         let Ok(mut sessions) = self.sessions.lock() else { return };
         let wanted: BTreeMap<&str, &pb::Child> = children.iter().map(|c| (c.name.as_str(), c)).collect();
         let mut left = Vec::new();
-        sessions.retain(|name, (child, p, task)| {
+        let mut ended = Vec::new();
+        sessions.retain(|name, (child, p, task, alive)| {
             let keep = wanted.get(name.as_str()).is_some_and(|c| *c == child && *p == polling);
             if !keep {
                 task.abort();
+                ended.push(alive.clone());
                 left.push(name.clone());
             }
             keep
         });
         let mut removed = false;
         if let Ok(mut r) = self.registry.lock() {
+            // Under the lock: a session task still running on another thread cannot put
+            // its child back after it is removed here.
+            for alive in ended {
+                alive.store(false, Ordering::Release);
+            }
             for name in &left {
                 removed |= r.remove(name).is_some();
                 if !wanted.contains_key(name.as_str()) {
@@ -203,14 +219,16 @@ impl Children {
             if sessions.contains_key(name) {
                 continue;
             }
+            let alive = Arc::new(AtomicBool::new(true));
             let task = self.runtime.spawn(keep_session(
                 child.clone(),
                 self.tls.clone(),
                 polling,
                 self.registry.clone(),
+                alive.clone(),
                 self.on_change.clone(),
             ));
-            sessions.insert(name.to_string(), (child.clone(), polling, task));
+            sessions.insert(name.to_string(), (child.clone(), polling, task, alive));
         }
         drop(sessions);
         if removed {
@@ -221,7 +239,9 @@ impl Children {
     /// Ends every session (shutdown).
     pub fn stop(&self) {
         if let Ok(mut sessions) = self.sessions.lock() {
-            for (_, (_, _, task)) in std::mem::take(&mut *sessions) {
+            let _registry = self.registry.lock();
+            for (_, (_, _, task, alive)) in std::mem::take(&mut *sessions) {
+                alive.store(false, Ordering::Release);
                 task.abort();
             }
         }
@@ -240,11 +260,15 @@ async fn keep_session(
     tls: ParentTls,
     polling: Polling,
     registry: Arc<Mutex<Registry>>,
+    alive: Arc<AtomicBool>,
     on_change: Arc<dyn Fn(Registry) + Send + Sync>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = session(&child, &tls, polling, &registry, on_change.as_ref()).await;
+        let result = session(&child, &tls, polling, &registry, &alive, on_change.as_ref()).await;
+        if !alive.load(Ordering::Acquire) {
+            return;
+        }
         let removed = registry.lock().ok().and_then(|mut r| r.remove(&child.name).map(|_| r.clone()));
         let why = result.err().map_or_else(|| "control stream closed".to_string(), |e| e.to_string());
         if let Some(snapshot) = removed {
@@ -256,5 +280,28 @@ async fn keep_session(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ended_by_a_configuration_change_never_writes_to_the_registry_again() {
+        let registry = Mutex::new(Registry::new());
+        let alive = AtomicBool::new(true);
+        let up = vec![pb::UplinkState { name: "crm".into(), weight: 1, healthy: true, entry_points: vec![] }];
+        let seen = record(&registry, &alive, "cluster-a", &up).unwrap();
+        assert_eq!(seen.get("cluster-a"), Some(&up));
+        // What `Children::set` does for a child that left, under the registry's lock.
+        {
+            let mut r = registry.lock().unwrap();
+            alive.store(false, Ordering::Release);
+            r.remove("cluster-a");
+        }
+        // The session's task, still running on another thread, tries to put it back.
+        assert!(matches!(record(&registry, &alive, "cluster-a", &up), Err(SessionError::Protocol("session ended"))));
+        assert!(registry.lock().unwrap().is_empty(), "the removed child stays removed");
     }
 }

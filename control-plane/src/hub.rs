@@ -78,11 +78,43 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A fresh epoch: the time of start and the process id, so two control planes started in
+/// the same millisecond still differ.
+fn fresh_epoch() -> u64 {
+    (now_ms() << 16) | u64::from(std::process::id() & 0xffff)
+}
+
+/// The epoch for a control plane starting with state in `dir`: a fresh one, or one past the
+/// last one started there when that is higher (the clock went back), so data planes —
+/// which refuse snapshots of an older epoch than the one they hold — never refuse a
+/// restarted control plane. The epoch is written to `<dir>/epoch` before it is used.
+pub fn next_epoch(dir: &std::path::Path) -> std::io::Result<u64> {
+    let file = dir.join("epoch");
+    let last = match std::fs::read_to_string(&file) {
+        Ok(t) => t.trim().parse::<u64>().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let epoch = match last {
+        Some(l) => fresh_epoch().max(l.saturating_add(1)),
+        None => fresh_epoch(),
+    };
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("epoch.tmp");
+    std::fs::write(&tmp, format!("{epoch}\n"))?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(epoch)
+}
+
 impl Hub {
-    /// A hub with a fresh epoch (time of start plus process id, so two control planes
-    /// started in the same millisecond still differ).
+    /// A hub with a fresh epoch (see [`Hub::with_epoch`] for one that survives a clock
+    /// going back).
     pub fn new(build_version: &str) -> Arc<Hub> {
-        let epoch = (now_ms() << 16) ^ u64::from(std::process::id());
+        Hub::with_epoch(build_version, fresh_epoch())
+    }
+
+    /// A hub publishing under `epoch` (see [`next_epoch`]).
+    pub fn with_epoch(build_version: &str, epoch: u64) -> Arc<Hub> {
         let mut registry = Registry::with_prefix("atrium");
         let connected = Gauge::default();
         let version = Gauge::default();
@@ -194,6 +226,22 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_start_in_a_state_dir_gets_a_higher_epoch_even_when_the_clock_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = next_epoch(dir.path()).unwrap();
+        let second = next_epoch(dir.path()).unwrap();
+        assert!(second > first, "{second} > {first}");
+        // The last start was far in the future (the clock has since gone back).
+        let future = fresh_epoch() + (3_600_000 << 16);
+        std::fs::write(dir.path().join("epoch"), future.to_string()).unwrap();
+        assert_eq!(next_epoch(dir.path()).unwrap(), future + 1);
+        // An unreadable record does not stop a start: a fresh epoch, written down.
+        std::fs::write(dir.path().join("epoch"), "garbage").unwrap();
+        let e = next_epoch(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("epoch")).unwrap().trim(), e.to_string());
+    }
 
     #[test]
     fn publish_skips_equal_bodies_and_numbers_versions() {

@@ -387,19 +387,22 @@ impl UplinkClient {
             }
         };
         if let Err(e) = uplink::write_frame(&mut send, header).await {
-            return Err(self.stream_error(child, &conn, e.to_string()));
+            return Err(self.stream_error(child, &conn, e.to_string(), false));
         }
         Ok((conn, send, recv))
     }
 
-    /// A stream that fails because the whole connection died (the child went away
-    /// mid-request) is a connect failure: the child is marked down and the caller may
-    /// replay the request elsewhere. Otherwise it counts toward passive health.
-    fn stream_error(&self, child: &pb::Child, conn: &quinn::Connection, e: String) -> UpstreamError {
+    /// A stream that fails because the whole connection died (the child went away) marks
+    /// the child down. Before the request went out (`sent` false) that is a connect
+    /// failure, and the caller may send the request elsewhere; after, the request is
+    /// [`UpstreamError::Lost`]: the child may have acted on it. A stream failure on a live
+    /// connection counts toward passive health.
+    fn stream_error(&self, child: &pb::Child, conn: &quinn::Connection, e: String, sent: bool) -> UpstreamError {
         match conn.close_reason() {
             Some(closed) => {
                 self.mark_down(&child.name, &closed.to_string());
-                UpstreamError::Connect { server: child.name.clone(), reason: format!("{e} ({closed})") }
+                let (server, reason) = (child.name.clone(), format!("{e} ({closed})"));
+                if sent { UpstreamError::Lost { server, reason } } else { UpstreamError::Connect { server, reason } }
             }
             None => {
                 self.stream_failed(&child.name, &e);
@@ -475,14 +478,14 @@ impl UplinkClient {
             // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
             let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
+                .map_err(|e| self.stream_error(child, &conn, e.to_string(), false))?;
             tokio::spawn(c);
             let authority =
                 req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("uplink").to_string();
             *req.uri_mut() = format!("http://{authority}{pq}")
                 .parse()
-                .map_err(|e: http::uri::InvalidUri| self.stream_error(child, &conn, e.to_string()))?;
-            let resp = s.send_request(req).await.map_err(|e| self.stream_error(child, &conn, e.to_string()))?;
+                .map_err(|e: http::uri::InvalidUri| self.stream_error(child, &conn, e.to_string(), false))?;
+            let resp = s.send_request(req).await.map_err(|e| self.stream_error(child, &conn, e.to_string(), true))?;
             self.stream_ok(&child.name);
             return Ok(resp.map(body::incoming));
         }
@@ -538,9 +541,10 @@ impl UplinkClient {
             Err(crate::h1::client::SendError::Timeout) => {
                 Err(UpstreamError::Timeout { server: child.name.clone(), timeout: response_timeout })
             }
+            // The request went out (the client replays on its own only what may go twice).
             Err(crate::h1::client::SendError::Exchange(err)) => Err(match self.worker_connection(&child.name) {
-                Some(c) => self.stream_error(child, &c, err),
-                None => UpstreamError::Connect { server: child.name.clone(), reason: err },
+                Some(c) => self.stream_error(child, &c, err, true),
+                None => UpstreamError::Lost { server: child.name.clone(), reason: err },
             }),
         }
     }

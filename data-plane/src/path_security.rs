@@ -13,6 +13,9 @@
 //! So `/public/../admin` and `/public/%2e%2e/admin` both route, and reach the backend, as
 //! `/admin`: a router for `/public` cannot be used to reach what `/admin` guards.
 //!
+//! After the middlewares, a path they rewrote must not have a `.` or `..` segment
+//! ([`has_dot_segment`]); such a request is a bad request.
+//!
 //! After routing, [`EncodedCharacters::refused`] refuses (400) a path that still carries an
 //! encoded `/ \ NUL ; % ? #` unless the router allows it (an `encodedCharacters`
 //! middleware) or its entrypoint does (`http.encodedCharacters`). Nothing is allowed by
@@ -52,6 +55,18 @@ pub struct EncodedCharacters {
     pub allow_encoded_hash: bool,
 }
 
+/// The guarded characters: Traefik's flag name and the escape it allows, in the order of
+/// their bits in [`EncodedCharacters::bits`].
+const GUARDED: [(&str, &str); 7] = [
+    ("allowEncodedSlash", "%2F"),
+    ("allowEncodedBackSlash", "%5C"),
+    ("allowEncodedNullCharacter", "%00"),
+    ("allowEncodedSemicolon", "%3B"),
+    ("allowEncodedPercent", "%25"),
+    ("allowEncodedQuestionMark", "%3F"),
+    ("allowEncodedHash", "%23"),
+];
+
 impl EncodedCharacters {
     /// Every one allowed.
     pub const ALL: EncodedCharacters = EncodedCharacters {
@@ -64,21 +79,40 @@ impl EncodedCharacters {
         allow_encoded_hash: true,
     };
 
+    /// The flags, in [`GUARDED`]'s order.
+    fn flags(&mut self) -> [&mut bool; 7] {
+        [
+            &mut self.allow_encoded_slash,
+            &mut self.allow_encoded_back_slash,
+            &mut self.allow_encoded_null_character,
+            &mut self.allow_encoded_semicolon,
+            &mut self.allow_encoded_percent,
+            &mut self.allow_encoded_question_mark,
+            &mut self.allow_encoded_hash,
+        ]
+    }
+
     /// Sets the flag of Traefik's name `flag` (`allowEncodedSlash`, …); `false` for an
     /// unknown name.
     pub fn set(&mut self, flag: &str, value: bool) -> bool {
-        let f = match flag {
-            "allowEncodedSlash" => &mut self.allow_encoded_slash,
-            "allowEncodedBackSlash" => &mut self.allow_encoded_back_slash,
-            "allowEncodedNullCharacter" => &mut self.allow_encoded_null_character,
-            "allowEncodedSemicolon" => &mut self.allow_encoded_semicolon,
-            "allowEncodedPercent" => &mut self.allow_encoded_percent,
-            "allowEncodedQuestionMark" => &mut self.allow_encoded_question_mark,
-            "allowEncodedHash" => &mut self.allow_encoded_hash,
-            _ => return false,
-        };
-        *f = value;
+        let Some(i) = GUARDED.iter().position(|(name, _)| *name == flag) else { return false };
+        *self.flags()[i] = value;
         true
+    }
+
+    /// The allowed characters as bits (bit `i` for [`GUARDED`]`[i]`): how a snapshot
+    /// carries them.
+    pub fn bits(mut self) -> u32 {
+        self.flags().iter().enumerate().fold(0, |b, (i, f)| b | (u32::from(**f) << i))
+    }
+
+    /// The set [`EncodedCharacters::bits`] wrote.
+    pub fn from_bits(bits: u32) -> EncodedCharacters {
+        let mut e = EncodedCharacters::default();
+        for (i, f) in e.flags().into_iter().enumerate() {
+            *f = bits & (1 << i) != 0;
+        }
+        e
     }
 
     /// The first encoded character of a [`sanitize`]d path (escapes upper case) that is
@@ -87,48 +121,13 @@ impl EncodedCharacters {
         if *self == Self::ALL || !sanitized.contains('%') {
             return None;
         }
+        let bits = self.bits();
         let b = sanitized.as_bytes();
         b.iter().enumerate().filter(|&(_, &c)| c == b'%').find_map(|(i, _)| {
-            let (allowed, name) = match b.get(i + 1..i + 3)? {
-                b"2F" => (self.allow_encoded_slash, "%2F"),
-                b"5C" => (self.allow_encoded_back_slash, "%5C"),
-                b"00" => (self.allow_encoded_null_character, "%00"),
-                b"3B" => (self.allow_encoded_semicolon, "%3B"),
-                b"25" => (self.allow_encoded_percent, "%25"),
-                b"3F" => (self.allow_encoded_question_mark, "%3F"),
-                b"23" => (self.allow_encoded_hash, "%23"),
-                _ => return None,
-            };
-            (!allowed).then_some(name)
+            let escape = b.get(i..i + 3)?;
+            let k = GUARDED.iter().position(|(_, e)| e.as_bytes() == escape)?;
+            (bits & (1 << k) == 0).then_some(GUARDED[k].1)
         })
-    }
-}
-
-impl From<&atrium_proto::v1::EncodedCharacters> for EncodedCharacters {
-    fn from(e: &atrium_proto::v1::EncodedCharacters) -> Self {
-        EncodedCharacters {
-            allow_encoded_slash: e.allow_encoded_slash,
-            allow_encoded_back_slash: e.allow_encoded_back_slash,
-            allow_encoded_null_character: e.allow_encoded_null_character,
-            allow_encoded_semicolon: e.allow_encoded_semicolon,
-            allow_encoded_percent: e.allow_encoded_percent,
-            allow_encoded_question_mark: e.allow_encoded_question_mark,
-            allow_encoded_hash: e.allow_encoded_hash,
-        }
-    }
-}
-
-impl From<EncodedCharacters> for atrium_proto::v1::EncodedCharacters {
-    fn from(e: EncodedCharacters) -> Self {
-        atrium_proto::v1::EncodedCharacters {
-            allow_encoded_slash: e.allow_encoded_slash,
-            allow_encoded_back_slash: e.allow_encoded_back_slash,
-            allow_encoded_null_character: e.allow_encoded_null_character,
-            allow_encoded_semicolon: e.allow_encoded_semicolon,
-            allow_encoded_percent: e.allow_encoded_percent,
-            allow_encoded_question_mark: e.allow_encoded_question_mark,
-            allow_encoded_hash: e.allow_encoded_hash,
-        }
     }
 }
 
@@ -239,6 +238,32 @@ pub fn sanitize(escaped: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(if out == escaped { Cow::Borrowed(escaped) } else { Cow::Owned(out) })
+}
+
+/// Whether `path` has a `.` or `..` segment, written plainly or escaped (`%2e`). A path a
+/// middleware rewrote (stripPrefix, replacePathRegex, …) from what the client sent must
+/// not carry one: the backend would resolve it outside the path the router matched
+/// (`stripPrefix: /api` turns `/api..` into `/..`).
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        if seg.len() > 6 || seg.is_empty() {
+            return false;
+        }
+        let b = seg.as_bytes();
+        let mut dots = 0;
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'.' {
+                i += 1;
+            } else if b[i] == b'%' && b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E')) {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots <= 2
+    })
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl RouteTable {
         let encoded = body
             .entry_points
             .iter()
-            .map(|e| (e.name.clone(), e.encoded_characters.as_ref().map(EncodedCharacters::from).unwrap_or_default()))
+            .map(|e| (e.name.clone(), EncodedCharacters::from_bits(e.allowed_encoded_characters)))
             .collect();
         Ok(Self::build(routers, services, encoded))
     }

@@ -159,14 +159,16 @@ impl<T: Clone> FileBacked<T> {
             st.checked = Instant::now();
             let stamp: Vec<_> = self.files.iter().map(|f| modified(f)).collect();
             if stamp != st.stamp {
-                st.stamp = stamp;
                 match (self.parse)(&self.files) {
                     Ok(t) => {
                         tracing::info!(file = %self.files[0].display(), what = self.what, "TLS material reloaded");
                         st.current = t;
+                        st.stamp = stamp;
                     }
+                    // Tried again at the next look: a rotation may be half-way (a new key
+                    // written, its certificate not yet).
                     Err(e) => {
-                        tracing::error!(error = %e, what = self.what, "changed TLS material unusable; keeping the previous one")
+                        tracing::warn!(error = %e, what = self.what, "changed TLS material unusable; keeping the previous one")
                     }
                 }
             }
@@ -290,6 +292,39 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The signature algorithms every check here accepts (the ring provider's).
+fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+/// The signature checks of a verifier: those of [`algorithms`], whatever the certificate
+/// checks around them.
+macro_rules! signatures_by_algorithm {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &algorithms())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &algorithms())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            algorithms().supported_schemes()
+        }
+    };
+}
+
 /// The role check after a chain check: `Ok` only for a certificate whose role is one of
 /// `allowed`.
 fn check_role(end_entity: &CertificateDer<'_>, allowed: &[Role], link: &str) -> Result<(), rustls::Error> {
@@ -374,27 +409,7 @@ impl ClientCertVerifier for RoleClientVerifier {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.current().verify_tls12_signature(m, c, d)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.current().verify_tls13_signature(m, c, d)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.current().supported_verify_schemes()
-    }
+    signatures_by_algorithm!();
 }
 
 /// A client's check of a server: it chains to the roots, names the server, and (when
@@ -434,39 +449,19 @@ impl ServerCertVerifier for RoleServerVerifier {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.current().verify_tls12_signature(m, c, d)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.current().verify_tls13_signature(m, c, d)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.current().supported_verify_schemes()
-    }
+    signatures_by_algorithm!();
 }
 
 /// Accepts any server certificate (`serversTransport.insecureSkipVerify`, development only;
 /// the caller logs a warning). Signatures are still checked, so the handshake itself is
 /// sound.
 #[derive(Debug)]
-pub struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerify;
 
 impl NoVerify {
     /// The verifier.
     pub fn new() -> Arc<NoVerify> {
-        Arc::new(NoVerify(provider()))
+        Arc::new(NoVerify)
     }
 }
 
@@ -481,25 +476,7 @@ impl ServerCertVerifier for NoVerify {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    signatures_by_algorithm!();
 }
 
 /// A node's TLS material: its identity and the installation's CA, both re-read on change.

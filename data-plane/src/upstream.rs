@@ -67,6 +67,15 @@ pub enum UpstreamError {
         /// The limit.
         timeout: Duration,
     },
+    /// The connection died after the request went out (502): the server may have acted
+    /// on it, so only an idempotent request may be sent again elsewhere.
+    #[error("{server} went away after the request was sent: {reason}")]
+    Lost {
+        /// The server.
+        server: String,
+        /// Why.
+        reason: String,
+    },
     /// The exchange failed after connecting (502).
     #[error("{server}: {reason}")]
     Protocol {
@@ -212,10 +221,15 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
-/// A client TLS configuration trusting the public web PKI, offering `alpn`.
-fn tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+/// The public web PKI.
+fn web_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
+/// A client TLS configuration trusting `roots`, offering `alpn`.
+fn tls_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
@@ -226,14 +240,19 @@ fn tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
 }
 
 impl Upstreams {
-    /// Builds the clients.
+    /// Builds the clients; TLS upstreams must present a certificate of the public web PKI.
     pub fn new(cfg: UpstreamConfig) -> Self {
+        Upstreams::trusting(cfg, web_roots())
+    }
+
+    /// Builds the clients; TLS upstreams must present a certificate `roots` vouch for.
+    pub fn trusting(cfg: UpstreamConfig, roots: rustls::RootCertStore) -> Self {
         Upstreams {
             h1: Arc::new(Pool::new(cfg.max_idle_per_host)),
             h2: Mutex::default(),
             speaks_h2: Mutex::default(),
-            tls_any: tls_config(&[b"h2", b"http/1.1"]),
-            tls_h1: tls_config(&[b"http/1.1"]),
+            tls_any: tls_config(roots.clone(), &[b"h2", b"http/1.1"]),
+            tls_h1: tls_config(roots, &[b"http/1.1"]),
             cfg,
         }
     }
@@ -345,7 +364,9 @@ impl Upstreams {
         if h2c {
             return self.send_h2(req, key, None).await;
         }
-        if !tls {
+        // A protocol upgrade (WebSocket) exists only in HTTP/1.1: it goes on a connection
+        // that offered nothing else, whatever the server prefers for other requests.
+        if !tls || h1c::asks_upgrade(req.headers()) {
             return self.send_h1(Pooled(req), key, None).await;
         }
         if self.speaks_h2.lock().is_ok_and(|s| s.contains(&key)) {
@@ -397,6 +418,17 @@ impl Upstreams {
                 s
             }
         };
+        // The Host the proxy chose (the client's, with passHostHeader) is HTTP/2's
+        // :authority; the connection still goes to the server.
+        if let Some(host) = req.headers_mut().remove(http::header::HOST) {
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(a) = Authority::try_from(host.as_bytes()) {
+                parts.authority = Some(a);
+                if let Ok(u) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = u;
+                }
+            }
+        }
         *req.version_mut() = http::Version::HTTP_2;
         let sent = async {
             sender.ready().await?;
@@ -413,5 +445,100 @@ impl Upstreams {
                 Err(UpstreamError::Protocol { server, reason })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS server on loopback offering `h2` and `http/1.1` (hyper's automatic server):
+    /// answers `proto=<version>`, and switches protocols (then echoes) on an upgrade. The
+    /// address and the root that vouches for it.
+    async fn tls_server() -> (std::net::SocketAddr, rustls::RootCertStore) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(|mut req: http::Request<hyper::body::Incoming>| async move {
+                        let host =
+                            req.uri().authority().map(|a| a.to_string()).or_else(|| {
+                                req.headers().get(http::header::HOST).map(|h| h.to_str().unwrap().to_string())
+                            });
+                        let answer = format!("proto={:?} host={}", req.version(), host.unwrap_or_default());
+                        let mut resp = http::Response::new(crate::body::full(answer));
+                        if req.headers().contains_key(http::header::UPGRADE) {
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let Ok(up) = on.await else { return };
+                                let mut io = TokioIo::new(up);
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                            resp.headers_mut().insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+                            resp.headers_mut().insert(http::header::UPGRADE, "echo".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, roots)
+    }
+
+    #[tokio::test]
+    async fn a_tls_upstream_preferring_http2_sees_the_host_as_authority_and_upgrades_over_http1() {
+        let (addr, roots) = tls_server().await;
+        let up = Upstreams::trusting(UpstreamConfig::default(), roots);
+        let get = || http::Request::get(format!("https://{addr}/")).body(crate::body::empty()).unwrap();
+        let text = |r: http::Response<Body>| async move {
+            String::from_utf8(http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes().to_vec())
+                .unwrap()
+        };
+        // The server chose HTTP/2 for ordinary requests, and that is remembered.
+        let want = format!("proto=HTTP/2.0 host={addr}");
+        assert_eq!(text(up.send(get(), false).await.unwrap()).await, want);
+        assert_eq!(text(up.send(get(), false).await.unwrap()).await, want);
+        // An upgrade still switches: it went over HTTP/1.1.
+        let ws = http::Request::get(format!("https://{addr}/ws"))
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "echo")
+            .body(crate::body::empty())
+            .unwrap();
+        let mut resp = up.send(ws, false).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = h1c::UpgradeSlot::take(&mut resp).expect("the switched connection");
+        // … while the client's Host (passHostHeader) is the :authority an HTTP/2 server sees.
+        let mut passed = get();
+        passed.headers_mut().insert(http::header::HOST, "api.test".parse().unwrap());
+        assert_eq!(text(up.send(passed, false).await.unwrap()).await, "proto=HTTP/2.0 host=api.test");
+        io.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(&back, b"ping");
     }
 }

@@ -34,6 +34,8 @@ pub struct Backend {
     pub healthy: Arc<AtomicBool>,
     /// Requests served.
     pub hits: Arc<AtomicUsize>,
+    /// `METHOD path` of each request that reached it, health checks aside.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,9 +54,13 @@ async fn serve(
     name: Arc<str>,
     healthy: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> Result<Response<Body>, Infallible> {
     hits.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    if !path.starts_with("/health") {
+        seen.lock().unwrap().push(format!("{} {path}", req.method()));
+    }
     let mut echo = Vec::new();
     for (h, v) in req.headers() {
         let name = h.as_str();
@@ -184,21 +190,23 @@ pub async fn start(name: &str, ip: &str) -> Backend {
     let addr = listener.local_addr().unwrap();
     let healthy = Arc::new(AtomicBool::new(true));
     let hits = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
     let name: Arc<str> = Arc::from(name);
-    let (h, c) = (healthy.clone(), hits.clone());
+    let (h, c, s) = (healthy.clone(), hits.clone(), seen.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (name, h, c) = (name.clone(), h.clone(), c.clone());
+            let (name, h, c, s) = (name.clone(), h.clone(), c.clone(), s.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| serve(req, name.clone(), h.clone(), c.clone()));
+                let svc =
+                    hyper::service::service_fn(move |req| serve(req, name.clone(), h.clone(), c.clone(), s.clone()));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    Backend { addr, healthy, hits, task }
+    Backend { addr, healthy, hits, seen, task }
 }
 
 /// An h2c backend that answers like a gRPC server: `n` length-prefixed messages, then

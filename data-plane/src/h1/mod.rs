@@ -12,10 +12,14 @@ pub(crate) mod client;
 pub mod server;
 
 use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::thread::LocalKey;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Headers parsed on the stack; a head with more goes the general way (hyper).
 pub(crate) const MAX_HEADERS: usize = 64;
@@ -371,6 +375,54 @@ impl Chunked {
                 Chunked::End => return Ok(Decoded::End(HeaderMap::new())),
             }
         }
+    }
+}
+
+/// An I/O object that yields `pre` before reading from `io`: a connection handed on with
+/// the bytes already read from it (to hyper by the fast path, to the proxy after a `101`).
+pub struct Prefixed<IO> {
+    pre: Bytes,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    /// `io`, with `pre` read first.
+    pub(crate) fn new(pre: Bytes, io: IO) -> Self {
+        Prefixed { pre, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let chunk = self.pre.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

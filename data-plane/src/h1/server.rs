@@ -21,9 +21,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use http::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+pub use super::Prefixed;
 use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, lists, offset, ranges, wants_close};
 use crate::body::{self, Body};
 
@@ -517,9 +518,9 @@ where
         let req = loop {
             match next_request(&mut buf) {
                 Parsed::Ready(r) => break r,
-                Parsed::Handover => return Outcome::Handover(Prefixed { pre: buf.freeze(), io }),
+                Parsed::Handover => return Outcome::Handover(Prefixed::new(buf.freeze(), io)),
                 Parsed::Partial if buf.len() > max_head => {
-                    return Outcome::Handover(Prefixed { pre: buf.freeze(), io });
+                    return Outcome::Handover(Prefixed::new(buf.freeze(), io));
                 }
                 Parsed::Partial => {}
             }
@@ -572,46 +573,6 @@ where
         }
         // The next wait is idle time until the next head starts (unless it is there already).
         armed = None;
-    }
-}
-
-/// An I/O object that yields `pre` before reading from `io`.
-pub struct Prefixed<IO> {
-    pre: Bytes,
-    io: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            let chunk = self.pre.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

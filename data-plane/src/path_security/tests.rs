@@ -99,6 +99,12 @@ fn flags_are_set_by_traefiks_names() {
     }
     assert_eq!(e, EncodedCharacters::ALL);
     assert!(!e.set("allowEverything", true));
+    // A snapshot carries them as bits, one per character.
+    assert_eq!(EncodedCharacters::ALL.bits(), 0x7f);
+    assert_eq!(EncodedCharacters::default().bits(), 0);
+    let slash_and_hash =
+        EncodedCharacters { allow_encoded_slash: true, allow_encoded_hash: true, ..Default::default() };
+    assert_eq!(EncodedCharacters::from_bits(slash_and_hash.bits()), slash_and_hash);
 }
 
 /// Paths made of the pieces that matter: separators, dots, escapes of all kinds.
@@ -120,6 +126,16 @@ fn path_strategy() -> impl Strategy<Value = String> {
     proptest::collection::vec(piece, 0..16).prop_map(|v| format!("/{}", v.concat()))
 }
 
+#[test]
+fn dot_segments_are_found_however_they_are_written() {
+    for p in ["/..", "/a/../b", "/.", "/a/./", "/%2e%2E", "/a/.%2e/b", "/%2E", "..", "/x/.."] {
+        assert!(has_dot_segment(p), "{p}");
+    }
+    for p in ["/", "/a", "/...", "/a..", "/..a", "/.well-known/x", "/%2e%2e%2e", "/a/b.c", "/%2f"] {
+        assert!(!has_dot_segment(p), "{p}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -133,6 +149,7 @@ proptest! {
     fn a_sanitized_path_has_no_dot_segment_nor_empty_segment(p in path_strategy()) {
         let out = clean(&p);
         prop_assert!(out.starts_with('/'));
+        prop_assert!(!has_dot_segment(&out), "{p} → {out}");
         // Its routing form (what Path rules see) has none either.
         let routed = crate::request::routing_path(&out).unwrap().into_owned();
         for form in [&out, &routed] {

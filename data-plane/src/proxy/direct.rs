@@ -109,10 +109,11 @@ impl Gateway {
         if !matches!(crate::path_security::sanitize(path), Ok(std::borrow::Cow::Borrowed(_))) {
             return Lane::General(None);
         }
-        // Exactly one Host, else the general lane answers 400 (see `host_problem`).
+        // Exactly one well-formed Host, else the general lane answers 400 (see
+        // `host_problem`).
         let mut hosts = head.headers().filter(|(n, _)| n.eq_ignore_ascii_case(b"host"));
         let host = match (hosts.next(), hosts.next()) {
-            (Some((_, h)), None) => std::str::from_utf8(h).unwrap_or_default(),
+            (Some((_, h)), None) if super::valid_host(h) => std::str::from_utf8(h).unwrap_or_default(),
             _ => return Lane::General(None),
         };
         let view = RequestView::with_client_ip(

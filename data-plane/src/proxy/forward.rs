@@ -52,13 +52,20 @@ fn remove_listed(h: &mut HeaderMap, names: &[HeaderName]) {
 }
 
 /// Whether the request asks for a protocol switch (WebSocket); returns the protocol.
+///
+/// An upgrade to `h2c` is not one the proxy passes on: switched, the client would speak
+/// HTTP/2 straight to the upstream, every later request on that connection out of reach
+/// of routing and middlewares ("h2c smuggling"). Such a request is sent as an ordinary
+/// one, its `Upgrade` and `HTTP2-Settings` removed as hop-by-hop headers.
 pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     let conn_upgrade = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if conn_upgrade { h.get(header::UPGRADE).cloned() } else { None }
+    let proto = h.get(header::UPGRADE).filter(|_| conn_upgrade)?;
+    let h2c = proto.as_bytes().split(|&b| b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| proto.clone())
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. `keep_upgrade`
@@ -348,6 +355,20 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_is_never_passed_on() {
+        for offered in ["h2c", "H2C", "websocket, h2c"] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+            h.insert("upgrade", HeaderValue::from_str(offered).unwrap());
+            h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"));
+            let p = upgrade_protocol(&h);
+            assert_eq!(p, None, "{offered}");
+            strip_hop_by_hop(&mut h, p);
+            assert!(h.is_empty(), "{offered}: {h:?}");
+        }
     }
 
     #[test]

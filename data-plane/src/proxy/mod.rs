@@ -430,7 +430,7 @@ impl Gateway {
                 },
             };
             let (mut parts, incoming) = req.into_parts();
-            if let Some(why) = host_problem(parts.version, &parts.headers) {
+            if let Some(why) = host_problem(parts.version, parts.uri.authority(), &parts.headers) {
                 break 'inner (body::text(StatusCode::BAD_REQUEST, why), None);
             }
             // A Uri clone shares its bytes, and so does a header value's: borrowing the host,
@@ -651,8 +651,10 @@ impl Gateway {
                 if let Ok(v) = HeaderValue::from_str(h) {
                     headers.insert(header::HOST, v);
                 }
-            } else if !host_raw.is_empty() && !headers.contains_key(header::HOST) {
-                // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
+            } else if !host_raw.is_empty() && (uri.authority().is_some() || !headers.contains_key(header::HOST)) {
+                // The host the request was routed by is the one the upstream sees: the
+                // target's authority when it has one (HTTP/2's :authority, an absolute-form
+                // target, which RFC 9112 says wins over Host), else the Host header.
                 if let Ok(v) = HeaderValue::from_str(host_raw) {
                     headers.insert(header::HOST, v);
                 }
@@ -660,6 +662,11 @@ impl Gateway {
             let path_and_query = match &url {
                 None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
                 Some(u) => {
+                    // A rewrite must not make a path that climbs out of what was routed.
+                    if crate::path_security::has_dot_segment(u.request_path()) {
+                        tracing::debug!(router = %router.id, path = %u.request_path(), "rewritten path has a dot segment: refused");
+                        break 'inner (body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"), labels);
+                    }
                     let mut pq = u.request_path().to_string();
                     if let Some(q) = query {
                         pq.push('?');
@@ -716,9 +723,9 @@ impl Gateway {
                 while attempt < p.attempts {
                     let again = match &result {
                         Ok(r) => p.retries_status(r.status()),
-                        Err(ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Protocol { .. })) => {
-                            p.retries_network_errors()
-                        }
+                        Err(ProxyError::Upstream(
+                            UpstreamError::Connect { .. } | UpstreamError::Lost { .. } | UpstreamError::Protocol { .. },
+                        )) => p.retries_network_errors(),
                         Err(e) => p.retries_status(error_response(e).status()),
                     };
                     attempt += 1;
@@ -910,9 +917,11 @@ impl Gateway {
                         )));
                     };
                     let (uplink, pinned) = crate::multicluster::resolve(children, name);
-                    // A request without a body can be sent again: when the chosen child's
-                    // connection turns out dead, the next candidate gets it.
+                    // A request without a body can be sent again: when the chosen child
+                    // cannot be reached, the next candidate gets it. When the child went
+                    // away after the request went out, only an idempotent one goes again.
                     let replayable = http_body::Body::is_end_stream(&body);
+                    let idempotent = crate::upstream::idempotent(&out.method);
                     let mut body = Some(body);
                     let mut last_err = None;
                     for _ in 0..if replayable { 3 } else { 1 } {
@@ -927,6 +936,7 @@ impl Gateway {
                         match client.send(child, uplink, out.client, req, timeout).await {
                             Ok(r) => return Ok(r),
                             Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),
+                            Err(e @ UpstreamError::Lost { .. }) if idempotent => last_err = Some(e),
                             Err(e) => return Err(ProxyError::Upstream(e)),
                         }
                     }
@@ -943,13 +953,33 @@ impl Gateway {
 /// Why a request's `Host` headers make it a bad request: more than one (any version), or
 /// none on HTTP/1.1 (RFC 9112, 3.2), as Go's server answers. Two Host values would let
 /// the router and the upstream see different hosts.
-fn host_problem(version: http::Version, headers: &http::HeaderMap) -> Option<&'static str> {
+fn host_problem(
+    version: http::Version,
+    authority: Option<&http::uri::Authority>,
+    headers: &http::HeaderMap,
+) -> Option<&'static str> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => Some("400 Bad Request: too many Host headers"),
         (None, None) if version == http::Version::HTTP_11 => Some("400 Bad Request: missing required Host header"),
+        // HTTP/2 with a Host that names another server than :authority is malformed (RFC
+        // 9113, 8.3.1): one would route, the other reach the upstream.
+        (Some(h), None)
+            if version == http::Version::HTTP_2
+                && authority.is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())) =>
+        {
+            Some("400 Bad Request: Host differs from :authority")
+        }
+        (Some(h), None) if !valid_host(h.as_bytes()) => Some("400 Bad Request: malformed Host header"),
         _ => None,
     }
+}
+
+/// Whether a Host value is made of what a host and port can hold (Go's
+/// `httpguts.ValidHostHeader`): no spaces, controls, non-ASCII bytes, `/`, `@` or quotes,
+/// which a router and an upstream could read two ways.
+pub(crate) fn valid_host(h: &[u8]) -> bool {
+    h.iter().all(|&b| b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=[]_~".contains(&b))
 }
 
 /// 413 for a request body past a limit. (The rest of that body is never read: the server

@@ -48,7 +48,11 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
     let provider = rustls::crypto::ring::default_provider();
     let signer = provider.key_provider.load_private_key(key).map_err(|e| format!("private key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+    let ck = CertifiedKey::new(chain, signer);
+    // A key of another certificate (a rotation caught half-way, a wrong Secret) would fail
+    // every handshake: refuse it here, where the previous pair can stay in force.
+    ck.keys_match().map_err(|e| format!("the private key does not belong to the certificate: {e}"))?;
+    Ok(Arc::new(ck))
 }
 
 /// A self-signed certificate for `names`.

@@ -124,8 +124,20 @@ async fn rotated_certificates_are_served_without_a_restart_and_broken_ones_are_n
     id.0.look_again();
     let second = id.current().cert[0].clone();
     assert_ne!(first, second, "the rotated certificate is in force");
+    // A rotation caught half-way (a new key, the old certificate): the previous pair stays,
+    // and the next look, once the certificate is there too, takes the new pair.
+    let old_cert = std::fs::read(&files.cert).unwrap();
+    pki::issue(&d.0, "control-plane", Role::ControlPlane, &["third.example".into()]).unwrap();
+    let third_cert = std::fs::read(&files.cert).unwrap();
+    std::fs::write(&files.cert, &old_cert).unwrap();
+    id.0.look_again();
+    assert_eq!(id.current().cert[0], second, "a key without its certificate is not served");
+    std::fs::write(&files.cert, &third_cert).unwrap();
+    id.0.look_again();
+    assert_ne!(id.current().cert[0], second, "the whole new pair is served");
+    let third = id.current().cert[0].clone();
     // A broken file: the previous certificate stays.
     std::fs::write(&files.cert, "not PEM").unwrap();
     id.0.look_again();
-    assert_eq!(id.current().cert[0], second);
+    assert_eq!(id.current().cert[0], third);
 }

@@ -179,7 +179,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
             port: e.port.into(),
             tls: e.tls,
             uplink: e.uplink,
-            encoded_characters: (e.encoded_characters != Default::default()).then(|| e.encoded_characters.into()),
+            allowed_encoded_characters: e.encoded_characters.bits(),
         })
         .collect();
 

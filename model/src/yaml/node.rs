@@ -226,17 +226,39 @@ pub struct Limits {
     pub max_depth: usize,
     /// Nodes in one text, counting each alias as the nodes it copies.
     pub max_nodes: usize,
-    /// Nodes that aliases may copy in one text, beyond [`Limits::alias_floor`]: at most as
-    /// many as the text itself holds, so aliases can at most double a document.
+    /// Nodes that aliases (and anchors, which keep a copy) may copy in one text, beyond
+    /// [`Limits::alias_floor`]: at most as many as the text itself holds, so aliases can at
+    /// most double a document. Scalar bytes are bounded the same way: copies may hold at
+    /// most as many bytes as the text, or [`Limits::alias_floor_bytes`].
     pub alias_floor: usize,
+    /// Scalar bytes that copies may always hold.
+    pub alias_floor_bytes: usize,
     /// Documents in one text.
     pub max_documents: usize,
 }
 
 impl Limits {
     /// The bounds every loader uses (Kubernetes objects stay far below them).
-    pub const DEFAULT: Limits =
-        Limits { max_depth: 128, max_nodes: 4_000_000, alias_floor: 10_000, max_documents: 100_000 };
+    pub const DEFAULT: Limits = Limits {
+        max_depth: 128,
+        max_nodes: 4_000_000,
+        alias_floor: 10_000,
+        alias_floor_bytes: 1 << 20,
+        max_documents: 100_000,
+    };
+}
+
+/// What a node holds: nodes, and scalar bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn plus(self, o: Size) -> Size {
+        Size { nodes: self.nodes.saturating_add(o.nodes), bytes: self.bytes.saturating_add(o.bytes) }
+    }
 }
 
 /// Parses every document of a YAML stream, within [`Limits::DEFAULT`]. Empty documents are
@@ -249,31 +271,46 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
 pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut docs = Vec::new();
-    // Stack of containers being built: (mark, kind, pending key for maps, anchor id, nodes
-    // inside so far).
+    // Stack of containers being built: (mark, kind, pending key for maps, anchor id, what
+    // is inside so far).
     enum Frame {
-        Seq(Mark, Vec<Node>, usize, usize),
-        Map(Mark, Vec<(Node, Node)>, Option<Node>, usize, usize),
+        Seq(Mark, Vec<Node>, usize, Size),
+        Map(Mark, Vec<(Node, Node)>, Option<Node>, usize, Size),
     }
     impl Frame {
-        fn count(&mut self) -> &mut usize {
+        fn size(&mut self) -> &mut Size {
             match self {
                 Frame::Seq(.., n) | Frame::Map(.., n) => n,
             }
         }
     }
     let mut stack: Vec<Frame> = Vec::new();
-    // Anchored nodes, with how many nodes each holds.
-    let mut anchors: std::collections::HashMap<usize, (Node, usize)> = std::collections::HashMap::new();
+    // Anchored nodes, with what each holds.
+    let mut anchors: std::collections::HashMap<usize, (Node, Size)> = std::collections::HashMap::new();
     let mut root: Option<Node> = None;
-    // Nodes parsed, and nodes copied by aliases, in this text.
-    let (mut parsed, mut copied) = (0usize, 0usize);
+    // Nodes parsed, and what aliases and anchors copied, in this text.
+    let mut parsed = 0usize;
+    let mut copied = Size::default();
+    let node_budget = |parsed: usize| limits.alias_floor.max(parsed);
+    let byte_budget = limits.alias_floor_bytes.max(text.len());
     let too_much = |mark: Mark, what: String| SyntaxError { mark, message: what };
+    // Counts a copy of `size` (made by an alias or kept for an anchor) before it is made:
+    // a billion-laughs text stops here.
+    let copy = |copied: &mut Size, parsed: usize, size: Size, mark: Mark| {
+        *copied = copied.plus(size);
+        if copied.nodes > node_budget(parsed) || parsed.saturating_add(copied.nodes) > limits.max_nodes {
+            return Err(too_much(mark, format!("aliases expand to more than {} nodes", node_budget(parsed))));
+        }
+        if copied.bytes > byte_budget {
+            return Err(too_much(mark, format!("aliases expand to more than {byte_budget} bytes")));
+        }
+        Ok(())
+    };
 
-    /// Puts a finished node (holding `size` nodes) into its parent.
-    fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, size: usize) {
+    /// Puts a finished node (holding `size`) into its parent.
+    fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, size: Size) {
         if let Some(f) = stack.last_mut() {
-            *f.count() += size;
+            *f.size() = f.size().plus(size);
         }
         match stack.last_mut() {
             None => *root = Some(node),
@@ -306,20 +343,14 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, S
                 let (n, size) = anchors
                     .get(&id)
                     .ok_or_else(|| SyntaxError { mark, message: "alias to an unknown anchor".into() })?;
-                // Checked before the copy is made: a billion-laughs text stops here.
-                copied = copied.saturating_add(*size);
-                if copied > limits.alias_floor.max(parsed) || parsed.saturating_add(copied) > limits.max_nodes {
-                    return Err(too_much(
-                        mark,
-                        format!("aliases expand to more than {} nodes", limits.alias_floor.max(parsed)),
-                    ));
-                }
+                copy(&mut copied, parsed, *size, mark)?;
                 let (n, size) = (n.clone(), *size);
                 push(&mut stack, &mut root, n, size);
             }
             Event::Scalar(value, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let plain = style == ScalarStyle::Plain && !forced_str;
+                let size = Size { nodes: 1, bytes: value.len() };
                 let kind = if plain && resolve_plain(&value) == Resolved::Null {
                     NodeKind::Null
                 } else {
@@ -327,13 +358,14 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, S
                 };
                 let node = Node { mark, kind };
                 parsed += 1;
-                if parsed.saturating_add(copied) > limits.max_nodes {
+                if parsed.saturating_add(copied.nodes) > limits.max_nodes {
                     return Err(too_much(mark, format!("more than {} nodes", limits.max_nodes)));
                 }
                 if anchor > 0 {
-                    anchors.insert(anchor, (node.clone(), 1));
+                    copy(&mut copied, parsed, size, mark)?;
+                    anchors.insert(anchor, (node.clone(), size));
                 }
-                push(&mut stack, &mut root, node, 1);
+                push(&mut stack, &mut root, node, size);
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if stack.len() >= limits.max_depth {
@@ -341,8 +373,8 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, S
                 }
                 parsed += 1;
                 stack.push(match ev {
-                    Event::SequenceStart(..) => Frame::Seq(mark, Vec::new(), anchor, 0),
-                    _ => Frame::Map(mark, Vec::new(), None, anchor, 0),
+                    Event::SequenceStart(..) => Frame::Seq(mark, Vec::new(), anchor, Size::default()),
+                    _ => Frame::Map(mark, Vec::new(), None, anchor, Size::default()),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -351,8 +383,9 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, S
                     Some(Frame::Map(m, entries, _, a, n)) => (Node { mark: m, kind: NodeKind::Map(entries) }, a, n),
                     None => return Err(SyntaxError { mark, message: "unbalanced collection end".into() }),
                 };
-                let size = inside.saturating_add(1);
+                let size = inside.plus(Size { nodes: 1, bytes: 0 });
                 if anchor > 0 {
+                    copy(&mut copied, parsed, size, node.mark)?;
                     anchors.insert(anchor, (node.clone(), size));
                 }
                 push(&mut stack, &mut root, node, size);
@@ -431,6 +464,18 @@ mod tests {
         assert!(err.message.contains("aliases expand to more than"), "{err}");
         assert!(err.mark.line > 1);
         assert!(start.elapsed() < std::time::Duration::from_secs(2), "stopped early: {:?}", start.elapsed());
+        // Few aliases of a long string copy many bytes: bounded by the text's own size.
+        let long = format!("s: &s '{}'\nall: [{}]\n", "x".repeat(64 * 1024), vec!["*s"; 64].join(", "));
+        let err = parse_documents(&long).unwrap_err();
+        assert!(err.message.contains("bytes"), "{err}");
+        // Nested anchors each keep a copy of what they hold: counted too.
+        let nested = "a: ".to_string()
+            + &(0..100).map(|i| format!("&n{i} [")).collect::<String>()
+            + &vec!["x"; 200].join(", ")
+            + &"]".repeat(100)
+            + "\n";
+        let err = parse_documents(&nested).unwrap_err();
+        assert!(err.message.contains("aliases expand"), "{err}");
         // Ordinary reuse stays fine.
         let docs = parse_documents("base: &b {k: v}\nx: *b\ny: *b\n").unwrap();
         assert_eq!(docs[0].locate("y.k").as_str(), Some("v"));

@@ -92,7 +92,7 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 }
 
 /// Whether `req` asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
-fn asks_upgrade(h: &http::HeaderMap) -> bool {
+pub(crate) fn asks_upgrade(h: &http::HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && h.get_all(header::CONNECTION).iter().any(|v| lists(v.as_bytes(), b"upgrade"))
 }
 
@@ -290,6 +290,10 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
     // A 101 answers a request that asked to switch protocols: it is that request's final
     // answer. Any other 1xx (100 Continue, 103 Early Hints) is skipped.
     let switched = status == StatusCode::SWITCHING_PROTOCOLS && upgrade;
+    if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+        // What follows would be another protocol read as this response.
+        return Err(HeadError::Status(101));
+    }
     if status.is_informational() && !switched {
         let _ = buf.split_to(len);
         return Ok(Step::Informational);
@@ -452,27 +456,32 @@ async fn exchange<IO: Io, O: Outbound>(
     if let Some(answer) = early {
         return Ok(Exchanged { answer, body_done });
     }
-    // The request is out: the response head is due within the timeout.
+    // The request is out: the response head is due within the timeout. Only a bodiless
+    // request can be sent again if the connection turns out closed (a body is gone once
+    // sent).
     let at = if framing == BodyFraming::None { start } else { Instant::now() };
+    let replayable = reused && framing == BodyFraming::None;
     let answer = match timeout {
-        None => read_head::<IO, O>(&mut conn.io, &mut conn.buf, method, upgrade, reused, None).await?,
+        None => read_head::<IO, O>(&mut conn.io, &mut conn.buf, method, upgrade, replayable, None).await?,
         Some(d) => {
             let at = tokio::time::Instant::from_std(at) + d;
             let timer = conn.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             timer.as_mut().reset(at);
-            read_head::<IO, O>(&mut conn.io, &mut conn.buf, method, upgrade, reused, Some(timer.as_mut())).await?
+            read_head::<IO, O>(&mut conn.io, &mut conn.buf, method, upgrade, replayable, Some(timer.as_mut())).await?
         }
     };
     Ok(Exchanged { answer, body_done })
 }
 
-/// Reads until a final response head is in `buf`, or the timer fires.
+/// Reads until a final response head is in `buf`, or the timer fires. `replayable`: the
+/// request may go again on a new connection if this one (a pooled one) turns out closed
+/// before any answer.
 async fn read_head<IO: Io, O: Outbound>(
     io: &mut IO,
     buf: &mut BytesMut,
     method: &Method,
     upgrade: bool,
-    reused: bool,
+    replayable: bool,
     mut timer: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Result<Answer<O::Head>, Failed> {
     let mut first = true;
@@ -492,7 +501,7 @@ async fn read_head<IO: Io, O: Outbound>(
             },
         };
         // The server closed a pooled connection without answering: it never saw this request.
-        let unanswered = first && buf.is_empty() && reused && idempotent(method);
+        let unanswered = first && buf.is_empty() && replayable && idempotent(method);
         first = false;
         match read {
             Ok(0) => return Err(Failed::new("connection closed before a response", unanswered)),
@@ -689,7 +698,7 @@ where
         // The connection now carries another protocol: it is the caller's, bytes read
         // ahead included.
         let pre = conn.buf.split().freeze();
-        let upgraded = Upgraded::new(conn.io, pre);
+        let upgraded = upgrade::upgraded(conn.io, pre);
         return Ok(O::reply(resp, crate::body::empty(), Some(upgraded)));
     }
     let home = (reusable && body_done).then(|| (pool.clone(), key));
@@ -1186,6 +1195,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_whose_body_went_out_is_never_sent_again_without_it() {
+        let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
+        // A pooled connection whose server reads the whole request and closes unanswered.
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let seen = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !all.ends_with(b"the new content") {
+                match server.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&chunk[..n]),
+                }
+            }
+            drop(server);
+            all
+        });
+        pool.checkin(1, Conn::new(client), Instant::now());
+        let dials = std::sync::atomic::AtomicUsize::new(0);
+        let connect = |_| {
+            dials.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(scripted(Script::Echo)))
+        };
+        let mut put = Request::new(crate::body::full("the new content"));
+        *put.method_mut() = Method::PUT;
+        let r =
+            send(&pool, 1, Duration::from_secs(60), Pooled(put), "up", Some(Duration::from_secs(10)), connect).await;
+        assert!(matches!(r, Err(SendError::Exchange(_))), "the failure shows: the body cannot be sent again");
+        assert_eq!(dials.load(Ordering::Relaxed), 0, "no second connection, so no bodiless PUT");
+        let got = String::from_utf8(seen.await.unwrap()).unwrap();
+        assert!(got.ends_with("the new content"), "{got}");
+    }
+
+    #[tokio::test]
     async fn an_answer_before_the_body_is_sent_is_returned_and_the_connection_closed() {
         let pool: Arc<Pool<u8, tokio::io::DuplexStream>> = Arc::new(Pool::new(4));
         let connect = |_| std::future::ready(Ok(scripted(Script::Early)));
@@ -1281,9 +1323,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(a.framing, Framing::Chunked(_)) && !a.reusable);
-        // A 101 is final only for a request that asked to switch.
+        // A 101 answers only a request that asked to switch; otherwise it is refused.
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
-        assert!(matches!(parse_response::<Pooled>(&mut buf, &Method::GET, false), Ok(Step::Informational)));
+        assert!(matches!(parse_response::<Pooled>(&mut buf, &Method::GET, false), Err(HeadError::Status(101))));
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         let Ok(Step::Final(a)) = parse_response::<Pooled>(&mut buf, &Method::GET, true) else { panic!("final") };
         assert!(a.switched && !a.reusable);

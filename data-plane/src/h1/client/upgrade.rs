@@ -1,63 +1,30 @@
 //! A connection that switched protocols (`101`): handed to the proxy, which joins it to the
 //! client's upgraded connection.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Io;
+use crate::h1::Prefixed;
 
 /// An upstream connection after `101 Switching Protocols`: the bytes the client read past
 /// the response head come first, then the connection itself.
-pub struct Upgraded {
-    io: Box<dyn Io>,
-    pre: Bytes,
-}
+pub type Upgraded = Prefixed<Box<dyn Io>>;
 
-impl std::fmt::Debug for Upgraded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upgraded").field("pre", &self.pre.len()).finish()
-    }
-}
-
-impl Upgraded {
-    pub(super) fn new<IO: Io>(io: IO, pre: Bytes) -> Upgraded {
-        Upgraded { io: Box::new(io), pre }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            let chunk = self.pre.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+/// The switched connection `io`, with the bytes read past the head.
+pub(super) fn upgraded<IO: Io>(io: IO, pre: bytes::Bytes) -> Upgraded {
+    Prefixed::new(pre, Box::new(io))
 }
 
 /// Where a response carries its switched connection (a response extension must be
 /// cloneable; the connection is taken once).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpgradeSlot(Arc<Mutex<Option<Upgraded>>>);
+
+impl std::fmt::Debug for UpgradeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpgradeSlot")
+    }
+}
 
 impl UpgradeSlot {
     pub(super) fn new(u: Upgraded) -> UpgradeSlot {
