@@ -699,6 +699,44 @@ async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds(
     assert_eq!(until_status(ws, "/crm/health", 200).await.status, 200, "cluster-a was never disturbed");
 }
 
+/// Two children serving uplink `crm` with equal weights (cluster-a on 127.0.0.2, cluster-b
+/// on 127.0.0.3, each with its own backend) behind a parent.
+struct Pair {
+    be_a: backend::Backend,
+    be_b: backend::Backend,
+    a: GatewayProc,
+    b: GatewayProc,
+    _cp: GatewayProc,
+    /// The parent's websecure entrypoint.
+    ws: std::net::SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Started, and both children answering through the parent.
+    async fn serving() -> Pair {
+        let be_a = backend::start("a", "127.0.0.2").await;
+        let be_b = backend::start("b", "127.0.0.3").await;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        test_pki(root);
+        let a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
+        let b = crm_child(root, "cluster-b", "127.0.0.3", 1, "cluster-b", be_b.addr);
+        let cp = parent(root, &a, &b, &[], &[]);
+        let ws = cp.entry_points["websecure"];
+        common::eventually(Duration::from_secs(20), "both children serve", || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+                seen.insert(r.header("x-traefik-backend")?.to_string());
+            }
+            (seen.len() == 2).then_some(())
+        })
+        .await;
+        Pair { be_a, be_b, a, b, _cp: cp, ws, _tmp: tmp }
+    }
+}
+
 /// One client's requests under load: (start after the kill, latency, status, child).
 type Sample = (Option<Duration>, Duration, u16, String);
 
@@ -726,23 +764,8 @@ async fn a_child_stopped_gracefully_under_load_costs_no_request() {
 /// cluster-a is stopped `how`. Asserts no request failed and that, 2 s after the stop,
 /// every request went to cluster-b; returns the samples.
 async fn load_while_stopping(how: Stop) -> Vec<Sample> {
-    let be_a = backend::start("a", "127.0.0.2").await;
-    let be_b = backend::start("b", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let mut a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
-    let b = crm_child(root, "cluster-b", "127.0.0.3", 1, "cluster-b", be_b.addr);
-    let cp = parent(root, &a, &b, &[], &[]);
-    let ws = cp.entry_points["websecure"];
-    common::eventually(Duration::from_secs(20), "both children serve", || async {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..6 {
-            seen.insert(tls_get(ws, "api.example.com", "/crm/health").await.2.header("x-traefik-backend")?.to_string());
-        }
-        (seen.len() == 2).then_some(())
-    })
-    .await;
+    let mut pair = Pair::serving().await;
+    let ws = pair.ws;
 
     // Eight clients on keep-alive connections, each bounded in count and time.
     let killed: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
@@ -786,8 +809,8 @@ async fn load_while_stopping(how: Stop) -> Vec<Sample> {
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     match how {
-        Stop::Kill => a.kill(),
-        Stop::Term => a.terminate(),
+        Stop::Kill => pair.a.kill(),
+        Stop::Term => pair.a.terminate(),
     }
     *killed.lock().unwrap() = Some(Instant::now());
     let mut samples: Vec<Sample> = Vec::new();
@@ -824,25 +847,10 @@ enum Stop {
 /// parent; once one child's backend has it, stops that child. Returns the client's status,
 /// the backend that got the request first, and every request the other backend saw.
 async fn stop_the_child_holding(method: &str, how: Stop) -> (u16, String, Vec<String>) {
-    let be_a = backend::start("a", "127.0.0.2").await;
-    let be_b = backend::start("b", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let mut a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
-    let mut b = crm_child(root, "cluster-b", "127.0.0.3", 1, "cluster-b", be_b.addr);
-    let cp = parent(root, &a, &b, &[], &[]);
-    let ws = cp.entry_points["websecure"];
-    common::eventually(Duration::from_secs(20), "both children serve", || async {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..6 {
-            seen.insert(tls_get(ws, "api.example.com", "/crm/health").await.2.header("x-traefik-backend")?.to_string());
-        }
-        (seen.len() == 2).then_some(())
-    })
-    .await;
-    be_a.seen.lock().unwrap().clear();
-    be_b.seen.lock().unwrap().clear();
+    let mut pair = Pair::serving().await;
+    let ws = pair.ws;
+    pair.be_a.seen.lock().unwrap().clear();
+    pair.be_b.seen.lock().unwrap().clear();
     let mut h1 = common::exchanges::h1(common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await).await;
     let req = hyper::Request::builder()
         .method(method)
@@ -857,14 +865,14 @@ async fn stop_the_child_holding(method: &str, how: Stop) -> (u16, String, Vec<St
     });
     let slow = |be: &backend::Backend| be.seen.lock().unwrap().iter().any(|s| s.contains("/slow"));
     let first = common::eventually(Duration::from_secs(10), "a backend gets the request", || async {
-        match (slow(&be_a), slow(&be_b)) {
+        match (slow(&pair.be_a), slow(&pair.be_b)) {
             (true, _) => Some("a"),
             (_, true) => Some("b"),
             _ => None,
         }
     })
     .await;
-    let (child, other) = if first == "a" { (&mut a, &be_b) } else { (&mut b, &be_a) };
+    let (child, other) = if first == "a" { (&mut pair.a, &pair.be_b) } else { (&mut pair.b, &pair.be_a) };
     match how {
         Stop::Kill => child.kill(),
         Stop::Term => child.terminate(),

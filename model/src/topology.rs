@@ -56,12 +56,6 @@ pub fn is_valid_cluster_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// A child's `address` (`https://host:port`) → (host, port). The port defaults to 9443.
-/// (The data plane's parser: lint, values and dialling agree on what an address is.)
-pub fn parse_child_address(address: &str) -> Result<(String, u16), String> {
-    atrium_data_plane::multicluster::parse_address(address).map_err(|e| e.to_string())
-}
-
 fn load_cluster(name: &str, dir: &Path, diags: &mut Vec<Diagnostic>) -> Cluster {
     let values_file = dir.join("values.yaml");
     let values = if values_file.is_file() {
@@ -126,17 +120,6 @@ pub fn load(root: &Path) -> (Topology, Vec<Diagnostic>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn child_addresses() {
-        assert_eq!(parse_child_address("https://child-a.example.com:9443"), Ok(("child-a.example.com".into(), 9443)));
-        assert_eq!(parse_child_address("https://127.0.0.2"), Ok(("127.0.0.2".into(), 9443)));
-        assert_eq!(parse_child_address("https://[::1]:9000"), Ok(("::1".into(), 9000)));
-        assert!(parse_child_address("http://a:1").is_err());
-        assert!(parse_child_address("https://a:0").is_err());
-        assert!(parse_child_address("https://a:99999").is_err());
-        assert!(parse_child_address("https://a/path").is_err());
-    }
 
     #[test]
     fn cluster_names() {

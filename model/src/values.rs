@@ -275,8 +275,8 @@ impl Reader<'_> {
         for (name, child) in &mc.children {
             let path = format!("hub.providers.multicluster.children.{name}.address");
             let at = node.locate(&format!("children.{name}.address"));
-            if let Err(e) = crate::topology::parse_child_address(&child.address) {
-                self.error(at, &path, e);
+            if let Err(e) = atrium_data_plane::multicluster::parse_address(&child.address) {
+                self.error(at, &path, e.to_string());
             }
             if !crate::topology::is_valid_cluster_name(name) {
                 let at = node.locate(&format!("children.{name}"));
@@ -365,13 +365,19 @@ impl Reader<'_> {
                 continue;
             };
             if let Some(parsed) = parse_encoded_characters_argument(arg) {
-                match parsed.and_then(|(ep, flag, allow)| match v.ports.get_mut(&ep) {
-                    Some(e) => Ok(e.encoded_characters.set(&flag, allow)),
-                    None => Err(format!("{arg:?}: no port named {ep:?} (declare it under `ports`)")),
-                }) {
-                    Ok(true) => {}
-                    Ok(false) => self.error(item, &path, format!("{arg:?}: unknown encodedCharacters option")),
-                    Err(msg) => self.error(item, &path, msg),
+                let applied = parsed.and_then(|(ep, flag, allow)| {
+                    let e = v
+                        .ports
+                        .get_mut(&ep)
+                        .ok_or_else(|| ArgumentError::NoSuchPort { arg: arg.to_string(), name: ep.clone() })?;
+                    if e.encoded_characters.set(&flag, allow) {
+                        Ok(())
+                    } else {
+                        Err(ArgumentError::UnknownOption(arg.to_string()))
+                    }
+                });
+                if let Err(e) = applied {
+                    self.error(item, &path, e.to_string());
                 }
                 continue;
             }
@@ -380,7 +386,7 @@ impl Reader<'_> {
                     let e = v.ports.entry(ep).or_insert(EntryPointConfig::new(9443, true, tls));
                     e.tls = tls;
                 }
-                Some(Err(msg)) => self.error(item, &path, msg),
+                Some(Err(e)) => self.error(item, &path, e.to_string()),
                 None => self.diags.push(Diagnostic {
                     field: Some(path),
                     ..Diagnostic::at(
@@ -396,42 +402,67 @@ impl Reader<'_> {
     }
 }
 
+/// Why an `additionalArguments` flag that atrium reads cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgumentError {
+    /// The entrypoint name in the flag is empty or has a dot.
+    #[error("invalid entrypoint name in {0:?}")]
+    EntryPointName(String),
+    /// The value after `=` is not a boolean.
+    #[error("{0:?}: expected true or false after '='")]
+    NotABool(String),
+    /// The flag names an entrypoint that `ports` does not declare.
+    #[error("{arg:?}: no port named {name:?} (declare it under `ports`)")]
+    NoSuchPort {
+        /// The flag.
+        arg: String,
+        /// The entrypoint.
+        name: String,
+    },
+    /// An `encodedCharacters` option Traefik does not have.
+    #[error("{0:?}: unknown encodedCharacters option")]
+    UnknownOption(String),
+}
+
+/// `<key>=<bool>` in `arg` (a bare key is `true`) → the key and the value.
+fn bool_flag<'a>(arg: &str, rest: &'a str) -> Result<(&'a str, bool), ArgumentError> {
+    let (key, value) = rest.split_once('=').unwrap_or((rest, "true"));
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok((key, true)),
+        "false" => Ok((key, false)),
+        _ => Err(ArgumentError::NotABool(arg.to_string())),
+    }
+}
+
+/// An entrypoint name taken from a flag: not empty, no dot.
+fn flag_entry_point(arg: &str, name: &str) -> Result<String, ArgumentError> {
+    if name.is_empty() || name.contains('.') {
+        return Err(ArgumentError::EntryPointName(arg.to_string()));
+    }
+    Ok(name.to_string())
+}
+
 /// `--entryPoints.<name>.http.encodedCharacters.<flag>=<bool>` (Traefik's flags are
 /// case-insensitive in their first part) → (name, flag, value). `None` when the argument
 /// is something else.
-fn parse_encoded_characters_argument(arg: &str) -> Option<Result<(String, String, bool), String>> {
+fn parse_encoded_characters_argument(arg: &str) -> Option<Result<(String, String, bool), ArgumentError>> {
     let rest = arg.strip_prefix("--")?;
     let (head, rest) = rest.split_once('.')?;
     if !head.eq_ignore_ascii_case("entryPoints") {
         return None;
     }
-    let (key, value) = rest.split_once('=').unwrap_or((rest, "true"));
+    let key = rest.split_once('=').map_or(rest, |(k, _)| k);
     let (name, flag) = key.split_once(".http.encodedCharacters.")?;
-    if name.is_empty() || name.contains('.') {
-        return Some(Err(format!("invalid entrypoint name in {arg:?}")));
-    }
-    let allow = match value.to_ascii_lowercase().as_str() {
-        "true" => true,
-        "false" => false,
-        _ => return Some(Err(format!("{arg:?}: expected true or false after '='"))),
-    };
-    Some(Ok((name.to_string(), flag.to_string(), allow)))
+    Some(bool_flag(arg, rest).and_then(|(_, allow)| Ok((flag_entry_point(arg, name)?, flag.to_string(), allow))))
 }
 
 /// `--hub.uplinkEntryPoints.<name>.http.tls=<bool>` → (name, tls). `None` when the
 /// argument is something else.
-fn parse_uplink_tls_argument(arg: &str) -> Option<Result<(String, bool), String>> {
+fn parse_uplink_tls_argument(arg: &str) -> Option<Result<(String, bool), ArgumentError>> {
     let rest = arg.strip_prefix("--hub.uplinkEntryPoints.")?;
-    let (key, value) = rest.split_once('=').unwrap_or((rest, "true"));
+    let key = rest.split_once('=').map_or(rest, |(k, _)| k);
     let name = key.strip_suffix(".http.tls")?;
-    if name.is_empty() || name.contains('.') {
-        return Some(Err(format!("invalid uplink entrypoint name in {arg:?}")));
-    }
-    match value.to_ascii_lowercase().as_str() {
-        "true" => Some(Ok((name.to_string(), true))),
-        "false" => Some(Ok((name.to_string(), false))),
-        _ => Some(Err(format!("{arg:?}: expected true or false after '='"))),
-    }
+    Some(bool_flag(arg, rest).and_then(|(_, tls)| Ok((flag_entry_point(arg, name)?, tls))))
 }
 
 #[cfg(test)]

@@ -576,7 +576,7 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
         let hc = match u.spec.health_check.as_ref().map(health_check).transpose() {
             Ok(h) => h,
             Err(e) => {
-                cx.err(l, "spec.healthCheck", "schema", e);
+                cx.err(l, &format!("spec.healthCheck.{}", e.field()), "schema", e.to_string());
                 ok = false;
                 None
             }

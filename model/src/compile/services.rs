@@ -7,7 +7,7 @@
 //! - a TraefikService (`weighted`, `mirroring`, `failover`), compiled recursively;
 //! - the built-in portal listener (`apiportal`, namespace `traefik`, port 9903).
 
-use atrium_data_plane::middleware::config::IntOrString;
+use atrium_data_plane::middleware::config::{DurationError, IntOrString};
 use atrium_proto::v1 as pb;
 use pb::service::Kind;
 
@@ -22,44 +22,84 @@ pub const PORTAL_SERVICE: (&str, &str, i64) = ("traefik", "apiportal", 9903);
 /// Label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-fn ms(v: Option<&IntOrString>, default_ms: u64) -> Result<u64, String> {
+/// Why a health check (active or passive) cannot be used; [`HealthCheckError::field`] names
+/// the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthCheckError {
+    /// A mode other than `http`.
+    #[error("mode {0:?} is not supported yet (only http)")]
+    Mode(String),
+    /// A duration that does not read.
+    #[error("{source}")]
+    Duration {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        source: DurationError,
+    },
+    /// `interval: 0`.
+    #[error("interval must be positive")]
+    ZeroInterval,
+    /// A port outside 1-65535.
+    #[error("port {0} is not a port")]
+    Port(i64),
+    /// A status outside 100-599.
+    #[error("status {0} is not an HTTP status")]
+    Status(i64),
+    /// A scheme other than http, https or h2c.
+    #[error("scheme {0:?} must be http, https or h2c")]
+    Scheme(String),
+}
+
+impl HealthCheckError {
+    /// The field at fault, under `healthCheck` or `passiveHealthCheck`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            HealthCheckError::Mode(_) => "mode",
+            HealthCheckError::Duration { field, .. } => field,
+            HealthCheckError::ZeroInterval => "interval",
+            HealthCheckError::Port(_) => "port",
+            HealthCheckError::Status(_) => "status",
+            HealthCheckError::Scheme(_) => "scheme",
+        }
+    }
+}
+
+/// Milliseconds of `v` (field `field`), or `default_ms` without one.
+fn ms(v: Option<&IntOrString>, default_ms: u64, field: &'static str) -> Result<u64, HealthCheckError> {
     match v {
         None => Ok(default_ms),
-        Some(d) => d.as_duration().map(|d| d.as_millis() as u64).map_err(|e| e.to_string()),
+        Some(d) => d
+            .as_duration()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|source| HealthCheckError::Duration { field, source }),
     }
 }
 
 /// Converts a health check, applying Traefik's defaults (interval 30s, timeout 5s).
-pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, String> {
+pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, HealthCheckError> {
     if let Some(mode) = h.mode.as_deref() {
         if mode != "http" {
-            return Err(format!("healthCheck.mode {mode:?} is not supported yet (only http)"));
+            return Err(HealthCheckError::Mode(mode.to_string()));
         }
     }
-    let interval = ms(h.interval.as_ref(), 30_000).map_err(|e| format!("healthCheck.interval: {e}"))?;
-    let timeout = ms(h.timeout.as_ref(), 5_000).map_err(|e| format!("healthCheck.timeout: {e}"))?;
-    let unhealthy =
-        ms(h.unhealthy_interval.as_ref(), interval).map_err(|e| format!("healthCheck.unhealthyInterval: {e}"))?;
+    let interval = ms(h.interval.as_ref(), 30_000, "interval")?;
+    let timeout = ms(h.timeout.as_ref(), 5_000, "timeout")?;
+    let unhealthy = ms(h.unhealthy_interval.as_ref(), interval, "unhealthyInterval")?;
     if interval == 0 {
-        return Err("healthCheck.interval must be positive".into());
+        return Err(HealthCheckError::ZeroInterval);
     }
     let port = match h.port {
         None => 0,
-        Some(p) => u32::try_from(p)
-            .ok()
-            .filter(|p| *p > 0 && *p <= 65535)
-            .ok_or(format!("healthCheck.port {p} is not a port"))?,
+        Some(p) => u32::try_from(p).ok().filter(|p| *p > 0 && *p <= 65535).ok_or(HealthCheckError::Port(p))?,
     };
     let status = match h.status {
         None => 0,
-        Some(s) => u32::try_from(s)
-            .ok()
-            .filter(|s| (100..600).contains(s))
-            .ok_or(format!("healthCheck.status {s} is not an HTTP status"))?,
+        Some(s) => u32::try_from(s).ok().filter(|s| (100..600).contains(s)).ok_or(HealthCheckError::Status(s))?,
     };
     if let Some(s) = h.scheme.as_deref() {
         if !matches!(s, "http" | "https" | "h2c") {
-            return Err(format!("healthCheck.scheme {s:?} must be http, https or h2c"));
+            return Err(HealthCheckError::Scheme(s.to_string()));
         }
     }
     Ok(pb::HealthCheck {
@@ -77,11 +117,10 @@ pub fn health_check(h: &HealthCheck) -> Result<pb::HealthCheck, String> {
     })
 }
 
-fn passive(p: &PassiveHealthCheck) -> Result<pb::PassiveHealthCheck, String> {
+fn passive(p: &PassiveHealthCheck) -> Result<pb::PassiveHealthCheck, HealthCheckError> {
     Ok(pb::PassiveHealthCheck {
         max_failed_attempts: p.max_failed_attempts.unwrap_or(1).clamp(1, u32::MAX as i64) as u32,
-        failure_window_ms: ms(p.failure_window.as_ref(), 10_000)
-            .map_err(|e| format!("passiveHealthCheck.failureWindow: {e}"))?,
+        failure_window_ms: ms(p.failure_window.as_ref(), 10_000, "failureWindow")?,
     })
 }
 
@@ -340,14 +379,14 @@ impl<'a> Ctx<'a> {
         let hc = match r.health_check.map(health_check).transpose() {
             Ok(h) => h,
             Err(e) => {
-                self.err(obj, &format!("{path}.healthCheck"), "schema", e);
+                self.err(obj, &format!("{path}.healthCheck.{}", e.field()), "schema", e.to_string());
                 return None;
             }
         };
         let ph = match r.passive_health_check.map(passive).transpose() {
             Ok(p) => p,
             Err(e) => {
-                self.err(obj, &format!("{path}.passiveHealthCheck"), "schema", e);
+                self.err(obj, &format!("{path}.passiveHealthCheck.{}", e.field()), "schema", e.to_string());
                 return None;
             }
         };
