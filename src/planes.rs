@@ -519,8 +519,11 @@ pub async fn run_agent(
         move |why: &str| g.swap_failed(why)
     };
     let paths: Vec<PathBuf> = manifests.iter().chain(o.values.iter()).cloned().collect();
-    let _watcher = watch_paths(paths, debounce, reload, refused)?;
+    let watcher = watch_paths(paths, debounce, reload, refused)?;
     shutdown_signal().await;
+    // No reload from here on: a configuration change during the drain must not advertise
+    // the uplinks again.
+    drop(watcher);
     tracing::info!("shutting down: withdrawing uplinks, draining requests in flight");
     // Parents hear first, so they stop sending here while what is in flight finishes.
     uplinks.withdraw();

@@ -191,7 +191,7 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
         tokio::time::timeout(Duration::from_secs(5), uplink::read_frame(&mut crecv)).await.unwrap().unwrap();
     let Some(pb::agent_message::Msg::Update(u)) = m.msg else { panic!("{m:?}") };
     assert!(!u.uplinks[0].healthy);
-    assert!(agent.logged("uplink health changed"));
+    assert!(agent.wait_logged("uplink health changed").await);
 }
 
 #[test]

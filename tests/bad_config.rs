@@ -51,8 +51,8 @@ async fn a_broken_reload_is_refused_and_counted_and_the_last_good_table_serves()
         })
         .await;
         assert_eq!(common::client::get(&gw.web("/ok")).await.status, 200, "{what}: the last good table serves");
-        assert!(gw.logged(says), "{what}: the log says why");
-        assert!(gw.logged("bad.yaml:"), "{what}: the log names the file and line");
+        assert!(gw.wait_logged(says).await, "{what}: the log says why");
+        assert!(gw.wait_logged("bad.yaml:").await, "{what}: the log names the file and line");
         assert!(gw.wait_exit(Duration::ZERO).is_none(), "{what}: the gateway is still running");
         // Back to a good state before the next case.
         fs::remove_file(tmp.path().join("bad.yaml")).unwrap();

@@ -134,7 +134,7 @@ async fn seed_child_route_strips_prefix_and_sets_backend_header() {
     assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
     let r = get(&gw.web("/crm/customers/42?full=1")).await;
     assert_eq!(r.body, "path=/customers/42?full=1");
-    assert!(gw.logged("route table swapped in"));
+    assert!(gw.wait_logged("route table swapped in").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +258,7 @@ async fn admin_endpoints_and_reload_keep_the_last_good_table() {
         assert!(Instant::now() < deadline, "the broken change was not reported");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gw.logged("crm-api.yaml:"), "the error names the file");
+    assert!(gw.wait_logged("crm-api.yaml:").await, "the error names the file");
     let r = get(&gw.web("/crm/health")).await;
     assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a2")));
     let metrics = get(&admin("/metrics")).await.body;
@@ -370,7 +370,7 @@ async fn tls_dir_supplies_the_default_certificate() {
         (leaf == renewed.as_ref()).then_some(())
     })
     .await;
-    assert!(gw.logged("TLS material reloaded"));
+    assert!(gw.wait_logged("TLS material reloaded").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,7 +138,7 @@ async fn weighted_round_robin_failover_and_health_checks() {
         assert!(Instant::now() < deadline, "b was never taken out: {names:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gw.logged("health check failed: server out of rotation"));
+    assert!(gw.wait_logged("health check failed: server out of rotation").await);
     b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -221,7 +221,7 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
     assert_eq!(r.header("x-traefik-backend"), Some("cluster-a"));
     let r = until_status(ws, "/billing/health", 200).await;
     assert_eq!(r.header("x-traefik-backend"), Some("cluster-b"));
-    assert!(cp.logged("uplink connected"), "the parent logs each uplink connection");
+    assert!(cp.wait_logged("uplink connected").await, "the parent logs each uplink connection");
 
     // The child sees the parent's client as the client, and a client cannot pose as another
     // one by sending the header that carries its address over pooled uplink streams.
@@ -439,7 +439,7 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
     let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
     let waits = metric(&metrics, "atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}");
     assert!(waits >= 1, "the wait is counted:\n{metrics}");
-    assert!(cp.logged("uplink stream limit reached"));
+    assert!(cp.wait_logged("uplink stream limit reached").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,7 +691,7 @@ async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds(
     until_status(ws, "/billing/health", 503).await;
     assert!(start.elapsed() < within, "{what}: {:?}", start.elapsed());
     assert!(children_json(cp).await.get("cluster-b").is_none());
-    assert!(cp.logged("child removed from the configuration"));
+    assert!(cp.wait_logged("child removed from the configuration").await);
     let (what, start) = timed("cluster-b back");
     fs::write(&values, text[..b_start].to_string() + &b_block).unwrap();
     until_status(ws, "/billing/health", 200).await;

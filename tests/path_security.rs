@@ -93,6 +93,9 @@ async fn dot_segments_and_encoded_separators_cannot_get_past_a_router() {
         "/public/%3B",
         "/public/a%zz",
         "/public/a%4",
+        // Java servers read `..;` as `..`.
+        "/public/..;/admin/secret",
+        "/public/%2e%2e;x/admin/secret",
     ] {
         assert_eq!(get(web, target).await.0, 400, "{target}");
     }
@@ -112,7 +115,7 @@ async fn dot_segments_and_encoded_separators_cannot_get_past_a_router() {
     // A rewrite cannot make a dot segment out of what the client sent: stripPrefix turns
     // `/api..` into `/..`, which the backend would resolve above the routed prefix.
     let hits = be.hits.load(std::sync::atomic::Ordering::Relaxed);
-    for target in ["/api..", "/api../secret", "/api./x", "/api%2e%2e/secret"] {
+    for target in ["/api..", "/api../secret", "/api./x", "/api%2e%2e/secret", "/api..;/secret"] {
         assert_eq!(get(web, target).await.0, 400, "{target}");
     }
     assert_eq!(be.hits.load(std::sync::atomic::Ordering::Relaxed), hits, "none of them reached the backend");
@@ -182,6 +185,11 @@ async fn the_host_routed_by_is_the_host_forwarded() {
     let resp = common::client::read_response(&mut s).await.to_ascii_lowercase();
     assert!(resp.starts_with("http/1.1 200"), "{resp}");
     assert!(resp.contains("x-seen-host: public.test\r\n"), "the backend sees the host it was routed by: {resp}");
+    // The target's authority obeys the Host rules: no userinfo.
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    s.write_all(b"GET http://admin@public.test/x HTTP/1.1\r\nHost: public.test\r\n\r\n").await.unwrap();
+    let resp = common::client::read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("malformed Host header"), "{resp}");
 
     let mut h2 = common::exchanges::h2(tokio::net::TcpStream::connect(web).await.unwrap()).await;
     let send = |host: &'static str| {
@@ -194,4 +202,9 @@ async fn the_host_routed_by_is_the_host_forwarded() {
     let r = h2.send_request(send("public.test")).await.unwrap();
     assert_eq!(r.status(), 200, "the same host twice is fine");
     assert_eq!(r.headers()["x-seen-host"], "public.test");
+    for same in ["PUBLIC.test", "public.test:80"] {
+        h2.ready().await.unwrap();
+        let r = h2.send_request(send(same)).await.unwrap();
+        assert_eq!(r.status(), 200, "{same}: the same server, written another way");
+    }
 }

@@ -224,7 +224,7 @@ async fn a_corrupt_cache_is_survived() {
     fs::create_dir_all(&cache).unwrap();
     fs::write(cache.join("snapshot.pb"), b"\x0a\x03not a snapshot at all").unwrap();
     let dp = data_plane(root, cp.grpc.unwrap(), "dp-x");
-    assert!(dp.logged("ignoring the snapshot cache"), "{:?}", dp.log.lock().unwrap());
+    assert!(dp.wait_logged("ignoring the snapshot cache").await, "{:?}", dp.log.lock().unwrap());
     wait_stamp(&dp, "fresh").await;
     converged(&cp, &["dp-x"]).await;
 }
@@ -284,7 +284,7 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", role, &[]).unwrap();
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;
-    assert!(cp.logged("TLS material reloaded"));
+    assert!(cp.wait_logged("TLS material reloaded").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +332,7 @@ async fn a_childs_certificate_cannot_stream_snapshots() {
         cp.logged("the peer's certificate has role agent, and only data-plane may connect here").then_some(())
     })
     .await;
-    assert!(dp.logged("snapshot stream failed"));
+    assert!(dp.wait_logged("snapshot stream failed").await);
     assert_eq!(get(&dp.web("/x")).await.status, 503, "no snapshot was ever received");
     assert!(!root.join("posing-child/cache/snapshot.pb").exists(), "nothing was cached");
     // A real data plane of the same installation gets in.

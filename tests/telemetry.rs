@@ -34,7 +34,7 @@ async fn requests_become_spans_that_continue_the_callers_trace() {
         1,
         false,
     );
-    assert!(gw.logged("exporting traces over OTLP/gRPC"));
+    assert!(gw.wait_logged("exporting traces over OTLP/gRPC").await);
 
     // The caller's trace context: trace 4bf9…4736, its span 00f0…02b7.
     let (trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");

@@ -48,6 +48,8 @@ pub struct Uplinks {
     current: std::sync::Mutex<Vec<pb::Uplink>>,
     /// Dropping it stops the current health checks.
     checks: std::sync::Mutex<Option<watch::Sender<()>>>,
+    /// Set by [`Uplinks::withdraw`]: from then on nothing makes an uplink healthy again.
+    withdrawn: Arc<std::sync::atomic::AtomicBool>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -66,6 +68,7 @@ impl Uplinks {
             upstreams,
             current: std::sync::Mutex::default(),
             checks: std::sync::Mutex::default(),
+            withdrawn: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -75,10 +78,15 @@ impl Uplinks {
         self.state.clone()
     }
 
-    /// Puts a configuration's uplinks in force (see the type's documentation).
+    /// Puts a configuration's uplinks in force (see the type's documentation). Once the
+    /// uplinks are withdrawn (shutting down), a new configuration changes nothing.
     pub fn set(&self, mut uplinks: Vec<pb::Uplink>) {
         uplinks.sort_by(|a, b| a.name.cmp(&b.name));
         let Ok(mut current) = self.current.lock() else { return };
+        if self.withdrawn.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("configuration changed while shutting down: ignored");
+            return;
+        }
         if *current == uplinks {
             return;
         }
@@ -115,7 +123,13 @@ impl Uplinks {
             *checks = Some(tx);
         }
         let _enter = self.runtime.enter();
-        spawn_health_checks(self.gw.clone(), self.upstreams.clone(), uplinks, self.state.clone(), rx);
+        let checks = Checks {
+            gw: self.gw.clone(),
+            up: self.upstreams.clone(),
+            state: self.state.clone(),
+            withdrawn: self.withdrawn.clone(),
+        };
+        spawn_health_checks(checks, uplinks, rx);
     }
 
     /// Stops the health checks (shutdown).
@@ -129,6 +143,10 @@ impl Uplinks {
     /// parent that no uplink is healthy any more, so parents route new requests to other
     /// children while this one finishes what it holds.
     pub fn withdraw(&self) {
+        // Under `current`'s lock, so no `set` is half way through; the flag is read where
+        // health is published, so a check finishing now cannot undo this.
+        let _current = self.current.lock();
+        self.withdrawn.store(true, std::sync::atomic::Ordering::Release);
         self.stop();
         self.state.send_modify(|reg| {
             for u in &mut reg.uplinks {
@@ -192,19 +210,23 @@ impl InFlight {
     }
 }
 
-/// Runs every uplink's health check through the uplink's own routing and publishes
-/// changes in `state`, until `stop`'s sender is dropped. Uplinks without a health check
-/// are healthy.
-fn spawn_health_checks(
+/// What health checks run through and report to.
+#[derive(Clone)]
+struct Checks {
     gw: Arc<Gateway>,
     up: Arc<Upstreams>,
-    uplinks: Vec<pb::Uplink>,
     state: Arc<State>,
-    stop: watch::Receiver<()>,
-) {
+    withdrawn: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Runs every uplink's health check through the uplink's own routing and publishes
+/// changes in `state`, until `stop`'s sender is dropped or the uplinks are withdrawn.
+/// Uplinks without a health check are healthy.
+fn spawn_health_checks(checks: Checks, uplinks: Vec<pb::Uplink>, stop: watch::Receiver<()>) {
     for u in uplinks {
         let Some(hc) = u.health_check.clone() else { continue };
-        let (gw, up, state, mut stop) = (gw.clone(), up.clone(), state.clone(), stop.clone());
+        let Checks { gw, up, state, withdrawn } = checks.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             loop {
                 let mut req = http::Request::builder().method(hc.method.as_str()).uri(hc.path.as_str());
@@ -233,6 +255,10 @@ fn spawn_health_checks(
                     Err(_) => false,
                 };
                 state.send_if_modified(|reg| {
+                    // Checked under the state's lock, which `withdraw` takes too.
+                    if withdrawn.load(std::sync::atomic::Ordering::Acquire) {
+                        return false;
+                    }
                     let Some(s) = reg.uplinks.iter_mut().find(|s| s.name == u.name) else { return false };
                     if s.healthy == ok {
                         return false;
@@ -285,8 +311,13 @@ pub struct UplinkServer {
 }
 
 /// How long no new request must arrive before a shutting-down agent closes its uplinks:
-/// the time parents take to act on the withdrawal.
-const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// more than parents take to act on the withdrawal (the control plane republishes at once,
+/// data planes swap tables within milliseconds). A parent still sending keeps it open.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+
+/// How long a closing agent waits for parents to acknowledge the close, so they learn at
+/// once rather than at their idle timeout.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves parents on `endpoint` until `stop`. Then (the uplinks having been withdrawn, see
 /// [`Uplinks::withdraw`]) it goes on serving what parents still send until nothing is in
@@ -302,6 +333,7 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, server: Arc<UplinkServer>, mu
                     tracing::warn!(in_flight = server.in_flight.count(), "drain timeout: closing uplinks with requests in flight");
                 }
                 endpoint.close(0u32.into(), b"shutting down");
+                let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
                 return;
             }
         };
@@ -465,5 +497,31 @@ async fn control(mut send: quinn::SendStream, recv: quinn::RecvStream, state: Ar
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atrium_data_plane::proxy::tls::CertStore;
+    use atrium_data_plane::upstream::UpstreamConfig;
+
+    fn uplink(name: &str) -> pb::Uplink {
+        pb::Uplink { name: name.into(), weight: 1, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn withdrawn_uplinks_stay_withdrawn_whatever_the_configuration_says() {
+        let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+        let uplinks = Uplinks::new("cluster-a", gw, Arc::new(Upstreams::new(UpstreamConfig::default())));
+        let state = uplinks.state();
+        uplinks.set(vec![uplink("crm")]);
+        let healthy = |s: &State| s.borrow().uplinks.iter().map(|u| (u.name.clone(), u.healthy)).collect::<Vec<_>>();
+        assert_eq!(healthy(&state), [("crm".to_string(), true)], "no health check: healthy");
+        uplinks.withdraw();
+        assert_eq!(healthy(&state), [("crm".to_string(), false)], "parents are told at once");
+        // A reload during the drain (a rollout often edits the configuration too).
+        uplinks.set(vec![uplink("crm"), uplink("erp")]);
+        assert_eq!(healthy(&state), [("crm".to_string(), false)], "nothing is advertised again");
     }
 }

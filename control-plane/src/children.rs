@@ -4,7 +4,9 @@
 //! A child that closes its connection, whose QUIC connection goes silent past the idle
 //! timeout (900 ms: a `kill -9`'d child sends nothing), or that does not answer a `Poll`
 //! within `pollTimeout` is unreachable at once and leaves the registry; every change is
-//! handed to `on_change`, which republishes the snapshot.
+//! handed to `on_change`, which republishes the snapshot. `on_change` runs under the
+//! registry's lock, so registries reach it in the order they were made; it must not call
+//! back into [`Children`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,20 +63,24 @@ pub enum SessionError {
     Silent(Duration),
 }
 
-/// Puts `child`'s uplinks in the registry, unless its session was ended meanwhile (the
-/// flag is cleared under the registry's lock, so an ended session never writes again).
+/// Puts `child`'s uplinks in the registry and hands the new registry to `on_change`, both
+/// under the registry's lock, unless the session was ended meanwhile (its flag is cleared
+/// under the same lock). So an ended session never writes again, and registries reach
+/// `on_change` in the order they were made.
 fn record(
     registry: &Mutex<Registry>,
     alive: &AtomicBool,
     child: &str,
     uplinks: &[pb::UplinkState],
-) -> Result<Registry, SessionError> {
+    on_change: &(dyn Fn(Registry) + Send + Sync),
+) -> Result<(), SessionError> {
     let mut r = registry.lock().map_err(|_| SessionError::Protocol("registry poisoned"))?;
     if !alive.load(Ordering::Acquire) {
         return Err(SessionError::Protocol("session ended"));
     }
     r.insert(child.to_string(), uplinks.to_vec());
-    Ok(r.clone())
+    on_change(r.clone());
+    Ok(())
 }
 
 async fn session(
@@ -107,7 +113,7 @@ async fn session(
     let mut current = reg.uplinks;
     current.sort_by(|a, b| a.name.cmp(&b.name));
     tracing::info!(cluster = %child.name, address = %child.address, uplinks = %names(&current), "uplink connected");
-    on_change(record(registry, alive, &child.name, &current)?);
+    record(registry, alive, &child.name, &current, on_change)?;
     let mut poll = tokio::time::interval(polling.interval);
     poll.tick().await;
     let mut seq = 0;
@@ -141,7 +147,7 @@ async fn session(
                 }
             }
             current = u.uplinks;
-            on_change(record(registry, alive, &child.name, &current)?);
+            record(registry, alive, &child.name, &current, on_change)?;
         }
     }
 }
@@ -201,18 +207,21 @@ impl Children {
             }
             keep
         });
-        let mut removed = false;
         if let Ok(mut r) = self.registry.lock() {
             // Under the lock: a session task still running on another thread cannot put
             // its child back after it is removed here.
             for alive in ended {
                 alive.store(false, Ordering::Release);
             }
+            let mut removed = false;
             for name in &left {
                 removed |= r.remove(name).is_some();
                 if !wanted.contains_key(name.as_str()) {
                     tracing::info!(cluster = %name, "child removed from the configuration; no longer dialled");
                 }
+            }
+            if removed {
+                (self.on_change)(r.clone());
             }
         }
         for (name, child) in wanted {
@@ -229,10 +238,6 @@ impl Children {
                 self.on_change.clone(),
             ));
             sessions.insert(name.to_string(), (child.clone(), polling, task, alive));
-        }
-        drop(sessions);
-        if removed {
-            (self.on_change)(self.registry());
         }
     }
 
@@ -266,14 +271,21 @@ async fn keep_session(
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = session(&child, &tls, polling, &registry, &alive, on_change.as_ref()).await;
-        if !alive.load(Ordering::Acquire) {
-            return;
-        }
-        let removed = registry.lock().ok().and_then(|mut r| r.remove(&child.name).map(|_| r.clone()));
         let why = result.err().map_or_else(|| "control stream closed".to_string(), |e| e.to_string());
-        if let Some(snapshot) = removed {
-            tracing::warn!(cluster = %child.name, address = %child.address, reason = %why, "child unreachable");
-            on_change(snapshot);
+        let removed = {
+            let Ok(mut r) = registry.lock() else { return };
+            // Ended by a configuration change: the child's entry is the next session's.
+            if !alive.load(Ordering::Acquire) {
+                return;
+            }
+            let removed = r.remove(&child.name).is_some();
+            if removed {
+                tracing::warn!(cluster = %child.name, address = %child.address, reason = %why, "child unreachable");
+                on_change(r.clone());
+            }
+            removed
+        };
+        if removed {
             backoff = Duration::from_millis(100);
         } else {
             tracing::debug!(cluster = %child.name, reason = %why, "child not reachable yet");
@@ -292,8 +304,10 @@ mod tests {
         let registry = Mutex::new(Registry::new());
         let alive = AtomicBool::new(true);
         let up = vec![pb::UplinkState { name: "crm".into(), weight: 1, healthy: true, entry_points: vec![] }];
-        let seen = record(&registry, &alive, "cluster-a", &up).unwrap();
-        assert_eq!(seen.get("cluster-a"), Some(&up));
+        let published = Mutex::new(Vec::new());
+        let on_change = |r: Registry| published.lock().unwrap().push(r);
+        record(&registry, &alive, "cluster-a", &up, &on_change).unwrap();
+        assert_eq!(published.lock().unwrap()[0].get("cluster-a"), Some(&up));
         // What `Children::set` does for a child that left, under the registry's lock.
         {
             let mut r = registry.lock().unwrap();
@@ -301,7 +315,9 @@ mod tests {
             r.remove("cluster-a");
         }
         // The session's task, still running on another thread, tries to put it back.
-        assert!(matches!(record(&registry, &alive, "cluster-a", &up), Err(SessionError::Protocol("session ended"))));
+        let late = record(&registry, &alive, "cluster-a", &up, &on_change);
+        assert!(matches!(late, Err(SessionError::Protocol("session ended"))));
         assert!(registry.lock().unwrap().is_empty(), "the removed child stays removed");
+        assert_eq!(published.lock().unwrap().len(), 1, "and is not published again");
     }
 }

@@ -95,14 +95,31 @@ pub fn next_epoch(dir: &std::path::Path) -> std::io::Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let fresh = fresh_epoch();
+    // A record from more than a year ahead is not a clock that went back but a damaged
+    // file: following it would leave no room to grow.
+    let year_ahead = fresh.saturating_add((365 * 24 * 3_600_000) << 16);
     let epoch = match last {
-        Some(l) => fresh_epoch().max(l.saturating_add(1)),
-        None => fresh_epoch(),
+        Some(l) if l < year_ahead => fresh.max(l + 1),
+        Some(l) => {
+            tracing::warn!(recorded = l, file = %file.display(), "recorded snapshot epoch is absurdly far ahead; ignored");
+            fresh
+        }
+        None => fresh,
     };
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("epoch.tmp");
-    std::fs::write(&tmp, format!("{epoch}\n"))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{epoch}")?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, &file)?;
+    // The rename itself survives a crash once the directory is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(epoch)
 }
 
@@ -237,6 +254,10 @@ mod tests {
         let future = fresh_epoch() + (3_600_000 << 16);
         std::fs::write(dir.path().join("epoch"), future.to_string()).unwrap();
         assert_eq!(next_epoch(dir.path()).unwrap(), future + 1);
+        // A record far beyond any clock is damage, not history: a fresh epoch.
+        std::fs::write(dir.path().join("epoch"), (u64::MAX - 1).to_string()).unwrap();
+        let e = next_epoch(dir.path()).unwrap();
+        assert!(e < u64::MAX / 2 && e >= fresh_epoch() - (10_000 << 16), "{e}");
         // An unreadable record does not stop a start: a fresh epoch, written down.
         std::fs::write(dir.path().join("epoch"), "garbage").unwrap();
         let e = next_epoch(dir.path()).unwrap();

@@ -43,7 +43,8 @@ pub fn http1_head(data: &[u8]) {
             // What every lane routes on is already clean: sanitizing again changes nothing,
             // and no dot segment is left.
             assert_eq!(crate::path_security::sanitize(&clean).as_deref(), Ok(&*clean), "{path:?}");
-            assert!(!clean.starts_with('/') || !crate::path_security::has_dot_segment(&clean), "{path:?}");
+            let dots = |seg: &str| seg == "." || seg == ".." || seg.starts_with(".;") || seg.starts_with("..;");
+            assert!(!clean.starts_with('/') || !clean.split('/').any(dots), "{path:?}");
         }
         let Some(req) = head.into_request() else { continue };
         let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();

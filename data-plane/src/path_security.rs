@@ -140,6 +140,15 @@ pub enum PathError {
     /// A literal `#` (a fragment has no place in a request).
     #[error("fragment in the request path")]
     Fragment,
+    /// A `.` or `..` segment with parameters (`/..;/admin`): Java servers (Tomcat, Jetty)
+    /// drop the parameters and climb, after the router matched the path as it was.
+    #[error("dot segment with parameters in the request path")]
+    DotSegmentParameters,
+}
+
+/// Whether a segment is `.` or `..` followed by `;` parameters.
+fn dot_with_parameters(seg: &[u8]) -> bool {
+    seg.starts_with(b".;") || seg.starts_with(b"..;")
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -162,7 +171,7 @@ fn needs_work(p: &[u8]) -> bool {
             b'.' if prev == b'/' => {
                 let rest = &p[i..];
                 let seg = rest.split(|&c| c == b'/').next().unwrap_or(rest);
-                if seg == b"." || seg == b".." {
+                if seg == b"." || seg == b".." || dot_with_parameters(seg) {
                     return true;
                 }
             }
@@ -226,6 +235,7 @@ pub fn sanitize(escaped: &str) -> Result<Cow<'_, str>, PathError> {
             ".." => {
                 segs.pop();
             }
+            s if dot_with_parameters(s.as_bytes()) => return Err(PathError::DotSegmentParameters),
             s => segs.push(s),
         }
     }
@@ -245,25 +255,51 @@ pub fn sanitize(escaped: &str) -> Result<Cow<'_, str>, PathError> {
 /// not carry one: the backend would resolve it outside the path the router matched
 /// (`stripPrefix: /api` turns `/api..` into `/..`).
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        if seg.len() > 6 || seg.is_empty() {
+    // Segments as any backend may cut them: at `/`, at a backslash (escaped or not), and
+    // without their `;` parameters (`..;` is `..` to Java servers).
+    let separators = |b: &[u8], i: usize| match b[i] {
+        b'/' | b'\\' => Some(1),
+        b'%' if b.get(i + 1) == Some(&b'5') && matches!(b.get(i + 2), Some(b'c' | b'C')) => Some(3),
+        _ => None,
+    };
+    let b = path.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i <= b.len() {
+        let cut = if i == b.len() { Some(1) } else { separators(b, i) };
+        match cut {
+            Some(n) => {
+                let seg = &b[start..i];
+                let seg = seg.iter().position(|&c| c == b';').map_or(seg, |p| &seg[..p]);
+                if is_dot_segment(seg) {
+                    return true;
+                }
+                i += n;
+                start = i;
+            }
+            None => i += 1,
+        }
+    }
+    false
+}
+
+/// Whether a segment is `.` or `..`, written plainly or escaped.
+fn is_dot_segment(b: &[u8]) -> bool {
+    if b.len() > 6 || b.is_empty() {
+        return false;
+    }
+    let mut dots = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%' && b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E')) {
+            i += 3;
+        } else {
             return false;
         }
-        let b = seg.as_bytes();
-        let mut dots = 0;
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'.' {
-                i += 1;
-            } else if b[i] == b'%' && b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E')) {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots <= 2
-    })
+        dots += 1;
+    }
+    dots <= 2
 }
 
 #[cfg(test)]

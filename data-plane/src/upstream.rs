@@ -105,22 +105,32 @@ pub(crate) fn idempotent(m: &http::Method) -> bool {
 /// An upstream as a pool key: its scheme and authority, hashed and compared as the bytes
 /// the configuration wrote (`Authority`'s own hash lower-cases byte by byte, on every
 /// request).
+/// TLS connections dialled offering only HTTP/1.1 (for protocol upgrades) are pooled apart,
+/// so they never teach the pool that a server which prefers HTTP/2 speaks HTTP/1.1.
 #[derive(Clone, Debug)]
 pub(crate) struct UpstreamKey {
     tls: bool,
+    /// TLS offering only `http/1.1`.
+    h1_only: bool,
     authority: Authority,
+}
+
+impl UpstreamKey {
+    fn new(tls: bool, authority: Authority) -> UpstreamKey {
+        UpstreamKey { tls, h1_only: false, authority }
+    }
 }
 
 impl Hash for UpstreamKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.tls.hash(state);
+        (self.tls, self.h1_only).hash(state);
         self.authority.as_str().hash(state);
     }
 }
 
 impl PartialEq for UpstreamKey {
     fn eq(&self, other: &Self) -> bool {
-        self.tls == other.tls && self.authority.as_str() == other.authority.as_str()
+        (self.tls, self.h1_only) == (other.tls, other.h1_only) && self.authority.as_str() == other.authority.as_str()
     }
 }
 
@@ -282,7 +292,7 @@ impl Upstreams {
         use futures_util::future::Either;
         if !h2c && req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && h1c::eligible(&req) {
             if let Some(auth) = req.uri().authority().cloned() {
-                return Either::Left(self.send_h1(Pooled(req), UpstreamKey { tls: false, authority: auth }, None));
+                return Either::Left(self.send_h1(Pooled(req), UpstreamKey::new(false, auth), None));
             }
         }
         Either::Right(Box::pin(self.send_other(req, h2c)))
@@ -295,7 +305,7 @@ impl Upstreams {
         req: O,
         auth: Authority,
     ) -> impl Future<Output = Result<O::Reply, UpstreamError>> + 'a {
-        self.send_h1(req, UpstreamKey { tls: false, authority: auth }, None)
+        self.send_h1(req, UpstreamKey::new(false, auth), None)
     }
 
     /// HTTP/1.1 through the pool. `first` is a TLS connection dialled already (to learn
@@ -360,14 +370,17 @@ impl Upstreams {
             return Err(UpstreamError::Protocol { server, reason: "CONNECT is not forwarded".into() });
         }
         let tls = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        let key = UpstreamKey { tls, authority };
+        let key = UpstreamKey::new(tls, authority);
         if h2c {
             return self.send_h2(req, key, None).await;
         }
+        if !tls {
+            return self.send_h1(Pooled(req), key, None).await;
+        }
         // A protocol upgrade (WebSocket) exists only in HTTP/1.1: it goes on a connection
         // that offered nothing else, whatever the server prefers for other requests.
-        if !tls || h1c::asks_upgrade(req.headers()) {
-            return self.send_h1(Pooled(req), key, None).await;
+        if h1c::asks_upgrade(req.headers()) {
+            return self.send_h1(Pooled(req), UpstreamKey { h1_only: true, ..key }, None).await;
         }
         if self.speaks_h2.lock().is_ok_and(|s| s.contains(&key)) {
             return self.send_h2(req, key, None).await;
@@ -483,7 +496,7 @@ mod tests {
                             });
                         let answer = format!("proto={:?} host={}", req.version(), host.unwrap_or_default());
                         let mut resp = http::Response::new(crate::body::full(answer));
-                        if req.headers().contains_key(http::header::UPGRADE) {
+                        if req.headers().contains_key(http::header::UPGRADE) && req.uri().path() != "/refuse" {
                             let on = hyper::upgrade::on(&mut req);
                             tokio::spawn(async move {
                                 let Ok(up) = on.await else { return };
@@ -540,5 +553,26 @@ mod tests {
         let mut back = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut back)).await.unwrap().unwrap();
         assert_eq!(&back, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_refused_first_upgrade_does_not_keep_a_tls_upstream_on_http1() {
+        let (addr, roots) = tls_server().await;
+        let up = Upstreams::trusting(UpstreamConfig::default(), roots);
+        let text = |r: http::Response<Body>| async move {
+            String::from_utf8(http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes().to_vec())
+                .unwrap()
+        };
+        let ws = http::Request::get(format!("https://{addr}/refuse"))
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "echo")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = up.send(ws, false).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        assert!(text(resp).await.starts_with("proto=HTTP/1.1"), "the upgrade went over HTTP/1.1");
+        // Its connection went back to the pool; ordinary requests still find HTTP/2.
+        let get = http::Request::get(format!("https://{addr}/")).body(crate::body::empty()).unwrap();
+        assert!(text(up.send(get, false).await.unwrap()).await.starts_with("proto=HTTP/2.0"));
     }
 }

@@ -119,9 +119,23 @@ impl GatewayProc {
         format!("http://{}{path}", self.entry_points["web"])
     }
 
-    /// Whether the log has a line containing `needle`.
+    /// Whether the log has a line containing `needle` now (for asserting that something was
+    /// *not* logged; to wait for a line, use [`GatewayProc::wait_logged`]).
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Whether a line containing `needle` is logged within 10 s: the log is read from the
+    /// process's output by another thread, so a line just written may not be there yet.
+    pub async fn wait_logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logged(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// The first stdout line (the access log) containing `needle`, waiting up to 5 s.

@@ -958,6 +958,11 @@ fn host_problem(
     authority: Option<&http::uri::Authority>,
     headers: &http::HeaderMap,
 ) -> Option<&'static str> {
+    // The target's authority (absolute form, HTTP/2's :authority) is routed on and
+    // forwarded like a Host: the same rules, so no userinfo (RFC 9113, 8.3.1).
+    if authority.is_some_and(|a| !valid_host(a.as_str().as_bytes())) {
+        return Some("400 Bad Request: malformed Host header");
+    }
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => Some("400 Bad Request: too many Host headers"),
@@ -966,13 +971,26 @@ fn host_problem(
         // 9113, 8.3.1): one would route, the other reach the upstream.
         (Some(h), None)
             if version == http::Version::HTTP_2
-                && authority.is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())) =>
+                && authority.is_some_and(|a| !same_authority(a.as_str().as_bytes(), h.as_bytes())) =>
         {
             Some("400 Bad Request: Host differs from :authority")
         }
         (Some(h), None) if !valid_host(h.as_bytes()) => Some("400 Bad Request: malformed Host header"),
         _ => None,
     }
+}
+
+/// Whether two authorities name the same server: case aside, and a default port (`:80`,
+/// `:443`) the same as none.
+fn same_authority(a: &[u8], b: &[u8]) -> bool {
+    let bare = |x: &[u8]| -> Vec<u8> {
+        let x = x.to_ascii_lowercase();
+        match x.strip_suffix(b":443").or_else(|| x.strip_suffix(b":80")) {
+            Some(h) => h.to_vec(),
+            None => x,
+        }
+    };
+    bare(a) == bare(b)
 }
 
 /// Whether a Host value is made of what a host and port can hold (Go's
