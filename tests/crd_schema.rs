@@ -1,8 +1,7 @@
 //! The example manifests validate against the upstream CRD schemas.
 //!
-//! The schemas live outside this repository (`../shared/reference/crds/`, or the folder in
-//! `ATRIUM_CRDS_DIR`). When neither is there, the test says so and passes: atrium itself
-//! never needs them to build, run or pass its tests.
+//! The schemas are the upstream CRDs vendored in `deploy/crds/` (where they came from:
+//! `deploy/crds/SOURCES.md`); `ATRIUM_CRDS_DIR` points the tests at another copy.
 //!
 //! CRD schemas leave unknown fields to Kubernetes' pruning, so before validating we mark
 //! every object schema that lists its properties as closed (`additionalProperties: false`):
@@ -17,11 +16,12 @@ use std::path::{Path, PathBuf};
 use atrium_model::yaml::{NodeKind, from_node, parse_documents};
 use serde_json::Value;
 
-fn crds_dir() -> Option<PathBuf> {
+fn crds_dir() -> PathBuf {
     let dir = std::env::var_os("ATRIUM_CRDS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo().join("../shared/reference/crds"));
-    dir.is_dir().then_some(dir)
+        .unwrap_or_else(|| common::repo().join("deploy/crds"));
+    assert!(dir.is_dir(), "no CRD schemas at {}", dir.display());
+    dir
 }
 
 fn close_objects(schema: &mut Value) {
@@ -86,10 +86,7 @@ fn is_known_seed_deviation(kind: &str, error: &str, at: &str) -> bool {
 
 #[test]
 fn example_manifests_validate_against_upstream_crds() {
-    let Some(dir) = crds_dir() else {
-        eprintln!("SKIPPED: no CRD schemas at ../shared/reference/crds (set ATRIUM_CRDS_DIR to run this check)");
-        return;
-    };
+    let dir = crds_dir();
     let schemas = load_schemas(&dir);
     assert!(schemas.len() >= 15, "expected the upstream CRDs in {}", dir.display());
     let mut files = Vec::new();
@@ -131,10 +128,7 @@ fn example_manifests_validate_against_upstream_crds() {
 
 #[test]
 fn closed_schemas_catch_unknown_fields() {
-    let Some(dir) = crds_dir() else {
-        eprintln!("SKIPPED: no CRD schemas at ../shared/reference/crds");
-        return;
-    };
+    let dir = crds_dir();
     let schemas = load_schemas(&dir);
     let schema = &schemas[&("hub.traefik.io/v1alpha1".to_string(), "Uplink".to_string())];
     let v = jsonschema::validator_for(schema).unwrap();
@@ -188,10 +182,7 @@ fn leaves(schema: &Value, path: &str, out: &mut Vec<(String, Value)>) {
 
 #[test]
 fn every_upstream_field_is_known_to_the_model() {
-    let Some(dir) = crds_dir() else {
-        eprintln!("SKIPPED: no CRD schemas at ../shared/reference/crds");
-        return;
-    };
+    let dir = crds_dir();
     let mut checked = 0;
     let mut problems = Vec::new();
     let mut schemas: Vec<_> = load_schemas(&dir).into_iter().collect();
