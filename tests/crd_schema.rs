@@ -17,9 +17,8 @@ use atrium_model::yaml::{NodeKind, from_node, parse_documents};
 use serde_json::Value;
 
 fn crds_dir() -> PathBuf {
-    let dir = std::env::var_os("ATRIUM_CRDS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo().join("deploy/crds"));
+    let dir =
+        std::env::var_os("ATRIUM_CRDS_DIR").map(PathBuf::from).unwrap_or_else(|| common::repo().join("deploy/crds"));
     assert!(dir.is_dir(), "no CRD schemas at {}", dir.display());
     dir
 }
