@@ -41,41 +41,37 @@ pub type State = watch::Sender<pb::Register>;
 /// uplink whose health check did not change keeps its verdict across a reload; a new or
 /// changed one with a health check starts unhealthy until its first check passes.
 pub struct Uplinks {
-    state: Arc<State>,
-    gw: Arc<Gateway>,
-    upstreams: Arc<Upstreams>,
+    /// What health checks run through and report to (the state parents are told, and
+    /// whether the uplinks are withdrawn, are in there).
+    ctx: Checks,
     /// The configuration in force.
     current: std::sync::Mutex<Vec<pb::Uplink>>,
     /// Dropping it stops the current health checks.
     checks: std::sync::Mutex<Option<watch::Sender<()>>>,
-    /// Set by [`Uplinks::withdraw`]: from then on nothing makes an uplink healthy again.
-    withdrawn: Arc<std::sync::atomic::AtomicBool>,
     runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Uplinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uplinks").field("state", &*self.state.borrow()).finish()
+        f.debug_struct("Uplinks").field("state", &*self.ctx.state.borrow()).finish()
     }
 }
 
 impl Uplinks {
     /// Cluster `cluster`'s uplinks, none yet, checked through `gw` on the current runtime.
     pub fn new(cluster: &str, gw: Arc<Gateway>, upstreams: Arc<Upstreams>) -> Arc<Uplinks> {
+        let state = Arc::new(watch::Sender::new(pb::Register { cluster: cluster.to_string(), uplinks: Vec::new() }));
         Arc::new(Uplinks {
-            state: Arc::new(watch::Sender::new(pb::Register { cluster: cluster.to_string(), uplinks: Vec::new() })),
-            gw,
-            upstreams,
+            ctx: Checks { gw, up: upstreams, state, withdrawn: Arc::default() },
             current: std::sync::Mutex::default(),
             checks: std::sync::Mutex::default(),
-            withdrawn: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
 
     /// What parents are told.
     pub fn state(&self) -> Arc<State> {
-        self.state.clone()
+        self.ctx.state.clone()
     }
 
     /// Puts a configuration's uplinks in force (see the type's documentation). Once the
@@ -83,7 +79,7 @@ impl Uplinks {
     pub fn set(&self, mut uplinks: Vec<pb::Uplink>) {
         uplinks.sort_by(|a, b| a.name.cmp(&b.name));
         let Ok(mut current) = self.current.lock() else { return };
-        if self.withdrawn.load(std::sync::atomic::Ordering::Acquire) {
+        if self.ctx.withdrawn.load(std::sync::atomic::Ordering::Acquire) {
             tracing::info!("configuration changed while shutting down: ignored");
             return;
         }
@@ -91,7 +87,7 @@ impl Uplinks {
             return;
         }
         let before = std::mem::replace(&mut *current, uplinks.clone());
-        self.state.send_modify(|reg| {
+        self.ctx.state.send_modify(|reg| {
             let healthy_before = |u: &pb::Uplink| {
                 let same_check = before.iter().any(|b| b.name == u.name && b.health_check == u.health_check);
                 same_check.then(|| reg.uplinks.iter().find(|s| s.name == u.name).map(|s| s.healthy)).flatten()
@@ -123,13 +119,7 @@ impl Uplinks {
             *checks = Some(tx);
         }
         let _enter = self.runtime.enter();
-        let checks = Checks {
-            gw: self.gw.clone(),
-            up: self.upstreams.clone(),
-            state: self.state.clone(),
-            withdrawn: self.withdrawn.clone(),
-        };
-        spawn_health_checks(checks, uplinks, rx);
+        spawn_health_checks(self.ctx.clone(), uplinks, rx);
     }
 
     /// Stops the health checks (shutdown).
@@ -146,9 +136,9 @@ impl Uplinks {
         // Under `current`'s lock, so no `set` is half way through; the flag is read where
         // health is published, so a check finishing now cannot undo this.
         let _current = self.current.lock();
-        self.withdrawn.store(true, std::sync::atomic::Ordering::Release);
+        self.ctx.withdrawn.store(true, std::sync::atomic::Ordering::Release);
         self.stop();
-        self.state.send_modify(|reg| {
+        self.ctx.state.send_modify(|reg| {
             for u in &mut reg.uplinks {
                 u.healthy = false;
             }
