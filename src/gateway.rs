@@ -13,12 +13,12 @@ use anyhow::{Context, bail};
 use atrium_data_plane::proxy::server::{EntryPoint, ServerLimits};
 use atrium_data_plane::proxy::tls::{CertStore, certified_key};
 use atrium_data_plane::proxy::{AccessLog, Gateway, Runtime, admin, server};
-use atrium_data_plane::rules::Rule;
 use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
 use atrium_model::diagnostic::Diagnostic;
 use atrium_model::loader::{Manifests, load_paths};
 use atrium_model::resources::Resource;
 use atrium_model::values::Values;
+use atrium_routing::rules::Rule;
 use base64::Engine;
 use tokio::sync::watch;
 

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use atrium_data_plane::table::RouteTable;
 use atrium_model::diagnostic::Diagnostic;
 use atrium_model::values::Values;
+use atrium_routing::table::RouteTable;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -536,8 +536,8 @@ fn route_check(
     for d in diags.iter().filter(|d| d.is_error()) {
         eprintln!("{d}");
     }
-    let table =
-        RouteTable::from_snapshot(&compiled.body).context("compiled configuration does not form a route table")?;
+    let table = RouteTable::from_snapshot(&compiled.body, |_| ())
+        .context("compiled configuration does not form a route table")?;
     let outcomes: Vec<route_check::Outcome> = tests.tests.iter().map(|c| route_check::run_case(&table, c)).collect();
     let passed = outcomes.iter().filter(|o| o.passed).count();
     let failed = outcomes.len() - passed;

@@ -176,7 +176,7 @@ impl AdminExtra for ControlPlaneAdmin {
 /// default).
 fn polling(values: &Values, liveness: atrium_data_plane::uplink::Liveness) -> Polling {
     let mc = values.multicluster.clone().unwrap_or_default();
-    let secs = |v: &Option<atrium_data_plane::middleware::config::IntOrString>| {
+    let secs = |v: &Option<atrium_routing::middleware::config::IntOrString>| {
         v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
     };
     Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness }

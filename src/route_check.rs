@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use atrium_data_plane::middleware::path::UrlPath;
-use atrium_data_plane::request::RequestView;
-use atrium_data_plane::table::RouteTable;
 use atrium_model::yaml::{from_node, parse_documents};
+use atrium_routing::middleware::path::UrlPath;
+use atrium_routing::request::RequestView;
+use atrium_routing::table::RouteTable;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +180,7 @@ pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
     let remote = req.remote_addr.as_deref().unwrap_or("192.0.2.1:1234");
     // As a gateway does: the sanitized path is routed and forwarded, a path that cannot
     // be made safe is a 400 before routing.
-    let (sanitized, refused) = match atrium_data_plane::path_security::sanitize(parts.path) {
+    let (sanitized, refused) = match atrium_routing::path_security::sanitize(parts.path) {
         Ok(p) => (p, None),
         Err(e) => (std::borrow::Cow::Borrowed(""), Some(e)),
     };

@@ -170,6 +170,21 @@ impl http_body::Body for FileBody {
     }
 }
 
+/// The response for an answer the routing core gave (see [`atrium_routing::Answer`]).
+pub fn answer(a: atrium_routing::Answer) -> http::Response<Body> {
+    let (status, headers, msg) = a.into_parts();
+    let mut r = match msg {
+        Some(t) => text(status, &t),
+        None => {
+            let mut r = http::Response::new(empty());
+            *r.status_mut() = status;
+            r
+        }
+    };
+    r.headers_mut().extend(headers);
+    r
+}
+
 /// A plain-text response with `status`.
 pub fn text(status: http::StatusCode, msg: &str) -> http::Response<Body> {
     let mut r = http::Response::new(full(format!("{msg}\n")));

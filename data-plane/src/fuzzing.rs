@@ -1,35 +1,11 @@
-//! The inputs an attacker controls, each fed to the code that parses it: what the fuzz
+//! The inputs an attacker controls on the data plane's sockets, each fed to the code that
+//! parses it (router rules are fuzzed in `atrium_routing::fuzzing`): what the fuzz
 //! targets in `fuzz/` run, and what the stable tests below replay from their corpora (so
 //! a finding stays fixed, and the targets cannot rot without CI noticing).
 //!
 //! Every function here must return for any input, without panicking.
 
 use bytes::BytesMut;
-
-use crate::rules::Rule;
-
-/// A router rule (`Host(`a`) && PathPrefix(`/b`)`): parsed, and when it parses, matched
-/// against a few requests.
-pub fn rule(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(rule) = Rule::parse(text) else { return };
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-a", http::HeaderValue::from_static("1"));
-    for (host, path, query) in
-        [("a.example.com", "/a/b", Some("k=v&x")), ("", "", None), ("[::1]:8080", "/%2F", Some(""))]
-    {
-        let view = crate::request::RequestView::with_client_ip(
-            "GET",
-            host,
-            path,
-            query,
-            &headers,
-            Some(std::net::IpAddr::from([10, 0, 0, 1])),
-        );
-        let _ = rule.matches(&view);
-    }
-    let _ = (rule.required_hosts(), rule.required_prefixes());
-}
 
 /// Bytes from a client, as the HTTP/1.1 fast path reads them: request heads taken off the
 /// buffer one after another, each turned into a request, its path sanitized and its
@@ -39,16 +15,16 @@ pub fn http1_head(data: &[u8]) {
     for _ in 0..64 {
         let Some(head) = crate::h1::server::next_head(&mut buf) else { break };
         let path = head.uri().path().to_string();
-        if let Ok(clean) = crate::path_security::sanitize(&path) {
+        if let Ok(clean) = atrium_routing::path_security::sanitize(&path) {
             // What every lane routes on is already clean: sanitizing again changes nothing,
             // and no dot segment is left.
-            assert_eq!(crate::path_security::sanitize(&clean).as_deref(), Ok(&*clean), "{path:?}");
+            assert_eq!(atrium_routing::path_security::sanitize(&clean).as_deref(), Ok(&*clean), "{path:?}");
             let dots = |seg: &str| seg == "." || seg == ".." || seg.starts_with(".;") || seg.starts_with("..;");
             assert!(!clean.starts_with('/') || !clean.split('/').any(dots), "{path:?}");
         }
         let Some(req) = head.into_request() else { continue };
         let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let _ = crate::request::RequestView::with_client_ip(
+        let _ = atrium_routing::request::RequestView::with_client_ip(
             req.method().as_str(),
             host,
             req.uri().path(),
@@ -112,12 +88,9 @@ mod tests {
 
     #[test]
     fn the_fuzz_corpora_replay_without_a_panic() {
-        for (target, f) in [
-            ("rule", rule as fn(&[u8])),
-            ("http1_head", http1_head),
-            ("uplink_frames", uplink_frames),
-            ("snapshot", snapshot),
-        ] {
+        for (target, f) in
+            [("http1_head", http1_head as fn(&[u8])), ("uplink_frames", uplink_frames), ("snapshot", snapshot)]
+        {
             let n = replay(target, f);
             assert!(n > 0, "the {target} corpus is empty");
         }

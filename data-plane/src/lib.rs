@@ -17,17 +17,13 @@
 
 pub mod body;
 pub mod fuzzing;
+pub mod gzip;
 pub mod h1;
-pub mod middleware;
 pub mod multicluster;
-pub mod path_security;
 pub mod pki;
 pub mod proxy;
-pub mod request;
-pub mod rules;
 pub mod service;
 pub mod snapshot;
-pub mod table;
 pub mod telemetry;
 pub mod trust;
 pub mod uplink;

@@ -68,57 +68,6 @@ pub fn pick<'a>(cands: &[(&'a pb::Child, u32)], counter: &AtomicU64) -> Option<&
     None
 }
 
-/// Why a child's `address` cannot be dialled.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AddressError {
-    /// Not `https://`: the uplink is QUIC with TLS.
-    #[error("child address {0:?} must start with https:// (the uplink is QUIC with TLS)")]
-    Scheme(String),
-    /// A path, no host, or an unclosed IPv6 bracket.
-    #[error("child address {0:?} must be https://host[:port] with no path")]
-    Shape(String),
-    /// A port that is not 1-65535.
-    #[error("child address {address:?}: invalid port {port:?}")]
-    Port {
-        /// The address.
-        address: String,
-        /// The port as written.
-        port: String,
-    },
-}
-
-/// A child's `address` (`https://host[:port]`, IPv6 in brackets) → (host, port); the port
-/// defaults to 9443. The one parser of child addresses (values, lint and dialling use it).
-pub fn parse_address(address: &str) -> Result<(String, u16), AddressError> {
-    let rest = address.strip_prefix("https://").ok_or_else(|| AddressError::Scheme(address.to_string()))?;
-    let rest = rest.trim_end_matches('/');
-    let shape = || AddressError::Shape(address.to_string());
-    if rest.is_empty() || rest.contains('/') {
-        return Err(shape());
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(shape)?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(shape());
-    }
-    let port = match port {
-        None => 9443,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| AddressError::Port { address: address.to_string(), port: p.to_string() })?,
-    };
-    Ok((host, port))
-}
-
 /// The parent side of uplinks: one QUIC connection per child, shared by requests.
 pub struct UplinkClient {
     /// Keep-alive and idle timeout of the connections to children.
@@ -555,7 +504,7 @@ impl UplinkClient {
 pub enum DialError {
     /// Its address does not parse.
     #[error(transparent)]
-    Address(#[from] AddressError),
+    Address(#[from] atrium_routing::children::AddressError),
     /// No local QUIC endpoint could be made.
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
@@ -589,7 +538,7 @@ pub async fn dial(
     trust: &crate::trust::NodeTrust,
     liveness: Liveness,
 ) -> Result<quinn::Connection, DialError> {
-    let (host, port) = parse_address(&child.address)?;
+    let (host, port) = atrium_routing::children::parse_address(&child.address)?;
     let t = child.transport.clone().unwrap_or_default();
     let mut root_cas = Vec::new();
     for r in &t.root_cas {
@@ -700,17 +649,5 @@ mod tests {
         assert_eq!(candidates(&cs, "crm", Some("a"), &client).len(), 1);
         client.mark_down("a", "test");
         assert_eq!(candidates(&cs, "crm", None, &client).len(), 1);
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(parse_address("https://127.0.0.2:9443").unwrap(), ("127.0.0.2".into(), 9443));
-        assert_eq!(parse_address("https://child-a.example.com").unwrap(), ("child-a.example.com".into(), 9443));
-        assert_eq!(parse_address("https://[::1]:9000").unwrap(), ("::1".into(), 9000));
-        assert!(matches!(parse_address("http://x:1"), Err(AddressError::Scheme(_))));
-        assert!(matches!(parse_address("https://a:0"), Err(AddressError::Port { .. })));
-        assert!(matches!(parse_address("https://a:99999"), Err(AddressError::Port { .. })));
-        assert!(matches!(parse_address("https://a/path"), Err(AddressError::Shape(_))));
-        assert!(matches!(parse_address("https://[::1"), Err(AddressError::Shape(_))));
     }
 }

@@ -85,7 +85,7 @@ pub fn take_usage(gw: &Gateway) -> Vec<pb::UsageEntry> {
         .routers()
         .iter()
         .filter_map(|r| {
-            let n = r.served.swap(0, std::sync::atomic::Ordering::Relaxed);
+            let n = r.state.served.swap(0, std::sync::atomic::Ordering::Relaxed);
             (n > 0).then(|| pb::UsageEntry {
                 router: r.id.clone(),
                 service: r.service.clone(),

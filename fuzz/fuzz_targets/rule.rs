@@ -1,4 +1,4 @@
-//! See `atrium_data_plane::fuzzing::rule`.
+//! See `atrium_routing::fuzzing::rule`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| atrium_data_plane::fuzzing::rule(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| atrium_routing::fuzzing::rule(data));

@@ -13,7 +13,7 @@ pub fn manifests(data: &[u8]) {
     let m = crate::loader::load_text("fuzz.yaml", text);
     let values = Values::default();
     let (compiled, _) = crate::lint::lint_cluster(&m, &values, crate::lint::Role::Parent, None);
-    let _ = atrium_data_plane::proxy::Runtime::build(compiled.body, 1);
+    let _ = atrium_routing::table::RouteTable::from_snapshot(&compiled.body, |_| ());
     let _ = Values::parse(std::path::Path::new("values.yaml"), text);
 }
 

@@ -17,8 +17,8 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use atrium_data_plane::middleware::config::parse_go_duration;
-use atrium_data_plane::rules::Rule;
+use atrium_routing::middleware::config::parse_go_duration;
+use atrium_routing::rules::Rule;
 
 use crate::compile::{self, Compiled, Registry, UPLINKS_ANNOTATION};
 use crate::diagnostic::{self, Diagnostic, Severity};

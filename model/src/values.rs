@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use atrium_data_plane::middleware::config::{IntOrString, NotSupported};
-use atrium_data_plane::path_security::EncodedCharacters;
+use atrium_routing::middleware::config::{IntOrString, NotSupported};
+use atrium_routing::path_security::EncodedCharacters;
 use serde::Deserialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
@@ -275,7 +275,7 @@ impl Reader<'_> {
         for (name, child) in &mc.children {
             let path = format!("hub.providers.multicluster.children.{name}.address");
             let at = node.locate(&format!("children.{name}.address"));
-            if let Err(e) = atrium_data_plane::multicluster::parse_address(&child.address) {
+            if let Err(e) = atrium_routing::children::parse_address(&child.address) {
                 self.error(at, &path, e.to_string());
             }
             if !crate::topology::is_valid_cluster_name(name) {

@@ -19,8 +19,8 @@ use crate::body::Body;
 use crate::h1::Passed;
 use crate::h1::client::{BodyFraming, Outbound, ParsedHead, Upgraded};
 use crate::h1::server::{Handled, Head, Reply};
-use crate::request::RequestView;
 use crate::service::{LoadBalancer, ServiceRt};
+use atrium_routing::request::RequestView;
 
 /// A client's head on its way to a server, with what the proxy adds.
 struct RawRequest<'a> {
@@ -106,7 +106,7 @@ impl Gateway {
         // A path that sanitizing changes or refuses: the general lane forwards the clean
         // one or answers 400.
         let path = head.uri().path();
-        if !matches!(crate::path_security::sanitize(path), Ok(std::borrow::Cow::Borrowed(_))) {
+        if !matches!(atrium_routing::path_security::sanitize(path), Ok(std::borrow::Cow::Borrowed(_))) {
             return Lane::General(None);
         }
         // Exactly one well-formed Host, else the general lane answers 400 (see
@@ -124,16 +124,15 @@ impl Gateway {
             &NO_HEADERS,
             Some(conn.peer.ip().to_canonical()),
         );
-        let Some(i) = rt.table.route_index(Some(&conn.entry_point), &view) else {
-            return Lane::General(None);
+        let req = atrium_routing::Request { entry_point: &conn.entry_point, uplink: None, path, view };
+        let i = match atrium_routing::decide(&rt.table, &req) {
+            atrium_routing::Decision::Route(i) => i,
+            // A 404 or a refusal: the general lane answers it.
+            _ => return Lane::General(None),
         };
         let router = &rt.table.routers()[i];
-        match router.target.as_deref() {
-            Some(ServiceRt::LoadBalancer(lb))
-                if router.middlewares.is_empty()
-                    && lb.plain_http
-                    && rt.table.refused_encoding(router, &conn.entry_point, path).is_none() =>
-            {
+        match router.state.target.as_deref() {
+            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }
@@ -152,7 +151,7 @@ impl Gateway {
     ) -> Reply {
         let start = Instant::now();
         let router = &rt.table.routers()[router];
-        router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = match lb.pick() {
             None => Err(super::no_server(&lb)),
             Some(server) => match server.url.authority() {
@@ -183,7 +182,7 @@ impl Gateway {
             Reply::Passed(p) => p.status.as_u16(),
             Reply::Response(r) => r.status().as_u16(),
         };
-        self.metrics.record(Some(&router.labels), code, start.elapsed().as_secs_f64());
+        self.metrics.record(Some(&router.state.labels), code, start.elapsed().as_secs_f64());
         reply
     }
 }

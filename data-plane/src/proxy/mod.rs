@@ -26,12 +26,30 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body};
-use crate::middleware::limits::Admission;
-use crate::middleware::path::{RewriteError, UrlPath};
-use crate::middleware::{Action, redirect};
-use crate::request::RequestView;
 use crate::service::{self, ServiceRt};
-use crate::table::{RouteEntry, RouteTable};
+use atrium_routing::Decision;
+use atrium_routing::middleware::limits::Admission;
+use atrium_routing::middleware::path::{RewriteError, UrlPath};
+use atrium_routing::middleware::{Action, redirect};
+use atrium_routing::request::RequestView;
+use atrium_routing::table::{RouteEntry, RouteTable};
+
+/// The route table as the data plane runs it: each router with its [`RouteState`].
+pub type Table = RouteTable<RouteState>;
+
+/// A router of [`Table`].
+type Route = RouteEntry<RouteState>;
+
+/// What the data plane keeps per router next to its routing entry.
+#[derive(Debug)]
+pub struct RouteState {
+    /// Its service, built (`None` when the snapshot names none that could be built).
+    pub target: Option<Arc<ServiceRt>>,
+    /// Router and service ids with their metric handles, shared on the hot path.
+    pub labels: Arc<metrics::RouterStats>,
+    /// Requests routed here since the last usage report.
+    pub served: std::sync::atomic::AtomicU64,
+}
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// A compiled configuration: the route table and the services it sends to.
@@ -44,7 +62,7 @@ pub struct Runtime {
     /// SHA-256 of the encoded snapshot body.
     pub hash: Vec<u8>,
     /// Routers.
-    pub table: RouteTable,
+    pub table: Table,
     /// Services by id.
     pub services: HashMap<String, Arc<ServiceRt>>,
     /// The snapshot body, for `/api/rawdata`.
@@ -62,7 +80,7 @@ pub enum RuntimeError {
     Decode(#[from] prost::DecodeError),
     /// A router or middleware does not compile.
     #[error(transparent)]
-    Table(#[from] crate::table::TableError),
+    Table(#[from] atrium_routing::table::TableError),
     /// A service does not compile.
     #[error("{0}")]
     Service(String),
@@ -74,9 +92,12 @@ pub enum RuntimeError {
 impl Runtime {
     /// Compiles a snapshot body. An error leaves whatever was in force untouched.
     pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, RuntimeError> {
-        let mut table = RouteTable::from_snapshot(&body)?;
         let services = service::build(&body.services, &body.children).map_err(RuntimeError::Service)?;
-        table.resolve_services(&services);
+        let table = RouteTable::from_snapshot(&body, |r| RouteState {
+            target: services.get(&r.service).cloned(),
+            labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
+            served: std::sync::atomic::AtomicU64::new(0),
+        })?;
         let hash = atrium_proto::body_hash(&prost::Message::encode_to_vec(&body));
         Ok(Runtime { version, epoch: 0, hash, table, services, body })
     }
@@ -206,7 +227,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
 }
 
 /// Logs why a request could not be forwarded; the answer the client gets.
-fn failure(router: &RouteEntry, e: &ProxyError) -> Response<Body> {
+fn failure(router: &Route, e: &ProxyError) -> Response<Body> {
     match e {
         ProxyError::NoTarget(why) => {
             tracing::warn!(router = %router.id, service = %router.service, %why, "no healthy target")
@@ -445,7 +466,7 @@ impl Gateway {
             // The path every step sees and the upstream gets: dot segments gone, escapes
             // normalised; what cannot be made safe is a 400 (see `path_security`).
             let query = uri.query();
-            let path = match crate::path_security::sanitize(uri.path()) {
+            let path = match atrium_routing::path_security::sanitize(uri.path()) {
                 Ok(p) => p,
                 Err(e) => break 'inner (body::text(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {e}")), None),
             };
@@ -471,32 +492,39 @@ impl Gateway {
                 server: &self.hostname,
             };
             forward::set_forwarded(&mut parts.headers, &client);
-            let router: &RouteEntry = if let Some(i) = routed_to {
-                &rt.table.routers()[i]
-            } else {
-                let view = RequestView::with_client_ip(
-                    parts.method.as_str(),
-                    host_raw,
-                    path_raw,
-                    query,
-                    &parts.headers,
-                    client_ip,
-                );
-                let hit = match &conn.uplink {
-                    Some(u) => rt.table.route_uplink(u, &view),
-                    None => rt.table.route(Some(&conn.entry_point), &view),
-                };
-                match hit {
-                    Some(r) => r,
-                    None => break 'inner (body::text(StatusCode::NOT_FOUND, "404 page not found"), None),
+            let rank = match routed_to {
+                Some(i) => i,
+                None => {
+                    let view = RequestView::with_client_ip(
+                        parts.method.as_str(),
+                        host_raw,
+                        path_raw,
+                        query,
+                        &parts.headers,
+                        client_ip,
+                    );
+                    let req = atrium_routing::Request {
+                        entry_point: &conn.entry_point,
+                        uplink: conn.uplink.as_deref(),
+                        path: path_raw,
+                        view,
+                    };
+                    match atrium_routing::decide(&rt.table, &req) {
+                        Decision::Route(i) => i,
+                        Decision::NotFound => {
+                            break 'inner (body::text(StatusCode::NOT_FOUND, "404 page not found"), None);
+                        }
+                        Decision::Refused { router, answer } => {
+                            let r = &rt.table.routers()[router];
+                            r.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break 'inner (body::answer(answer), Some(r.state.labels.clone()));
+                        }
+                    }
                 }
             };
-            let labels = Some(router.labels.clone());
-            router.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(c) = rt.table.refused_encoding(router, &conn.entry_point, path_raw) {
-                let why = format!("400 Bad Request: encoded character {c} is not allowed in the path");
-                break 'inner (body::text(StatusCode::BAD_REQUEST, &why), labels);
-            }
+            let router: &Route = &rt.table.routers()[rank];
+            let labels = Some(router.state.labels.clone());
+            router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Only middlewares read these (CORS, compress).
             let with_middlewares = !router.middlewares.is_empty();
             let origin = with_middlewares
@@ -518,13 +546,13 @@ impl Gateway {
             let mut guards = Vec::new();
             let mut drop_xff = false;
             let mut host_override: Option<String> = None;
-            let mut buffering: Option<&crate::middleware::Buffering> = None;
-            let mut retry: Option<&crate::middleware::retry::RetryPolicy> = None;
+            let mut buffering: Option<&atrium_routing::middleware::Buffering> = None;
+            let mut retry: Option<&atrium_routing::middleware::retry::RetryPolicy> = None;
             let mut compress = None;
             let accept_encoding =
                 with_middlewares.then(|| parts.headers.get(header::ACCEPT_ENCODING).cloned()).flatten();
             let scheme = if conn.tls { "https" } else { "http" };
-            let canon_host = crate::request::canonical_host(host_raw);
+            let canon_host = atrium_routing::request::canonical_host(host_raw);
 
             for m in &router.middlewares {
                 let early = match &m.action {
@@ -540,8 +568,8 @@ impl Gateway {
                         Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
                     },
                     Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, host_raw, conn.tls) {
-                        crate::middleware::headers::RequestAction::Respond(r) => Some(r),
-                        crate::middleware::headers::RequestAction::Continue { drop_xff: d, host, ssl } => {
+                        atrium_routing::middleware::headers::RequestAction::Respond(r) => Some(body::answer(r)),
+                        atrium_routing::middleware::headers::RequestAction::Continue { drop_xff: d, host, ssl } => {
                             drop_xff |= d;
                             if host.is_some() {
                                 host_override = host;
@@ -595,7 +623,7 @@ impl Gateway {
                         buffering = Some(b);
                         None
                     }
-                    Action::BasicAuth(b) => b.check(&mut parts.headers),
+                    Action::BasicAuth(b) => b.check(&mut parts.headers).map(body::answer),
                     Action::Compress(c) => {
                         compress = Some(c);
                         None
@@ -663,7 +691,7 @@ impl Gateway {
                 None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
                 Some(u) => {
                     // A rewrite must not make a path that climbs out of what was routed.
-                    if crate::path_security::has_dot_segment(u.request_path()) {
+                    if atrium_routing::path_security::has_dot_segment(u.request_path()) {
                         tracing::debug!(router = %router.id, path = %u.request_path(), "rewritten path has a dot segment: refused");
                         break 'inner (body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"), labels);
                     }
@@ -691,7 +719,7 @@ impl Gateway {
                 client: conn.relayed(),
             };
 
-            let Some(svc) = router.target.clone() else {
+            let Some(svc) = router.state.target.clone() else {
                 break 'inner (body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), labels);
             };
             // A request that may be tried again keeps its body (413 past the retry's limit).
@@ -786,7 +814,7 @@ impl Gateway {
             }
             if let Some(c) = compress {
                 if c.applies(&parts.method, accept_encoding.as_ref(), rparts.status, &rparts.headers) {
-                    out_body = c.wrap(&mut rparts.headers, out_body);
+                    out_body = crate::gzip::wrap(c, &mut rparts.headers, out_body);
                 }
             }
             if !guards.is_empty() {

@@ -64,24 +64,6 @@ pub struct LoadBalancer {
     wrr: Mutex<Vec<i64>>,
 }
 
-/// Smooth weighted round-robin (as nginx does): deterministic, and spreads picks evenly.
-/// `weights` yields (index, weight) for the candidates that can take a request; one pass,
-/// nothing allocated.
-fn smooth_wrr(current: &mut [i64], weights: impl Iterator<Item = (usize, i64)>) -> Option<usize> {
-    let mut total = 0i64;
-    let mut best: Option<usize> = None;
-    for (i, w) in weights {
-        total += w;
-        current[i] += w;
-        if best.is_none_or(|b| current[i] > current[b]) {
-            best = Some(i);
-        }
-    }
-    let b = best?;
-    current[b] -= total;
-    Some(b)
-}
-
 impl LoadBalancer {
     /// Picks an available server, or `None` when none is.
     pub fn pick(&self) -> Option<&Server> {
@@ -93,7 +75,7 @@ impl LoadBalancer {
             .filter(|(_, s)| s.weight > 0 && s.available_at(now))
             .map(|(i, s)| (i, i64::from(s.weight)));
         let mut cur = self.wrr.lock().ok()?;
-        smooth_wrr(&mut cur, weights).map(|i| &self.servers[i])
+        atrium_routing::wrr::smooth_wrr(&mut cur, weights).map(|i| &self.servers[i])
     }
 
     /// Whether any server can take traffic.
@@ -239,7 +221,7 @@ impl ServiceRt {
             .filter(|(_, (c, w))| *w > 0 && c.available_with(child_down))
             .map(|(i, (_, w))| (i, i64::from(*w)));
         let mut cur = wrr.lock().ok()?;
-        smooth_wrr(&mut cur, weights).map(|i| &children[i].0)
+        atrium_routing::wrr::smooth_wrr(&mut cur, weights).map(|i| &children[i].0)
     }
 
     /// Every load balancer reachable from this service (for health checks).

@@ -9,10 +9,10 @@ mod services;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use atrium_data_plane::middleware::CompiledMiddleware;
-use atrium_data_plane::middleware::config::MiddlewareRef;
-use atrium_data_plane::rules::Rule;
 use atrium_proto::v1 as pb;
+use atrium_routing::middleware::CompiledMiddleware;
+use atrium_routing::middleware::config::MiddlewareRef;
+use atrium_routing::rules::Rule;
 use prost::Message;
 
 pub use services::{PORTAL_SERVICE, health_check};
@@ -258,7 +258,7 @@ fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
 fn resolve_basic_auth_users(
     cx: &Ctx<'_>,
     l: &Loaded,
-    b: &atrium_data_plane::middleware::config::BasicAuth,
+    b: &atrium_routing::middleware::config::BasicAuth,
 ) -> Result<Vec<String>, (&'static str, &'static str, String)> {
     use base64::Engine;
     if !b.resolved_users.is_empty() {
@@ -295,7 +295,7 @@ fn resolve_basic_auth_users(
                 format!("Secret {}/{name} needs username and password", l.ns()),
             ));
         };
-        return Ok(vec![atrium_data_plane::middleware::basic_auth::sha256_entry(&u, &p)]);
+        return Ok(vec![atrium_routing::middleware::basic_auth::sha256_entry(&u, &p)]);
     }
     match field("users") {
         Some(users) => Ok(users.lines().map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()),

@@ -7,8 +7,8 @@
 //! - a TraefikService (`weighted`, `mirroring`, `failover`), compiled recursively;
 //! - the built-in portal listener (`apiportal`, namespace `traefik`, port 9903).
 
-use atrium_data_plane::middleware::config::{DurationError, IntOrString};
 use atrium_proto::v1 as pb;
+use atrium_routing::middleware::config::{DurationError, IntOrString};
 use pb::service::Kind;
 
 use super::Ctx;

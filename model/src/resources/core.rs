@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use atrium_data_plane::middleware::config::IntOrString;
+use atrium_routing::middleware::config::IntOrString;
 use serde::{Deserialize, Serialize};
 
 use super::meta::ObjectMeta;

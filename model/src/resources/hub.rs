@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use atrium_data_plane::middleware::config::NotSupported;
+use atrium_routing::middleware::config::NotSupported;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{LabelSelector, NameRef};

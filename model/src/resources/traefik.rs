@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use atrium_data_plane::middleware::config::{IntOrString, MiddlewareRef, MiddlewareSpec, NotSupported};
+use atrium_routing::middleware::config::{IntOrString, MiddlewareRef, MiddlewareSpec, NotSupported};
 use serde::{Deserialize, Serialize};
 
 use super::meta::ObjectMeta;

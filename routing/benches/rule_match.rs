@@ -3,10 +3,10 @@
 //! - 10,000 routers as 1,000 hosts × 10 path prefixes;
 //! - one host with 1,000 path prefixes (the seed's pattern at scale).
 //!
-//! Run: `cargo bench -p atrium-data-plane --bench rule_match`.
-use atrium_data_plane::request::RequestView;
-use atrium_data_plane::table::RouteTable;
+//! Run: `cargo bench -p atrium-routing --bench rule_match`.
 use atrium_proto::v1::{Router, Service, SnapshotBody, service};
+use atrium_routing::request::RequestView;
+use atrium_routing::table::RouteTable;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use std::hint::black_box;
@@ -27,7 +27,7 @@ fn table(rules: Vec<String>) -> RouteTable {
         services: vec![Service { id: "svc".into(), kind: Some(service::Kind::Portal(Default::default())) }],
         ..Default::default()
     };
-    RouteTable::from_snapshot(&body).expect("bench table compiles")
+    RouteTable::from_snapshot(&body, |_| ()).expect("bench table compiles")
 }
 
 fn bench(c: &mut Criterion) {

@@ -25,7 +25,7 @@ use crate::rules::Rule;
 
 /// One router, ready to match.
 #[derive(Debug)]
-pub struct RouteEntry {
+pub struct RouteEntry<X = ()> {
     /// `namespace/name/index`.
     pub id: String,
     /// The compiled rule.
@@ -38,24 +38,21 @@ pub struct RouteEntry {
     pub middlewares: Vec<Arc<CompiledMiddleware>>,
     /// Service id.
     pub service: String,
-    /// The service itself, once the runtime has built it (see [`RouteTable::resolve_services`]).
-    pub target: Option<Arc<crate::service::ServiceRt>>,
     /// The service as the user wrote it.
     pub service_display: String,
     /// Uplinks this router is attached to.
     pub uplinks: Vec<String>,
     /// `namespace/name` of its API, if any.
     pub api: Option<String>,
-    /// Router and service ids with their metric handles, shared on the hot path.
-    pub labels: Arc<crate::proxy::metrics::RouterStats>,
-    /// Requests routed here since the last usage report.
-    pub served: std::sync::atomic::AtomicU64,
     /// The encoded characters its paths may carry, when an `encodedCharacters` middleware
     /// says (it overrides the entrypoint's setting).
     pub encoded_characters: Option<EncodedCharacters>,
+    /// What the runtime keeps per router (the data plane: its service, metric handles and
+    /// usage counter); `()` for pure uses such as `route-check`.
+    pub state: X,
 }
 
-impl RouteEntry {
+impl<X> RouteEntry<X> {
     /// The path the backend sees after this router's middlewares.
     pub fn rewrite_path(&self, p: &mut UrlPath) -> Result<(), RewriteError> {
         for m in &self.middlewares {
@@ -200,8 +197,8 @@ pub enum TableError {
 
 /// An immutable, compiled route table.
 #[derive(Debug, Default)]
-pub struct RouteTable {
-    routers: Vec<RouteEntry>,
+pub struct RouteTable<X = ()> {
+    routers: Vec<RouteEntry<X>>,
     by_entry_point: HashMap<String, RouterIndex>,
     /// Routers attached to each uplink (`hub.traefik.io/router.uplinks`), whatever their
     /// own entrypoints: on an uplink, only these can match.
@@ -215,24 +212,17 @@ pub struct RouteTable {
     encoded_by_entry_point: HashMap<String, EncodedCharacters>,
 }
 
-impl RouteTable {
+impl<X> RouteTable<X> {
     /// Whether some router's rule matches on request headers.
     pub fn reads_headers(&self) -> bool {
         self.reads_headers
-    }
-
-    /// Points every router at its built service, so a request needs no lookup by id.
-    pub fn resolve_services(&mut self, services: &HashMap<String, Arc<crate::service::ServiceRt>>) {
-        for r in &mut self.routers {
-            r.target = services.get(&r.service).cloned();
-        }
     }
 
     /// Keeps the state of unchanged middlewares across a swap: where `old` has a middleware
     /// with the same id and configuration, its compiled instance (rate-limit buckets,
     /// in-flight counts) replaces the fresh one, so a reload elsewhere in the configuration
     /// neither resets limits nor lets a client past them.
-    pub fn adopt_state(&mut self, old: &RouteTable) {
+    pub fn adopt_state<Y>(&mut self, old: &RouteTable<Y>) {
         let previous: HashMap<&str, &Arc<CompiledMiddleware>> =
             old.routers.iter().flat_map(|r| r.middlewares.iter()).map(|m| (m.id.as_str(), m)).collect();
         for r in &mut self.routers {
@@ -246,8 +236,12 @@ impl RouteTable {
         }
     }
 
-    /// Compiles a snapshot body. Errors leave the caller's previous table in force.
-    pub fn from_snapshot(body: &SnapshotBody) -> Result<RouteTable, TableError> {
+    /// Compiles a snapshot body; `state` makes each router's runtime part (see
+    /// [`RouteEntry::state`]). Errors leave the caller's previous table in force.
+    pub fn from_snapshot(
+        body: &SnapshotBody,
+        mut state: impl FnMut(&atrium_proto::v1::Router) -> X,
+    ) -> Result<RouteTable<X>, TableError> {
         let mut middlewares = HashMap::new();
         for m in &body.middlewares {
             let c = CompiledMiddleware::new(&m.id, &m.kind, &m.config_json)
@@ -286,9 +280,7 @@ impl RouteTable {
                 },
                 uplinks: r.uplinks.clone(),
                 api: (!r.api.is_empty()).then(|| r.api.clone()),
-                labels: Arc::new(crate::proxy::metrics::RouterStats::new(&r.id, &r.service)),
-                served: std::sync::atomic::AtomicU64::new(0),
-                target: None,
+                state: state(r),
                 encoded_characters: mws.iter().find_map(|m| match m.action {
                     Action::EncodedCharacters(e) => Some(e),
                     _ => None,
@@ -307,7 +299,7 @@ impl RouteTable {
     /// The first encoded character of `sanitized` (a [`crate::path_security::sanitize`]d
     /// path) that `router` may not see on `entry_point`: its `encodedCharacters`
     /// middleware decides, else the entrypoint's setting (none allowed by default).
-    pub fn refused_encoding(&self, router: &RouteEntry, entry_point: &str, sanitized: &str) -> Option<&'static str> {
+    pub fn refused_encoding(&self, router: &RouteEntry<X>, entry_point: &str, sanitized: &str) -> Option<&'static str> {
         if !sanitized.contains('%') {
             return None;
         }
@@ -319,10 +311,10 @@ impl RouteTable {
     }
 
     fn build(
-        mut routers: Vec<RouteEntry>,
+        mut routers: Vec<RouteEntry<X>>,
         services: HashMap<String, Service>,
         encoded_by_entry_point: HashMap<String, EncodedCharacters>,
-    ) -> RouteTable {
+    ) -> RouteTable<X> {
         routers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
         let mut by_entry_point: HashMap<String, RouterIndex> = HashMap::new();
         let mut all = RouterIndex::default();
@@ -359,7 +351,7 @@ impl RouteTable {
     }
 
     /// The routers in priority order.
-    pub fn routers(&self) -> &[RouteEntry] {
+    pub fn routers(&self) -> &[RouteEntry<X>] {
         &self.routers
     }
 
@@ -370,7 +362,7 @@ impl RouteTable {
 
     /// The router a request arriving on `entry_point` (or on any entrypoint, with `None`)
     /// goes to.
-    pub fn route(&self, entry_point: Option<&str>, req: &RequestView<'_>) -> Option<&RouteEntry> {
+    pub fn route(&self, entry_point: Option<&str>, req: &RequestView<'_>) -> Option<&RouteEntry<X>> {
         self.route_index(entry_point, req).map(|i| &self.routers[i])
     }
 
@@ -385,8 +377,13 @@ impl RouteTable {
 
     /// The router a request arriving through uplink `uplink` goes to: only routers attached
     /// to that uplink are eligible.
-    pub fn route_uplink(&self, uplink: &str, req: &RequestView<'_>) -> Option<&RouteEntry> {
-        self.lookup(self.by_uplink.get(uplink)?, req).map(|i| &self.routers[i])
+    pub fn route_uplink(&self, uplink: &str, req: &RequestView<'_>) -> Option<&RouteEntry<X>> {
+        self.route_uplink_index(uplink, req).map(|i| &self.routers[i])
+    }
+
+    /// [`RouteTable::route_uplink`], as a position in [`RouteTable::routers`].
+    pub fn route_uplink_index(&self, uplink: &str, req: &RequestView<'_>) -> Option<usize> {
+        self.lookup(self.by_uplink.get(uplink)?, req)
     }
 
     fn lookup(&self, index: &RouterIndex, req: &RequestView<'_>) -> Option<usize> {
@@ -406,6 +403,10 @@ mod tests {
     use super::*;
     use atrium_proto::v1::{Router, service};
     use http::HeaderMap;
+
+    fn from_snapshot(b: &SnapshotBody) -> Result<RouteTable, TableError> {
+        RouteTable::from_snapshot(b, |_| ())
+    }
 
     fn body(routers: &[(&str, &str, i64, &[&str])]) -> SnapshotBody {
         SnapshotBody {
@@ -449,7 +450,7 @@ mod tests {
                     config_json: r#"{"prefixes": ["/x"]}"#.into(),
                 },
             ];
-            RouteTable::from_snapshot(&b).unwrap()
+            from_snapshot(&b).unwrap()
         };
         let old = with_limit(1);
         let mut same = with_limit(1);
@@ -466,7 +467,7 @@ mod tests {
 
     #[test]
     fn longest_rule_wins_by_default() {
-        let t = RouteTable::from_snapshot(&body(&[
+        let t = from_snapshot(&body(&[
             ("a/short/0", "PathPrefix(`/`)", 0, &[]),
             ("a/long/0", "Host(`x.com`) && PathPrefix(`/api`)", 0, &[]),
         ]))
@@ -477,7 +478,7 @@ mod tests {
 
     #[test]
     fn explicit_priority_wins_and_ties_break_by_id() {
-        let t = RouteTable::from_snapshot(&body(&[
+        let t = from_snapshot(&body(&[
             ("a/b/0", "PathPrefix(`/`)", 100, &[]),
             ("a/a/0", "PathPrefix(`/x`)", 100, &[]),
             ("a/c/0", "Host(`x.com`) && PathPrefix(`/x`)", 0, &[]),
@@ -489,7 +490,7 @@ mod tests {
 
     #[test]
     fn entry_points_filter_routers() {
-        let t = RouteTable::from_snapshot(&body(&[
+        let t = from_snapshot(&body(&[
             ("a/web/0", "PathPrefix(`/`)", 0, &["web"]),
             ("a/secure/0", "PathPrefix(`/s`)", 0, &["websecure"]),
             ("a/all/0", "Path(`/all`)", 0, &[]),
@@ -519,7 +520,7 @@ mod tests {
         specs.push(("ns/dot/0".into(), "Host(`h3.test.`) && Path(`/p0`)".into(), 300));
         let routers: Vec<(&str, &str, i64, &[&str])> =
             specs.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), *c, &[][..])).collect();
-        let t = RouteTable::from_snapshot(&body(&routers)).unwrap();
+        let t = from_snapshot(&body(&routers)).unwrap();
         let h = HeaderMap::new();
         let mut checked = 0;
         for host in ["h0.test", "h1.test", "h2.test", "h3.test", "h3.test.", "zzz.test", "H4.TEST:80", "none"] {
@@ -541,7 +542,7 @@ mod tests {
             ("apps/other/0", "PathPrefix(`/`)", 0, &["web"]),
         ]);
         b.routers[0].uplinks = vec!["crm".into()];
-        let t = RouteTable::from_snapshot(&b).unwrap();
+        let t = from_snapshot(&b).unwrap();
         let h = HeaderMap::new();
         let v = RequestView::new("GET", "x", "/crm/health", None, &h, "10.0.0.1:1");
         assert_eq!(t.route_uplink("crm", &v).map(|r| r.id.as_str()), Some("apps/crm/0"));
@@ -555,11 +556,11 @@ mod tests {
     fn dangling_references_are_errors() {
         let mut b = body(&[("a/x/0", "Path(`/`)", 0, &[])]);
         b.routers[0].service = "nope".into();
-        assert!(matches!(RouteTable::from_snapshot(&b), Err(TableError::Dangling { what: "service", .. })));
+        assert!(matches!(from_snapshot(&b), Err(TableError::Dangling { what: "service", .. })));
         let mut b = body(&[("a/x/0", "Path(`/`)", 0, &[])]);
         b.routers[0].middlewares = vec!["ns/missing".into()];
-        assert!(matches!(RouteTable::from_snapshot(&b), Err(TableError::Dangling { what: "middleware", .. })));
+        assert!(matches!(from_snapshot(&b), Err(TableError::Dangling { what: "middleware", .. })));
         let b = body(&[("a/x/0", "Path(`nope`)", 0, &[])]);
-        assert!(matches!(RouteTable::from_snapshot(&b), Err(TableError::Rule { .. })));
+        assert!(matches!(from_snapshot(&b), Err(TableError::Rule { .. })));
     }
 }

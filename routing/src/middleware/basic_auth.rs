@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use md5::{Digest as _, Md5};
 
 use super::config::BasicAuth;
-use crate::body::{self, Body};
+use crate::Answer;
 
 #[derive(Debug, Clone)]
 enum Hash {
@@ -179,7 +179,7 @@ impl BasicAuthRt {
     }
 
     /// Checks the request; `Some` is the 401 to send.
-    pub fn check(&self, h: &mut HeaderMap) -> Option<http::Response<Body>> {
+    pub fn check(&self, h: &mut HeaderMap) -> Option<Answer> {
         let creds = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -201,7 +201,7 @@ impl BasicAuthRt {
                 None
             }
             None => {
-                let mut r = body::text(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+                let mut r = Answer::text(StatusCode::UNAUTHORIZED, "401 Unauthorized");
                 if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", self.realm)) {
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }

@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
 
 use super::config::Headers;
-use crate::body::{self, Body};
+use crate::Answer;
 
 /// A compiled headers middleware.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub enum RequestAction {
         ssl: bool,
     },
     /// Answer now (CORS preflight, bad host).
-    Respond(http::Response<Body>),
+    Respond(Answer),
 }
 
 fn set_or_remove(h: &mut HeaderMap, name: &str, value: &str) {
@@ -88,8 +88,7 @@ impl HeadersRt {
             && !origin.is_empty()
             && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            let mut r = http::Response::new(body::empty());
-            *r.status_mut() = StatusCode::OK;
+            let mut r = Answer::empty(StatusCode::OK);
             let h = r.headers_mut();
             if self.credentials() {
                 h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
@@ -111,7 +110,7 @@ impl HeadersRt {
                 .find_map(|hp| headers.get(hp.as_str()).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()))
                 .unwrap_or(host);
             if !self.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host)) {
-                return RequestAction::Respond(body::text(StatusCode::INTERNAL_SERVER_ERROR, "Bad Host"));
+                return RequestAction::Respond(Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "Bad Host"));
             }
         }
         let ssl = tls
