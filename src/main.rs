@@ -1,20 +1,21 @@
-//! `atrium`: one binary, a subcommand per role.
+//! `atrium`: one binary, a subcommand per role. This file only parses flags into each
+//! role's configuration and calls the crate that owns the role: `atrium_control_plane`,
+//! `atrium_data_plane::node`, `atrium_agent`, `atrium_up`; `lint` and `route-check` call
+//! the compiler in `atrium_model`.
 #![forbid(unsafe_code)]
-
-mod gateway;
-mod planes;
-mod route_check;
-mod telemetry;
-mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use atrium_model::diagnostic::Diagnostic;
-use atrium_model::values::Values;
-use atrium_routing::table::RouteTable;
+use atrium_data_plane::node::{Serving, parse_addr, parse_admin_addr, shutdown_signal};
+use atrium_data_plane::proxy::AccessLog;
+use atrium_data_plane::proxy::admin::{AdminConfig, read_token};
+use atrium_data_plane::proxy::server::ServerLimits;
+use atrium_data_plane::uplink::Liveness;
+use atrium_data_plane::upstream::UpstreamConfig;
+use atrium_provider::file::{FileSource, load_values};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -43,7 +44,7 @@ struct ListenArgs {
     #[arg(long)]
     values: Option<PathBuf>,
     /// Override an entrypoint's address: NAME=ADDR (`:8000`, `127.0.0.1:0`) or NAME=off.
-    #[arg(long = "entrypoint", value_parser = gateway::parse_entry_point_flag)]
+    #[arg(long = "entrypoint", value_parser = parse_entry_point_flag)]
     entry_points: Vec<(String, String)>,
     /// IP the entrypoints bind to unless overridden.
     #[arg(long, default_value = "0.0.0.0")]
@@ -64,15 +65,22 @@ struct ListenArgs {
     access_log: Option<AccessLogFormat>,
 }
 
+/// Parses `NAME=ADDR`.
+fn parse_entry_point_flag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))
+}
+
 impl ListenArgs {
-    fn admin(&self) -> anyhow::Result<Option<atrium_data_plane::proxy::admin::AdminConfig>> {
+    fn admin(&self) -> anyhow::Result<Option<AdminConfig>> {
         let Some(a) = self.admin.as_deref() else {
             anyhow::ensure!(self.admin_token_file.is_none(), "--admin-token-file needs --admin");
             return Ok(None);
         };
-        let addr = gateway::parse_admin_addr(a).context("--admin")?;
+        let addr = parse_admin_addr(a).context("--admin")?;
         let token = match &self.admin_token_file {
-            Some(f) => Some(atrium_data_plane::proxy::admin::read_token(f).context("--admin-token-file")?),
+            Some(f) => Some(read_token(f).context("--admin-token-file")?),
             None => None,
         };
         if token.is_none() && !addr.ip().is_loopback() {
@@ -80,18 +88,42 @@ impl ListenArgs {
                 "atrium: warning: the admin API on {addr} is reachable off this host without a token (--admin-token-file)"
             );
         }
-        Ok(Some(atrium_data_plane::proxy::admin::AdminConfig { addr, token }))
+        Ok(Some(AdminConfig { addr, token }))
     }
 
-    fn access_log(&self) -> Option<atrium_data_plane::proxy::AccessLog> {
+    fn access_log(&self) -> Option<AccessLog> {
         self.access_log.map(|f| match f {
-            AccessLogFormat::Json => atrium_data_plane::proxy::AccessLog::Json,
-            AccessLogFormat::Clf => atrium_data_plane::proxy::AccessLog::Clf,
+            AccessLogFormat::Json => AccessLog::Json,
+            AccessLogFormat::Clf => AccessLog::Clf,
         })
     }
 
     fn workers(&self) -> usize {
         self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
+
+    /// What serves, with the listeners the values declare (moved by `--entrypoint`), the
+    /// limits and the TLS directories; uplink settings default.
+    fn serving(&self, limits: &LimitArgs, state_dir: PathBuf, tls_dir: Option<PathBuf>) -> anyhow::Result<Serving> {
+        let values = load_values(self.values.as_deref())?;
+        let listeners = atrium_provider::listeners::listeners(&values, &self.entry_points, self.bind_ip)?;
+        Ok(Serving {
+            listeners: listeners.http,
+            uplink_listeners: listeners.uplink,
+            admin: self.admin()?,
+            access_log: self.access_log(),
+            limits: limits.server()?,
+            upstream: limits.upstream(),
+            workers: self.workers(),
+            state_dir,
+            tls_dir,
+            liveness: Liveness::default(),
+        })
+    }
+
+    /// The manifests and values a role compiles, watched with `debounce_ms` of quiet time.
+    fn source(&self, manifests: Vec<PathBuf>, debounce_ms: u64) -> FileSource {
+        FileSource { values: self.values.clone(), manifests, debounce: Duration::from_millis(debounce_ms.max(1)) }
     }
 }
 
@@ -130,10 +162,10 @@ struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn server(&self) -> anyhow::Result<atrium_data_plane::proxy::server::ServerLimits> {
+    fn server(&self) -> anyhow::Result<ServerLimits> {
         anyhow::ensure!(self.max_connections > 0, "--max-connections: at least 1");
         anyhow::ensure!(self.max_header_bytes >= 1024, "--max-header-bytes: at least 1024");
-        Ok(atrium_data_plane::proxy::server::ServerLimits::new(
+        Ok(ServerLimits::new(
             Duration::from_secs(self.header_read_timeout.max(1)),
             Duration::from_secs(self.idle_timeout.max(1)),
             self.max_header_bytes,
@@ -142,8 +174,8 @@ impl LimitArgs {
         ))
     }
 
-    fn upstream(&self) -> atrium_data_plane::upstream::UpstreamConfig {
-        atrium_data_plane::upstream::UpstreamConfig {
+    fn upstream(&self) -> UpstreamConfig {
+        UpstreamConfig {
             connect_timeout: Duration::from_secs(self.upstream_connect_timeout.max(1)),
             response_header_timeout: Duration::from_secs(self.upstream_response_timeout.max(1)),
             idle_timeout: Duration::from_secs(self.upstream_idle_timeout),
@@ -187,7 +219,7 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn options(self) -> anyhow::Result<planes::ServeOptions> {
+    fn serving(&self) -> anyhow::Result<Serving> {
         anyhow::ensure!(self.uplink_keepalive_ms >= 10, "--uplink-keepalive-ms: at least 10");
         anyhow::ensure!(
             self.uplink_max_streams >= 2,
@@ -198,26 +230,15 @@ impl ServeArgs {
             "--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms ({} ms)",
             self.uplink_keepalive_ms
         );
-        let l = &self.listen;
-        Ok(planes::ServeOptions {
-            admin: l.admin()?,
-            access_log: l.access_log(),
-            workers: l.workers(),
-            values: self.listen.values,
-            entry_points: self.listen.entry_points,
-            bind_ip: self.listen.bind_ip,
-            limits: self.limits.server()?,
-            upstream: self.limits.upstream(),
-            state_dir: self.state_dir,
-            tls_dir: self.tls_dir,
-            liveness: atrium_data_plane::uplink::Liveness {
-                keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
-                idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
-                max_streams: self.uplink_max_streams,
-                stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
-                max_frame: self.uplink_max_frame_bytes.max(1024),
-            },
-        })
+        let mut serving = self.listen.serving(&self.limits, self.state_dir.clone(), self.tls_dir.clone())?;
+        serving.liveness = Liveness {
+            keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
+            idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
+            max_streams: self.uplink_max_streams,
+            stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
+            max_frame: self.uplink_max_frame_bytes.max(1024),
+        };
+        Ok(serving)
     }
 }
 
@@ -389,110 +410,118 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they do at info; one-shot tools only speak up when something is wrong.
-    let serving = matches!(
-        cli.command,
-        Command::Gateway { .. }
-            | Command::ControlPlane { .. }
-            | Command::DataPlane { .. }
-            | Command::Agent { .. }
-            | Command::Up { .. }
-    );
-    let role = match &cli.command {
-        Command::Gateway { .. } => "atrium-gateway".to_string(),
-        Command::ControlPlane { .. } => "atrium-control-plane".to_string(),
-        Command::DataPlane { node_id, .. } => format!("atrium-data-plane-{node_id}"),
-        Command::Agent { cluster, .. } => format!("atrium-agent-{cluster}"),
-        _ => "atrium".to_string(),
+    let (serving, role) = match &cli.command {
+        Command::Gateway { .. } => (true, "atrium-gateway".to_string()),
+        Command::ControlPlane { .. } => (true, "atrium-control-plane".to_string()),
+        Command::DataPlane { node_id, .. } => (true, format!("atrium-data-plane-{node_id}")),
+        Command::Agent { cluster, .. } => (true, format!("atrium-agent-{cluster}")),
+        Command::Up { .. } => (true, "atrium".to_string()),
+        _ => (false, "atrium".to_string()),
     };
-    let _telemetry = telemetry::init(if serving { "info" } else { "warn" }, &role);
-    let result = match cli.command {
-        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => (|| {
-            let grpc = gateway::parse_addr(&grpc).context("--grpc")?;
-            let o = serve.options()?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_control_plane(
-                o,
-                manifests,
-                grpc,
-                data_plane == EmbeddedDataPlane::Embedded,
-                Duration::from_millis(watch_debounce_ms.max(1)),
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        })(),
-        Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, usage_interval_ms, serve } => (|| {
-            let o = serve.options()?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_data_plane(
-                o,
+    let _telemetry = atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("atrium: {}", explain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// An error with its causes, each said once: library errors already name their cause in
+/// their message, flag context does not.
+fn explain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+/// One call per subcommand.
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime");
+    match command {
+        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => {
+            let cfg = atrium_control_plane::Config {
+                source: serve.listen.source(manifests, watch_debounce_ms),
+                grpc: parse_addr(&grpc).context("--grpc")?,
+                embedded: data_plane == EmbeddedDataPlane::Embedded,
+                serving: serve.serving()?,
+            };
+            rt()?.block_on(atrium_control_plane::run(cfg, shutdown_signal()))?;
+        }
+        Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, usage_interval_ms, serve } => {
+            let usage_interval = Duration::from_millis(usage_interval_ms);
+            let serving = serve.serving()?;
+            let cfg = atrium_data_plane::node::Config {
+                serving,
                 control_plane,
                 node_id,
                 group,
                 cache_dir,
                 tls_name,
-                Duration::from_millis(usage_interval_ms),
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        })(
-        ),
-        Command::Agent { cluster, manifests, tls_name, watch_debounce_ms, serve } => (|| {
-            let o = serve.options()?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(planes::run_agent(
-                o,
-                cluster,
-                manifests,
-                tls_name,
-                Duration::from_millis(watch_debounce_ms.max(1)),
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        })(),
-        Command::Up { state_dir, example, parent_ip, port_base } => (|| {
-            anyhow::ensure!(port_base <= u16::MAX - 1090, "--port-base: at most {}", u16::MAX - 1090);
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(up::run(
-                state_dir,
-                example,
-                up::Layout { parent_ip, port_base },
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        })(),
-        Command::Certs { command } => (|| {
-            match command {
-                CertsCommand::Init { dir } => planes::certs(true, &dir, None, None, &[])?,
-                CertsCommand::Issue { dir, name, role, sans } => {
-                    planes::certs(false, &dir, Some(&name), role.as_deref(), &sans)?
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        })(),
-        Command::Gateway { manifests, listen, state_dir, tls_dir, watch_debounce_ms, limits } => (|| {
-            let opts = gateway::GatewayOptions {
-                admin: listen.admin()?,
-                access_log: listen.access_log(),
-                workers: listen.workers(),
-                values: listen.values,
-                manifests,
-                entry_points: listen.entry_points,
-                bind_ip: listen.bind_ip,
-                debounce: Duration::from_millis(watch_debounce_ms.max(1)),
-                limits: limits.server()?,
-                state_dir,
-                tls_dir,
-                upstream: limits.upstream(),
+                usage_interval,
             };
-            // The control runtime (watcher, admin, health checks) is one thread; the
-            // entrypoints run on `workers` threads of their own.
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(gateway::run(opts))?;
-            Ok(ExitCode::SUCCESS)
-        })(),
-        Command::Lint { paths, values, format } => lint(&paths, values.as_deref(), format),
-        Command::RouteCheck { manifests, tests, values, format } => {
-            route_check(&manifests, &tests, values.as_deref(), format)
+            rt()?.block_on(atrium_data_plane::node::run(cfg, shutdown_signal()))?;
         }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("atrium: {e:#}");
-            ExitCode::from(2)
+        Command::Agent { cluster, manifests, tls_name, watch_debounce_ms, serve } => {
+            let source = serve.listen.source(manifests, watch_debounce_ms);
+            let cfg = atrium_agent::Config { serving: serve.serving()?, source, cluster, tls_name };
+            rt()?.block_on(atrium_agent::run(cfg, shutdown_signal()))?;
+        }
+        Command::Gateway { manifests, listen, state_dir, tls_dir, watch_debounce_ms, limits } => {
+            let default_cert = match (&tls_dir, &state_dir) {
+                (Some(_), _) => atrium_agent::DefaultCert::TlsDir,
+                (None, Some(_)) => atrium_agent::DefaultCert::StateDir,
+                (None, None) => atrium_agent::DefaultCert::Generated,
+            };
+            let source = listen.source(manifests, watch_debounce_ms);
+            let serving = listen.serving(&limits, state_dir.unwrap_or_default(), tls_dir)?;
+            let cfg = atrium_agent::GatewayConfig { serving, source, default_cert };
+            rt()?.block_on(atrium_agent::run_gateway(cfg, shutdown_signal()))?;
+        }
+        Command::Up { state_dir, example, parent_ip, port_base } => {
+            let cfg = atrium_up::Config { state_dir, example, layout: atrium_up::Layout { parent_ip, port_base } };
+            rt()?.block_on(atrium_up::run(cfg, shutdown_signal()))?;
+        }
+        Command::Certs { command } => certs(command)?,
+        Command::Lint { paths, values, format } => return lint(&paths, values.as_deref(), format),
+        Command::RouteCheck { manifests, tests, values, format } => {
+            return route_check(&manifests, &tests, values.as_deref(), format);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `atrium certs init|issue`.
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    use atrium_data_plane::{pki, trust::Role};
+    match command {
+        CertsCommand::Init { dir } => {
+            let ca = dir.join("ca.pem");
+            if pki::init_ca(&dir)? {
+                println!("created CA {}", ca.display());
+            } else {
+                println!("CA {} already exists; kept", ca.display());
+            }
+        }
+        CertsCommand::Issue { dir, name, role, sans } => {
+            let role = match role {
+                Some(r) => {
+                    Role::parse(&r).with_context(|| format!("--role {r:?}: one of control-plane, data-plane, agent"))?
+                }
+                None => Role::for_name(&name),
+            };
+            let f = pki::issue(&dir, &name, role, &sans)?;
+            println!("issued {} and {} (role {role})", f.cert.display(), f.key.display());
+        }
+    }
+    Ok(())
 }
 
 fn lint(paths: &[PathBuf], values: Option<&std::path::Path>, format: Format) -> anyhow::Result<ExitCode> {
@@ -521,29 +550,15 @@ fn route_check(
     values: Option<&std::path::Path>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    for m in manifests {
-        anyhow::ensure!(m.exists(), "{}: no such file or directory", m.display());
-    }
-    let tests = route_check::read_tests(tests).map_err(anyhow::Error::msg)?;
-    let (values, mut diags): (Values, Vec<Diagnostic>) = match values {
-        Some(v) => Values::load(v),
-        None => (Values::default(), Vec::new()),
-    };
-    let loaded = atrium_model::loader::load_paths(manifests);
-    let compiled = atrium_model::compile::compile(&loaded, &values, None);
-    diags.extend(loaded.diagnostics.iter().cloned());
-    diags.extend(compiled.diagnostics.iter().cloned());
-    for d in diags.iter().filter(|d| d.is_error()) {
+    let report = atrium_model::route_check::run(manifests, tests, values)?;
+    for d in &report.errors {
         eprintln!("{d}");
     }
-    let table = RouteTable::from_snapshot(&compiled.body, |_| ())
-        .context("compiled configuration does not form a route table")?;
-    let outcomes: Vec<route_check::Outcome> = tests.tests.iter().map(|c| route_check::run_case(&table, c)).collect();
-    let passed = outcomes.iter().filter(|o| o.passed).count();
-    let failed = outcomes.len() - passed;
+    let passed = report.outcomes.iter().filter(|o| o.passed).count();
+    let failed = report.outcomes.len() - passed;
     match format {
         Format::Text => {
-            for o in &outcomes {
+            for o in &report.outcomes {
                 match &o.error {
                     None => println!("PASS {}", o.name),
                     Some(e) => println!("FAIL {}: {e}", o.name),
@@ -552,7 +567,7 @@ fn route_check(
             println!("{passed} passed, {failed} failed");
         }
         Format::Json => {
-            let out = serde_json::json!({ "results": outcomes, "passed": passed, "failed": failed });
+            let out = serde_json::json!({ "results": report.outcomes, "passed": passed, "failed": failed });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
     }

@@ -18,7 +18,7 @@ use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 
 /// Child name → its uplinks, for the reachable children.
-pub type Registry = BTreeMap<String, Vec<pb::UplinkState>>;
+pub use atrium_model::compile::Registry;
 
 /// TLS material the parent presents to children: the control plane's certificate and the
 /// installation's CA (re-read when their files change).

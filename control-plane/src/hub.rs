@@ -13,7 +13,6 @@ use atrium_proto::v1 as pb;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use prost::Message;
 use tokio::sync::watch;
 
 /// A snapshot as published.
@@ -160,8 +159,7 @@ impl Hub {
 
     /// Publishes a compiled body; `None` when it equals the current one (nothing sent).
     pub fn publish(&self, body: &pb::SnapshotBody, detected_at: Instant) -> Option<pb::Version> {
-        let bytes = body.encode_to_vec();
-        let hash = atrium_proto::body_hash(&bytes);
+        let (bytes, hash) = atrium_proto::encode(body);
         if self.current.borrow().as_ref().is_some_and(|p| p.snapshot.hash == hash) {
             return None;
         }

@@ -1,5 +1,7 @@
-//! atrium's control plane (parent cluster).
+//! atrium's control plane (parent cluster): [`run`] starts one from its [`Config`].
 //!
+//! - [`run`](mod@run): the wiring: the file provider (watch → compile → publish), the gRPC
+//!   listener, the children, the embedded data plane, the admin API.
 //! - [`children`]: the multi-cluster registry: every child dialled over mutual-TLS QUIC,
 //!   its uplinks, weights and health, and its liveness.
 //! - [`hub`]: the latest compiled snapshot (encoded once, shared by every stream) and the
@@ -9,12 +11,16 @@
 //! - [`tls`]: mutual TLS for that listener, with refusals logged and the server
 //!   certificate reloaded when its file changes.
 //!
-//! Compiling resources into snapshots is [`atrium_model::compile`]; the resource model
-//! lives in `atrium-model` so that the agent shares it without depending on this crate.
+//! Compiling resources into snapshots is `atrium_model::compile`; reading them from files
+//! is `atrium_provider::file`, shared with the agent and the gateway.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 pub mod children;
 pub mod hub;
+pub mod run;
 pub mod service;
 pub mod tls;
+
+pub use run::{Config, ControlPlaneError, run};

@@ -17,9 +17,11 @@ use tokio_rustls::server::TlsStream;
 /// The snapshot listener's TLS: the control plane's certificate, and only data planes of
 /// this installation's CA as clients (a child's certificate is refused: snapshots carry TLS
 /// private keys). Certificate and CA are re-read when their files change.
-pub fn server_config(trust: &atrium_data_plane::trust::NodeTrust) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(
+    trust: &atrium_data_plane::trust::NodeTrust,
+) -> Result<Arc<rustls::ServerConfig>, atrium_data_plane::trust::TrustError> {
     use atrium_data_plane::trust::Role;
-    trust.server_config(&[Role::DataPlane], "snapshot stream", &[b"h2"], false).map(Arc::new).map_err(|e| e.to_string())
+    trust.server_config(&[Role::DataPlane], "snapshot stream", &[b"h2"], false).map(Arc::new)
 }
 
 /// Accepts TCP connections, completes mutual TLS and yields the streams tonic serves.

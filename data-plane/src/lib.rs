@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod gzip;
 pub mod h1;
 pub mod multicluster;
+pub mod node;
 pub mod pki;
 pub mod proxy;
 pub mod service;

@@ -196,7 +196,7 @@ impl FileIdentity {
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<FileIdentity>, TrustError> {
         let parse = |f: &[PathBuf]| {
             crate::proxy::tls::certified_key(&read(&f[0])?, &read(&f[1])?)
-                .map_err(|reason| TrustError::Invalid { file: f[0].clone(), reason })
+                .map_err(|e| TrustError::Invalid { file: f[0].clone(), reason: e.to_string() })
         };
         Ok(Arc::new(FileIdentity(FileBacked::load(vec![cert.to_path_buf(), key.to_path_buf()], "certificate", parse)?)))
     }

@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod lint;
 pub mod loader;
 pub mod resources;
+pub mod route_check;
 pub mod topology;
 pub mod values;
 pub mod yaml;

@@ -21,10 +21,17 @@ pub fn body_hash(encoded: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(encoded).to_vec()
 }
 
+/// A body encoded, and the hash of the encoding: equal configurations give equal hashes.
+pub fn encode(body: &v1::SnapshotBody) -> (Vec<u8>, Vec<u8>) {
+    let encoded = body.encode_to_vec();
+    let hash = body_hash(&encoded);
+    (encoded, hash)
+}
+
 /// A snapshot of `body` at `version`: the body encoded once and hashed.
 pub fn seal(version: v1::Version, body: &v1::SnapshotBody) -> v1::Snapshot {
-    let encoded = body.encode_to_vec();
-    v1::Snapshot { version: Some(version), hash: body_hash(&encoded), body: encoded.into() }
+    let (encoded, hash) = encode(body);
+    v1::Snapshot { version: Some(version), hash, body: encoded.into() }
 }
 
 /// Version handshake between a control plane and a data plane: the major versions must be

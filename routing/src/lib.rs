@@ -82,8 +82,8 @@ impl Answer {
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// The entrypoint it came in on (its `encodedCharacters` applies unless the router's
-    /// own middleware says otherwise).
-    pub entry_point: &'a str,
+    /// own middleware says otherwise); `None` for any (`route-check` without one).
+    pub entry_point: Option<&'a str>,
     /// Set when it came through an uplink: only the routers attached to it are eligible.
     pub uplink: Option<&'a str>,
     /// The sanitized path, escapes intact (see [`path_security::sanitize`]).
@@ -113,10 +113,10 @@ pub enum Decision {
 pub fn decide<X>(table: &RouteTable<X>, req: &Request<'_>) -> Decision {
     let hit = match req.uplink {
         Some(u) => table.route_uplink_index(u, &req.view),
-        None => table.route_index(Some(req.entry_point), &req.view),
+        None => table.route_index(req.entry_point, &req.view),
     };
     let Some(i) = hit else { return Decision::NotFound };
-    match table.refused_encoding(&table.routers()[i], req.entry_point, req.path) {
+    match table.refused_encoding(&table.routers()[i], req.entry_point.unwrap_or_default(), req.path) {
         None => Decision::Route(i),
         Some(c) => Decision::Refused {
             router: i,
@@ -161,7 +161,7 @@ mod tests {
 
     fn req<'a>(h: &'a HeaderMap, entry_point: &'a str, uplink: Option<&'a str>, path: &'a str) -> Request<'a> {
         Request {
-            entry_point,
+            entry_point: Some(entry_point),
             uplink,
             path,
             view: RequestView::new("GET", "api.example.com", path, None, h, "127.0.0.1:1"),

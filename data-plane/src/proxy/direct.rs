@@ -124,7 +124,7 @@ impl Gateway {
             &NO_HEADERS,
             Some(conn.peer.ip().to_canonical()),
         );
-        let req = atrium_routing::Request { entry_point: &conn.entry_point, uplink: None, path, view };
+        let req = atrium_routing::Request { entry_point: Some(&conn.entry_point), uplink: None, path, view };
         let i = match atrium_routing::decide(&rt.table, &req) {
             atrium_routing::Decision::Route(i) => i,
             // A 404 or a refusal: the general lane answers it.

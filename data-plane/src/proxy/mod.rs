@@ -98,7 +98,7 @@ impl Runtime {
             labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
             served: std::sync::atomic::AtomicU64::new(0),
         })?;
-        let hash = atrium_proto::body_hash(&prost::Message::encode_to_vec(&body));
+        let (_, hash) = atrium_proto::encode(&body);
         Ok(Runtime { version, epoch: 0, hash, table, services, body })
     }
 
@@ -504,7 +504,7 @@ impl Gateway {
                         client_ip,
                     );
                     let req = atrium_routing::Request {
-                        entry_point: &conn.entry_point,
+                        entry_point: Some(&conn.entry_point),
                         uplink: conn.uplink.as_deref(),
                         path: path_raw,
                         view,

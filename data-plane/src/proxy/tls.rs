@@ -38,27 +38,58 @@ impl DefaultCert {
     }
 }
 
+/// Why a certificate cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// The certificate PEM does not parse, or holds no certificate.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The key PEM does not parse, or the key is of a kind rustls cannot sign with.
+    #[error("private key: {0}")]
+    Key(String),
+    /// A key of another certificate.
+    #[error("the private key does not belong to the certificate: {0}")]
+    Mismatch(rustls::Error),
+    /// A certificate could not be generated.
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The default certificate's files.
+    #[error(transparent)]
+    Files(#[from] crate::trust::TrustError),
+    /// The default certificate's key file.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+}
+
 /// Parses a PEM certificate chain and key into a signing key.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("certificate: {e}"))?;
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Certificate(e.to_string()))?;
     if chain.is_empty() {
-        return Err("no certificate in PEM".into());
+        return Err(CertError::Certificate("no certificate in PEM".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::Key(e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
-    let signer = provider.key_provider.load_private_key(key).map_err(|e| format!("private key: {e}"))?;
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| CertError::Key(e.to_string()))?;
     let ck = CertifiedKey::new(chain, signer);
     // A key of another certificate (a rotation caught half-way, a wrong Secret) would fail
     // every handshake: refuse it here, where the previous pair can stay in force.
-    ck.keys_match().map_err(|e| format!("the private key does not belong to the certificate: {e}"))?;
+    ck.keys_match().map_err(CertError::Mismatch)?;
     Ok(Arc::new(ck))
 }
 
 /// A self-signed certificate for `names`.
-pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, String> {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .map_err(|e| e.to_string())?;
+pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, CertError> {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
 }
 
@@ -81,7 +112,7 @@ pub fn by_server_name(body: &atrium_proto::v1::SnapshotBody) -> HashMap<String, 
 
 impl CertStore {
     /// A store with a generated default certificate.
-    pub fn generated() -> Result<Arc<CertStore>, String> {
+    pub fn generated() -> Result<Arc<CertStore>, CertError> {
         let default = DefaultCert::Generated(self_signed(&["localhost", "atrium.local"])?);
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
@@ -90,14 +121,13 @@ impl CertStore {
     /// `default-key.pem`, the key written with mode 0600): generated on first start, reused
     /// afterwards, so clients that pinned it keep working across restarts; replaced files
     /// are served without a restart.
-    pub fn persistent(dir: &std::path::Path) -> Result<Arc<CertStore>, String> {
+    pub fn persistent(dir: &std::path::Path) -> Result<Arc<CertStore>, CertError> {
         let (cert, key) = (dir.join("default-cert.pem"), dir.join("default-key.pem"));
         if !(cert.is_file() && key.is_file()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])
-                .map_err(|e| e.to_string())?;
-            crate::pki::write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
-            std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })?;
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "atrium.local".to_string()])?;
+            crate::pki::write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert, ck.cert.pem()).map_err(|source| CertError::Io { path: cert.clone(), source })?;
         }
         Self::from_files(&cert, &key)
     }
@@ -105,8 +135,8 @@ impl CertStore {
     /// A store whose default certificate is a node certificate of a TLS directory
     /// (`<name>.pem`, `<name>-key.pem`, as `atrium certs issue` writes them), re-read when
     /// its files change.
-    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertStore>, String> {
-        let default = DefaultCert::Files(crate::trust::FileIdentity::load(cert, key).map_err(|e| e.to_string())?);
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertStore>, CertError> {
+        let default = DefaultCert::Files(crate::trust::FileIdentity::load(cert, key)?);
         Ok(Arc::new(CertStore { default, by_name: ArcSwap::from_pointee(HashMap::new()) }))
     }
 

@@ -13,7 +13,6 @@ use atrium_proto::v1 as pb;
 use atrium_routing::middleware::CompiledMiddleware;
 use atrium_routing::middleware::config::MiddlewareRef;
 use atrium_routing::rules::Rule;
-use prost::Message;
 
 pub use services::{PORTAL_SERVICE, health_check};
 
@@ -51,13 +50,6 @@ impl Compiled {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
-}
-
-/// Encodes a body and hashes it: equal configurations give equal hashes.
-pub fn encode(body: &pb::SnapshotBody) -> (Vec<u8>, Vec<u8>) {
-    let bytes = body.encode_to_vec();
-    let hash = atrium_proto::body_hash(&bytes);
-    (bytes, hash)
 }
 
 type Key = (String, String);
@@ -593,12 +585,10 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
 }
 
 fn compile_children(values: &Values, registry: Option<&Registry>) -> Vec<pb::Child> {
-    values
+    let mut children: Vec<pb::Child> = values
         .children()
         .map(|(name, c)| {
             let t = c.servers_transport.clone().unwrap_or_default();
-            let mut uplinks = registry.and_then(|r| r.get(name)).cloned().unwrap_or_default();
-            uplinks.sort_by(|a, b| a.name.cmp(&b.name));
             pb::Child {
                 name: name.clone(),
                 address: c.address.clone(),
@@ -612,11 +602,35 @@ fn compile_children(values: &Values, registry: Option<&Registry>) -> Vec<pb::Chi
                         .map(|p| pb::ClientCertificate { cert_file: p.cert_file.clone(), key_file: p.key_file.clone() })
                         .collect(),
                 }),
-                reachable: registry.is_some_and(|r| r.contains_key(name)),
-                uplinks,
+                reachable: false,
+                uplinks: Vec::new(),
             }
         })
-        .collect()
+        .collect();
+    if let Some(r) = registry {
+        apply_registry(&mut children, r);
+    }
+    children
+}
+
+/// Merges what the parent knows of its children into their snapshot entries: a child in
+/// the registry is reachable with its uplinks (sorted by name); any other is unreachable
+/// with none. The one merge of registry and configuration (the compiler's, and the
+/// control plane's on every registry change).
+pub fn apply_registry(children: &mut [pb::Child], registry: &Registry) {
+    for c in children {
+        match registry.get(&c.name) {
+            Some(ups) => {
+                c.reachable = true;
+                c.uplinks = ups.clone();
+                c.uplinks.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            None => {
+                c.reachable = false;
+                c.uplinks.clear();
+            }
+        }
+    }
 }
 
 /// The registry a topology implies when every child is up and healthy: each child's

@@ -134,7 +134,7 @@ fn equal_configurations_encode_to_equal_bytes() {
     let a = compile(&forward, &Values::default(), None);
     let b = compile(&reversed, &Values::default(), None);
     assert!(!a.body.routers.is_empty());
-    assert_eq!(encode(&a.body), encode(&b.body));
+    assert_eq!(atrium_proto::encode(&a.body), atrium_proto::encode(&b.body));
     let lb = a.body.services.iter().find_map(|s| match &s.kind {
         Some(Kind::LoadBalancer(lb)) => Some(lb),
         _ => None,

@@ -2,13 +2,14 @@
 //! with its embedded data plane) on 127.0.0.1, child agents on 127.0.0.2 and 127.0.0.3, and
 //! the demo backends the children's EndpointSlices point at. Each role runs as its own
 //! process (this same binary), exactly as it would on separate machines.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::Context;
 use atrium_data_plane::pki;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// The example's files, compiled in so `atrium up` works from any directory.
 macro_rules! example_files {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../deploy/examples/multi-cluster-portal/", $path)))),*]
+        &[$(($path, include_str!(concat!("../../deploy/examples/multi-cluster-portal/", $path)))),*]
     };
 }
 
@@ -41,7 +42,40 @@ const EXAMPLE: &[(&str, &str)] = example_files![
     "cluster-b/manifests/billing-endpoints.yaml",
 ];
 
+/// Why the example cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The development PKI cannot be created.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A process of the example stopped.
+    #[error("{name} exited ({status}); see its log above")]
+    Exited {
+        /// The process.
+        name: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// `--port-base` leaves no room for the ports above it.
+    #[error("--port-base: at most {}", u16::MAX - 1090)]
+    PortBase,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
+    let what = what.into();
+    move |source| UpError::Io { what, source }
+}
+
 /// Where everything listens.
+#[derive(Debug, Clone, Copy)]
 pub struct Layout {
     /// The parent's address (its entrypoints, admin port and gRPC service).
     pub parent_ip: std::net::IpAddr,
@@ -50,19 +84,20 @@ pub struct Layout {
 }
 
 /// Writes the embedded example to `dir` unless a copy is already there; returns its path.
-fn materialise(dir: &Path) -> anyhow::Result<PathBuf> {
+fn materialise(dir: &Path) -> Result<PathBuf, UpError> {
     for (rel, text) in EXAMPLE {
         let p = dir.join(rel);
         if !p.exists() {
-            std::fs::create_dir_all(p.parent().expect("example paths have a parent"))?;
-            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            let parent = p.parent().unwrap_or(dir);
+            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+            std::fs::write(&p, text).map_err(io(format!("writing {}", p.display())))?;
         }
     }
     Ok(dir.to_path_buf())
 }
 
 /// Creates the installation CA and one certificate per component, keeping existing ones.
-fn ensure_pki(dir: &Path) -> anyhow::Result<()> {
+fn ensure_pki(dir: &Path) -> Result<(), UpError> {
     let sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
     for name in ["control-plane", "data-plane", "cluster-a", "cluster-b"] {
         // Each with its role (the name decides: the children are agents).
@@ -73,8 +108,8 @@ fn ensure_pki(dir: &Path) -> anyhow::Result<()> {
 
 /// A demo backend: answers every request with a JSON description of it, the way an echo
 /// service in the child cluster would.
-async fn demo_backend(service: &'static str, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("demo {service} on {addr}"))?;
+async fn demo_backend(service: &'static str, addr: SocketAddr) -> Result<(), UpError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("demo {service} on {addr}")))?;
     tracing::info!(service, %addr, "demo backend listening");
     tokio::spawn(async move {
         loop {
@@ -117,9 +152,9 @@ impl Drop for Procs {
     }
 }
 
-fn spawn(procs: &mut Procs, name: &str, args: &[String]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the atrium binary")?;
-    let child = Command::new(exe).args(args).spawn().with_context(|| format!("starting {name}"))?;
+fn spawn(procs: &mut Procs, name: &str, args: &[String]) -> Result<(), UpError> {
+    let exe = std::env::current_exe().map_err(io("locating the atrium binary"))?;
+    let child = Command::new(exe).args(args).spawn().map_err(io(format!("starting {name}")))?;
     tracing::info!(process = name, pid = child.id(), "started");
     procs.0.push((name.to_string(), child));
     Ok(())
@@ -129,18 +164,33 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// Runs the example until Ctrl-C or SIGTERM (or until one of its processes exits), then
+/// What `atrium up` runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Generated state: certificates, caches, the example's manifests.
+    pub state_dir: PathBuf,
+    /// A topology directory to run instead of the embedded example.
+    pub example: Option<PathBuf>,
+    /// Where the parent listens.
+    pub layout: Layout,
+}
+
+/// Runs the example until `shutdown` completes (or until one of its processes exits), then
 /// stops every process it started.
-pub async fn run(state_dir: PathBuf, example: Option<PathBuf>, layout: Layout) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), UpError> {
+    let Config { state_dir, example, layout } = cfg;
+    if layout.port_base > u16::MAX - 1090 {
+        return Err(UpError::PortBase);
+    }
+    std::fs::create_dir_all(&state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
     let example = match example {
         Some(e) => e,
         None => materialise(&state_dir.join("example"))?,
     };
     let pki_dir = state_dir.join("pki");
     ensure_pki(&pki_dir)?;
-    demo_backend("crm", "127.0.0.2:8080".parse()?).await?;
-    demo_backend("billing", "127.0.0.3:8080".parse()?).await?;
+    demo_backend("crm", SocketAddr::from(([127, 0, 0, 2], 8080))).await?;
+    demo_backend("billing", SocketAddr::from(([127, 0, 0, 3], 8080))).await?;
 
     let mut procs = Procs(Vec::new());
     let dir = |p: &Path| p.to_string_lossy().into_owned();
@@ -194,21 +244,17 @@ pub async fn run(state_dir: PathBuf, example: Option<PathBuf>, layout: Layout) -
     );
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; stopping");
-                return Ok(());
-            }
-            _ = term.recv() => {
-                tracing::info!("terminated; stopping");
+            _ = &mut shutdown => {
+                tracing::info!("stopping");
                 return Ok(());
             }
             _ = tick.tick() => {
                 for (name, c) in &mut procs.0 {
-                    if let Some(status) = c.try_wait()? {
-                        anyhow::bail!("{name} exited ({status}); see its log above");
+                    if let Some(status) = c.try_wait().map_err(io(format!("watching {name}")))? {
+                        return Err(UpError::Exited { name: name.clone(), status });
                     }
                 }
             }
@@ -230,7 +276,7 @@ mod tests {
         materialise(&dir).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("parent/manifests/plans.yaml")).unwrap(), "# edited\n");
         // Every file of the in-repo example is embedded.
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/multi-cluster-portal");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/multi-cluster-portal");
         let mut on_disk = Vec::new();
         let mut stack = vec![repo.clone()];
         while let Some(d) = stack.pop() {

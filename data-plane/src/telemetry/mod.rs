@@ -5,6 +5,8 @@
 //! Off unless the binary configured an exporter ([`enable`]): then nothing on the request
 //! path creates spans or touches headers.
 
+pub mod export;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};

@@ -1,4 +1,4 @@
-//! Logs and traces: structured logs to stderr (`RUST_LOG` filters them), and OpenTelemetry
+//! Setting up logs and traces for a process: structured logs to stderr (`RUST_LOG` filters them), and OpenTelemetry
 //! traces exported over OTLP/gRPC when an endpoint is configured the standard way
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SERVICE_NAME`,
 //! `OTEL_TRACES_SAMPLER` and the `OTEL_BSP_*` batch settings apply too).
@@ -8,6 +8,20 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Why trace export cannot start.
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    /// The export thread or its runtime cannot start.
+    #[error("starting the export thread: {0}")]
+    Thread(std::io::Error),
+    /// The export thread ended before it built the exporter.
+    #[error("the export thread stopped")]
+    Stopped,
+    /// The OTLP exporter cannot be built.
+    #[error("{0}")]
+    Exporter(opentelemetry_otlp::ExporterBuildError),
+}
 
 /// Flushes and stops the trace exporter when dropped (at the end of `main`).
 pub struct Guard(Option<SdkTracerProvider>);
@@ -32,7 +46,7 @@ fn endpoint() -> Option<String> {
 /// A batch-exporting tracer provider. The gRPC client lives on a runtime thread of its own,
 /// so exporting never competes with the request workers and works whatever runtime (or
 /// none) the caller runs.
-fn provider(service: &str) -> Result<SdkTracerProvider, String> {
+fn provider(service: &str) -> Result<SdkTracerProvider, ExportError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("otel-export".into())
@@ -40,18 +54,19 @@ fn provider(service: &str) -> Result<SdkTracerProvider, String> {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(ExportError::Thread(e)));
                     return;
                 }
             };
             rt.block_on(async move {
-                let built = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(|e| e.to_string());
+                let built =
+                    opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(ExportError::Exporter);
                 let _ = tx.send(built);
                 std::future::pending::<()>().await
             });
         })
-        .map_err(|e| e.to_string())?;
-    let exporter = rx.recv().map_err(|e| e.to_string())??;
+        .map_err(ExportError::Thread)?;
+    let exporter = rx.recv().map_err(|_| ExportError::Stopped)??;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service.to_string());
@@ -82,7 +97,7 @@ pub fn init(default_level: &str, service: &str) -> Guard {
             let spans = tracing_subscriber::filter::Targets::new().with_target("atrium::request", tracing::Level::INFO);
             let otel = tracing_opentelemetry::layer().with_tracer(p.tracer("atrium")).with_filter(spans);
             tracing_subscriber::registry().with(fmt).with(otel).init();
-            atrium_data_plane::telemetry::enable();
+            super::enable();
             tracing::info!(%endpoint, service, "exporting traces over OTLP/gRPC");
             Guard(Some(p))
         }

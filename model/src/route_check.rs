@@ -6,10 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use atrium_model::yaml::{from_node, parse_documents};
+use crate::diagnostic::Diagnostic;
+use crate::values::Values;
+use crate::yaml::{from_node, parse_documents};
 use atrium_routing::middleware::path::UrlPath;
 use atrium_routing::request::RequestView;
 use atrium_routing::table::RouteTable;
+use atrium_routing::{Decision, Request};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
@@ -94,16 +97,73 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// Why `route-check` cannot run its tests.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteCheckError {
+    /// A manifest path does not exist.
+    #[error("{}: no such file or directory", .0.display())]
+    Missing(std::path::PathBuf),
+    /// The tests file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The tests file is not what it must be; the message names the line and field.
+    #[error("{}:{message}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Line, field and problem.
+        message: String,
+    },
+    /// The compiled configuration does not form a route table.
+    #[error("compiled configuration does not form a route table: {0}")]
+    Table(#[from] atrium_routing::table::TableError),
+}
+
 /// Reads a tests file; the error names file, line and field.
-pub fn read_tests(path: &Path) -> Result<TestFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let docs =
-        parse_documents(&text).map_err(|e| format!("{}:{}: invalid YAML: {}", path.display(), e.mark, e.message))?;
-    let doc = docs.first().ok_or_else(|| format!("{}: empty tests file", path.display()))?;
+pub fn read_tests(path: &Path) -> Result<TestFile, RouteCheckError> {
+    let invalid = |message: String| RouteCheckError::Invalid { path: path.to_path_buf(), message };
+    let text =
+        std::fs::read_to_string(path).map_err(|source| RouteCheckError::Read { path: path.to_path_buf(), source })?;
+    let docs = parse_documents(&text).map_err(|e| invalid(format!("{}: invalid YAML: {}", e.mark, e.message)))?;
+    let doc = docs.first().ok_or_else(|| invalid(" empty tests file".into()))?;
     from_node::<TestFile>(doc).map_err(|e| {
         let at = e.mark.map(|m| format!("{m}:")).unwrap_or_default();
-        format!("{}:{at} {e}", path.display())
+        invalid(format!("{at} {e}"))
     })
+}
+
+/// What a `route-check` run found.
+#[derive(Debug)]
+pub struct Report {
+    /// One outcome per test case, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Errors in the values and manifests (their objects are left out of the table).
+    pub errors: Vec<Diagnostic>,
+}
+
+/// Compiles the manifests as a gateway would and runs every case of the tests file
+/// against the route table.
+pub fn run(manifests: &[std::path::PathBuf], tests: &Path, values: Option<&Path>) -> Result<Report, RouteCheckError> {
+    if let Some(m) = manifests.iter().find(|m| !m.exists()) {
+        return Err(RouteCheckError::Missing(m.clone()));
+    }
+    let tests = read_tests(tests)?;
+    let (values, mut diags): (Values, Vec<Diagnostic>) = match values {
+        Some(v) => Values::load(v),
+        None => (Values::default(), Vec::new()),
+    };
+    let loaded = crate::loader::load_paths(manifests);
+    let compiled = crate::compile::compile(&loaded, &values, None);
+    diags.extend(loaded.diagnostics.iter().cloned());
+    diags.extend(compiled.diagnostics.iter().cloned());
+    diags.retain(Diagnostic::is_error);
+    let table = RouteTable::from_snapshot(&compiled.body, |_| ())?;
+    Ok(Report { outcomes: tests.tests.iter().map(|c| run_case(&table, c)).collect(), errors: diags })
 }
 
 /// The parts of a test URL.
@@ -139,33 +199,33 @@ fn router_matches(expected: &str, actual: Option<&str>) -> bool {
     }
 }
 
-/// Runs one case against a table.
-pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
-    let req = &case.request;
+/// The request's headers as a map, and what in them is invalid.
+fn headers_of(req: &TestRequest, errors: &mut Vec<String>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let mut errors = Vec::new();
     for (k, v) in &req.headers {
         let values = match v {
             OneOrMany::One(s) => vec![s.as_str()],
             OneOrMany::Many(l) => l.iter().map(String::as_str).collect(),
         };
-        match HeaderName::from_bytes(k.as_bytes()) {
-            Ok(name) => {
-                for val in values {
-                    match HeaderValue::from_str(val) {
-                        Ok(hv) => drop(headers.append(name.clone(), hv)),
-                        Err(_) => errors.push(format!("header {k}: invalid value {val:?}")),
-                    }
-                }
+        let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+            errors.push(format!("invalid header name {k:?}"));
+            continue;
+        };
+        for val in values {
+            match HeaderValue::from_str(val) {
+                Ok(hv) => drop(headers.append(name.clone(), hv)),
+                Err(_) => errors.push(format!("header {k}: invalid value {val:?}")),
             }
-            Err(_) => errors.push(format!("invalid header name {k:?}")),
         }
     }
-    let parts = split_url(&req.url);
-    // As a gateway reads it: the URL's authority wins over a Host header (an absolute-form
-    // target), and two Host headers are a 400.
-    let host_header = req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v);
-    let host = match (parts.authority, host_header) {
+    headers
+}
+
+/// The host the request is routed by, as a gateway reads it: the URL's authority wins
+/// over a Host header (an absolute-form target), and two Host headers are a 400.
+fn host_of<'a>(case: &'a TestCase, authority: &'a str, errors: &mut Vec<String>) -> &'a str {
+    let host_header = case.request.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v);
+    match (authority, host_header) {
         (a, _) if !a.is_empty() => a,
         (_, Some(OneOrMany::One(h))) => h.as_str(),
         (_, Some(OneOrMany::Many(l))) => {
@@ -175,37 +235,59 @@ pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
             l.first().map(String::as_str).unwrap_or("")
         }
         _ => "",
-    };
+    }
+}
+
+/// Runs one case against a table: routed by [`atrium_routing::decide`], as every lane of
+/// the data plane routes, then through the router's path middlewares.
+pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
+    let req = &case.request;
+    let mut errors = Vec::new();
+    let headers = headers_of(req, &mut errors);
+    let parts = split_url(&req.url);
+    let host = host_of(case, parts.authority, &mut errors);
     let method = req.method.as_deref().unwrap_or("GET");
     let remote = req.remote_addr.as_deref().unwrap_or("192.0.2.1:1234");
     // As a gateway does: the sanitized path is routed and forwarded, a path that cannot
     // be made safe is a 400 before routing.
-    let (sanitized, refused) = match atrium_routing::path_security::sanitize(parts.path) {
-        Ok(p) => (p, None),
-        Err(e) => (std::borrow::Cow::Borrowed(""), Some(e)),
+    let sanitized = match atrium_routing::path_security::sanitize(parts.path) {
+        Ok(p) => p,
+        Err(e) => {
+            if case.expect.router != "none" {
+                errors.push(format!("the gateway answers 400 before routing: {e}"));
+            }
+            return outcome(case, None, None, errors);
+        }
     };
-    if let Some(e) = &refused {
-        if case.expect.router != "none" {
-            errors.push(format!("the gateway answers 400 before routing: {e}"));
-        }
-    }
     let view = RequestView::new(method, host, &sanitized, parts.query, &headers, remote);
-    let hit = if refused.is_some() { None } else { table.route(req.entry_point.as_deref(), &view) };
-    let router = hit.map(|r| r.id.clone());
-    let service = hit.map(|r| r.service_display.clone());
-    let path = hit.map(|r| {
-        if let Some(c) = table.refused_encoding(r, req.entry_point.as_deref().unwrap_or(""), &sanitized) {
-            return Err(format!("400 Bad Request: encoded character {c} is not allowed in the path"));
+    let routed = Request { entry_point: req.entry_point.as_deref(), uplink: None, path: &sanitized, view };
+    let (hit, path) = match atrium_routing::decide(table, &routed) {
+        Decision::NotFound => (None, None),
+        Decision::Refused { router, answer } => {
+            let why = answer.into_parts().2.unwrap_or_default().into_owned();
+            (Some(&table.routers()[router]), Some(Err(why)))
         }
-        let mut p = UrlPath::from_escaped(&sanitized);
-        match r.rewrite_path(&mut p) {
-            Ok(()) => Ok((p.request_path().to_string(), p.decoded.clone())),
-            Err(e) => Err(e.to_string()),
+        Decision::Route(i) => {
+            let r = &table.routers()[i];
+            let mut p = UrlPath::from_escaped(&sanitized);
+            let rewritten = r.rewrite_path(&mut p).map(|()| (p.request_path().to_string(), p.decoded.clone()));
+            (Some(r), Some(rewritten.map_err(|e| e.to_string())))
         }
-    });
-    let exp = &case.expect;
-    if !router_matches(&exp.router, router.as_deref()) {
-        errors.push(format!("expected router {}, got {}", exp.router, router.as_deref().unwrap_or("none")));
+    };
+    let shown_path = check(&case.expect, hit, path, &mut errors);
+    outcome(case, hit, shown_path, errors)
+}
+
+/// Checks the expectations of a case against what routing did; the path to show.
+fn check(
+    exp: &Expect,
+    hit: Option<&atrium_routing::table::RouteEntry>,
+    path: Option<Result<(String, String), String>>,
+    errors: &mut Vec<String>,
+) -> Option<String> {
+    let router = hit.map(|r| r.id.as_str());
+    if !router_matches(&exp.router, router) {
+        errors.push(format!("expected router {}, got {}", exp.router, router.unwrap_or("none")));
     }
     if let (Some(want), Some(r)) = (&exp.service, hit) {
         let ns = r.id.split('/').next().unwrap_or("");
@@ -214,29 +296,36 @@ pub fn run_case(table: &RouteTable, case: &TestCase) -> Outcome {
             errors.push(format!("expected service {want}, got {}", r.service_display));
         }
     }
-    let mut shown_path = None;
-    match path {
-        Some(Ok((escaped, decoded))) => {
+    match path? {
+        Ok((escaped, decoded)) => {
             if let Some(want) = &exp.path {
                 if *want != escaped && *want != decoded && !(decoded.is_empty() && want == "/") {
                     errors.push(format!("expected path {want}, got {escaped}"));
                 }
             }
-            shown_path = Some(escaped);
+            Some(escaped)
         }
-        Some(Err(e)) => {
+        Err(e) => {
             if exp.path.is_some() {
                 errors.push(format!("the router's middlewares refuse the request: {e}"));
             }
+            None
         }
-        None => {}
     }
+}
+
+fn outcome(
+    case: &TestCase,
+    hit: Option<&atrium_routing::table::RouteEntry>,
+    path: Option<String>,
+    errors: Vec<String>,
+) -> Outcome {
     Outcome {
         name: case.name.clone(),
         passed: errors.is_empty(),
-        router: router.unwrap_or_else(|| "none".into()),
-        service,
-        path: shown_path,
+        router: hit.map_or_else(|| "none".into(), |r| r.id.clone()),
+        service: hit.map(|r| r.service_display.clone()),
+        path,
         error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
 }

@@ -1,0 +1,105 @@
+//! [`run`]: an agent from its [`Config`]: the local gateway, its uplinks with their health
+//! checks, and the uplink server parents connect to; on shutdown, uplinks are withdrawn
+//! first so parents stop sending here while what is in flight finishes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use atrium_data_plane::node::{self, Serving};
+use atrium_data_plane::proxy::Gateway;
+use atrium_data_plane::trust::NodeTrust;
+use atrium_data_plane::upstream::Upstreams;
+use atrium_provider::file::FileSource;
+use tokio::sync::watch;
+
+use crate::gateway::{GatewayError, Swapper};
+use crate::server::{InFlight, UplinkServer, serve_quic};
+use crate::uplinks::Uplinks;
+
+/// What `atrium agent` runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How it serves: its HTTP entrypoints, and the uplink entrypoints parents dial.
+    pub serving: Serving,
+    /// The manifests and values it compiles (watched): routes and uplinks follow them.
+    pub source: FileSource,
+    /// The cluster's name (the key of this child under the parent's `children`).
+    pub cluster: String,
+    /// The name of its certificate in the TLS directory (default: the cluster name).
+    pub tls_name: Option<String>,
+}
+
+/// Runs an agent until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let Config { serving: o, source, cluster, tls_name } = cfg;
+    if !atrium_model::topology::is_valid_cluster_name(&cluster) {
+        return Err(GatewayError::ClusterName(cluster));
+    }
+    source.check_exists()?;
+    if o.uplink_listeners.is_empty() {
+        return Err(GatewayError::NoUplinkEntryPoint);
+    }
+    let first = source.compile()?;
+    let (gw, certs) = o.gateway()?;
+    let swapper = Arc::new(Swapper::new(gw.clone()));
+    let first_uplinks = first.body.uplinks.clone();
+    swapper.swap(first.body)?;
+    let up = Arc::new(Upstreams::new(o.upstream.clone()));
+    let uplinks = Uplinks::new(&cluster, gw.clone(), up.clone());
+    uplinks.set(first_uplinks);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = o.serve(&gw, &certs, &stop_rx)?;
+    let trust = o.node_trust(tls_name.as_deref().unwrap_or(&cluster))?;
+    let mut tasks = serve_uplinks(&o, &cluster, &trust, &gw, &up, &uplinks, &stop_rx)?;
+    tasks.extend(o.admin(&gw, None, &stop_rx).await?);
+    let watch = {
+        let u = uplinks.clone();
+        // Parents hear of added, changed and removed uplinks at once.
+        swapper.watch(&source, move |body| u.set(body.uplinks.clone()))?
+    };
+    shutdown.await;
+    // No reload from here on: a configuration change during the drain must not advertise
+    // the uplinks again.
+    drop(watch);
+    tracing::info!("shutting down: withdrawing uplinks, draining requests in flight");
+    // Parents hear first, so they stop sending here while what is in flight finishes.
+    uplinks.withdraw();
+    let _ = stop_tx.send(true);
+    node::join_all(tasks, workers).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds every uplink entrypoint (QUIC, mutual TLS: parents' control-plane and data-plane
+/// certificates only) and serves parents on it until `stop`.
+fn serve_uplinks(
+    o: &Serving,
+    cluster: &str,
+    trust: &NodeTrust,
+    gw: &Arc<Gateway>,
+    up: &Arc<Upstreams>,
+    uplinks: &Uplinks,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, GatewayError> {
+    let in_flight = Arc::new(InFlight::default());
+    let mut tasks = Vec::new();
+    for l in &o.uplink_listeners {
+        let cfg = atrium_data_plane::uplink::server_config(trust, o.liveness)?;
+        let bind_err = |source| GatewayError::UplinkBind { name: l.name.clone(), addr: l.addr, source };
+        let ep = quinn::Endpoint::server(cfg, l.addr).map_err(bind_err)?;
+        let local = ep.local_addr().map_err(bind_err)?;
+        tracing::info!(name = %l.name, addr = %local, cluster = %cluster, "uplink entrypoint listening (QUIC, mTLS)");
+        let server = UplinkServer {
+            gw: gw.clone(),
+            upstreams: up.clone(),
+            state: uplinks.state(),
+            stream_idle: o.liveness.stream_idle,
+            entry_point: Arc::from(l.name.as_str()),
+            max_frame: o.liveness.max_frame,
+            in_flight: in_flight.clone(),
+            drain_timeout: o.limits.drain_timeout,
+        };
+        tasks.push(tokio::spawn(serve_quic(ep, Arc::new(server), stop.clone())));
+    }
+    Ok(tasks)
+}

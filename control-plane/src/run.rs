@@ -1,0 +1,236 @@
+//! [`run`]: a control plane from its [`Config`]: the file provider compiles the manifests,
+//! the [`Hub`] streams each snapshot to data planes over mutual-TLS gRPC, [`Children`]
+//! keeps the live view of the child clusters merged in, and an embedded data plane serves
+//! the same snapshots unless it is turned off.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrium_data_plane::multicluster::UplinkClient;
+use atrium_data_plane::node::{self, NodeError, Serving, Workers};
+use atrium_data_plane::proxy::tls::CertStore;
+use atrium_data_plane::proxy::{Gateway, Runtime};
+use atrium_data_plane::trust::{NodeTrust, TrustError};
+use atrium_data_plane::uplink::Liveness;
+use atrium_model::compile::{Registry, apply_registry};
+use atrium_model::values::Values;
+use atrium_proto::v1 as pb;
+use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
+use atrium_provider::file::{FileSource, SourceError};
+use tokio::sync::watch;
+
+use crate::admin::ControlPlaneAdmin;
+use crate::children::{Children, Polling};
+use crate::hub::Hub;
+use crate::service::Snapshots;
+
+/// What a control plane runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How its embedded data plane and admin listener serve; its TLS material.
+    pub serving: Serving,
+    /// The manifests and values it compiles (watched).
+    pub source: FileSource,
+    /// The address of the snapshot gRPC service.
+    pub grpc: SocketAddr,
+    /// Whether this process serves the entrypoints too (an embedded data plane).
+    pub embedded: bool,
+}
+
+/// Why a control plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The configuration does not load or compile.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A listener, certificate or worker of the node.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The snapshot epoch cannot be recorded.
+    #[error("recording the snapshot epoch in {}: {source}", dir.display())]
+    Epoch {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC listener's TLS.
+    #[error("snapshot gRPC TLS: {0}")]
+    Tls(#[from] TrustError),
+    /// The gRPC listener cannot be bound.
+    #[error("binding gRPC on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The snapshot is the compiled manifests plus the live view of the children: both kept
+/// here, merged and published on every change of either.
+#[derive(Clone)]
+pub(crate) struct Published {
+    pub(crate) hub: Arc<Hub>,
+    /// The compiled body (for the configured children).
+    pub(crate) base: Arc<Mutex<pb::SnapshotBody>>,
+    /// The children the parent reaches now, with their uplinks.
+    pub(crate) registry: Arc<Mutex<Registry>>,
+}
+
+impl Published {
+    /// The compiled body with the children as the registry sees them now.
+    pub(crate) fn body(&self) -> Option<pb::SnapshotBody> {
+        let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return None };
+        let mut body = b.clone();
+        apply_registry(&mut body.children, &r);
+        Some(body)
+    }
+
+    fn publish(&self, detected: Instant) {
+        if let Some(body) = self.body() {
+            self.hub.publish(&body, detected);
+        }
+    }
+
+    fn set_registry(&self, r: Registry) {
+        if let Ok(mut cur) = self.registry.lock() {
+            *cur = r;
+        }
+        self.publish(Instant::now());
+    }
+
+    /// A new compiled configuration: published, and the children it lists dialled.
+    fn set_config(&self, body: pb::SnapshotBody, values: &Values, children: &Children, liveness: Liveness) {
+        let detected = Instant::now();
+        let before = self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
+        let listed = body.children.clone();
+        if let Ok(mut cur) = self.base.lock() {
+            *cur = body;
+        }
+        children.set(&listed, polling(values, liveness));
+        self.publish(detected);
+        if self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
+            tracing::info!("configuration changed on disk but compiles to the same snapshot");
+        }
+    }
+}
+
+/// The parent's poll timing from its values (`pollInterval`/`pollTimeout`, 5 s each by
+/// default).
+fn polling(values: &Values, liveness: Liveness) -> Polling {
+    let mc = values.multicluster.clone().unwrap_or_default();
+    let secs = |v: &Option<atrium_routing::middleware::config::IntOrString>| {
+        v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
+    };
+    Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness }
+}
+
+/// Runs a control plane until `shutdown` completes, then closes snapshot streams and child
+/// sessions and drains requests in flight.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ControlPlaneError> {
+    let Config { serving: o, source, grpc, embedded } = cfg;
+    source.check_exists()?;
+    let first = source.compile()?;
+    let epoch = crate::hub::next_epoch(&o.state_dir)
+        .map_err(|source| ControlPlaneError::Epoch { dir: o.state_dir.clone(), source })?;
+    let hub = Hub::with_epoch(env!("CARGO_PKG_VERSION"), epoch);
+    let published =
+        Published { hub: hub.clone(), base: Arc::new(Mutex::new(first.body.clone())), registry: Arc::default() };
+    published.publish(Instant::now());
+
+    let trust = grpc_trust(&o)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grpc_task = serve_grpc(grpc, &trust, hub.clone(), stop_rx.clone()).await?;
+
+    // Children: dialled with this control plane's certificate, polled, watched for
+    // liveness; the list follows the values file.
+    let children = {
+        let p = published.clone();
+        Children::new(trust, Arc::new(move |r| p.set_registry(r)))
+    };
+    children.set(&first.body.children, polling(&first.values, o.liveness));
+
+    let (gw, certs) = o.gateway()?;
+    let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };
+    let extra = Arc::new(ControlPlaneAdmin { published: published.clone() });
+    let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
+    let _watch = {
+        let (p, c, liveness, g) = (published.clone(), children.clone(), o.liveness, gw.clone());
+        source.watch(
+            move |cfg| p.set_config(cfg.body, &cfg.values, &c, liveness),
+            move |why| g.swap_failed(format!("{why}; data planes keep the previous snapshot")),
+        )?
+    };
+    shutdown.await;
+    tracing::info!("shutting down: closing snapshot streams and child sessions, draining requests in flight");
+    let _ = stop_tx.send(true);
+    children.stop();
+    let _ = grpc_task.await;
+    node::join_all(tasks, workers).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The control plane's certificate for gRPC and for dialling children; with a generated
+/// PKI, also a client certificate for data planes started next to it (`--tls-dir
+/// <state-dir>/pki`).
+fn grpc_trust(o: &Serving) -> Result<NodeTrust, ControlPlaneError> {
+    let files = o.node_files("control-plane")?;
+    if o.tls_dir.is_none() {
+        o.node_files("data-plane")?;
+    }
+    Ok(NodeTrust::load(&files).map_err(NodeError::from)?)
+}
+
+/// Serves the snapshot gRPC service with mutual TLS (data planes must present a
+/// certificate from this installation's CA) until `stop`.
+async fn serve_grpc(
+    addr: SocketAddr,
+    trust: &NodeTrust,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ControlPlaneError> {
+    let tls = crate::tls::server_config(trust)?;
+    let bind_err = |source| ControlPlaneError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+    tracing::info!(addr = %listener.local_addr().map_err(bind_err)?, "snapshot gRPC listening (mTLS)");
+    let mut grpc_stop = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(SnapshotServiceServer::new(Snapshots::new(hub, stop)).max_encoding_message_size(256 << 20))
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    Ok(tokio::spawn(server))
+}
+
+/// The embedded data plane: it takes the same snapshots over an in-memory channel, reaches
+/// children with the `data-plane` certificate, and serves the entrypoints.
+fn embed(
+    o: &Serving,
+    gw: &Arc<Gateway>,
+    certs: &Arc<CertStore>,
+    hub: &Hub,
+    stop: &watch::Receiver<bool>,
+) -> Result<Workers, NodeError> {
+    gw.set_uplink_client(UplinkClient::new(o.node_trust("data-plane")?, o.liveness));
+    let mut rx = hub.subscribe();
+    let egw = gw.clone();
+    tokio::spawn(async move {
+        loop {
+            let latest = rx.borrow_and_update().clone();
+            if let Some(p) = latest {
+                match Runtime::from_snapshot(&p.snapshot) {
+                    Ok(rt) => egw.swap(rt),
+                    Err(e) => egw.swap_failed(&e),
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    o.serve(gw, certs, stop)
+}
