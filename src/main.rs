@@ -500,7 +500,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `atrium certs init|issue`.
 fn certs(command: CertsCommand) -> anyhow::Result<()> {
-    use atrium_data_plane::{pki, trust::Role};
+    use atrium_data_plane::pki::{self, Role};
     match command {
         CertsCommand::Init { dir } => {
             let ca = dir.join("ca.pem");

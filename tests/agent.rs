@@ -7,8 +7,9 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use atrium_data_plane::pki;
-use atrium_data_plane::trust::Role;
-use atrium_data_plane::uplink::{self, Liveness, ServerCheck};
+use atrium_data_plane::pki::Role;
+use atrium_data_plane::uplink::tls::ServerCheck;
+use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 use bytes::Bytes;
 use common::backend;
@@ -35,9 +36,11 @@ async fn get_via_traced(
         client_proto: "https".into(),
         traceparent: traceparent.into(),
     };
-    uplink::write_frame(&mut send, &h).await.unwrap();
+    uplink::frame::write_frame(&mut send, &h).await.unwrap();
     let (mut s, c) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(uplink::io(send, recv))).await.unwrap();
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(uplink::frame::io(send, recv)))
+            .await
+            .unwrap();
     tokio::spawn(c);
     let req = hyper::Request::get(path).header("host", "api.example.com").body(Full::new(Bytes::new())).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req)).await.unwrap().unwrap();
@@ -107,19 +110,21 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     // The parent dials the uplink entrypoint with its own certificate.
     let trust = atrium_data_plane::trust::NodeTrust::load(&parent).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(uplink::client_config(&trust, &ServerCheck::default(), Liveness::default()).unwrap());
+    ep.set_default_client_config(
+        uplink::tls::client_config(&trust, &ServerCheck::default(), Liveness::default()).unwrap(),
+    );
     let conn = ep.connect(quic_addr, "localhost").unwrap().await.unwrap();
 
     // Control stream: Register, then an Update once the health check passes.
     let (mut csend, mut crecv) = conn.open_bi().await.unwrap();
-    uplink::write_frame(
+    uplink::frame::write_frame(
         &mut csend,
         &pb::StreamHeader { kind: pb::stream_header::Kind::Control as i32, ..Default::default() },
     )
     .await
     .unwrap();
     let first: pb::AgentMessage =
-        tokio::time::timeout(Duration::from_secs(5), uplink::read_frame(&mut crecv)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), uplink::frame::read_frame(&mut crecv)).await.unwrap().unwrap();
     let Some(pb::agent_message::Msg::Register(reg)) = first.msg else { panic!("{first:?}") };
     assert_eq!(reg.cluster, "cluster-a");
     assert_eq!(reg.uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), vec!["crm"]);
@@ -127,8 +132,10 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !healthy {
         assert!(Instant::now() < deadline, "the uplink never became healthy");
-        let m: pb::AgentMessage =
-            tokio::time::timeout(Duration::from_secs(10), uplink::read_frame(&mut crecv)).await.unwrap().unwrap();
+        let m: pb::AgentMessage = tokio::time::timeout(Duration::from_secs(10), uplink::frame::read_frame(&mut crecv))
+            .await
+            .unwrap()
+            .unwrap();
         if let Some(pb::agent_message::Msg::Update(u)) = m.msg {
             healthy = u.uplinks[0].healthy;
         }
@@ -172,7 +179,7 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     let started = Instant::now();
     loop {
         let m: pb::AgentMessage =
-            tokio::time::timeout(Duration::from_secs(5), uplink::read_frame(&mut crecv)).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(5), uplink::frame::read_frame(&mut crecv)).await.unwrap().unwrap();
         if let Some(pb::agent_message::Msg::Update(u)) = m.msg {
             if !u.uplinks[0].healthy {
                 break;
@@ -181,14 +188,14 @@ async fn agent_serves_its_uplink_to_a_parent_and_reports_health() {
     }
     assert!(started.elapsed() < Duration::from_secs(1), "health change reported in {:?}", started.elapsed());
     // A Poll is answered with the current state.
-    uplink::write_frame(
+    uplink::frame::write_frame(
         &mut csend,
         &pb::ParentMessage { msg: Some(pb::parent_message::Msg::Poll(pb::Poll { seq: 1 })) },
     )
     .await
     .unwrap();
     let m: pb::AgentMessage =
-        tokio::time::timeout(Duration::from_secs(5), uplink::read_frame(&mut crecv)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), uplink::frame::read_frame(&mut crecv)).await.unwrap().unwrap();
     let Some(pb::agent_message::Msg::Update(u)) = m.msg else { panic!("{m:?}") };
     assert!(!u.uplinks[0].healthy);
     assert!(agent.wait_logged("uplink health changed").await);

@@ -120,7 +120,7 @@ fn test_pki(root: &Path) {
     let pki_dir = root.join("pki");
     pki::init_ca(&pki_dir).unwrap();
     for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
-        let role = atrium_data_plane::trust::Role::for_name(n);
+        let role = atrium_data_plane::pki::Role::for_name(n);
         pki::issue(&pki_dir, n, role, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
     }
 }
@@ -230,7 +230,7 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
     for _ in 0..3 {
         let req = hyper::Request::get("/crm/health")
             .header("host", "api.example.com")
-            .header(atrium_data_plane::multicluster::CLIENT_HEADER, "203.0.113.66:1")
+            .header(atrium_data_plane::uplink::frame::CLIENT_HEADER, "203.0.113.66:1")
             .body(common::client::body(""))
             .unwrap();
         h1.ready().await.unwrap();
@@ -564,7 +564,7 @@ async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
         for trailers in [true, false] {
             let req = |path: &str| {
                 let mut b = hyper::Request::get(format!("{scheme}://api.example.com{path}"))
-                    .header(atrium_data_plane::multicluster::CLIENT_HEADER, forged)
+                    .header(atrium_data_plane::uplink::frame::CLIENT_HEADER, forged)
                     .header("atrium-uplink-anything", "x");
                 if trailers {
                     b = b.header("te", "trailers");

@@ -239,7 +239,7 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     // Another installation's CA.
     let other = root.join("other-pki");
     assert!(atrium_data_plane::pki::init_ca(&other).unwrap());
-    atrium_data_plane::pki::issue(&other, "data-plane", atrium_data_plane::trust::Role::DataPlane, &[]).unwrap();
+    atrium_data_plane::pki::issue(&other, "data-plane", atrium_data_plane::pki::Role::DataPlane, &[]).unwrap();
     let args: Vec<String> = [
         "data-plane",
         "--control-plane",
@@ -280,7 +280,7 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     // The control plane's certificate is renewed on disk: the next handshake uses it, no
     // restart needed, and a data plane of this installation still gets in.
     tokio::time::sleep(Duration::from_millis(1100)).await; // a new modification time
-    let role = atrium_data_plane::trust::Role::ControlPlane;
+    let role = atrium_data_plane::pki::Role::ControlPlane;
     atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", role, &[]).unwrap();
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;
@@ -325,7 +325,7 @@ async fn a_childs_certificate_cannot_stream_snapshots() {
     manifests(&root.join("manifests"), be.addr, "v1");
     let cp = control_plane(root, "127.0.0.1:0");
     let pki_dir = root.join("cp/pki");
-    atrium_data_plane::pki::issue(&pki_dir, "cluster-a", atrium_data_plane::trust::Role::Agent, &[]).unwrap();
+    atrium_data_plane::pki::issue(&pki_dir, "cluster-a", atrium_data_plane::pki::Role::Agent, &[]).unwrap();
     let args = data_plane_args(root, cp.grpc.unwrap(), "posing-child", "off", &["--tls-name", "cluster-a"]);
     let dp = GatewayProc::spawn(&args, 1, false);
     common::eventually(Duration::from_secs(10), "the control plane logs why it refused", || async {

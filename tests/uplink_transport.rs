@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use atrium_data_plane::pki;
-use atrium_data_plane::trust::{NodeTrust, Role};
-use atrium_data_plane::uplink::{self, Liveness, ServerCheck};
+use atrium_data_plane::pki::Role;
+use atrium_data_plane::trust::NodeTrust;
+use atrium_data_plane::uplink::tls::ServerCheck;
+use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,7 +24,7 @@ fn pki_dir(dir: &Path, names: &[(&str, Role)]) -> Vec<NodeTrust> {
 
 /// A child-side endpoint that answers every DATA stream with what it saw.
 async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
-    let cfg = uplink::server_config(t, Liveness::default()).unwrap();
+    let cfg = uplink::tls::server_config(t, Liveness::default()).unwrap();
     let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let server = ep.clone();
@@ -32,7 +34,7 @@ async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
-                        let h = match uplink::read_header(&mut recv).await {
+                        let h = match uplink::frame::read_header(&mut recv).await {
                             Ok(h) => h,
                             Err(_) => {
                                 // Garbage: reset this stream only.
@@ -57,7 +59,7 @@ async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
                             }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(uplink::io(send, recv)), svc)
+                            .serve_connection_with_upgrades(TokioIo::new(uplink::frame::io(send, recv)), svc)
                             .await;
                     });
                 }
@@ -70,7 +72,7 @@ async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
 /// Connects as a parent with `t`'s certificate, or refuses (either side) with a reason.
 async fn parent_connect(t: &NodeTrust, check: &ServerCheck, addr: SocketAddr) -> Result<quinn::Connection, String> {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(uplink::client_config(t, check, Liveness::default()).map_err(|e| e.to_string())?);
+    ep.set_default_client_config(uplink::tls::client_config(t, check, Liveness::default()).map_err(|e| e.to_string())?);
     let connecting = ep.connect(addr, "localhost").map_err(|e| e.to_string())?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
@@ -92,7 +94,7 @@ async fn parent_connect(t: &NodeTrust, check: &ServerCheck, addr: SocketAddr) ->
     }
 }
 
-async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::StreamIo {
+async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::frame::StreamIo {
     let (mut send, recv) = conn.open_bi().await.unwrap();
     let h = pb::StreamHeader {
         kind: pb::stream_header::Kind::Data as i32,
@@ -101,8 +103,8 @@ async fn data_stream(conn: &quinn::Connection, uplink_name: &str) -> uplink::Str
         client_proto: "https".into(),
         traceparent: String::new(),
     };
-    uplink::write_frame(&mut send, &h).await.unwrap();
-    uplink::io(send, recv)
+    uplink::frame::write_frame(&mut send, &h).await.unwrap();
+    uplink::frame::io(send, recv)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +215,7 @@ async fn certificates_of_the_wrong_role_are_refused_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_transport_certificates_replace_the_parents_own_identity() {
-    use atrium_data_plane::multicluster::{client_endpoint, dial};
+    use atrium_data_plane::uplink::dial::{client_endpoint, dial};
     let tmp = tempfile::tempdir().unwrap();
     // The child trusts only the "theirs" CA; the parent's own certificate is from "ours".
     let ours = pki_dir(&tmp.path().join("ours"), &[("control-plane", Role::ControlPlane)]);

@@ -72,7 +72,7 @@ pub enum GatewayError {
     },
     /// The uplink entrypoints' TLS.
     #[error("uplink TLS: {0}")]
-    UplinkTls(#[from] atrium_data_plane::uplink::UplinkTlsError),
+    UplinkTls(#[from] atrium_data_plane::uplink::tls::UplinkTlsError),
 }
 
 /// Swaps compiled configurations into a gateway, numbering them (the first is 1).

@@ -32,7 +32,7 @@ pub struct Config {
 /// Runs an agent until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
     let Config { serving: o, source, cluster, tls_name } = cfg;
-    if !atrium_model::topology::is_valid_cluster_name(&cluster) {
+    if !atrium_routing::children::is_valid_name(&cluster) {
         return Err(GatewayError::ClusterName(cluster));
     }
     source.check_exists()?;
@@ -84,7 +84,7 @@ fn serve_uplinks(
     let in_flight = Arc::new(InFlight::default());
     let mut tasks = Vec::new();
     for l in &o.uplink_listeners {
-        let cfg = atrium_data_plane::uplink::server_config(trust, o.liveness)?;
+        let cfg = atrium_data_plane::uplink::tls::server_config(trust, o.liveness)?;
         let bind_err = |source| GatewayError::UplinkBind { name: l.name.clone(), addr: l.addr, source };
         let ep = quinn::Endpoint::server(cfg, l.addr).map_err(bind_err)?;
         let local = ep.local_addr().map_err(bind_err)?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use atrium_data_plane::body;
 use atrium_data_plane::proxy::Gateway;
+use atrium_data_plane::uplink;
 use atrium_data_plane::upstream::Upstreams;
-use atrium_data_plane::{multicluster, uplink};
 use atrium_proto::v1 as pb;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
@@ -147,7 +147,7 @@ async fn serve_stream(
     remote: SocketAddr,
     server: Arc<UplinkServer>,
 ) {
-    let header = match uplink::read_header(&mut recv).await {
+    let header = match uplink::frame::read_header(&mut recv).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "bad uplink stream: reset");
@@ -166,7 +166,7 @@ async fn serve_stream(
     let per_stream = if header.client_addr.is_empty() {
         None
     } else {
-        match uplink::RelayedClient::from_parts(&header.client_addr, &header.client_proto) {
+        match uplink::frame::RelayedClient::from_parts(&header.client_addr, &header.client_proto) {
             Some(c) => Some(c),
             None => {
                 tracing::warn!(%remote, client = %header.client_addr, proto = %header.client_proto, "bad uplink stream header: unreadable client; reset");
@@ -193,7 +193,8 @@ async fn serve_stream(
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
         // A pooled stream waits for the parent's next request as long as the parent keeps it.
         let timeouts = atrium_data_plane::h1::server::Timeouts { header_read: stream_idle, idle: stream_idle };
-        atrium_data_plane::h1::server::serve(uplink::io(send, recv), handler, remote, timeouts, max_head, None).await
+        atrium_data_plane::h1::server::serve(uplink::frame::io(send, recv), handler, remote, timeouts, max_head, None)
+            .await
     };
     let io = match fast {
         atrium_data_plane::h1::server::Outcome::Closed => return,
@@ -222,7 +223,7 @@ async fn handle_relayed(
     gw: &Arc<Gateway>,
     base: &atrium_data_plane::proxy::ConnInfo,
     req: hyper::Request<body::Body>,
-    relayed: Option<uplink::RelayedClient>,
+    relayed: Option<uplink::frame::RelayedClient>,
     in_flight: &Arc<InFlight>,
 ) -> hyper::Response<body::Body> {
     let serving = in_flight.start();
@@ -239,11 +240,11 @@ async fn handle_relayed(
 /// trace context applies when the request lost its own.
 fn relayed_client<B>(
     req: &mut hyper::Request<B>,
-    per_stream: Option<uplink::RelayedClient>,
+    per_stream: Option<uplink::frame::RelayedClient>,
     traceparent: Option<&http::HeaderValue>,
-) -> Option<uplink::RelayedClient> {
-    let named = req.headers_mut().remove(multicluster::CLIENT_HEADER);
-    let relayed = per_stream.or_else(|| uplink::RelayedClient::from_header(named?.as_bytes()));
+) -> Option<uplink::frame::RelayedClient> {
+    let named = req.headers_mut().remove(uplink::frame::CLIENT_HEADER);
+    let relayed = per_stream.or_else(|| uplink::frame::RelayedClient::from_header(named?.as_bytes()));
     if let Some(tp) = traceparent {
         req.headers_mut().entry("traceparent").or_insert_with(|| tp.clone());
     }
@@ -254,10 +255,10 @@ fn relayed_client<B>(
 /// answer to every `Poll`. Frames are awaited beside state changes, so they are read
 /// cancel-safely.
 async fn control(mut send: quinn::SendStream, recv: quinn::RecvStream, state: Arc<State>, max_frame: usize) {
-    let mut recv = uplink::FrameReader::new(recv, max_frame);
+    let mut recv = uplink::frame::FrameReader::new(recv, max_frame);
     let mut rx = state.subscribe();
     let first = rx.borrow_and_update().clone();
-    if uplink::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Register(first)) })
+    if uplink::frame::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Register(first)) })
         .await
         .is_err()
     {
@@ -276,9 +277,12 @@ async fn control(mut send: quinn::SendStream, recv: quinn::RecvStream, state: Ar
                 Err(_) => return,
             },
         };
-        if uplink::write_frame(&mut send, &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Update(update)) })
-            .await
-            .is_err()
+        if uplink::frame::write_frame(
+            &mut send,
+            &pb::AgentMessage { msg: Some(pb::agent_message::Msg::Update(update)) },
+        )
+        .await
+        .is_err()
         {
             return;
         }

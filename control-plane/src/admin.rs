@@ -3,7 +3,7 @@
 
 use atrium_data_plane::proxy::admin::AdminExtra;
 
-use crate::run::Published;
+use crate::published::Published;
 
 /// What the control plane adds to its node's admin listener.
 pub(crate) struct ControlPlaneAdmin {

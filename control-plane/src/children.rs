@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atrium_data_plane::multicluster::DialError;
+use atrium_data_plane::uplink::dial::DialError;
 use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 
@@ -35,6 +35,18 @@ pub struct Polling {
     pub liveness: Liveness,
 }
 
+impl Polling {
+    /// The parent's poll timing from its values (`pollInterval`/`pollTimeout`, 5 s each
+    /// by default).
+    pub fn from_values(values: &atrium_model::values::Values, liveness: Liveness) -> Polling {
+        let mc = values.multicluster.clone().unwrap_or_default();
+        let secs = |v: &Option<atrium_routing::middleware::config::IntOrString>| {
+            v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
+        };
+        Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness }
+    }
+}
+
 fn names(ups: &[pb::UplinkState]) -> String {
     let v: Vec<String> = ups.iter().map(|u| u.name.clone()).collect();
     format!("[{}]", v.join(","))
@@ -51,7 +63,7 @@ pub enum SessionError {
     Connection(#[from] quinn::ConnectionError),
     /// A control frame could not be read.
     #[error("control stream: {0}")]
-    Frame(#[from] uplink::FrameError),
+    Frame(#[from] uplink::frame::FrameError),
     /// A control frame could not be written.
     #[error("control stream: {0}")]
     Write(#[from] std::io::Error),
@@ -91,12 +103,12 @@ async fn session(
     alive: &AtomicBool,
     on_change: &(dyn Fn(Registry) + Send + Sync),
 ) -> Result<(), SessionError> {
-    let ep = atrium_data_plane::multicluster::client_endpoint()?;
-    let conn = atrium_data_plane::multicluster::dial(&ep, child, tls, polling.liveness).await?;
+    let ep = atrium_data_plane::uplink::dial::client_endpoint()?;
+    let conn = atrium_data_plane::uplink::dial::dial(&ep, child, tls, polling.liveness).await?;
     let (mut send, recv) = conn.open_bi().await?;
     // Frames are awaited in a `select!` with the poll timer: read them cancel-safely.
-    let mut recv = uplink::FrameReader::new(recv, polling.liveness.max_frame);
-    uplink::write_frame(
+    let mut recv = uplink::frame::FrameReader::new(recv, polling.liveness.max_frame);
+    uplink::frame::write_frame(
         &mut send,
         &pb::StreamHeader { kind: pb::stream_header::Kind::Control as i32, ..Default::default() },
     )
@@ -126,7 +138,7 @@ async fn session(
                     return Err(SessionError::Silent(polling.timeout));
                 }
                 seq += 1;
-                uplink::write_frame(&mut send, &pb::ParentMessage { msg: Some(pb::parent_message::Msg::Poll(pb::Poll { seq })) }).await?;
+                uplink::frame::write_frame(&mut send, &pb::ParentMessage { msg: Some(pb::parent_message::Msg::Poll(pb::Poll { seq })) }).await?;
                 continue;
             }
             reason = conn.closed() => return Err(reason.into()),

@@ -19,6 +19,7 @@
 mod admin;
 pub mod children;
 pub mod hub;
+mod published;
 pub mod run;
 pub mod service;
 pub mod tls;

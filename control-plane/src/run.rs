@@ -6,17 +6,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use atrium_data_plane::multicluster::UplinkClient;
 use atrium_data_plane::node::{self, NodeError, Serving, Workers};
 use atrium_data_plane::proxy::tls::CertStore;
 use atrium_data_plane::proxy::{Gateway, Runtime};
 use atrium_data_plane::trust::{NodeTrust, TrustError};
-use atrium_data_plane::uplink::Liveness;
-use atrium_model::compile::{Registry, apply_registry};
-use atrium_model::values::Values;
-use atrium_proto::v1 as pb;
+use atrium_data_plane::uplink::UplinkClient;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use atrium_provider::file::{FileSource, SourceError};
 use tokio::sync::watch;
@@ -24,6 +20,7 @@ use tokio::sync::watch;
 use crate::admin::ControlPlaneAdmin;
 use crate::children::{Children, Polling};
 use crate::hub::Hub;
+use crate::published::Published;
 use crate::service::Snapshots;
 
 /// What a control plane runs.
@@ -69,65 +66,6 @@ pub enum ControlPlaneError {
     },
 }
 
-/// The snapshot is the compiled manifests plus the live view of the children: both kept
-/// here, merged and published on every change of either.
-#[derive(Clone)]
-pub(crate) struct Published {
-    pub(crate) hub: Arc<Hub>,
-    /// The compiled body (for the configured children).
-    pub(crate) base: Arc<Mutex<pb::SnapshotBody>>,
-    /// The children the parent reaches now, with their uplinks.
-    pub(crate) registry: Arc<Mutex<Registry>>,
-}
-
-impl Published {
-    /// The compiled body with the children as the registry sees them now.
-    pub(crate) fn body(&self) -> Option<pb::SnapshotBody> {
-        let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return None };
-        let mut body = b.clone();
-        apply_registry(&mut body.children, &r);
-        Some(body)
-    }
-
-    fn publish(&self, detected: Instant) {
-        if let Some(body) = self.body() {
-            self.hub.publish(&body, detected);
-        }
-    }
-
-    fn set_registry(&self, r: Registry) {
-        if let Ok(mut cur) = self.registry.lock() {
-            *cur = r;
-        }
-        self.publish(Instant::now());
-    }
-
-    /// A new compiled configuration: published, and the children it lists dialled.
-    fn set_config(&self, body: pb::SnapshotBody, values: &Values, children: &Children, liveness: Liveness) {
-        let detected = Instant::now();
-        let before = self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
-        let listed = body.children.clone();
-        if let Ok(mut cur) = self.base.lock() {
-            *cur = body;
-        }
-        children.set(&listed, polling(values, liveness));
-        self.publish(detected);
-        if self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
-            tracing::info!("configuration changed on disk but compiles to the same snapshot");
-        }
-    }
-}
-
-/// The parent's poll timing from its values (`pollInterval`/`pollTimeout`, 5 s each by
-/// default).
-fn polling(values: &Values, liveness: Liveness) -> Polling {
-    let mc = values.multicluster.clone().unwrap_or_default();
-    let secs = |v: &Option<atrium_routing::middleware::config::IntOrString>| {
-        v.as_ref().and_then(|d| d.as_duration().ok()).filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(5))
-    };
-    Polling { interval: secs(&mc.poll_interval), timeout: secs(&mc.poll_timeout), liveness }
-}
-
 /// Runs a control plane until `shutdown` completes, then closes snapshot streams and child
 /// sessions and drains requests in flight.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ControlPlaneError> {
@@ -151,7 +89,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let p = published.clone();
         Children::new(trust, Arc::new(move |r| p.set_registry(r)))
     };
-    children.set(&first.body.children, polling(&first.values, o.liveness));
+    children.set(&first.body.children, Polling::from_values(&first.values, o.liveness));
 
     let (gw, certs) = o.gateway()?;
     let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };

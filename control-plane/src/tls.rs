@@ -20,7 +20,7 @@ use tokio_rustls::server::TlsStream;
 pub fn server_config(
     trust: &atrium_data_plane::trust::NodeTrust,
 ) -> Result<Arc<rustls::ServerConfig>, atrium_data_plane::trust::TrustError> {
-    use atrium_data_plane::trust::Role;
+    use atrium_data_plane::pki::Role;
     trust.server_config(&[Role::DataPlane], "snapshot stream", &[b"h2"], false).map(Arc::new)
 }
 

@@ -42,8 +42,8 @@ pub fn uplink_frames(data: &[u8]) {
     use atrium_proto::v1 as pb;
     use futures_util::FutureExt;
     let mut one = data;
-    let _ = crate::uplink::read_frame::<_, pb::StreamHeader>(&mut one).now_or_never();
-    let mut frames = crate::uplink::FrameReader::new(data, 4096);
+    let _ = crate::uplink::frame::read_frame::<_, pb::StreamHeader>(&mut one).now_or_never();
+    let mut frames = crate::uplink::frame::FrameReader::new(data, 4096);
     for i in 0..64u32 {
         let read = if i.is_multiple_of(2) {
             frames.next::<pb::AgentMessage>().now_or_never().map(|r| r.map(drop))

@@ -16,10 +16,12 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod exchange;
 pub mod fuzzing;
 pub mod gzip;
 pub mod h1;
-pub mod multicluster;
+pub mod hop;
+pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod proxy;

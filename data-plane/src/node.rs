@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::multicluster::UplinkClient;
 use crate::pki::{self, NodeFiles};
 use crate::proxy::admin::{self, AdminConfig, AdminExtra};
 use crate::proxy::server::{self, EntryPoint, ServerLimits};
@@ -22,6 +21,7 @@ use crate::proxy::{AccessLog, Gateway};
 use crate::snapshot::{self, ClientConfig};
 use crate::trust::{NodeTrust, TrustError};
 use crate::uplink::Liveness;
+use crate::uplink::UplinkClient;
 use crate::upstream::{UpstreamConfig, Upstreams};
 
 /// One entrypoint to bind.

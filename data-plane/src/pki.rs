@@ -9,11 +9,71 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::trust::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
+
+/// What an atrium component is, as its certificate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The parent's control plane.
+    ControlPlane,
+    /// A parent's data plane (the control plane's embedded one uses this role too).
+    DataPlane,
+    /// A child's agent.
+    Agent,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::ControlPlane, Role::DataPlane, Role::Agent];
+
+    /// `control-plane`, `data-plane` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::DataPlane => "data-plane",
+            Role::Agent => "agent",
+        }
+    }
+
+    /// The role named `s`.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The role a certificate named `name` gets when none is given: `control-plane` and
+    /// `data-plane` are those roles, any other name is an agent (a cluster's name).
+    pub fn for_name(name: &str) -> Role {
+        Role::parse(name).unwrap_or(Role::Agent)
+    }
+
+    /// The URI SAN that carries the role: `spiffe://atrium/<role>/<name>`.
+    pub fn uri(self, name: &str) -> String {
+        format!("{URI_PREFIX}{}/{name}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The scheme and authority of the URI SAN that carries a role.
+const URI_PREFIX: &str = "spiffe://atrium/";
+
+/// The role a certificate carries, if it carries one (its first atrium URI SAN).
+pub fn role_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<Role> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => u.strip_prefix(URI_PREFIX)?.split('/').next().and_then(Role::parse),
+        _ => None,
+    })
+}
 
 /// CA certificate, node certificate and node key, as PEM.
 pub type Pems = (Vec<u8>, Vec<u8>, Vec<u8>);
@@ -161,8 +221,11 @@ pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles
     if files.cert.is_file() && files.key.is_file() {
         let has_role = std::fs::read(&files.cert)
             .ok()
-            .and_then(|pem| crate::trust::pem_certificates(&pem).ok())
-            .and_then(|c| c.first().and_then(crate::trust::role_of))
+            .and_then(|pem| {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                CertificateDer::pem_slice_iter(&pem).next()?.ok()
+            })
+            .and_then(|c| role_of(&c))
             == Some(role);
         if has_role {
             return Ok(files);

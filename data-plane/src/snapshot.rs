@@ -226,7 +226,7 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamErro
                 .map(|h| h.trim_matches(['[', ']']).trim_end_matches('/'))
                 .unwrap_or("localhost")
                 .to_string();
-            let verifier = t.server_verifier(crate::trust::Role::ControlPlane, "snapshot stream")?;
+            let verifier = t.server_verifier(crate::pki::Role::ControlPlane, "snapshot stream")?;
             let tls = t.client_config(verifier, &[b"h2"], false)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| StreamError::Url { url: cfg.endpoint.clone(), reason: format!("host {host:?}: {e}") })?;

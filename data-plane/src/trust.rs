@@ -28,64 +28,39 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// What an atrium component is, as its certificate says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The parent's control plane.
-    ControlPlane,
-    /// A parent's data plane (the control plane's embedded one uses this role too).
-    DataPlane,
-    /// A child's agent.
-    Agent,
+use crate::pki::{Role, role_of};
+
+/// Why a certificate and key cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The certificate PEM does not parse, or holds no certificate.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The key PEM does not parse, or the key is of a kind rustls cannot sign with.
+    #[error("private key: {0}")]
+    Key(String),
+    /// A key of another certificate.
+    #[error("the private key does not belong to the certificate: {0}")]
+    Mismatch(rustls::Error),
 }
 
-impl Role {
-    /// Every role.
-    pub const ALL: [Role; 3] = [Role::ControlPlane, Role::DataPlane, Role::Agent];
-
-    /// `control-plane`, `data-plane` or `agent`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ControlPlane => "control-plane",
-            Role::DataPlane => "data-plane",
-            Role::Agent => "agent",
-        }
+/// Parses a PEM certificate chain and key into a signing key.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, KeyError> {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| KeyError::Certificate(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(KeyError::Certificate("no certificate in PEM".into()));
     }
-
-    /// The role named `s`.
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The role a certificate named `name` gets when none is given: `control-plane` and
-    /// `data-plane` are those roles, any other name is an agent (a cluster's name).
-    pub fn for_name(name: &str) -> Role {
-        Role::parse(name).unwrap_or(Role::Agent)
-    }
-
-    /// The URI SAN that carries the role: `spiffe://atrium/<role>/<name>`.
-    pub fn uri(self, name: &str) -> String {
-        format!("{URI_PREFIX}{}/{name}", self.as_str())
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-const URI_PREFIX: &str = "spiffe://atrium/";
-
-/// The role a certificate carries, if it carries one (its first atrium URI SAN).
-pub fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) => u.strip_prefix(URI_PREFIX)?.split('/').next().and_then(Role::parse),
-        _ => None,
-    })
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| KeyError::Key(e.to_string()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| KeyError::Key(e.to_string()))?;
+    let ck = CertifiedKey::new(chain, signer);
+    // A key of another certificate (a rotation caught half-way, a wrong Secret) would fail
+    // every handshake: refuse it here, where the previous pair can stay in force.
+    ck.keys_match().map_err(KeyError::Mismatch)?;
+    Ok(Arc::new(ck))
 }
 
 /// Why TLS material cannot be used.
@@ -195,7 +170,7 @@ impl FileIdentity {
     /// Reads `cert` and `key`.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<FileIdentity>, TrustError> {
         let parse = |f: &[PathBuf]| {
-            crate::proxy::tls::certified_key(&read(&f[0])?, &read(&f[1])?)
+            certified_key(&read(&f[0])?, &read(&f[1])?)
                 .map_err(|e| TrustError::Invalid { file: f[0].clone(), reason: e.to_string() })
         };
         Ok(Arc::new(FileIdentity(FileBacked::load(vec![cert.to_path_buf(), key.to_path_buf()], "certificate", parse)?)))

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::Body;
+use crate::exchange::UpstreamError;
 use crate::h1::client::{self as h1c, Pool, Pooled};
 
 /// Upstream timeouts and pool settings.
@@ -48,59 +49,8 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// Why a forward failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The server could not be reached (502).
-    #[error("cannot connect to {server}: {reason}")]
-    Connect {
-        /// The server.
-        server: String,
-        /// Why.
-        reason: String,
-    },
-    /// No response headers in time (504).
-    #[error("{server} did not answer within {timeout:?}")]
-    Timeout {
-        /// The server.
-        server: String,
-        /// The limit.
-        timeout: Duration,
-    },
-    /// The connection died after the request went out (502): the server may have acted
-    /// on it, so only an idempotent request may be sent again elsewhere.
-    #[error("{server} went away after the request was sent: {reason}")]
-    Lost {
-        /// The server.
-        server: String,
-        /// Why.
-        reason: String,
-    },
-    /// The exchange failed after connecting (502).
-    #[error("{server}: {reason}")]
-    Protocol {
-        /// The server.
-        server: String,
-        /// Why.
-        reason: String,
-    },
-}
-
 /// What sending a request upstream gives.
 pub type Sent = Result<http::Response<Body>, UpstreamError>;
-
-/// Methods that may be sent twice without changing their effect (RFC 9110, 9.2.2).
-pub(crate) fn idempotent(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    )
-}
 
 /// An upstream as a pool key: its scheme and authority, hashed and compared as the bytes
 /// the configuration wrote (`Authority`'s own hash lower-cases byte by byte, on every

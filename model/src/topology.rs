@@ -47,15 +47,6 @@ pub fn is_topology(dir: &Path) -> bool {
     dir.join("parent").join("values.yaml").is_file()
 }
 
-/// A cluster name is a DNS label.
-pub fn is_valid_cluster_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 fn load_cluster(name: &str, dir: &Path, diags: &mut Vec<Diagnostic>) -> Cluster {
     let values_file = dir.join("values.yaml");
     let values = if values_file.is_file() {
@@ -115,17 +106,4 @@ pub fn load(root: &Path) -> (Topology, Vec<Diagnostic>) {
         }
     }
     (Topology { root: root.to_path_buf(), parent, children }, diags)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_names() {
-        assert!(is_valid_cluster_name("cluster-a"));
-        assert!(!is_valid_cluster_name("Cluster_A"));
-        assert!(!is_valid_cluster_name("-a"));
-        assert!(!is_valid_cluster_name(""));
-    }
 }

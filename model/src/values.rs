@@ -278,7 +278,7 @@ impl Reader<'_> {
             if let Err(e) = atrium_routing::children::parse_address(&child.address) {
                 self.error(at, &path, e.to_string());
             }
-            if !crate::topology::is_valid_cluster_name(name) {
+            if !atrium_routing::children::is_valid_name(name) {
                 let at = node.locate(&format!("children.{name}"));
                 self.error(
                     at,

@@ -229,8 +229,7 @@ fn certificates(m: &Manifests, body: &pb::SnapshotBody) -> Result<Vec<pb::TlsCer
                 .map_err(|e| format!("{file}: Secret {secret} data.{k}: invalid base64: {e}"))
         };
         let (cert, key) = (field("tls.crt")?, field("tls.key")?);
-        atrium_data_plane::proxy::tls::certified_key(&cert, &key)
-            .map_err(|e| format!("{file}: Secret {secret}: {e}"))?;
+        atrium_data_plane::trust::certified_key(&cert, &key).map_err(|e| format!("{file}: Secret {secret}: {e}"))?;
         let text = |b: Vec<u8>, k: &str| {
             String::from_utf8(b).map_err(|_| format!("{file}: Secret {secret} {k} is not PEM text"))
         };

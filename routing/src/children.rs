@@ -52,9 +52,53 @@ pub fn parse_address(address: &str) -> Result<(String, u16), AddressError> {
     Ok((host, port))
 }
 
+/// Resolves `name` of `name@multicluster`: the uplink `name` itself when `exposes(None,
+/// name)` (some child exposes it); else the longest child name `c` such that `name` is
+/// `<uplink>-<c>` and `exposes(Some(c), uplink)` (`crm-cluster-a` → uplink `crm` pinned
+/// to `cluster-a`). The one resolution of such names (the compiler's, against what the
+/// parent knows of its children, and the data plane's, against its snapshot).
+pub fn resolve<'a>(
+    name: &'a str,
+    children: impl IntoIterator<Item = &'a str>,
+    exposes: impl Fn(Option<&str>, &str) -> bool,
+) -> Option<(&'a str, Option<&'a str>)> {
+    if exposes(None, name) {
+        return Some((name, None));
+    }
+    let mut by_len: Vec<&str> = children.into_iter().collect();
+    by_len.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    by_len.into_iter().find_map(|c| {
+        let uplink = name.strip_suffix(c)?.strip_suffix('-')?;
+        exposes(Some(c), uplink).then_some((uplink, Some(c)))
+    })
+}
+
+/// A child cluster's name is a DNS label.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_resolve_to_an_exact_uplink_first_then_the_longest_child_suffix() {
+        let exposed = [("a", "crm"), ("cluster-a", "crm"), ("b", "crm-cluster-a-x")];
+        let exposes = |child: Option<&str>, uplink: &str| {
+            exposed.iter().any(|(c, u)| *u == uplink && child.is_none_or(|want| want == *c))
+        };
+        let children = || exposed.iter().map(|(c, _)| *c);
+        assert_eq!(resolve("crm", children(), exposes), Some(("crm", None)));
+        assert_eq!(resolve("crm-cluster-a", children(), exposes), Some(("crm", Some("cluster-a"))));
+        assert_eq!(resolve("crm-a", children(), exposes), Some(("crm", Some("a"))));
+        assert_eq!(resolve("billing-a", children(), exposes), None, "a child that does not expose it");
+        assert_eq!(resolve("crm-b", children(), exposes), None);
+    }
 
     #[test]
     fn addresses() {
@@ -66,5 +110,13 @@ mod tests {
         assert!(matches!(parse_address("https://a:99999"), Err(AddressError::Port { .. })));
         assert!(matches!(parse_address("https://a/path"), Err(AddressError::Shape(_))));
         assert!(matches!(parse_address("https://[::1"), Err(AddressError::Shape(_))));
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(is_valid_name("cluster-a"));
+        assert!(!is_valid_name("Cluster_A"));
+        assert!(!is_valid_name("-a"));
+        assert!(!is_valid_name(""));
     }
 }

@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::LocalKey;
 
+use crate::hop::lists;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -143,7 +144,7 @@ fn header_map(bytes: &Bytes, ranges: &[Range]) -> Option<HeaderMap> {
 
 /// An upstream's response passed through as bytes: its header lines, copied as they came
 /// minus the hop-by-hop ones (the same rules as for a header map, see
-/// `proxy::forward::strip_hop_by_hop`), and its body.
+/// `hop::strip_hop_by_hop`), and its body.
 pub struct Passed {
     /// The status.
     pub status: http::StatusCode,
@@ -163,7 +164,7 @@ impl Passed {
     pub(crate) fn from_head(parsed: &client::ParsedHead<'_>) -> Passed {
         let mut lines = spare_vec(&SPARE_BYTES, 512);
         let mut has_date = false;
-        let rules = crate::proxy::forward::HopRules::new(parsed.headers());
+        let rules = crate::hop::HopRules::new(parsed.headers());
         for (name, value) in parsed.headers() {
             if rules.removes(name) || name.eq_ignore_ascii_case(b"content-length") {
                 continue;
@@ -252,11 +253,6 @@ pub(crate) fn read_length(value: &[u8], length: &mut Option<u64>) -> Result<(), 
 /// Whether a `Connection` header asks to close.
 fn wants_close(h: &HeaderMap) -> bool {
     h.get_all(http::header::CONNECTION).iter().any(|v| lists(v.as_bytes(), b"close"))
-}
-
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-pub(crate) fn lists(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Where a chunked body decoder stands.

@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 pub use super::Prefixed;
-use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, lists, offset, ranges, wants_close};
+use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, offset, ranges, wants_close};
 use crate::body::{self, Body};
+use crate::hop::lists;
 
 /// Bodies up to this size are copied behind the head and sent in one write.
 const COALESCE: usize = 16 * 1024;

@@ -9,7 +9,7 @@
 pub mod admin;
 mod direct;
 pub mod forward;
-pub mod metrics;
+
 pub mod server;
 pub mod tls;
 
@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body};
+use crate::metrics;
 use crate::service::{self, ServiceRt};
 use atrium_routing::Decision;
 use atrium_routing::middleware::limits::Admission;
@@ -50,7 +51,8 @@ pub struct RouteState {
     /// Requests routed here since the last usage report.
     pub served: std::sync::atomic::AtomicU64,
 }
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::exchange::UpstreamError;
+use crate::upstream::Upstreams;
 
 /// A compiled configuration: the route table and the services it sends to.
 #[derive(Debug)]
@@ -146,7 +148,7 @@ impl ConnInfo {
 
     /// The same connection on behalf of another client (a request relayed by a parent):
     /// its address and scheme stand for the parent's.
-    pub fn for_client(&self, client: crate::uplink::RelayedClient) -> ConnInfo {
+    pub fn for_client(&self, client: crate::uplink::frame::RelayedClient) -> ConnInfo {
         ConnInfo {
             peer: client.addr,
             tls: client.tls,
@@ -159,8 +161,8 @@ impl ConnInfo {
     }
 
     /// This connection's client as a parent names it to a child.
-    fn relayed(&self) -> crate::uplink::RelayedClient {
-        crate::uplink::RelayedClient { addr: self.peer, tls: self.tls }
+    fn relayed(&self) -> crate::uplink::frame::RelayedClient {
+        crate::uplink::frame::RelayedClient { addr: self.peer, tls: self.tls }
     }
 }
 
@@ -184,7 +186,7 @@ pub struct Gateway {
     /// Certificates for TLS entrypoints.
     pub certs: Arc<tls::CertStore>,
     /// The parent side of uplinks, when this data plane has a certificate for them.
-    uplinks: std::sync::OnceLock<Arc<crate::multicluster::UplinkClient>>,
+    uplinks: std::sync::OnceLock<Arc<crate::uplink::UplinkClient>>,
     /// Requests logged so far (Traefik's CLF counter).
     served: std::sync::atomic::AtomicU64,
 }
@@ -254,7 +256,7 @@ struct Outgoing {
     /// The client's protocol version (HTTP/2 stays HTTP/2 through an uplink).
     version: http::Version,
     /// The client, named to a child across an uplink.
-    client: crate::uplink::RelayedClient,
+    client: crate::uplink::frame::RelayedClient,
 }
 
 impl Outgoing {
@@ -308,7 +310,7 @@ impl Gateway {
 
     /// Enables `X@multicluster` services: requests go to children over QUIC with this
     /// client's certificate.
-    pub fn set_uplink_client(&self, client: Arc<crate::multicluster::UplinkClient>) {
+    pub fn set_uplink_client(&self, client: Arc<crate::uplink::UplinkClient>) {
         client.set_metrics(self.metrics.uplinks.clone());
         let _ = self.uplinks.set(client);
     }
@@ -474,7 +476,7 @@ impl Gateway {
             let client_ip = Some(conn.peer.ip().to_canonical());
             // The entrypoint's forwarding headers, before routing and middlewares (which see
             // them and may override them), as Traefik sets them.
-            let upgrade = forward::upgrade_protocol(&parts.headers);
+            let upgrade = crate::hop::upgrade_protocol(&parts.headers);
             let client = forward::ClientSide {
                 ip: conn.ip_value.as_ref(),
                 proto: match (upgrade.is_some(), conn.tls) {
@@ -670,7 +672,7 @@ impl Gateway {
 
             let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
             let mut headers = std::mem::take(&mut parts.headers);
-            forward::strip_hop_by_hop(&mut headers, upgrade.clone());
+            crate::hop::strip_hop_by_hop(&mut headers, upgrade.clone());
             forward::add_forwarded_for(&mut headers, conn.ip_value.as_ref(), drop_xff);
             if crate::telemetry::enabled() {
                 crate::telemetry::inject(&mut headers);
@@ -791,7 +793,7 @@ impl Gateway {
                     }
                 }
             } else {
-                forward::strip_hop_by_hop(resp.headers_mut(), None);
+                crate::hop::strip_hop_by_hop(resp.headers_mut(), None);
             }
             let (mut rparts, rbody) = resp.into_parts();
             let mut out_body: Body = rbody;
@@ -944,17 +946,17 @@ impl Gateway {
                             "{name}@multicluster: this process does not reach children (not a parent's data plane)"
                         )));
                     };
-                    let (uplink, pinned) = crate::multicluster::resolve(children, name);
+                    let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
                     // A request without a body can be sent again: when the chosen child
                     // cannot be reached, the next candidate gets it. When the child went
                     // away after the request went out, only an idempotent one goes again.
                     let replayable = http_body::Body::is_end_stream(&body);
-                    let idempotent = crate::upstream::idempotent(&out.method);
+                    let idempotent = crate::exchange::idempotent(&out.method);
                     let mut body = Some(body);
                     let mut last_err = None;
                     for _ in 0..if replayable { 3 } else { 1 } {
-                        let cands = crate::multicluster::candidates(children, uplink, pinned, client);
-                        let Some(child) = crate::multicluster::pick(&cands, &client.counter) else { break };
+                        let cands = crate::uplink::pick::candidates(children, uplink, pinned, |c| client.is_down(c));
+                        let Some(child) = crate::uplink::pick::pick(&cands, &client.counter) else { break };
                         let mut req = Request::new(body.take().unwrap_or_else(body::empty));
                         *req.method_mut() = out.method.clone();
                         *req.uri_mut() = http::Uri::from(out.path_and_query.clone());

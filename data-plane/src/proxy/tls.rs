@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -41,15 +39,9 @@ impl DefaultCert {
 /// Why a certificate cannot serve.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// The certificate PEM does not parse, or holds no certificate.
-    #[error("certificate: {0}")]
-    Certificate(String),
-    /// The key PEM does not parse, or the key is of a kind rustls cannot sign with.
-    #[error("private key: {0}")]
-    Key(String),
-    /// A key of another certificate.
-    #[error("the private key does not belong to the certificate: {0}")]
-    Mismatch(rustls::Error),
+    /// The certificate and key cannot sign.
+    #[error(transparent)]
+    Key(#[from] crate::trust::KeyError),
     /// A certificate could not be generated.
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -69,28 +61,12 @@ pub enum CertError {
     Pki(#[from] crate::pki::PkiError),
 }
 
-/// Parses a PEM certificate chain and key into a signing key.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Certificate(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(CertError::Certificate("no certificate in PEM".into()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::Key(e.to_string()))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let signer = provider.key_provider.load_private_key(key).map_err(|e| CertError::Key(e.to_string()))?;
-    let ck = CertifiedKey::new(chain, signer);
-    // A key of another certificate (a rotation caught half-way, a wrong Secret) would fail
-    // every handshake: refuse it here, where the previous pair can stay in force.
-    ck.keys_match().map_err(CertError::Mismatch)?;
-    Ok(Arc::new(ck))
-}
+use crate::trust::certified_key;
 
 /// A self-signed certificate for `names`.
 pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, CertError> {
     let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-    certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
+    Ok(certified_key(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())?)
 }
 
 /// The certificates a snapshot carries, by lower-case server name. One that does not parse

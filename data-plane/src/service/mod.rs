@@ -196,7 +196,7 @@ impl ServiceRt {
             }
             ServiceRt::Unavailable(_) => false,
             ServiceRt::Multicluster { name, children } => {
-                let (uplink, pinned) = crate::multicluster::resolve(children, name);
+                let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
                 children.iter().any(|c| {
                     c.reachable
                         && !child_down(&c.name)

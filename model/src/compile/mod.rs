@@ -97,19 +97,12 @@ pub fn expose_name(obj: &Loaded, spec: &crate::resources::hub::UplinkSpec) -> St
 /// Resolves `name` of `name@multicluster`: the exact uplink name first, then the longest
 /// child name that suffixes it (`crm-cluster-a` → uplink `crm` pinned to `cluster-a`).
 pub fn resolve_multicluster(reg: &Registry, name: &str) -> Option<pb::Multicluster> {
-    if reg.values().any(|ups| ups.iter().any(|u| u.name == name)) {
-        return Some(pb::Multicluster { uplink: name.to_string(), child: String::new() });
-    }
-    let mut children: Vec<&String> = reg.keys().collect();
-    children.sort_by_key(|c| std::cmp::Reverse(c.len()));
-    for child in children {
-        if let Some(uplink) = name.strip_suffix(&format!("-{child}")) {
-            if reg[child].iter().any(|u| u.name == uplink) {
-                return Some(pb::Multicluster { uplink: uplink.to_string(), child: child.clone() });
-            }
-        }
-    }
-    None
+    let exposes = |child: Option<&str>, uplink: &str| match child {
+        None => reg.values().any(|ups| ups.iter().any(|u| u.name == uplink)),
+        Some(c) => reg.get(c).is_some_and(|ups| ups.iter().any(|u| u.name == uplink)),
+    };
+    let (uplink, child) = atrium_routing::children::resolve(name, reg.keys().map(String::as_str), exposes)?;
+    Some(pb::Multicluster { uplink: uplink.to_string(), child: child.unwrap_or_default().to_string() })
 }
 
 fn known_uplinks(reg: Option<&Registry>) -> String {

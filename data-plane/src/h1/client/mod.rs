@@ -40,9 +40,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub(crate) use pool::{Conn, Pool};
 pub use upgrade::{UpgradeSlot, Upgraded};
 
-use super::{Chunked, Decoded, chunk_size_line, encode_headers, header_map, lists, ranges};
+use super::{Chunked, Decoded, chunk_size_line, encode_headers, header_map, ranges};
 use crate::body::{Body, BoxError};
-use crate::upstream::{UpstreamError, idempotent};
+use crate::exchange::{UpstreamError, idempotent};
+use crate::hop::lists;
 
 /// Largest response head accepted from an upstream (502 past it).
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
@@ -1012,7 +1013,7 @@ mod tests {
                 _ => None,
             };
             let (mut parts, ()) = a.head.into_parts();
-            crate::proxy::forward::strip_hop_by_hop(&mut parts.headers, None);
+            crate::hop::strip_hop_by_hop(&mut parts.headers, None);
             let mut want = Vec::new();
             let want_framing = encode_head(&mut want, &mut parts, head_request, size);
             // The direct lane: the lines passed through.

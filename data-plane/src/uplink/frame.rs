@@ -1,30 +1,11 @@
-//! Uplink transport: mutual-TLS QUIC between parents and children, length-prefixed
-//! protobuf frames, and HTTP over one QUIC stream per request.
-//!
-//! Framing choice: each request gets its own bidirectional QUIC stream, and hyper speaks
-//! HTTP over it. A stream is an ordered, flow-controlled byte pipe, so HTTP/1.1 — with
-//! upgrades for WebSocket — runs over it unchanged, and HTTP/2 (for gRPC and trailers) runs
-//! over it too when the client opens with the HTTP/2 preface: the child's server detects
-//! either. Using one QUIC stream per request (not one HTTP/2 connection per QUIC
-//! connection) keeps head-of-line blocking out: a slow response holds only its own stream.
-//! h3 would need its own stack (and gives no way to carry WebSocket upgrades as-is).
-//!
-//! Liveness: QUIC keep-alive every 250 ms and an idle timeout of 900 ms (both configurable),
-//! so a child that dies without a word (`kill -9`) is noticed within about a second.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! What travels on uplink streams besides HTTP: length-prefixed protobuf frames (control
+//! messages, stream headers), and the client a parent relays a request for.
 
 use atrium_proto::v1 as pb;
 use prost::Message;
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// ALPN of the uplink protocol.
-pub const ALPN: &[u8] = b"atrium-uplink/1";
-/// Largest frame accepted by default (`--uplink-max-frame-bytes`); anything larger is a
-/// protocol error. A `Register` of a child with a thousand uplinks is about 60 KiB.
-pub const MAX_FRAME: usize = 256 * 1024;
+use super::MAX_FRAME;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -183,120 +164,11 @@ pub async fn read_header(r: &mut quinn::RecvStream) -> Result<pb::StreamHeader, 
     }
 }
 
-/// QUIC timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Liveness {
-    /// Keep-alive interval.
-    pub keep_alive: Duration,
-    /// A connection silent this long is dead.
-    pub idle_timeout: Duration,
-    /// Concurrent streams a peer may open.
-    pub max_streams: u32,
-    /// How long a child keeps a pooled HTTP/1.1 stream that waits for its next request.
-    pub stream_idle: Duration,
-    /// Largest control frame accepted.
-    pub max_frame: usize,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Liveness {
-            keep_alive: Duration::from_millis(250),
-            idle_timeout: Duration::from_millis(900),
-            max_streams: 1024,
-            stream_idle: Duration::from_secs(30),
-            max_frame: MAX_FRAME,
-        }
-    }
-}
-
-/// Why an uplink TLS configuration cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum UplinkTlsError {
-    /// The certificate, key or CA.
-    #[error(transparent)]
-    Trust(#[from] crate::trust::TrustError),
-    /// `serversTransport.rootCAs` does not parse.
-    #[error("serversTransport.rootCAs: {0}")]
-    RootCas(#[from] crate::trust::PemError),
-    /// `serversTransport.certificates` cannot be read.
-    #[error("serversTransport.certificates: {0}")]
-    TransportCertificate(crate::trust::TrustError),
-    /// QUIC refused the TLS configuration.
-    #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
-    /// A liveness setting QUIC cannot take.
-    #[error("uplink idle timeout: {0}")]
-    Liveness(String),
-}
-
-fn transport(l: Liveness) -> Result<Arc<quinn::TransportConfig>, UplinkTlsError> {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(l.keep_alive));
-    t.max_idle_timeout(Some(l.idle_timeout.try_into().map_err(|e| UplinkTlsError::Liveness(format!("{e}")))?));
-    t.max_concurrent_bidi_streams(l.max_streams.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    Ok(Arc::new(t))
-}
-
-/// The agent's QUIC server: presents this node's certificate, lets in only parents (a
-/// control plane or a data plane of this installation's CA, see [`crate::trust`]). The
-/// certificate and CA are re-read when their files change.
-pub fn server_config(trust: &crate::trust::NodeTrust, l: Liveness) -> Result<quinn::ServerConfig, UplinkTlsError> {
-    use crate::trust::Role;
-    let tls = trust.server_config(&[Role::ControlPlane, Role::DataPlane], "uplink", &[ALPN], true)?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| UplinkTlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport(l)?);
-    Ok(cfg)
-}
-
-/// How a parent checks a child's certificate (the seed's `serversTransport`).
-#[derive(Debug, Clone, Default)]
-pub struct ServerCheck {
-    /// Trust these CAs (PEM) instead of the installation's; the child's certificate then
-    /// comes from another PKI, so its role is not asked for.
-    pub root_cas: Vec<u8>,
-    /// Expected name in the child's certificate; default: the host of its address.
-    pub server_name: Option<String>,
-    /// Accept any certificate (development only; logged as a warning).
-    pub insecure_skip_verify: bool,
-    /// Present this certificate and key (files) instead of the node's own.
-    pub certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// A parent's QUIC client: presents the node's certificate (or the transport's) and checks
-/// the child as `check` says: by default, an agent of this installation's CA.
-pub fn client_config(
-    trust: &crate::trust::NodeTrust,
-    check: &ServerCheck,
-    l: Liveness,
-) -> Result<quinn::ClientConfig, UplinkTlsError> {
-    use crate::trust::{FileIdentity, FileRoots, NoVerify, Role, RoleServerVerifier, root_store};
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if check.insecure_skip_verify {
-        tracing::warn!("insecureSkipVerify: the child's certificate is not verified");
-        NoVerify::new()
-    } else if !check.root_cas.is_empty() {
-        let roots = root_store(&check.root_cas)?;
-        RoleServerVerifier::new(FileRoots::fixed(roots), None, "uplink")?
-    } else {
-        trust.server_verifier(Role::Agent, "uplink")?
-    };
-    let own;
-    let node = match &check.certificate {
-        Some((cert, key)) => {
-            let identity = FileIdentity::load(cert, key).map_err(UplinkTlsError::TransportCertificate)?;
-            own = crate::trust::NodeTrust { identity, roots: trust.roots.clone() };
-            &own
-        }
-        None => trust,
-    };
-    let tls = node.client_config(verifier, &[ALPN], true)?;
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| UplinkTlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport(l)?);
-    Ok(cfg)
-}
+/// The request header that carries the client (address and scheme, see
+/// [`uplink::frame::RelayedClient`]) to the child on pooled HTTP/1.1 uplink streams. The parent
+/// sets it on every such request; a client's own `atrium-*` headers never leave the first
+/// atrium hop (see `proxy::forward`), and the child takes it out before routing.
+pub const CLIENT_HEADER: &str = "atrium-uplink-client";
 
 /// A QUIC stream pair as one byte pipe, for hyper.
 pub type StreamIo = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;

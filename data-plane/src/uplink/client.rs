@@ -1,12 +1,11 @@
-//! `X@multicluster` at run time: pick a healthy child that exposes uplink `X`, and forward
-//! the request over that child's pooled mutual-TLS QUIC connection, on a pooled stream.
+//! The parent side of uplinks: one QUIC connection per child and worker thread, pooled
+//! streams, and passive health.
 //!
 //! Which children are reachable and which uplinks are healthy comes from the snapshot (the
 //! control plane's view). On top of that, each data plane stops using a child the moment
 //! its own connection to it fails, until a reconnection succeeds.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,57 +15,13 @@ use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::body::{self, Body};
-use crate::uplink::{self, Liveness, ServerCheck};
-use crate::upstream::UpstreamError;
+use crate::exchange::UpstreamError;
+use crate::metrics::{ChildLabels, Label, UplinkMetrics};
+use crate::uplink::dial::{DialError, client_endpoint, dial};
+use crate::uplink::frame::CLIENT_HEADER;
+use crate::uplink::{self, Liveness};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-
-/// Resolves `name` of `name@multicluster` against the children: the exact uplink name
-/// first, then the longest child name that suffixes it (`crm-cluster-a` → uplink `crm` on
-/// child `cluster-a`).
-pub fn resolve<'a>(children: &'a [pb::Child], name: &'a str) -> (&'a str, Option<&'a str>) {
-    if children.iter().any(|c| c.uplinks.iter().any(|u| u.name == name)) {
-        return (name, None);
-    }
-    let mut by_len: Vec<&pb::Child> = children.iter().collect();
-    by_len.sort_by_key(|c| std::cmp::Reverse(c.name.len()));
-    for c in by_len {
-        if let Some(uplink) = name.strip_suffix(c.name.as_str()).and_then(|p| p.strip_suffix('-')) {
-            return (uplink, Some(&c.name));
-        }
-    }
-    (name, None)
-}
-
-/// Children that can take a request for `uplink` now, with their weights.
-pub fn candidates<'a>(
-    children: &'a [pb::Child],
-    uplink: &str,
-    pinned: Option<&str>,
-    client: &UplinkClient,
-) -> Vec<(&'a pb::Child, u32)> {
-    children
-        .iter()
-        .filter(|c| c.reachable && pinned.is_none_or(|p| p == c.name) && !client.is_down(&c.name))
-        .filter_map(|c| c.uplinks.iter().find(|u| u.name == uplink && u.healthy && u.weight > 0).map(|u| (c, u.weight)))
-        .collect()
-}
-
-/// Weighted pick by a rotating counter (deterministic, spreads by weight).
-pub fn pick<'a>(cands: &[(&'a pb::Child, u32)], counter: &AtomicU64) -> Option<&'a pb::Child> {
-    let total: u64 = cands.iter().map(|(_, w)| u64::from(*w)).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut n = counter.fetch_add(1, Ordering::Relaxed) % total;
-    for (c, w) in cands {
-        if n < u64::from(*w) {
-            return Some(c);
-        }
-        n -= u64::from(*w);
-    }
-    None
-}
 
 /// The parent side of uplinks: one QUIC connection per child, shared by requests.
 pub struct UplinkClient {
@@ -86,7 +41,7 @@ pub struct UplinkClient {
     pub counter: AtomicU64,
     /// Idle HTTP/1.1 streams by worker thread, child and uplink (the one HTTP/1.1 client's
     /// pool, see [`crate::h1::client`]).
-    inline: Arc<crate::h1::client::Pool<StreamKey, uplink::StreamIo>>,
+    inline: Arc<crate::h1::client::Pool<StreamKey, uplink::frame::StreamIo>>,
     /// Per-child counters, registered in the data plane's metrics.
     metrics: OnceLock<UplinkMetrics>,
     /// When the stream limit was last logged, by child.
@@ -117,12 +72,6 @@ struct WorkerConns {
     conns: HashMap<String, quinn::Connection>,
 }
 
-/// The request header that carries the client (address and scheme, see
-/// [`uplink::RelayedClient`]) to the child on pooled HTTP/1.1 uplink streams. The parent
-/// sets it on every such request; a client's own `atrium-*` headers never leave the first
-/// atrium hop (see `proxy::forward`), and the child takes it out before routing.
-pub const CLIENT_HEADER: &str = "atrium-uplink-client";
-
 /// Pooled streams are found by worker thread, child and uplink.
 type StreamKey = (std::thread::ThreadId, String, String);
 
@@ -137,25 +86,6 @@ fn needs_http2(h: &http::HeaderMap) -> bool {
         h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains(needle)))
     };
     has(http::header::CONTENT_TYPE, "application/grpc") || has(http::header::TE, "trailers")
-}
-
-/// The data plane's per-child uplink counters.
-#[derive(Clone, Debug, Default)]
-pub struct UplinkMetrics {
-    /// Requests that waited because the child's concurrent-stream limit was reached.
-    pub stream_waits: Family<ChildLabels, Counter>,
-    /// Times this data plane took the child out of its routing (its connection failed, or
-    /// streams failed in a row).
-    pub marked_down: Family<ChildLabels, Counter>,
-    /// Streams that failed on a live connection (passive health).
-    pub failed_streams: Family<ChildLabels, Counter>,
-}
-
-/// Labels of per-child uplink metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct ChildLabels {
-    /// Child cluster name.
-    pub child: crate::proxy::metrics::Label,
 }
 
 impl std::fmt::Debug for UplinkClient {
@@ -335,7 +265,7 @@ impl UplinkClient {
                 return Err(connect_err(e.to_string()));
             }
         };
-        if let Err(e) = uplink::write_frame(&mut send, header).await {
+        if let Err(e) = uplink::frame::write_frame(&mut send, header).await {
             return Err(self.stream_error(child, &conn, e.to_string(), false));
         }
         Ok((conn, send, recv))
@@ -384,7 +314,7 @@ impl UplinkClient {
 
     fn count(&self, child: &str, which: impl Fn(&UplinkMetrics) -> &Family<ChildLabels, Counter>) {
         if let Some(m) = self.metrics.get() {
-            which(m).get_or_create(&ChildLabels { child: crate::proxy::metrics::Label(Arc::from(child)) }).inc();
+            which(m).get_or_create(&ChildLabels { child: Label(Arc::from(child)) }).inc();
         }
     }
 
@@ -402,7 +332,7 @@ impl UplinkClient {
         &self,
         child: &pb::Child,
         uplink_name: &str,
-        client: uplink::RelayedClient,
+        client: uplink::frame::RelayedClient,
         mut req: Request<Body>,
         response_timeout: std::time::Duration,
     ) -> Result<Response<Body>, UpstreamError> {
@@ -423,7 +353,7 @@ impl UplinkClient {
                     .unwrap_or_default(),
             };
             let (conn, send, recv) = self.open_stream(child, &header).await?;
-            let io = TokioIo::new(uplink::io(send, recv));
+            let io = TokioIo::new(uplink::frame::io(send, recv));
             // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
             let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -468,7 +398,7 @@ impl UplinkClient {
                     }
                 }
                 let (_, send, recv) = self.open_stream(child, header).await?;
-                Ok(uplink::io(send, recv))
+                Ok(uplink::frame::io(send, recv))
             }
         };
         let sent = crate::h1::client::send(
@@ -499,98 +429,9 @@ impl UplinkClient {
     }
 }
 
-/// Why a child could not be dialled.
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    /// Its address does not parse.
-    #[error(transparent)]
-    Address(#[from] atrium_routing::children::AddressError),
-    /// No local QUIC endpoint could be made.
-    #[error("QUIC endpoint: {0}")]
-    Endpoint(std::io::Error),
-    /// The TLS configuration for it cannot be built.
-    #[error(transparent)]
-    Tls(#[from] uplink::UplinkTlsError),
-    /// Its host does not resolve.
-    #[error("resolving {host}: {reason}")]
-    Resolve {
-        /// The host.
-        host: String,
-        /// Why.
-        reason: String,
-    },
-    /// The QUIC connection failed (refused certificate, unreachable, …).
-    #[error("{0}")]
-    Connect(String),
-    /// No handshake within the liveness idle timeout.
-    #[error("QUIC handshake timed out")]
-    Timeout,
-}
-
-/// Opens a mutual-TLS QUIC connection from `ep` to `child`, honouring its
-/// `serversTransport`: `insecureSkipVerify`, `rootCAs` (PEM or file paths), `serverName`,
-/// and `certificates` (the first pair is presented instead of this node's own). Without
-/// them the child must present an agent certificate of this installation. The handshake
-/// gives up after the liveness idle timeout.
-pub async fn dial(
-    ep: &quinn::Endpoint,
-    child: &pb::Child,
-    trust: &crate::trust::NodeTrust,
-    liveness: Liveness,
-) -> Result<quinn::Connection, DialError> {
-    let (host, port) = atrium_routing::children::parse_address(&child.address)?;
-    let t = child.transport.clone().unwrap_or_default();
-    let mut root_cas = Vec::new();
-    for r in &t.root_cas {
-        match std::fs::read(r) {
-            Ok(b) => root_cas.extend(b),
-            Err(_) => root_cas.extend(r.as_bytes()),
-        }
-    }
-    let check = ServerCheck {
-        root_cas,
-        server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
-        insecure_skip_verify: t.insecure_skip_verify,
-        certificate: t.certificates.first().map(|p| (p.cert_file.clone().into(), p.key_file.clone().into())),
-    };
-    let cfg = uplink::client_config(trust, &check, liveness)?;
-    let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| DialError::Resolve { host: host.clone(), reason: e.to_string() })?
-        .next()
-        .ok_or_else(|| DialError::Resolve { host: host.clone(), reason: "no address".into() })?;
-    let name = check.server_name.clone().unwrap_or(host);
-    let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| DialError::Connect(e.to_string()))?;
-    tokio::time::timeout(liveness.idle_timeout, connecting)
-        .await
-        .map_err(|_| DialError::Timeout)?
-        .map_err(|e| DialError::Connect(e.to_string()))
-}
-
-/// A client endpoint on an ephemeral port of every address.
-pub fn client_endpoint() -> Result<quinn::Endpoint, DialError> {
-    // A dual-stack socket reaches IPv4 children as mapped addresses; fall back to IPv4 only.
-    quinn::Endpoint::client(std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))
-        .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))))
-        .map_err(DialError::Endpoint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn child(name: &str, uplinks: &[(&str, u32, bool)], reachable: bool) -> pb::Child {
-        pb::Child {
-            name: name.into(),
-            address: "https://127.0.0.1:9443".into(),
-            transport: None,
-            reachable,
-            uplinks: uplinks
-                .iter()
-                .map(|(n, w, h)| pb::UplinkState { name: n.to_string(), weight: *w, healthy: *h, entry_points: vec![] })
-                .collect(),
-        }
-    }
 
     #[test]
     fn only_grpc_and_trailer_requests_keep_http2_through_the_uplink() {
@@ -608,15 +449,6 @@ mod tests {
     }
 
     #[test]
-    fn names_resolve_exact_first_then_longest_child_suffix() {
-        let cs = vec![child("a", &[("crm", 1, true)], true), child("cluster-a", &[("crm", 1, true)], true)];
-        assert_eq!(resolve(&cs, "crm"), ("crm", None));
-        assert_eq!(resolve(&cs, "crm-cluster-a"), ("crm", Some("cluster-a")));
-        assert_eq!(resolve(&cs, "crm-a"), ("crm", Some("a")));
-        assert_eq!(resolve(&cs, "billing"), ("billing", None));
-    }
-
-    #[test]
     fn failed_streams_in_a_row_take_a_child_out_and_a_success_ends_the_streak() {
         let client = UplinkClient::new(crate::trust::test_trust(), Liveness::default());
         client.stream_failed("a", "reset");
@@ -629,25 +461,5 @@ mod tests {
         client.stream_failed("a", "reset");
         assert!(client.is_down("a"));
         assert!(!client.is_down("b"), "streaks are per child");
-    }
-
-    #[test]
-    fn candidates_follow_health_reachability_and_weight() {
-        let client = UplinkClient::new(crate::trust::test_trust(), Liveness::default());
-        let cs = vec![
-            child("a", &[("crm", 1, true)], true),
-            child("b", &[("crm", 3, true)], true),
-            child("c", &[("crm", 5, false)], true),
-            child("d", &[("crm", 5, true)], false),
-            child("e", &[("crm", 0, true)], true),
-        ];
-        let cands = candidates(&cs, "crm", None, &client);
-        assert_eq!(cands.iter().map(|(c, w)| (c.name.as_str(), *w)).collect::<Vec<_>>(), vec![("a", 1), ("b", 3)]);
-        let counter = AtomicU64::new(0);
-        let picks: Vec<&str> = (0..400).map(|_| pick(&cands, &counter).unwrap().name.as_str()).collect();
-        assert_eq!(picks.iter().filter(|n| **n == "b").count(), 300);
-        assert_eq!(candidates(&cs, "crm", Some("a"), &client).len(), 1);
-        client.mark_down("a", "test");
-        assert_eq!(candidates(&cs, "crm", None, &client).len(), 1);
     }
 }

@@ -57,7 +57,7 @@ pub struct Metrics {
     /// Configurations refused (the previous table stayed).
     pub swap_failures: Counter,
     /// Per-child uplink counters.
-    pub uplinks: crate::multicluster::UplinkMetrics,
+    pub uplinks: UplinkMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,7 +85,7 @@ impl Default for Metrics {
             "Configurations refused; the previous table stayed in force",
             swap_failures.clone(),
         );
-        let uplinks = crate::multicluster::UplinkMetrics::default();
+        let uplinks = UplinkMetrics::default();
         registry.register(
             "uplink_stream_limit_waits",
             "Requests that waited for a free uplink stream because the child's concurrent-stream limit was reached",
@@ -169,4 +169,23 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The data plane's per-child uplink counters.
+#[derive(Clone, Debug, Default)]
+pub struct UplinkMetrics {
+    /// Requests that waited because the child's concurrent-stream limit was reached.
+    pub stream_waits: Family<ChildLabels, Counter>,
+    /// Times this data plane took the child out of its routing (its connection failed, or
+    /// streams failed in a row).
+    pub marked_down: Family<ChildLabels, Counter>,
+    /// Streams that failed on a live connection (passive health).
+    pub failed_streams: Family<ChildLabels, Counter>,
+}
+
+/// Labels of per-child uplink metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ChildLabels {
+    /// Child cluster name.
+    pub child: Label,
 }
