@@ -184,13 +184,9 @@ impl LimitArgs {
     }
 }
 
-/// Flags of every serving subcommand.
+/// Where a node keeps its generated state and finds its TLS material.
 #[derive(Args, Clone)]
-struct ServeArgs {
-    #[command(flatten)]
-    listen: ListenArgs,
-    #[command(flatten)]
-    limits: LimitArgs,
+struct TlsArgs {
     /// Directory for generated state (development PKI, default certificate).
     #[arg(long, default_value = ".atrium")]
     state_dir: PathBuf,
@@ -198,6 +194,11 @@ struct ServeArgs {
     /// created on first start).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+}
+
+/// Uplink QUIC settings (the parent's connections to children, an agent's to parents).
+#[derive(Args, Clone)]
+struct UplinkArgs {
     /// Uplink QUIC keep-alive interval, in milliseconds.
     #[arg(long, default_value_t = 250)]
     uplink_keepalive_ms: u64,
@@ -218,8 +219,8 @@ struct ServeArgs {
     uplink_max_frame_bytes: usize,
 }
 
-impl ServeArgs {
-    fn serving(&self) -> anyhow::Result<Serving> {
+impl UplinkArgs {
+    fn liveness(&self) -> anyhow::Result<Liveness> {
         anyhow::ensure!(self.uplink_keepalive_ms >= 10, "--uplink-keepalive-ms: at least 10");
         anyhow::ensure!(
             self.uplink_max_streams >= 2,
@@ -230,14 +231,34 @@ impl ServeArgs {
             "--uplink-idle-timeout-ms must be longer than --uplink-keepalive-ms ({} ms)",
             self.uplink_keepalive_ms
         );
-        let mut serving = self.listen.serving(&self.limits, self.state_dir.clone(), self.tls_dir.clone())?;
-        serving.liveness = Liveness {
+        Ok(Liveness {
             keep_alive: Duration::from_millis(self.uplink_keepalive_ms),
             idle_timeout: Duration::from_millis(self.uplink_idle_timeout_ms),
             max_streams: self.uplink_max_streams,
             stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
             max_frame: self.uplink_max_frame_bytes.max(1024),
-        };
+        })
+    }
+}
+
+/// The flag groups of every serving role of a multi-cluster installation (control plane,
+/// data plane, agent): listeners and admin, limits and timeouts, TLS, uplinks.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    uplink: UplinkArgs,
+}
+
+impl ServeArgs {
+    fn serving(&self) -> anyhow::Result<Serving> {
+        let mut serving = self.listen.serving(&self.limits, self.tls.state_dir.clone(), self.tls.tls_dir.clone())?;
+        serving.liveness = self.uplink.liveness()?;
         Ok(serving)
     }
 }

@@ -242,22 +242,14 @@ async fn admin_endpoints_and_reload_keep_the_last_good_table() {
     let route = m.join("crm-api.yaml");
     let text = fs::read_to_string(&route).unwrap();
     fs::write(&route, text.replace("X-Traefik-Backend: \"cluster-a\"", "X-Traefik-Backend: \"cluster-a2\"")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::eventually(Duration::from_secs(10), "the change is applied", || async {
         let r = get(&gw.web("/crm/health")).await;
-        if r.header("x-traefik-backend") == Some("cluster-a2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the change was not applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (r.header("x-traefik-backend") == Some("cluster-a2")).then_some(())
+    })
+    .await;
     // A broken change is refused with file and line; the previous table keeps serving.
     fs::write(&route, text.replace("kind: Rule", "kind: Rules")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.logged("configuration refused") {
-        assert!(Instant::now() < deadline, "the broken change was not reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(gw.wait_logged("configuration refused").await, "the broken change was not reported");
     assert!(gw.wait_logged("crm-api.yaml:").await, "the error names the file");
     let r = get(&gw.web("/crm/health")).await;
     assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a2")));
@@ -432,7 +424,10 @@ async fn sigterm_drains_requests_in_flight_and_access_log_is_written() {
     // A slow request is in flight when SIGTERM arrives: it completes, then the process exits.
     let url = gw.web("/crm/slow");
     let slow = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::eventually(Duration::from_secs(10), "the slow request reaches the backend", || async {
+        be.seen.lock().unwrap().iter().any(|s| s.contains("/slow")).then_some(())
+    })
+    .await;
     gw.terminate();
     let r = slow.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "slow"), "the request in flight was drained, not cut");
@@ -487,14 +482,11 @@ async fn a_multicluster_service_on_a_plain_gateway_is_explained_and_answers_503(
     assert!(!r.body.contains("no configuration"), "{}", r.body);
     // The log says why, at load time (read by another thread: wait for it, 5 s at most).
     let needle = "only a parent's data plane reaches children";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        if let Some(l) = gw.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned() {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no log line about @multicluster on a plain gateway");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line =
+        common::eventually(Duration::from_secs(5), "a log line about @multicluster on a plain gateway", || async {
+            gw.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
+        })
+        .await;
     assert!(line.contains("crm"), "and names the service: {line}");
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::backend;
 use common::client::get;
@@ -129,37 +129,24 @@ async fn weighted_round_robin_failover_and_health_checks() {
 
     // Health check: b starts failing; within a few check intervals all traffic goes to a.
     b.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let names: Vec<String> = futures_names(&gw, "/checked", 6).await;
-        if names.iter().all(|n| n == "a") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b was never taken out: {names:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(Duration::from_secs(10), "b taken out of rotation", || async {
+        futures_names(&gw, "/checked", 6).await.iter().all(|n| n == "a").then_some(())
+    })
+    .await;
     assert!(gw.wait_logged("health check failed: server out of rotation").await);
     b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if futures_names(&gw, "/checked", 6).await.iter().any(|n| n == "b") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(Duration::from_secs(10), "b back in rotation", || async {
+        futures_names(&gw, "/checked", 6).await.iter().any(|n| n == "b").then_some(())
+    })
+    .await;
 
     // Failover: once the dead service's check fails, the fallback answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let r = common::eventually(Duration::from_secs(10), "failover", || async {
         let r = get(&gw.web("/fo")).await;
-        if r.status == 200 {
-            assert_eq!(r.header("x-backend-name"), Some("b"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "failover never happened: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.header("x-backend-name"), Some("b"));
 }
 
 async fn futures_names(gw: &GatewayProc, path: &str, n: usize) -> Vec<String> {

@@ -5,215 +5,21 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atrium_data_plane::pki;
 use common::backend;
 use common::client::tls_get;
 use common::gateway::GatewayProc;
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn agent(root: &Path, name: &str, ip: &str, api: &str, backend: std::net::SocketAddr) -> GatewayProc {
-    agent_with(root, name, ip, api, backend, &[])
-}
-
-/// [`agent`], with `extra` manifest files (name, content) added to the child.
-fn agent_with(
-    root: &Path,
-    name: &str,
-    ip: &str,
-    api: &str,
-    backend: std::net::SocketAddr,
-    extra: &[(&str, String)],
-) -> GatewayProc {
-    let m = child_manifests(root, name, name, api, backend);
-    for (file, text) in extra {
-        fs::write(m.join(file), text).unwrap();
-    }
-    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    spawn_agent(root, name, ip, &m, name)
-}
-
-/// Replaces each `(from, to)` in the file at `path`.
-fn edit(path: &Path, edits: &[(&str, String)]) {
-    let mut text = fs::read_to_string(path).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "{} has no {from:?}", path.display());
-        text = text.replace(from, to);
-    }
-    fs::write(path, text).unwrap();
-}
-
-/// A copy of example child `source`'s manifests in `<root>/<name>`, its `api` endpoints
-/// pointing at `backend`.
-fn child_manifests(
-    root: &Path,
-    name: &str,
-    source: &str,
-    api: &str,
-    backend: std::net::SocketAddr,
-) -> std::path::PathBuf {
-    let m = root.join(name);
-    common::copy_dir(&common::example().join(format!("{source}/manifests")), &m);
-    let eps = m.join(format!("{api}-endpoints.yaml"));
-    let text = fs::read_to_string(&eps).unwrap();
-    let example_ip = text.split('"').nth(1).expect("the example's endpoint address is quoted").to_string();
-    edit(
-        &eps,
-        &[
-            (&format!("\"{example_ip}\""), format!("\"{}\"", backend.ip())),
-            ("port: 8080", format!("port: {}", backend.port())),
-        ],
-    );
-    m
-}
-
-/// `atrium agent --cluster name` on `ip` (ephemeral ports) with `manifests` and example
-/// child `values_of`'s values.
-fn spawn_agent(root: &Path, name: &str, ip: &str, manifests: &Path, values_of: &str) -> GatewayProc {
-    spawn_agent_with(root, name, ip, manifests, values_of, &[], &[])
-}
-
-/// [`spawn_agent`] with `extra` flags and `env` variables.
-fn spawn_agent_with(
-    root: &Path,
-    name: &str,
-    ip: &str,
-    manifests: &Path,
-    values_of: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> GatewayProc {
-    let mut args = strings(&[
-        "agent",
-        "--cluster",
-        name,
-        "--manifests",
-        manifests.to_str().unwrap(),
-        "--values",
-        common::example().join(format!("{values_of}/values.yaml")).to_str().unwrap(),
-        "--tls-dir",
-        root.join("pki").to_str().unwrap(),
-        "--state-dir",
-        root.join(format!("{name}-state")).to_str().unwrap(),
-        "--entrypoint",
-        &format!("web={ip}:0"),
-        "--entrypoint",
-        "websecure=off",
-        "--entrypoint",
-        &format!("multicluster={ip}:0"),
-        "--admin",
-        &format!("{ip}:0"),
-        "--workers",
-        "1",
-    ]);
-    args.extend(strings(extra));
-    GatewayProc::spawn_with_env(&args, env, 2, false)
-}
-
-/// One CA and a certificate per component, in `<root>/pki`.
-fn test_pki(root: &Path) {
-    let pki_dir = root.join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in ["cluster-a", "cluster-b", "control-plane", "data-plane"] {
-        let role = atrium_data_plane::pki::Role::for_name(n);
-        pki::issue(&pki_dir, n, role, &["127.0.0.2".into(), "127.0.0.3".into()]).unwrap();
-    }
-}
-
-/// The parent: the seed's manifests (plus `extra` files) and values, pointed at the
-/// children's actual uplink ports, with `values_edits` applied to the values.
-fn parent(
-    root: &Path,
-    a: &GatewayProc,
-    b: &GatewayProc,
-    values_edits: &[(&str, &str)],
-    extra: &[(&str, String)],
-) -> GatewayProc {
-    parent_with_env(root, a, b, values_edits, extra, &[])
-}
-
-/// [`parent`] with `env` variables.
-fn parent_with_env(
-    root: &Path,
-    a: &GatewayProc,
-    b: &GatewayProc,
-    values_edits: &[(&str, &str)],
-    extra: &[(&str, String)],
-    env: &[(&str, &str)],
-) -> GatewayProc {
-    let parent = root.join("parent");
-    common::copy_dir(&common::example().join("parent"), &parent);
-    for (file, text) in extra {
-        fs::write(parent.join("manifests").join(file), text).unwrap();
-    }
-    let values = parent.join("values.yaml");
-    let mut text = fs::read_to_string(&values)
-        .unwrap()
-        .replace("https://127.0.0.2:9443", &format!("https://{}", a.entry_points["multicluster"]))
-        .replace("https://127.0.0.3:9443", &format!("https://{}", b.entry_points["multicluster"]));
-    for (from, to) in values_edits {
-        text = text.replace(from, to);
-    }
-    fs::write(&values, text).unwrap();
-    GatewayProc::spawn_with_env(
-        &strings(&[
-            "control-plane",
-            "--values",
-            values.to_str().unwrap(),
-            "--manifests",
-            parent.join("manifests").to_str().unwrap(),
-            "--grpc",
-            "127.0.0.1:0",
-            "--tls-dir",
-            root.join("pki").to_str().unwrap(),
-            "--state-dir",
-            root.join("cp-state").to_str().unwrap(),
-            "--entrypoint",
-            "web=127.0.0.1:0",
-            "--entrypoint",
-            "websecure=127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            // Two workers, each with its own QUIC connections to the children.
-            "--workers",
-            "2",
-        ]),
-        env,
-        2,
-        true,
-    )
-}
-
-async fn until_status(ws: std::net::SocketAddr, path: &str, want: u16) -> common::client::Resp {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, _, r) = tls_get(ws, "api.example.com", path).await;
-        if r.status == want {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{path} never answered {want}; last: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::topology::{self, Options, Topology, edit, strings, until_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_routing_through_uplinks_and_failover_to_503() {
     let crm = backend::start("crm", "127.0.0.2").await;
     let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let mut a = agent(root, "cluster-a", "127.0.0.2", "crm", crm.addr);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
-
-    // The parent: the seed's manifests and values, with the children's actual ports.
-    let cp = parent(root, &a, &b, &[], &[]);
-    let ws = cp.entry_points["websecure"];
+    // The seed's manifests and values, the parent pointed at the children's actual ports.
+    let dir = topology::seed(crm.addr, billing.addr);
+    let mut t = Topology::start(dir.path(), &Options::default());
+    let (cp, ws) = (&t.parent, t.ws());
 
     // The seed's verification: each API answers from its own child.
     let r = until_status(ws, "/crm/health", 200).await;
@@ -244,79 +50,32 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
 
     // cluster-a dies without a word: crm has no healthy target left and answers 503 (no
     // hang), while billing keeps working.
-    a.kill();
+    t.children.get_mut("cluster-a").unwrap().kill();
     let start = Instant::now();
     until_status(ws, "/crm/health", 503).await;
     assert!(start.elapsed() < Duration::from_secs(5), "noticed in {:?}", start.elapsed());
     let r = until_status(ws, "/billing/health", 200).await;
     assert_eq!(r.header("x-traefik-backend"), Some("cluster-b"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cp.logged("child unreachable") {
-        assert!(Instant::now() < deadline, "the parent did not log the unreachable child");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(cp.wait_logged("child unreachable").await, "the parent logs the unreachable child");
     // Its data plane counted taking the child out.
     let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
-    let downs = metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-a\"}");
+    let downs = common::metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-a\"}");
     assert!(downs >= 1, "{metrics}");
-    assert_eq!(metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-b\"}"), 0);
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition (0 when absent).
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines().find(|l| l.starts_with(sample)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// A child copy of cluster-a's manifests serving uplink `crm` with `weight`, stamping its
-/// responses with `stamp`.
-fn crm_child(
-    root: &Path,
-    name: &str,
-    ip: &str,
-    weight: u32,
-    stamp: &str,
-    backend: std::net::SocketAddr,
-) -> GatewayProc {
-    let m = child_manifests(root, name, "cluster-a", "crm", backend);
-    edit(
-        &m.join("uplink.yaml"),
-        &[
-            ("interval: 5s", "interval: 100ms".into()),
-            ("timeout: 3s", "timeout: 300ms".into()),
-            ("  exposeName: crm\n", format!("  exposeName: crm\n  weight: {weight}\n")),
-        ],
-    );
-    edit(&m.join("crm-api.yaml"), &[("X-Traefik-Backend: \"cluster-a\"", format!("X-Traefik-Backend: \"{stamp}\""))]);
-    spawn_agent(root, name, ip, &m, "cluster-a")
+    assert_eq!(common::metric(&metrics, "atrium_uplink_child_marked_down_total{child=\"cluster-b\"}"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_failover_and_health_failover_across_children() {
     let be_a = backend::start("a", "127.0.0.2").await;
     let be_b = backend::start("b", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let mut a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
-    let b = crm_child(root, "cluster-b", "127.0.0.3", 3, "cluster-b", be_b.addr);
-    let cp = parent(root, &a, &b, &[("pollInterval: 5", "pollInterval: 1"), ("pollTimeout: 5", "pollTimeout: 1")], &[]);
-    let ws = cp.entry_points["websecure"];
-    // Wait until both children are registered and healthy.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..8 {
-            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
-            if let Some(h) = r.header("x-traefik-backend") {
-                seen.insert(h.to_string());
-            }
-        }
-        if seen.len() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "both children never served: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dir = topology::crm_pair([1, 3], be_a.addr, be_b.addr);
+    edit(
+        &dir.path().join("parent/values.yaml"),
+        &[("pollInterval: 5", "pollInterval: 1".into()), ("pollTimeout: 5", "pollTimeout: 1".into())],
+    );
+    let mut t = Topology::start(dir.path(), &Options::default());
+    let ws = t.ws();
+    both_children_serve(ws).await;
 
     // Weights 1 and 3: over 1,000 requests the split is 25/75 within ±5%.
     let mut to_b = 0;
@@ -332,46 +91,36 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     // Health failover: b's backend fails its check while b's agent stays up.
     be_b.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(10);
-    loop {
+    common::eventually(Duration::from_secs(10), "routing leaves the unhealthy child", || async {
         let mut all_a = true;
         for _ in 0..4 {
             let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
             all_a &= r.header("x-traefik-backend") == Some("cluster-a");
         }
-        if all_a {
-            break;
-        }
-        assert!(Instant::now() < deadline, "routing never left the unhealthy child");
-    }
+        all_a.then_some(())
+    })
+    .await;
     assert!(start.elapsed() < Duration::from_millis(1500), "health failover took {:?}", start.elapsed());
     be_b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::eventually(Duration::from_secs(10), "cluster-b comes back", || async {
         let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
-        if r.header("x-traefik-backend") == Some("cluster-b") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster-b never came back");
-    }
+        (r.header("x-traefik-backend") == Some("cluster-b")).then_some(())
+    })
+    .await;
 
     // kill -9 of cluster-a: within about a second everything goes to b, then nothing fails.
-    a.kill();
+    t.child_mut("cluster-a").kill();
     let start = Instant::now();
-    loop {
-        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
-        if r.status == 200 && r.header("x-traefik-backend") == Some("cluster-b") {
-            let mut settled = true;
-            for _ in 0..10 {
-                let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
-                settled &= r.status == 200 && r.header("x-traefik-backend") == Some("cluster-b");
-            }
-            if settled {
-                break;
+    common::eventually(Duration::from_secs(10), "requests settle on cluster-b", || async {
+        for _ in 0..11 {
+            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            if r.status != 200 || r.header("x-traefik-backend") != Some("cluster-b") {
+                return None;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "requests never settled on cluster-b");
-    }
+        Some(())
+    })
+    .await;
     let moved = start.elapsed();
     eprintln!("kill -9 failover: {moved:?}");
     for i in 0..200 {
@@ -388,18 +137,16 @@ async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
     let crm = backend::start("crm", "127.0.0.2").await;
     let billing = backend::start("billing", "127.0.0.3").await;
     let grpc = backend::grpc("127.0.0.2").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
+    let dir = topology::seed(crm.addr, billing.addr);
     // cluster-a also serves a gRPC API on its crm uplink (h2c to the backend) ...
     let child_grpc = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services: [{name: grpc, port: 80, scheme: h2c}]\n".to_string()
         + &common::service_manifests("apps", "grpc", &[grpc]);
-    let a = agent_with(root, "cluster-a", "127.0.0.2", "crm", crm.addr, &[("grpc.yaml", child_grpc)]);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    fs::write(dir.path().join("cluster-a/manifests/grpc.yaml"), child_grpc).unwrap();
     // ... which the parent routes to crm@multicluster.
     let parent_grpc = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: grpc\n  namespace: apps\nspec:\n  entryPoints: [websecure]\n  routes:\n    - match: Host(`api.example.com`) && PathPrefix(`/echo.Echo/`)\n      kind: Rule\n      services:\n        - name: crm@multicluster\n          kind: TraefikService\n  tls: {}\n".to_string();
-    let cp = parent(root, &a, &b, &[], &[("grpc.yaml", parent_grpc)]);
-    let ws = cp.entry_points["websecure"];
+    fs::write(dir.path().join("parent/manifests/grpc.yaml"), parent_grpc).unwrap();
+    let t = Topology::start(dir.path(), &Options::default());
+    let ws = t.ws();
     until_status(ws, "/crm/health", 200).await;
 
     // gRPC: client → h2 over TLS → parent → HTTP/2 on a QUIC stream → child → h2c backend.
@@ -421,8 +168,8 @@ async fn grpc_websocket_and_100mb_bodies_through_an_uplink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
-    let t = topology(&["--uplink-max-streams", "2"], &[]).await;
-    let (cp, ws) = (&t.cp, t.ws);
+    let s = seeded(&["--uplink-max-streams", "2"], &[]).await;
+    let (cp, ws) = (&s.t.parent, s.t.ws());
 
     // Five slow requests (3 s each) at once over the parent's two workers, each with its
     // own connection: whichever worker gets three or more has one waiting for a stream.
@@ -437,7 +184,7 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
         assert_eq!(tls_get(ws, "api.example.com", "/crm/health").await.2.status, 200);
     }
     let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
-    let waits = metric(&metrics, "atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}");
+    let waits = common::metric(&metrics, "atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}");
     assert!(waits >= 1, "the wait is counted:\n{metrics}");
     assert!(cp.wait_logged("uplink stream limit reached").await);
 }
@@ -447,8 +194,8 @@ async fn one_trace_spans_the_parent_and_the_child() {
     let (collector, mut spans) = common::otlp::collector().await;
     let endpoint = format!("http://{collector}");
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
-    let t = topology(&[], &env).await;
-    let ws = t.ws;
+    let s = seeded(&[], &env).await;
+    let ws = s.t.ws();
 
     let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     let tls = common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await;
@@ -494,8 +241,8 @@ async fn one_trace_spans_the_parent_and_the_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error() {
-    let t = topology(&["--uplink-stream-idle-ms", "200"], &[]).await;
-    let ws = t.ws;
+    let s = seeded(&["--uplink-stream-idle-ms", "200"], &[]).await;
+    let ws = s.t.ws();
     // Pauses around the child's 200 ms idle limit: some requests find their pooled stream
     // already closed, some race its closing; every one is answered.
     for pause_ms in [50u64, 150, 190, 200, 210, 250, 400, 600] {
@@ -507,31 +254,39 @@ async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error
     }
 }
 
-/// The seed's topology on loopback, cluster-a started with `a_flags`, cluster-a and the
-/// parent with `env`; ready once `/crm/health` answers 200 through the parent.
-struct Topology {
+/// The seed's topology on loopback, cluster-a started with `a_flags`, every process with
+/// `env`; ready once `/crm/health` answers 200 through the parent.
+struct Seeded {
     _backends: (backend::Backend, backend::Backend),
-    _a: GatewayProc,
-    _b: GatewayProc,
-    cp: GatewayProc,
-    ws: std::net::SocketAddr,
-    _tmp: tempfile::TempDir,
+    t: Topology,
+    dir: tempfile::TempDir,
 }
 
-async fn topology(a_flags: &[&str], env: &[(&str, &str)]) -> Topology {
+async fn seeded(a_flags: &[&str], env: &[(&str, &str)]) -> Seeded {
     let crm = backend::start("crm", "127.0.0.2").await;
     let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
-    let m = child_manifests(root, "cluster-a", "cluster-a", "crm", crm.addr);
-    edit(&m.join("uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
-    let a = spawn_agent_with(root, "cluster-a", "127.0.0.2", &m, "cluster-a", a_flags, env);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
-    let cp = parent_with_env(root, &a, &b, &[], &[], env);
-    let ws = cp.entry_points["websecure"];
-    until_status(ws, "/crm/health", 200).await;
-    Topology { _backends: (crm, billing), _a: a, _b: b, cp, ws, _tmp: tmp }
+    let dir = topology::seed(crm.addr, billing.addr);
+    let opts = Options {
+        agent_flags: [("cluster-a", a_flags.to_vec())].into_iter().collect(),
+        env: env.to_vec(),
+        ..Options::default()
+    };
+    let t = Topology::start(dir.path(), &opts);
+    until_status(t.ws(), "/crm/health", 200).await;
+    Seeded { _backends: (crm, billing), t, dir }
+}
+
+/// Waits until requests for `/crm/health` on `ws` reach both children.
+async fn both_children_serve(ws: std::net::SocketAddr) {
+    common::eventually(Duration::from_secs(20), "both children serve", || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            seen.insert(r.header("x-traefik-backend")?.to_string());
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
 }
 
 /// A client of the parent cannot pose as another client to a child, on either uplink
@@ -542,17 +297,15 @@ async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
     use common::client::tls_connect;
     let crm = backend::start("crm", "127.0.0.2").await;
     let billing = backend::start("billing", "127.0.0.3").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    test_pki(root);
+    let dir = topology::seed(crm.addr, billing.addr);
     // cluster-a: `/crm/internal` admits only 203.0.113.0/24, the address a client forges.
     let internal = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: internal\n  namespace: apps\n  annotations:\n    hub.traefik.io/router.uplinks: crm\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/crm/internal`)\n      middlewares: [{name: only-partners}]\n      services: [{name: crm-service, port: 80}]\n---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {name: only-partners, namespace: apps}\nspec: {ipAllowList: {sourceRange: [203.0.113.0/24]}}\n".to_string();
-    let a = agent_with(root, "cluster-a", "127.0.0.2", "crm", crm.addr, &[("internal.yaml", internal)]);
-    let b = agent(root, "cluster-b", "127.0.0.3", "billing", billing.addr);
+    fs::write(dir.path().join("cluster-a/manifests/internal.yaml"), internal).unwrap();
     // The parent also serves crm on plain `web`, where HTTP/2 comes with prior knowledge.
     let plain = "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: crm-plain\n  namespace: apps\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/crm`)\n      services: [{name: crm@multicluster, kind: TraefikService}]\n".to_string();
-    let cp = parent(root, &a, &b, &[], &[("plain.yaml", plain)]);
-    let ws = cp.entry_points["websecure"];
+    fs::write(dir.path().join("parent/manifests/plain.yaml"), plain).unwrap();
+    let t = Topology::start(dir.path(), &Options::default());
+    let (cp, ws) = (&t.parent, t.ws());
     until_status(ws, "/crm/health", 200).await;
 
     let forged = "203.0.113.66:1 https";
@@ -597,9 +350,9 @@ async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
 /// plane streaming from it and children connected, the data plane, and an agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_role_promptly_with_peers_connected() {
-    let t = topology(&[], &[]).await;
-    let root = t._tmp.path();
-    let grpc = t.cp.grpc.expect("the control plane serves gRPC");
+    let s = seeded(&[], &[]).await;
+    let root = s.dir.path();
+    let grpc = s.t.parent.grpc.expect("the control plane serves gRPC");
     let args = strings(&[
         "data-plane",
         "--control-plane",
@@ -623,8 +376,9 @@ async fn sigterm_stops_every_role_promptly_with_peers_connected() {
     // The data plane streams from the control plane and reaches the children.
     let ws = dp.entry_points["websecure"];
     until_status(ws, "/crm/health", 200).await;
-    let Topology { mut cp, _a: mut a, .. } = t;
-    for (what, p) in [("control plane", &mut cp), ("data plane", &mut dp), ("agent", &mut a)] {
+    let Seeded { t: Topology { parent: mut cp, mut children, .. }, .. } = s;
+    let a = children.get_mut("cluster-a").unwrap();
+    for (what, p) in [("control plane", &mut cp), ("data plane", &mut dp), ("agent", a)] {
         let start = Instant::now();
         p.terminate();
         let status = p.wait_exit(Duration::from_secs(10));
@@ -644,14 +398,14 @@ async fn children_json(cp: &GatewayProc) -> serde_json::Value {
 /// within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds() {
-    let t = topology(&[], &[]).await;
-    let (cp, ws, root) = (&t.cp, t.ws, t._tmp.path());
+    let s = seeded(&[], &[]).await;
+    let (cp, ws, root) = (&s.t.parent, s.t.ws(), s.dir.path());
     until_status(ws, "/billing/health", 200).await;
     let within = Duration::from_secs(2);
     let timed = |what: &'static str| (what, Instant::now());
 
     // cluster-a's Uplink gets weight 0: no child serves crm any more.
-    let uplink = root.join("cluster-a/uplink.yaml");
+    let uplink = root.join("cluster-a/manifests/uplink.yaml");
     let (what, start) = timed("weight 0 on cluster-a's uplink");
     edit(&uplink, &[("  exposeName: crm\n", "  exposeName: crm\n  weight: 0\n".into())]);
     until_status(ws, "/crm/health", 503).await;
@@ -664,7 +418,7 @@ async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds(
     assert_eq!(c["cluster-a"]["uplinks"][0]["weight"], 3, "{c}");
 
     // A second Uplink appears, then goes.
-    let extra = root.join("cluster-a/extra-uplink.yaml");
+    let extra = root.join("cluster-a/manifests/extra-uplink.yaml");
     fs::write(&extra, "apiVersion: hub.traefik.io/v1alpha1\nkind: Uplink\nmetadata: {name: reports, namespace: apps}\nspec: {exposeName: reports}\n").unwrap();
     let names = |c: &serde_json::Value| -> Vec<String> {
         c["cluster-a"]["uplinks"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_string()).collect()
@@ -704,12 +458,8 @@ async fn uplink_and_children_edits_reach_the_parents_routing_within_two_seconds(
 struct Pair {
     be_a: backend::Backend,
     be_b: backend::Backend,
-    a: GatewayProc,
-    b: GatewayProc,
-    _cp: GatewayProc,
-    /// The parent's websecure entrypoint.
-    ws: std::net::SocketAddr,
-    _tmp: tempfile::TempDir,
+    t: Topology,
+    _dir: tempfile::TempDir,
 }
 
 impl Pair {
@@ -717,23 +467,10 @@ impl Pair {
     async fn serving() -> Pair {
         let be_a = backend::start("a", "127.0.0.2").await;
         let be_b = backend::start("b", "127.0.0.3").await;
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        test_pki(root);
-        let a = crm_child(root, "cluster-a", "127.0.0.2", 1, "cluster-a", be_a.addr);
-        let b = crm_child(root, "cluster-b", "127.0.0.3", 1, "cluster-b", be_b.addr);
-        let cp = parent(root, &a, &b, &[], &[]);
-        let ws = cp.entry_points["websecure"];
-        common::eventually(Duration::from_secs(20), "both children serve", || async {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..6 {
-                let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
-                seen.insert(r.header("x-traefik-backend")?.to_string());
-            }
-            (seen.len() == 2).then_some(())
-        })
-        .await;
-        Pair { be_a, be_b, a, b, _cp: cp, ws, _tmp: tmp }
+        let dir = topology::crm_pair([1, 1], be_a.addr, be_b.addr);
+        let t = Topology::start(dir.path(), &Options::default());
+        both_children_serve(t.ws()).await;
+        Pair { be_a, be_b, t, _dir: dir }
     }
 }
 
@@ -760,19 +497,20 @@ async fn a_child_stopped_gracefully_under_load_costs_no_request() {
     assert!(worst < Duration::from_millis(1500), "a request waited {worst:?} because a child stopped");
 }
 
-/// Eight clients load two children over keep-alive connections for 6 s; 1.5 s in,
-/// cluster-a is stopped `how`. Asserts no request failed and that, 2 s after the stop,
+/// Eight clients load two children over keep-alive connections for 6 s; once 400
+/// requests are answered, cluster-a is stopped `how`. Asserts no request failed and that, 2 s after the stop,
 /// every request went to cluster-b; returns the samples.
 async fn load_while_stopping(how: Stop) -> Vec<Sample> {
     let mut pair = Pair::serving().await;
-    let ws = pair.ws;
+    let ws = pair.t.ws();
 
     // Eight clients on keep-alive connections, each bounded in count and time.
     let killed: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Instant::now() + Duration::from_secs(6);
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let killed = killed.clone();
+            let (killed, answered) = (killed.clone(), answered.clone());
             tokio::spawn(async move {
                 let mut h1 =
                     common::exchanges::h1(common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await)
@@ -802,15 +540,21 @@ async fn load_while_stopping(how: Stop) -> Vec<Sample> {
                         _ => (0, String::new()),
                     };
                     out.push((after_kill, start.elapsed(), status, child));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 out
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The load is under way on every client before the child goes.
+    common::eventually(Duration::from_secs(10), "the load is under way", || async {
+        (answered.load(std::sync::atomic::Ordering::Relaxed) >= 400).then_some(())
+    })
+    .await;
+    let a = pair.t.child_mut("cluster-a");
     match how {
-        Stop::Kill => pair.a.kill(),
-        Stop::Term => pair.a.terminate(),
+        Stop::Kill => a.kill(),
+        Stop::Term => a.terminate(),
     }
     *killed.lock().unwrap() = Some(Instant::now());
     let mut samples: Vec<Sample> = Vec::new();
@@ -848,7 +592,7 @@ enum Stop {
 /// the backend that got the request first, and every request the other backend saw.
 async fn stop_the_child_holding(method: &str, how: Stop) -> (u16, String, Vec<String>) {
     let mut pair = Pair::serving().await;
-    let ws = pair.ws;
+    let ws = pair.t.ws();
     pair.be_a.seen.lock().unwrap().clear();
     pair.be_b.seen.lock().unwrap().clear();
     let mut h1 = common::exchanges::h1(common::client::tls_connect(ws, "api.example.com", &[b"http/1.1"]).await).await;
@@ -872,14 +616,15 @@ async fn stop_the_child_holding(method: &str, how: Stop) -> (u16, String, Vec<St
         }
     })
     .await;
-    let (child, other) = if first == "a" { (&mut pair.a, &pair.be_b) } else { (&mut pair.b, &pair.be_a) };
+    let (name, other) = if first == "a" { ("cluster-a", &pair.be_b) } else { ("cluster-b", &pair.be_a) };
+    let child = pair.t.children.get_mut(name).unwrap();
     match how {
         Stop::Kill => child.kill(),
         Stop::Term => child.terminate(),
     }
+    // A replay, if the parent makes one, is what answers the client: once the client has
+    // its status, the other backend has seen everything it will see.
     let status = tokio::time::timeout(Duration::from_secs(20), answer).await.unwrap().unwrap();
-    // Long enough for a replay to have reached the other child's backend.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = other.seen.lock().unwrap().clone();
     (status, first.to_string(), seen)
 }

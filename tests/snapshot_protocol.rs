@@ -1,6 +1,8 @@
 //! The snapshot protocol's refusals, in process on loopback: a snapshot a data plane
 //! rejects (NACK, old table kept) and a data plane whose version is refused.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,11 +46,7 @@ fn body(rule: &str) -> pb::SnapshotBody {
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(10), what, || std::future::ready(f().then_some(()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

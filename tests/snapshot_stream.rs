@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::backend;
 use common::client::{self, get};
@@ -109,15 +109,12 @@ async fn dataplanes(cp: &GatewayProc) -> serde_json::Value {
 /// Waits until every node in `ids` is connected and has applied the control plane's
 /// current version.
 async fn converged(cp: &GatewayProc, ids: &[&str]) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    common::eventually(Duration::from_secs(20), "the data planes converge", || async {
         let v = dataplanes(cp).await;
-        if ids.iter().all(|id| v["dataplanes"][id]["connected"] == true && v["dataplanes"][id]["current"] == true) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "data planes did not converge: {v:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let current = |id: &&str| v["dataplanes"][id]["connected"] == true && v["dataplanes"][id]["current"] == true;
+        ids.iter().all(current).then_some(v)
+    })
+    .await
 }
 
 async fn stamp(dp: &GatewayProc) -> Option<String> {
@@ -125,11 +122,11 @@ async fn stamp(dp: &GatewayProc) -> Option<String> {
 }
 
 async fn wait_stamp(dp: &GatewayProc, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stamp(dp).await.as_deref() != Some(want) {
-        assert!(Instant::now() < deadline, "data plane never served stamp {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("the data plane serves stamp {want}");
+    common::eventually(Duration::from_secs(20), &what, || async {
+        (stamp(dp).await.as_deref() == Some(want)).then_some(())
+    })
+    .await;
 }
 
 fn free_port() -> String {
@@ -176,15 +173,11 @@ async fn three_data_planes_converge_survive_the_control_plane_and_reconnect() {
     let metrics = get(&format!("http://{}/metrics", cp.admin)).await.body;
     assert!(metrics.contains("atrium_dataplanes_connected 3"), "{metrics}");
     // Usage reports: the requests served above reach the control plane.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::eventually(Duration::from_secs(10), "the usage report of dp-1", || async {
         let v = dataplanes(&cp).await;
-        if v["dataplanes"]["dp-1"]["requestsByRouter"]["ns/r/0"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no usage report: {v:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (v["dataplanes"]["dp-1"]["requestsByRouter"]["ns/r/0"].as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
     assert!(metrics.contains("atrium_snapshot_propagation_seconds_count"), "{metrics}");
 
     // The control plane is killed: every data plane keeps serving every request.
@@ -263,25 +256,25 @@ async fn a_data_plane_with_a_certificate_from_another_ca_is_refused() {
     .map(|s| s.to_string())
     .collect();
     let dp = GatewayProc::spawn(&args, 1, false);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dp.logged("snapshot stream failed") {
-        assert!(Instant::now() < deadline, "the refusal was not logged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(dp.wait_logged("snapshot stream failed").await, "the refusal was not logged");
     assert_eq!(get(&dp.web("/x")).await.status, 503, "no configuration was ever accepted");
     let v = dataplanes(&cp).await;
     assert!(v["dataplanes"].get("intruder").is_none(), "{v:#}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cp.logged("data plane refused: TLS handshake failed") {
-        assert!(Instant::now() < deadline, "the control plane did not log the refusal");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        cp.wait_logged("data plane refused: TLS handshake failed").await,
+        "the control plane did not log the refusal"
+    );
 
     // The control plane's certificate is renewed on disk: the next handshake uses it, no
     // restart needed, and a data plane of this installation still gets in.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a new modification time
     let role = atrium_data_plane::pki::Role::ControlPlane;
-    atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", role, &[]).unwrap();
+    let renewed = atrium_data_plane::pki::issue(&root.join("cp/pki"), "control-plane", role, &[]).unwrap();
+    // A modification time the watcher cannot mistake for the old one, whatever the file
+    // system's time granularity.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    for f in [&renewed.cert, &renewed.key] {
+        std::fs::File::options().write(true).open(f).unwrap().set_modified(later).unwrap();
+    }
     let good = data_plane(root, cp.grpc.unwrap(), "dp-ok");
     wait_stamp(&good, "v1").await;
     assert!(cp.wait_logged("TLS material reloaded").await);

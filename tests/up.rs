@@ -43,25 +43,17 @@ async fn up_runs_the_example_and_stops_everything() {
     // Each API answers from the backend of the child that serves it.
     for (path, service) in [("/crm/customers", "\"service\":\"crm\""), ("/billing/invoices", "\"service\":\"billing\"")]
     {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::net::TcpStream::connect(ws).await.is_ok() {
-                let (_, _, r) = tls_get(ws, "api.example.com", path).await;
-                if r.status == 200 {
-                    assert!(r.body.contains(service), "{path} answered by the wrong backend: {}", r.body);
-                    // The child's backend sees the prefix stripped and the parent's port.
-                    assert!(
-                        r.body.contains(&format!("\"path\":\"/{}\"", path.rsplit('/').next().unwrap())),
-                        "{}",
-                        r.body
-                    );
-                    assert!(r.body.contains("\"x-forwarded-port\":\"443\""), "{}", r.body);
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "{path} never answered 200");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{path} answering 200");
+        let r = common::eventually(Duration::from_secs(30), &what, || async {
+            tokio::net::TcpStream::connect(ws).await.ok()?;
+            let (_, _, r) = tls_get(ws, "api.example.com", path).await;
+            (r.status == 200).then_some(r)
+        })
+        .await;
+        assert!(r.body.contains(service), "{path} answered by the wrong backend: {}", r.body);
+        // The child's backend sees the prefix stripped and the parent's port.
+        assert!(r.body.contains(&format!("\"path\":\"/{}\"", path.rsplit('/').next().unwrap())), "{}", r.body);
+        assert!(r.body.contains("\"x-forwarded-port\":\"443\""), "{}", r.body);
     }
     // An unknown path is a 404 from the parent, not a child's answer.
     let (_, _, r) = tls_get(ws, "api.example.com", "/nope").await;

@@ -18,7 +18,7 @@ use pb::data_plane_message::Msg as DpMsg;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::proxy::{Gateway, Runtime};
 
@@ -204,6 +204,37 @@ pub enum StreamError {
 }
 
 async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamError> {
+    let channel = connect(cfg).await?;
+    let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
+    // The table in force when the stream opens; held until the session ends.
+    let current = gw.runtime();
+    let hello = hello(cfg, current.as_deref());
+    tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| StreamError::Refused { message: s.message().to_string(), code: s.code() })?
+        .into_inner();
+    tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
+    let _stop_reporter = AbortOnDrop(spawn_usage_reporter(gw.clone(), cfg.usage_interval, tx.clone()));
+    while let Some(msg) = inbound.message().await.map_err(|s| StreamError::Stream(s.message().to_string()))? {
+        match msg.msg {
+            Some(CpMsg::Snapshot(s)) => {
+                let reply = apply(gw, cfg, &s);
+                tx.send(pb::DataPlaneMessage { msg: Some(reply) }).await.map_err(|_| StreamError::Closed)?;
+            }
+            Some(CpMsg::UpToDate(u)) => {
+                tracing::info!(version = ?u.version, "the table in force is already current");
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the control plane, over TLS when configured.
+async fn connect(cfg: &ClientConfig) -> Result<Channel, StreamError> {
     // With TLS, the connection is made here (rustls with this node's reloading certificate,
     // the control plane's role checked), and tonic speaks HTTP/2 over it.
     let uri = match &cfg.tls {
@@ -216,7 +247,7 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamErro
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = match &cfg.tls {
+    match &cfg.tls {
         Some(t) => {
             let host = cfg
                 .endpoint
@@ -234,77 +265,70 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamErro
         }
         None => ep.connect().await,
     }
-    .map_err(|e| StreamError::Connect(source_chain(&e)))?;
-    let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
-    let current = gw.runtime();
-    let hello = pb::Hello {
+    .map_err(|e| StreamError::Connect(source_chain(&e)))
+}
+
+/// The Hello that opens a stream: this node, and the snapshot it runs (`current`).
+fn hello(cfg: &ClientConfig, current: Option<&Runtime>) -> pb::Hello {
+    pb::Hello {
         node_id: cfg.node_id.clone(),
         group: cfg.group.clone(),
         build_version: env!("CARGO_PKG_VERSION").to_string(),
-        last_version: current.as_ref().map(|r| pb::Version { epoch: r.epoch, seq: r.version }),
-        last_hash: current.as_ref().map(|r| r.hash.clone()).unwrap_or_default(),
-    };
-    tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| StreamError::Refused { message: s.message().to_string(), code: s.code() })?
-        .into_inner();
-    tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
-    let usage_tx = tx.clone();
-    let usage_gw = gw.clone();
-    let interval = cfg.usage_interval.max(Duration::from_millis(10));
-    let reporter = tokio::spawn(async move {
+        last_version: current.map(|r| pb::Version { epoch: r.epoch, seq: r.version }),
+        last_hash: current.map(|r| r.hash.clone()).unwrap_or_default(),
+    }
+}
+
+/// Reports the routers' usage on `tx` every `interval` (at least 10 ms), skipping empty
+/// windows, until the stream is gone.
+fn spawn_usage_reporter(
+    gw: Arc<Gateway>,
+    interval: Duration,
+    tx: mpsc::Sender<pb::DataPlaneMessage>,
+) -> tokio::task::JoinHandle<()> {
+    let interval = interval.max(Duration::from_millis(10));
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let entries = take_usage(&usage_gw);
+            let entries = take_usage(&gw);
             if entries.is_empty() {
                 continue;
             }
             let usage = pb::Usage { window_ms: interval.as_millis() as u64, entries };
-            if usage_tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Usage(usage)) }).await.is_err() {
+            if tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Usage(usage)) }).await.is_err() {
                 return;
             }
         }
-    });
-    let _stop_reporter = AbortOnDrop(reporter);
-    while let Some(msg) = inbound.message().await.map_err(|s| StreamError::Stream(s.message().to_string()))? {
-        match msg.msg {
-            Some(CpMsg::Snapshot(s)) => {
-                let version = s.version;
-                let current = gw.runtime().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
-                let checked = match older(current, version) {
-                    Some(why) => Err(crate::proxy::RuntimeError::Older(why)),
-                    None => Runtime::from_snapshot(&s),
-                };
-                let reply = match checked {
-                    Ok(rt) => {
-                        gw.swap(rt);
-                        if let Some(dir) = &cfg.cache_dir {
-                            if let Err(e) = store_cache(dir, &s) {
-                                tracing::error!(error = %e, "could not write the snapshot cache");
-                            }
-                        }
-                        DpMsg::Ack(pb::Ack { version, hash: s.hash.to_vec() })
-                    }
-                    Err(e) => {
-                        let error = e.to_string();
-                        gw.swap_failed(&error);
-                        DpMsg::Nack(pb::Nack { version, error })
-                    }
-                };
-                tx.send(pb::DataPlaneMessage { msg: Some(reply) }).await.map_err(|_| StreamError::Closed)?;
+    })
+}
+
+/// Applies a snapshot unless it is older than the table in force (caching it when it
+/// applies); returns the Ack or Nack to answer.
+fn apply(gw: &Gateway, cfg: &ClientConfig, s: &pb::Snapshot) -> DpMsg {
+    let version = s.version;
+    let current = gw.runtime().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
+    let checked = match older(current, version) {
+        Some(why) => Err(crate::proxy::RuntimeError::Older(why)),
+        None => Runtime::from_snapshot(s),
+    };
+    match checked {
+        Ok(rt) => {
+            gw.swap(rt);
+            if let Some(dir) = &cfg.cache_dir {
+                if let Err(e) = store_cache(dir, s) {
+                    tracing::error!(error = %e, "could not write the snapshot cache");
+                }
             }
-            Some(CpMsg::UpToDate(u)) => {
-                tracing::info!(version = ?u.version, "the table in force is already current");
-            }
-            None => {}
+            DpMsg::Ack(pb::Ack { version, hash: s.hash.to_vec() })
+        }
+        Err(e) => {
+            let error = e.to_string();
+            gw.swap_failed(&error);
+            DpMsg::Nack(pb::Nack { version, error })
         }
     }
-    Ok(())
 }
 
 /// TCP and TLS to the control plane, for tonic: the URI names the address, the TLS

@@ -117,6 +117,14 @@ pub fn lint_cluster(
 }
 
 fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut Vec<Diagnostic>) {
+    check_resources(m, role, diags);
+    check_apim_namespaces(m, diags);
+    check_insecure_children(values, diags);
+}
+
+/// Checks each resource on its own: OpenAPI spec paths on a parent, and routes attached to an
+/// uplink that match on the host.
+fn check_resources(m: &Manifests, role: Role, diags: &mut Vec<Diagnostic>) {
     for l in &m.resources {
         match &l.resource {
             Resource::Api(api) if role == Role::Parent => {
@@ -157,7 +165,10 @@ fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut 
             _ => {}
         }
     }
-    // Namespace consistency: the portal only shows APIM resources of its own namespace.
+}
+
+/// Namespace consistency: the portal only shows APIM resources of its own namespace.
+fn check_apim_namespaces(m: &Manifests, diags: &mut Vec<Diagnostic>) {
     let portal_ns: HashSet<&str> =
         m.resources.iter().filter(|l| matches!(l.resource, Resource::ApiPortal(_))).map(|l| l.ns()).collect();
     if !portal_ns.is_empty() {
@@ -183,6 +194,10 @@ fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut 
             }
         }
     }
+}
+
+/// Warns about children dialled without verifying their certificate.
+fn check_insecure_children(values: &Values, diags: &mut Vec<Diagnostic>) {
     if let (Some(file), Some(doc)) = (&values.file, &values.doc) {
         for (name, child) in values.children() {
             if child.servers_transport.as_ref().and_then(|t| t.insecure_skip_verify) == Some(true) {

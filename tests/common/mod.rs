@@ -6,6 +6,7 @@ pub mod client;
 pub mod exchanges;
 pub mod gateway;
 pub mod otlp;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -193,40 +193,55 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     demo_backend("billing", SocketAddr::from(([127, 0, 0, 3], 8080))).await?;
 
     let mut procs = Procs(Vec::new());
-    let dir = |p: &Path| p.to_string_lossy().into_owned();
     for (cluster, ip) in [("cluster-a", "127.0.0.2"), ("cluster-b", "127.0.0.3")] {
-        let mut args = s(&["agent", "--cluster", cluster, "--manifests"]);
-        args.push(dir(&example.join(cluster).join("manifests")));
-        args.extend(s(&["--values"]));
-        args.push(dir(&example.join(cluster).join("values.yaml")));
-        args.extend(s(&["--tls-dir"]));
-        args.push(dir(&pki_dir));
-        args.extend(s(&["--state-dir"]));
-        args.push(dir(&state_dir.join(cluster)));
-        args.extend(s(&["--bind-ip", ip, "--entrypoint", "websecure=off", "--admin", &format!("{ip}:9000")]));
-        args.extend(s(&[
-            "--entrypoint",
-            &format!("web={ip}:8000"),
-            "--entrypoint",
-            &format!("multicluster={ip}:9443"),
-        ]));
-        args.extend(s(&["--workers", "1"]));
-        spawn(&mut procs, cluster, &args)?;
+        spawn(&mut procs, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
     }
-    let (ip, base) = (layout.parent_ip, layout.port_base);
-    let at = |off: u16| SocketAddr::new(ip, base + off).to_string();
-    let mut args = s(&["control-plane", "--manifests"]);
-    args.push(dir(&example.join("parent/manifests")));
+    spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir))?;
+    print_try(&layout);
+    watch(&mut procs, shutdown).await
+}
+
+/// A path as a command-line argument.
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The arguments of the agent of child `cluster`, which listens on `ip`.
+fn child_args(cluster: &str, ip: &str, example: &Path, pki_dir: &Path, state_dir: &Path) -> Vec<String> {
+    let mut args = s(&["agent", "--cluster", cluster, "--manifests"]);
+    args.push(path_arg(&example.join(cluster).join("manifests")));
     args.extend(s(&["--values"]));
-    args.push(dir(&example.join("parent/values.yaml")));
+    args.push(path_arg(&example.join(cluster).join("values.yaml")));
     args.extend(s(&["--tls-dir"]));
-    args.push(dir(&pki_dir));
+    args.push(path_arg(pki_dir));
     args.extend(s(&["--state-dir"]));
-    args.push(dir(&state_dir.join("parent")));
+    args.push(path_arg(&state_dir.join(cluster)));
+    args.extend(s(&["--bind-ip", ip, "--entrypoint", "websecure=off", "--admin", &format!("{ip}:9000")]));
+    args.extend(s(&["--entrypoint", &format!("web={ip}:8000"), "--entrypoint", &format!("multicluster={ip}:9443")]));
+    args.extend(s(&["--workers", "1"]));
+    args
+}
+
+/// The arguments of the parent's control plane, which listens where `layout` says.
+fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path) -> Vec<String> {
+    let at = |off: u16| SocketAddr::new(layout.parent_ip, layout.port_base + off).to_string();
+    let mut args = s(&["control-plane", "--manifests"]);
+    args.push(path_arg(&example.join("parent/manifests")));
+    args.extend(s(&["--values"]));
+    args.push(path_arg(&example.join("parent/values.yaml")));
+    args.extend(s(&["--tls-dir"]));
+    args.push(path_arg(pki_dir));
+    args.extend(s(&["--state-dir"]));
+    args.push(path_arg(&state_dir.join("parent")));
     args.extend(s(&["--grpc", &at(1090), "--admin", &at(1000)]));
     args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
-    spawn(&mut procs, "parent", &args)?;
+    args
+}
 
+/// Prints where the example listens and what to try.
+fn print_try(layout: &Layout) {
+    let (ip, base) = (layout.parent_ip, layout.port_base);
+    let at = |off: u16| SocketAddr::new(ip, base + off).to_string();
     let https = SocketAddr::new(ip, base + 443);
     println!(
         "\natrium up: parent on {ip} (web :{web}, websecure :{ws}, admin :{admin}, gRPC :{grpc}), \
@@ -242,7 +257,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         grpc = base + 1090,
         admin_addr = at(1000),
     );
+}
 
+/// Waits for `shutdown` (`Ok`) or for one of `procs` to exit (an error).
+async fn watch(procs: &mut Procs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), UpError> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
     loop {

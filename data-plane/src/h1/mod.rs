@@ -292,21 +292,7 @@ impl Chunked {
         loop {
             match *self {
                 Chunked::Size => {
-                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_LINE {
-                            return Err(FramingError::BadChunkSize("(a line too long)".into()));
-                        }
-                        return Ok(Decoded::More);
-                    };
-                    let line = buf.split_to(eol + 1);
-                    let digits = line[..].split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(&[]);
-                    let bad = || FramingError::BadChunkSize(String::from_utf8_lossy(digits.trim_ascii()).into_owned());
-                    let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| bad())?;
-                    // Hex digits only (`from_str_radix` would take a sign).
-                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(bad());
-                    }
-                    let size = u64::from_str_radix(digits, 16).map_err(|_| bad())?;
+                    let Some(size) = read_size_line(buf)? else { return Ok(Decoded::More) };
                     *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
                 }
                 Chunked::Data(left) => {
@@ -338,40 +324,72 @@ impl Chunked {
                     *self = Chunked::Size;
                 }
                 Chunked::Trailers => {
-                    // The trailer section ends with an empty line; it may be that line alone.
-                    let end = if buf.starts_with(b"\r\n") {
-                        Some(2)
-                    } else if buf.starts_with(b"\n") {
-                        Some(1)
-                    } else {
-                        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-                    };
-                    let Some(end) = end else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(FramingError::BadTrailers);
-                        }
-                        return Ok(Decoded::More);
-                    };
+                    let Some(end) = trailer_section_end(buf)? else { return Ok(Decoded::More) };
                     let section = buf.split_to(end).freeze();
                     *self = Chunked::End;
-                    let mut trailers = HeaderMap::new();
-                    if end > 2 {
-                        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                        match httparse::parse_headers(&section, &mut raw) {
-                            Ok(httparse::Status::Complete((_, parsed))) => {
-                                let mut r = Vec::with_capacity(parsed.len());
-                                ranges(&section, parsed, &mut r);
-                                trailers = header_map(&section, &r).ok_or(FramingError::BadTrailers)?;
-                            }
-                            _ => return Err(FramingError::BadTrailers),
-                        }
-                    }
-                    return Ok(Decoded::End(trailers));
+                    return Ok(Decoded::End(parse_trailers(&section)?));
                 }
                 Chunked::End => return Ok(Decoded::End(HeaderMap::new())),
             }
         }
     }
+}
+
+/// Takes a chunk-size line off `buf` and reads its size (extensions ignored); `None` until
+/// the line is complete.
+#[inline]
+fn read_size_line(buf: &mut BytesMut) -> Result<Option<u64>, FramingError> {
+    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_LINE {
+            return Err(FramingError::BadChunkSize("(a line too long)".into()));
+        }
+        return Ok(None);
+    };
+    let line = buf.split_to(eol + 1);
+    let digits = line[..].split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+    let bad = || FramingError::BadChunkSize(String::from_utf8_lossy(digits.trim_ascii()).into_owned());
+    let digits = std::str::from_utf8(digits.trim_ascii()).map_err(|_| bad())?;
+    // Hex digits only (`from_str_radix` would take a sign).
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    u64::from_str_radix(digits, 16).map(Some).map_err(|_| bad())
+}
+
+/// Where the trailer section at the start of `buf` ends (after its empty line); `None`
+/// until it is complete.
+#[inline]
+fn trailer_section_end(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    // The trailer section ends with an empty line; it may be that line alone.
+    let end = if buf.starts_with(b"\r\n") {
+        Some(2)
+    } else if buf.starts_with(b"\n") {
+        Some(1)
+    } else {
+        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    };
+    if end.is_none() && buf.len() > MAX_TRAILERS {
+        return Err(FramingError::BadTrailers);
+    }
+    Ok(end)
+}
+
+/// The trailers of a whole trailer section (none when it is only the empty line).
+#[inline]
+fn parse_trailers(section: &Bytes) -> Result<HeaderMap, FramingError> {
+    let mut trailers = HeaderMap::new();
+    if section.len() > 2 {
+        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::parse_headers(section, &mut raw) {
+            Ok(httparse::Status::Complete((_, parsed))) => {
+                let mut r = Vec::with_capacity(parsed.len());
+                ranges(section, parsed, &mut r);
+                trailers = header_map(section, &r).ok_or(FramingError::BadTrailers)?;
+            }
+            _ => return Err(FramingError::BadTrailers),
+        }
+    }
+    Ok(trailers)
 }
 
 /// An I/O object that yields `pre` before reading from `io`: a connection handed on with

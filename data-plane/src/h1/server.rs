@@ -502,40 +502,17 @@ where
     let mut armed = Some(Waiting::Head);
     // One wait for shutdown for the whole connection, not one per request. It is polled
     // only while the connection is idle, and ends the connection when it fires.
-    let mut shutdown = stop.cloned();
-    let stopping = async move {
-        // No sender (or no receiver) means no shutdown signal will ever come.
-        let signalled = match shutdown.as_mut() {
-            Some(s) => s.changed().await.is_ok(),
-            None => false,
-        };
-        if !signalled {
-            std::future::pending::<()>().await;
-        }
-    };
+    let stopping = stopped(stop.cloned());
     tokio::pin!(stopping);
     loop {
         // Read until a head is complete.
         let req = loop {
-            match next_request(&mut buf) {
+            match next_request_within(&mut buf, max_head) {
                 Parsed::Ready(r) => break r,
                 Parsed::Handover => return Outcome::Handover(Prefixed::new(buf.freeze(), io)),
-                Parsed::Partial if buf.len() > max_head => {
-                    return Outcome::Handover(Prefixed::new(buf.freeze(), io));
-                }
                 Parsed::Partial => {}
             }
-            // Nothing of the next head yet: the connection is idle. The timer is re-armed
-            // only when what it counts changes (one clock read per wait, not per read).
-            let waiting = if buf.is_empty() && armed != Some(Waiting::Head) { Waiting::Idle } else { Waiting::Head };
-            if armed != Some(waiting) {
-                armed = Some(waiting);
-                let limit = match waiting {
-                    Waiting::Head => timeouts.header_read,
-                    Waiting::Idle => timeouts.idle,
-                };
-                timer.as_mut().reset(tokio::time::Instant::now() + limit);
-            }
+            arm_timer(timer.as_mut(), &mut armed, buf.is_empty(), timeouts);
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
@@ -547,10 +524,7 @@ where
                     Ok(_) => {}
                 },
                 _ = &mut timer => {
-                    match armed {
-                        Some(Waiting::Idle) => tracing::debug!(%peer, "idle keep-alive connection closed"),
-                        _ => tracing::debug!(%peer, "no complete request head within the header read timeout"),
-                    }
+                    log_timeout(armed, peer);
                     return Outcome::Closed;
                 }
                 _ = &mut stopping, if idle => return Outcome::Closed,
@@ -559,9 +533,7 @@ where
         let close = req.wants_close();
         let head_request = req.method() == Method::HEAD;
         let reply = handler(req).await;
-        let close = close
-            || matches!(&reply, Reply::Response(r) if wants_close(r.headers()))
-            || stop.is_some_and(|s| *s.borrow());
+        let close = closes_after(close, &reply, stop);
         match write_response(&mut io, &mut out, reply, head_request).await {
             Ok(true) if !close => {}
             _ => {
@@ -575,6 +547,59 @@ where
         // The next wait is idle time until the next head starts (unless it is there already).
         armed = None;
     }
+}
+
+/// Ends when `shutdown` turns; never without one, or when its sender is gone.
+async fn stopped(mut shutdown: Option<watch::Receiver<bool>>) {
+    // No sender (or no receiver) means no shutdown signal will ever come.
+    let signalled = match shutdown.as_mut() {
+        Some(s) => s.changed().await.is_ok(),
+        None => false,
+    };
+    if !signalled {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// [`next_request`], handing over a head still partial past `max_head` bytes.
+#[inline]
+fn next_request_within(buf: &mut BytesMut, max_head: usize) -> Parsed {
+    match next_request(buf) {
+        Parsed::Partial if buf.len() > max_head => Parsed::Handover,
+        parsed => parsed,
+    }
+}
+
+/// Arms the connection's timer for what the wait counts: idle time when nothing of the next
+/// head is there (`buf_empty`) and the last wait was not for a head, else the head's read.
+/// It is re-armed only when what it counts changes (one clock read per wait, not per read).
+#[inline]
+fn arm_timer(timer: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Waiting>, buf_empty: bool, timeouts: Timeouts) {
+    // Nothing of the next head yet: the connection is idle.
+    let waiting = if buf_empty && *armed != Some(Waiting::Head) { Waiting::Idle } else { Waiting::Head };
+    if *armed != Some(waiting) {
+        *armed = Some(waiting);
+        let limit = match waiting {
+            Waiting::Head => timeouts.header_read,
+            Waiting::Idle => timeouts.idle,
+        };
+        timer.reset(tokio::time::Instant::now() + limit);
+    }
+}
+
+/// Logs why the timer (armed for `armed`) closes the connection to `peer`.
+fn log_timeout(armed: Option<Waiting>, peer: std::net::SocketAddr) {
+    match armed {
+        Some(Waiting::Idle) => tracing::debug!(%peer, "idle keep-alive connection closed"),
+        _ => tracing::debug!(%peer, "no complete request head within the header read timeout"),
+    }
+}
+
+/// Whether the connection closes after this exchange: the client asked (`close`), the
+/// response says so, or the server is stopping.
+#[inline]
+fn closes_after(close: bool, reply: &Reply, stop: Option<&watch::Receiver<bool>>) -> bool {
+    close || matches!(reply, Reply::Response(r) if wants_close(r.headers())) || stop.is_some_and(|s| *s.borrow())
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use atrium_routing::Decision;
 use atrium_routing::middleware::compress::CompressRt;
 use atrium_routing::middleware::headers::{HeadersRt, RequestAction};
-use atrium_routing::middleware::limits::{Admission, InFlightGuard};
+use atrium_routing::middleware::limits::{Admission, InFlightGuard, RateLimiter};
 use atrium_routing::middleware::path::{RewriteError, UrlPath};
 use atrium_routing::middleware::retry::RetryPolicy;
-use atrium_routing::middleware::{Action, Buffering, redirect};
+use atrium_routing::middleware::{Action, Buffering, CompiledMiddleware, redirect};
 use atrium_routing::request::RequestView;
 use bytes::Bytes;
 use http::request::Parts;
@@ -201,17 +201,7 @@ fn request_phase<'r>(
         let early = match &m.action {
             Action::Path => {
                 let url = plan.url.get_or_insert_with(|| UrlPath::from_escaped(&inbound.path));
-                match m.rewrite_path(url) {
-                    Ok(Some((name, value))) => {
-                        if let Ok(v) = HeaderValue::from_str(&value) {
-                            parts.headers.append(name, v);
-                        }
-                        None
-                    }
-                    Ok(None) => None,
-                    Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
-                    Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
-                }
+                rewrite_path(m, url, parts)
             }
             Action::Headers(h) => match h.on_request(&parts.method, &mut parts.headers, inbound.host_raw, conn.tls) {
                 RequestAction::Respond(r) => Some(body::answer(r)),
@@ -225,30 +215,17 @@ fn request_phase<'r>(
                 }
             },
             Action::RedirectScheme { scheme: to, port, permanent } => {
-                let pq = inbound.redirect_pq(parts);
-                let u = redirect::RequestUrl { scheme, host: inbound.host_raw, path_and_query: &pq };
-                redirect::scheme_target(&u, to, port.as_deref()).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                redirect_answer(parts, inbound, scheme, *permanent, |u| redirect::scheme_target(u, to, port.as_deref()))
             }
             Action::RedirectRegex { regex, replacement, permanent } => {
-                let pq = inbound.redirect_pq(parts);
-                let u = redirect::RequestUrl { scheme, host: inbound.host_raw, path_and_query: &pq };
-                redirect::regex_target(&u, regex, replacement).map(|loc| redirect_to(&parts.method, *permanent, &loc))
+                redirect_answer(parts, inbound, scheme, *permanent, |u| redirect::regex_target(u, regex, replacement))
             }
             Action::IpAllow(a) => (!a.allows(inbound.client_ip, &parts.headers))
                 .then(|| body::text(a.reject_status, a.reject_status.canonical_reason().unwrap_or("Forbidden"))),
-            Action::RateLimit(rl) => {
-                let key = rl.source.key(inbound.client_ip, &parts.headers, &canon_host);
-                match rl.admit(&key, Instant::now()) {
-                    Admission::Now => None,
-                    Admission::After(d) => return Step::Delay(d, i + 1),
-                    Admission::Refuse(d) => {
-                        let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-                        let secs = d.as_secs_f64().ceil().max(1.0) as u64;
-                        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                        Some(r)
-                    }
-                }
-            }
+            Action::RateLimit(rl) => match rate_limit(rl, i, parts, inbound, &canon_host) {
+                Step::Done => None,
+                step => return step,
+            },
             Action::InFlight(f) => {
                 let key = f.source.key(inbound.client_ip, &parts.headers, &canon_host);
                 match f.acquire(&key) {
@@ -280,6 +257,55 @@ fn request_phase<'r>(
         }
     }
     Step::Done
+}
+
+/// Runs a path middleware on `url`, the path the upstream gets: a header it sets goes on the
+/// request; a rewrite that fails answers 400 or 500.
+#[inline]
+fn rewrite_path(m: &CompiledMiddleware, url: &mut UrlPath, parts: &mut Parts) -> Option<Response<Body>> {
+    match m.rewrite_path(url) {
+        Ok(Some((name, value))) => {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                parts.headers.append(name, v);
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
+        Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+    }
+}
+
+/// Runs a redirect middleware: the redirect to where `target` sends the request's URL (as
+/// redirects see it, on `scheme`), or `None` when it stays.
+#[inline]
+fn redirect_answer(
+    parts: &Parts,
+    inbound: &Inbound<'_>,
+    scheme: &str,
+    permanent: bool,
+    target: impl FnOnce(&redirect::RequestUrl<'_>) -> Option<String>,
+) -> Option<Response<Body>> {
+    let pq = inbound.redirect_pq(parts);
+    let u = redirect::RequestUrl { scheme, host: inbound.host_raw, path_and_query: &pq };
+    target(&u).map(|loc| redirect_to(&parts.method, permanent, &loc))
+}
+
+/// Runs a rate limit, the `i`-th middleware: [`Step::Done`] when the request goes on now, a
+/// delay after which the phase goes on at the next middleware, or 429 with `Retry-After`.
+#[inline]
+fn rate_limit(rl: &RateLimiter, i: usize, parts: &Parts, inbound: &Inbound<'_>, canon_host: &str) -> Step {
+    let key = rl.source.key(inbound.client_ip, &parts.headers, canon_host);
+    match rl.admit(&key, Instant::now()) {
+        Admission::Now => Step::Done,
+        Admission::After(d) => Step::Delay(d, i + 1),
+        Admission::Refuse(d) => {
+            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            Step::Answer(r)
+        }
+    }
 }
 
 fn redirect_to(method: &http::Method, permanent: bool, location: &str) -> Response<Body> {

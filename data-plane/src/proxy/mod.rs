@@ -458,76 +458,112 @@ impl Gateway {
                     self.dispatch(target, out, body, up).await
                 }
                 ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let chosen: Vec<Arc<ServiceRt>> =
-                        mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect();
-                    let (main_body, copy): (Body, Option<Bytes>) = if chosen.is_empty() {
-                        (body, None)
-                    } else if http_body::Body::is_end_stream(&body) {
-                        (body, Some(Bytes::new()))
-                    } else if *mirror_body {
-                        let limit = if *max_body_size < 0 { usize::MAX } else { *max_body_size as usize };
-                        match body::collect_limited(body, limit).await {
-                            Ok(b) => (body::full(b.clone()), Some(b)),
-                            Err(_) => return Err(ProxyError::NoTarget("request body too large to mirror".into())),
-                        }
-                    } else {
-                        (body, Some(Bytes::new()))
-                    };
+                    let chosen = chosen_mirrors(mirrors, counter);
+                    let (main_body, copy) =
+                        mirror_bodies(body, chosen.is_empty(), *mirror_body, *max_body_size).await?;
                     if let Some(copy) = copy {
-                        for m in chosen {
-                            let gw = self.clone();
-                            let out = out.clone();
-                            let copy = copy.clone();
-                            let up = up.clone();
-                            tokio::spawn(async move {
-                                if let Ok(r) = gw.dispatch(&m, out, body::full(copy), &up).await {
-                                    let _ = r.into_body().collect().await;
-                                }
-                            });
-                        }
+                        self.spawn_mirrors(chosen, &out, copy, up);
                     }
                     self.dispatch(main, out, main_body, up).await
                 }
                 ServiceRt::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
-                ServiceRt::Multicluster { name, children } => {
-                    let Some(client) = self.uplinks.get() else {
-                        return Err(ProxyError::NoTarget(format!(
-                            "{name}@multicluster: this process does not reach children (not a parent's data plane)"
-                        )));
-                    };
-                    let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
-                    // A request without a body can be sent again: when the chosen child
-                    // cannot be reached, the next candidate gets it. When the child went
-                    // away after the request went out, only an idempotent one goes again.
-                    let replayable = http_body::Body::is_end_stream(&body);
-                    let idempotent = crate::exchange::idempotent(&out.method);
-                    let mut body = Some(body);
-                    let mut last_err = None;
-                    for _ in 0..if replayable { 3 } else { 1 } {
-                        let cands = crate::uplink::pick::candidates(children, uplink, pinned, |c| client.is_down(c));
-                        let Some(child) = crate::uplink::pick::pick(&cands, &client.counter) else { break };
-                        let mut req = Request::new(body.take().unwrap_or_else(body::empty));
-                        *req.method_mut() = out.method.clone();
-                        *req.uri_mut() = http::Uri::from(out.path_and_query.clone());
-                        *req.headers_mut() = out.headers.clone();
-                        *req.version_mut() = out.version;
-                        let timeout = up.config().response_header_timeout;
-                        match client.send(child, uplink, out.client, req, timeout).await {
-                            Ok(r) => return Ok(r),
-                            Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),
-                            Err(e @ UpstreamError::Lost { .. }) if idempotent => last_err = Some(e),
-                            Err(e) => return Err(ProxyError::Upstream(e)),
-                        }
-                    }
-                    Err(match last_err {
-                        Some(e) => ProxyError::Upstream(e),
-                        None => ProxyError::NoTarget(format!("no reachable child has a healthy uplink {uplink:?}")),
-                    })
-                }
+                ServiceRt::Multicluster { name, children } => self.multicluster(name, children, out, body, up).await,
             }
         })
     }
+
+    /// Sends a copy of the request (`copy` its body) to each chosen mirror in the background;
+    /// their responses are read and dropped.
+    fn spawn_mirrors(self: &Arc<Self>, chosen: Vec<Arc<ServiceRt>>, out: &Outgoing, copy: Bytes, up: &Arc<Upstreams>) {
+        for m in chosen {
+            let gw = self.clone();
+            let out = out.clone();
+            let copy = copy.clone();
+            let up = up.clone();
+            tokio::spawn(async move {
+                if let Ok(r) = gw.dispatch(&m, out, body::full(copy), &up).await {
+                    let _ = r.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    /// Sends to `name@multicluster`: to a child that exposes the uplink, and (for a request
+    /// that may go again) to the next candidate when that child cannot be reached.
+    async fn multicluster(
+        self: &Arc<Self>,
+        name: &str,
+        children: &[atrium_proto::v1::Child],
+        out: Outgoing,
+        body: Body,
+        up: &Arc<Upstreams>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Some(client) = self.uplinks.get() else {
+            return Err(ProxyError::NoTarget(format!(
+                "{name}@multicluster: this process does not reach children (not a parent's data plane)"
+            )));
+        };
+        let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
+        // A request without a body can be sent again: when the chosen child
+        // cannot be reached, the next candidate gets it. When the child went
+        // away after the request went out, only an idempotent one goes again.
+        let replayable = http_body::Body::is_end_stream(&body);
+        let idempotent = crate::exchange::idempotent(&out.method);
+        let mut body = Some(body);
+        let mut last_err = None;
+        for _ in 0..if replayable { 3 } else { 1 } {
+            let cands = crate::uplink::pick::candidates(children, uplink, pinned, |c| client.is_down(c));
+            let Some(child) = crate::uplink::pick::pick(&cands, &client.counter) else { break };
+            let mut req = Request::new(body.take().unwrap_or_else(body::empty));
+            *req.method_mut() = out.method.clone();
+            *req.uri_mut() = http::Uri::from(out.path_and_query.clone());
+            *req.headers_mut() = out.headers.clone();
+            *req.version_mut() = out.version;
+            let timeout = up.config().response_header_timeout;
+            match client.send(child, uplink, out.client, req, timeout).await {
+                Ok(r) => return Ok(r),
+                Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),
+                Err(e @ UpstreamError::Lost { .. }) if idempotent => last_err = Some(e),
+                Err(e) => return Err(ProxyError::Upstream(e)),
+            }
+        }
+        Err(match last_err {
+            Some(e) => ProxyError::Upstream(e),
+            None => ProxyError::NoTarget(format!("no reachable child has a healthy uplink {uplink:?}")),
+        })
+    }
+}
+
+/// The mirrors this request goes to: each one for its percentage of requests, by the
+/// mirroring service's request counter.
+#[inline]
+fn chosen_mirrors(mirrors: &[(Arc<ServiceRt>, u32)], counter: &std::sync::atomic::AtomicU64) -> Vec<Arc<ServiceRt>> {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect()
+}
+
+/// The body for the main service and, unless no mirror is chosen (`none_chosen`), the body
+/// the mirrors get: the whole body (read up to `max_body_size`, negative for no limit) when
+/// `mirror_body` says so, else an empty one.
+async fn mirror_bodies(
+    body: Body,
+    none_chosen: bool,
+    mirror_body: bool,
+    max_body_size: i64,
+) -> Result<(Body, Option<Bytes>), ProxyError> {
+    Ok(if none_chosen {
+        (body, None)
+    } else if http_body::Body::is_end_stream(&body) {
+        (body, Some(Bytes::new()))
+    } else if mirror_body {
+        let limit = if max_body_size < 0 { usize::MAX } else { max_body_size as usize };
+        match body::collect_limited(body, limit).await {
+            Ok(b) => (body::full(b.clone()), Some(b)),
+            Err(_) => return Err(ProxyError::NoTarget("request body too large to mirror".into())),
+        }
+    } else {
+        (body, Some(Bytes::new()))
+    })
 }
 
 /// Why a request's `Host` headers make it a bad request: more than one (any version), or

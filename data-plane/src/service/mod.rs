@@ -265,31 +265,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
         let svc = by_id.get(id).ok_or_else(|| format!("unknown service {id:?}"))?;
         stack.push(id.to_string());
         let rt = match svc.kind.as_ref().ok_or_else(|| format!("service {id} has no kind"))? {
-            Kind::LoadBalancer(lb) => {
-                let mut servers = Vec::new();
-                for s in &lb.servers {
-                    let url: http::Uri = s.url.parse().map_err(|e| format!("service {id}: server {:?}: {e}", s.url))?;
-                    if url.authority().is_none() {
-                        return Err(format!("service {id}: server {:?} has no host", s.url));
-                    }
-                    servers.push(Server {
-                        url,
-                        weight: s.weight,
-                        healthy: AtomicBool::new(true),
-                        passive: Mutex::default(),
-                    });
-                }
-                let n = servers.len();
-                ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
-                    id: id.to_string(),
-                    plain_http: servers.iter().all(|s| s.url.scheme_str() == Some("http")),
-                    servers,
-                    pass_host_header: lb.pass_host_header,
-                    health_check: lb.health_check.clone(),
-                    passive: lb.passive_health_check,
-                    wrr: Mutex::new(vec![0; n]),
-                }))
-            }
+            Kind::LoadBalancer(lb) => load_balancer(id, lb)?,
             Kind::Weighted(w) => {
                 let mut members = Vec::new();
                 for c in &w.services {
@@ -331,6 +307,28 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
         get(&s.id, &by_id, &mut built, &mut Vec::new(), &children)?;
     }
     Ok(built)
+}
+
+/// Builds load balancer `id`; every server URL must parse and name a host.
+fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<ServiceRt, String> {
+    let mut servers = Vec::new();
+    for s in &lb.servers {
+        let url: http::Uri = s.url.parse().map_err(|e| format!("service {id}: server {:?}: {e}", s.url))?;
+        if url.authority().is_none() {
+            return Err(format!("service {id}: server {:?} has no host", s.url));
+        }
+        servers.push(Server { url, weight: s.weight, healthy: AtomicBool::new(true), passive: Mutex::default() });
+    }
+    let n = servers.len();
+    Ok(ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
+        id: id.to_string(),
+        plain_http: servers.iter().all(|s| s.url.scheme_str() == Some("http")),
+        servers,
+        pass_host_header: lb.pass_host_header,
+        health_check: lb.health_check.clone(),
+        passive: lb.passive_health_check,
+        wrr: Mutex::new(vec![0; n]),
+    })))
 }
 
 #[cfg(test)]

@@ -338,20 +338,7 @@ impl UplinkClient {
     ) -> Result<Response<Body>, UpstreamError> {
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if req.version() == http::Version::HTTP_2 && needs_http2(req.headers()) {
-            let header = pb::StreamHeader {
-                kind: pb::stream_header::Kind::Data as i32,
-                uplink: uplink_name.to_string(),
-                client_addr: client.addr.to_string(),
-                client_proto: client.proto().to_string(),
-                // The W3C trace context of the request, so the child's spans join the trace
-                // even when a hop in between strips headers.
-                traceparent: req
-                    .headers()
-                    .get("traceparent")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .unwrap_or_default(),
-            };
+            let header = http2_stream_header(uplink_name, &client, &req);
             let (conn, send, recv) = self.open_stream(child, &header).await?;
             let io = TokioIo::new(uplink::frame::io(send, recv));
             // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
@@ -359,25 +346,13 @@ impl UplinkClient {
                 .await
                 .map_err(|e| self.stream_error(child, &conn, e.to_string(), false))?;
             tokio::spawn(c);
-            let authority =
-                req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("uplink").to_string();
-            *req.uri_mut() = format!("http://{authority}{pq}")
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| self.stream_error(child, &conn, e.to_string(), false))?;
+            *req.uri_mut() = http2_uri(&req, &pq).map_err(|e| self.stream_error(child, &conn, e.to_string(), false))?;
             let resp = s.send_request(req).await.map_err(|e| self.stream_error(child, &conn, e.to_string(), true))?;
             self.stream_ok(&child.name);
             return Ok(resp.map(body::incoming));
         }
 
-        *req.uri_mut() = http::Uri::from(pq);
-        *req.version_mut() = http::Version::HTTP_11;
-        req.headers_mut().insert(CLIENT_HEADER, client.header_value());
-        if !crate::h1::client::eligible(&req) {
-            return Err(UpstreamError::Protocol {
-                server: child.name.clone(),
-                reason: "CONNECT is not forwarded".into(),
-            });
-        }
+        prepare_http1(&mut req, pq, &client, child)?;
         // Every HTTP/1.1 request — with or without a body, upgrades included — on pooled
         // streams of the one HTTP/1.1 client.
         let key = (std::thread::current().id(), child.name.clone(), uplink_name.to_string());
@@ -411,6 +386,18 @@ impl UplinkClient {
             open,
         )
         .await;
+        self.http1_outcome(child, sent, response_timeout)
+    }
+
+    /// Counts the outcome of a request sent on a pooled HTTP/1.1 stream, and turns its
+    /// failure into the upstream error to answer.
+    #[inline]
+    fn http1_outcome(
+        &self,
+        child: &pb::Child,
+        sent: Result<Response<Body>, crate::h1::client::SendError>,
+        response_timeout: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
         match sent {
             Ok(resp) => {
                 self.stream_ok(&child.name);
@@ -427,6 +414,54 @@ impl UplinkClient {
             }),
         }
     }
+}
+
+/// The header of a stream that carries one HTTP/2 exchange of `req` to `uplink_name`.
+#[inline]
+fn http2_stream_header(
+    uplink_name: &str,
+    client: &uplink::frame::RelayedClient,
+    req: &Request<Body>,
+) -> pb::StreamHeader {
+    pb::StreamHeader {
+        kind: pb::stream_header::Kind::Data as i32,
+        uplink: uplink_name.to_string(),
+        client_addr: client.addr.to_string(),
+        client_proto: client.proto().to_string(),
+        // The W3C trace context of the request, so the child's spans join the trace
+        // even when a hop in between strips headers.
+        traceparent: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+/// The absolute URI of an HTTP/2 request to the child: its `Host` (or `uplink`) and `pq`.
+#[inline]
+fn http2_uri(req: &Request<Body>, pq: &http::uri::PathAndQuery) -> Result<http::Uri, http::uri::InvalidUri> {
+    let authority = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("uplink").to_string();
+    format!("http://{authority}{pq}").parse()
+}
+
+/// Turns `req` into the HTTP/1.1 request for a pooled stream: origin-form `pq`, and the
+/// client address in [`CLIENT_HEADER`]; refuses CONNECT.
+#[inline]
+fn prepare_http1(
+    req: &mut Request<Body>,
+    pq: http::uri::PathAndQuery,
+    client: &uplink::frame::RelayedClient,
+    child: &pb::Child,
+) -> Result<(), UpstreamError> {
+    *req.uri_mut() = http::Uri::from(pq);
+    *req.version_mut() = http::Version::HTTP_11;
+    req.headers_mut().insert(CLIENT_HEADER, client.header_value());
+    if !crate::h1::client::eligible(req) {
+        return Err(UpstreamError::Protocol { server: child.name.clone(), reason: "CONNECT is not forwarded".into() });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub use services::{PORTAL_SERVICE, health_check};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::loader::Manifests;
 use crate::resources::core::{EndpointSlice, Endpoints, Secret, Service as K8sService};
-use crate::resources::traefik::{IngressRoute, Middleware, TraefikService};
+use crate::resources::traefik::{IngressRoute, Middleware, Route, ServiceRef, TraefikService};
 use crate::resources::{Loaded, Resource};
 use crate::values::Values;
 
@@ -353,14 +353,54 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// What every router of one IngressRoute shares, and whether all of it resolved.
+struct RouterCommon {
+    /// The entrypoints, sorted and without duplicates.
+    entry_points: Vec<String>,
+    /// The API the routes belong to (`namespace/name`), or empty.
+    api: String,
+    /// The uplinks the routes are exposed on, sorted and without duplicates.
+    uplinks: Vec<String>,
+    /// The TLS settings of the routes.
+    tls: Option<pb::RouterTls>,
+    /// Whether everything shared resolved; when not, no route is served.
+    ok: bool,
+}
+
 fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRoute, out: &mut Vec<pb::Router>) {
     let ns = l.ns().to_string();
+    let common = router_common(cx, l, r, &ns);
+    for (i, route) in r.spec.routes.iter().enumerate() {
+        if let Some(router) = compile_route(cx, l, &ns, i, route, &common) {
+            out.push(router);
+        }
+    }
+}
+
+/// Checks and resolves what the routes of an IngressRoute share: entrypoints, API, portal,
+/// uplinks and TLS secret.
+fn router_common(cx: &mut Ctx<'_>, l: &Loaded, r: &IngressRoute, ns: &str) -> RouterCommon {
     let ann = &r.metadata.annotations;
     let mut entry_points = r.spec.entry_points.clone();
     entry_points.sort();
     entry_points.dedup();
-    let mut ok_common = true;
-    for (i, ep) in r.spec.entry_points.iter().enumerate() {
+    let mut ok = check_entry_points(cx, l, &r.spec.entry_points);
+    let api = resolve_api(cx, l, ns, ann.get(API_ANNOTATION), &mut ok);
+    check_portal(cx, l, ns, ann.get(PORTAL_ANNOTATION));
+    let uplinks = resolve_uplinks(cx, l, ns, ann.get(UPLINKS_ANNOTATION), &mut ok);
+    let tls = r
+        .spec
+        .tls
+        .as_ref()
+        .map(|t| pb::RouterTls { secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default() });
+    ok &= check_tls_secret(cx, l, ns, r);
+    RouterCommon { entry_points, api, uplinks, tls, ok }
+}
+
+/// Checks that every entrypoint of an IngressRoute is defined in the values.
+fn check_entry_points(cx: &mut Ctx<'_>, l: &Loaded, entry_points: &[String]) -> bool {
+    let mut ok = true;
+    for (i, ep) in entry_points.iter().enumerate() {
         if !cx.values.entry_points().any(|(n, _)| n == ep) {
             let known: Vec<&String> = cx.values.entry_points().map(|(n, _)| n).collect();
             cx.err(
@@ -369,27 +409,33 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
                 "unknown-entrypoint",
                 format!("entrypoint {ep:?} is not defined (known: {known:?})"),
             );
-            ok_common = false;
+            ok = false;
         }
     }
-    let api = match ann.get(API_ANNOTATION) {
-        Some(a) => {
-            let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns.as_str()));
-            if !cx.apis.contains(&key(api_ns, name)) {
-                cx.err(
-                    l,
-                    &format!("metadata.annotations.{API_ANNOTATION}"),
-                    "unresolved-reference",
-                    format!("API {api_ns}/{name} does not exist"),
-                );
-                ok_common = false;
-            }
-            format!("{api_ns}/{name}")
-        }
-        None => String::new(),
-    };
-    if let Some(p) = ann.get(PORTAL_ANNOTATION) {
-        if !cx.portals.contains(&key(&ns, p)) {
+    ok
+}
+
+/// Resolves the API annotation (`name` or `name@namespace`) into `namespace/name`, or empty
+/// without one; clears `ok` when the API does not exist.
+fn resolve_api(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>, ok: &mut bool) -> String {
+    let Some(a) = annotation else { return String::new() };
+    let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns));
+    if !cx.apis.contains(&key(api_ns, name)) {
+        cx.err(
+            l,
+            &format!("metadata.annotations.{API_ANNOTATION}"),
+            "unresolved-reference",
+            format!("API {api_ns}/{name} does not exist"),
+        );
+        *ok = false;
+    }
+    format!("{api_ns}/{name}")
+}
+
+/// Reports a portal annotation naming a portal that does not exist (the routes are served anyway).
+fn check_portal(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>) {
+    if let Some(p) = annotation {
+        if !cx.portals.contains(&key(ns, p)) {
             cx.err(
                 l,
                 &format!("metadata.annotations.{PORTAL_ANNOTATION}"),
@@ -398,11 +444,16 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
             );
         }
     }
+}
+
+/// Resolves the uplinks annotation (a comma-separated list) into sorted expose names; clears
+/// `ok` when one does not exist.
+fn resolve_uplinks(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>, ok: &mut bool) -> Vec<String> {
     let mut uplinks = Vec::new();
-    if let Some(list) = ann.get(UPLINKS_ANNOTATION) {
+    if let Some(list) = annotation {
         for u in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let resolved =
-                cx.uplinks.get(&key(&ns, u)).cloned().or_else(|| cx.expose_names.contains(u).then(|| u.to_string()));
+                cx.uplinks.get(&key(ns, u)).cloned().or_else(|| cx.expose_names.contains(u).then(|| u.to_string()));
             match resolved {
                 Some(n) => uplinks.push(n),
                 None => {
@@ -412,107 +463,131 @@ fn compile_ingress_route<'a>(cx: &mut Ctx<'a>, l: &'a Loaded, r: &'a IngressRout
                         "unresolved-reference",
                         format!("Uplink {u:?} does not exist in namespace {ns}"),
                     );
-                    ok_common = false;
+                    *ok = false;
                 }
             }
         }
     }
     uplinks.sort();
     uplinks.dedup();
-    let tls = r
-        .spec
-        .tls
-        .as_ref()
-        .map(|t| pb::RouterTls { secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default() });
-    if let Some(secret) = r.spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) {
-        match cx.secrets.get(&key(&ns, secret)) {
-            None => {
-                cx.err(
-                    l,
-                    "spec.tls.secretName",
-                    "unresolved-reference",
-                    format!("Secret {ns}/{secret} does not exist"),
-                );
-                ok_common = false;
-            }
-            Some(s) if !(s.data.contains_key("tls.crt") || s.string_data.contains_key("tls.crt")) => {
-                cx.err(l, "spec.tls.secretName", "schema", format!("Secret {ns}/{secret} has no tls.crt / tls.key"));
-                ok_common = false;
-            }
-            Some(_) => {}
-        }
-    }
+    uplinks
+}
 
-    for (i, route) in r.spec.routes.iter().enumerate() {
-        let id = format!("{ns}/{}/{i}", l.name());
-        let p = format!("spec.routes[{i}]");
-        let mut ok = ok_common;
-        if let Some(s) = route.syntax.as_deref().filter(|s| *s != "v3") {
-            cx.err(
-                l,
-                &format!("{p}.syntax"),
-                "unsupported-field",
-                format!("rule syntax {s:?} is not supported; atrium speaks Traefik v3 rules"),
-            );
-            ok = false;
+/// Checks that the TLS secret of an IngressRoute, if it names one, exists and holds a certificate.
+fn check_tls_secret(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, r: &IngressRoute) -> bool {
+    let Some(secret) = r.spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) else { return true };
+    match cx.secrets.get(&key(ns, secret)) {
+        None => {
+            cx.err(l, "spec.tls.secretName", "unresolved-reference", format!("Secret {ns}/{secret} does not exist"));
+            false
         }
-        let rule = match Rule::parse(&route.rule) {
-            Ok(rule) => Some(rule),
-            Err(e) => {
-                cx.err(l, &format!("{p}.match"), "rule-parse", format!("invalid rule {:?}: {e}", route.rule));
-                None
-            }
-        };
-        let mut mws = Vec::new();
-        for (j, mr) in route.middlewares.iter().enumerate() {
-            ok &= cx.middleware_ref(l, &ns, mr, &format!("{p}.middlewares[{j}]"), &mut mws);
+        Some(s) if !(s.data.contains_key("tls.crt") || s.string_data.contains_key("tls.crt")) => {
+            cx.err(l, "spec.tls.secretName", "schema", format!("Secret {ns}/{secret} has no tls.crt / tls.key"));
+            false
         }
-        let (service, display) = match route.services.as_slice() {
-            [] => {
-                cx.err(l, &format!("{p}.services"), "schema", "a route needs at least one service".into());
-                (None, String::new())
-            }
-            [one] => (cx.service_ref(l, &ns, one.lb(), &format!("{p}.services[0]"), &id), one.name.clone()),
-            many => {
-                let mut ws = Vec::new();
-                let mut all = true;
-                for (j, s) in many.iter().enumerate() {
-                    match cx.service_ref(l, &ns, s.lb(), &format!("{p}.services[{j}]"), &id) {
-                        Some(sid) => {
-                            ws.push(pb::WeightedService { service: sid, weight: s.weight.unwrap_or(1).max(0) as u32 })
-                        }
-                        None => all = false,
-                    }
-                }
-                ws.sort_by(|a, b| a.service.cmp(&b.service));
-                let sid = all.then(|| {
-                    cx.services.insert(
-                        id.clone(),
-                        pb::Service {
-                            id: id.clone(),
-                            kind: Some(pb::service::Kind::Weighted(pb::Weighted { services: ws })),
-                        },
-                    );
-                    id.clone()
-                });
-                (sid, many.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","))
-            }
-        };
-        let (Some(rule), Some(service), true) = (rule, service, ok) else { continue };
-        let priority = route.priority.filter(|p| *p != 0).unwrap_or_else(|| rule.default_priority());
-        out.push(pb::Router {
-            id,
-            entry_points: entry_points.clone(),
-            rule: route.rule.clone(),
-            priority,
-            middlewares: mws,
-            service,
-            tls: tls.clone(),
-            uplinks: uplinks.clone(),
-            api: api.clone(),
-            service_display: display,
-        });
+        Some(_) => true,
     }
+}
+
+/// Compiles route `i` of an IngressRoute into a router, or `None` when any part of it (or of
+/// what the routes share) does not resolve.
+fn compile_route<'a>(
+    cx: &mut Ctx<'a>,
+    l: &'a Loaded,
+    ns: &str,
+    i: usize,
+    route: &Route,
+    common: &RouterCommon,
+) -> Option<pb::Router> {
+    let id = format!("{ns}/{}/{i}", l.name());
+    let p = format!("spec.routes[{i}]");
+    let mut ok = common.ok;
+    if let Some(s) = route.syntax.as_deref().filter(|s| *s != "v3") {
+        cx.err(
+            l,
+            &format!("{p}.syntax"),
+            "unsupported-field",
+            format!("rule syntax {s:?} is not supported; atrium speaks Traefik v3 rules"),
+        );
+        ok = false;
+    }
+    let rule = match Rule::parse(&route.rule) {
+        Ok(rule) => Some(rule),
+        Err(e) => {
+            cx.err(l, &format!("{p}.match"), "rule-parse", format!("invalid rule {:?}: {e}", route.rule));
+            None
+        }
+    };
+    let mut mws = Vec::new();
+    for (j, mr) in route.middlewares.iter().enumerate() {
+        ok &= cx.middleware_ref(l, ns, mr, &format!("{p}.middlewares[{j}]"), &mut mws);
+    }
+    let (service, display) = route_service(cx, l, ns, &p, &id, &route.services);
+    let (Some(rule), Some(service), true) = (rule, service, ok) else { return None };
+    let priority = route.priority.filter(|p| *p != 0).unwrap_or_else(|| rule.default_priority());
+    Some(pb::Router {
+        id,
+        entry_points: common.entry_points.clone(),
+        rule: route.rule.clone(),
+        priority,
+        middlewares: mws,
+        service,
+        tls: common.tls.clone(),
+        uplinks: common.uplinks.clone(),
+        api: common.api.clone(),
+        service_display: display,
+    })
+}
+
+/// Resolves the services of a route (at `p`, router `id`) into the service id it sends to and
+/// the names shown for it; `None` for the id when they do not resolve.
+fn route_service<'a>(
+    cx: &mut Ctx<'a>,
+    l: &'a Loaded,
+    ns: &str,
+    p: &str,
+    id: &str,
+    services: &[ServiceRef],
+) -> (Option<String>, String) {
+    match services {
+        [] => {
+            cx.err(l, &format!("{p}.services"), "schema", "a route needs at least one service".into());
+            (None, String::new())
+        }
+        [one] => (cx.service_ref(l, ns, one.lb(), &format!("{p}.services[0]"), id), one.name.clone()),
+        many => {
+            let sid = weighted_route_service(cx, l, ns, p, id, many);
+            (sid, many.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","))
+        }
+    }
+}
+
+/// Registers a weighted service under the router id `id` over several services of a route;
+/// `None` when any of them does not resolve (nothing is registered then).
+fn weighted_route_service<'a>(
+    cx: &mut Ctx<'a>,
+    l: &'a Loaded,
+    ns: &str,
+    p: &str,
+    id: &str,
+    many: &[ServiceRef],
+) -> Option<String> {
+    let mut ws = Vec::new();
+    let mut all = true;
+    for (j, s) in many.iter().enumerate() {
+        match cx.service_ref(l, ns, s.lb(), &format!("{p}.services[{j}]"), id) {
+            Some(sid) => ws.push(pb::WeightedService { service: sid, weight: s.weight.unwrap_or(1).max(0) as u32 }),
+            None => all = false,
+        }
+    }
+    ws.sort_by(|a, b| a.service.cmp(&b.service));
+    all.then(|| {
+        cx.services.insert(
+            id.to_string(),
+            pb::Service { id: id.to_string(), kind: Some(pb::service::Kind::Weighted(pb::Weighted { services: ws })) },
+        );
+        id.to_string()
+    })
 }
 
 fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {

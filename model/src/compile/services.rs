@@ -15,7 +15,7 @@ use super::Ctx;
 use crate::diagnostic::Severity;
 use crate::resources::Loaded;
 use crate::resources::core::{Service as K8sService, ServicePort};
-use crate::resources::traefik::{HealthCheck, LbView, PassiveHealthCheck, ServiceKind};
+use crate::resources::traefik::{Failover, HealthCheck, LbView, Mirroring, PassiveHealthCheck, ServiceKind, Weighted};
 
 /// The built-in portal service.
 pub const PORTAL_SERVICE: (&str, &str, i64) = ("traefik", "apiportal", 9903);
@@ -251,64 +251,81 @@ impl<'a> Ctx<'a> {
         }
         self.in_progress.push(id.clone());
         let kind = if let Some(w) = &ts.spec.weighted {
-            let mut services = Vec::new();
-            for (i, s) in w.services.iter().enumerate() {
-                let p = format!("spec.weighted.services[{i}]");
-                let sid = self.service_ref(ts_obj, ns, s.lb(), &p, &id);
-                let weight = s.weight.unwrap_or(1);
-                if weight < 0 {
-                    self.err(ts_obj, &format!("{p}.weight"), "schema", "weight must not be negative".into());
-                }
-                services.push(sid.map(|sid| pb::WeightedService { service: sid, weight: weight.max(0) as u32 }));
-            }
-            services.into_iter().collect::<Option<Vec<_>>>().map(|mut s| {
-                s.sort_by(|a, b| a.service.cmp(&b.service));
-                Kind::Weighted(pb::Weighted { services: s })
-            })
+            self.weighted_kind(ts_obj, ns, &id, w)
         } else if let Some(m) = &ts.spec.mirroring {
-            let main = self.service_ref(ts_obj, ns, m.lb(), "spec.mirroring", &id);
-            let mut mirrors = Vec::new();
-            for (i, mr) in m.mirrors.iter().enumerate() {
-                let p = format!("spec.mirroring.mirrors[{i}]");
-                let percent = mr.percent.unwrap_or(0);
-                if !(0..=100).contains(&percent) {
-                    self.err(
-                        ts_obj,
-                        &format!("{p}.percent"),
-                        "schema",
-                        format!("percent {percent} must be between 0 and 100"),
-                    );
-                }
-                mirrors.push(
-                    self.service_ref(ts_obj, ns, mr.lb(), &p, &id)
-                        .map(|s| pb::Mirror { service: s, percent: percent.clamp(0, 100) as u32 }),
-                );
-            }
-            match (main, mirrors.into_iter().collect::<Option<Vec<_>>>()) {
-                (Some(service), Some(mut mirrors)) => {
-                    mirrors.sort_by(|a, b| a.service.cmp(&b.service));
-                    Some(Kind::Mirroring(pb::Mirroring {
-                        service,
-                        mirrors,
-                        mirror_body: m.mirror_body.unwrap_or(true),
-                        max_body_size: m.max_body_size.unwrap_or(-1),
-                    }))
-                }
-                _ => None,
-            }
+            self.mirroring_kind(ts_obj, ns, &id, m)
         } else {
             let f = ts.spec.failover.as_ref()?;
-            let service = self.service_ref(ts_obj, ns, f.service.lb(), "spec.failover.service", &id);
-            let fallback = self.service_ref(ts_obj, ns, f.fallback.lb(), "spec.failover.fallback", &id);
-            match (service, fallback) {
-                (Some(service), Some(fallback)) => Some(Kind::Failover(pb::Failover { service, fallback })),
-                _ => None,
-            }
+            self.failover_kind(ts_obj, ns, &id, f)
         };
         self.in_progress.pop();
         let kind = kind?;
         self.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(kind) });
         Some(id)
+    }
+
+    /// Compiles the `weighted` TraefikService `id`; `None` when one of its services does not resolve.
+    fn weighted_kind(&mut self, ts_obj: &'a Loaded, ns: &str, id: &str, w: &Weighted) -> Option<Kind> {
+        let mut services = Vec::new();
+        for (i, s) in w.services.iter().enumerate() {
+            let p = format!("spec.weighted.services[{i}]");
+            let sid = self.service_ref(ts_obj, ns, s.lb(), &p, id);
+            let weight = s.weight.unwrap_or(1);
+            if weight < 0 {
+                self.err(ts_obj, &format!("{p}.weight"), "schema", "weight must not be negative".into());
+            }
+            services.push(sid.map(|sid| pb::WeightedService { service: sid, weight: weight.max(0) as u32 }));
+        }
+        services.into_iter().collect::<Option<Vec<_>>>().map(|mut s| {
+            s.sort_by(|a, b| a.service.cmp(&b.service));
+            Kind::Weighted(pb::Weighted { services: s })
+        })
+    }
+
+    /// Compiles the `mirroring` TraefikService `id`; `None` when its service or a mirror does
+    /// not resolve.
+    fn mirroring_kind(&mut self, ts_obj: &'a Loaded, ns: &str, id: &str, m: &Mirroring) -> Option<Kind> {
+        let main = self.service_ref(ts_obj, ns, m.lb(), "spec.mirroring", id);
+        let mut mirrors = Vec::new();
+        for (i, mr) in m.mirrors.iter().enumerate() {
+            let p = format!("spec.mirroring.mirrors[{i}]");
+            let percent = mr.percent.unwrap_or(0);
+            if !(0..=100).contains(&percent) {
+                self.err(
+                    ts_obj,
+                    &format!("{p}.percent"),
+                    "schema",
+                    format!("percent {percent} must be between 0 and 100"),
+                );
+            }
+            mirrors.push(
+                self.service_ref(ts_obj, ns, mr.lb(), &p, id)
+                    .map(|s| pb::Mirror { service: s, percent: percent.clamp(0, 100) as u32 }),
+            );
+        }
+        match (main, mirrors.into_iter().collect::<Option<Vec<_>>>()) {
+            (Some(service), Some(mut mirrors)) => {
+                mirrors.sort_by(|a, b| a.service.cmp(&b.service));
+                Some(Kind::Mirroring(pb::Mirroring {
+                    service,
+                    mirrors,
+                    mirror_body: m.mirror_body.unwrap_or(true),
+                    max_body_size: m.max_body_size.unwrap_or(-1),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Compiles the `failover` TraefikService `id`; `None` when its service or fallback does
+    /// not resolve.
+    fn failover_kind(&mut self, ts_obj: &'a Loaded, ns: &str, id: &str, f: &Failover) -> Option<Kind> {
+        let service = self.service_ref(ts_obj, ns, f.service.lb(), "spec.failover.service", id);
+        let fallback = self.service_ref(ts_obj, ns, f.fallback.lb(), "spec.failover.fallback", id);
+        match (service, fallback) {
+            (Some(service), Some(fallback)) => Some(Kind::Failover(pb::Failover { service, fallback })),
+            _ => None,
+        }
     }
 
     fn kubernetes_service(
@@ -329,67 +346,10 @@ impl<'a> Ctx<'a> {
             );
             return None;
         };
-        let sp = match r.port {
-            Some(want) => svc.spec.ports.iter().find(|sp| port_matches(want, sp)),
-            None if svc.spec.ports.len() == 1 => svc.spec.ports.first(),
-            None => {
-                self.err(
-                    obj,
-                    path,
-                    "schema",
-                    format!("Service {ns}/{name} has {} ports: say which with `port`", svc.spec.ports.len()),
-                );
-                return None;
-            }
-        };
-        let Some(sp) = sp else {
-            let want = r.port.map(|p| p.to_string()).unwrap_or_default();
-            self.err(
-                obj,
-                &format!("{path}.port"),
-                "unresolved-reference",
-                format!("Service {ns}/{name} has no port {want}"),
-            );
-            return None;
-        };
-        let scheme = match r.scheme {
-            Some(s @ ("http" | "https" | "h2c")) => s.to_string(),
-            Some(s) => {
-                self.err(obj, &format!("{path}.scheme"), "schema", format!("scheme {s:?} must be http, https or h2c"));
-                return None;
-            }
-            None if sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")) => "https".into(),
-            None => "http".into(),
-        };
-        let mut servers: Vec<pb::Server> = self
-            .endpoints(ns, svc, sp)
-            .into_iter()
-            .map(|hp| pb::Server { url: format!("{scheme}://{hp}"), weight: 1 })
-            .collect();
-        servers.sort_by(|a, b| a.url.cmp(&b.url));
-        servers.dedup();
-        if servers.is_empty() {
-            self.warn_once(
-                svc_obj,
-                format!("no-endpoints:{ns}/{name}:{}", sp.port),
-                "no-endpoints",
-                format!("Service {ns}/{name} port {} has no ready endpoints (add an EndpointSlice or Endpoints manifest); requests to it get 503", sp.port),
-            );
-        }
-        let hc = match r.health_check.map(health_check).transpose() {
-            Ok(h) => h,
-            Err(e) => {
-                self.err(obj, &format!("{path}.healthCheck.{}", e.field()), "schema", e.to_string());
-                return None;
-            }
-        };
-        let ph = match r.passive_health_check.map(passive).transpose() {
-            Ok(p) => p,
-            Err(e) => {
-                self.err(obj, &format!("{path}.passiveHealthCheck.{}", e.field()), "schema", e.to_string());
-                return None;
-            }
-        };
+        let sp = self.service_port(obj, ns, name, svc, r.port, path)?;
+        let scheme = self.server_scheme(obj, path, r.scheme, sp)?;
+        let servers = self.servers(svc_obj, ns, name, svc, sp, &scheme);
+        let (hc, ph) = self.health_checks(obj, path, r)?;
         let lb = pb::LoadBalancer {
             servers,
             pass_host_header: r.pass_host_header.unwrap_or(true),
@@ -406,6 +366,111 @@ impl<'a> Ctx<'a> {
         let id = if default_opts { base } else { format!("{base}@{owner}") };
         self.services.insert(id.clone(), pb::Service { id: id.clone(), kind: Some(Kind::LoadBalancer(lb)) });
         Some(id)
+    }
+
+    /// The port of Service `ns/name` that a reference asks for (`want`, or its only port);
+    /// `None` after reporting why there is none.
+    fn service_port(
+        &mut self,
+        obj: &'a Loaded,
+        ns: &str,
+        name: &str,
+        svc: &'a K8sService,
+        want: Option<&IntOrString>,
+        path: &str,
+    ) -> Option<&'a ServicePort> {
+        let sp = match want {
+            Some(want) => svc.spec.ports.iter().find(|sp| port_matches(want, sp)),
+            None if svc.spec.ports.len() == 1 => svc.spec.ports.first(),
+            None => {
+                self.err(
+                    obj,
+                    path,
+                    "schema",
+                    format!("Service {ns}/{name} has {} ports: say which with `port`", svc.spec.ports.len()),
+                );
+                return None;
+            }
+        };
+        if sp.is_none() {
+            let want = want.map(|p| p.to_string()).unwrap_or_default();
+            self.err(
+                obj,
+                &format!("{path}.port"),
+                "unresolved-reference",
+                format!("Service {ns}/{name} has no port {want}"),
+            );
+        }
+        sp
+    }
+
+    /// The scheme to reach the servers of port `sp` with: the reference's, or `https` for
+    /// port 443 and ports named `https…`; `None` after reporting a scheme that is not one.
+    fn server_scheme(&mut self, obj: &'a Loaded, path: &str, scheme: Option<&str>, sp: &ServicePort) -> Option<String> {
+        match scheme {
+            Some(s @ ("http" | "https" | "h2c")) => Some(s.to_string()),
+            Some(s) => {
+                self.err(obj, &format!("{path}.scheme"), "schema", format!("scheme {s:?} must be http, https or h2c"));
+                None
+            }
+            None if sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")) => {
+                Some("https".into())
+            }
+            None => Some("http".into()),
+        }
+    }
+
+    /// The servers of port `sp` of a Service, sorted; warns once when it has none.
+    fn servers(
+        &mut self,
+        svc_obj: &'a Loaded,
+        ns: &str,
+        name: &str,
+        svc: &K8sService,
+        sp: &ServicePort,
+        scheme: &str,
+    ) -> Vec<pb::Server> {
+        let mut servers: Vec<pb::Server> = self
+            .endpoints(ns, svc, sp)
+            .into_iter()
+            .map(|hp| pb::Server { url: format!("{scheme}://{hp}"), weight: 1 })
+            .collect();
+        servers.sort_by(|a, b| a.url.cmp(&b.url));
+        servers.dedup();
+        if servers.is_empty() {
+            self.warn_once(
+                svc_obj,
+                format!("no-endpoints:{ns}/{name}:{}", sp.port),
+                "no-endpoints",
+                format!("Service {ns}/{name} port {} has no ready endpoints (add an EndpointSlice or Endpoints manifest); requests to it get 503", sp.port),
+            );
+        }
+        servers
+    }
+
+    /// The active and passive health checks of a reference; `None` after reporting one that
+    /// cannot be used.
+    fn health_checks(
+        &mut self,
+        obj: &'a Loaded,
+        path: &str,
+        r: LbView<'_>,
+    ) -> Option<(Option<pb::HealthCheck>, Option<pb::PassiveHealthCheck>)> {
+        let hc = match r.health_check.map(health_check).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                self.err(obj, &format!("{path}.healthCheck.{}", e.field()), "schema", e.to_string());
+                return None;
+            }
+        };
+        let ph = match r.passive_health_check.map(passive).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                self.err(obj, &format!("{path}.passiveHealthCheck.{}", e.field()), "schema", e.to_string());
+                return None;
+            }
+        };
+        Some((hc, ph))
     }
 
     /// `ip:port` of every ready endpoint of a Service port, from EndpointSlices and

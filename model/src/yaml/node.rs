@@ -270,50 +270,112 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
 /// [`parse_documents`] with other bounds.
 pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
-    let mut docs = Vec::new();
-    // Stack of containers being built: (mark, kind, pending key for maps, anchor id, what
-    // is inside so far).
-    enum Frame {
-        Seq(Mark, Vec<Node>, usize, Size),
-        Map(Mark, Vec<(Node, Node)>, Option<Node>, usize, Size),
-    }
-    impl Frame {
-        fn size(&mut self) -> &mut Size {
-            match self {
-                Frame::Seq(.., n) | Frame::Map(.., n) => n,
+    let mut b = Builder::new(limits, text.len());
+    while let Some(ev) = parser.next_event() {
+        let (ev, span) = ev.map_err(|e| SyntaxError { mark: mark_of(e.marker()), message: e.info().to_string() })?;
+        let mark = mark_of(&span.start);
+        match ev {
+            Event::StreamStart | Event::Nothing | Event::DocumentStart(_) => {}
+            Event::StreamEnd => break,
+            Event::DocumentEnd => b.end_document(mark)?,
+            Event::Alias(id) => b.alias(id, mark)?,
+            Event::Scalar(value, style, anchor, tag) => {
+                let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let plain = style == ScalarStyle::Plain && !forced_str;
+                b.scalar(value, plain, anchor, mark)?;
             }
+            Event::SequenceStart(anchor, _) => b.open(Frame::Seq(mark, Vec::new(), anchor, Size::default()), mark)?,
+            Event::MappingStart(anchor, _) => {
+                b.open(Frame::Map(mark, Vec::new(), None, anchor, Size::default()), mark)?
+            }
+            Event::SequenceEnd | Event::MappingEnd => b.close(mark)?,
         }
     }
-    let mut stack: Vec<Frame> = Vec::new();
-    // Anchored nodes, with what each holds.
-    let mut anchors: std::collections::HashMap<usize, (Node, Size)> = std::collections::HashMap::new();
-    let mut root: Option<Node> = None;
-    // Nodes parsed, and what aliases and anchors copied, in this text.
-    let mut parsed = 0usize;
-    let mut copied = Size::default();
-    let node_budget = |parsed: usize| limits.alias_floor.max(parsed);
-    let byte_budget = limits.alias_floor_bytes.max(text.len());
-    let too_much = |mark: Mark, what: String| SyntaxError { mark, message: what };
-    // Counts a copy of `size` (made by an alias or kept for an anchor) before it is made:
-    // a billion-laughs text stops here.
-    let copy = |copied: &mut Size, parsed: usize, size: Size, mark: Mark| {
-        *copied = copied.plus(size);
-        if copied.nodes > node_budget(parsed) || parsed.saturating_add(copied.nodes) > limits.max_nodes {
-            return Err(too_much(mark, format!("aliases expand to more than {} nodes", node_budget(parsed))));
+    Ok(b.finish())
+}
+
+/// A container being built: (mark, kind, pending key for maps, anchor id, what is inside
+/// so far).
+enum Frame {
+    Seq(Mark, Vec<Node>, usize, Size),
+    Map(Mark, Vec<(Node, Node)>, Option<Node>, usize, Size),
+}
+
+impl Frame {
+    /// What is inside the container so far.
+    fn size(&mut self) -> &mut Size {
+        match self {
+            Frame::Seq(.., n) | Frame::Map(.., n) => n,
         }
-        if copied.bytes > byte_budget {
-            return Err(too_much(mark, format!("aliases expand to more than {byte_budget} bytes")));
+    }
+}
+
+/// A syntax error for going past one of the [`Limits`].
+fn too_much(mark: Mark, what: String) -> SyntaxError {
+    SyntaxError { mark, message: what }
+}
+
+/// The documents of one YAML text as they are built from its events, within [`Limits`].
+struct Builder {
+    limits: Limits,
+    /// Scalar bytes that copies may hold in this text.
+    byte_budget: usize,
+    /// Stack of containers being built.
+    stack: Vec<Frame>,
+    /// Anchored nodes, with what each holds.
+    anchors: std::collections::HashMap<usize, (Node, Size)>,
+    /// The finished root of the current document.
+    root: Option<Node>,
+    /// Nodes parsed in this text.
+    parsed: usize,
+    /// What aliases and anchors copied in this text.
+    copied: Size,
+    /// The documents finished so far.
+    docs: Vec<Node>,
+}
+
+impl Builder {
+    /// A builder for a text of `text_len` bytes.
+    fn new(limits: Limits, text_len: usize) -> Builder {
+        Builder {
+            limits,
+            byte_budget: limits.alias_floor_bytes.max(text_len),
+            stack: Vec::new(),
+            anchors: std::collections::HashMap::new(),
+            root: None,
+            parsed: 0,
+            copied: Size::default(),
+            docs: Vec::new(),
+        }
+    }
+
+    /// Nodes that copies may hold, given the nodes parsed so far.
+    fn node_budget(&self) -> usize {
+        self.limits.alias_floor.max(self.parsed)
+    }
+
+    /// Counts a copy of `size` (made by an alias or kept for an anchor) before it is made:
+    /// a billion-laughs text stops here.
+    fn copy(&mut self, size: Size, mark: Mark) -> Result<(), SyntaxError> {
+        self.copied = self.copied.plus(size);
+        if self.copied.nodes > self.node_budget()
+            || self.parsed.saturating_add(self.copied.nodes) > self.limits.max_nodes
+        {
+            return Err(too_much(mark, format!("aliases expand to more than {} nodes", self.node_budget())));
+        }
+        if self.copied.bytes > self.byte_budget {
+            return Err(too_much(mark, format!("aliases expand to more than {} bytes", self.byte_budget)));
         }
         Ok(())
-    };
+    }
 
     /// Puts a finished node (holding `size`) into its parent.
-    fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, size: Size) {
-        if let Some(f) = stack.last_mut() {
+    fn push(&mut self, node: Node, size: Size) {
+        if let Some(f) = self.stack.last_mut() {
             *f.size() = f.size().plus(size);
         }
-        match stack.last_mut() {
-            None => *root = Some(node),
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
             Some(Frame::Seq(_, items, _, _)) => items.push(node),
             Some(Frame::Map(_, entries, key, _, _)) => match key.take() {
                 None => *key = Some(node),
@@ -322,82 +384,100 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, S
         }
     }
 
-    while let Some(ev) = parser.next_event() {
-        let (ev, span) = ev.map_err(|e| SyntaxError { mark: mark_of(e.marker()), message: e.info().to_string() })?;
-        let mark = mark_of(&span.start);
-        match ev {
-            Event::StreamStart | Event::Nothing | Event::DocumentStart(_) => {}
-            Event::StreamEnd => break,
-            Event::DocumentEnd => {
-                if let Some(n) = root.take() {
-                    if n.kind != NodeKind::Null {
-                        if docs.len() >= limits.max_documents {
-                            return Err(too_much(mark, format!("more than {} documents", limits.max_documents)));
-                        }
-                        docs.push(n);
-                    }
+    /// Keeps a copy of an anchored node (holding `size`) for the aliases to it.
+    fn anchor(&mut self, anchor: usize, node: &Node, size: Size, mark: Mark) -> Result<(), SyntaxError> {
+        self.copy(size, mark)?;
+        self.anchors.insert(anchor, (node.clone(), size));
+        Ok(())
+    }
+
+    /// Ends a document: keeps its root unless it is empty, and forgets its anchors.
+    fn end_document(&mut self, mark: Mark) -> Result<(), SyntaxError> {
+        if let Some(n) = self.root.take() {
+            if n.kind != NodeKind::Null {
+                if self.docs.len() >= self.limits.max_documents {
+                    return Err(too_much(mark, format!("more than {} documents", self.limits.max_documents)));
                 }
-                anchors.clear();
-            }
-            Event::Alias(id) => {
-                let (n, size) = anchors
-                    .get(&id)
-                    .ok_or_else(|| SyntaxError { mark, message: "alias to an unknown anchor".into() })?;
-                copy(&mut copied, parsed, *size, mark)?;
-                let (n, size) = (n.clone(), *size);
-                push(&mut stack, &mut root, n, size);
-            }
-            Event::Scalar(value, style, anchor, tag) => {
-                let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let plain = style == ScalarStyle::Plain && !forced_str;
-                let size = Size { nodes: 1, bytes: value.len() };
-                let kind = if plain && resolve_plain(&value) == Resolved::Null {
-                    NodeKind::Null
-                } else {
-                    NodeKind::Scalar { value: value.into_owned(), plain }
-                };
-                let node = Node { mark, kind };
-                parsed += 1;
-                if parsed.saturating_add(copied.nodes) > limits.max_nodes {
-                    return Err(too_much(mark, format!("more than {} nodes", limits.max_nodes)));
-                }
-                if anchor > 0 {
-                    copy(&mut copied, parsed, size, mark)?;
-                    anchors.insert(anchor, (node.clone(), size));
-                }
-                push(&mut stack, &mut root, node, size);
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                if stack.len() >= limits.max_depth {
-                    return Err(too_much(mark, format!("nesting deeper than {} levels", limits.max_depth)));
-                }
-                parsed += 1;
-                stack.push(match ev {
-                    Event::SequenceStart(..) => Frame::Seq(mark, Vec::new(), anchor, Size::default()),
-                    _ => Frame::Map(mark, Vec::new(), None, anchor, Size::default()),
-                });
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor, inside) = match stack.pop() {
-                    Some(Frame::Seq(m, items, a, n)) => (Node { mark: m, kind: NodeKind::Seq(items) }, a, n),
-                    Some(Frame::Map(m, entries, _, a, n)) => (Node { mark: m, kind: NodeKind::Map(entries) }, a, n),
-                    None => return Err(SyntaxError { mark, message: "unbalanced collection end".into() }),
-                };
-                let size = inside.plus(Size { nodes: 1, bytes: 0 });
-                if anchor > 0 {
-                    copy(&mut copied, parsed, size, node.mark)?;
-                    anchors.insert(anchor, (node.clone(), size));
-                }
-                push(&mut stack, &mut root, node, size);
+                self.docs.push(n);
             }
         }
+        self.anchors.clear();
+        Ok(())
     }
-    if let Some(n) = root.take() {
-        if n.kind != NodeKind::Null {
-            docs.push(n);
+
+    /// Puts a copy of the node anchored as `id` in place of an alias to it.
+    fn alias(&mut self, id: usize, mark: Mark) -> Result<(), SyntaxError> {
+        let size = match self.anchors.get(&id) {
+            Some((_, size)) => *size,
+            None => return Err(SyntaxError { mark, message: "alias to an unknown anchor".into() }),
+        };
+        self.copy(size, mark)?;
+        let n = self.anchors[&id].0.clone();
+        self.push(n, size);
+        Ok(())
+    }
+
+    /// Adds a scalar (`plain` when unquoted and untagged), anchored as `anchor` when not 0.
+    fn scalar(
+        &mut self,
+        value: std::borrow::Cow<'_, str>,
+        plain: bool,
+        anchor: usize,
+        mark: Mark,
+    ) -> Result<(), SyntaxError> {
+        let size = Size { nodes: 1, bytes: value.len() };
+        let kind = if plain && resolve_plain(&value) == Resolved::Null {
+            NodeKind::Null
+        } else {
+            NodeKind::Scalar { value: value.into_owned(), plain }
+        };
+        let node = Node { mark, kind };
+        self.parsed += 1;
+        if self.parsed.saturating_add(self.copied.nodes) > self.limits.max_nodes {
+            return Err(too_much(mark, format!("more than {} nodes", self.limits.max_nodes)));
         }
+        if anchor > 0 {
+            self.anchor(anchor, &node, size, mark)?;
+        }
+        self.push(node, size);
+        Ok(())
     }
-    Ok(docs)
+
+    /// Starts a sequence or mapping (`frame`), unless that nests too deep.
+    fn open(&mut self, frame: Frame, mark: Mark) -> Result<(), SyntaxError> {
+        if self.stack.len() >= self.limits.max_depth {
+            return Err(too_much(mark, format!("nesting deeper than {} levels", self.limits.max_depth)));
+        }
+        self.parsed += 1;
+        self.stack.push(frame);
+        Ok(())
+    }
+
+    /// Ends the innermost sequence or mapping and puts it into its parent.
+    fn close(&mut self, mark: Mark) -> Result<(), SyntaxError> {
+        let (node, anchor, inside) = match self.stack.pop() {
+            Some(Frame::Seq(m, items, a, n)) => (Node { mark: m, kind: NodeKind::Seq(items) }, a, n),
+            Some(Frame::Map(m, entries, _, a, n)) => (Node { mark: m, kind: NodeKind::Map(entries) }, a, n),
+            None => return Err(SyntaxError { mark, message: "unbalanced collection end".into() }),
+        };
+        let size = inside.plus(Size { nodes: 1, bytes: 0 });
+        if anchor > 0 {
+            let at = node.mark;
+            self.anchor(anchor, &node, size, at)?;
+        }
+        self.push(node, size);
+        Ok(())
+    }
+
+    /// The documents, with the last one's root if the stream ended without a document end.
+    fn finish(mut self) -> Vec<Node> {
+        if let Some(n) = self.root.take() {
+            if n.kind != NodeKind::Null {
+                self.docs.push(n);
+            }
+        }
+        self.docs
+    }
 }
 
 #[cfg(test)]

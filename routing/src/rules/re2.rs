@@ -51,123 +51,146 @@ pub fn translate(pattern: &str) -> String {
     let mut i = 0;
     let mut in_class = false;
     while i < chars.len() {
-        let c = chars[i];
-        if c == '\\' && i + 1 < chars.len() {
-            let d = chars[i + 1];
-            match d {
-                'Q' => {
-                    let rest: String = chars[i + 2..].iter().collect();
-                    let (lit, consumed) = match rest.find("\\E") {
-                        Some(end) => (&rest[..end], end + 2),
-                        None => (rest.as_str(), rest.len()),
-                    };
-                    for ch in lit.chars() {
-                        push_escaped(&mut out, ch);
-                    }
-                    i += 2 + lit.chars().count() + (consumed - lit.len());
-                    continue;
-                }
-                'd' | 'D' | 'w' | 'W' | 's' | 'S' => {
-                    let set = match d.to_ascii_lowercase() {
-                        'd' => "0-9",
-                        'w' => "0-9A-Za-z_",
-                        _ => r"\t\n\x0C\r ",
-                    };
-                    let neg = d.is_ascii_uppercase();
-                    match (in_class, neg) {
-                        (true, false) => out.push_str(set),
-                        _ => {
-                            out.push('[');
-                            if neg {
-                                out.push('^');
-                            }
-                            out.push_str(set);
-                            out.push(']');
-                        }
-                    }
-                    i += 2;
-                    continue;
-                }
-                'b' | 'B' if !in_class => {
-                    out.push_str(if d == 'b' { r"(?-u:\b)" } else { r"(?-u:\B)" });
-                    i += 2;
-                    continue;
-                }
-                'p' | 'P' | 'x' if chars.get(i + 2) == Some(&'{') => {
-                    // Copy `\p{Greek}` / `\x{10FFFF}` through unchanged.
-                    let mut j = i + 2;
-                    while j < chars.len() && chars[j] != '}' {
-                        j += 1;
-                    }
-                    out.extend(&chars[i..(j + 1).min(chars.len())]);
-                    i = j + 1;
-                    continue;
-                }
-                _ => {
-                    out.push(c);
-                    out.push(d);
-                    i += 2;
-                    continue;
-                }
-            }
-        }
-        if in_class {
-            match c {
-                ']' => {
-                    in_class = false;
-                    out.push(']');
-                }
-                '[' => {
-                    // POSIX classes such as `[:alpha:]` keep their meaning.
-                    if chars.get(i + 1) == Some(&':') {
-                        let rest: String = chars[i..].iter().collect();
-                        if let Some(end) = rest.find(":]") {
-                            out.push_str(&rest[..end + 2]);
-                            i += rest[..end + 2].chars().count();
-                            continue;
-                        }
-                    }
-                    out.push_str(r"\[");
-                }
-                '&' | '~' if chars.get(i + 1) == Some(&c) => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                _ => out.push(c),
-            }
-            i += 1;
-            continue;
-        }
-        match c {
-            '[' => {
-                in_class = true;
-                out.push('[');
-                i += 1;
-                if chars.get(i) == Some(&'^') {
-                    out.push('^');
-                    i += 1;
-                }
-                // A `]` right after the opening bracket is a literal.
-                if chars.get(i) == Some(&']') {
-                    out.push_str(r"\]");
-                    i += 1;
-                }
-                continue;
-            }
-            '{' => match is_valid_repeat(&chars, i) {
-                Some(end) => {
-                    out.extend(&chars[i..=end]);
-                    i = end + 1;
-                    continue;
-                }
-                None => out.push_str(r"\{"),
-            },
-            '}' => out.push_str(r"\}"),
-            _ => out.push(c),
-        }
-        i += 1;
+        i = if chars[i] == '\\' && i + 1 < chars.len() {
+            translate_escape(&chars, i, in_class, &mut out)
+        } else if in_class {
+            translate_in_class(&chars, i, &mut in_class, &mut out)
+        } else {
+            translate_outside_class(&chars, i, &mut in_class, &mut out)
+        };
     }
     out
+}
+
+/// Translates the escape `\` + `chars[i + 1]` at `i`; returns the index after it.
+fn translate_escape(chars: &[char], i: usize, in_class: bool, out: &mut String) -> usize {
+    let d = chars[i + 1];
+    match d {
+        'Q' => translate_quoted(chars, i, out),
+        'd' | 'D' | 'w' | 'W' | 's' | 'S' => {
+            push_perl_class(d, in_class, out);
+            i + 2
+        }
+        'b' | 'B' if !in_class => {
+            out.push_str(if d == 'b' { r"(?-u:\b)" } else { r"(?-u:\B)" });
+            i + 2
+        }
+        'p' | 'P' | 'x' if chars.get(i + 2) == Some(&'{') => {
+            // Copy `\p{Greek}` / `\x{10FFFF}` through unchanged.
+            let mut j = i + 2;
+            while j < chars.len() && chars[j] != '}' {
+                j += 1;
+            }
+            out.extend(&chars[i..(j + 1).min(chars.len())]);
+            j + 1
+        }
+        _ => {
+            out.push('\\');
+            out.push(d);
+            i + 2
+        }
+    }
+}
+
+/// Translates the `\Q…\E` quote at `i` into escaped literals; returns the index after it.
+fn translate_quoted(chars: &[char], i: usize, out: &mut String) -> usize {
+    let rest: String = chars[i + 2..].iter().collect();
+    let (lit, consumed) = match rest.find("\\E") {
+        Some(end) => (&rest[..end], end + 2),
+        None => (rest.as_str(), rest.len()),
+    };
+    for ch in lit.chars() {
+        push_escaped(out, ch);
+    }
+    i + 2 + lit.chars().count() + (consumed - lit.len())
+}
+
+/// Pushes the ASCII-only form of the Perl class `\d`, `\w` or `\s` (negated when upper-case).
+fn push_perl_class(d: char, in_class: bool, out: &mut String) {
+    let set = match d.to_ascii_lowercase() {
+        'd' => "0-9",
+        'w' => "0-9A-Za-z_",
+        _ => r"\t\n\x0C\r ",
+    };
+    let neg = d.is_ascii_uppercase();
+    match (in_class, neg) {
+        (true, false) => out.push_str(set),
+        _ => {
+            out.push('[');
+            if neg {
+                out.push('^');
+            }
+            out.push_str(set);
+            out.push(']');
+        }
+    }
+}
+
+/// Translates `chars[i]` inside a class, where `[`, `&&` and `~~` are literals; returns the
+/// index after what it consumed.
+fn translate_in_class(chars: &[char], i: usize, in_class: &mut bool, out: &mut String) -> usize {
+    let c = chars[i];
+    match c {
+        ']' => {
+            *in_class = false;
+            out.push(']');
+        }
+        '[' => {
+            // POSIX classes such as `[:alpha:]` keep their meaning.
+            if chars.get(i + 1) == Some(&':') {
+                let rest: String = chars[i..].iter().collect();
+                if let Some(end) = rest.find(":]") {
+                    out.push_str(&rest[..end + 2]);
+                    return i + rest[..end + 2].chars().count();
+                }
+            }
+            out.push_str(r"\[");
+        }
+        '&' | '~' if chars.get(i + 1) == Some(&c) => {
+            out.push('\\');
+            out.push(c);
+        }
+        _ => out.push(c),
+    }
+    i + 1
+}
+
+/// Translates `chars[i]` outside a class, where braces that do not repeat are literals;
+/// returns the index after what it consumed.
+fn translate_outside_class(chars: &[char], i: usize, in_class: &mut bool, out: &mut String) -> usize {
+    let c = chars[i];
+    match c {
+        '[' => {
+            *in_class = true;
+            return translate_class_start(chars, i, out);
+        }
+        '{' => match is_valid_repeat(chars, i) {
+            Some(end) => {
+                out.extend(&chars[i..=end]);
+                return end + 1;
+            }
+            None => out.push_str(r"\{"),
+        },
+        '}' => out.push_str(r"\}"),
+        _ => out.push(c),
+    }
+    i + 1
+}
+
+/// Translates the `[` (and `^`) opening a class at `i`; returns the index after it.
+fn translate_class_start(chars: &[char], i: usize, out: &mut String) -> usize {
+    out.push('[');
+    let mut i = i + 1;
+    if chars.get(i) == Some(&'^') {
+        out.push('^');
+        i += 1;
+    }
+    // A `]` right after the opening bracket is a literal.
+    if chars.get(i) == Some(&']') {
+        out.push_str(r"\]");
+        i += 1;
+    }
+    i
 }
 
 #[cfg(test)]

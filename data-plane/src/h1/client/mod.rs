@@ -300,42 +300,7 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
         return Ok(Step::Informational);
     }
     let http10 = resp.version == Some(0);
-    let (mut chunked, mut close, mut names_others) = (false, false, false);
-    // Every Content-Length value must agree (RFC 9112, 6.3): the body's end is where both
-    // sides think.
-    let mut length: Option<u64> = None;
-    let mut consumed = 0u128;
-    for (i, h) in resp.headers.iter().enumerate() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            super::read_length(h.value, &mut length)?;
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only `chunked`, last (RFC 9112, 6.1), as Go's transport accepts: any other
-            // coding makes the body's end something both sides could read differently.
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-            if !last.eq_ignore_ascii_case(b"chunked") || chunked {
-                return Err(HeadError::TransferEncoding(String::from_utf8_lossy(h.value).into_owned()));
-            }
-            chunked = true;
-            consumed |= 1 << i;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= lists(h.value, b"close");
-            names_others |=
-                h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
-                    !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
-                });
-            consumed |= 1 << i;
-        } else if name.eq_ignore_ascii_case(b"keep-alive") {
-            consumed |= 1 << i;
-        }
-    }
-    if chunked {
-        for (i, h) in resp.headers.iter().enumerate() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                consumed |= 1 << i;
-            }
-        }
-    }
+    let HeaderScan { chunked, close, names_others, length, consumed } = HeaderScan::of(resp.headers)?;
     let mut r = super::spare_ranges();
     ranges(buf, resp.headers, &mut r);
     let mut i = 0;
@@ -349,11 +314,82 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
     let declared = length.filter(|_| !chunked);
     let head = O::head(&ParsedHead { status, version, bytes: &bytes, headers: &r, length: declared });
     super::recycle_ranges(r);
-    let framing = if *method == Method::HEAD
-        || switched
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = response_framing(method, status, switched, chunked, length);
+    // A length beside chunked framing is overridden (RFC 9112, 6.3), but such an upstream
+    // is not trusted with another request: the two could be read differently.
+    let both = chunked && length.is_some();
+    Ok(Step::Final(Answer { head: head?, framing, reusable: !http10 && !close && !both && !switched, switched }))
+}
+
+/// What a response's framing and reuse depend on, read off its raw headers.
+struct HeaderScan {
+    /// The body is chunked (`Transfer-Encoding` ending in `chunked`).
+    chunked: bool,
+    /// A `Connection` header lists `close`.
+    close: bool,
+    /// A `Connection` header names headers other than `close` and `keep-alive`.
+    names_others: bool,
+    /// The `Content-Length`, every value agreeing.
+    length: Option<u64>,
+    /// The headers this hop consumes, one bit per header by position.
+    consumed: u128,
+}
+
+impl HeaderScan {
+    /// Reads the framing and reuse headers of a response head; refuses lengths that
+    /// disagree and transfer codings other than `chunked` last.
+    #[inline]
+    fn of(headers: &[httparse::Header<'_>]) -> Result<HeaderScan, HeadError> {
+        let (mut chunked, mut close, mut names_others) = (false, false, false);
+        // Every Content-Length value must agree (RFC 9112, 6.3): the body's end is where both
+        // sides think.
+        let mut length: Option<u64> = None;
+        let mut consumed = 0u128;
+        for (i, h) in headers.iter().enumerate() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                super::read_length(h.value, &mut length)?;
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // Only `chunked`, last (RFC 9112, 6.1), as Go's transport accepts: any other
+                // coding makes the body's end something both sides could read differently.
+                let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+                if !last.eq_ignore_ascii_case(b"chunked") || chunked {
+                    return Err(HeadError::TransferEncoding(String::from_utf8_lossy(h.value).into_owned()));
+                }
+                chunked = true;
+                consumed |= 1 << i;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                close |= lists(h.value, b"close");
+                names_others |= h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
+                    !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+                consumed |= 1 << i;
+            } else if name.eq_ignore_ascii_case(b"keep-alive") {
+                consumed |= 1 << i;
+            }
+        }
+        if chunked {
+            for (i, h) in headers.iter().enumerate() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    consumed |= 1 << i;
+                }
+            }
+        }
+        Ok(HeaderScan { chunked, close, names_others, length, consumed })
+    }
+}
+
+/// How the body of a final response head is framed: none after a HEAD request, a switch,
+/// 204 or 304; then chunked, the length, or until the connection closes.
+#[inline]
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    switched: bool,
+    chunked: bool,
+    length: Option<u64>,
+) -> Framing {
+    if *method == Method::HEAD || switched || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked(Chunked::Size)
@@ -361,11 +397,7 @@ fn parse_response<O: Outbound>(buf: &mut BytesMut, method: &Method, upgrade: boo
         Framing::Length(n)
     } else {
         Framing::Close
-    };
-    // A length beside chunked framing is overridden (RFC 9112, 6.3), but such an upstream
-    // is not trusted with another request: the two could be read differently.
-    let both = chunked && length.is_some();
-    Ok(Step::Final(Answer { head: head?, framing, reusable: !http10 && !close && !both && !switched, switched }))
+    }
 }
 
 /// Whether the header at `r` is a `Connection` header.
