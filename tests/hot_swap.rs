@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use atrium_data_plane::proxy::server::{self, EntryPoint, ServerLimits};
 use atrium_data_plane::proxy::tls::CertStore;
-use atrium_data_plane::proxy::{Gateway, Runtime};
+use atrium_data_plane::proxy::{Compiled, Gateway};
 use atrium_data_plane::upstream::{UpstreamConfig, Upstreams};
 use atrium_model::loader::load_text;
 use atrium_model::values::Values;
@@ -56,12 +56,12 @@ spec: {{stripPrefix: {{prefixes: [/v{}]}}}}
         + &common::service_manifests("ns", "direct", &[direct[(version % 2) as usize]])
 }
 
-fn runtime(version: u64, backend: std::net::SocketAddr, direct: [std::net::SocketAddr; 2]) -> Runtime {
+fn runtime(version: u64, backend: std::net::SocketAddr, direct: [std::net::SocketAddr; 2]) -> Compiled {
     let m = load_text(&format!("v{version}.yaml"), &config(version, backend, direct));
     assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
     let c = atrium_model::compile::compile(&m, &Values::default(), None);
     assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
-    Runtime::build(c.body, version).unwrap()
+    Compiled::build(c.body, version).unwrap()
 }
 
 /// A client sending GET `url` until `stop` (bounded: 20,000 requests or 60 s); `check`
@@ -182,7 +182,7 @@ async fn route_table_swapped_1000_times_under_load_without_a_failure() {
         total += n;
         versions.extend(seen);
     }
-    assert_eq!(gw.runtime().unwrap().version, 1001);
+    assert_eq!(gw.in_force().unwrap().version, 1001);
     assert_eq!(gw.metrics.swaps.get(), 1001, "every swap went in");
     assert!(total >= 300, "only {total} requests went through");
     assert!(versions.len() >= 50, "requests saw only {} table versions", versions.len());

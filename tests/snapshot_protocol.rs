@@ -65,7 +65,7 @@ async fn a_rejected_snapshot_is_nacked_and_the_old_table_keeps_serving() {
         usage_interval: Duration::from_secs(10),
     };
     tokio::spawn(snapshot::run(gw.clone(), cfg, stop_rx));
-    until("the first snapshot", || gw.runtime().is_some_and(|r| r.version == good.seq)).await;
+    until("the first snapshot", || gw.in_force().is_some_and(|r| r.version == good.seq)).await;
     until("the first ACK", || hub.nodes().get("dp-n").is_some_and(|n| n.applied == Some(good))).await;
 
     // A control plane (of another version, say) sends a rule this data plane cannot parse.
@@ -74,7 +74,7 @@ async fn a_rejected_snapshot_is_nacked_and_the_old_table_keeps_serving() {
     let node = hub.nodes()["dp-n"].clone();
     assert!(node.last_nack.as_deref().unwrap().contains("unknown matcher `Bogus`"), "{node:?}");
     assert_eq!(node.applied, Some(good), "the rejected version is not recorded as applied");
-    assert_eq!(gw.runtime().unwrap().version, good.seq, "the previous table stays");
+    assert_eq!(gw.in_force().unwrap().version, good.seq, "the previous table stays");
     assert_ne!(bad.seq, good.seq);
     let j = hub.nodes_json();
     assert!(j["dataplanes"]["dp-n"]["lastNack"].as_str().unwrap().contains("Bogus"));
@@ -142,7 +142,7 @@ async fn a_snapshot_from_an_older_epoch_is_refused() {
     until("the NACK", || hub.nodes().get("dp-e").is_some_and(|n| n.last_nack.is_some())).await;
     let nack = hub.nodes()["dp-e"].last_nack.clone().unwrap();
     assert!(nack.contains("older than the one in force"), "{nack}");
-    let rt = gw.runtime().unwrap();
+    let rt = gw.in_force().unwrap();
     assert_eq!((rt.epoch, rt.version), (hub.epoch() + 1, 1), "the newer table stays");
     assert_eq!(snapshot::load_cache(cache.path()).unwrap().unwrap().epoch, hub.epoch() + 1, "and so does its cache");
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use atrium_data_plane::node::{self, NodeError, Serving};
 use atrium_data_plane::proxy::tls::CertStore;
-use atrium_data_plane::proxy::{Gateway, Runtime, RuntimeError};
+use atrium_data_plane::proxy::{CompileError, Compiled, Gateway};
 use atrium_proto::v1 as pb;
 use atrium_provider::file::{FileSource, SourceError, Watch};
 use tokio::sync::watch;
@@ -42,7 +42,7 @@ pub enum GatewayError {
     Source(#[from] SourceError),
     /// The compiled configuration does not form a route table.
     #[error("the configuration does not compile: {0}")]
-    Runtime(#[from] RuntimeError),
+    Compile(#[from] CompileError),
     /// A listener, certificate or worker of the node.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -88,9 +88,9 @@ impl Swapper {
     }
 
     /// Builds `body` into a runtime and puts it in force; an error leaves the previous one.
-    pub(crate) fn swap(&self, body: pb::SnapshotBody) -> Result<(), RuntimeError> {
+    pub(crate) fn swap(&self, body: pb::SnapshotBody) -> Result<(), CompileError> {
         let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.gw.swap(Runtime::build(body, v)?);
+        self.gw.swap(Compiled::build(body, v)?);
         Ok(())
     }
 

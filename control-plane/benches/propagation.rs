@@ -169,7 +169,7 @@ fn main() {
     let mut build = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        std::hint::black_box(atrium_data_plane::proxy::Runtime::build(big.clone(), 1).unwrap());
+        std::hint::black_box(atrium_data_plane::proxy::Compiled::build(big.clone(), 1).unwrap());
         build.push(t.elapsed());
     }
     build.sort();

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use atrium_data_plane::node::{self, NodeError, Serving, Workers};
 use atrium_data_plane::proxy::tls::CertStore;
-use atrium_data_plane::proxy::{Gateway, Runtime};
+use atrium_data_plane::proxy::{Compiled, Gateway};
 use atrium_data_plane::trust::{NodeTrust, TrustError};
 use atrium_data_plane::uplink::UplinkClient;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
@@ -160,7 +160,7 @@ fn embed(
         loop {
             let latest = rx.borrow_and_update().clone();
             if let Some(p) = latest {
-                match Runtime::from_snapshot(&p.snapshot) {
+                match Compiled::from_snapshot(&p.snapshot) {
                     Ok(rt) => egw.swap(rt),
                     Err(e) => egw.swap_failed(&e),
                 }

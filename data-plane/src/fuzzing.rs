@@ -62,10 +62,10 @@ pub fn snapshot(data: &[u8]) {
     use atrium_proto::v1 as pb;
     use prost::Message;
     if let Ok(s) = pb::Snapshot::decode(data) {
-        let _ = crate::proxy::Runtime::from_snapshot(&s);
+        let _ = crate::proxy::Compiled::from_snapshot(&s);
     }
     if let Ok(body) = pb::SnapshotBody::decode(data) {
-        let _ = crate::proxy::Runtime::build(body, 1);
+        let _ = crate::proxy::Compiled::build(body, 1);
     }
 }
 

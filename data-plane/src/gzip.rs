@@ -6,9 +6,9 @@ use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use atrium_routing::middleware::compress::CompressRt;
+use atrium_routing::middleware::compress::Compression;
 use bytes::Bytes;
-use flate2::Compression;
+use flate2::Compression as Level;
 use flate2::write::GzEncoder;
 use http::HeaderMap;
 use http_body::Frame;
@@ -16,9 +16,9 @@ use http_body::Frame;
 use crate::body::{Body, BoxError};
 
 /// Sets the headers of a compressed response and wraps its body in a gzip encoder.
-pub fn wrap(c: &CompressRt, h: &mut HeaderMap, body: Body) -> Body {
+pub fn wrap(c: &Compression, h: &mut HeaderMap, body: Body) -> Body {
     c.compressed_headers(h);
-    Body::new(GzipBody { inner: body, enc: Some(GzEncoder::new(Vec::new(), Compression::fast())), trailers: None })
+    Body::new(GzipBody { inner: body, enc: Some(GzEncoder::new(Vec::new(), Level::fast())), trailers: None })
 }
 
 /// A body compressed frame by frame.
@@ -79,7 +79,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_valid_gzip_and_fixes_headers() {
-        let c = CompressRt::new(&Compress {
+        let c = Compression::new(&Compress {
             default_encoding: None,
             encodings: vec![],
             excluded_content_types: vec![],

@@ -1,7 +1,7 @@
 //! The data plane's side of the snapshot stream, and its disk cache.
 //!
 //! The client says `Hello` with what it runs, applies each snapshot through
-//! [`Runtime::from_snapshot`] (which checks the hash) and answers `Ack` or `Nack`; on a
+//! [`Compiled::from_snapshot`] (which checks the hash) and answers `Ack` or `Nack`; on a
 //! `Nack` the previous table stays. Every acknowledged snapshot is written to the cache
 //! (write, fsync, rename; mode 0600; it never holds a private key), so a restarted data
 //! plane serves before the control plane answers — or while it is away. The connection
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proxy::{Gateway, Runtime};
+use crate::proxy::{Compiled, Gateway};
 
 /// The cache file inside the cache directory.
 pub const CACHE_FILE: &str = "snapshot.pb";
@@ -65,7 +65,7 @@ pub fn store_cache(dir: &Path, s: &pb::Snapshot) -> Result<(), CacheError> {
 }
 
 /// Reads the cache; `Ok(None)` when there is none, `Err` when it is unreadable or corrupt.
-pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, CacheError> {
+pub fn load_cache(dir: &Path) -> Result<Option<Compiled>, CacheError> {
     let path = dir.join(CACHE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -74,12 +74,12 @@ pub fn load_cache(dir: &Path) -> Result<Option<Runtime>, CacheError> {
     };
     let corrupt = |reason: String| CacheError::Corrupt { file: path.clone(), reason };
     let s = pb::Snapshot::decode(bytes.as_slice()).map_err(|e| corrupt(format!("not a snapshot: {e}")))?;
-    Runtime::from_snapshot(&s).map(Some).map_err(|e| corrupt(e.to_string()))
+    Compiled::from_snapshot(&s).map(Some).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Requests per router since the last report (counters are reset as they are read).
 pub fn take_usage(gw: &Gateway) -> Vec<pb::UsageEntry> {
-    let Some(rt) = gw.runtime() else { return Vec::new() };
+    let Some(rt) = gw.in_force() else { return Vec::new() };
     let mut out: Vec<pb::UsageEntry> = rt
         .table
         .routers()
@@ -207,9 +207,10 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamErro
     let channel = connect(cfg).await?;
     let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
-    // The table in force when the stream opens; held until the session ends.
-    let current = gw.runtime();
-    let hello = hello(cfg, current.as_deref());
+    // The table in force when the stream opens, named in the Hello and let go at once:
+    // holding it would keep a replaced table (and its health checks) alive for as long
+    // as the session lasts.
+    let hello = hello(cfg, gw.in_force().as_deref());
     tx.send(pb::DataPlaneMessage { msg: Some(DpMsg::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
@@ -269,7 +270,7 @@ async fn connect(cfg: &ClientConfig) -> Result<Channel, StreamError> {
 }
 
 /// The Hello that opens a stream: this node, and the snapshot it runs (`current`).
-fn hello(cfg: &ClientConfig, current: Option<&Runtime>) -> pb::Hello {
+fn hello(cfg: &ClientConfig, current: Option<&Compiled>) -> pb::Hello {
     pb::Hello {
         node_id: cfg.node_id.clone(),
         group: cfg.group.clone(),
@@ -308,10 +309,10 @@ fn spawn_usage_reporter(
 /// applies); returns the Ack or Nack to answer.
 fn apply(gw: &Gateway, cfg: &ClientConfig, s: &pb::Snapshot) -> DpMsg {
     let version = s.version;
-    let current = gw.runtime().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
+    let current = gw.in_force().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
     let checked = match older(current, version) {
-        Some(why) => Err(crate::proxy::RuntimeError::Older(why)),
-        None => Runtime::from_snapshot(s),
+        Some(why) => Err(crate::proxy::CompileError::Older(why)),
+        None => Compiled::from_snapshot(s),
     };
     match checked {
         Ok(rt) => {

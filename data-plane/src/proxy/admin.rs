@@ -97,7 +97,7 @@ fn redacted(mut cfg: serde_json::Value) -> serde_json::Value {
 
 /// The compiled configuration in force, as JSON.
 pub fn rawdata(gw: &Gateway) -> serde_json::Value {
-    let Some(rt) = gw.runtime() else { return serde_json::json!({ "version": null }) };
+    let Some(rt) = gw.in_force() else { return serde_json::json!({ "version": null }) };
     let b = &rt.body;
     let routers: serde_json::Map<String, serde_json::Value> = b
         .routers
@@ -125,7 +125,7 @@ pub fn rawdata(gw: &Gateway) -> serde_json::Value {
             let v = match &s.kind {
                 Some(Kind::LoadBalancer(lb)) => {
                     let state = rt.services.get(&s.id).and_then(|svc| match &**svc {
-                        crate::service::ServiceRt::LoadBalancer(l) => Some(l.clone()),
+                        crate::service::Service::LoadBalancer(l) => Some(l.clone()),
                         _ => None,
                     });
                     let servers: Vec<serde_json::Value> = lb
@@ -183,7 +183,7 @@ fn respond(
     }
     match req.uri().path() {
         "/healthz" => body::text(StatusCode::OK, "ok"),
-        "/readyz" => match gw.runtime() {
+        "/readyz" => match gw.in_force() {
             Some(rt) => body::text(StatusCode::OK, &format!("ready (route table version {})", rt.version)),
             None => body::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no route table loaded"),
         },

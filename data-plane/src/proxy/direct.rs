@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use http::{Method, Response};
 
-use super::{ConnInfo, Gateway, ProxyError, Routed, Runtime};
+use super::{Compiled, ConnInfo, Gateway, ProxyError, Routed};
 use crate::body::Body;
 use crate::h1::Passed;
 use crate::h1::client::{BodyFraming, Outbound, ParsedHead, Upgraded};
 use crate::h1::server::{Handled, Head, Reply};
-use crate::service::{LoadBalancer, ServiceRt};
+use crate::service::{LoadBalancer, Service};
 use atrium_routing::request::RequestView;
 
 /// A client's head on its way to a server, with what the proxy adds.
@@ -67,7 +67,7 @@ impl Outbound for RawRequest<'_> {
 
 /// The lane a request from the fast path takes (see [`Gateway::serve_head`]).
 enum Lane {
-    Direct(Arc<Runtime>, usize, Arc<LoadBalancer>),
+    Direct(Arc<Compiled>, usize, Arc<LoadBalancer>),
     General(Option<Routed>),
 }
 
@@ -100,7 +100,7 @@ impl Gateway {
         {
             return Lane::General(None);
         }
-        let Some(rt) = self.runtime.load_full().filter(|rt| !rt.table.reads_headers()) else {
+        let Some(rt) = self.in_force.load_full().filter(|rt| !rt.table.reads_headers()) else {
             return Lane::General(None);
         };
         // A path that sanitizing changes or refuses: the general lane forwards the clean
@@ -132,7 +132,7 @@ impl Gateway {
         };
         let router = &rt.table.routers()[i];
         match router.state.target.as_deref() {
-            Some(ServiceRt::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
+            Some(Service::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }
@@ -143,7 +143,7 @@ impl Gateway {
     /// Sends a request the direct lane takes (see [`Gateway::direct_route`]).
     async fn direct(
         self: &Arc<Self>,
-        rt: Arc<Runtime>,
+        rt: Arc<Compiled>,
         router: usize,
         lb: Arc<LoadBalancer>,
         head: Head,

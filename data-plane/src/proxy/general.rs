@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atrium_routing::Decision;
-use atrium_routing::middleware::compress::CompressRt;
-use atrium_routing::middleware::headers::{HeadersRt, RequestAction};
+use atrium_routing::middleware::compress::Compression;
+use atrium_routing::middleware::headers::{HeaderRules, RequestAction};
 use atrium_routing::middleware::limits::{Admission, InFlightGuard, RateLimiter};
 use atrium_routing::middleware::path::{RewriteError, UrlPath};
 use atrium_routing::middleware::retry::RetryPolicy;
@@ -36,12 +36,12 @@ use hyper_util::rt::TokioIo;
 
 use super::access_log;
 use super::{
-    ConnInfo, Gateway, Labels, Outgoing, ProxyError, Route, Routed, Runtime, error_response, failure, forward,
+    Compiled, ConnInfo, Gateway, Labels, Outgoing, ProxyError, Route, Routed, error_response, failure, forward,
     host_problem,
 };
 use crate::body::{self, Body};
 use crate::exchange::UpstreamError;
-use crate::service::ServiceRt;
+use crate::service::Service;
 
 /// What the access log needs from a request, kept only when there is an access log.
 struct Seen {
@@ -120,7 +120,7 @@ impl<'a> Inbound<'a> {
     }
 
     /// The router's position in the table, or the answer when none takes the request.
-    fn route(&self, rt: &Runtime, parts: &Parts, conn: &ConnInfo) -> Result<usize, (Response<Body>, Option<Labels>)> {
+    fn route(&self, rt: &Compiled, parts: &Parts, conn: &ConnInfo) -> Result<usize, (Response<Body>, Option<Labels>)> {
         let view = RequestView::with_client_ip(
             parts.method.as_str(),
             self.host_raw,
@@ -162,7 +162,7 @@ impl<'a> Inbound<'a> {
 #[derive(Default)]
 struct Plan<'r> {
     /// Headers middlewares, for the response phase, with whether the request was TLS.
-    after: Vec<(&'r HeadersRt, bool)>,
+    after: Vec<(&'r HeaderRules, bool)>,
     /// In-flight slots, held until the response body is finished.
     guards: Vec<InFlightGuard>,
     /// A headers middleware set `X-Forwarded-For` itself.
@@ -171,7 +171,7 @@ struct Plan<'r> {
     host_override: Option<String>,
     buffering: Option<&'r Buffering>,
     retry: Option<&'r RetryPolicy>,
-    compress: Option<&'r CompressRt>,
+    compress: Option<&'r Compression>,
     /// The path the upstream gets, when sanitizing or a rewrite changed it.
     url: Option<UrlPath>,
 }
@@ -437,7 +437,7 @@ impl Gateway {
     ) -> (Response<Body>, Option<Labels>) {
         let (rt, routed_to) = match routed {
             Some(Routed { rt, router }) => (rt, Some(router)),
-            None => match self.runtime.load_full() {
+            None => match self.in_force.load_full() {
                 Some(rt) => (rt, None),
                 None => return (body::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet"), None),
             },
@@ -507,7 +507,7 @@ impl Gateway {
     /// kept for that (413 past the retry's limit).
     async fn send_retrying(
         self: &Arc<Self>,
-        svc: &Arc<ServiceRt>,
+        svc: &Arc<Service>,
         out: Outgoing,
         mut req_body: Body,
         retry: Option<&RetryPolicy>,

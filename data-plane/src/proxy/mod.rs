@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 
 use crate::body::{self, Body};
 use crate::metrics;
-use crate::service::{self, ServiceRt};
+use crate::service::{self, Service};
 use atrium_routing::table::{RouteEntry, RouteTable};
 
 /// The route table as the data plane runs it: each router with its [`RouteState`].
@@ -40,7 +40,7 @@ type Route = RouteEntry<RouteState>;
 #[derive(Debug)]
 pub struct RouteState {
     /// Its service, built (`None` when the snapshot names none that could be built).
-    pub target: Option<Arc<ServiceRt>>,
+    pub target: Option<Arc<Service>>,
     /// Router and service ids with their metric handles, shared on the hot path.
     pub labels: Arc<metrics::RouterStats>,
     /// Requests routed here since the last usage report.
@@ -51,7 +51,7 @@ use crate::upstream::Upstreams;
 
 /// A compiled configuration: the route table and the services it sends to.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Compiled {
     /// Version (sequence number) of the snapshot it came from.
     pub version: u64,
     /// Epoch of the control plane that produced it (0 for a local gateway).
@@ -61,14 +61,14 @@ pub struct Runtime {
     /// Routers.
     pub table: Table,
     /// Services by id.
-    pub services: HashMap<String, Arc<ServiceRt>>,
+    pub services: HashMap<String, Arc<Service>>,
     /// The snapshot body, for `/api/rawdata`.
     pub body: SnapshotBody,
 }
 
 /// Why a snapshot cannot become a configuration in force.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum CompileError {
     /// The body is not the one its hash names (corrupt, or tampered with).
     #[error("snapshot body does not match its hash")]
     HashMismatch,
@@ -86,27 +86,27 @@ pub enum RuntimeError {
     Older(String),
 }
 
-impl Runtime {
+impl Compiled {
     /// Compiles a snapshot body. An error leaves whatever was in force untouched.
-    pub fn build(body: SnapshotBody, version: u64) -> Result<Runtime, RuntimeError> {
-        let services = service::build(&body.services, &body.children).map_err(RuntimeError::Service)?;
+    pub fn build(body: SnapshotBody, version: u64) -> Result<Compiled, CompileError> {
+        let services = service::build(&body.services, &body.children).map_err(CompileError::Service)?;
         let table = RouteTable::from_snapshot(&body, |r| RouteState {
             target: services.get(&r.service).cloned(),
             labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
             served: std::sync::atomic::AtomicU64::new(0),
         })?;
         let (_, hash) = atrium_proto::encode(&body);
-        Ok(Runtime { version, epoch: 0, hash, table, services, body })
+        Ok(Compiled { version, epoch: 0, hash, table, services, body })
     }
 
     /// Compiles a snapshot received from a control plane, after checking its hash.
-    pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Runtime, RuntimeError> {
+    pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Compiled, CompileError> {
         if atrium_proto::body_hash(&s.body) != s.hash {
-            return Err(RuntimeError::HashMismatch);
+            return Err(CompileError::HashMismatch);
         }
         let body = <SnapshotBody as prost::Message>::decode(s.body.clone())?;
         let v = s.version.unwrap_or_default();
-        let mut rt = Runtime::build(body, v.seq)?;
+        let mut rt = Compiled::build(body, v.seq)?;
         rt.epoch = v.epoch;
         rt.hash = s.hash.to_vec();
         Ok(rt)
@@ -172,7 +172,7 @@ pub enum AccessLog {
 
 /// The data plane.
 pub struct Gateway {
-    runtime: ArcSwapOption<Runtime>,
+    in_force: ArcSwapOption<Compiled>,
     upstreams: Arc<Upstreams>,
     /// Metrics.
     pub metrics: metrics::Metrics,
@@ -188,7 +188,7 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("version", &self.runtime.load().as_ref().map(|r| r.version)).finish()
+        f.debug_struct("Gateway").field("version", &self.in_force.load().as_ref().map(|r| r.version)).finish()
     }
 }
 
@@ -202,7 +202,7 @@ type Forwarded = Result<Response<Body>, ProxyError>;
 /// routes without the request's headers only when no rule reads them, so the router is
 /// the one [`Gateway::serve`] would find), with the configuration it belongs to.
 struct Routed {
-    rt: Arc<Runtime>,
+    rt: Arc<Compiled>,
     /// Its position in the table's routers.
     router: usize,
 }
@@ -292,7 +292,7 @@ impl Gateway {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| HeaderValue::from_static("atrium"));
         Arc::new(Gateway {
-            runtime: ArcSwapOption::empty(),
+            in_force: ArcSwapOption::empty(),
             upstreams: Arc::new(upstreams),
             metrics: metrics::Metrics::default(),
             access_log,
@@ -316,8 +316,8 @@ impl Gateway {
     }
 
     /// The configuration in force.
-    pub fn runtime(&self) -> Option<Arc<Runtime>> {
-        self.runtime.load_full()
+    pub fn in_force(&self) -> Option<Arc<Compiled>> {
+        self.in_force.load_full()
     }
 
     /// Puts a new configuration in force and starts its health checks. Requests in flight
@@ -325,8 +325,8 @@ impl Gateway {
     ///
     /// What the previous table learnt carries over where the configuration did not change:
     /// health verdicts and ejections of servers, rate-limit and in-flight state.
-    pub fn swap(&self, mut rt: Runtime) {
-        let load_balancers = |rt: &Runtime| {
+    pub fn swap(&self, mut rt: Compiled) {
+        let load_balancers = |rt: &Compiled| {
             let mut lbs = Vec::new();
             for s in rt.services.values() {
                 s.load_balancers(&mut lbs);
@@ -336,7 +336,7 @@ impl Gateway {
             lbs
         };
         let lbs = load_balancers(&rt);
-        if let Some(old) = self.runtime.load_full() {
+        if let Some(old) = self.in_force.load_full() {
             rt.table.adopt_state(&old.table);
             let previous: HashMap<String, Arc<service::LoadBalancer>> =
                 load_balancers(&old).into_iter().map(|lb| (lb.id.clone(), lb)).collect();
@@ -355,7 +355,7 @@ impl Gateway {
                 .services
                 .values()
                 .filter_map(|s| match &**s {
-                    ServiceRt::Multicluster { name, .. } => Some(name.as_str()),
+                    Service::Multicluster { name, .. } => Some(name.as_str()),
                     _ => None,
                 })
                 .collect();
@@ -370,7 +370,7 @@ impl Gateway {
             }
         }
         let version = rt.version;
-        self.runtime.store(Some(Arc::new(rt)));
+        self.in_force.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);
         self.metrics.swaps.inc();
         tracing::info!(version, "route table swapped in");
@@ -422,7 +422,7 @@ impl Gateway {
     /// compositions.
     fn forward<'a>(
         self: &'a Arc<Self>,
-        svc: &'a Arc<ServiceRt>,
+        svc: &'a Arc<Service>,
         out: Outgoing,
         body: Body,
         up: &'a Arc<Upstreams>,
@@ -431,33 +431,33 @@ impl Gateway {
         futures_util::future::BoxFuture<'a, Forwarded>,
     > {
         match &**svc {
-            ServiceRt::LoadBalancer(lb) => futures_util::future::Either::Left(send_to_server(lb, out, body, up)),
+            Service::LoadBalancer(lb) => futures_util::future::Either::Left(send_to_server(lb, out, body, up)),
             _ => futures_util::future::Either::Right(self.dispatch(svc, out, body, up)),
         }
     }
 
     fn dispatch<'a>(
         self: &'a Arc<Self>,
-        svc: &'a Arc<ServiceRt>,
+        svc: &'a Arc<Service>,
         out: Outgoing,
         body: Body,
         up: &'a Arc<Upstreams>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
         Box::pin(async move {
             match &**svc {
-                ServiceRt::LoadBalancer(lb) => send_to_server(lb, out, body, up).await,
-                ServiceRt::Weighted { .. } => {
+                Service::LoadBalancer(lb) => send_to_server(lb, out, body, up).await,
+                Service::Weighted { .. } => {
                     let child = svc
                         .pick_child_with(&|c| self.child_down(c))
                         .ok_or_else(|| ProxyError::NoTarget("no weighted child is available".into()))?
                         .clone();
                     self.dispatch(&child, out, body, up).await
                 }
-                ServiceRt::Failover { main, fallback } => {
+                Service::Failover { main, fallback } => {
                     let target = if main.available_with(&|c| self.child_down(c)) { main } else { fallback };
                     self.dispatch(target, out, body, up).await
                 }
-                ServiceRt::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
+                Service::Mirroring { main, mirrors, mirror_body, max_body_size, counter } => {
                     let chosen = chosen_mirrors(mirrors, counter);
                     let (main_body, copy) =
                         mirror_bodies(body, chosen.is_empty(), *mirror_body, *max_body_size).await?;
@@ -466,15 +466,15 @@ impl Gateway {
                     }
                     self.dispatch(main, out, main_body, up).await
                 }
-                ServiceRt::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
-                ServiceRt::Multicluster { name, children } => self.multicluster(name, children, out, body, up).await,
+                Service::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
+                Service::Multicluster { name, children } => self.multicluster(name, children, out, body, up).await,
             }
         })
     }
 
     /// Sends a copy of the request (`copy` its body) to each chosen mirror in the background;
     /// their responses are read and dropped.
-    fn spawn_mirrors(self: &Arc<Self>, chosen: Vec<Arc<ServiceRt>>, out: &Outgoing, copy: Bytes, up: &Arc<Upstreams>) {
+    fn spawn_mirrors(self: &Arc<Self>, chosen: Vec<Arc<Service>>, out: &Outgoing, copy: Bytes, up: &Arc<Upstreams>) {
         for m in chosen {
             let gw = self.clone();
             let out = out.clone();
@@ -537,7 +537,7 @@ impl Gateway {
 /// The mirrors this request goes to: each one for its percentage of requests, by the
 /// mirroring service's request counter.
 #[inline]
-fn chosen_mirrors(mirrors: &[(Arc<ServiceRt>, u32)], counter: &std::sync::atomic::AtomicU64) -> Vec<Arc<ServiceRt>> {
+fn chosen_mirrors(mirrors: &[(Arc<Service>, u32)], counter: &std::sync::atomic::AtomicU64) -> Vec<Arc<Service>> {
     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     mirrors.iter().filter(|(_, pct)| (n % 100) < u64::from(*pct)).map(|(s, _)| s.clone()).collect()
 }

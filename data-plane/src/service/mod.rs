@@ -134,22 +134,22 @@ impl LoadBalancer {
 
 /// A service at run time.
 #[derive(Debug)]
-pub enum ServiceRt {
+pub enum Service {
     /// Servers.
     LoadBalancer(Arc<LoadBalancer>),
     /// Weighted round-robin over services.
     Weighted {
         /// Children and weights.
-        children: Vec<(Arc<ServiceRt>, u32)>,
+        children: Vec<(Arc<Service>, u32)>,
         /// WRR state.
         wrr: Mutex<Vec<i64>>,
     },
     /// Main service plus mirrors.
     Mirroring {
         /// Where the response comes from.
-        main: Arc<ServiceRt>,
+        main: Arc<Service>,
         /// Mirrors and their percentages.
-        mirrors: Vec<(Arc<ServiceRt>, u32)>,
+        mirrors: Vec<(Arc<Service>, u32)>,
         /// Copy the request body to mirrors.
         mirror_body: bool,
         /// Largest body mirrored (-1: unlimited).
@@ -160,9 +160,9 @@ pub enum ServiceRt {
     /// Main service, and a fallback when it has nothing available.
     Failover {
         /// Preferred.
-        main: Arc<ServiceRt>,
+        main: Arc<Service>,
         /// Used when `main` has nothing available.
-        fallback: Arc<ServiceRt>,
+        fallback: Arc<Service>,
     },
     /// A service this data plane cannot serve yet, with the reason (multi-cluster routing
     /// before the uplink client exists, the portal before the portal exists).
@@ -176,7 +176,7 @@ pub enum ServiceRt {
     },
 }
 
-impl ServiceRt {
+impl Service {
     /// Whether the service can take a request now, as the snapshot sees it.
     pub fn available(&self) -> bool {
         self.available_with(&|_| false)
@@ -186,16 +186,14 @@ impl ServiceRt {
     /// `child_down` holds (this data plane's own connection to them failed moments ago).
     pub fn available_with(&self, child_down: &dyn Fn(&str) -> bool) -> bool {
         match self {
-            ServiceRt::LoadBalancer(lb) => lb.has_available(),
-            ServiceRt::Weighted { children, .. } => {
-                children.iter().any(|(c, w)| *w > 0 && c.available_with(child_down))
-            }
-            ServiceRt::Mirroring { main, .. } => main.available_with(child_down),
-            ServiceRt::Failover { main, fallback } => {
+            Service::LoadBalancer(lb) => lb.has_available(),
+            Service::Weighted { children, .. } => children.iter().any(|(c, w)| *w > 0 && c.available_with(child_down)),
+            Service::Mirroring { main, .. } => main.available_with(child_down),
+            Service::Failover { main, fallback } => {
                 main.available_with(child_down) || fallback.available_with(child_down)
             }
-            ServiceRt::Unavailable(_) => false,
-            ServiceRt::Multicluster { name, children } => {
+            Service::Unavailable(_) => false,
+            Service::Multicluster { name, children } => {
                 let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
                 children.iter().any(|c| {
                     c.reachable
@@ -208,13 +206,13 @@ impl ServiceRt {
     }
 
     /// For weighted services: the next child with something available.
-    pub fn pick_child(&self) -> Option<&Arc<ServiceRt>> {
+    pub fn pick_child(&self) -> Option<&Arc<Service>> {
         self.pick_child_with(&|_| false)
     }
 
-    /// [`ServiceRt::pick_child`], leaving out children for which `child_down` holds.
-    pub fn pick_child_with(&self, child_down: &dyn Fn(&str) -> bool) -> Option<&Arc<ServiceRt>> {
-        let ServiceRt::Weighted { children, wrr } = self else { return None };
+    /// [`Service::pick_child`], leaving out children for which `child_down` holds.
+    pub fn pick_child_with(&self, child_down: &dyn Fn(&str) -> bool) -> Option<&Arc<Service>> {
+        let Service::Weighted { children, wrr } = self else { return None };
         let weights = children
             .iter()
             .enumerate()
@@ -227,17 +225,17 @@ impl ServiceRt {
     /// Every load balancer reachable from this service (for health checks).
     pub fn load_balancers(&self, out: &mut Vec<Arc<LoadBalancer>>) {
         match self {
-            ServiceRt::LoadBalancer(lb) => out.push(lb.clone()),
-            ServiceRt::Weighted { children, .. } => children.iter().for_each(|(c, _)| c.load_balancers(out)),
-            ServiceRt::Mirroring { main, mirrors, .. } => {
+            Service::LoadBalancer(lb) => out.push(lb.clone()),
+            Service::Weighted { children, .. } => children.iter().for_each(|(c, _)| c.load_balancers(out)),
+            Service::Mirroring { main, mirrors, .. } => {
                 main.load_balancers(out);
                 mirrors.iter().for_each(|(m, _)| m.load_balancers(out));
             }
-            ServiceRt::Failover { main, fallback } => {
+            Service::Failover { main, fallback } => {
                 main.load_balancers(out);
                 fallback.load_balancers(out);
             }
-            ServiceRt::Unavailable(_) | ServiceRt::Multicluster { .. } => {}
+            Service::Unavailable(_) | Service::Multicluster { .. } => {}
         }
     }
 }
@@ -245,17 +243,17 @@ impl ServiceRt {
 /// Builds the run-time services of a snapshot. Composite services refer to others by id;
 /// the compiler guarantees there is no cycle, and a reference that is missing or cyclic
 /// anyway is an error here.
-pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<ServiceRt>>, String> {
+pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<Service>>, String> {
     let children = Arc::new(children.to_vec());
     let by_id: HashMap<&str, &pb::Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
-    let mut built: HashMap<String, Arc<ServiceRt>> = HashMap::new();
+    let mut built: HashMap<String, Arc<Service>> = HashMap::new();
     fn get(
         id: &str,
         by_id: &HashMap<&str, &pb::Service>,
-        built: &mut HashMap<String, Arc<ServiceRt>>,
+        built: &mut HashMap<String, Arc<Service>>,
         stack: &mut Vec<String>,
         children: &Arc<Vec<pb::Child>>,
-    ) -> Result<Arc<ServiceRt>, String> {
+    ) -> Result<Arc<Service>, String> {
         if let Some(s) = built.get(id) {
             return Ok(s.clone());
         }
@@ -272,7 +270,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
                     members.push((get(&c.service, by_id, built, stack, children)?, c.weight));
                 }
                 let n = members.len();
-                ServiceRt::Weighted { children: members, wrr: Mutex::new(vec![0; n]) }
+                Service::Weighted { children: members, wrr: Mutex::new(vec![0; n]) }
             }
             Kind::Mirroring(m) => {
                 let main = get(&m.service, by_id, built, stack, children)?;
@@ -280,7 +278,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
                 for mr in &m.mirrors {
                     mirrors.push((get(&mr.service, by_id, built, stack, children)?, mr.percent.min(100)));
                 }
-                ServiceRt::Mirroring {
+                Service::Mirroring {
                     main,
                     mirrors,
                     mirror_body: m.mirror_body,
@@ -288,15 +286,15 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
                     counter: AtomicU64::new(0),
                 }
             }
-            Kind::Failover(f) => ServiceRt::Failover {
+            Kind::Failover(f) => Service::Failover {
                 main: get(&f.service, by_id, built, stack, children)?,
                 fallback: get(&f.fallback, by_id, built, stack, children)?,
             },
-            Kind::Multicluster(m) => ServiceRt::Multicluster {
+            Kind::Multicluster(m) => Service::Multicluster {
                 name: if m.child.is_empty() { m.uplink.clone() } else { format!("{}-{}", m.uplink, m.child) },
                 children: children.clone(),
             },
-            Kind::Portal(_) => ServiceRt::Unavailable("the API portal is not served by this data plane".into()),
+            Kind::Portal(_) => Service::Unavailable("the API portal is not served by this data plane".into()),
         };
         stack.pop();
         let rt = Arc::new(rt);
@@ -310,7 +308,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
 }
 
 /// Builds load balancer `id`; every server URL must parse and name a host.
-fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<ServiceRt, String> {
+fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<Service, String> {
     let mut servers = Vec::new();
     for s in &lb.servers {
         let url: http::Uri = s.url.parse().map_err(|e| format!("service {id}: server {:?}: {e}", s.url))?;
@@ -320,7 +318,7 @@ fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<ServiceRt, String> {
         servers.push(Server { url, weight: s.weight, healthy: AtomicBool::new(true), passive: Mutex::default() });
     }
     let n = servers.len();
-    Ok(ServiceRt::LoadBalancer(Arc::new(LoadBalancer {
+    Ok(Service::LoadBalancer(Arc::new(LoadBalancer {
         id: id.to_string(),
         plain_http: servers.iter().all(|s| s.url.scheme_str() == Some("http")),
         servers,
@@ -349,7 +347,7 @@ mod tests {
     #[test]
     fn smooth_wrr_spreads_by_weight() {
         let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])], &[]).unwrap();
-        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         let picks: Vec<String> = (0..8).map(|_| lb.pick().unwrap().url.to_string()).collect();
         let second = picks.iter().filter(|u| u.contains("10.0.0.2")).count();
         assert_eq!(second, 6, "{picks:?}");
@@ -360,7 +358,7 @@ mod tests {
     #[test]
     fn unhealthy_servers_are_skipped_and_none_means_unavailable() {
         let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])], &[]).unwrap();
-        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.servers[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..4 {
             assert!(lb.pick().unwrap().url.to_string().contains("10.0.0.2"));
@@ -377,7 +375,7 @@ mod tests {
             l.passive_health_check = Some(pb::PassiveHealthCheck { max_failed_attempts: 2, failure_window_ms: 60_000 });
         }
         let svcs = build(&[s], &[]).unwrap();
-        let ServiceRt::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
+        let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.record_failure(&lb.servers[0]);
         assert!(lb.servers[0].available(Instant::now()));
         lb.record_failure(&lb.servers[0]);
@@ -396,8 +394,8 @@ mod tests {
             }
             build(&[s], &[]).unwrap()
         };
-        let lb_of = |svcs: &HashMap<String, Arc<ServiceRt>>| match &*svcs["a"] {
-            ServiceRt::LoadBalancer(lb) => lb.clone(),
+        let lb_of = |svcs: &HashMap<String, Arc<Service>>| match &*svcs["a"] {
+            Service::LoadBalancer(lb) => lb.clone(),
             _ => panic!("a load balancer"),
         };
         let (one, two, three) = ("http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80");
@@ -438,7 +436,7 @@ mod tests {
             })),
         });
         let built = build(&svcs, &[]).unwrap();
-        let ServiceRt::LoadBalancer(main) = &*built["main"] else { panic!() };
+        let Service::LoadBalancer(main) = &*built["main"] else { panic!() };
         main.servers[0].healthy.store(false, Ordering::Relaxed);
         assert!(built["f"].available());
         for _ in 0..3 {

@@ -25,7 +25,7 @@ enum Hash {
 
 /// A compiled basicAuth middleware.
 #[derive(Debug, Clone)]
-pub struct BasicAuthRt {
+pub struct BasicAuthCheck {
     users: HashMap<String, Hash>,
     realm: String,
     remove_header: bool,
@@ -140,7 +140,7 @@ pub fn sha256_entry(user: &str, password: &str) -> String {
     format!("{user}:{{SHA256}}{hex}")
 }
 
-impl BasicAuthRt {
+impl BasicAuthCheck {
     /// Compiles the configuration (its users already resolved from the Secret).
     pub fn new(c: &BasicAuth) -> Result<Self, MiddlewareError> {
         let mut users = HashMap::new();
@@ -170,7 +170,7 @@ impl BasicAuthRt {
                     .map_err(|_| MiddlewareError::from(format!("basicAuth: invalid headerField {h:?}")))
             })
             .transpose()?;
-        Ok(BasicAuthRt {
+        Ok(BasicAuthCheck {
             users,
             realm: c.realm.clone().unwrap_or_else(|| "traefik".into()),
             remove_header: c.remove_header == Some(true),
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn every_hash_format_verifies() {
         let bc = bcrypt::hash("secret", 4).unwrap();
-        let rt = BasicAuthRt::new(&cfg(&[
+        let rt = BasicAuthCheck::new(&cfg(&[
             "apr:$apr1$abcdefgh$FBwExRW4dCc8aL.OvjpIE1",
             "sha:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
             &format!("bc:{bc}"),
@@ -264,8 +264,8 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_refused() {
-        assert!(BasicAuthRt::new(&cfg(&[])).is_err());
-        assert!(BasicAuthRt::new(&cfg(&["nocolon"])).is_err());
-        assert!(BasicAuthRt::new(&cfg(&["u:$6$sha512crypt"])).is_err());
+        assert!(BasicAuthCheck::new(&cfg(&[])).is_err());
+        assert!(BasicAuthCheck::new(&cfg(&["nocolon"])).is_err());
+        assert!(BasicAuthCheck::new(&cfg(&["u:$6$sha512crypt"])).is_err());
     }
 }

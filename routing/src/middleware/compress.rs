@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use super::config::Compress;
 /// A compiled compress middleware.
 #[derive(Debug, Clone)]
-pub struct CompressRt {
+pub struct Compression {
     excluded: Vec<String>,
     included: Vec<String>,
     min_bytes: u64,
@@ -21,7 +21,7 @@ fn media_type(v: &str) -> String {
     v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
-impl CompressRt {
+impl Compression {
     /// Compiles the configuration.
     pub fn new(c: &Compress) -> Result<Self, MiddlewareError> {
         if !c.encodings.is_empty() && !c.encodings.iter().any(|e| e == "gzip") {
@@ -45,7 +45,7 @@ impl CompressRt {
             // Streams that must not be buffered by a compressor.
             excluded = vec!["text/event-stream".into(), "application/grpc".into()];
         }
-        Ok(CompressRt {
+        Ok(Compression {
             excluded,
             included: c.included_content_types.iter().map(|t| media_type(t)).collect(),
             min_bytes: min_bytes as u64,
@@ -109,8 +109,8 @@ impl CompressRt {
 mod tests {
     use super::*;
 
-    fn rt() -> CompressRt {
-        CompressRt::new(&Compress {
+    fn rt() -> Compression {
+        Compression::new(&Compress {
             default_encoding: None,
             encodings: vec![],
             excluded_content_types: vec![],
@@ -152,7 +152,7 @@ mod tests {
             StatusCode::OK,
             &headers(&[("content-type", "text/event-stream")])
         ));
-        let only_json = CompressRt::new(&Compress {
+        let only_json = Compression::new(&Compress {
             included_content_types: vec!["application/json".into()],
             ..Compress {
                 default_encoding: None,
@@ -176,7 +176,7 @@ mod tests {
             &headers(&[("content-type", "text/html")])
         ));
         assert!(
-            CompressRt::new(&Compress {
+            Compression::new(&Compress {
                 encodings: vec!["zstd".into()],
                 default_encoding: None,
                 excluded_content_types: vec![],

@@ -11,7 +11,7 @@ use crate::Answer;
 
 /// A compiled headers middleware.
 #[derive(Debug, Clone)]
-pub struct HeadersRt {
+pub struct HeaderRules {
     cfg: Headers,
     origin_regexes: Vec<Regex>,
     allow_all_origins: bool,
@@ -44,7 +44,7 @@ fn set_or_remove(h: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-impl HeadersRt {
+impl HeaderRules {
     /// Compiles the configuration.
     pub fn new(cfg: Headers) -> Result<Self, MiddlewareError> {
         let origin_regexes = super::path::compile_regexes(&cfg.access_control_allow_origin_list_regex)?;
@@ -56,7 +56,7 @@ impl HeadersRt {
             || !cfg.access_control_allow_origin_list_regex.is_empty()
             || !cfg.access_control_expose_headers.is_empty()
             || cfg.access_control_max_age.is_some();
-        Ok(HeadersRt { cfg, origin_regexes, allow_all_origins, has_cors })
+        Ok(HeaderRules { cfg, origin_regexes, allow_all_origins, has_cors })
     }
 
     fn credentials(&self) -> bool {
@@ -201,8 +201,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn rt(cfg: Headers) -> HeadersRt {
-        HeadersRt::new(cfg).unwrap()
+    fn rt(cfg: Headers) -> HeaderRules {
+        HeaderRules::new(cfg).unwrap()
     }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

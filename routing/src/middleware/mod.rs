@@ -47,7 +47,7 @@ pub enum Action {
     /// A path rewrite (stripPrefix, stripPrefixRegex, addPrefix, replacePath, replacePathRegex).
     Path,
     /// Request and response headers, CORS, security headers.
-    Headers(Box<headers::HeadersRt>),
+    Headers(Box<headers::HeaderRules>),
     /// Redirect to another scheme/port.
     RedirectScheme {
         /// Target scheme.
@@ -75,9 +75,9 @@ pub enum Action {
     /// Whole bodies read before they go on, with size limits (413 / 500 past them).
     Buffering(Buffering),
     /// Users and passwords.
-    BasicAuth(basic_auth::BasicAuthRt),
+    BasicAuth(basic_auth::BasicAuthCheck),
     /// gzip responses.
-    Compress(compress::CompressRt),
+    Compress(compress::Compression),
     /// Tries the request again on network errors and chosen statuses.
     Retry(retry::RetryPolicy),
     /// The encoded characters its router's paths may carry. The check runs right after
@@ -161,7 +161,7 @@ impl CompiledMiddleware {
             if h == &config::Headers::default() {
                 return Err("headers middleware has no option set".into());
             }
-            Action::Headers(Box::new(headers::HeadersRt::new(h.clone())?))
+            Action::Headers(Box::new(headers::HeaderRules::new(h.clone())?))
         } else if let Some(r) = &s.redirect_scheme {
             let scheme = r.scheme.clone().filter(|s| !s.is_empty()).ok_or("redirectScheme needs a scheme")?;
             Action::RedirectScheme { scheme, port: r.port.clone(), permanent: r.permanent }
@@ -179,9 +179,9 @@ impl CompiledMiddleware {
         } else if let Some(r) = &s.retry {
             Action::Retry(retry::RetryPolicy::new(r)?)
         } else if let Some(c) = &s.compress {
-            Action::Compress(compress::CompressRt::new(c)?)
+            Action::Compress(compress::Compression::new(c)?)
         } else if let Some(b) = &s.basic_auth {
-            Action::BasicAuth(basic_auth::BasicAuthRt::new(b)?)
+            Action::BasicAuth(basic_auth::BasicAuthCheck::new(b)?)
         } else if let Some(e) = &s.encoded_characters {
             Action::EncodedCharacters(*e)
         } else if s.chain.is_some() {
