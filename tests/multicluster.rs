@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::backend;
 use common::client::tls_get;
 use common::gateway::GatewayProc;
-use common::topology::{self, Options, Topology, edit, strings, until_status};
+use common::topology::{self, Options, Topology, edit, until_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_routing_through_uplinks_and_failover_to_503() {
@@ -353,25 +353,7 @@ async fn sigterm_stops_every_role_promptly_with_peers_connected() {
     let s = seeded(&[], &[]).await;
     let root = s.dir.path();
     let grpc = s.t.parent.grpc.expect("the control plane serves gRPC");
-    let args = strings(&[
-        "data-plane",
-        "--control-plane",
-        &format!("https://{grpc}"),
-        "--node-id",
-        "dp-1",
-        "--cache-dir",
-        root.join("dp-1/cache").to_str().unwrap(),
-        "--state-dir",
-        root.join("dp-1/state").to_str().unwrap(),
-        "--tls-dir",
-        root.join("pki").to_str().unwrap(),
-        "--entrypoint",
-        "web=127.0.0.1:0",
-        "--entrypoint",
-        "websecure=127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let args = topology::data_plane_args(root, &root.join("pki"), grpc, "dp-1", "127.0.0.1:0", &[]);
     let mut dp = GatewayProc::spawn(&args, 2, false);
     // The data plane streams from the control plane and reaches the children.
     let ws = dp.entry_points["websecure"];

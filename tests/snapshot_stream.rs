@@ -71,35 +71,7 @@ fn data_plane_with(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure:
 /// The flags of data plane `id` of the control plane at `grpc` (its files under
 /// `root/<id>`, the certificates of `root/cp/pki`), `extra` last.
 fn data_plane_args(root: &Path, grpc: std::net::SocketAddr, id: &str, websecure: &str, extra: &[&str]) -> Vec<String> {
-    let websecure = format!("websecure={websecure}");
-    let mut args: Vec<String> = [
-        "data-plane",
-        "--control-plane",
-        &format!("https://{grpc}"),
-        "--node-id",
-        id,
-        "--cache-dir",
-        &root.join(id).join("cache").display().to_string(),
-        "--state-dir",
-        &root.join(id).join("state").display().to_string(),
-        "--tls-dir",
-        &root.join("cp/pki").display().to_string(),
-        "--entrypoint",
-        "web=127.0.0.1:0",
-        "--entrypoint",
-        &websecure,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--usage-interval-ms",
-        "100",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    common::topology::data_plane_args(root, &root.join("cp/pki"), grpc, id, websecure, extra)
 }
 
 async fn dataplanes(cp: &GatewayProc) -> serde_json::Value {

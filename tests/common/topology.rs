@@ -227,6 +227,45 @@ pub fn spawn_parent(
     GatewayProc::spawn_with_env(&args, env, 2, true)
 }
 
+/// The arguments of `atrium data-plane --node-id id` streaming from the control plane at
+/// `grpc` with the certificates of `pki`: its cache and state under `<root>/<id>`, `web`
+/// on 127.0.0.1 (ephemeral port), `websecure` at `websecure`, usage reported every 100 ms,
+/// one worker; `extra` flags added.
+pub fn data_plane_args(
+    root: &Path,
+    pki: &Path,
+    grpc: SocketAddr,
+    id: &str,
+    websecure: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = strings(&[
+        "data-plane",
+        "--control-plane",
+        &format!("https://{grpc}"),
+        "--node-id",
+        id,
+        "--cache-dir",
+        root.join(id).join("cache").to_str().unwrap(),
+        "--state-dir",
+        root.join(id).join("state").to_str().unwrap(),
+        "--tls-dir",
+        pki.to_str().unwrap(),
+        "--entrypoint",
+        "web=127.0.0.1:0",
+        "--entrypoint",
+        &format!("websecure={websecure}"),
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--usage-interval-ms",
+        "100",
+    ]);
+    args.extend(strings(extra));
+    args
+}
+
 /// Requests `path` on `ws` (TLS, host `api.example.com`) until it answers `want`, for at
 /// most 20 s; the answer.
 pub async fn until_status(ws: SocketAddr, path: &str, want: u16) -> super::client::Resp {
