@@ -81,7 +81,7 @@ fn admit(hub: &Hub, node: &str, hello: &pb::Hello, peer: &str) -> Result<(), Sta
             n.group = group.clone();
             n.build_version = hello.build_version.clone();
             n.connected = false;
-            n.refused = Some(why.clone());
+            n.refused = Some(why.to_string());
         });
         return Err(Status::failed_precondition(format!("version skew: {why}")));
     }

@@ -79,8 +79,8 @@ pub enum CompileError {
     #[error(transparent)]
     Table(#[from] atrium_routing::table::TableError),
     /// A service does not compile.
-    #[error("{0}")]
-    Service(String),
+    #[error(transparent)]
+    Service(#[from] service::BuildError),
     /// An older snapshot than the one in force (see [`crate::snapshot::older`]).
     #[error("{0}")]
     Older(String),

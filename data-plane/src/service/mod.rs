@@ -240,10 +240,34 @@ impl Service {
     }
 }
 
+/// Why a snapshot's services cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A composite service refers, through others, to itself.
+    #[error("service {0} refers back to itself")]
+    Cycle(String),
+    /// A reference to a service the snapshot does not have.
+    #[error("unknown service {0:?}")]
+    Unknown(String),
+    /// A service without a kind.
+    #[error("service {0} has no kind")]
+    NoKind(String),
+    /// A server URL that does not parse or names no host.
+    #[error("service {service}: server {url:?}: {why}")]
+    Server {
+        /// The service.
+        service: String,
+        /// The URL as written.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
 /// Builds the run-time services of a snapshot. Composite services refer to others by id;
 /// the compiler guarantees there is no cycle, and a reference that is missing or cyclic
 /// anyway is an error here.
-pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<Service>>, String> {
+pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<Service>>, BuildError> {
     let children = Arc::new(children.to_vec());
     let by_id: HashMap<&str, &pb::Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut built: HashMap<String, Arc<Service>> = HashMap::new();
@@ -253,16 +277,16 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
         built: &mut HashMap<String, Arc<Service>>,
         stack: &mut Vec<String>,
         children: &Arc<Vec<pb::Child>>,
-    ) -> Result<Arc<Service>, String> {
+    ) -> Result<Arc<Service>, BuildError> {
         if let Some(s) = built.get(id) {
             return Ok(s.clone());
         }
         if stack.iter().any(|s| s == id) {
-            return Err(format!("service {id} refers back to itself"));
+            return Err(BuildError::Cycle(id.to_string()));
         }
-        let svc = by_id.get(id).ok_or_else(|| format!("unknown service {id:?}"))?;
+        let svc = by_id.get(id).ok_or_else(|| BuildError::Unknown(id.to_string()))?;
         stack.push(id.to_string());
-        let rt = match svc.kind.as_ref().ok_or_else(|| format!("service {id} has no kind"))? {
+        let rt = match svc.kind.as_ref().ok_or_else(|| BuildError::NoKind(id.to_string()))? {
             Kind::LoadBalancer(lb) => load_balancer(id, lb)?,
             Kind::Weighted(w) => {
                 let mut members = Vec::new();
@@ -308,12 +332,13 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
 }
 
 /// Builds load balancer `id`; every server URL must parse and name a host.
-fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<Service, String> {
+fn load_balancer(id: &str, lb: &pb::LoadBalancer) -> Result<Service, BuildError> {
     let mut servers = Vec::new();
     for s in &lb.servers {
-        let url: http::Uri = s.url.parse().map_err(|e| format!("service {id}: server {:?}: {e}", s.url))?;
+        let bad = |why: String| BuildError::Server { service: id.to_string(), url: s.url.clone(), why };
+        let url: http::Uri = s.url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         if url.authority().is_none() {
-            return Err(format!("service {id}: server {:?} has no host", s.url));
+            return Err(bad("it has no host".into()));
         }
         servers.push(Server { url, weight: s.weight, healthy: AtomicBool::new(true), passive: Mutex::default() });
     }
