@@ -133,12 +133,7 @@ fn certificates(o: &Serving, which: DefaultCert) -> Result<Arc<CertStore>, Gatew
 pub async fn run_gateway(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
     let GatewayConfig { serving: o, source, default_cert } = cfg;
     source.check_exists()?;
-    let first = {
-        let s = source.clone();
-        tokio::task::spawn_blocking(move || s.compile())
-            .await
-            .map_err(|e| SourceError::Compile(vec![format!("compiling the configuration failed: {e}")]))??
-    };
+    let first = source.compile_blocking().await?;
     let certs = certificates(&o, default_cert)?;
     let gw = o.gateway_with(certs.clone());
     let swapper = Arc::new(Swapper::new(gw.clone()));

@@ -39,7 +39,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     if o.uplink_listeners.is_empty() {
         return Err(GatewayError::NoUplinkEntryPoint);
     }
-    let first = source.compile()?;
+    let first = source.compile_blocking().await?;
     let (gw, certs) = o.gateway()?;
     let swapper = Arc::new(Swapper::new(gw.clone()));
     let first_uplinks = first.body.uplinks.clone();

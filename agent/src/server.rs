@@ -3,8 +3,10 @@
 //!   health) at once, an `Update` the moment anything changes, and an `Update` in answer to
 //!   every `Poll`;
 //! - a `DATA` stream carries HTTP exchanges for one uplink: only routers attached to that
-//!   uplink can match, and the client address named in the stream header is the client
-//!   (ClientIP, ipAllowList, X-Forwarded-For).
+//!   uplink can match, and the client the parent names is the client (ClientIP,
+//!   ipAllowList, X-Forwarded-For): in the stream header for an HTTP/2 stream of its own,
+//!   in the `atrium-uplink-client` header of each request on a pooled HTTP/1.1 stream
+//!   (taken out before routing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,17 +3,17 @@
 
 use atrium_data_plane::proxy::admin::AdminExtra;
 
-use crate::published::Published;
+use crate::publisher::Publisher;
 
 /// What the control plane adds to its node's admin listener.
 pub(crate) struct ControlPlaneAdmin {
-    pub(crate) published: Published,
+    pub(crate) publisher: Publisher,
 }
 
 impl ControlPlaneAdmin {
     /// Every configured child: address, whether the parent reaches it, its uplinks.
     fn children_json(&self) -> serde_json::Value {
-        let Some(body) = self.published.body() else { return serde_json::Value::Null };
+        let Some(body) = self.publisher.body() else { return serde_json::Value::Null };
         body.children
             .iter()
             .map(|c| {
@@ -35,12 +35,12 @@ impl ControlPlaneAdmin {
 impl AdminExtra for ControlPlaneAdmin {
     fn json(&self, path: &str) -> Option<serde_json::Value> {
         match path {
-            "/api/dataplanes" => Some(self.published.hub.nodes_json()),
+            "/api/dataplanes" => Some(self.publisher.hub.nodes_json()),
             "/api/children" => Some(self.children_json()),
             _ => None,
         }
     }
     fn metrics(&self) -> String {
-        self.published.hub.metrics_text()
+        self.publisher.hub.metrics_text()
     }
 }

@@ -159,12 +159,12 @@ impl Hub {
 
     /// Publishes a compiled body; `None` when it equals the current one (nothing sent).
     pub fn publish(&self, body: &pb::SnapshotBody, detected_at: Instant) -> Option<pb::Version> {
-        let (bytes, hash) = atrium_proto::encode(body);
-        if self.current.borrow().as_ref().is_some_and(|p| p.snapshot.hash == hash) {
+        let mut snapshot = atrium_proto::seal(pb::Version::default(), body);
+        if self.current.borrow().as_ref().is_some_and(|p| p.snapshot.hash == snapshot.hash) {
             return None;
         }
         let version = pb::Version { epoch: self.epoch, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
-        let snapshot = pb::Snapshot { version: Some(version), hash, body: bytes.into() };
+        snapshot.version = Some(version);
         self.metrics.version.set(version.seq as i64);
         self.current.send_replace(Some(Arc::new(Published { snapshot, detected_at })));
         tracing::info!(epoch = version.epoch, seq = version.seq, "snapshot published");

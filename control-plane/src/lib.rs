@@ -19,7 +19,7 @@
 mod admin;
 pub mod children;
 pub mod hub;
-mod published;
+mod publisher;
 pub mod run;
 pub mod service;
 pub mod tls;

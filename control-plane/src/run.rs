@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use atrium_data_plane::node::{self, NodeError, Serving, Workers};
+use atrium_data_plane::proxy::Gateway;
 use atrium_data_plane::proxy::tls::CertStore;
-use atrium_data_plane::proxy::{Compiled, Gateway};
 use atrium_data_plane::trust::{NodeTrust, TrustError};
 use atrium_data_plane::uplink::UplinkClient;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::admin::ControlPlaneAdmin;
 use crate::children::{Children, Polling};
 use crate::hub::Hub;
-use crate::published::Published;
+use crate::publisher::Publisher;
 use crate::service::Snapshots;
 
 /// What a control plane runs.
@@ -71,13 +71,13 @@ pub enum ControlPlaneError {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ControlPlaneError> {
     let Config { serving: o, source, grpc, embedded } = cfg;
     source.check_exists()?;
-    let first = source.compile()?;
+    let first = source.compile_blocking().await?;
     let epoch = crate::hub::next_epoch(&o.state_dir)
         .map_err(|source| ControlPlaneError::Epoch { dir: o.state_dir.clone(), source })?;
     let hub = Hub::with_epoch(env!("CARGO_PKG_VERSION"), epoch);
-    let published =
-        Published { hub: hub.clone(), base: Arc::new(Mutex::new(first.body.clone())), registry: Arc::default() };
-    published.publish(Instant::now());
+    let publisher =
+        Publisher { hub: hub.clone(), base: Arc::new(Mutex::new(first.body.clone())), registry: Arc::default() };
+    publisher.publish(Instant::now());
 
     let trust = grpc_trust(&o)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -86,17 +86,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Children: dialled with this control plane's certificate, polled, watched for
     // liveness; the list follows the values file.
     let children = {
-        let p = published.clone();
+        let p = publisher.clone();
         Children::new(trust, Arc::new(move |r| p.set_registry(r)))
     };
     children.set(&first.body.children, Polling::from_values(&first.values, o.liveness));
 
     let (gw, certs) = o.gateway()?;
     let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };
-    let extra = Arc::new(ControlPlaneAdmin { published: published.clone() });
+    let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let _watch = {
-        let (p, c, liveness, g) = (published.clone(), children.clone(), o.liveness, gw.clone());
+        let (p, c, liveness, g) = (publisher.clone(), children.clone(), o.liveness, gw.clone());
         source.watch(
             move |cfg| p.set_config(cfg.body, &cfg.values, &c, liveness),
             move |why| g.swap_failed(format!("{why}; data planes keep the previous snapshot")),
@@ -160,10 +160,8 @@ fn embed(
         loop {
             let latest = rx.borrow_and_update().clone();
             if let Some(p) = latest {
-                match Compiled::from_snapshot(&p.snapshot) {
-                    Ok(rt) => egw.swap(rt),
-                    Err(e) => egw.swap_failed(&e),
-                }
+                // A refusal is counted and logged by the gateway; nothing to answer here.
+                let _ = egw.swap_snapshot(&p.snapshot);
             }
             if rx.changed().await.is_err() {
                 return;

@@ -311,12 +311,15 @@ fn apply(gw: &Gateway, cfg: &ClientConfig, s: &pb::Snapshot) -> DpMsg {
     let version = s.version;
     let current = gw.in_force().map(|r| pb::Version { epoch: r.epoch, seq: r.version });
     let checked = match older(current, version) {
-        Some(why) => Err(crate::proxy::CompileError::Older(why)),
-        None => Compiled::from_snapshot(s),
+        Some(why) => {
+            let e = crate::proxy::CompileError::Older(why);
+            gw.swap_failed(&e);
+            Err(e)
+        }
+        None => gw.swap_snapshot(s),
     };
     match checked {
-        Ok(rt) => {
-            gw.swap(rt);
+        Ok(()) => {
             if let Some(dir) = &cfg.cache_dir {
                 if let Err(e) = store_cache(dir, s) {
                     tracing::error!(error = %e, "could not write the snapshot cache");
@@ -324,11 +327,7 @@ fn apply(gw: &Gateway, cfg: &ClientConfig, s: &pb::Snapshot) -> DpMsg {
             }
             DpMsg::Ack(pb::Ack { version, hash: s.hash.to_vec() })
         }
-        Err(e) => {
-            let error = e.to_string();
-            gw.swap_failed(&error);
-            DpMsg::Nack(pb::Nack { version, error })
-        }
+        Err(e) => DpMsg::Nack(pb::Nack { version, error: e.to_string() }),
     }
 }
 

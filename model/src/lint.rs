@@ -67,15 +67,7 @@ pub fn lint_paths(paths: &[&Path], values_file: Option<&Path>) -> Vec<Diagnostic
             return lint_topology(one);
         }
     }
-    let mut diags = Vec::new();
-    let values = match values_file {
-        Some(f) => {
-            let (v, d) = Values::load(f);
-            diags.extend(d);
-            v
-        }
-        None => Values::default(),
-    };
+    let (values, mut diags) = Values::load_optional(values_file);
     let m = load_paths(paths);
     let role = infer_role(&m, &values);
     diags.extend(lint_cluster(&m, &values, role, None).1);

@@ -153,10 +153,7 @@ pub fn run(manifests: &[std::path::PathBuf], tests: &Path, values: Option<&Path>
         return Err(RouteCheckError::Missing(m.clone()));
     }
     let tests = read_tests(tests)?;
-    let (values, mut diags): (Values, Vec<Diagnostic>) = match values {
-        Some(v) => Values::load(v),
-        None => (Values::default(), Vec::new()),
-    };
+    let (values, mut diags) = Values::load_optional(values);
     let loaded = crate::loader::load_paths(manifests);
     let compiled = crate::compile::compile(&loaded, &values, None);
     diags.extend(loaded.diagnostics.iter().cloned());

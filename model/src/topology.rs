@@ -49,13 +49,8 @@ pub fn is_topology(dir: &Path) -> bool {
 
 fn load_cluster(name: &str, dir: &Path, diags: &mut Vec<Diagnostic>) -> Cluster {
     let values_file = dir.join("values.yaml");
-    let values = if values_file.is_file() {
-        let (v, d) = Values::load(&values_file);
-        diags.extend(d);
-        v
-    } else {
-        Values::default()
-    };
+    let (values, d) = Values::load_optional(Some(&values_file).filter(|f| f.is_file()).map(|f| f.as_path()));
+    diags.extend(d);
     let manifests_dir = dir.join("manifests");
     let manifests = if manifests_dir.is_dir() { load_paths(&[manifests_dir]) } else { Manifests::default() };
     Cluster { name: name.to_string(), dir: dir.to_path_buf(), values, manifests }

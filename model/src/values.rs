@@ -151,6 +151,15 @@ impl Values {
         }
     }
 
+    /// [`Values::load`] for an optional file: the defaults, with no finding, when there is
+    /// none. How every role and tool reads its `--values`.
+    pub fn load_optional(path: Option<&Path>) -> (Values, Vec<Diagnostic>) {
+        match path {
+            Some(p) => Values::load(p),
+            None => (Values::default(), Vec::new()),
+        }
+    }
+
     /// Parses values text that came from `path`.
     pub fn parse(path: &Path, text: &str) -> (Values, Vec<Diagnostic>) {
         let file: Arc<Path> = Arc::from(path);

@@ -92,10 +92,7 @@ impl FileSource {
     /// Loads and compiles values and manifests. Warnings are logged; any error refuses
     /// the whole configuration.
     pub fn compile(&self) -> Result<Config, SourceError> {
-        let (values, vdiags) = match &self.values {
-            Some(v) => Values::load(v),
-            None => (Values::default(), Vec::new()),
-        };
+        let (values, vdiags) = Values::load_optional(self.values.as_deref());
         let m = load_paths(&self.manifests);
         let compiled = atrium_model::compile::compile(&m, &values, None);
         let mut errors = errors_of(&vdiags);
@@ -113,6 +110,16 @@ impl FileSource {
             return Err(SourceError::Compile(errors));
         }
         Ok(Config { values, body })
+    }
+
+    /// [`FileSource::compile`] on a blocking thread (compiling thousands of routes takes a
+    /// while; the runtime's threads stay free). How every role compiles its first
+    /// configuration.
+    pub async fn compile_blocking(&self) -> Result<Config, SourceError> {
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || source.compile())
+            .await
+            .unwrap_or_else(|e| Err(SourceError::Compile(vec![format!("compiling the configuration failed: {e}")])))
     }
 
     /// The paths to watch: the manifests and the values file.
@@ -152,8 +159,7 @@ impl FileSource {
 
 /// Loads a values file (the defaults when there is none); any error refuses it.
 pub fn load_values(values: Option<&Path>) -> Result<Values, SourceError> {
-    let Some(v) = values else { return Ok(Values::default()) };
-    let (v, d) = Values::load(v);
+    let (v, d) = Values::load_optional(values);
     let errors = errors_of(&d);
     if !errors.is_empty() {
         return Err(SourceError::Values(errors));

@@ -87,29 +87,36 @@ pub enum CompileError {
 }
 
 impl Compiled {
-    /// Compiles a snapshot body. An error leaves whatever was in force untouched.
+    /// Compiles a snapshot body built locally (a gateway's, an agent's): it is encoded
+    /// once for its hash. An error leaves whatever was in force untouched.
     pub fn build(body: SnapshotBody, version: u64) -> Result<Compiled, CompileError> {
-        let services = service::build(&body.services, &body.children).map_err(CompileError::Service)?;
-        let table = RouteTable::from_snapshot(&body, |r| RouteState {
-            target: services.get(&r.service).cloned(),
-            labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
-            served: std::sync::atomic::AtomicU64::new(0),
-        })?;
         let (_, hash) = atrium_proto::encode(&body);
-        Ok(Compiled { version, epoch: 0, hash, table, services, body })
+        Compiled::assemble(body, atrium_proto::v1::Version { epoch: 0, seq: version }, hash)
     }
 
-    /// Compiles a snapshot received from a control plane, after checking its hash.
+    /// Compiles a snapshot received from a control plane, after checking its hash (the
+    /// hash it carries is the one kept: the body is not encoded again).
     pub fn from_snapshot(s: &atrium_proto::v1::Snapshot) -> Result<Compiled, CompileError> {
         if atrium_proto::body_hash(&s.body) != s.hash {
             return Err(CompileError::HashMismatch);
         }
         let body = <SnapshotBody as prost::Message>::decode(s.body.clone())?;
-        let v = s.version.unwrap_or_default();
-        let mut rt = Compiled::build(body, v.seq)?;
-        rt.epoch = v.epoch;
-        rt.hash = s.hash.to_vec();
-        Ok(rt)
+        Compiled::assemble(body, s.version.unwrap_or_default(), s.hash.to_vec())
+    }
+
+    /// The route table and services of `body`, at `version`, identified by `hash`.
+    fn assemble(
+        body: SnapshotBody,
+        version: atrium_proto::v1::Version,
+        hash: Vec<u8>,
+    ) -> Result<Compiled, CompileError> {
+        let services = service::build(&body.services, &body.children)?;
+        let table = RouteTable::from_snapshot(&body, |r| RouteState {
+            target: services.get(&r.service).cloned(),
+            labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
+            served: std::sync::atomic::AtomicU64::new(0),
+        })?;
+        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, body })
     }
 }
 
@@ -374,6 +381,22 @@ impl Gateway {
         self.metrics.table_version.set(version as i64);
         self.metrics.swaps.inc();
         tracing::info!(version, "route table swapped in");
+    }
+
+    /// Compiles a snapshot from a control plane and puts it in force, or counts and logs
+    /// the refusal (the previous configuration stays): how every data plane takes a
+    /// snapshot, over gRPC or from the control plane it is embedded in.
+    pub fn swap_snapshot(&self, s: &atrium_proto::v1::Snapshot) -> Result<(), CompileError> {
+        match Compiled::from_snapshot(s) {
+            Ok(c) => {
+                self.swap(c);
+                Ok(())
+            }
+            Err(e) => {
+                self.swap_failed(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Records a configuration that was refused.

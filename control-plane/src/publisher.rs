@@ -15,7 +15,7 @@ use crate::hub::Hub;
 /// The snapshot is the compiled manifests plus the live view of the children: both kept
 /// here, merged and published on every change of either.
 #[derive(Clone)]
-pub(crate) struct Published {
+pub(crate) struct Publisher {
     pub(crate) hub: Arc<Hub>,
     /// The compiled body (for the configured children).
     pub(crate) base: Arc<Mutex<pb::SnapshotBody>>,
@@ -23,7 +23,7 @@ pub(crate) struct Published {
     pub(crate) registry: Arc<Mutex<Registry>>,
 }
 
-impl Published {
+impl Publisher {
     /// The compiled body with the children as the registry sees them now.
     pub(crate) fn body(&self) -> Option<pb::SnapshotBody> {
         let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return None };
