@@ -130,30 +130,17 @@ fn hex(b: u8) -> Option<u8> {
 /// An empty path stays empty: it matches no `Path` or `PathPrefix` rule (their arguments
 /// start with `/`), but a `PathRegexp` such as `^$` sees it, as in Traefik.
 pub fn routing_path(escaped: &str) -> Option<Cow<'_, str>> {
-    if !escaped.contains('%') {
-        return Some(Cow::Borrowed(escaped));
-    }
-    let b = escaped.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-            && !is_reserved_escape(b[i + 1], b[i + 2], h * 16 + l)
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+    Some(decode_escapes(escaped, is_reserved_escape))
 }
 
 /// Percent-decodes a whole string (every escape, `+` left as is). Invalid escapes are kept.
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
+    decode_escapes(s, |_, _, _| false)
+}
+
+/// Decodes the valid `%XX` escapes of `s`, except those `keep(hi, lo, byte)` says stay
+/// escaped; invalid escapes are kept as they are.
+fn decode_escapes(s: &str, keep: impl Fn(u8, u8, u8) -> bool) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }
@@ -164,6 +151,7 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
         if b[i] == b'%'
             && i + 2 < b.len()
             && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+            && !keep(b[i + 1], b[i + 2], h * 16 + l)
         {
             out.push(h * 16 + l);
             i += 3;
