@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apim;
 pub mod children;
 pub mod fuzzing;
 pub mod middleware;

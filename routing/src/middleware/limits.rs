@@ -127,10 +127,50 @@ impl SourceKey {
     }
 }
 
+/// A token bucket: `burst` tokens at most, refilled at `rate_per_sec`; a request takes
+/// one. The arithmetic of the rateLimit middleware and of API plans' rate limits; the
+/// caller keeps the buckets and passes the clock.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct TokenBucket {
     tokens: f64,
     at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn full(burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket { tokens: burst, at: now }
+    }
+
+    /// Whether the bucket is full at `now` (it then carries no state worth keeping).
+    pub fn is_full(&self, rate_per_sec: f64, burst: f64, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate_per_sec >= burst
+    }
+
+    /// Takes a token at `now`: at once, after a wait no longer than `max_delay` (the token
+    /// is reserved), or not at all (refused, with the wait that would be needed).
+    pub fn take(&mut self, rate_per_sec: f64, burst: f64, max_delay: Duration, now: Instant) -> Admission {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate_per_sec).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Admission::Now;
+        }
+        let wait = secs_f64((1.0 - self.tokens) / rate_per_sec);
+        if wait <= max_delay {
+            self.tokens -= 1.0; // reserved: the token that arrives during the wait is ours
+            Admission::After(wait)
+        } else {
+            Admission::Refuse(wait)
+        }
+    }
+
+    /// Whole tokens left at `now` (what `X-RateLimit-Remaining` says).
+    pub fn remaining(&self, rate_per_sec: f64, burst: f64, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * rate_per_sec).min(burst).max(0.0).floor() as u64
+    }
 }
 
 /// A token bucket per source: `average` requests per `period`, bursts of `burst`.
@@ -141,7 +181,7 @@ pub struct RateLimiter {
     max_delay: Duration,
     /// How sources are told apart.
     pub source: SourceKey,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 /// The limiter's answer.
@@ -185,26 +225,13 @@ impl RateLimiter {
             return Admission::Now; // average 0 means no limit, as in Traefik.
         }
         let Ok(mut buckets) = self.buckets.lock() else { return Admission::Now };
+        let (rate, burst) = (self.rate_per_sec, self.burst);
         if buckets.len() > 65_536 {
             // Bound memory: forget full buckets (they carry no state).
-            let (rate, burst) = (self.rate_per_sec, self.burst);
-            buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
+            buckets.retain(|_, b| !b.is_full(rate, burst, now));
         }
-        let b = buckets.entry(key.to_string()).or_insert(Bucket { tokens: self.burst, at: now });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.rate_per_sec).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return Admission::Now;
-        }
-        let wait = secs_f64((1.0 - b.tokens) / self.rate_per_sec);
-        if wait <= self.max_delay {
-            b.tokens -= 1.0; // reserved: the token that arrives during the wait is ours
-            Admission::After(wait)
-        } else {
-            Admission::Refuse(wait)
-        }
+        let b = buckets.entry(key.to_string()).or_insert(TokenBucket::full(burst, now));
+        b.take(rate, burst, self.max_delay, now)
     }
 }
 
