@@ -5,6 +5,7 @@
 //! does not parse, a route whose service does not exist) while everything else compiles.
 //! The result is deterministic: lists are sorted, so equal inputs give equal bytes.
 
+mod apim;
 mod services;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -176,6 +177,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     }
     routers.sort_by(|a: &pb::Router, b| a.id.cmp(&b.id));
     let children = compile_children(values, registry);
+    let (apis, applications, subscriptions) = apim::compile_apim(&mut cx, m);
 
     let body = pb::SnapshotBody {
         entry_points,
@@ -186,6 +188,9 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         uplinks,
         // Filled by the binary, which reads the Secrets' key material.
         tls_certificates: Vec::new(),
+        apis,
+        applications,
+        subscriptions,
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
