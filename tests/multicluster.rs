@@ -8,7 +8,6 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::backend;
-use common::client::tls_get;
 use common::gateway::GatewayProc;
 use common::topology::{self, Options, Topology, edit, until_status};
 
@@ -36,6 +35,7 @@ async fn seed_routing_through_uplinks_and_failover_to_503() {
     for _ in 0..3 {
         let req = hyper::Request::get("/crm/health")
             .header("host", "api.example.com")
+            .header("authorization", topology::BEARER)
             .header(atrium_data_plane::uplink::frame::CLIENT_HEADER, "203.0.113.66:1")
             .body(common::client::body(""))
             .unwrap();
@@ -80,7 +80,7 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     // Weights 1 and 3: over 1,000 requests the split is 25/75 within ±5%.
     let mut to_b = 0;
     for _ in 0..1000 {
-        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        let r = topology::get(ws, "/crm/health").await;
         assert_eq!(r.status, 200);
         if r.header("x-traefik-backend") == Some("cluster-b") {
             to_b += 1;
@@ -94,7 +94,7 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     common::eventually(Duration::from_secs(10), "routing leaves the unhealthy child", || async {
         let mut all_a = true;
         for _ in 0..4 {
-            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            let r = topology::get(ws, "/crm/health").await;
             all_a &= r.header("x-traefik-backend") == Some("cluster-a");
         }
         all_a.then_some(())
@@ -103,7 +103,7 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     assert!(start.elapsed() < Duration::from_millis(1500), "health failover took {:?}", start.elapsed());
     be_b.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
     common::eventually(Duration::from_secs(10), "cluster-b comes back", || async {
-        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        let r = topology::get(ws, "/crm/health").await;
         (r.header("x-traefik-backend") == Some("cluster-b")).then_some(())
     })
     .await;
@@ -113,7 +113,7 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     let start = Instant::now();
     common::eventually(Duration::from_secs(10), "requests settle on cluster-b", || async {
         for _ in 0..11 {
-            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            let r = topology::get(ws, "/crm/health").await;
             if r.status != 200 || r.header("x-traefik-backend") != Some("cluster-b") {
                 return None;
             }
@@ -124,7 +124,7 @@ async fn weighted_round_robin_failover_and_health_failover_across_children() {
     let moved = start.elapsed();
     eprintln!("kill -9 failover: {moved:?}");
     for i in 0..200 {
-        let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+        let r = topology::get(ws, "/crm/health").await;
         assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-b")), "request {i} after failover");
     }
     assert!(moved < Duration::from_millis(2500), "failover took {moved:?}");
@@ -173,15 +173,14 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
 
     // Five slow requests (3 s each) at once over the parent's two workers, each with its
     // own connection: whichever worker gets three or more has one waiting for a stream.
-    let slow: Vec<_> =
-        (0..5).map(|_| tokio::spawn(async move { tls_get(ws, "api.example.com", "/crm/slow").await.2 })).collect();
+    let slow: Vec<_> = (0..5).map(|_| tokio::spawn(async move { topology::get(ws, "/crm/slow").await })).collect();
     for r in slow {
         let r = tokio::time::timeout(Duration::from_secs(20), r).await.expect("no request is stuck").unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "slow"));
     }
     // Fast requests keep working afterwards: no stream is left holding the limit.
     for _ in 0..5 {
-        assert_eq!(tls_get(ws, "api.example.com", "/crm/health").await.2.status, 200);
+        assert_eq!(topology::get(ws, "/crm/health").await.status, 200);
     }
     let metrics = common::client::get(&format!("http://{}/metrics", cp.admin)).await.body;
     let waits = common::metric(&metrics, "atrium_uplink_stream_limit_waits_total{child=\"cluster-a\"}");
@@ -202,6 +201,7 @@ async fn one_trace_spans_the_parent_and_the_child() {
     let mut h1 = common::exchanges::h1(tls).await;
     let req = hyper::Request::get("/crm/health")
         .header("host", "api.example.com")
+        .header("authorization", topology::BEARER)
         .header("traceparent", format!("00-{trace}-{caller}-01"))
         .body(common::client::body(""))
         .unwrap();
@@ -248,7 +248,7 @@ async fn pooled_streams_the_child_closes_when_idle_are_replaced_without_an_error
     for pause_ms in [50u64, 150, 190, 200, 210, 250, 400, 600] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         for _ in 0..3 {
-            let r = tls_get(ws, "api.example.com", "/crm/health").await.2;
+            let r = topology::get(ws, "/crm/health").await;
             assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a")), "after {pause_ms} ms idle");
         }
     }
@@ -281,7 +281,7 @@ async fn both_children_serve(ws: std::net::SocketAddr) {
     common::eventually(Duration::from_secs(20), "both children serve", || async {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..8 {
-            let (_, _, r) = tls_get(ws, "api.example.com", "/crm/health").await;
+            let r = topology::get(ws, "/crm/health").await;
             seen.insert(r.header("x-traefik-backend")?.to_string());
         }
         (seen.len() == 2).then_some(())
@@ -318,7 +318,8 @@ async fn forged_client_headers_never_cross_an_uplink_on_any_framing() {
             let req = |path: &str| {
                 let mut b = hyper::Request::get(format!("{scheme}://api.example.com{path}"))
                     .header(atrium_data_plane::uplink::frame::CLIENT_HEADER, forged)
-                    .header("atrium-uplink-anything", "x");
+                    .header("atrium-uplink-anything", "x")
+                    .header("authorization", topology::BEARER);
                 if trailers {
                     b = b.header("te", "trailers");
                 }
@@ -504,6 +505,7 @@ async fn load_while_stopping(how: Stop) -> Vec<Sample> {
                     }
                     let req = hyper::Request::get("/crm/health")
                         .header("host", "api.example.com")
+                        .header("authorization", topology::BEARER)
                         .body(common::client::body(""))
                         .unwrap();
                     let start = Instant::now();
@@ -582,6 +584,7 @@ async fn stop_the_child_holding(method: &str, how: Stop) -> (u16, String, Vec<St
         .method(method)
         .uri("/crm/slow")
         .header("host", "api.example.com")
+        .header("authorization", topology::BEARER)
         .header("content-length", "0")
         .body(common::client::body(""))
         .unwrap();

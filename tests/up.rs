@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::client::tls_get;
+use common::client::{tls_get, tls_get_with};
 
 /// Kills `atrium up` if the test fails before stopping it.
 struct Up(std::process::Child);
@@ -39,6 +39,14 @@ async fn up_runs_the_example_and_stops_everything() {
         .spawn()
         .unwrap());
     let ws: SocketAddr = "127.0.0.9:18443".parse().unwrap();
+    // The demo application's key, generated at the first start.
+    let demo = tmp.path().join("example/parent/manifests/demo-application.yaml");
+    let key = common::eventually(Duration::from_secs(30), "the demo application", || async {
+        let text = std::fs::read_to_string(&demo).ok()?;
+        text.lines().find_map(|l| l.trim().strip_prefix("- value: ")).map(str::to_string)
+    })
+    .await;
+    let bearer = format!("Bearer {key}");
 
     // Each API answers from the backend of the child that serves it.
     for (path, service) in [("/crm/customers", "\"service\":\"crm\""), ("/billing/invoices", "\"service\":\"billing\"")]
@@ -46,7 +54,7 @@ async fn up_runs_the_example_and_stops_everything() {
         let what = format!("{path} answering 200");
         let r = common::eventually(Duration::from_secs(30), &what, || async {
             tokio::net::TcpStream::connect(ws).await.ok()?;
-            let (_, _, r) = tls_get(ws, "api.example.com", path).await;
+            let (_, _, r) = tls_get_with(ws, "api.example.com", path, &[("authorization", &bearer)]).await;
             (r.status == 200).then_some(r)
         })
         .await;
@@ -55,6 +63,10 @@ async fn up_runs_the_example_and_stops_everything() {
         assert!(r.body.contains(&format!("\"path\":\"/{}\"", path.rsplit('/').next().unwrap())), "{}", r.body);
         assert!(r.body.contains("\"x-forwarded-port\":\"443\""), "{}", r.body);
     }
+    // Without the key, an API route answers 401 (API-key authentication is the default).
+    let (_, _, r) = tls_get(ws, "api.example.com", "/crm/customers").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
     // An unknown path is a 404 from the parent, not a child's answer.
     let (_, _, r) = tls_get(ws, "api.example.com", "/nope").await;
     assert_eq!(r.status, 404);

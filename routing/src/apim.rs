@@ -7,7 +7,8 @@
 //! the caller's, and the limit counters ([`Counters`]) are kept by the caller outside the
 //! route table, so a configuration swap keeps them.
 //!
-//! The data plane does not call this module yet: see the README's "Not built yet".
+//! [`Access::from_snapshot`] builds the rules of a snapshot; the data plane asks
+//! [`Access::decide`] about every request to a route of an API.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -174,9 +175,21 @@ pub struct Grant<'a> {
     pub api: &'a str,
 }
 
-/// The access rules of a configuration: keys, applications, subscriptions.
+/// How the callers of an API authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAuth {
+    /// With an API key, found where the key source says.
+    Key(KeySource),
+    /// With a method atrium does not implement: every request is refused (401), never
+    /// let through.
+    Unsupported(String),
+}
+
+/// The access rules of a configuration: APIs, keys, applications, subscriptions.
 #[derive(Debug, Default)]
 pub struct Access {
+    /// API (`namespace/name`) → how its callers authenticate.
+    apis: HashMap<String, ApiAuth>,
     /// Key hash → (application, key suspended).
     keys: HashMap<KeyHash, (usize, bool)>,
     apps: Vec<Application>,
@@ -206,7 +219,50 @@ impl Access {
                 }
             }
         }
-        Access { keys, apps, subs, grants }
+        Access { apis: HashMap::new(), keys, apps, subs, grants }
+    }
+
+    /// The rules a snapshot carries. A header name that is not one, or a limit whose
+    /// period is zero, is left out as the compiler would have refused it.
+    pub fn from_snapshot(body: &atrium_proto::v1::SnapshotBody) -> Access {
+        use atrium_proto::v1 as pb;
+        let apps = body.applications.iter().map(|a| Application { app_id: a.app_id.clone(), suspended: a.suspended });
+        let keys = body.applications.iter().flat_map(|a| {
+            a.keys
+                .iter()
+                .filter_map(|k| Some((KeyHash::try_from(k.sha256.as_slice()).ok()?, a.app_id.clone(), k.suspended)))
+        });
+        let limit = |l: &Option<pb::PlanLimit>| {
+            let l = l.as_ref().filter(|l| l.period_ms > 0)?;
+            let bucket = match pb::PlanBucket::try_from(l.bucket) {
+                Ok(pb::PlanBucket::Application) => Bucket::Application,
+                Ok(pb::PlanBucket::ApplicationApi) => Bucket::ApplicationApi,
+                _ => Bucket::Subscription,
+            };
+            Some(Limit { limit: l.limit, period: Duration::from_millis(l.period_ms), bucket })
+        };
+        let subs = body.subscriptions.iter().map(|s| {
+            let plan = s.plan.as_ref();
+            Subscription {
+                id: s.id.clone(),
+                weight: s.weight,
+                applications: s.app_ids.clone(),
+                apis: s.apis.clone(),
+                plan: Plan {
+                    id: plan.map(|p| p.id.clone()).unwrap_or_default(),
+                    rate: plan.and_then(|p| limit(&p.rate_limit)),
+                    quota: plan.and_then(|p| limit(&p.quota)),
+                },
+            }
+        });
+        let mut access = Access::new(apps.collect(), keys.collect(), subs.collect());
+        access.apis = body.apis.iter().map(|a| (a.id.clone(), api_auth(a.auth.as_ref()))).collect();
+        access
+    }
+
+    /// How callers of `api` authenticate; an API the rules do not know is refused.
+    pub fn auth(&self, api: &str) -> ApiAuth {
+        self.apis.get(api).cloned().unwrap_or_else(|| ApiAuth::Unsupported(format!("API {api} is not configured")))
     }
 
     /// The verdict on a request to `api` carrying `key`.
@@ -221,6 +277,24 @@ impl Access {
             Some(&si) => Verdict::Granted(Grant { app, subscription: &self.subs[si], api }),
             None => Verdict::NotSubscribed { app },
         }
+    }
+}
+
+/// The rule of a snapshot's API authentication.
+fn api_auth(auth: Option<&atrium_proto::v1::api::Auth>) -> ApiAuth {
+    use atrium_proto::v1::api::Auth;
+    match auth {
+        Some(Auth::ApiKey(k)) if !k.header.is_empty() => match http::HeaderName::try_from(k.header.as_str()) {
+            Ok(name) => ApiAuth::Key(KeySource::Header {
+                name,
+                scheme: (!k.header_auth_scheme.is_empty()).then(|| k.header_auth_scheme.clone()),
+            }),
+            Err(_) => ApiAuth::Unsupported(format!("keySource.header {:?} is not a header name", k.header)),
+        },
+        Some(Auth::ApiKey(k)) if !k.query.is_empty() => ApiAuth::Key(KeySource::Query(k.query.clone())),
+        Some(Auth::ApiKey(_)) => ApiAuth::Key(KeySource::Default),
+        Some(Auth::Unsupported(why)) => ApiAuth::Unsupported(why.clone()),
+        None => ApiAuth::Unsupported("the API has no authentication".into()),
     }
 }
 

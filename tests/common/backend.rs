@@ -74,6 +74,7 @@ async fn serve(
             "x-replaced-path",
             "x-test",
             "traceparent",
+            "authorization",
         ]
         .contains(&name)
         {

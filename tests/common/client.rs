@@ -125,11 +125,25 @@ pub async fn tls_connect(
 /// Connects with TLS to `addr` using `sni`, offering h2 and http/1.1. Returns the
 /// negotiated ALPN, the server's leaf certificate and the response to GET `path`.
 pub async fn tls_get(addr: SocketAddr, sni: &str, path: &str) -> (Option<Vec<u8>>, Vec<u8>, Resp) {
+    tls_get_with(addr, sni, path, &[]).await
+}
+
+/// [`tls_get`] with extra request `headers`.
+pub async fn tls_get_with(
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Option<Vec<u8>>, Vec<u8>, Resp) {
     let tls = tls_connect(addr, sni, &[b"h2", b"http/1.1"]).await;
     let (_, conn) = tls.get_ref();
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
     let leaf = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
-    let req = Request::get(path).header("host", sni).body(body("")).unwrap();
+    let mut req = Request::get(path).header("host", sni);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body("")).unwrap();
     let resp = if alpn.as_deref() == Some(b"h2") {
         let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
         tokio::spawn(c);

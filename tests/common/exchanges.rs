@@ -28,9 +28,14 @@ pub async fn h2<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> ht
 }
 
 /// Upgrades `io` with `GET path` (`Upgrade: echo`, which the test backend answers with 101
-/// and then echoes) and checks two messages come back unchanged.
+/// and then echoes) and checks two messages come back unchanged. The requests of these
+/// exchanges carry the test application's API key (routes of an API ask for it; other
+/// routes pass it on).
 pub async fn assert_upgrade_echo<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, host: &str, path: &str) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let auth = super::topology::BEARER;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
     io.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -76,13 +81,22 @@ pub async fn assert_100mb_both_ways(s: &mut http1::SendRequest<Body>, host: &str
     const SIZE: u64 = 100 * 1024 * 1024;
     let upload = backend::Repeat { remaining: SIZE, chunk: bytes::Bytes::from(vec![b'u'; 64 * 1024]) };
     let body: Body = upload.map_err(|e| match e {}).boxed();
-    let req = hyper::Request::post(format!("{base}/count")).header("host", host).body(body).unwrap();
+    let auth = super::topology::BEARER;
+    let req = hyper::Request::post(format!("{base}/count"))
+        .header("host", host)
+        .header("authorization", auth)
+        .body(body)
+        .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(120), s.send_request(req)).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
     let got = tokio::time::timeout(Duration::from_secs(120), resp.into_body().collect()).await.unwrap().unwrap();
     assert_eq!(got.to_bytes(), SIZE.to_string().as_bytes(), "the backend received every byte");
     s.ready().await.expect("the connection stays open for the next request");
-    let req = hyper::Request::get(format!("{base}/bytes/{SIZE}")).header("host", host).body(client::body("")).unwrap();
+    let req = hyper::Request::get(format!("{base}/bytes/{SIZE}"))
+        .header("host", host)
+        .header("authorization", auth)
+        .body(client::body(""))
+        .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(20), s.send_request(req)).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
     let mut got: u64 = 0;

@@ -17,6 +17,46 @@ use std::time::Duration;
 
 use super::gateway::GatewayProc;
 
+/// The API key of the test application every topology of [`seed`] and [`crm_pair`]
+/// subscribes to both APIs (no limits: tests send many requests).
+pub const KEY: &str = "atrium-test-key-8d0f6c1e2b";
+
+/// `Authorization` with [`KEY`].
+pub const BEARER: &str = "Bearer atrium-test-key-8d0f6c1e2b";
+
+/// A ManagedApplication with [`KEY`], subscribed to the seed's APIs on a plan without
+/// limits.
+fn test_application() -> String {
+    format!(
+        "apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedApplication
+metadata: {{name: test-app, namespace: apps}}
+spec:
+  appId: test-app
+  owner: tests
+  apiKeys: [{{value: {KEY}}}]
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: APIPlan
+metadata: {{name: unlimited-test, namespace: apps}}
+spec: {{title: Unlimited (tests)}}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedSubscription
+metadata: {{name: test-app, namespace: apps}}
+spec:
+  apiPlan: {{name: unlimited-test}}
+  managedApplications: [{{name: test-app}}]
+  apis: [{{name: crm-api}}, {{name: billing-api}}]
+"
+    )
+}
+
+/// `GET path` on `ws` (TLS, host `api.example.com`) with the test application's key.
+pub async fn get(ws: SocketAddr, path: &str) -> super::client::Resp {
+    super::client::tls_get_with(ws, "api.example.com", path, &[("authorization", BEARER)]).await.2
+}
+
 /// `&str`s as owned arguments.
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -43,6 +83,7 @@ pub fn seed(crm: SocketAddr, billing: SocketAddr) -> tempfile::TempDir {
     for child in ["cluster-a", "cluster-b"] {
         edit(&tmp.path().join(child).join("manifests/uplink.yaml"), &[("interval: 5s", "interval: 200ms".into())]);
     }
+    fs::write(tmp.path().join("parent/manifests/test-application.yaml"), test_application()).unwrap();
     tmp
 }
 
@@ -52,6 +93,7 @@ pub fn seed(crm: SocketAddr, billing: SocketAddr) -> tempfile::TempDir {
 pub fn crm_pair(weights: [u32; 2], a: SocketAddr, b: SocketAddr) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     super::copy_dir(&super::example().join("parent"), &tmp.path().join("parent"));
+    fs::write(tmp.path().join("parent/manifests/test-application.yaml"), test_application()).unwrap();
     for ((name, backend), weight) in [("cluster-a", a), ("cluster-b", b)].into_iter().zip(weights) {
         let dir = tmp.path().join(name);
         super::copy_dir(&super::example().join("cluster-a"), &dir);
@@ -266,12 +308,12 @@ pub fn data_plane_args(
     args
 }
 
-/// Requests `path` on `ws` (TLS, host `api.example.com`) until it answers `want`, for at
-/// most 20 s; the answer.
+/// Requests `path` on `ws` (TLS, host `api.example.com`, the test key) until it answers
+/// `want`, for at most 20 s; the answer.
 pub async fn until_status(ws: SocketAddr, path: &str, want: u16) -> super::client::Resp {
     let what = format!("{path} answering {want}");
     super::eventually(Duration::from_secs(20), &what, || async {
-        let (_, _, r) = super::client::tls_get(ws, "api.example.com", path).await;
+        let r = get(ws, path).await;
         (r.status == want).then_some(r)
     })
     .await

@@ -96,6 +96,60 @@ fn materialise(dir: &Path) -> Result<PathBuf, UpError> {
     Ok(dir.to_path_buf())
 }
 
+/// The demo application of the embedded example, in `<example>/parent/manifests`: a
+/// ManagedApplication subscribed to both APIs on the Standard plan, its API key generated
+/// at the first start (random, written with mode 0600) and kept afterwards. Returns the key.
+fn demo_application(example: &Path) -> Result<String, UpError> {
+    let p = example.join("parent/manifests/demo-application.yaml");
+    if let Ok(text) = std::fs::read_to_string(&p) {
+        if let Some(k) = text.lines().find_map(|l| l.trim().strip_prefix("- value: ")) {
+            return Ok(k.trim().to_string());
+        }
+    }
+    let key = random_key()?;
+    let yaml = format!(
+        "# Written by `atrium up` at its first start: a demo application subscribed to both APIs.
+# Its API key is printed by `atrium up`; delete this file for a new one.
+apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedApplication
+metadata:
+  name: demo-app
+  namespace: apps
+spec:
+  appId: demo-app
+  owner: atrium-up
+  apiKeys:
+    - value: {key}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedSubscription
+metadata:
+  name: demo-app
+  namespace: apps
+spec:
+  apiPlan:
+    name: standard-plan
+  managedApplications:
+    - name: demo-app
+  apis:
+    - name: crm-api
+    - name: billing-api
+"
+    );
+    pki::write_private(&p, yaml.as_bytes())?;
+    Ok(key)
+}
+
+/// 24 random bytes from the kernel, as hex, with a recognisable prefix.
+fn random_key() -> Result<String, UpError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
+    Ok(format!("atr_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
 /// Creates the installation CA and one certificate per component, keeping existing ones.
 fn ensure_pki(dir: &Path) -> Result<(), UpError> {
     let sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
@@ -183,9 +237,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         return Err(UpError::PortBase);
     }
     std::fs::create_dir_all(&state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
-    let example = match example {
-        Some(e) => e,
-        None => materialise(&state_dir.join("example"))?,
+    let (example, key) = match example {
+        Some(e) => (e, None),
+        None => {
+            let e = materialise(&state_dir.join("example"))?;
+            let key = demo_application(&e)?;
+            (e, Some(key))
+        }
     };
     let pki_dir = state_dir.join("pki");
     ensure_pki(&pki_dir)?;
@@ -197,7 +255,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         spawn(&mut procs, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
     }
     spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir))?;
-    print_try(&layout);
+    print_try(&layout, key.as_deref());
     watch(&mut procs, shutdown).await
 }
 
@@ -239,16 +297,25 @@ fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path
 }
 
 /// Prints where the example listens and what to try.
-fn print_try(layout: &Layout) {
+fn print_try(layout: &Layout, key: Option<&str>) {
     let (ip, base) = (layout.parent_ip, layout.port_base);
     let at = |off: u16| SocketAddr::new(ip, base + off).to_string();
     let https = SocketAddr::new(ip, base + 443);
+    let (auth, key_line) = match key {
+        Some(k) => (
+            format!(" -H 'Authorization: Bearer {k}'"),
+            format!("demo API key (application demo-app, Standard plan): {k}\n"),
+        ),
+        None => (" -H 'Authorization: Bearer <an API key of your ManagedApplications>'".to_string(), String::new()),
+    };
     println!(
         "\natrium up: parent on {ip} (web :{web}, websecure :{ws}, admin :{admin}, gRPC :{grpc}), \
          cluster-a on 127.0.0.2, cluster-b on 127.0.0.3\n\
-         try:\n  curl -sk --resolve api.example.com:{ws}:{hip} https://api.example.com:{ws}/crm/customers\n  \
-         curl -sk --resolve api.example.com:{ws}:{hip} https://api.example.com:{ws}/billing/invoices\n  \
+         {key_line}\
+         try:\n  curl -sk --resolve api.example.com:{ws}:{hip}{auth} https://api.example.com:{ws}/crm/customers\n  \
+         curl -sk --resolve api.example.com:{ws}:{hip}{auth} https://api.example.com:{ws}/billing/invoices\n  \
          curl -s http://{admin_addr}/api/children\n\
+         (without a key, API routes answer 401)\n\
          Ctrl-C stops everything.\n",
         web = base,
         ws = https.port(),

@@ -132,7 +132,10 @@ impl Gateway {
         };
         let router = &rt.table.routers()[i];
         match router.state.target.as_deref() {
-            Some(Service::LoadBalancer(lb)) if router.middlewares.is_empty() && lb.plain_http => {
+            // A route of an API checks its caller first: the general lane's work.
+            Some(Service::LoadBalancer(lb))
+                if router.middlewares.is_empty() && router.api.is_none() && lb.plain_http =>
+            {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }

@@ -35,6 +35,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
 use super::access_log;
+use super::apim::ApiStep;
 use super::{
     Compiled, ConnInfo, Gateway, Labels, Outgoing, ProxyError, Route, Routed, error_response, failure, forward,
     host_problem,
@@ -174,6 +175,8 @@ struct Plan<'r> {
     compress: Option<&'r Compression>,
     /// The path the upstream gets, when sanitizing or a rewrite changed it.
     url: Option<UrlPath>,
+    /// The query parameter that carried an API key, left out upstream.
+    strip_query: Option<String>,
 }
 
 /// Where the request phase stopped.
@@ -381,18 +384,30 @@ fn outgoing(
             headers.insert(header::HOST, v);
         }
     }
-    let path_and_query = match &plan.url {
-        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        Some(u) => {
-            // A rewrite must not make a path that climbs out of what was routed.
-            if atrium_routing::path_security::has_dot_segment(u.request_path()) {
-                tracing::debug!(router = %router.id, path = %u.request_path(), "rewritten path has a dot segment: refused");
-                return Err(body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"));
-            }
-            let mut pq = u.request_path().to_string();
-            if let Some(q) = inbound.query {
+    let path_and_query = match (&plan.url, &plan.strip_query) {
+        (None, None) => {
+            parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+        }
+        (url, strip) => {
+            let path = match url {
+                Some(u) => {
+                    // A rewrite must not make a path that climbs out of what was routed.
+                    if atrium_routing::path_security::has_dot_segment(u.request_path()) {
+                        tracing::debug!(router = %router.id, path = %u.request_path(), "rewritten path has a dot segment: refused");
+                        return Err(body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"));
+                    }
+                    u.request_path()
+                }
+                None => &inbound.path,
+            };
+            let query = match strip {
+                Some(param) => super::apim::without_param(inbound.query, param).map(Cow::Owned),
+                None => inbound.query.map(Cow::Borrowed),
+            };
+            let mut pq = path.to_string();
+            if let Some(q) = query {
                 pq.push('?');
-                pq.push_str(q);
+                pq.push_str(&q);
             }
             http::uri::PathAndQuery::try_from(pq)
                 .map_err(|_| body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"))?
@@ -479,6 +494,26 @@ impl Gateway {
                 }
             }
         }
+        // API management, after the middlewares (a CORS preflight is answered before it),
+        // its refusals with the CORS headers the middlewares would add.
+        let mut plan_left = None;
+        if let Some(api) = router.api.as_deref() {
+            let (outcome, strip) = match self.api_access(&rt, api, &mut parts, inbound.query) {
+                ApiStep::Go(o, strip) => (o, strip),
+                ApiStep::Wait(d, o, strip) => {
+                    tokio::time::sleep(d).await;
+                    (o, strip)
+                }
+                ApiStep::Answer(mut r) => {
+                    for (h, ssl) in plan.after.iter().rev() {
+                        h.on_response(r.headers_mut(), origin.as_deref(), *ssl);
+                    }
+                    return (r, labels);
+                }
+            };
+            plan.strip_query = strip;
+            plan_left = Some(outcome);
+        }
         let req_body = match plan.buffering {
             Some(b) => match buffer_request(b, &mut parts.headers, incoming).await {
                 Ok(whole) => whole,
@@ -499,7 +534,10 @@ impl Gateway {
             Ok(r) => r,
             Err(r) => return (r, labels),
         };
-        let resp = self.finish(resp, client_upgrade, &plan, router, &parts.method, origin, accept_encoding).await;
+        let mut resp = self.finish(resp, client_upgrade, &plan, router, &parts.method, origin, accept_encoding).await;
+        if let Some(o) = &plan_left {
+            super::apim::remaining_headers(resp.headers_mut(), o);
+        }
         (resp, labels)
     }
 

@@ -8,6 +8,7 @@
 
 mod access_log;
 pub mod admin;
+mod apim;
 mod direct;
 pub mod forward;
 mod general;
@@ -62,6 +63,8 @@ pub struct Compiled {
     pub table: Table,
     /// Services by id.
     pub services: HashMap<String, Arc<Service>>,
+    /// Who may call which API, on which plan.
+    pub access: atrium_routing::apim::Access,
     /// The snapshot body, for `/api/rawdata`.
     pub body: SnapshotBody,
 }
@@ -116,7 +119,8 @@ impl Compiled {
             labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
             served: std::sync::atomic::AtomicU64::new(0),
         })?;
-        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, body })
+        let access = atrium_routing::apim::Access::from_snapshot(&body);
+        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, access, body })
     }
 }
 
@@ -191,6 +195,8 @@ pub struct Gateway {
     uplinks: std::sync::OnceLock<Arc<crate::uplink::UplinkClient>>,
     /// Requests logged so far (Traefik's CLF counter).
     served: std::sync::atomic::AtomicU64,
+    /// Plan limit counters, kept across configuration swaps.
+    counters: std::sync::Mutex<atrium_routing::apim::Counters>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -307,6 +313,7 @@ impl Gateway {
             certs,
             uplinks: std::sync::OnceLock::new(),
             served: std::sync::atomic::AtomicU64::new(0),
+            counters: std::sync::Mutex::default(),
         })
     }
 
@@ -375,6 +382,9 @@ impl Gateway {
                      (atrium control-plane or data-plane with its certificate): they answer 503 here"
                 );
             }
+        }
+        if let Ok(mut c) = self.counters.lock() {
+            c.evict_idle(std::time::Instant::now());
         }
         let version = rt.version;
         self.in_force.store(Some(Arc::new(rt)));

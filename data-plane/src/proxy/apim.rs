@@ -1,0 +1,168 @@
+//! API management at the gateway: a request to a route of an API (`hub.traefik.io/api`)
+//! goes on only with a key of an application subscribed to that API, within the plan of
+//! the subscription; the key is taken out before the request goes upstream. Refusals are
+//! `application/problem+json` with a stable `type` per cause:
+//! - 401 `missing-credentials`, `invalid-credentials`, `unsupported-authentication`;
+//! - 403 `suspended`, `not-subscribed`;
+//! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`).
+//!
+//! Every answer of an API route says what is left of the plan (`X-RateLimit-Remaining`,
+//! `X-Quota-Remaining`). The decision itself is `atrium_routing::apim`; the counters live
+//! in the [`Gateway`], outside the swapped table.
+
+use std::time::{Duration, Instant};
+
+use atrium_routing::apim::{ApiAuth, KeySource, Outcome, Verdict};
+use atrium_routing::middleware::limits::Admission;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+
+use super::{Compiled, Gateway};
+use crate::body::{self, Body};
+
+/// What API management says about a request.
+pub(super) enum ApiStep {
+    /// Go on now; the query parameter that carried the key, to take out.
+    Go(Outcome, Option<String>),
+    /// Go on after this wait (a rate limit that allows a short delay).
+    Wait(Duration, Outcome, Option<String>),
+    /// Refused.
+    Answer(Response<Body>),
+}
+
+/// An `application/problem+json` answer (RFC 9457).
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Body> {
+    let doc = serde_json::json!({
+        "type": format!("https://atrium.dev/problems/{kind}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut r = Response::new(body::full(doc.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Puts what is left of the plan on an answer.
+pub(super) fn remaining_headers(h: &mut HeaderMap, o: &Outcome) {
+    if let Some(n) = o.rate_remaining {
+        h.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(n));
+    }
+    if let Some(n) = o.quota_remaining {
+        h.insert(HeaderName::from_static("x-quota-remaining"), HeaderValue::from(n));
+    }
+}
+
+/// The key a request carries and where: a header (taken out here) or a query parameter
+/// (named, for the outgoing request to leave out).
+fn take_key(source: &KeySource, headers: &mut HeaderMap, query: Option<&str>) -> (Option<String>, Option<String>) {
+    let from_header = |name: &HeaderName, scheme: Option<&str>| {
+        let s = KeySource::Header { name: name.clone(), scheme: scheme.map(str::to_string) };
+        s.find(headers, None).map(str::to_string)
+    };
+    let (key, header, param) = match source {
+        KeySource::Default => match from_header(&header::AUTHORIZATION, Some("Bearer")) {
+            Some(k) => (Some(k), Some(header::AUTHORIZATION), None),
+            None => (source.find(headers, query).map(str::to_string), None, Some("api_key".to_string())),
+        },
+        KeySource::Header { name, scheme } => (from_header(name, scheme.as_deref()), Some(name.clone()), None),
+        KeySource::Query(q) => (source.find(headers, query).map(str::to_string), None, Some(q.clone())),
+    };
+    if let (Some(_), Some(h)) = (&key, header) {
+        headers.remove(h);
+    }
+    let param = key.as_ref().and(param);
+    (key, param)
+}
+
+impl Gateway {
+    /// Checks a request to API `api` against the rules and the plan counters of `rt`.
+    pub(super) fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
+        let source = match rt.access.auth(api) {
+            ApiAuth::Key(s) => s,
+            ApiAuth::Unsupported(why) => {
+                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
+            }
+        };
+        let (key, param) = take_key(&source, &mut parts.headers, query);
+        let grant = match rt.access.decide(api, key.as_deref()) {
+            Verdict::Granted(g) => g,
+            Verdict::NoCredentials => {
+                let why = "this API needs an API key (Authorization: Bearer KEY)";
+                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "missing-credentials", why));
+            }
+            Verdict::UnknownKey => {
+                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "invalid-credentials", "unknown API key"));
+            }
+            Verdict::Suspended { what, .. } => {
+                let why = format!("the {what} is suspended");
+                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "suspended", &why));
+            }
+            Verdict::NotSubscribed { app } => {
+                let why = format!("application {} has no subscription to this API", app.app_id);
+                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "not-subscribed", &why));
+            }
+        };
+        let outcome = match self.counters.lock() {
+            Ok(mut c) => c.admit(&grant, Instant::now(), Duration::ZERO),
+            Err(_) => {
+                return ApiStep::Answer(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "limits unavailable"));
+            }
+        };
+        match outcome.admission {
+            Admission::Now => ApiStep::Go(outcome, param),
+            Admission::After(d) => ApiStep::Wait(d, outcome, param),
+            Admission::Refuse(retry) => {
+                let (kind, why) = if outcome.quota_remaining == Some(0) {
+                    ("quota-exceeded", "the plan's quota is used up")
+                } else {
+                    ("rate-limited", "the plan's rate limit is reached")
+                };
+                let mut r = problem(StatusCode::TOO_MANY_REQUESTS, kind, why);
+                let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                remaining_headers(r.headers_mut(), &outcome);
+                ApiStep::Answer(r)
+            }
+        }
+    }
+}
+
+/// `query` without parameter `name` (the key it carried), `None` when nothing is left.
+pub(super) fn without_param(query: Option<&str>, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query?.split('&').filter(|p| p.split('=').next() != Some(name) && !p.is_empty()).collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_taken_from_where_it_was_found() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer k1".parse().unwrap());
+        assert_eq!(take_key(&KeySource::Default, &mut h, Some("api_key=k2")), (Some("k1".into()), None));
+        assert!(h.get("authorization").is_none(), "the header is gone");
+        assert_eq!(
+            take_key(&KeySource::Default, &mut h, Some("a=1&api_key=k2")),
+            (Some("k2".into()), Some("api_key".into()))
+        );
+        assert_eq!(take_key(&KeySource::Default, &mut h, Some("a=1")), (None, None));
+        h.insert("x-key", "k3".parse().unwrap());
+        let header = KeySource::Header { name: HeaderName::from_static("x-key"), scheme: None };
+        assert_eq!(take_key(&header, &mut h, None), (Some("k3".into()), None));
+        assert!(h.get("x-key").is_none());
+    }
+
+    #[test]
+    fn only_the_key_parameter_leaves_the_query() {
+        assert_eq!(without_param(Some("a=1&api_key=k&b=2"), "api_key").as_deref(), Some("a=1&b=2"));
+        assert_eq!(without_param(Some("api_key=k"), "api_key"), None);
+        assert_eq!(without_param(Some("api_key_x=1"), "api_key").as_deref(), Some("api_key_x=1"));
+    }
+}
