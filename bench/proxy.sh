@@ -19,6 +19,7 @@ cargo build --release --quiet
 ATRIUM=target/release/atrium
 
 BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
+ATRIUMAPI=127.0.0.1:18185; APIKEY=bench-key-5c1f0a7e
 
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 NGINX_MASTER_INDEX=${#PIDS[@]}
@@ -28,7 +29,7 @@ nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
     proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;
     proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Forwarded-Port \$server_port; } }"
 
-mkdir -p "$WORK/one" "$WORK/many"
+mkdir -p "$WORK/one" "$WORK/many" "$WORK/api"
 cat > "$WORK/one/route.yaml" <<YAML
 apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -41,6 +42,31 @@ spec:
 YAML
 backend_manifests >> "$WORK/one/route.yaml"
 cp "$WORK/one/route.yaml" "$WORK/many/route.yaml"
+# The same route as a route of an API: a key check and a plan (limits far above the load).
+sed 's/^metadata: {name: bench, namespace: bench}$/metadata: {name: bench, namespace: bench, annotations: {hub.traefik.io\/api: bench-api}}/' \
+  "$WORK/one/route.yaml" > "$WORK/api/route.yaml"
+cat >> "$WORK/api/route.yaml" <<YAML
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: API
+metadata: {name: bench-api, namespace: bench}
+spec: {}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: APIPlan
+metadata: {name: plan, namespace: bench}
+spec: {title: Bench, rateLimit: {limit: 100000000, period: 1s}, quota: {limit: 1000000000, period: 1h}}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedApplication
+metadata: {name: app, namespace: bench}
+spec: {appId: app, owner: bench, apiKeys: [{value: $APIKEY}]}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ManagedSubscription
+metadata: {name: sub, namespace: bench}
+spec: {apiPlan: {name: plan}, managedApplications: [{name: app}], apis: [{name: bench-api}]}
+YAML
 python3 - "$WORK/many/routes.yaml" <<'PY'
 import sys
 with open(sys.argv[1], "w") as f:
@@ -57,21 +83,25 @@ start_atrium() { # $1 = manifests, $2 = addr
 }
 start_atrium "$WORK/one" "$ATRIUM1"
 start_atrium "$WORK/many" "$ATRIUM1000"
+start_atrium "$WORK/api" "$ATRIUMAPI"
 sleep 2
-ATRIUM_PID=${PIDS[-2]}
+ATRIUM_PID=${PIDS[-3]}
+ATRIUMAPI_PID=${PIDS[-1]}
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$ATRIUM_PID/status")
 
 for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
   curl -fsS -H 'Host: bench.test' "http://$target/" >/dev/null || { echo "$target is not answering" >&2; exit 1; }
 done
+curl -fsS -H 'Host: bench.test' -H "Authorization: Bearer $APIKEY" "http://$ATRIUMAPI/" >/dev/null ||
+  { echo "the API route is not answering" >&2; exit 1; }
 # CPU per request of each proxy process (less noisy than req/s on a shared machine).
 NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
-ATRIUM1000_PID=${PIDS[-1]}
-declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID)
+ATRIUM1000_PID=${PIDS[-2]}
+declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID [api]=$ATRIUMAPI_PID)
 
-measure() { # $1 = addr, $2 = host header, $3 = path -> "rps p99"
+measure() { # $1 = addr, $2 = host header, $3 = path, [$4 = another header] -> "rps p99"
   local out
-  out=$(wrk -t1 -c32 -d"${DURATION}s" --latency -H "Host: $2" "http://$1$3")
+  out=$(wrk -t1 -c32 -d"${DURATION}s" --latency -H "Host: $2" ${4:+-H "$4"} "http://$1$3")
   local rps p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -84,7 +114,7 @@ echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
 # each one's median round, so a noisy moment does not decide a ratio.
 declare -A RPS P99 USR SYS
 for round in $(seq "$ROUNDS"); do
-  for t in direct nginx one many; do
+  for t in direct nginx one many api; do
     pid=${PROC[$t]:-}
     [ -n "$pid" ] && read -r u0 s0 < <(cpu_ticks "$pid")
     case $t in
@@ -92,6 +122,7 @@ for round in $(seq "$ROUNDS"); do
       nginx) out=$(measure "$NGINX" bench.test /) ;;
       one) out=$(measure "$ATRIUM1" bench.test /) ;;
       many) out=$(measure "$ATRIUM1000" h77.test /p7/x) ;;
+      api) out=$(measure "$ATRIUMAPI" bench.test / "Authorization: Bearer $APIKEY") ;;
     esac
     RPS[$t]+="${out% *} "
     P99[$t]+="${out#* } "
@@ -108,6 +139,7 @@ direct_rps=$(median <<<"${RPS[direct]}"); direct_p99=$(median_lat <<<"${P99[dire
 nginx_rps=$(median <<<"${RPS[nginx]}"); nginx_p99=$(median_lat <<<"${P99[nginx]}")
 one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
 many_rps=$(median <<<"${RPS[many]}"); many_p99=$(median_lat <<<"${P99[many]}")
+api_rps=$(median <<<"${RPS[api]}"); api_p99=$(median_lat <<<"${P99[api]}")
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p99 | ratio to nginx proxy |
@@ -116,12 +148,15 @@ cat <<TABLE
 | nginx proxy (1 worker, keep-alive upstream) | $nginx_rps | $nginx_p99 | 1.00× |
 | atrium gateway, 1 route (--workers 1) | $one_rps | $one_p99 | $(ratio "$one_rps" "$nginx_rps")× |
 | atrium gateway, 1,001 host+path routes (--workers 1) | $many_rps | $many_p99 | $(ratio "$many_rps" "$nginx_rps")× |
+| atrium gateway, the route as an API route (key + plan) | $api_rps | $api_p99 | $(ratio "$api_rps" "$nginx_rps")× |
 
 | CPU per request (median) | user | kernel |
 |---|---|---|
 | nginx proxy | $(median <<<"${USR[nginx]}") µs | $(median <<<"${SYS[nginx]}") µs |
 | atrium gateway, 1 route | $(median <<<"${USR[one]}") µs | $(median <<<"${SYS[one]}") µs |
 | atrium gateway, 1,001 routes | $(median <<<"${USR[many]}") µs | $(median <<<"${SYS[many]}") µs |
+| atrium gateway, API route (key + plan) | $(median <<<"${USR[api]}") µs | $(median <<<"${SYS[api]}") µs |
 
 atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu many)")× the requests per CPU second. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
+The route as an API route (key check and plan, local counters) vs the same route without API management: $(ratio "$api_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu api)")× the requests per CPU second (goal ≥ 0.85×).
 TABLE
