@@ -126,3 +126,30 @@ async fn only_subscribed_keys_within_their_plan_reach_an_apis_backend() {
     // A route of no API asks for nothing.
     assert_eq!(call(&gw, "/open", None).await.status, 200);
 }
+
+/// Hostile keys: a huge one, an empty one, another scheme, and a key hidden in a second
+/// query parameter are refused like any unknown key; none reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_are_refused_without_reaching_the_backend() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("apim.yaml"),
+        MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]),
+    )
+    .unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let huge = "k".repeat(32 * 1024);
+    let r = call(&gw, "/crm/x", Some(&huge)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "invalid-credentials"));
+    let r = call(&gw, "/crm/x", Some("")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "missing-credentials"));
+    let basic =
+        hyper::Request::get(gw.web("/crm/x")).header("authorization", "Basic key-a").body(common::client::body(""));
+    let r = common::client::send(&common::client::http1(), basic.unwrap()).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "missing-credentials"), "only a Bearer key counts");
+    // The first api_key parameter is the key; a good one further on does not count.
+    let r = get(&gw.web("/crm/x?api_key=nope&api_key=key-a")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "invalid-credentials"));
+    assert!(be.seen.lock().unwrap().is_empty(), "{:?}", be.seen.lock().unwrap());
+}
