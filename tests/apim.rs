@@ -13,7 +13,8 @@ use common::gateway::GatewayProc;
 const MANIFESTS: &str = "apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {name: crm-api, namespace: ns}
-spec: {}
+spec:
+  cors: {allowOriginsList: [\"https://app.example\"], allowHeadersList: [\"*\"], allowMethodsList: [GET], maxAge: 600}
 ---
 apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -152,4 +153,49 @@ async fn hostile_keys_are_refused_without_reaching_the_backend() {
     let r = get(&gw.web("/crm/x?api_key=nope&api_key=key-a")).await;
     assert_eq!((r.status, problem(&r).as_str()), (401, "invalid-credentials"));
     assert!(be.seen.lock().unwrap().is_empty(), "{:?}", be.seen.lock().unwrap());
+}
+
+/// The API's CORS: a browser's preflight is answered before any key is asked for, with
+/// `Authorization` allowed; refusals and answers carry the CORS headers, and the plan
+/// headers are readable by the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_come_before_the_key_and_refusals_carry_cors_headers() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("apim.yaml"),
+        MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]),
+    )
+    .unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let client = common::client::http1();
+    let preflight = hyper::Request::builder()
+        .method("OPTIONS")
+        .uri(gw.web("/crm/x"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .body(common::client::body(""))
+        .unwrap();
+    let r = common::client::send(&client, preflight).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    assert!(r.header("access-control-allow-headers").unwrap().to_ascii_lowercase().contains("authorization"), "{r:?}");
+
+    let from_page = |key: Option<&str>| {
+        let mut b = hyper::Request::get(gw.web("/crm/x")).header("origin", "https://app.example");
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        b.body(common::client::body("")).unwrap()
+    };
+    let r = common::client::send(&client, from_page(None)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "missing-credentials"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"), "a refusal the page can read");
+    let r = common::client::send(&client, from_page(Some("key-a"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    let exposed = r.header("access-control-expose-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(exposed.contains("x-ratelimit-remaining") && exposed.contains("x-quota-remaining"), "{exposed}");
+    assert!(be.seen.lock().unwrap().len() == 1, "only the keyed request reached the backend");
 }

@@ -190,6 +190,8 @@ pub enum ApiAuth {
 pub struct Access {
     /// API (`namespace/name`) → how its callers authenticate.
     apis: HashMap<String, ApiAuth>,
+    /// API → its CORS rules, when it has some.
+    cors: HashMap<String, crate::middleware::headers::HeaderRules>,
     /// Key hash → (application, key suspended).
     keys: HashMap<KeyHash, (usize, bool)>,
     apps: Vec<Application>,
@@ -219,7 +221,7 @@ impl Access {
                 }
             }
         }
-        Access { apis: HashMap::new(), keys, apps, subs, grants }
+        Access { apis: HashMap::new(), cors: HashMap::new(), keys, apps, subs, grants }
     }
 
     /// The rules a snapshot carries. A header name that is not one, or a limit whose
@@ -257,7 +259,21 @@ impl Access {
         });
         let mut access = Access::new(apps.collect(), keys.collect(), subs.collect());
         access.apis = body.apis.iter().map(|a| (a.id.clone(), api_auth(a.auth.as_ref()))).collect();
+        access.cors = body
+            .apis
+            .iter()
+            .filter(|a| !a.cors_json.is_empty())
+            .filter_map(|a| {
+                let cfg = serde_json::from_str(&a.cors_json).ok()?;
+                Some((a.id.clone(), crate::middleware::headers::HeaderRules::new(cfg).ok()?))
+            })
+            .collect();
         access
+    }
+
+    /// The CORS rules of `api`, if it has some.
+    pub fn cors(&self, api: &str) -> Option<&crate::middleware::headers::HeaderRules> {
+        self.cors.get(api)
     }
 
     /// How callers of `api` authenticate; an API the rules do not know is refused.

@@ -6,6 +6,8 @@
 //! - 403 `suspended`, `not-subscribed`;
 //! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`).
 //!
+//! The API's `cors` runs first: a preflight is answered before any key is asked for (with
+//! `Authorization` allowed when every header is), and refusals carry the CORS headers.
 //! Every answer of an API route says what is left of the plan (`X-RateLimit-Remaining`,
 //! `X-Quota-Remaining`). The decision itself is `atrium_routing::apim`; the counters live
 //! in the [`Gateway`], outside the swapped table.
@@ -54,6 +56,25 @@ pub(super) fn remaining_headers(h: &mut HeaderMap, o: &Outcome) {
     }
     if let Some(n) = o.quota_remaining {
         h.insert(HeaderName::from_static("x-quota-remaining"), HeaderValue::from(n));
+    }
+}
+
+/// Answers a CORS preflight that asks for `Authorization` with it in
+/// `Access-Control-Allow-Headers` when the API allows every header (`*`): a browser does
+/// not take the wildcard to cover `Authorization`, so the key could not be sent otherwise.
+pub(super) fn echo_authorization(request: &HeaderMap, answer: &mut HeaderMap) {
+    let asks = request
+        .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("authorization"));
+    let allow = answer.get(header::ACCESS_CONTROL_ALLOW_HEADERS).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let tokens: Vec<&str> = allow.split(',').map(str::trim).collect();
+    if asks && tokens.contains(&"*") && !tokens.iter().any(|t| t.eq_ignore_ascii_case("authorization")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{allow},Authorization")) {
+            answer.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
     }
 }
 

@@ -473,7 +473,7 @@ impl Gateway {
         router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Only middlewares read these (CORS, compress).
         let with_middlewares = !router.middlewares.is_empty();
-        let origin = with_middlewares
+        let origin = (with_middlewares || router.api.is_some())
             .then(|| parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string))
             .flatten();
         let accept_encoding = with_middlewares.then(|| parts.headers.get(header::ACCEPT_ENCODING).cloned()).flatten();
@@ -494,10 +494,21 @@ impl Gateway {
                 }
             }
         }
-        // API management, after the middlewares (a CORS preflight is answered before it),
-        // its refusals with the CORS headers the middlewares would add.
+        // API management, after the middlewares: the API's CORS first (a preflight is
+        // answered before any key is asked for), then the key and the plan; refusals carry
+        // the CORS headers of the API and of the middlewares.
         let mut plan_left = None;
         if let Some(api) = router.api.as_deref() {
+            if let Some(cors) = rt.access.cors(api) {
+                match cors.on_request(&parts.method, &mut parts.headers, inbound.host_raw, conn.tls) {
+                    RequestAction::Respond(a) => {
+                        let mut r = body::answer(a);
+                        super::apim::echo_authorization(&parts.headers, r.headers_mut());
+                        return (r, labels);
+                    }
+                    RequestAction::Continue { ssl, .. } => plan.after.insert(0, (cors, ssl)),
+                }
+            }
             let (outcome, strip) = match self.api_access(&rt, api, &mut parts, inbound.query) {
                 ApiStep::Go(o, strip) => (o, strip),
                 ApiStep::Wait(d, o, strip) => {

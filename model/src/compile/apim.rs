@@ -45,11 +45,40 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
     let mut out: Vec<pb::Api> = m
         .resources
         .iter()
-        .filter(|l| matches!(l.resource, Resource::Api(_)))
-        .map(|l| pb::Api { id: l.id(), auth: Some(api_auth(default_auth.get(l.ns()).map(|(_, a)| *a))) })
+        .filter_map(|l| match &l.resource {
+            Resource::Api(api) => Some(pb::Api {
+                id: l.id(),
+                auth: Some(api_auth(default_auth.get(l.ns()).map(|(_, a)| *a))),
+                cors_json: api.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
+            }),
+            _ => None,
+        })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// An API's `cors` as the configuration of a headers middleware; the plan headers are
+/// always exposed, so a browser can read what is left of the plan.
+fn cors_json(c: &crate::resources::hub::Cors) -> String {
+    let mut expose = c.expose_headers_list.clone();
+    for h in ["X-RateLimit-Remaining", "X-Quota-Remaining"] {
+        if !expose.iter().any(|e| e.eq_ignore_ascii_case(h)) {
+            expose.push(h.to_string());
+        }
+    }
+    let h = atrium_routing::middleware::config::Headers {
+        access_control_allow_credentials: c.allow_credentials,
+        access_control_allow_headers: c.allow_headers_list.clone(),
+        access_control_allow_methods: c.allow_methods_list.clone(),
+        access_control_allow_origin_list: c.allow_origins_list.clone(),
+        access_control_allow_origin_list_regex: c.allow_origin_list_regex.clone(),
+        access_control_expose_headers: expose,
+        access_control_max_age: c.max_age,
+        add_vary_header: c.add_vary_header,
+        ..Default::default()
+    };
+    serde_json::to_string(&h).unwrap_or_default()
 }
 
 /// How callers of an API in a namespace with default APIAuth `auth` authenticate.
