@@ -68,6 +68,17 @@ spec:
   apis: [{name: crm-api}]
 ";
 
+/// A backend, and a gateway serving [`MANIFESTS`] in front of it (the directory kept
+/// while the test runs).
+async fn start() -> (backend::Backend, tempfile::TempDir, GatewayProc) {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]);
+    fs::write(tmp.path().join("apim.yaml"), manifests).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    (be, tmp, gw)
+}
+
 async fn call(gw: &GatewayProc, path: &str, key: Option<&str>) -> Resp {
     let mut req = hyper::Request::get(gw.web(path));
     if let Some(k) = key {
@@ -85,14 +96,7 @@ fn problem(r: &Resp) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_subscribed_keys_within_their_plan_reach_an_apis_backend() {
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("apim.yaml"),
-        MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]),
-    )
-    .unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let (be, _tmp, gw) = start().await;
 
     // Refusals, each with its own problem type; none reaches the backend.
     let r = call(&gw, "/crm/x", None).await;
@@ -132,14 +136,7 @@ async fn only_subscribed_keys_within_their_plan_reach_an_apis_backend() {
 /// query parameter are refused like any unknown key; none reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_keys_are_refused_without_reaching_the_backend() {
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("apim.yaml"),
-        MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]),
-    )
-    .unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let (be, _tmp, gw) = start().await;
     let huge = "k".repeat(32 * 1024);
     let r = call(&gw, "/crm/x", Some(&huge)).await;
     assert_eq!((r.status, problem(&r).as_str()), (401, "invalid-credentials"));
@@ -160,14 +157,7 @@ async fn hostile_keys_are_refused_without_reaching_the_backend() {
 /// headers are readable by the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflights_come_before_the_key_and_refusals_carry_cors_headers() {
-    let be = backend::start("crm", "127.0.0.1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("apim.yaml"),
-        MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[be.addr]),
-    )
-    .unwrap();
-    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let (be, _tmp, gw) = start().await;
     let client = common::client::http1();
     let preflight = hyper::Request::builder()
         .method("OPTIONS")

@@ -276,9 +276,10 @@ impl Access {
         self.cors.get(api)
     }
 
-    /// How callers of `api` authenticate; an API the rules do not know is refused.
-    pub fn auth(&self, api: &str) -> ApiAuth {
-        self.apis.get(api).cloned().unwrap_or_else(|| ApiAuth::Unsupported(format!("API {api} is not configured")))
+    /// How callers of `api` authenticate; `None` for an API the rules do not know (its
+    /// requests are refused).
+    pub fn auth(&self, api: &str) -> Option<&ApiAuth> {
+        self.apis.get(api)
     }
 
     /// The verdict on a request to `api` carrying `key`.

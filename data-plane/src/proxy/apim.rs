@@ -104,12 +104,16 @@ impl Gateway {
     /// Checks a request to API `api` against the rules and the plan counters of `rt`.
     pub(super) fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
         let source = match rt.access.auth(api) {
-            ApiAuth::Key(s) => s,
-            ApiAuth::Unsupported(why) => {
+            Some(ApiAuth::Key(s)) => s,
+            Some(ApiAuth::Unsupported(why)) => {
+                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", why));
+            }
+            None => {
+                let why = format!("API {api} is not configured");
                 return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
             }
         };
-        let (key, param) = take_key(&source, &mut parts.headers, query);
+        let (key, param) = take_key(source, &mut parts.headers, query);
         let grant = match rt.access.decide(api, key.as_deref()) {
             Verdict::Granted(g) => g,
             Verdict::NoCredentials => {
