@@ -118,6 +118,7 @@ impl ListenArgs {
             state_dir,
             tls_dir,
             liveness: Liveness::default(),
+            apim: limits.apim()?,
         })
     }
 
@@ -159,6 +160,20 @@ struct LimitArgs {
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Longest wait (Go duration, e.g. 250ms) a request over its plan's rate limit is made
+    /// to take before it goes on; a longer wait is refused with 429 at once.
+    #[arg(long, default_value = "0s")]
+    max_rate_limit_delay: String,
+    /// When Redis holds the plan counters (`hub.redis`) and does not answer: `open` lets
+    /// API requests through uncounted, `closed` answers them 503.
+    #[arg(long, value_enum, default_value_t = RedisFailurePolicy::Open)]
+    redis_failure_policy: RedisFailurePolicy,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RedisFailurePolicy {
+    Open,
+    Closed,
 }
 
 impl LimitArgs {
@@ -172,6 +187,20 @@ impl LimitArgs {
             Duration::from_secs(self.drain_timeout),
             self.max_connections,
         ))
+    }
+
+    fn apim(&self) -> anyhow::Result<atrium_data_plane::proxy::plan_limits::ApimConfig> {
+        use atrium_data_plane::proxy::plan_limits::{ApimConfig, FailurePolicy};
+        let delay = atrium_routing::middleware::config::parse_go_duration(&self.max_rate_limit_delay)
+            .map_err(|e| anyhow::anyhow!("--max-rate-limit-delay: {e}"))?;
+        anyhow::ensure!(delay <= Duration::from_secs(60), "--max-rate-limit-delay: at most 1m");
+        Ok(ApimConfig {
+            max_rate_limit_delay: delay,
+            redis_failure: match self.redis_failure_policy {
+                RedisFailurePolicy::Open => FailurePolicy::Open,
+                RedisFailurePolicy::Closed => FailurePolicy::Closed,
+            },
+        })
     }
 
     fn upstream(&self) -> UpstreamConfig {

@@ -136,7 +136,12 @@ async fn route_table_swapped_1000_times_under_load_without_a_failure() {
     let be = backend::start("b", "127.0.0.1").await;
     let (even, odd) = (backend::start("even", "127.0.0.1").await, backend::start("odd", "127.0.0.1").await);
     let direct = [even.addr, odd.addr];
-    let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+    let gw = Gateway::new(
+        Upstreams::new(UpstreamConfig::default()),
+        None,
+        CertStore::generated().unwrap(),
+        Default::default(),
+    );
     gw.swap(runtime(1, be.addr, direct));
     let ep = EntryPoint::bind("web", "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
     let addr = ep.local_addr().unwrap();

@@ -54,7 +54,12 @@ async fn a_rejected_snapshot_is_nacked_and_the_old_table_keeps_serving() {
     let hub = Hub::new(env!("CARGO_PKG_VERSION"));
     let good = hub.publish(&body("PathPrefix(`/`)"), Instant::now()).unwrap();
     let addr = serve(hub.clone()).await;
-    let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+    let gw = Gateway::new(
+        Upstreams::new(UpstreamConfig::default()),
+        None,
+        CertStore::generated().unwrap(),
+        Default::default(),
+    );
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let cfg = ClientConfig {
         endpoint: format!("http://{addr}"),
@@ -126,7 +131,12 @@ async fn a_snapshot_from_an_older_epoch_is_refused() {
     let cache = tempfile::tempdir().unwrap();
     let newer = atrium_proto::seal(pb::Version { epoch: hub.epoch() + 1, seq: 1 }, &body("PathPrefix(`/newer`)"));
     snapshot::store_cache(cache.path(), &newer).unwrap();
-    let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+    let gw = Gateway::new(
+        Upstreams::new(UpstreamConfig::default()),
+        None,
+        CertStore::generated().unwrap(),
+        Default::default(),
+    );
     gw.swap(snapshot::load_cache(cache.path()).unwrap().unwrap());
     let addr = serve(hub.clone()).await;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -226,7 +226,12 @@ mod tests {
 
     #[tokio::test]
     async fn withdrawn_uplinks_stay_withdrawn_whatever_the_configuration_says() {
-        let gw = Gateway::new(Upstreams::new(UpstreamConfig::default()), None, CertStore::generated().unwrap());
+        let gw = Gateway::new(
+            Upstreams::new(UpstreamConfig::default()),
+            None,
+            CertStore::generated().unwrap(),
+            Default::default(),
+        );
         let uplinks = Uplinks::new("cluster-a", gw, Arc::new(Upstreams::new(UpstreamConfig::default())));
         let state = uplinks.state();
         uplinks.set(vec![uplink("crm")]);

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub swap_failures: Counter,
     /// Per-child uplink counters.
     pub uplinks: UplinkMetrics,
+    /// API management counters.
+    pub apim: ApimMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,7 +103,18 @@ impl Default for Metrics {
             "Uplink streams that failed while their connection stayed up",
             uplinks.failed_streams.clone(),
         );
-        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplinks }
+        let apim = ApimMetrics::default();
+        registry.register(
+            "plan_limit_decisions",
+            "Requests to APIs by plan and what its limits said (allowed, delayed, rejected)",
+            apim.decisions.clone(),
+        );
+        registry.register(
+            "plan_counter_failures",
+            "Requests to APIs whose plan counters (Redis) did not answer; the failure policy applied",
+            apim.store_failures.clone(),
+        );
+        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplinks, apim }
     }
 }
 
@@ -169,6 +182,31 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// API management counters.
+#[derive(Clone, Debug, Default)]
+pub struct ApimMetrics {
+    /// Plan limit decisions, by plan and result.
+    pub decisions: Family<PlanLabels, Counter>,
+    /// Counter updates that failed (Redis did not answer).
+    pub store_failures: Counter,
+}
+
+impl ApimMetrics {
+    /// Counts a decision of `plan`'s limits.
+    pub fn decision(&self, plan: &str, result: &'static str) {
+        self.decisions.get_or_create(&PlanLabels { plan: Label(Arc::from(plan)), result }).inc();
+    }
+}
+
+/// Labels of a plan limit decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    /// The plan, `namespace/name`.
+    pub plan: Label,
+    /// `allowed`, `delayed` or `rejected`.
+    pub result: &'static str,
 }
 
 /// The data plane's per-child uplink counters.

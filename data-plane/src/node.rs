@@ -60,6 +60,8 @@ pub struct Serving {
     pub tls_dir: Option<PathBuf>,
     /// Uplink QUIC keep-alive, idle timeout and limits.
     pub liveness: Liveness,
+    /// API management: the longest rate-limit wait, the Redis failure policy.
+    pub apim: crate::proxy::plan_limits::ApimConfig,
 }
 
 /// Why a node cannot start.
@@ -109,7 +111,7 @@ impl Serving {
 
     /// The data plane, serving TLS from `certs`.
     pub fn gateway_with(&self, certs: Arc<CertStore>) -> Arc<Gateway> {
-        Gateway::new(Upstreams::new(self.upstream.clone()), self.access_log, certs)
+        Gateway::new(Upstreams::new(self.upstream.clone()), self.access_log, certs, self.apim)
     }
 
     /// This node's PKI files: from `--tls-dir` (which must hold them), or created on first
@@ -379,6 +381,7 @@ mod tests {
             state_dir: dir.clone(),
             tls_dir: Some(dir.clone()),
             liveness: Liveness::default(),
+            apim: Default::default(),
         };
         let e = serving.node_files("data-plane").unwrap_err().to_string();
         assert!(e.contains("ca.pem: missing"), "{e}");

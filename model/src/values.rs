@@ -70,6 +70,60 @@ pub struct ChildConfig {
     pub servers_transport: Option<ServersTransport>,
 }
 
+/// `hub.redis`, as the Traefik Hub chart has it: where plan counters are kept for every
+/// data plane together. An empty `endpoints` (the chart's default) leaves counters local.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct Redis {
+    /// `host:port`; the chart takes a comma-separated list, atrium one standalone server.
+    #[serde(default)]
+    pub endpoints: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    /// The database number (the chart's is a string).
+    #[serde(default)]
+    pub database: Option<IntOrString>,
+    /// How long one counter update may take (Go duration; default 500ms).
+    #[serde(default)]
+    pub timeout: Option<IntOrString>,
+    /// Redis Cluster: only `false` (or unset) is built.
+    #[serde(default)]
+    pub cluster: Option<bool>,
+    #[serde(default)]
+    pub tls: Option<NotSupported>,
+    #[serde(default)]
+    pub sentinel: Option<NotSupported>,
+}
+
+impl Redis {
+    /// The database number; an error names what is wrong.
+    pub fn database(&self) -> Result<i64, String> {
+        match &self.database {
+            None => Ok(0),
+            Some(IntOrString::Int(i)) if *i >= 0 => Ok(*i),
+            Some(IntOrString::Str(s)) if s.is_empty() => Ok(0),
+            Some(IntOrString::Str(s)) => {
+                s.parse::<u32>().map(i64::from).map_err(|_| format!("database {s:?} is not a number"))
+            }
+            Some(IntOrString::Int(i)) => Err(format!("database {i} is negative")),
+        }
+    }
+
+    /// The timeout of one counter update.
+    pub fn timeout(&self) -> Result<std::time::Duration, String> {
+        match &self.timeout {
+            None => Ok(std::time::Duration::from_millis(500)),
+            Some(IntOrString::Str(s)) if s.is_empty() || s == "0s" || s == "0" => {
+                Ok(std::time::Duration::from_millis(500))
+            }
+            Some(t) => t.as_duration().map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// How the parent connects to a child.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -111,6 +165,9 @@ pub struct Values {
     pub ports: BTreeMap<String, EntryPointConfig>,
     /// The multi-cluster provider, when configured.
     pub multicluster: Option<Multicluster>,
+    /// Redis for plan counters shared by every data plane (`hub.redis`), when it names
+    /// an endpoint.
+    pub redis: Option<Redis>,
     /// The file it came from, for positions.
     pub file: Option<Arc<Path>>,
     /// The document, for positions.
@@ -124,7 +181,7 @@ impl Default for Values {
         ports.insert("websecure".to_string(), EntryPointConfig::new(8443, false, true));
         ports.insert(ADMIN_PORT.to_string(), EntryPointConfig::new(8080, false, false));
         ports.insert(METRICS_PORT.to_string(), EntryPointConfig::new(9100, false, false));
-        Values { ports, multicluster: None, file: None, doc: None }
+        Values { ports, multicluster: None, redis: None, file: None, doc: None }
     }
 }
 
@@ -251,6 +308,10 @@ impl Reader<'_> {
     fn hub(&mut self, node: &Node, v: &mut Values) {
         for (k, val) in self.map(node, "hub") {
             let key = k.as_str().unwrap_or("");
+            if key == "redis" {
+                self.redis(val, v);
+                continue;
+            }
             if key != "providers" {
                 self.unread(k, &format!("hub.{key}"));
                 continue;
@@ -270,6 +331,42 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    fn redis(&mut self, node: &Node, v: &mut Values) {
+        let r = match from_node_at::<Redis>(node, "hub.redis") {
+            Ok(r) => r,
+            Err(e) => return self.de_error(e, node),
+        };
+        let at = |name: &str| node.get(name).unwrap_or(node);
+        let endpoints: Vec<&str> = r.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+        if r.cluster == Some(true) {
+            let msg = "Redis Cluster is not supported yet: point endpoints at one standalone server".to_string();
+            self.diags.push(Diagnostic {
+                field: Some("hub.redis.cluster".into()),
+                ..Diagnostic::at(Severity::Error, "unsupported-field", self.file, at("cluster").mark, msg)
+            });
+        }
+        match endpoints.as_slice() {
+            [] => return,
+            [one] => {
+                if atrium_routing::children::parse_address(&format!("https://{one}")).is_err() || !one.contains(':') {
+                    let msg = format!("endpoint {one:?} must be host:port");
+                    self.error(at("endpoints"), "hub.redis.endpoints", msg);
+                }
+            }
+            [..] => {
+                let msg = "one standalone Redis endpoint is supported (Cluster and Sentinel are not yet)".to_string();
+                self.error(at("endpoints"), "hub.redis.endpoints", msg);
+            }
+        }
+        if let Err(e) = r.database() {
+            self.error(at("database"), "hub.redis.database", e);
+        }
+        if let Err(e) = r.timeout() {
+            self.error(at("timeout"), "hub.redis.timeout", e);
+        }
+        v.redis = Some(Redis { endpoints: endpoints.join(","), ..r });
     }
 
     fn check_children(&mut self, node: &Node, mc: &Multicluster) {
@@ -477,6 +574,7 @@ fn parse_uplink_tls_argument(arg: &str) -> Option<Result<(String, bool), Argumen
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const PARENT: &str = "hub:
   providers:
@@ -545,6 +643,40 @@ additionalArguments:
             "{s:#?}"
         );
         assert_eq!(v.ports["web"].port, 80);
+    }
+
+    #[test]
+    fn redis_reads_the_charts_keys_and_names_what_is_not_built() {
+        let text = "hub:\n  redis:\n    endpoints: \"127.0.0.1:6379\"\n    database: \"2\"\n    password: s3cret\n    timeout: 1s\n";
+        let (v, d) = Values::parse(Path::new("v.yaml"), text);
+        assert!(d.is_empty(), "{d:?}");
+        let r = v.redis.unwrap();
+        assert_eq!(
+            (r.endpoints.as_str(), r.database(), r.timeout()),
+            ("127.0.0.1:6379", Ok(2), Ok(Duration::from_secs(1)))
+        );
+        let (v, d) = Values::parse(Path::new("v.yaml"), "hub:\n  redis:\n    endpoints: \"\"\n");
+        assert!(d.is_empty() && v.redis.is_none(), "the chart's empty default leaves counters local");
+
+        let (_, d) = Values::parse(Path::new("v.yaml"), "hub:\n  redis:\n    tls: {ca: /ca.pem}\n");
+        assert_eq!(
+            d[0].to_string(),
+            "v.yaml:3:10: error: hub.redis.tls: not supported yet by atrium [unsupported-field]"
+        );
+        let text = "hub:\n  redis:\n    endpoints: \"a:1,b:2\"\n    cluster: true\n";
+        let (_, d) = Values::parse(Path::new("v.yaml"), text);
+        let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        for want in [
+            "v.yaml:4:14: error: hub.redis.cluster: Redis Cluster is not supported yet",
+            "v.yaml:3:16: error: hub.redis.endpoints: one standalone Redis endpoint is supported",
+        ] {
+            assert!(s.iter().any(|l| l.starts_with(want)), "{want}\n{s:#?}");
+        }
+        let text = "hub:\n  redis:\n    endpoints: \"redis\"\n    database: x\n";
+        let (_, d) = Values::parse(Path::new("v.yaml"), text);
+        let s: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(s.iter().any(|l| l.contains("hub.redis.endpoints: endpoint \"redis\" must be host:port")), "{s:#?}");
+        assert!(s.iter().any(|l| l.contains("hub.redis.database: database \"x\" is not a number")), "{s:#?}");
     }
 
     #[test]

@@ -361,8 +361,9 @@ pub struct Counters {
     quota: HashMap<String, (Window, Duration)>,
 }
 
-/// The counter of `limit` (`kind`: rate or quota) for `grant`.
-fn bucket_key(kind: &str, limit: &Limit, grant: &Grant<'_>) -> String {
+/// The name of the counter of `limit` (`kind`: rate or quota) for `grant`: the plan, and
+/// the subscription, application or application and API whose requests count together.
+pub fn bucket_key(kind: &str, limit: &Limit, grant: &Grant<'_>) -> String {
     let plan = &grant.subscription.plan.id;
     match limit.bucket {
         Bucket::Subscription => format!("{kind}|{plan}|s|{}", grant.subscription.id),

@@ -6,6 +6,7 @@ pub mod client;
 pub mod exchanges;
 pub mod gateway;
 pub mod otlp;
+pub mod redis;
 pub mod topology;
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,9 @@
 //! `application/problem+json` with a stable `type` per cause:
 //! - 401 `missing-credentials`, `invalid-credentials`, `unsupported-authentication`;
 //! - 403 `suspended`, `not-subscribed`;
-//! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`).
+//! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`);
+//! - 503 `limits-unavailable`: Redis holds the counters, does not answer, and the failure
+//!   policy is `closed`.
 //!
 //! The API's `cors` runs first: a preflight is answered before any key is asked for (with
 //! `Authorization` allowed when every header is), and refusals carry the CORS headers.
@@ -12,13 +14,14 @@
 //! `X-Quota-Remaining`). The decision itself is `atrium_routing::apim`; the counters live
 //! in the [`Gateway`], outside the swapped table.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atrium_routing::apim::{ApiAuth, KeySource, Outcome, Verdict};
 use atrium_routing::middleware::limits::Admission;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
+use super::plan_limits::FailurePolicy;
 use super::{Compiled, Gateway};
 use crate::body::{self, Body};
 
@@ -102,7 +105,7 @@ fn take_key(source: &KeySource, headers: &mut HeaderMap, query: Option<&str>) ->
 
 impl Gateway {
     /// Checks a request to API `api` against the rules and the plan counters of `rt`.
-    pub(super) fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
+    pub(super) async fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
         let source = match rt.access.auth(api) {
             Some(ApiAuth::Key(s)) => s,
             Some(ApiAuth::Unsupported(why)) => {
@@ -132,16 +135,30 @@ impl Gateway {
                 return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "not-subscribed", &why));
             }
         };
-        let outcome = match self.counters.lock() {
-            Ok(mut c) => c.admit(&grant, Instant::now(), Duration::ZERO),
+        let outcome = match self.limits.admit(&grant, self.apim.max_rate_limit_delay).await {
+            Ok(o) => o,
             Err(_) => {
-                return ApiStep::Answer(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "limits unavailable"));
+                self.metrics.apim.store_failures.inc();
+                if self.apim.redis_failure == FailurePolicy::Closed {
+                    let why = "the plan's counters are unavailable; try again shortly";
+                    return ApiStep::Answer(problem(StatusCode::SERVICE_UNAVAILABLE, "limits-unavailable", why));
+                }
+                let none = Outcome { admission: Admission::Now, rate_remaining: None, quota_remaining: None };
+                return ApiStep::Go(none, param);
             }
         };
+        let plan = grant.subscription.plan.id.as_str();
         match outcome.admission {
-            Admission::Now => ApiStep::Go(outcome, param),
-            Admission::After(d) => ApiStep::Wait(d, outcome, param),
+            Admission::Now => {
+                self.metrics.apim.decision(plan, "allowed");
+                ApiStep::Go(outcome, param)
+            }
+            Admission::After(d) => {
+                self.metrics.apim.decision(plan, "delayed");
+                ApiStep::Wait(d, outcome, param)
+            }
             Admission::Refuse(retry) => {
+                self.metrics.apim.decision(plan, "rejected");
                 let (kind, why) = if outcome.quota_remaining == Some(0) {
                     ("quota-exceeded", "the plan's quota is used up")
                 } else {

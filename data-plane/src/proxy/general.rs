@@ -509,7 +509,7 @@ impl Gateway {
                     RequestAction::Continue { ssl, .. } => plan.after.insert(0, (cors, ssl)),
                 }
             }
-            let (outcome, strip) = match self.api_access(&rt, api, &mut parts, inbound.query) {
+            let (outcome, strip) = match self.api_access(&rt, api, &mut parts, inbound.query).await {
                 ApiStep::Go(o, strip) => (o, strip),
                 ApiStep::Wait(d, o, strip) => {
                     tokio::time::sleep(d).await;

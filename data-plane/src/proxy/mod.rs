@@ -12,6 +12,7 @@ mod apim;
 mod direct;
 pub mod forward;
 mod general;
+pub mod plan_limits;
 
 pub mod server;
 pub mod tls;
@@ -196,7 +197,9 @@ pub struct Gateway {
     /// Requests logged so far (Traefik's CLF counter).
     served: std::sync::atomic::AtomicU64,
     /// Plan limit counters, kept across configuration swaps.
-    counters: std::sync::Mutex<atrium_routing::apim::Counters>,
+    limits: plan_limits::PlanLimits,
+    /// API management settings.
+    apim: plan_limits::ApimConfig,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -298,7 +301,12 @@ impl Outgoing {
 
 impl Gateway {
     /// A gateway with no configuration yet (every request gets 503 until the first swap).
-    pub fn new(upstreams: Upstreams, access_log: Option<AccessLog>, certs: Arc<tls::CertStore>) -> Arc<Gateway> {
+    pub fn new(
+        upstreams: Upstreams,
+        access_log: Option<AccessLog>,
+        certs: Arc<tls::CertStore>,
+        apim: plan_limits::ApimConfig,
+    ) -> Arc<Gateway> {
         let hostname = std::env::var("HOSTNAME")
             .ok()
             .and_then(|h| HeaderValue::from_str(&h).ok())
@@ -313,7 +321,8 @@ impl Gateway {
             certs,
             uplinks: std::sync::OnceLock::new(),
             served: std::sync::atomic::AtomicU64::new(0),
-            counters: std::sync::Mutex::default(),
+            limits: plan_limits::PlanLimits::default(),
+            apim,
         })
     }
 
@@ -383,9 +392,7 @@ impl Gateway {
                 );
             }
         }
-        if let Ok(mut c) = self.counters.lock() {
-            c.evict_idle(std::time::Instant::now());
-        }
+        self.limits.configure(rt.body.redis.as_ref());
         let version = rt.version;
         self.in_force.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);

@@ -191,10 +191,23 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         apis,
         applications,
         subscriptions,
+        redis: values.redis.as_ref().and_then(redis),
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
     Compiled { body, diagnostics }
+}
+
+/// Where plan counters are shared, when the values name a Redis server (the values have
+/// been checked: a setting that does not read leaves Redis off).
+fn redis(r: &crate::values::Redis) -> Option<pb::Redis> {
+    Some(pb::Redis {
+        endpoint: r.endpoints.clone(),
+        username: r.username.clone(),
+        password: r.password.clone(),
+        database: r.database().ok()?,
+        timeout_ms: r.timeout().ok()?.as_millis() as u64,
+    })
 }
 
 fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {

@@ -1,0 +1,269 @@
+//! Where plan counters live: in this data plane's memory (exact for one data plane), or in
+//! Redis when the configuration names a server (`hub.redis`), exact across every data plane
+//! that shares it.
+//!
+//! In Redis, each request runs one Lua script ([`SCRIPT`]) that does what
+//! [`atrium_routing::apim::Counters::admit`] does in memory (the quota's sliding window
+//! first, then the rate limit's token bucket; an admitted request counts against both),
+//! atomically, on Redis's own clock, so data planes with skewed clocks still agree. That is
+//! one round trip per request to an API route.
+//!
+//! When Redis cannot answer within its timeout, the failure policy decides: `open` lets
+//! the request through uncounted, `closed` answers 503. Either way the failure is logged (at
+//! most once per second) and counted, and the connection is re-established by itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use atrium_proto::v1 as pb;
+use atrium_routing::apim::{Counters, Grant, Limit, Outcome, bucket_key};
+use atrium_routing::middleware::limits::Admission;
+
+/// What a data plane does when Redis does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Let requests through, uncounted (the default: an outage of the counter store does
+    /// not become an outage of every API).
+    #[default]
+    Open,
+    /// Refuse requests to APIs with 503.
+    Closed,
+}
+
+/// API management settings of a data plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApimConfig {
+    /// The longest wait a request over a plan's rate limit is made to take before it is
+    /// refused (0: refused at once).
+    pub max_rate_limit_delay: Duration,
+    /// What happens when Redis does not answer.
+    pub redis_failure: FailurePolicy,
+}
+
+/// Why counters could not be checked.
+#[derive(Debug, thiserror::Error)]
+#[error("plan counters in Redis at {endpoint}: {reason}")]
+pub struct StoreError {
+    endpoint: String,
+    reason: String,
+}
+
+/// The plan counters of a data plane.
+pub(crate) struct PlanLimits {
+    local: Mutex<Counters>,
+    global: ArcSwapOption<RedisCounters>,
+    /// When a Redis failure was last logged (failures are logged once per second).
+    last_logged: Mutex<Option<Instant>>,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits { local: Mutex::default(), global: ArcSwapOption::empty(), last_logged: Mutex::new(None) }
+    }
+}
+
+impl PlanLimits {
+    /// Follows a configuration: connects to the Redis it names (keeping the connection when
+    /// the settings did not change), or goes back to local counters; forgets idle local
+    /// counters.
+    pub(crate) fn configure(&self, redis: Option<&pb::Redis>) {
+        let current = self.global.load();
+        match (redis, current.as_ref()) {
+            (Some(want), Some(have)) if &have.settings == want => {}
+            (Some(want), _) => match RedisCounters::new(want.clone()) {
+                Ok(r) => {
+                    tracing::info!(endpoint = %want.endpoint, database = want.database, "plan counters in Redis");
+                    self.global.store(Some(Arc::new(r)));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "plan counters stay local");
+                    self.global.store(None);
+                }
+            },
+            (None, Some(_)) => {
+                tracing::info!("plan counters are local to this data plane");
+                self.global.store(None);
+            }
+            (None, None) => {}
+        }
+        if let Ok(mut c) = self.local.lock() {
+            c.evict_idle(Instant::now());
+        }
+    }
+
+    /// Counts a request under `grant`. `Err` when Redis holds the counters and did not
+    /// answer (the failure is logged here).
+    pub(crate) async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
+        let Some(global) = self.global.load_full() else {
+            let mut c = self
+                .local
+                .lock()
+                .map_err(|_| StoreError { endpoint: "memory".into(), reason: "counters poisoned by a panic".into() })?;
+            return Ok(c.admit(grant, Instant::now(), max_delay));
+        };
+        let result = global.admit(grant, max_delay).await;
+        if let Err(e) = &result {
+            self.log_failure(e);
+        }
+        result
+    }
+
+    fn log_failure(&self, e: &StoreError) {
+        let Ok(mut last) = self.last_logged.lock() else { return };
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %e, "plan counters unavailable; the Redis failure policy applies");
+        }
+    }
+}
+
+/// The Lua script that counts one request (see the module documentation).
+///
+/// KEYS: the quota's counter, the rate limit's counter (either may be an unused name).
+/// ARGV: has quota (0/1), quota limit, quota period (ms), has rate (0/1), rate limit, rate
+/// period (ms), longest wait (ms).
+/// Returns {admission (0 now, 1 after a wait, 2 refused by the rate, 3 refused by the
+/// quota), wait or retry-after (µs), rate remaining (-1: none), quota remaining (-1: none)}.
+pub const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local has_q, q_limit, q_period = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
+local has_r, r_limit, r_period = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_delay = tonumber(ARGV[7])
+local function fmt(x) return string.format('%.17g', x) end
+
+local q_start, q_cur, q_prev, q_used = now, 0, 0, 0
+if has_q then
+  local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p')
+  q_start, q_cur, q_prev = tonumber(h[1]) or now, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  local elapsed = now - q_start
+  if elapsed >= q_period then
+    local windows = math.floor(elapsed / q_period)
+    if windows == 1 then q_prev = q_cur else q_prev = 0 end
+    q_cur = 0
+    q_start = q_start + windows * q_period
+    elapsed = now - q_start
+  end
+  if elapsed < 0 then elapsed = 0 end
+  q_used = q_prev * (1 - elapsed / q_period) + q_cur
+  if q_used + 1 > q_limit then
+    local retry = math.max(1000, q_period - elapsed)
+    return {3, math.floor(retry * 1000), -1, 0}
+  end
+end
+
+local admission, wait, r_left = 0, 0, -1
+if has_r then
+  local rate = r_limit / r_period
+  local h = redis.call('HMGET', KEYS[2], 't', 'at')
+  local tokens, at = tonumber(h[1]) or r_limit, tonumber(h[2]) or now
+  local elapsed = now - at
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(r_limit, tokens + elapsed * rate)
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = (1 - tokens) / rate
+    if wait <= max_delay then
+      tokens = tokens - 1
+      admission = 1
+    else
+      return {2, math.floor(wait * 1000), 0, has_q and math.max(0, q_limit - math.ceil(q_used)) or -1}
+    end
+  end
+  redis.call('HSET', KEYS[2], 't', fmt(tokens), 'at', fmt(now))
+  redis.call('PEXPIRE', KEYS[2], math.ceil((r_limit - tokens) / rate) + 1000)
+  r_left = math.max(0, math.floor(tokens))
+end
+
+local q_left = -1
+if has_q then
+  q_cur = q_cur + 1
+  redis.call('HSET', KEYS[1], 's', fmt(q_start), 'c', q_cur, 'p', q_prev)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * q_period))
+  q_left = math.max(0, q_limit - math.ceil(q_used + 1))
+end
+return {admission, math.floor(wait * 1000), r_left, q_left}
+"#;
+
+/// Counters in a Redis server.
+struct RedisCounters {
+    settings: pb::Redis,
+    conn: redis::aio::ConnectionManager,
+    script: redis::Script,
+    timeout: Duration,
+}
+
+impl RedisCounters {
+    /// A connection made on first use and remade after a failure, by itself.
+    fn new(settings: pb::Redis) -> Result<RedisCounters, StoreError> {
+        let err = |reason: String| StoreError { endpoint: settings.endpoint.clone(), reason };
+        let (host, port) = settings
+            .endpoint
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?)))
+            .ok_or_else(|| err("the endpoint is not host:port".into()))?;
+        let mut redis_info = redis::RedisConnectionInfo::default().set_db(settings.database);
+        if !settings.username.is_empty() {
+            redis_info = redis_info.set_username(&settings.username);
+        }
+        if !settings.password.is_empty() {
+            redis_info = redis_info.set_password(&settings.password);
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
+            .map_err(|e| err(e.to_string()))?
+            .set_redis_settings(redis_info);
+        let client = redis::Client::open(info).map_err(|e| err(e.to_string()))?;
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(|e| err(e.to_string()))?;
+        Ok(RedisCounters { settings, conn, script: redis::Script::new(SCRIPT), timeout })
+    }
+
+    async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
+        let err = |reason: String| StoreError { endpoint: self.settings.endpoint.clone(), reason };
+        let plan = &grant.subscription.plan;
+        let key = |kind: &str, l: Option<&Limit>| match l {
+            Some(l) => format!("atrium:{}", bucket_key(kind, l, grant)),
+            None => format!("atrium:{kind}:none"),
+        };
+        let ms = |l: Option<&Limit>| l.map_or(0, |l| l.period.as_millis() as u64);
+        let (q, r) = (plan.quota.as_ref(), plan.rate.as_ref());
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(key("quota", q))
+            .key(key("rate", r))
+            .arg(u8::from(q.is_some()))
+            .arg(q.map_or(0, |l| l.limit))
+            .arg(ms(q))
+            .arg(u8::from(r.is_some()))
+            .arg(r.map_or(0, |l| l.limit))
+            .arg(ms(r))
+            .arg(max_delay.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| err(e.to_string()))?;
+        let [admission, micros, rate_left, quota_left] = reply[..] else {
+            return Err(err(format!("unexpected reply {reply:?}")));
+        };
+        let wait = Duration::from_micros(micros.max(0) as u64);
+        let left = |n: i64| u64::try_from(n).ok();
+        Ok(Outcome {
+            admission: match admission {
+                0 => Admission::Now,
+                1 => Admission::After(wait),
+                _ => Admission::Refuse(wait),
+            },
+            rate_remaining: left(rate_left),
+            quota_remaining: left(quota_left),
+        })
+    }
+}
