@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod exchange;
+pub mod fetch;
 pub mod fuzzing;
 pub mod gzip;
 pub mod h1;

@@ -155,6 +155,9 @@ pub enum Verdict<'a> {
         /// Which of the two is suspended.
         what: &'static str,
     },
+    /// A valid token naming an application (its `appId`) that no ManagedApplication has:
+    /// 403.
+    UnknownApplication,
     /// A known application without a subscription to this API: 403.
     NotSubscribed {
         /// The application.
@@ -176,10 +179,12 @@ pub struct Grant<'a> {
 }
 
 /// How the callers of an API authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ApiAuth {
     /// With an API key, found where the key source says.
     Key(KeySource),
+    /// With a JWT (the data plane verifies it; its `appIdClaim` names the application).
+    Jwt(Box<atrium_proto::v1::JwtAuth>),
     /// With a method atrium does not implement: every request is refused (401), never
     /// let through.
     Unsupported(String),
@@ -195,6 +200,8 @@ pub struct Access {
     /// Key hash → (application, key suspended).
     keys: HashMap<KeyHash, (usize, bool)>,
     apps: Vec<Application>,
+    /// `appId` → position in `apps`.
+    by_app_id: HashMap<String, usize>,
     subs: Vec<Subscription>,
     /// API → application → the subscription that wins (looked up by `&str`, no copy).
     grants: HashMap<String, HashMap<usize, usize>>,
@@ -221,7 +228,8 @@ impl Access {
                 }
             }
         }
-        Access { apis: HashMap::new(), cors: HashMap::new(), keys, apps, subs, grants }
+        let by_app_id = by_app_id.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Access { apis: HashMap::new(), cors: HashMap::new(), keys, apps, by_app_id, subs, grants }
     }
 
     /// The rules a snapshot carries. A header name that is not one, or a limit whose
@@ -286,6 +294,19 @@ impl Access {
     pub fn decide<'a>(&'a self, api: &'a str, key: Option<&str>) -> Verdict<'a> {
         let Some(key) = key else { return Verdict::NoCredentials };
         let Some(&(ai, key_suspended)) = self.keys.get(&key_hash(key)) else { return Verdict::UnknownKey };
+        self.verdict(api, ai, key_suspended)
+    }
+
+    /// The verdict on a request to `api` by the application whose `appId` a verified token
+    /// names.
+    pub fn decide_app<'a>(&'a self, api: &'a str, app_id: &str) -> Verdict<'a> {
+        match self.by_app_id.get(app_id) {
+            Some(&ai) => self.verdict(api, ai, false),
+            None => Verdict::UnknownApplication,
+        }
+    }
+
+    fn verdict<'a>(&'a self, api: &'a str, ai: usize, key_suspended: bool) -> Verdict<'a> {
         let app = &self.apps[ai];
         if app.suspended || key_suspended {
             return Verdict::Suspended { app, what: if app.suspended { "application" } else { "API key" } };
@@ -310,6 +331,7 @@ fn api_auth(auth: Option<&atrium_proto::v1::api::Auth>) -> ApiAuth {
         },
         Some(Auth::ApiKey(k)) if !k.query.is_empty() => ApiAuth::Key(KeySource::Query(k.query.clone())),
         Some(Auth::ApiKey(_)) => ApiAuth::Key(KeySource::Default),
+        Some(Auth::Jwt(j)) => ApiAuth::Jwt(Box::new(j.clone())),
         Some(Auth::Unsupported(why)) => ApiAuth::Unsupported(why.clone()),
         None => ApiAuth::Unsupported("the API has no authentication".into()),
     }

@@ -3,7 +3,8 @@
 //! the subscription; the key is taken out before the request goes upstream. Refusals are
 //! `application/problem+json` with a stable `type` per cause:
 //! - 401 `missing-credentials`, `invalid-credentials`, `unsupported-authentication`;
-//! - 403 `suspended`, `not-subscribed`;
+//! - 403 `suspended`, `not-subscribed`, `unknown-application` (a valid token naming an
+//!   application that does not exist);
 //! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`);
 //! - 503 `limits-unavailable`: Redis holds the counters, does not answer, and the failure
 //!   policy is `closed`.
@@ -106,8 +107,15 @@ fn take_key(source: &KeySource, headers: &mut HeaderMap, query: Option<&str>) ->
 impl Gateway {
     /// Checks a request to API `api` against the rules and the plan counters of `rt`.
     pub(super) async fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
-        let source = match rt.access.auth(api) {
-            Some(ApiAuth::Key(s)) => s,
+        let (verdict, param) = match rt.access.auth(api) {
+            Some(ApiAuth::Key(source)) => {
+                let (key, param) = take_key(source, &mut parts.headers, query);
+                (rt.access.decide(api, key.as_deref()), param)
+            }
+            Some(ApiAuth::Jwt(_)) => match self.jwt_caller(rt, api, parts, query).await {
+                Ok(v) => v,
+                Err(answer) => return ApiStep::Answer(answer),
+            },
             Some(ApiAuth::Unsupported(why)) => {
                 return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", why));
             }
@@ -116,8 +124,7 @@ impl Gateway {
                 return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
             }
         };
-        let (key, param) = take_key(source, &mut parts.headers, query);
-        let grant = match rt.access.decide(api, key.as_deref()) {
+        let grant = match verdict {
             Verdict::Granted(g) => g,
             Verdict::NoCredentials => {
                 let why = "this API needs an API key (Authorization: Bearer KEY)";
@@ -129,6 +136,10 @@ impl Gateway {
             Verdict::Suspended { what, .. } => {
                 let why = format!("the {what} is suspended");
                 return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "suspended", &why));
+            }
+            Verdict::UnknownApplication => {
+                let why = "the token names an application that does not exist";
+                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "unknown-application", why));
             }
             Verdict::NotSubscribed { app } => {
                 let why = format!("application {} has no subscription to this API", app.app_id);
@@ -171,6 +182,64 @@ impl Gateway {
                 ApiStep::Answer(r)
             }
         }
+    }
+}
+
+impl Gateway {
+    /// The verdict on a request to an API with JWT authentication, and the query parameter
+    /// that carried the token (to take out); a refusal when the token is missing or does not
+    /// verify. Headers named in `forwardHeaders` are replaced by the token's claims (a
+    /// client's own values never reach the backend).
+    async fn jwt_caller<'a>(
+        &self,
+        rt: &'a Compiled,
+        api: &'a str,
+        parts: &mut Parts,
+        query: Option<&str>,
+    ) -> Result<(Verdict<'a>, Option<String>), Response<Body>> {
+        let Some(check) = rt.jwt.get(api) else {
+            let why = format!("API {api} has no JWT rules");
+            return Err(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
+        };
+        let Some((token, at)) = check.token(&parts.headers, query) else {
+            let why = "this API needs a token (Authorization: Bearer JWT)";
+            return Err(problem(StatusCode::UNAUTHORIZED, "missing-credentials", why));
+        };
+        let token = token.to_string();
+        let claims = check
+            .verify(&token, &self.jwks)
+            .await
+            .map_err(|why| problem(StatusCode::UNAUTHORIZED, "invalid-credentials", &why))?;
+        let app_id = match claims.get(check.app_id_claim()) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => {
+                let why = format!("the token has no {} claim", check.app_id_claim());
+                return Err(problem(StatusCode::UNAUTHORIZED, "invalid-credentials", &why));
+            }
+        };
+        for (header, claim) in check.forward_headers() {
+            let Ok(name) = HeaderName::try_from(header.as_str()) else { continue };
+            parts.headers.remove(&name);
+            let value = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => continue,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                parts.headers.insert(name, v);
+            }
+        }
+        let param = match at {
+            super::jwt::TokenAt::Header => {
+                if check.strip_authorization() {
+                    parts.headers.remove(header::AUTHORIZATION);
+                }
+                None
+            }
+            super::jwt::TokenAt::Query(q) => Some(q),
+        };
+        Ok((rt.access.decide_app(api, &app_id), param))
     }
 }
 

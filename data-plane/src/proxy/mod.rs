@@ -12,6 +12,7 @@ mod apim;
 mod direct;
 pub mod forward;
 mod general;
+mod jwt;
 pub mod plan_limits;
 
 pub mod server;
@@ -66,6 +67,8 @@ pub struct Compiled {
     pub services: HashMap<String, Arc<Service>>,
     /// Who may call which API, on which plan.
     pub access: atrium_routing::apim::Access,
+    /// The JWT rules of the APIs that use JWT, by API.
+    jwt: HashMap<String, Arc<jwt::JwtCheck>>,
     /// The snapshot body, for `/api/rawdata`.
     pub body: SnapshotBody,
 }
@@ -121,7 +124,17 @@ impl Compiled {
             served: std::sync::atomic::AtomicU64::new(0),
         })?;
         let access = atrium_routing::apim::Access::from_snapshot(&body);
-        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, access, body })
+        let jwt = body
+            .apis
+            .iter()
+            .filter_map(|a| match &a.auth {
+                Some(atrium_proto::v1::api::Auth::Jwt(j)) => {
+                    Some((a.id.clone(), Arc::new(jwt::JwtCheck::new(&a.id, j))))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, access, jwt, body })
     }
 }
 
@@ -200,6 +213,8 @@ pub struct Gateway {
     limits: plan_limits::PlanLimits,
     /// API management settings.
     apim: plan_limits::ApimConfig,
+    /// JWKS fetched for JWT authentication, kept across swaps.
+    jwks: Arc<jwt::JwksCache>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -323,6 +338,7 @@ impl Gateway {
             served: std::sync::atomic::AtomicU64::new(0),
             limits: plan_limits::PlanLimits::default(),
             apim,
+            jwks: Arc::default(),
         })
     }
 
@@ -393,6 +409,15 @@ impl Gateway {
             }
         }
         self.limits.configure(rt.body.redis.as_ref());
+        let mut urls = std::collections::HashSet::new();
+        for check in rt.jwt.values() {
+            for (url, fetcher, retries) in check.jwks_urls() {
+                if urls.insert(url.clone()) {
+                    self.jwks.prefetch(url, fetcher, retries);
+                }
+            }
+        }
+        self.jwks.retain(&urls);
         let version = rt.version;
         self.in_force.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);

@@ -277,9 +277,73 @@ pub struct ApiAuthSpec {
     #[serde(default)]
     pub api_key: Option<ApiKeyAuth>,
     #[serde(default)]
-    pub jwt: Option<NotSupported>,
+    pub jwt: Option<JwtAuth>,
     #[serde(default)]
     pub ldap: Option<NotSupported>,
+}
+
+/// JWT authentication: where the keys that sign tokens come from (exactly one of
+/// `signingSecretName`, `publicKey`, `jwksFile`, `jwksUrl`, `trustedIssuers`), and which
+/// claim names the caller's application.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct JwtAuth {
+    pub app_id_claim: String,
+    #[serde(default)]
+    pub signing_secret_name: Option<String>,
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub trusted_issuers: Option<Vec<TrustedIssuer>>,
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub strip_authorization_header: Option<bool>,
+    #[serde(default)]
+    pub token_query_key: Option<String>,
+    #[serde(default)]
+    pub token_name_claim: Option<NotSupported>,
+    #[serde(default)]
+    pub client_config: Option<JwtClientConfig>,
+}
+
+/// A JWKS URL, and the issuer its tokens must name (none: any).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct TrustedIssuer {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub jwks_url: String,
+}
+
+/// How JWKS are fetched.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct JwtClientConfig {
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub tls: Option<JwtClientTls>,
+}
+
+/// The TLS of JWKS fetches: a CA bundle (PEM) to trust.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct JwtClientTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// API-key authentication.
