@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use atrium_data_plane::node::{Serving, parse_addr, parse_admin_addr, shutdown_signal};
 use atrium_data_plane::proxy::AccessLog;
+use atrium_data_plane::proxy::access_check::{self, Credential};
 use atrium_data_plane::proxy::admin::{AdminConfig, read_token};
 use atrium_data_plane::proxy::server::ServerLimits;
 use atrium_data_plane::uplink::Liveness;
@@ -455,6 +456,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Explain what API management says about one request: router, API, authentication,
+    /// application, subscription, plan, and the answer (without starting anything; plan
+    /// counters start full). Exit code 0 when the request would be let through.
+    AccessCheck {
+        /// The cluster's manifests (files or folders).
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// Helm-style values of the cluster.
+        #[arg(long)]
+        values: Option<PathBuf>,
+        /// The API key the request carries (where the API's key source says).
+        #[arg(long, conflicts_with = "jwt")]
+        key: Option<String>,
+        /// The JWT the request carries (Authorization: Bearer).
+        #[arg(long)]
+        jwt: Option<String>,
+        /// Extra request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// The method, e.g. GET.
+        method: String,
+        /// The absolute URL, e.g. https://api.example.com/crm/employees.
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -544,6 +572,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::RouteCheck { manifests, tests, values, format } => {
             return route_check(&manifests, &tests, values.as_deref(), format);
         }
+        Command::AccessCheck { manifests, values, key, jwt, headers, format, method, url } => {
+            let credential = match (key, jwt) {
+                (Some(k), _) => Credential::Key(k),
+                (None, Some(t)) => Credential::Jwt(t),
+                (None, None) => Credential::None,
+            };
+            return access_check(&manifests, values.as_deref(), &headers, &credential, format, &method, &url);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -592,6 +628,59 @@ fn lint(paths: &[PathBuf], values: Option<&std::path::Path>, format: Format) -> 
         }
     }
     Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `atrium access-check`.
+fn access_check(
+    manifests: &[PathBuf],
+    values: Option<&std::path::Path>,
+    headers: &[String],
+    credential: &Credential,
+    format: Format,
+    method: &str,
+    url: &str,
+) -> anyhow::Result<ExitCode> {
+    if let Some(m) = manifests.iter().find(|m| !m.exists()) {
+        anyhow::bail!("{}: no such file or directory", m.display());
+    }
+    let headers = headers
+        .iter()
+        .map(|h| {
+            let (k, v) = h.split_once(':').with_context(|| format!("--header {h:?}: expected `Name: value`"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (values, mut diags) = atrium_model::values::Values::load_optional(values);
+    let loaded = atrium_model::loader::load_paths(manifests);
+    let compiled = atrium_model::compile::compile(&loaded, &values, None);
+    diags.extend(loaded.diagnostics.iter().cloned());
+    diags.extend(compiled.diagnostics.iter().cloned());
+    for d in diags.iter().filter(|d| d.is_error()) {
+        eprintln!("{d}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let e = rt.block_on(access_check::explain(compiled.body, method, url, &headers, credential))?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        Format::Text => {
+            let show = |label: &str, v: &Option<String>| println!("{label:<15}{}", v.as_deref().unwrap_or("-"));
+            show("router", &e.router);
+            show("api", &e.api);
+            show("authentication", &e.authentication);
+            show("application", &e.application);
+            show("subscription", &e.subscription);
+            match &e.plan {
+                Some(p) => {
+                    println!("{:<15}{}", "plan", p.id);
+                    println!("{:<15}{}", "  rate limit", p.rate_limit.as_deref().unwrap_or("none"));
+                    println!("{:<15}{}", "  quota", p.quota.as_deref().unwrap_or("none"));
+                }
+                None => println!("{:<15}-", "plan"),
+            }
+            println!("{:<15}{} {} ({})", "result", e.status, e.result, e.detail);
+        }
+    }
+    Ok(if e.status == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn route_check(

@@ -60,6 +60,11 @@ metadata: {name: app-b, namespace: ns}
 spec: {appId: app-b, owner: tests, apiKeys: [{value: key-b}]}
 ---
 apiVersion: hub.traefik.io/v1alpha1
+kind: APICatalogItem
+metadata: {name: crm-for-devs, namespace: ns}
+spec: {groups: [developers], apis: [{name: crm-api}], apiPlan: {name: tiny}}
+---
+apiVersion: hub.traefik.io/v1alpha1
 kind: ManagedSubscription
 metadata: {name: a-on-crm, namespace: ns}
 spec:
@@ -188,4 +193,68 @@ async fn cors_preflights_come_before_the_key_and_refusals_carry_cors_headers() {
     let exposed = r.header("access-control-expose-headers").unwrap_or_default().to_ascii_lowercase();
     assert!(exposed.contains("x-ratelimit-remaining") && exposed.contains("x-quota-remaining"), "{exposed}");
     assert!(be.seen.lock().unwrap().len() == 1, "only the keyed request reached the backend");
+}
+
+/// `atrium access-check` explains the decision without starting anything: the same
+/// router, API, application, subscription and plan a gateway would use, and the answer.
+#[test]
+fn access_check_explains_who_may_call_and_under_which_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let manifests = MANIFESTS.to_string() + &common::service_manifests("ns", "svc", &[addr]);
+    fs::write(tmp.path().join("apim.yaml"), manifests).unwrap();
+    let dir = tmp.path().display().to_string();
+    let check = |args: &[&str]| {
+        let mut all = vec!["access-check", "--manifests", &dir];
+        all.extend_from_slice(args);
+        common::atrium(all)
+    };
+    let o = check(&["--key", "key-a", "GET", "http://any.example/crm/employees"]);
+    let out = common::stdout(&o);
+    assert!(o.status.success(), "{out}{}", common::stderr(&o));
+    for want in [
+        "router         ns/crm",
+        "api            ns/crm-api",
+        "authentication API key (Authorization: Bearer KEY, or ?api_key=KEY)",
+        "application    app-a",
+        "subscription   ns/a-on-crm",
+        "plan           ns/tiny",
+        "  rate limit   3 per 60s (bucket subscription)",
+        "result         200 allowed",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+    let o = check(&["--key", "key-b", "--format", "json", "GET", "http://any.example/crm/x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!((doc["status"].as_u64(), doc["result"].as_str()), (Some(403), Some("not-subscribed")), "{doc}");
+    let o = check(&["--key", "key-a-old", "GET", "http://any.example/crm/x"]);
+    assert!(common::stdout(&o).contains("403 suspended"), "{}", common::stdout(&o));
+    let o = check(&["GET", "http://any.example/crm/x"]);
+    assert!(common::stdout(&o).contains("401 missing-credentials"), "{}", common::stdout(&o));
+    let o = check(&["GET", "http://any.example/open/x"]);
+    assert!(o.status.success() && common::stdout(&o).contains("200 no-api"), "{}", common::stdout(&o));
+    let o = check(&["GET", "not a url"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::stderr(&o).contains("is not an absolute URL"), "{}", common::stderr(&o));
+}
+
+/// The admin API lists each API with its authentication, routes, subscriptions and catalog
+/// items, and never a key or its hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_apis_with_routes_subscriptions_and_catalog_items() {
+    let (_be, _tmp, gw) = start().await;
+    let r = get(&format!("http://{}/api/apis", gw.admin)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let api = &doc[0];
+    assert_eq!(api["id"], "ns/crm-api", "{doc:#}");
+    assert_eq!(api["routes"], serde_json::json!(["ns/crm/0"]), "{doc:#}");
+    assert_eq!(api["subscriptions"][0]["id"], "ns/a-on-crm");
+    assert_eq!(api["subscriptions"][0]["applications"], serde_json::json!(["app-a"]));
+    assert_eq!(api["subscriptions"][0]["plan"]["rate_limit"], "3 per 60s (bucket subscription)");
+    assert_eq!(api["catalogItems"][0]["groups"], serde_json::json!(["developers"]));
+    assert_eq!(api["cors"], true);
+    let sha = atrium_routing::apim::key_hash("key-a").iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(!r.body.contains("key-a") && !r.body.contains(&sha[..16]), "no key material: {}", r.body);
 }

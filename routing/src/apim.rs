@@ -117,6 +117,35 @@ pub struct Plan {
     pub quota: Option<Limit>,
 }
 
+impl Plan {
+    /// A snapshot's plan. A limit whose period is zero is left out, as the compiler would
+    /// have refused it.
+    pub fn from_snapshot(p: &atrium_proto::v1::Plan) -> Plan {
+        use atrium_proto::v1 as pb;
+        let limit = |l: &Option<pb::PlanLimit>| {
+            let l = l.as_ref().filter(|l| l.period_ms > 0)?;
+            let bucket = match pb::PlanBucket::try_from(l.bucket) {
+                Ok(pb::PlanBucket::Application) => Bucket::Application,
+                Ok(pb::PlanBucket::ApplicationApi) => Bucket::ApplicationApi,
+                _ => Bucket::Subscription,
+            };
+            Some(Limit { limit: l.limit, period: Duration::from_millis(l.period_ms), bucket })
+        };
+        Plan { id: p.id.clone(), rate: limit(&p.rate_limit), quota: limit(&p.quota) }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bucket = match self.bucket {
+            Bucket::Subscription => "subscription",
+            Bucket::Application => "application",
+            Bucket::ApplicationApi => "application-api",
+        };
+        write!(f, "{} per {:?} (bucket {bucket})", self.limit, self.period)
+    }
+}
+
 /// An application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Application {
@@ -235,35 +264,18 @@ impl Access {
     /// The rules a snapshot carries. A header name that is not one, or a limit whose
     /// period is zero, is left out as the compiler would have refused it.
     pub fn from_snapshot(body: &atrium_proto::v1::SnapshotBody) -> Access {
-        use atrium_proto::v1 as pb;
         let apps = body.applications.iter().map(|a| Application { app_id: a.app_id.clone(), suspended: a.suspended });
         let keys = body.applications.iter().flat_map(|a| {
             a.keys
                 .iter()
                 .filter_map(|k| Some((KeyHash::try_from(k.sha256.as_slice()).ok()?, a.app_id.clone(), k.suspended)))
         });
-        let limit = |l: &Option<pb::PlanLimit>| {
-            let l = l.as_ref().filter(|l| l.period_ms > 0)?;
-            let bucket = match pb::PlanBucket::try_from(l.bucket) {
-                Ok(pb::PlanBucket::Application) => Bucket::Application,
-                Ok(pb::PlanBucket::ApplicationApi) => Bucket::ApplicationApi,
-                _ => Bucket::Subscription,
-            };
-            Some(Limit { limit: l.limit, period: Duration::from_millis(l.period_ms), bucket })
-        };
-        let subs = body.subscriptions.iter().map(|s| {
-            let plan = s.plan.as_ref();
-            Subscription {
-                id: s.id.clone(),
-                weight: s.weight,
-                applications: s.app_ids.clone(),
-                apis: s.apis.clone(),
-                plan: Plan {
-                    id: plan.map(|p| p.id.clone()).unwrap_or_default(),
-                    rate: plan.and_then(|p| limit(&p.rate_limit)),
-                    quota: plan.and_then(|p| limit(&p.quota)),
-                },
-            }
+        let subs = body.subscriptions.iter().map(|s| Subscription {
+            id: s.id.clone(),
+            weight: s.weight,
+            applications: s.app_ids.clone(),
+            apis: s.apis.clone(),
+            plan: s.plan.as_ref().map(Plan::from_snapshot).unwrap_or_default(),
         });
         let mut access = Access::new(apps.collect(), keys.collect(), subs.collect());
         access.apis = body.apis.iter().map(|a| (a.id.clone(), api_auth(a.auth.as_ref()))).collect();

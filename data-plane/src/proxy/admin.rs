@@ -95,6 +95,49 @@ fn redacted(mut cfg: serde_json::Value) -> serde_json::Value {
     cfg
 }
 
+/// `/api/apis`: each API with how its callers authenticate, its routes, the
+/// subscriptions that cover it (applications, plan) and the catalog items that show it.
+/// Key hashes, secrets and Redis settings are never shown.
+pub fn apis(gw: &Gateway) -> serde_json::Value {
+    use atrium_routing::apim::Plan;
+    let Some(rt) = gw.in_force() else { return serde_json::json!([]) };
+    let b = &rt.body;
+    let plan = |p: Option<&atrium_proto::v1::Plan>| {
+        p.map(|p| serde_json::to_value(super::access_check::PlanView::of(&Plan::from_snapshot(p))).unwrap_or_default())
+    };
+    let list: Vec<serde_json::Value> = b
+        .apis
+        .iter()
+        .map(|a| {
+            let routes: Vec<&str> =
+                b.routers.iter().filter(|r| r.api == a.id).map(|r| r.id.as_str()).collect();
+            let subscriptions: Vec<serde_json::Value> = b
+                .subscriptions
+                .iter()
+                .filter(|s| s.apis.contains(&a.id))
+                .map(|s| {
+                    serde_json::json!({"id": s.id, "weight": s.weight, "applications": s.app_ids, "plan": plan(s.plan.as_ref())})
+                })
+                .collect();
+            let catalog_items: Vec<serde_json::Value> = b
+                .catalog_items
+                .iter()
+                .filter(|c| c.apis.contains(&a.id))
+                .map(|c| serde_json::json!({"id": c.id, "groups": c.groups, "everyone": c.everyone, "plan": plan(c.plan.as_ref())}))
+                .collect();
+            serde_json::json!({
+                "id": a.id,
+                "authentication": super::access_check::describe_auth(rt.access.auth(&a.id)),
+                "cors": !a.cors_json.is_empty(),
+                "routes": routes,
+                "subscriptions": subscriptions,
+                "catalogItems": catalog_items,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
 /// The compiled configuration in force, as JSON.
 pub fn rawdata(gw: &Gateway) -> serde_json::Value {
     let Some(rt) = gw.in_force() else { return serde_json::json!({ "version": null }) };
@@ -200,8 +243,9 @@ fn respond(
             );
             r
         }
-        "/api/rawdata" => {
-            let mut r = Response::new(body::full(serde_json::to_vec_pretty(&rawdata(gw)).unwrap_or_default()));
+        "/api/rawdata" | "/api/apis" => {
+            let doc = if req.uri().path() == "/api/apis" { apis(gw) } else { rawdata(gw) };
+            let mut r = Response::new(body::full(serde_json::to_vec_pretty(&doc).unwrap_or_default()));
             r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             r
         }

@@ -17,11 +17,12 @@
 
 use std::time::Duration;
 
-use atrium_routing::apim::{ApiAuth, KeySource, Outcome, Verdict};
+use atrium_routing::apim::{ApiAuth, Grant, KeySource, Outcome, Verdict};
 use atrium_routing::middleware::limits::Admission;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
+use super::jwt::{JwksCache, TokenAt};
 use super::plan_limits::FailurePolicy;
 use super::{Compiled, Gateway};
 use crate::body::{self, Body};
@@ -104,47 +105,83 @@ fn take_key(source: &KeySource, headers: &mut HeaderMap, query: Option<&str>) ->
     (key, param)
 }
 
+/// Why a request to an API is refused before its plan is counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 401, 403 or 503.
+    pub status: StatusCode,
+    /// The stable problem type.
+    pub kind: &'static str,
+    /// Why, for the caller.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Refusal {
+        Refusal { status, kind, detail: detail.into() }
+    }
+
+    /// The `application/problem+json` answer.
+    pub(super) fn answer(&self) -> Response<Body> {
+        problem(self.status, self.kind, &self.detail)
+    }
+}
+
+/// Who calls API `api`, by the rules of `rt`: the grant that lets the request through
+/// (and the query parameter that carried the credential, to take out), or why not. The
+/// credential is taken out of the headers here; with JWT, `forwardHeaders` are set.
+pub(super) async fn identify<'a>(
+    rt: &'a Compiled,
+    jwks: &JwksCache,
+    api: &'a str,
+    parts: &mut Parts,
+    query: Option<&str>,
+) -> Result<(Grant<'a>, Option<String>), Refusal> {
+    let (verdict, param) = match rt.access.auth(api) {
+        Some(ApiAuth::Key(source)) => {
+            let (key, param) = take_key(source, &mut parts.headers, query);
+            (rt.access.decide(api, key.as_deref()), param)
+        }
+        Some(ApiAuth::Jwt(_)) => jwt_caller(rt, jwks, api, parts, query).await?,
+        Some(ApiAuth::Unsupported(why)) => {
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unsupported-authentication", why.clone()));
+        }
+        None => {
+            let why = format!("API {api} is not configured");
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unsupported-authentication", why));
+        }
+    };
+    let refused = |status, kind, why: String| Err(Refusal::new(status, kind, why));
+    match verdict {
+        Verdict::Granted(g) => Ok((g, param)),
+        Verdict::NoCredentials => refused(
+            StatusCode::UNAUTHORIZED,
+            "missing-credentials",
+            "this API needs an API key (Authorization: Bearer KEY)".into(),
+        ),
+        Verdict::UnknownKey => refused(StatusCode::UNAUTHORIZED, "invalid-credentials", "unknown API key".into()),
+        Verdict::Suspended { what, .. } => {
+            refused(StatusCode::FORBIDDEN, "suspended", format!("the {what} is suspended"))
+        }
+        Verdict::UnknownApplication => refused(
+            StatusCode::FORBIDDEN,
+            "unknown-application",
+            "the token names an application that does not exist".into(),
+        ),
+        Verdict::NotSubscribed { app } => refused(
+            StatusCode::FORBIDDEN,
+            "not-subscribed",
+            format!("application {} has no subscription to this API", app.app_id),
+        ),
+    }
+}
+
 impl Gateway {
     /// Checks a request to API `api` against the rules and the plan counters of `rt`.
     pub(super) async fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
-        let (verdict, param) = match rt.access.auth(api) {
-            Some(ApiAuth::Key(source)) => {
-                let (key, param) = take_key(source, &mut parts.headers, query);
-                (rt.access.decide(api, key.as_deref()), param)
-            }
-            Some(ApiAuth::Jwt(_)) => match self.jwt_caller(rt, api, parts, query).await {
-                Ok(v) => v,
-                Err(answer) => return ApiStep::Answer(answer),
-            },
-            Some(ApiAuth::Unsupported(why)) => {
-                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", why));
-            }
-            None => {
-                let why = format!("API {api} is not configured");
-                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
-            }
-        };
-        let grant = match verdict {
-            Verdict::Granted(g) => g,
-            Verdict::NoCredentials => {
-                let why = "this API needs an API key (Authorization: Bearer KEY)";
-                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "missing-credentials", why));
-            }
-            Verdict::UnknownKey => {
-                return ApiStep::Answer(problem(StatusCode::UNAUTHORIZED, "invalid-credentials", "unknown API key"));
-            }
-            Verdict::Suspended { what, .. } => {
-                let why = format!("the {what} is suspended");
-                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "suspended", &why));
-            }
-            Verdict::UnknownApplication => {
-                let why = "the token names an application that does not exist";
-                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "unknown-application", why));
-            }
-            Verdict::NotSubscribed { app } => {
-                let why = format!("application {} has no subscription to this API", app.app_id);
-                return ApiStep::Answer(problem(StatusCode::FORBIDDEN, "not-subscribed", &why));
-            }
+        let (grant, param) = match identify(rt, &self.jwks, api, parts, query).await {
+            Ok(g) => g,
+            Err(refusal) => return ApiStep::Answer(refusal.answer()),
         };
         let outcome = match self.limits.admit(&grant, self.apim.max_rate_limit_delay).await {
             Ok(o) => o,
@@ -185,62 +222,63 @@ impl Gateway {
     }
 }
 
-impl Gateway {
-    /// The verdict on a request to an API with JWT authentication, and the query parameter
-    /// that carried the token (to take out); a refusal when the token is missing or does not
-    /// verify. Headers named in `forwardHeaders` are replaced by the token's claims (a
-    /// client's own values never reach the backend).
-    async fn jwt_caller<'a>(
-        &self,
-        rt: &'a Compiled,
-        api: &'a str,
-        parts: &mut Parts,
-        query: Option<&str>,
-    ) -> Result<(Verdict<'a>, Option<String>), Response<Body>> {
-        let Some(check) = rt.jwt.get(api) else {
-            let why = format!("API {api} has no JWT rules");
-            return Err(problem(StatusCode::UNAUTHORIZED, "unsupported-authentication", &why));
-        };
-        let Some((token, at)) = check.token(&parts.headers, query) else {
-            let why = "this API needs a token (Authorization: Bearer JWT)";
-            return Err(problem(StatusCode::UNAUTHORIZED, "missing-credentials", why));
-        };
-        let token = token.to_string();
-        let claims = check
-            .verify(&token, &self.jwks)
-            .await
-            .map_err(|why| problem(StatusCode::UNAUTHORIZED, "invalid-credentials", &why))?;
-        let app_id = match claims.get(check.app_id_claim()) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => {
-                let why = format!("the token has no {} claim", check.app_id_claim());
-                return Err(problem(StatusCode::UNAUTHORIZED, "invalid-credentials", &why));
-            }
-        };
-        for (header, claim) in check.forward_headers() {
-            let Ok(name) = HeaderName::try_from(header.as_str()) else { continue };
-            parts.headers.remove(&name);
-            let value = match claims.get(claim) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-                None => continue,
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                parts.headers.insert(name, v);
-            }
+/// The verdict on a request to an API with JWT authentication, and the query parameter
+/// that carried the token (to take out); a refusal when the token is missing or does not
+/// verify. Headers named in `forwardHeaders` are replaced by the token's claims (a client's
+/// own values never reach the backend).
+async fn jwt_caller<'a>(
+    rt: &'a Compiled,
+    jwks: &JwksCache,
+    api: &'a str,
+    parts: &mut Parts,
+    query: Option<&str>,
+) -> Result<(Verdict<'a>, Option<String>), Refusal> {
+    let Some(check) = rt.jwt.get(api) else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unsupported-authentication",
+            format!("API {api} has no JWT rules"),
+        ));
+    };
+    let Some((token, at)) = check.token(&parts.headers, query) else {
+        let why = "this API needs a token (Authorization: Bearer JWT)";
+        return Err(Refusal::new(StatusCode::UNAUTHORIZED, "missing-credentials", why));
+    };
+    let token = token.to_string();
+    let claims = check
+        .verify(&token, jwks)
+        .await
+        .map_err(|why| Refusal::new(StatusCode::UNAUTHORIZED, "invalid-credentials", why))?;
+    let app_id = match claims.get(check.app_id_claim()) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => {
+            let why = format!("the token has no {} claim", check.app_id_claim());
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "invalid-credentials", why));
         }
-        let param = match at {
-            super::jwt::TokenAt::Header => {
-                if check.strip_authorization() {
-                    parts.headers.remove(header::AUTHORIZATION);
-                }
-                None
-            }
-            super::jwt::TokenAt::Query(q) => Some(q),
+    };
+    for (header, claim) in check.forward_headers() {
+        let Ok(name) = HeaderName::try_from(header.as_str()) else { continue };
+        parts.headers.remove(&name);
+        let value = match claims.get(claim) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => continue,
         };
-        Ok((rt.access.decide_app(api, &app_id), param))
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, v);
+        }
     }
+    let param = match at {
+        TokenAt::Header => {
+            if check.strip_authorization() {
+                parts.headers.remove(header::AUTHORIZATION);
+            }
+            None
+        }
+        TokenAt::Query(q) => Some(q),
+    };
+    Ok((rt.access.decide_app(api, &app_id), param))
 }
 
 /// `query` without parameter `name` (the key it carried), `None` when nothing is left.

@@ -6,6 +6,7 @@
 //! then goes: route → middlewares (request phase) → service dispatch → middlewares
 //! (response phase, in reverse order).
 
+pub mod access_check;
 mod access_log;
 pub mod admin;
 mod apim;

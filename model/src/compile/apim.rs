@@ -15,7 +15,7 @@ use crate::loader::Manifests;
 use crate::resources::hub::{
     ApiAuthSpec, ApiPlanSpec, Bucket, JwtAuth, ManagedApplicationSpec, ManagedSubscriptionSpec, PlanLimit,
 };
-use crate::resources::meta::LabelSelector;
+use crate::resources::meta::{LabelSelector, NameRef};
 use crate::resources::{Loaded, Resource};
 
 /// The access rules of `m`, in snapshot order.
@@ -318,7 +318,7 @@ fn compile_subscription(
     }
     let plan = plan(cx, m, l, &spec.api_plan.name)?;
     let app_ids = subscription_apps(cx, m, l, spec)?;
-    let apis = subscription_apis(cx, m, l, spec)?;
+    let apis = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref())?;
     Some(pb::Subscription { id: l.id(), weight: spec.weight.unwrap_or(0), app_ids, apis, plan: Some(plan) })
 }
 
@@ -367,18 +367,20 @@ fn subscription_apps(
     Some(out.into_iter().collect())
 }
 
-/// The APIs a subscription covers: `apis`, `apiBundles` (their APIs and selector) and
-/// `apiSelector`, as `namespace/name`.
-fn subscription_apis(
+/// The APIs a subscription or catalog item covers: `apis`, `apiBundles` (their APIs and
+/// selector) and `apiSelector`, as `namespace/name`.
+fn resolve_apis(
     cx: &mut Ctx<'_>,
     m: &Manifests,
     l: &Loaded,
-    spec: &ManagedSubscriptionSpec,
+    apis: &[NameRef],
+    bundles: &[NameRef],
+    selector: Option<&LabelSelector>,
 ) -> Option<Vec<String>> {
     let ns = l.ns();
     let is_api = |o: &Resource| matches!(o, Resource::Api(_));
     let mut out = BTreeSet::new();
-    for (i, r) in spec.apis.iter().enumerate() {
+    for (i, r) in apis.iter().enumerate() {
         if !cx.apis.contains(&key(ns, &r.name)) {
             let msg = format!("API {ns}/{} does not exist", r.name);
             cx.err(l, &format!("spec.apis[{i}].name"), "unresolved-reference", msg);
@@ -391,7 +393,7 @@ fn subscription_apis(
             out.insert(o.id());
         }
     };
-    for (i, b) in spec.api_bundles.iter().enumerate() {
+    for (i, b) in bundles.iter().enumerate() {
         let bundle = in_namespace(m, ns, |o| matches!(o, Resource::ApiBundle(_))).find(|o| o.name() == b.name);
         let Some(Resource::ApiBundle(bundle)) = bundle.map(|o| &o.resource) else {
             let msg = format!("APIBundle {ns}/{} does not exist", b.name);
@@ -405,10 +407,43 @@ fn subscription_apis(
             select(sel, &mut out);
         }
     }
-    if let Some(sel) = &spec.api_selector {
+    if let Some(sel) = selector {
         select(sel, &mut out);
     }
     Some(out.into_iter().collect())
+}
+
+/// Every APICatalogItem with the APIs it shows, to whom, and its plan.
+pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::CatalogItem> {
+    let mut out = Vec::new();
+    for l in &m.resources {
+        let Resource::ApiCatalogItem(c) = &l.resource else { continue };
+        let spec = &c.spec;
+        if spec.operation_filter.is_some() {
+            let msg = "operationFilter is not built yet: the catalog item is left out".to_string();
+            cx.err(l, "spec.operationFilter", "not-supported", msg);
+            continue;
+        }
+        let Some(apis) = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref()) else {
+            continue;
+        };
+        let plan = match &spec.api_plan {
+            Some(p) => match plan(cx, m, l, &p.name) {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            None => None,
+        };
+        out.push(pb::CatalogItem {
+            id: l.id(),
+            apis,
+            groups: spec.groups.clone(),
+            everyone: spec.everyone.unwrap_or(false),
+            plan,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
 }
 
 /// Plan `name` of `l`'s namespace, its limits checked as the upstream schema bounds them.

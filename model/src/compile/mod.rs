@@ -178,6 +178,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     routers.sort_by(|a: &pb::Router, b| a.id.cmp(&b.id));
     let children = compile_children(values, registry);
     let (apis, applications, subscriptions) = apim::compile_apim(&mut cx, m);
+    let catalog_items = apim::compile_catalog_items(&mut cx, m);
 
     let body = pb::SnapshotBody {
         entry_points,
@@ -192,6 +193,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         applications,
         subscriptions,
         redis: values.redis.as_ref().and_then(redis),
+        catalog_items,
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
