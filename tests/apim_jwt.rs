@@ -207,6 +207,11 @@ async fn tokens_from_a_trusted_issuer_reach_the_api_and_every_bad_token_is_refus
     let r = call(&gw, &format!("/crm/q?a=1&token={good}"), None, &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(be.seen.lock().unwrap().last().map(String::as_str), Some("GET /crm/q?a=1"));
+    // A token in the header and something in the token parameter: the parameter never
+    // goes upstream either.
+    let r = call(&gw, "/crm/q?token=junk&b=2", Some(&good), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(be.seen.lock().unwrap().last().map(String::as_str), Some("GET /crm/q?b=2"));
 
     // Refusals, none reaching the backend.
     let seen = be.seen.lock().unwrap().len();

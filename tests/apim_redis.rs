@@ -163,6 +163,23 @@ async fn two_data_planes_share_one_plan_limit_in_redis_and_follow_the_failure_po
     assert!(r.body.contains("quota-exceeded"), "{r:?}");
     assert!(r.header("retry-after").is_some());
 
+    // Redis hangs (frozen, its connections open): each request waits at most the timeout
+    // before the policy applies, and after three timeouts in a row the data plane
+    // reconnects. Thawed, it counts on from where it was: key-a's 100 are used.
+    redis.pause();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = call(&closed, "key-a").await;
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(closed.wait_logged("Redis does not answer; reconnecting").await);
+    redis.resume();
+    common::eventually(Duration::from_secs(20), "counting resumes after a hang", || async {
+        (call(&closed, "key-a").await.status == 429).then_some(())
+    })
+    .await;
+
     // Redis goes away: the open data plane lets requests through uncounted, the closed one
     // answers 503; both say why in their log and metrics.
     redis.stop();

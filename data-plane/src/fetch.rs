@@ -32,6 +32,9 @@ pub enum FetchError {
     /// More redirects than allowed.
     #[error("more than {0} redirects")]
     Redirects(usize),
+    /// An https URL redirected to another scheme.
+    #[error("redirect from https to {0:?} refused")]
+    Downgrade(String),
     /// The CA bundle does not parse.
     #[error("CA bundle: {0}")]
     Ca(String),
@@ -84,17 +87,7 @@ impl Fetcher {
         for _ in 0..=self.max_redirects {
             match self.get_once(&uri).await? {
                 Ok(body) => return Ok(body),
-                Err(location) => {
-                    // A relative Location resolves against the current URL.
-                    let next: Uri = location.parse().map_err(|_| FetchError::Url(location.clone()))?;
-                    uri = if next.scheme().is_some() {
-                        next
-                    } else {
-                        let mut parts = uri.clone().into_parts();
-                        parts.path_and_query = next.path_and_query().cloned();
-                        Uri::from_parts(parts).map_err(|_| FetchError::Url(location))?
-                    };
-                }
+                Err(location) => uri = next_uri(&uri, &location)?,
             }
         }
         Err(FetchError::Redirects(self.max_redirects))
@@ -149,6 +142,21 @@ impl Fetcher {
         })?;
         Ok(Ok(body.to_bytes()))
     }
+}
+
+/// Where a redirect from `uri` to `location` goes. A relative location resolves against
+/// `uri`; https never goes down to another scheme.
+fn next_uri(uri: &Uri, location: &str) -> Result<Uri, FetchError> {
+    let next: Uri = location.parse().map_err(|_| FetchError::Url(location.to_string()))?;
+    if uri.scheme_str() == Some("https") && next.scheme_str().is_some_and(|s| s != "https") {
+        return Err(FetchError::Downgrade(location.to_string()));
+    }
+    if next.scheme().is_some() {
+        return Ok(next);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = next.path_and_query().cloned();
+    Uri::from_parts(parts).map_err(|_| FetchError::Url(location.to_string()))
 }
 
 async fn exchange<T>(
@@ -207,6 +215,16 @@ mod tests {
         let addr = serve(vec!["HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into()]).await;
         assert!(matches!(f.get(&format!("http://{addr}/")).await, Err(FetchError::Status(StatusCode::NOT_FOUND))));
         assert!(matches!(f.get("ftp://example.com/x").await, Err(FetchError::Url(_))));
+    }
+
+    #[test]
+    fn redirects_resolve_relative_locations_and_never_leave_https() {
+        let from: Uri = "https://idp.example/a/jwks?x=1".parse().unwrap();
+        assert_eq!(next_uri(&from, "/b").unwrap().to_string(), "https://idp.example/b");
+        assert_eq!(next_uri(&from, "https://other.example/c").unwrap().to_string(), "https://other.example/c");
+        assert!(matches!(next_uri(&from, "http://idp.example/b"), Err(FetchError::Downgrade(_))));
+        let plain: Uri = "http://spec.example/a".parse().unwrap();
+        assert_eq!(next_uri(&plain, "https://spec.example/b").unwrap().to_string(), "https://spec.example/b");
     }
 
     #[tokio::test]

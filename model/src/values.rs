@@ -86,7 +86,7 @@ pub struct Redis {
     /// The database number (the chart's is a string).
     #[serde(default)]
     pub database: Option<IntOrString>,
-    /// How long one counter update may take (Go duration; default 500ms).
+    /// How long one counter update may take (Go duration; default 500ms, at most 5s).
     #[serde(default)]
     pub timeout: Option<IntOrString>,
     /// Redis Cluster: only `false` (or unset) is built.
@@ -119,7 +119,12 @@ impl Redis {
             Some(IntOrString::Str(s)) if s.is_empty() || s == "0s" || s == "0" => {
                 Ok(std::time::Duration::from_millis(500))
             }
-            Some(t) => t.as_duration().map_err(|e| e.to_string()),
+            Some(t) => match t.as_duration().map_err(|e| e.to_string())? {
+                d if d > std::time::Duration::from_secs(5) => {
+                    Err(format!("timeout {t} is longer than 5s: every API request may wait that long"))
+                }
+                d => Ok(d),
+            },
         }
     }
 }

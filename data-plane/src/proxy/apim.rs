@@ -269,14 +269,14 @@ async fn jwt_caller<'a>(
             parts.headers.insert(name, v);
         }
     }
+    if matches!(at, TokenAt::Header) && check.strip_authorization() {
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    // The query parameter that may carry a token never goes upstream, wherever the token
+    // that was checked came from.
     let param = match at {
-        TokenAt::Header => {
-            if check.strip_authorization() {
-                parts.headers.remove(header::AUTHORIZATION);
-            }
-            None
-        }
         TokenAt::Query(q) => Some(q),
+        TokenAt::Header => Some(check.token_query_key().to_string()).filter(|q| !q.is_empty()),
     };
     Ok((rt.access.decide_app(api, &app_id), param))
 }

@@ -1,8 +1,9 @@
 //! JWT authentication of API routes (an APIAuth's `jwt`): the token comes from
 //! `Authorization: Bearer` (or the `tokenQueryKey` parameter), its signature is checked
 //! with the configured keys (an HMAC secret, a PEM public key, a JWKS document, or JWKS
-//! fetched from URLs, per trusted issuer), `exp` and `nbf` are enforced (a claim of the
-//! wrong type is refused, never skipped), and the `appIdClaim` names the application.
+//! fetched from URLs, per trusted issuer), `exp` is required and enforced, `nbf` enforced
+//! when present (a claim of the wrong type is refused, never skipped), and the
+//! `appIdClaim` names the application.
 //!
 //! JWKS are fetched off the request path: when a configuration arrives, and again every
 //! five minutes in the background. A token whose `kid` is unknown triggers one refresh
@@ -45,8 +46,8 @@ struct VerifyingKey {
 enum Keys {
     /// Known from the configuration.
     Fixed(Vec<VerifyingKey>),
-    /// JWKS URLs, each with the issuer its tokens must name (`None`: any issuer).
-    Remote(Vec<(Option<String>, String)>),
+    /// JWKS sources, each with the issuer its tokens must name (`None`: any issuer).
+    Remote(Vec<(Option<String>, JwksSource)>),
     /// The configured keys do not load: every token is refused.
     Broken(String),
 }
@@ -55,7 +56,6 @@ enum Keys {
 pub(crate) struct JwtCheck {
     rules: pb::JwtAuth,
     keys: Keys,
-    fetcher: Option<Fetcher>,
 }
 
 impl std::fmt::Debug for JwtCheck {
@@ -90,34 +90,36 @@ impl JwtCheck {
                 Ok(k) => Keys::Fixed(vec![k]),
                 Err(e) => Keys::Broken(e),
             },
-            Some(K::JwksJson(doc)) => match parse_jwks(doc.as_bytes()) {
+            Some(K::JwksJson(doc)) => match parse_jwks(doc.as_bytes(), true) {
                 Ok(keys) if !keys.is_empty() => Keys::Fixed(keys),
                 Ok(_) => Keys::Broken("jwksFile holds no usable signing key".into()),
                 Err(e) => Keys::Broken(e),
             },
-            Some(K::JwksUrls(s)) => Keys::Remote(
-                s.issuers
-                    .iter()
-                    .map(|t| ((!t.issuer.is_empty()).then(|| t.issuer.clone()), t.jwks_url.clone()))
-                    .collect(),
-            ),
-            None => Keys::Broken("no keys configured".into()),
-        };
-        let fetcher = match &keys {
-            Keys::Remote(_) => {
+            Some(K::JwksUrls(s)) => {
                 match Fetcher::new(&rules.ca_pem, Duration::from_millis(rules.timeout_ms.max(1)), JWKS_MAX_BYTES) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        return JwtCheck { rules: rules.clone(), keys: Keys::Broken(e.to_string()), fetcher: None };
-                    }
+                    Ok(fetcher) => Keys::Remote(
+                        s.issuers
+                            .iter()
+                            .map(|t| {
+                                let source = JwksSource {
+                                    url: t.jwks_url.clone(),
+                                    fetcher: fetcher.clone(),
+                                    retries: rules.max_retries,
+                                    cache_key: format!("{}\n{}", t.jwks_url, rules.ca_pem),
+                                };
+                                ((!t.issuer.is_empty()).then(|| t.issuer.clone()), source)
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => Keys::Broken(e.to_string()),
                 }
             }
-            _ => None,
+            None => Keys::Broken("no keys configured".into()),
         };
         if let Keys::Broken(why) = &keys {
             tracing::error!(api, error = %why, "JWT keys do not load: every token for this API is refused");
         }
-        JwtCheck { rules: rules.clone(), keys, fetcher }
+        JwtCheck { rules: rules.clone(), keys }
     }
 
     /// The claim that names the application.
@@ -128,6 +130,11 @@ impl JwtCheck {
     /// Headers set from claims: header → claim.
     pub(crate) fn forward_headers(&self) -> &HashMap<String, String> {
         &self.rules.forward_headers
+    }
+
+    /// The query parameter that may carry a token (empty: none); always taken out.
+    pub(crate) fn token_query_key(&self) -> &str {
+        &self.rules.token_query_key
     }
 
     /// Whether `Authorization` is taken out before the request goes upstream.
@@ -151,12 +158,10 @@ impl JwtCheck {
         atrium_routing::apim::KeySource::Query(q.clone()).find(headers, query).map(|t| (t, TokenAt::Query(q.clone())))
     }
 
-    /// Every JWKS URL, to fetch ahead of requests.
-    pub(crate) fn jwks_urls(&self) -> Vec<(String, Fetcher, u32)> {
-        match (&self.keys, &self.fetcher) {
-            (Keys::Remote(list), Some(f)) => {
-                list.iter().map(|(_, url)| (url.clone(), f.clone(), self.rules.max_retries)).collect()
-            }
+    /// Every JWKS source, to fetch ahead of requests.
+    pub(crate) fn jwks_sources(&self) -> Vec<JwksSource> {
+        match &self.keys {
+            Keys::Remote(list) => list.iter().map(|(_, s)| s.clone()).collect(),
             _ => Vec::new(),
         }
     }
@@ -174,12 +179,10 @@ impl JwtCheck {
                     .find(|(i, _)| i.is_some() && i.as_deref() == iss.as_deref())
                     .or_else(|| sources.iter().find(|(i, _)| i.is_none()))
                     .ok_or_else(|| "the token's issuer is not trusted".to_string())?;
-                let (issuer, url) = (source.0.as_deref(), source.1.as_str());
-                let fetcher = self.fetcher.as_ref().ok_or("no JWKS client")?;
-                let retries = self.rules.max_retries;
-                let keys = jwks.keys(url, fetcher, retries, None).await?;
+                let (issuer, source) = (source.0.as_deref(), &source.1);
+                let keys = jwks.keys(source, None).await?;
                 let known = header.kid.as_deref().is_none_or(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-                let keys = if known { keys } else { jwks.keys(url, fetcher, retries, header.kid.as_deref()).await? };
+                let keys = if known { keys } else { jwks.keys(source, header.kid.as_deref()).await? };
                 verify_with(token, &header, &keys, issuer)
             }
         }
@@ -220,7 +223,7 @@ fn verify_with(
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.validate_aud = false;
-    validation.required_spec_claims = HashSet::new();
+    validation.set_required_spec_claims(&["exp"]);
     if let Some(iss) = issuer {
         validation.set_issuer(&[iss]);
     }
@@ -263,9 +266,11 @@ fn public_key(pem: &[u8]) -> Result<VerifyingKey, String> {
     Ok(VerifyingKey { kid: None, key, algorithms })
 }
 
-/// The signing keys of a JWKS document; keys that do not load (or are for encryption)
-/// are left out.
-fn parse_jwks(doc: &[u8]) -> Result<Vec<VerifyingKey>, String> {
+/// The signing keys of a JWKS document; keys that do not load, are for encryption, name an
+/// algorithm that is not a signing one of their family, or (unless `symmetric`: a local
+/// `jwksFile`) are symmetric secrets, which a JWKS anyone can fetch must never hold, are
+/// left out.
+fn parse_jwks(doc: &[u8], symmetric: bool) -> Result<Vec<VerifyingKey>, String> {
     let v: Value = serde_json::from_slice(doc).map_err(|e| format!("not a JWKS document: {e}"))?;
     let list = v.get("keys").and_then(Value::as_array).ok_or("not a JWKS document: no `keys` list")?;
     Ok(list
@@ -279,77 +284,102 @@ fn parse_jwks(doc: &[u8]) -> Result<Vec<VerifyingKey>, String> {
                 AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
                 AlgorithmParameters::EllipticCurve(_) => vec![ES256, ES384],
                 AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
-                AlgorithmParameters::OctetKey(_) => vec![HS256, HS384, HS512],
+                AlgorithmParameters::OctetKey(_) if symmetric => vec![HS256, HS384, HS512],
+                AlgorithmParameters::OctetKey(_) => return None,
             };
-            let algorithms = match jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok()) {
-                Some(a) if by_family.contains(&a) => vec![a],
-                Some(_) => return None,
+            let algorithms = match jwk.common.key_algorithm {
                 None => by_family,
+                Some(a) => match a.to_string().parse::<Algorithm>() {
+                    Ok(a) if by_family.contains(&a) => vec![a],
+                    _ => return None,
+                },
             };
             Some(VerifyingKey { kid: jwk.common.key_id.clone(), key, algorithms })
         })
         .collect())
 }
 
-/// JWKS by URL, kept across configuration swaps.
+/// Where one JWKS comes from: its URL and how it is fetched. Cached by URL and CA bundle,
+/// so APIs that trust different CAs for the same URL never share (or spoil) one entry.
+#[derive(Clone)]
+pub(crate) struct JwksSource {
+    url: String,
+    fetcher: Fetcher,
+    retries: u32,
+    cache_key: String,
+}
+
+/// JWKS by source, kept across configuration swaps.
 #[derive(Default)]
 pub(crate) struct JwksCache {
     entries: Mutex<HashMap<String, Arc<Jwks>>>,
 }
 
-/// One URL's keys.
+/// One source's keys.
 #[derive(Default)]
 struct Jwks {
     keys: RwLock<Option<Arc<Vec<VerifyingKey>>>>,
+    /// When keys were last fetched successfully.
     fetched: Mutex<Option<Instant>>,
     /// When an unknown `kid` last made it fetch.
     forced: Mutex<Option<Instant>>,
+    /// A background refresh is under way (at most one).
+    refreshing: std::sync::atomic::AtomicBool,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
 }
 
+impl JwksSource {
+    /// What the cache knows it by.
+    pub(crate) fn cache_key(&self) -> &str {
+        &self.cache_key
+    }
+}
+
 impl JwksCache {
-    fn entry(&self, url: &str) -> Arc<Jwks> {
+    fn entry(&self, source: &JwksSource) -> Arc<Jwks> {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        e.entry(url.to_string()).or_default().clone()
+        e.entry(source.cache_key.clone()).or_default().clone()
     }
 
-    /// Fetches `url` now unless it was fetched moments ago (in the background).
-    pub(crate) fn prefetch(self: &Arc<Self>, url: String, fetcher: Fetcher, retries: u32) {
-        let cache = self.clone();
+    /// Fetches `source` in the background (with its retries), unless a background fetch is
+    /// already under way or the keys are fresh.
+    pub(crate) fn prefetch(self: &Arc<Self>, source: &JwksSource) {
+        self.refresh_in_background(&self.entry(source), source, JWKS_MIN_REFRESH);
+    }
+
+    fn refresh_in_background(&self, entry: &Arc<Jwks>, source: &JwksSource, min_age: Duration) {
+        use std::sync::atomic::Ordering;
+        if entry.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (entry, source) = (entry.clone(), source.clone());
         tokio::spawn(async move {
-            let _ = cache.refresh(&url, &fetcher, retries, JWKS_MIN_REFRESH).await;
+            let _ = fetch_into(&entry, &source, source.retries, min_age).await;
+            entry.refreshing.store(false, Ordering::Release);
         });
     }
 
-    /// Forgets the URLs not in `keep`.
+    /// Forgets the sources not in `keep` (cache keys).
     pub(crate) fn retain(&self, keep: &HashSet<String>) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|url, _| keep.contains(url));
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| keep.contains(k));
     }
 
-    /// The keys of `url`: fetched if there are none yet, or refreshed first when `kid` is
-    /// asked for and missing (at most once per [`JWKS_MIN_REFRESH`]). Stale keys are
-    /// refreshed in the background.
-    async fn keys(
-        &self,
-        url: &str,
-        fetcher: &Fetcher,
-        retries: u32,
-        kid: Option<&str>,
-    ) -> Result<Arc<Vec<VerifyingKey>>, String> {
-        let entry = self.entry(url);
+    /// The keys of `source`: fetched if there are none yet, or fetched first when `kid` is
+    /// asked for and missing (at most once per [`JWKS_MIN_REFRESH`]). A request waits for
+    /// one attempt at most (retries happen in the background); stale keys are refreshed in
+    /// the background.
+    async fn keys(&self, source: &JwksSource, kid: Option<&str>) -> Result<Arc<Vec<VerifyingKey>>, String> {
+        let entry = self.entry(source);
         let current = entry.keys.read().ok().and_then(|k| k.clone());
         if let (Some(keys), None) = (&current, kid) {
             let stale = entry.fetched.lock().ok().and_then(|f| *f).is_none_or(|t| t.elapsed() > JWKS_MAX_AGE);
             if stale {
-                let (url, fetcher, entry) = (url.to_string(), fetcher.clone(), entry.clone());
-                tokio::spawn(async move {
-                    let _ = fetch_into(&entry, &url, &fetcher, retries, JWKS_MAX_AGE).await;
-                });
+                self.refresh_in_background(&entry, source, JWKS_MAX_AGE);
             }
             return Ok(keys.clone());
         }
-        if kid.is_some() {
+        let min_age = if kid.is_some() {
             // An unknown kid fetches at once, unless another one did moments ago.
             let go = {
                 let mut forced = entry.forced.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,27 +390,32 @@ impl JwksCache {
                 go
             };
             if !go {
-                return current.ok_or_else(|| format!("JWKS {url} is not available"));
+                return current.ok_or_else(|| format!("JWKS {} is not available", source.url));
             }
-            return fetch_into(&entry, url, fetcher, retries, Duration::ZERO).await;
+            Duration::ZERO
+        } else {
+            JWKS_MIN_REFRESH
+        };
+        // One attempt, and no longer than a fetch may take (plus waiting for a fetch under
+        // way): the request is not held for a whole retry cycle.
+        let wait = source.fetcher.timeout * 2;
+        match tokio::time::timeout(wait, fetch_into(&entry, source, 0, min_age)).await {
+            Ok(r) => r,
+            Err(_) => current.ok_or_else(|| format!("JWKS {} is not available yet", source.url)),
         }
-        fetch_into(&entry, url, fetcher, retries, JWKS_MIN_REFRESH).await
-    }
-
-    async fn refresh(&self, url: &str, fetcher: &Fetcher, retries: u32, min_age: Duration) -> Result<(), String> {
-        fetch_into(&self.entry(url), url, fetcher, retries, min_age).await.map(|_| ())
     }
 }
 
-/// Fetches `url` into `entry` unless it was fetched less than `min_age` ago (then the keys
-/// in hand are returned); one fetch at a time per URL, retried with backoff.
+/// Fetches `source` into `entry` unless it was fetched less than `min_age` ago (then the
+/// keys in hand are returned); one fetch at a time per source, retried `retries` times with
+/// backoff. A failure keeps the keys in hand.
 async fn fetch_into(
     entry: &Jwks,
-    url: &str,
-    fetcher: &Fetcher,
+    source: &JwksSource,
     retries: u32,
     min_age: Duration,
 ) -> Result<Arc<Vec<VerifyingKey>>, String> {
+    let url = source.url.as_str();
     let asked = Instant::now();
     let _one = entry.fetching.lock().await;
     // A fetch that finished while this one waited for its turn is as good as a new one.
@@ -394,9 +429,9 @@ async fn fetch_into(
     for attempt in 0..=retries {
         if attempt > 0 {
             tokio::time::sleep(delay).await;
-            delay *= 2;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        match fetcher.get(url).await.map_err(|e| e.to_string()).and_then(|body| parse_jwks(&body)) {
+        match source.fetcher.get(url).await.map_err(|e| e.to_string()).and_then(|body| parse_jwks(&body, false)) {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 if let Ok(mut k) = entry.keys.write() {
@@ -410,9 +445,6 @@ async fn fetch_into(
             }
             Err(e) => last = e,
         }
-    }
-    if let Ok(mut f) = entry.fetched.lock() {
-        *f = Some(Instant::now());
     }
     tracing::warn!(url, error = %last, "JWKS fetch failed; the keys in hand stay in use");
     current.ok_or_else(|| format!("JWKS {url} is not available: {last}"))
@@ -449,13 +481,17 @@ mod tests {
         assert_eq!(c.verify(&good, &cache).await.unwrap()["azp"], "app-a");
         let expired = sign(Algorithm::HS256, serde_json::json!({"azp": "app-a", "exp": now() - 60}), key);
         assert_eq!(c.verify(&expired, &cache).await.unwrap_err(), "the token has expired");
-        let early = sign(Algorithm::HS384, serde_json::json!({"azp": "a", "nbf": now() + 600}), key);
+        let early =
+            sign(Algorithm::HS384, serde_json::json!({"azp": "a", "nbf": now() + 600, "exp": now() + 900}), key);
         assert!(c.verify(&early, &cache).await.unwrap_err().contains("not valid yet"));
-        let forged = sign(Algorithm::HS256, serde_json::json!({"azp": "app-a"}), b"another-secret");
+        let forged = sign(Algorithm::HS256, serde_json::json!({"azp": "app-a", "exp": now() + 60}), b"another-secret");
         assert_eq!(c.verify(&forged, &cache).await.unwrap_err(), "invalid signature");
         // exp of the wrong type is refused, not skipped.
         let typed = sign(Algorithm::HS256, serde_json::json!({"azp": "a", "exp": "never"}), key);
         assert!(c.verify(&typed, &cache).await.is_err());
+        // A token without exp never expires: refused.
+        let forever = sign(Algorithm::HS256, serde_json::json!({"azp": "app-a"}), key);
+        assert!(c.verify(&forever, &cache).await.unwrap_err().contains("exp"));
     }
 
     #[tokio::test]
@@ -479,11 +515,11 @@ mod tests {
                 ..Default::default()
             },
         );
-        let confused = sign(Algorithm::HS256, serde_json::json!({"azp": "a"}), pem.as_bytes());
+        let confused = sign(Algorithm::HS256, serde_json::json!({"azp": "a", "exp": now() + 60}), pem.as_bytes());
         assert!(ec.verify(&confused, &cache).await.unwrap_err().contains("no key for algorithm HS256"));
         let signed = encode(
             &Header::new(Algorithm::ES256),
-            &serde_json::json!({"azp": "a"}),
+            &serde_json::json!({"azp": "a", "exp": now() + 60}),
             &EncodingKey::from_ec_der(pair.serialized_der()),
         )
         .unwrap();
@@ -503,7 +539,22 @@ mod tests {
             },
         );
         assert!(matches!(c.keys, Keys::Broken(_)));
-        assert!(parse_jwks(b"{\"keys\": [{\"kty\": \"RSA\", \"n\": \"!!\"}]}").unwrap().is_empty());
-        assert!(parse_jwks(b"[]").is_err());
+        assert!(parse_jwks(b"{\"keys\": [{\"kty\": \"RSA\", \"n\": \"!!\"}]}", false).unwrap().is_empty());
+        assert!(parse_jwks(b"[]", false).is_err());
+        // A symmetric secret in a fetched JWKS would let anyone who reads it sign tokens.
+        let oct = b"{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\", \"kid\": \"h\"}]}";
+        assert!(parse_jwks(oct, false).unwrap().is_empty());
+        assert_eq!(parse_jwks(oct, true).unwrap().len(), 1, "a local jwksFile may hold one");
+        // A key for encryption algorithms never verifies.
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = pair.public_key_raw();
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let ec = |alg: &str| {
+            serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "alg": alg}]})
+                .to_string()
+        };
+        assert_eq!(parse_jwks(ec("ES256").as_bytes(), false).unwrap().len(), 1);
+        assert!(parse_jwks(ec("ECDH-ES").as_bytes(), false).unwrap().is_empty());
     }
 }

@@ -410,15 +410,15 @@ impl Gateway {
             }
         }
         self.limits.configure(rt.body.redis.as_ref());
-        let mut urls = std::collections::HashSet::new();
+        let mut sources = std::collections::HashSet::new();
         for check in rt.jwt.values() {
-            for (url, fetcher, retries) in check.jwks_urls() {
-                if urls.insert(url.clone()) {
-                    self.jwks.prefetch(url, fetcher, retries);
+            for source in check.jwks_sources() {
+                if sources.insert(source.cache_key().to_string()) {
+                    self.jwks.prefetch(&source);
                 }
             }
         }
-        self.jwks.retain(&urls);
+        self.jwks.retain(&sources);
         let version = rt.version;
         self.in_force.store(Some(Arc::new(rt)));
         self.metrics.table_version.set(version as i64);

@@ -42,7 +42,7 @@ pub struct ApimConfig {
 }
 
 /// Why counters could not be checked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("plan counters in Redis at {endpoint}: {reason}")]
 pub struct StoreError {
     endpoint: String,
@@ -71,16 +71,18 @@ impl PlanLimits {
         let current = self.global.load();
         match (redis, current.as_ref()) {
             (Some(want), Some(have)) if &have.settings == want => {}
-            (Some(want), _) => match RedisCounters::new(want.clone()) {
-                Ok(r) => {
-                    tracing::info!(endpoint = %want.endpoint, database = want.database, "plan counters in Redis");
-                    self.global.store(Some(Arc::new(r)));
+            (Some(want), _) => {
+                let r = RedisCounters::new(want.clone());
+                match &r.broken {
+                    None => {
+                        tracing::info!(endpoint = %want.endpoint, database = want.database, "plan counters in Redis")
+                    }
+                    // Never back to local counters: N data planes would let N times the
+                    // limit through. The failure policy applies to every request instead.
+                    Some(e) => tracing::error!(error = %e, "plan counters in Redis cannot be used"),
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "plan counters stay local");
-                    self.global.store(None);
-                }
-            },
+                self.global.store(Some(Arc::new(r)));
+            }
             (None, Some(_)) => {
                 tracing::info!("plan counters are local to this data plane");
                 self.global.store(None);
@@ -190,40 +192,87 @@ return {admission, math.floor(wait * 1000), r_left, q_left}
 /// Counters in a Redis server.
 struct RedisCounters {
     settings: pb::Redis,
-    conn: redis::aio::ConnectionManager,
+    client: Option<redis::Client>,
+    conn: ArcSwapOption<redis::aio::ConnectionManager>,
+    /// Why the settings cannot make a client.
+    broken: Option<StoreError>,
+    /// Timeouts in a row.
+    timeouts: std::sync::atomic::AtomicU32,
     script: redis::Script,
     timeout: Duration,
 }
 
+/// After this many failures (timeouts mostly) in a row, the connection is replaced: a connection whose peer
+/// went silent (a partition, a failover to another address) is otherwise kept until TCP
+/// gives up, minutes later.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
 impl RedisCounters {
-    /// A connection made on first use and remade after a failure, by itself.
-    fn new(settings: pb::Redis) -> Result<RedisCounters, StoreError> {
-        let err = |reason: String| StoreError { endpoint: settings.endpoint.clone(), reason };
-        let (host, port) = settings
+    /// A connection made on first use and remade after a failure, by itself. Settings that
+    /// cannot make a client leave it broken (every request gets the failure policy).
+    fn new(settings: pb::Redis) -> RedisCounters {
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let mut r = RedisCounters {
+            client: None,
+            conn: ArcSwapOption::empty(),
+            broken: None,
+            timeouts: std::sync::atomic::AtomicU32::new(0),
+            script: redis::Script::new(SCRIPT),
+            timeout,
+            settings,
+        };
+        match r.client() {
+            Ok(client) => {
+                r.conn.store(r.connect(&client).ok().map(Arc::new));
+                r.client = Some(client);
+            }
+            Err(e) => r.broken = Some(e),
+        }
+        r
+    }
+
+    fn client(&self) -> Result<redis::Client, StoreError> {
+        let s = &self.settings;
+        let err = |reason: String| StoreError { endpoint: s.endpoint.clone(), reason };
+        let (host, port) = s
             .endpoint
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?)))
             .ok_or_else(|| err("the endpoint is not host:port".into()))?;
-        let mut redis_info = redis::RedisConnectionInfo::default().set_db(settings.database);
-        if !settings.username.is_empty() {
-            redis_info = redis_info.set_username(&settings.username);
+        let mut redis_info = redis::RedisConnectionInfo::default().set_db(s.database);
+        if !s.username.is_empty() {
+            redis_info = redis_info.set_username(&s.username);
         }
-        if !settings.password.is_empty() {
-            redis_info = redis_info.set_password(&settings.password);
+        if !s.password.is_empty() {
+            redis_info = redis_info.set_password(&s.password);
         }
         let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
             .map_err(|e| err(e.to_string()))?
             .set_redis_settings(redis_info);
-        let client = redis::Client::open(info).map_err(|e| err(e.to_string()))?;
-        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        redis::Client::open(info).map_err(|e| err(e.to_string()))
+    }
+
+    fn connect(&self, client: &redis::Client) -> Result<redis::aio::ConnectionManager, StoreError> {
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let conn =
-            redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(|e| err(e.to_string()))?;
-        Ok(RedisCounters { settings, conn, script: redis::Script::new(SCRIPT), timeout })
+        redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError { endpoint: self.settings.endpoint.clone(), reason: e.to_string() })
+    }
+
+    /// Counts a failure; after [`TIMEOUTS_BEFORE_RECONNECT`] in a row, replaces the
+    /// connection.
+    fn timed_out(&self) {
+        use std::sync::atomic::Ordering;
+        if self.timeouts.fetch_add(1, Ordering::AcqRel) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
+            self.timeouts.store(0, Ordering::Release);
+            if let Some(client) = &self.client {
+                tracing::warn!(endpoint = %self.settings.endpoint, "Redis does not answer; reconnecting");
+                self.conn.store(self.connect(client).ok().map(Arc::new));
+            }
+        }
     }
 
     async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
@@ -246,11 +295,26 @@ impl RedisCounters {
             .arg(r.map_or(0, |l| l.limit))
             .arg(ms(r))
             .arg(max_delay.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| err(e.to_string()))?;
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        let Some(conn) = self.conn.load_full() else {
+            self.timed_out();
+            return Err(err("no connection".into()));
+        };
+        let mut conn = (*conn).clone();
+        let reply: Vec<i64> = match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                self.timed_out();
+                return Err(err(e.to_string()));
+            }
+            Err(_) => {
+                self.timed_out();
+                return Err(err(format!("no answer within {:?}", self.timeout)));
+            }
+        };
+        self.timeouts.store(0, std::sync::atomic::Ordering::Release);
         let [admission, micros, rate_left, quota_left] = reply[..] else {
             return Err(err(format!("unexpected reply {reply:?}")));
         };
