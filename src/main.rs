@@ -342,6 +342,10 @@ enum Command {
         /// Quiet time before a configuration change is published, in milliseconds.
         #[arg(long, default_value_t = 50)]
         watch_debounce_ms: u64,
+        /// Directory that `file://` OpenAPI spec URLs may point into (default: none, so
+        /// `file://` specs are refused).
+        #[arg(long)]
+        spec_dir: Option<PathBuf>,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -524,11 +528,12 @@ fn explain(e: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime");
     match command {
-        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, serve } => {
+        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, spec_dir, serve } => {
             let cfg = atrium_control_plane::Config {
                 source: serve.listen.source(manifests, watch_debounce_ms),
                 grpc: parse_addr(&grpc).context("--grpc")?,
                 embedded: data_plane == EmbeddedDataPlane::Embedded,
+                spec_dir,
                 serving: serve.serving()?,
             };
             rt()?.block_on(atrium_control_plane::run(cfg, shutdown_signal()))?;

@@ -8,6 +8,8 @@
 //!   record of every data plane: connected since, version applied, last NACK.
 //! - [`service`]: the gRPC `SnapshotService`: `Hello` → snapshot or `UpToDate`, then every
 //!   change, latest-wins; `Ack`/`Nack` recorded.
+//! - `specs`: the APIs' OpenAPI specs, fetched, refreshed and retried off the request path;
+//!   their operations and status go into the snapshot.
 //! - [`tls`]: mutual TLS for that listener, with refusals logged and the server
 //!   certificate reloaded when its file changes.
 //!
@@ -22,6 +24,7 @@ pub mod hub;
 mod publisher;
 pub mod run;
 pub mod service;
+mod specs;
 pub mod tls;
 
 pub use run::{Config, ControlPlaneError, run};

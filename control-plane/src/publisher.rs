@@ -1,5 +1,5 @@
 //! What the control plane publishes: the compiled manifests merged with the live view of
-//! the children, republished on every change of either.
+//! the children and the APIs' fetched specs, republished on every change of any.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,6 +11,7 @@ use atrium_proto::v1 as pb;
 
 use crate::children::{Children, Polling};
 use crate::hub::Hub;
+use crate::specs::Specs;
 
 /// The snapshot is the compiled manifests plus the live view of the children: both kept
 /// here, merged and published on every change of either.
@@ -21,6 +22,8 @@ pub(crate) struct Publisher {
     pub(crate) base: Arc<Mutex<pb::SnapshotBody>>,
     /// The children the parent reaches now, with their uplinks.
     pub(crate) registry: Arc<Mutex<Registry>>,
+    /// The APIs' OpenAPI specs as fetched.
+    pub(crate) specs: Arc<Specs>,
 }
 
 impl Publisher {
@@ -29,6 +32,7 @@ impl Publisher {
         let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return None };
         let mut body = b.clone();
         apply_registry(&mut body.children, &r);
+        self.specs.apply(&mut body.apis);
         Some(body)
     }
 
@@ -50,6 +54,7 @@ impl Publisher {
         let detected = Instant::now();
         let before = self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone());
         let listed = body.children.clone();
+        self.specs.follow(&body.apis);
         if let Ok(mut cur) = self.base.lock() {
             *cur = body;
         }

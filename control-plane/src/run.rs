@@ -34,6 +34,8 @@ pub struct Config {
     pub grpc: SocketAddr,
     /// Whether this process serves the entrypoints too (an embedded data plane).
     pub embedded: bool,
+    /// The directory `file://` OpenAPI specs may be read from (none: no `file://`).
+    pub spec_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a control plane cannot start.
@@ -69,15 +71,29 @@ pub enum ControlPlaneError {
 /// Runs a control plane until `shutdown` completes, then closes snapshot streams and child
 /// sessions and drains requests in flight.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ControlPlaneError> {
-    let Config { serving: o, source, grpc, embedded } = cfg;
+    let Config { serving: o, source, grpc, embedded, spec_dir } = cfg;
     source.check_exists()?;
     let first = source.compile_blocking().await?;
     let epoch = crate::hub::next_epoch(&o.state_dir)
         .map_err(|source| ControlPlaneError::Epoch { dir: o.state_dir.clone(), source })?;
     let hub = Hub::with_epoch(env!("CARGO_PKG_VERSION"), epoch);
-    let publisher =
-        Publisher { hub: hub.clone(), base: Arc::new(Mutex::new(first.body.clone())), registry: Arc::default() };
+    let (specs, mut specs_changed) = crate::specs::Specs::new(spec_dir);
+    let publisher = Publisher {
+        hub: hub.clone(),
+        base: Arc::new(Mutex::new(first.body.clone())),
+        registry: Arc::default(),
+        specs: specs.clone(),
+    };
+    specs.follow(&first.body.apis);
     publisher.publish(Instant::now());
+    {
+        let p = publisher.clone();
+        tokio::spawn(async move {
+            while specs_changed.changed().await.is_ok() {
+                p.publish(Instant::now());
+            }
+        });
+    }
 
     let trust = grpc_trust(&o)?;
     let (stop_tx, stop_rx) = watch::channel(false);

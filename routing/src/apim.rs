@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub mod operations;
+
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
@@ -168,6 +170,27 @@ pub struct Subscription {
     pub apis: Vec<String>,
     /// Its plan.
     pub plan: Plan,
+    /// The operation sets it allows (`None`: every operation; empty: none).
+    pub operation_filter: Option<Vec<String>>,
+}
+
+/// Why an operation is refused to a granted caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OperationRefusal {
+    /// The spec defines no operation with this path (404).
+    NoPath,
+    /// The path's operations have other methods (405): these.
+    WrongMethod(Vec<String>),
+    /// The subscription's operation filter does not include the operation (403).
+    Filtered,
+}
+
+/// An API's spec operations and operation sets.
+#[derive(Debug, Default)]
+struct ApiOperations {
+    validate: bool,
+    operations: operations::Operations,
+    sets: operations::OperationSets,
 }
 
 /// What the access rules say about a request to an API.
@@ -226,6 +249,8 @@ pub struct Access {
     apis: HashMap<String, ApiAuth>,
     /// API → its CORS rules, when it has some.
     cors: HashMap<String, crate::middleware::headers::HeaderRules>,
+    /// API → its operations and operation sets.
+    operations: HashMap<String, ApiOperations>,
     /// Key hash → (application, key suspended).
     keys: HashMap<KeyHash, (usize, bool)>,
     apps: Vec<Application>,
@@ -258,7 +283,16 @@ impl Access {
             }
         }
         let by_app_id = by_app_id.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        Access { apis: HashMap::new(), cors: HashMap::new(), keys, apps, by_app_id, subs, grants }
+        Access {
+            apis: HashMap::new(),
+            cors: HashMap::new(),
+            operations: HashMap::new(),
+            keys,
+            apps,
+            by_app_id,
+            subs,
+            grants,
+        }
     }
 
     /// The rules a snapshot carries. A header name that is not one, or a limit whose
@@ -276,9 +310,22 @@ impl Access {
             applications: s.app_ids.clone(),
             apis: s.apis.clone(),
             plan: s.plan.as_ref().map(Plan::from_snapshot).unwrap_or_default(),
+            operation_filter: s.operation_filter.as_ref().map(|f| f.include.clone()),
         });
         let mut access = Access::new(apps.collect(), keys.collect(), subs.collect());
         access.apis = body.apis.iter().map(|a| (a.id.clone(), api_auth(a.auth.as_ref()))).collect();
+        access.operations = body
+            .apis
+            .iter()
+            .map(|a| {
+                let ops = ApiOperations {
+                    validate: a.validate_method_and_path,
+                    operations: operations::Operations::from_snapshot(&a.operations, &a.spec_base_paths),
+                    sets: operations::OperationSets::from_snapshot(&a.operation_sets),
+                };
+                (a.id.clone(), ops)
+            })
+            .collect();
         access.cors = body
             .apis
             .iter()
@@ -289,6 +336,32 @@ impl Access {
             })
             .collect();
         access
+    }
+
+    /// Whether the operation `method path` of `grant`'s API is one the caller may make: one
+    /// the spec defines (when the API validates method and path and its spec is known), and
+    /// one the subscription's operation filter includes. The filter matches the operation's
+    /// path template when the spec knows it, the request's path otherwise.
+    pub fn check_operation(&self, grant: &Grant<'_>, method: &str, path: &str) -> Result<(), OperationRefusal> {
+        let Some(api) = self.operations.get(grant.api) else {
+            return match &grant.subscription.operation_filter {
+                Some(_) => Err(OperationRefusal::Filtered),
+                None => Ok(()),
+            };
+        };
+        let found = if api.operations.is_empty() { None } else { Some(api.operations.find(method, path)) };
+        let template = match found {
+            Some(operations::Found::Operation(t)) => t,
+            Some(operations::Found::WrongMethod(m)) if api.validate => {
+                return Err(OperationRefusal::WrongMethod(m.into_iter().map(str::to_string).collect()));
+            }
+            Some(operations::Found::NoPath) if api.validate => return Err(OperationRefusal::NoPath),
+            _ => path,
+        };
+        match &grant.subscription.operation_filter {
+            Some(include) if !api.sets.allows(include, method, template) => Err(OperationRefusal::Filtered),
+            _ => Ok(()),
+        }
     }
 
     /// The CORS rules of `api`, if it has some.
@@ -482,6 +555,7 @@ mod tests {
             applications: apps.iter().map(|s| s.to_string()).collect(),
             apis: apis.iter().map(|s| s.to_string()).collect(),
             plan,
+            operation_filter: None,
         }
     }
 

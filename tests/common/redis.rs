@@ -21,12 +21,17 @@ impl Drop for RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port of 127.0.0.1.
+    /// Starts a server on a free port of 127.0.0.1 (another port when the one picked was
+    /// taken in between, by another test's connection for example).
     pub fn start() -> RedisServer {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let mut r = RedisServer { child: None, addr };
-        r.restart();
-        r
+        for _ in 0..5 {
+            let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let mut r = RedisServer { child: None, addr };
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     /// Stops the server (its data is gone).
@@ -39,6 +44,11 @@ impl RedisServer {
 
     /// Starts the server again on its port and waits until it answers.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server did not start again on {}", self.addr);
+    }
+
+    /// Starts the server on its port; whether it answers within 10 s.
+    fn try_start(&mut self) -> bool {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.addr.port().to_string()])
@@ -50,9 +60,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
-            assert!(Instant::now() < deadline, "redis-server did not answer on {}", self.addr);
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                self.stop();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.

@@ -116,7 +116,8 @@ pub fn apis(gw: &Gateway) -> serde_json::Value {
                 .iter()
                 .filter(|s| s.apis.contains(&a.id))
                 .map(|s| {
-                    serde_json::json!({"id": s.id, "weight": s.weight, "applications": s.app_ids, "plan": plan(s.plan.as_ref())})
+                    serde_json::json!({"id": s.id, "weight": s.weight, "applications": s.app_ids, "plan": plan(s.plan.as_ref()),
+                        "operationFilter": s.operation_filter.as_ref().map(|f| &f.include)})
                 })
                 .collect();
             let catalog_items: Vec<serde_json::Value> = b
@@ -130,6 +131,13 @@ pub fn apis(gw: &Gateway) -> serde_json::Value {
                 "authentication": super::access_check::describe_auth(rt.access.auth(&a.id)),
                 "cors": !a.cors_json.is_empty(),
                 "routes": routes,
+                "spec": (!a.spec_url.is_empty()).then(|| serde_json::json!({
+                    "url": a.spec_url,
+                    "status": a.spec_status,
+                    "operations": a.operations.len(),
+                    "validateRequestMethodAndPath": a.validate_method_and_path,
+                })),
+                "operationSets": a.operation_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
                 "subscriptions": subscriptions,
                 "catalogItems": catalog_items,
             })

@@ -4,7 +4,10 @@
 //! `application/problem+json` with a stable `type` per cause:
 //! - 401 `missing-credentials`, `invalid-credentials`, `unsupported-authentication`;
 //! - 403 `suspended`, `not-subscribed`, `unknown-application` (a valid token naming an
-//!   application that does not exist);
+//!   application that does not exist), `operation-not-allowed` (outside the
+//!   subscription's operation filter);
+//! - 404 `unknown-operation`, 405 `method-not-allowed` (with `Allow`): the API validates
+//!   method and path, and its spec defines no such operation;
 //! - 429 `rate-limited`, `quota-exceeded` (with `Retry-After`);
 //! - 503 `limits-unavailable`: Redis holds the counters, does not answer, and the failure
 //!   policy is `closed`.
@@ -176,6 +179,50 @@ pub(super) async fn identify<'a>(
     }
 }
 
+/// A refused operation, with the methods the path has (405).
+pub(super) struct OperationRefused {
+    refusal: Refusal,
+    allow: Option<HeaderValue>,
+}
+
+impl std::ops::Deref for OperationRefused {
+    type Target = Refusal;
+    fn deref(&self) -> &Refusal {
+        &self.refusal
+    }
+}
+
+/// Whether the caller of `grant` may make this request's operation: defined by the API's
+/// spec (404, 405 when it validates method and path), and included in the subscription's
+/// operation filter (403).
+pub(super) fn operation(rt: &Compiled, grant: &Grant<'_>, parts: &Parts) -> Result<(), OperationRefused> {
+    use atrium_routing::apim::OperationRefusal as O;
+    let refused = |status, kind, detail: String, allow: Option<HeaderValue>| OperationRefused {
+        refusal: Refusal::new(status, kind, detail),
+        allow,
+    };
+    match rt.access.check_operation(grant, parts.method.as_str(), parts.uri.path()) {
+        Ok(()) => Ok(()),
+        Err(O::NoPath) => {
+            Err(refused(StatusCode::NOT_FOUND, "unknown-operation", "the API's spec defines no such path".into(), None))
+        }
+        Err(O::WrongMethod(methods)) => {
+            let list = methods.join(", ");
+            let detail = format!("the API's spec defines this path for {list} only");
+            Err(refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                detail,
+                HeaderValue::from_str(&list).ok(),
+            ))
+        }
+        Err(O::Filtered) => {
+            let detail = format!("subscription {} does not include this operation", grant.subscription.id);
+            Err(refused(StatusCode::FORBIDDEN, "operation-not-allowed", detail, None))
+        }
+    }
+}
+
 impl Gateway {
     /// Checks a request to API `api` against the rules and the plan counters of `rt`.
     pub(super) async fn api_access(&self, rt: &Compiled, api: &str, parts: &mut Parts, query: Option<&str>) -> ApiStep {
@@ -183,6 +230,13 @@ impl Gateway {
             Ok(g) => g,
             Err(refusal) => return ApiStep::Answer(refusal.answer()),
         };
+        if let Err(refusal) = operation(rt, &grant, parts) {
+            let mut r = refusal.answer();
+            if let Some(allow) = refusal.allow {
+                r.headers_mut().insert(header::ALLOW, allow);
+            }
+            return ApiStep::Answer(r);
+        }
         let outcome = match self.limits.admit(&grant, self.apim.max_rate_limit_delay).await {
             Ok(o) => o,
             Err(_) => {

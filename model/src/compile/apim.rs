@@ -47,14 +47,25 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
         .resources
         .iter()
         .filter_map(|l| match &l.resource {
-            Resource::Api(api) => Some(pb::Api {
-                id: l.id(),
-                auth: Some(match default_auth.get(l.ns()) {
-                    Some((_, a)) => a.clone(),
-                    None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
-                }),
-                cors_json: api.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
-            }),
+            Resource::Api(api) => {
+                let mut out = pb::Api {
+                    id: l.id(),
+                    auth: Some(match default_auth.get(l.ns()) {
+                        Some((_, a)) => a.clone(),
+                        None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
+                    }),
+                    cors_json: api.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
+                    ..Default::default()
+                };
+                if let Some(spec) = &api.spec.open_api_spec {
+                    if let Err((field, msg)) = open_api_spec(spec, &mut out) {
+                        cx.err(l, &format!("spec.openApiSpec{field}"), "schema", msg.clone());
+                        // Never served open, never served without its checks.
+                        out.auth = Some(pb::api::Auth::Unsupported(format!("API {}: {msg}", l.id())));
+                    }
+                }
+                Some(out)
+            }
             _ => None,
         })
         .collect();
@@ -198,6 +209,125 @@ fn compile_jwt(cx: &Ctx<'_>, l: &Loaded, j: &JwtAuth) -> Result<pb::JwtAuth, (St
     })
 }
 
+/// An API's `openApiSpec` into `out`, checked as the upstream schema says; an error names
+/// the field under `spec.openApiSpec`.
+fn open_api_spec(spec: &crate::resources::hub::OpenApiSpec, out: &mut pb::Api) -> Result<(), (String, String)> {
+    if spec.url.is_none() && spec.path.is_none() {
+        return Err((String::new(), "path or url must be defined".into()));
+    }
+    if let Some(url) = &spec.url {
+        let ok = ["http://", "https://", "file://"].iter().any(|p| url.starts_with(p) && url.len() > p.len());
+        if !ok || http::Uri::try_from(url.as_str()).is_err() && !url.starts_with("file://") {
+            return Err((".url".into(), format!("{url:?} must be an http, https or file URL")));
+        }
+        out.spec_url = url.clone();
+    }
+    let refresh = match &spec.refresh_interval {
+        None => std::time::Duration::from_secs(300),
+        Some(r) => atrium_routing::middleware::config::parse_go_duration(r)
+            .map_err(|e| (".refreshInterval".into(), e.to_string()))?,
+    };
+    if refresh < std::time::Duration::from_secs(60) {
+        return Err((".refreshInterval".into(), "must be at least 1m".into()));
+    }
+    out.spec_refresh_ms = refresh.as_millis() as u64;
+    for (i, s) in spec.r#override.iter().flat_map(|o| o.servers.iter()).enumerate() {
+        let uri = http::Uri::try_from(s.url.as_str())
+            .ok()
+            .filter(|u| u.scheme().is_some() && u.host().is_some())
+            .ok_or_else(|| (format!(".override.servers[{i}].url"), format!("{:?} must be a valid URL", s.url)))?;
+        out.spec_override_servers.push(s.url.clone());
+        let base = uri.path().trim_end_matches('/');
+        if !base.is_empty() {
+            out.spec_base_paths.push(base.to_string());
+        }
+    }
+    out.validate_method_and_path = spec.validate_request_method_and_path.unwrap_or(false);
+    if out.validate_method_and_path && spec.url.is_none() {
+        let msg = "validateRequestMethodAndPath needs a spec the control plane can fetch (url)".to_string();
+        return Err((".validateRequestMethodAndPath".into(), msg));
+    }
+    let mut names = BTreeSet::new();
+    for (i, set) in spec.operation_sets.iter().enumerate() {
+        let f = |rest: &str| format!(".operationSets[{i}]{rest}");
+        if set.name.is_empty() || !names.insert(set.name.clone()) {
+            return Err((f(".name"), format!("operation set name {:?} must be given once", set.name)));
+        }
+        if set.matchers.is_empty() || set.matchers.len() > 100 {
+            return Err((f(".matchers"), "an operation set needs between 1 and 100 matchers".into()));
+        }
+        let mut matchers = Vec::new();
+        for (j, m) in set.matchers.iter().enumerate() {
+            let f = |rest: &str| f(&format!(".matchers[{j}]{rest}"));
+            let given = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
+            if given.iter().filter(|g| **g).count() > 1 {
+                return Err((f(""), "path, pathPrefix and pathRegex are mutually exclusive".into()));
+            }
+            if !given.iter().any(|g| *g) && m.methods.is_empty() {
+                return Err((f(""), "a matcher needs methods, path, pathPrefix or pathRegex".into()));
+            }
+            for (name, p) in [("path", &m.path), ("pathPrefix", &m.path_prefix)] {
+                if let Some(p) = p {
+                    if !p.starts_with('/') || p.contains("/../") || p.ends_with("/..") || p.len() > 255 {
+                        return Err((
+                            f(&format!(".{name}")),
+                            format!("{p:?} must start with '/' and cannot contain '../'"),
+                        ));
+                    }
+                }
+            }
+            if let Some(r) = &m.path_regex {
+                regex::Regex::new(r).map_err(|e| (f(".pathRegex"), format!("invalid regular expression: {e}")))?;
+            }
+            if m.methods.len() > 10 {
+                return Err((f(".methods"), "at most 10 methods".into()));
+            }
+            matchers.push(pb::OperationMatcher {
+                methods: m.methods.clone(),
+                path: m.path.clone().unwrap_or_default(),
+                path_prefix: m.path_prefix.clone().unwrap_or_default(),
+                path_regex: m.path_regex.clone().unwrap_or_default(),
+            });
+        }
+        out.operation_sets.push(pb::OperationSet { name: set.name.clone(), matchers });
+    }
+    if out.spec_url.is_empty() {
+        out.spec_status = String::new();
+    } else {
+        out.spec_status = "pending".into();
+    }
+    Ok(())
+}
+
+/// An operation filter of `l` over `apis`: every set it includes must be one of theirs.
+fn operation_filter(
+    cx: &mut Ctx<'_>,
+    m: &Manifests,
+    l: &Loaded,
+    filter: Option<&crate::resources::hub::OperationFilter>,
+    apis: &[String],
+) -> Option<Option<pb::OperationFilter>> {
+    let Some(f) = filter else { return Some(None) };
+    let known: BTreeSet<&str> = m
+        .resources
+        .iter()
+        .filter(|o| apis.contains(&o.id()))
+        .filter_map(|o| match &o.resource {
+            Resource::Api(a) => a.spec.open_api_spec.as_ref(),
+            _ => None,
+        })
+        .flat_map(|s| s.operation_sets.iter().map(|set| set.name.as_str()))
+        .collect();
+    for (i, name) in f.include.iter().enumerate() {
+        if !known.contains(name.as_str()) {
+            let msg = format!("no API it covers has an operation set {name:?} (known: {known:?})");
+            cx.err(l, &format!("spec.operationFilter.include[{i}]"), "unresolved-reference", msg);
+            return None;
+        }
+    }
+    Some(Some(pb::OperationFilter { include: f.include.clone() }))
+}
+
 /// An API's `cors` as the configuration of a headers middleware; the plan headers are
 /// always exposed, so a browser can read what is left of the plan.
 fn cors_json(c: &crate::resources::hub::Cors) -> String {
@@ -311,15 +441,18 @@ fn compile_subscription(
     l: &Loaded,
     spec: &ManagedSubscriptionSpec,
 ) -> Option<pb::Subscription> {
-    if spec.operation_filter.is_some() {
-        let msg = "operationFilter is not built yet: the subscription is left out".to_string();
-        cx.err(l, "spec.operationFilter", "not-supported", msg);
-        return None;
-    }
     let plan = plan(cx, m, l, &spec.api_plan.name)?;
     let app_ids = subscription_apps(cx, m, l, spec)?;
     let apis = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref())?;
-    Some(pb::Subscription { id: l.id(), weight: spec.weight.unwrap_or(0), app_ids, apis, plan: Some(plan) })
+    let operation_filter = operation_filter(cx, m, l, spec.operation_filter.as_ref(), &apis)?;
+    Some(pb::Subscription {
+        id: l.id(),
+        weight: spec.weight.unwrap_or(0),
+        app_ids,
+        apis,
+        plan: Some(plan),
+        operation_filter,
+    })
 }
 
 /// The objects of namespace `ns` whose resource `pick` selects.
@@ -419,11 +552,6 @@ pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::
     for l in &m.resources {
         let Resource::ApiCatalogItem(c) = &l.resource else { continue };
         let spec = &c.spec;
-        if spec.operation_filter.is_some() {
-            let msg = "operationFilter is not built yet: the catalog item is left out".to_string();
-            cx.err(l, "spec.operationFilter", "not-supported", msg);
-            continue;
-        }
         let Some(apis) = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref()) else {
             continue;
         };
@@ -434,7 +562,11 @@ pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::
             },
             None => None,
         };
+        let Some(operation_filter) = operation_filter(cx, m, l, spec.operation_filter.as_ref(), &apis) else {
+            continue;
+        };
         out.push(pb::CatalogItem {
+            operation_filter,
             id: l.id(),
             apis,
             groups: spec.groups.clone(),
@@ -645,6 +777,58 @@ spec:
             "apiVersion: hub.traefik.io/v1alpha1\nkind: APIAuth\nmetadata: {name: j, namespace: apps}\nspec: {isDefault: true, jwt: {appIdClaim: a, publicKey: x, tokenNameClaim: n}}\n",
         );
         assert!(found.iter().any(|e| e.contains("spec.jwt.tokenNameClaim")), "{found:?}");
+    }
+
+    #[test]
+    fn open_api_specs_and_operation_filters_are_checked_as_the_upstream_schema_says() {
+        let with_api = |spec: &str, filter: &str| {
+            compiled_with(&format!(
+                "apiVersion: hub.traefik.io/v1alpha1\nkind: API\nmetadata: {{name: ops, namespace: apps}}\nspec: {{openApiSpec: {spec}}}\n---\napiVersion: hub.traefik.io/v1alpha1\nkind: ManagedSubscription\nmetadata: {{name: f, namespace: apps}}\nspec: {{apiPlan: {{name: standard}}, applications: [{{appId: x}}], apis: [{{name: ops}}]{filter}}}\n"
+            ))
+        };
+        let (c, _) = with_api(
+            "{url: 'https://specs/ops.yaml', validateRequestMethodAndPath: true, operationSets: [{name: read, matchers: [{methods: [GET], pathPrefix: /v1}]}]}",
+            ", operationFilter: {include: [read]}",
+        );
+        assert!(errors(&c).is_empty(), "{:?}", errors(&c));
+        let api = c.body.apis.iter().find(|a| a.id == "apps/ops").unwrap();
+        assert!(api.validate_method_and_path && api.spec_status == "pending" && api.spec_refresh_ms == 300_000);
+        let sub = c.body.subscriptions.iter().find(|s| s.id == "apps/f").unwrap();
+        assert_eq!(sub.operation_filter.as_ref().unwrap().include, ["read"]);
+
+        for (spec, filter, want) in [
+            (
+                "{path: /openapi.json, validateRequestMethodAndPath: true}",
+                "",
+                "spec.openApiSpec.validateRequestMethodAndPath",
+            ),
+            ("{url: 'https://s/o', refreshInterval: 30s}", "", "spec.openApiSpec.refreshInterval: must be at least 1m"),
+            ("{url: 'ftp://s/o'}", "", "spec.openApiSpec.url"),
+            ("{}", "", "path or url must be defined"),
+            (
+                "{url: 'https://s/o', operationSets: [{name: a, matchers: [{path: /a, pathPrefix: /b}]}]}",
+                "",
+                "mutually exclusive",
+            ),
+            (
+                "{url: 'https://s/o', operationSets: [{name: a, matchers: [{path: /a/../b}]}]}",
+                "",
+                "cannot contain '../'",
+            ),
+            (
+                "{url: 'https://s/o', operationSets: [{name: a, matchers: [{pathRegex: '('}]}]}",
+                "",
+                "invalid regular expression",
+            ),
+            (
+                "{url: 'https://s/o'}",
+                ", operationFilter: {include: [nope]}",
+                "spec.operationFilter.include[0]: no API it covers has an operation set \"nope\"",
+            ),
+        ] {
+            let (c, _) = with_api(spec, filter);
+            assert!(errors(&c).iter().any(|e| e.contains(want)), "{spec}: {want}\n{:?}", errors(&c));
+        }
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub struct OpenApiSpec {
     #[serde(default)]
     pub validate_request_body_schema: Option<NotSupported>,
     #[serde(default)]
-    pub validate_request_method_and_path: Option<NotSupported>,
+    pub validate_request_method_and_path: Option<bool>,
 }
 
 /// `openApiSpec.override`.
