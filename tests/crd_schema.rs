@@ -196,7 +196,11 @@ fn every_upstream_field_is_known_to_the_model() {
             let doc = serde_json::json!({"apiVersion": gv, "kind": kind, "metadata": {"name": "t", "namespace": "ns"}, "spec": spec});
             let m = atrium_model::loader::load_text("probe.json", &doc.to_string());
             for d in &m.diagnostics {
-                let allowed = d.message.contains("missing field") || d.message.contains("not supported yet");
+                // The probe's sample values need not satisfy upstream patterns and bounds;
+                // those complaints come from the schema check, not from the model.
+                let allowed = d.message.contains("missing field")
+                    || d.message.contains("not supported yet")
+                    || d.message.starts_with("upstream schema:");
                 if !allowed {
                     problems.push(format!("{kind} {path}: {}", d.message));
                 }

@@ -24,6 +24,7 @@ pub mod lint;
 pub mod loader;
 pub mod resources;
 pub mod route_check;
+pub mod schema;
 pub mod topology;
 pub mod values;
 pub mod yaml;

@@ -199,6 +199,15 @@ fn load_document(file: &Arc<Path>, doc: Node, m: &mut Manifests) {
                     m.diagnostics.push(Diagnostic::at(Severity::Error, "schema", file, doc.mark, format!("{kind} has no metadata.name")));
                     return;
                 }
+                let ns = resource.meta().namespace.clone().unwrap_or_else(|| "default".into());
+                for v in crate::schema::check(&api_version, &kind, &doc) {
+                    let at = doc.locate(&v.field).mark;
+                    m.diagnostics.push(Diagnostic {
+                        object: Some(format!("{kind} {ns}/{name}")),
+                        field: (!v.field.is_empty()).then(|| v.field.clone()),
+                        ..Diagnostic::at(Severity::Error, "schema", file, at, format!("upstream schema: {}", v.message))
+                    });
+                }
                 m.resources.push(Loaded { file: file.clone(), doc, resource });
             }
             Err(e) => {

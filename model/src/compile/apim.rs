@@ -69,8 +69,51 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
             _ => None,
         })
         .collect();
+    // Each APIVersion an API lists is an entry of its own (its routes, CORS and spec), with
+    // the namespace's authentication; subscriptions to the API cover it.
+    for l in &m.resources {
+        let Resource::Api(api) = &l.resource else { continue };
+        for v in &api.spec.versions {
+            let found = m.resources.iter().find(|o| o.ns() == l.ns() && o.name() == v.name);
+            let Some((vl, Resource::ApiVersion(version))) = found.map(|o| (o, &o.resource)) else { continue };
+            let mut entry = pb::Api {
+                id: version_id(l.ns(), l.name(), &v.name),
+                auth: Some(match default_auth.get(l.ns()) {
+                    Some((_, a)) => a.clone(),
+                    None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
+                }),
+                cors_json: version.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
+                ..Default::default()
+            };
+            if let Some(spec) = &version.spec.open_api_spec {
+                if let Err((field, msg)) = open_api_spec(spec, &mut entry) {
+                    cx.err(vl, &format!("spec.openApiSpec{field}"), "schema", msg.clone());
+                    entry.auth = Some(pb::api::Auth::Unsupported(format!("APIVersion {}: {msg}", vl.id())));
+                }
+            }
+            out.push(entry);
+        }
+    }
     out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.dedup_by(|a, b| a.id == b.id);
     out
+}
+
+/// The id of the entry of APIVersion `version` of API `ns/api`.
+pub(super) fn version_id(ns: &str, api: &str, version: &str) -> String {
+    format!("{ns}/{api}/{version}")
+}
+
+/// `apis` (API ids) and the entries of the versions they list.
+fn with_versions(m: &Manifests, apis: Vec<String>) -> Vec<String> {
+    let mut out: BTreeSet<String> = apis.iter().cloned().collect();
+    for l in &m.resources {
+        let Resource::Api(api) = &l.resource else { continue };
+        if apis.contains(&l.id()) {
+            out.extend(api.spec.versions.iter().map(|v| version_id(l.ns(), l.name(), &v.name)));
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// How callers of the APIs of APIAuth `l`'s namespace authenticate. A method that is
@@ -445,6 +488,7 @@ fn compile_subscription(
     let app_ids = subscription_apps(cx, m, l, spec)?;
     let apis = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref())?;
     let operation_filter = operation_filter(cx, m, l, spec.operation_filter.as_ref(), &apis)?;
+    let apis = with_versions(m, apis);
     Some(pb::Subscription {
         id: l.id(),
         weight: spec.weight.unwrap_or(0),
@@ -565,6 +609,7 @@ pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::
         let Some(operation_filter) = operation_filter(cx, m, l, spec.operation_filter.as_ref(), &apis) else {
             continue;
         };
+        let apis = with_versions(m, apis);
         out.push(pb::CatalogItem {
             operation_filter,
             id: l.id(),
@@ -829,6 +874,50 @@ spec:
             let (c, _) = with_api(spec, filter);
             assert!(errors(&c).iter().any(|e| e.contains(want)), "{spec}: {want}\n{:?}", errors(&c));
         }
+    }
+
+    #[test]
+    fn routes_belong_to_one_api_or_one_api_version() {
+        let route = |name: &str, annotations: &str| {
+            format!(
+                "apiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {{name: {name}, namespace: apps, annotations: {{{annotations}}}}}\nspec:\n  routes:\n    - match: PathPrefix(`/{name}`)\n      services: [{{name: svc, port: 80}}]\n---\n"
+            )
+        };
+        let extra = format!(
+            "apiVersion: hub.traefik.io/v1alpha1\nkind: APIVersion\nmetadata: {{name: crm-v2, namespace: apps}}\nspec: {{release: v2.0.0, cors: {{allowOriginsList: [\"https://v2.example\"]}}}}\n---\n\
+apiVersion: hub.traefik.io/v1alpha1\nkind: API\nmetadata: {{name: versioned, namespace: apps}}\nspec: {{versions: [{{name: crm-v2}}]}}\n---\n\
+apiVersion: hub.traefik.io/v1alpha1\nkind: APIVersion\nmetadata: {{name: orphan, namespace: apps}}\nspec: {{release: v1.0.0}}\n---\n\
+apiVersion: hub.traefik.io/v1alpha1\nkind: ManagedSubscription\nmetadata: {{name: on-versioned, namespace: apps}}\nspec: {{apiPlan: {{name: standard}}, applications: [{{appId: x}}], apis: [{{name: versioned}}]}}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
+apiVersion: v1\nkind: Endpoints\nmetadata: {{name: svc, namespace: apps}}\nsubsets: [{{addresses: [{{ip: 10.0.0.1}}], ports: [{{port: 8080}}]}}]\n---\n{}{}{}{}",
+            route("v2", "hub.traefik.io/api-version: crm-v2"),
+            route("both", "hub.traefik.io/api: crm-api, hub.traefik.io/api-version: crm-v2"),
+            route("orphaned", "hub.traefik.io/api-version: orphan"),
+            route("two", "'hub.traefik.io/api': 'crm-api,billing-api'"),
+        );
+        let (c, _) = compiled_with(&extra);
+        let errs = errors(&c);
+        let router = |id: &str| c.body.routers.iter().find(|r| r.id.starts_with(id)).map(|r| r.api.clone());
+        assert_eq!(router("apps/v2"), Some("apps/versioned/crm-v2".into()), "{errs:?}");
+        let entry = c.body.apis.iter().find(|a| a.id == "apps/versioned/crm-v2").expect("a version entry");
+        assert!(entry.cors_json.contains("https://v2.example"), "the version's own CORS");
+        let sub = c.body.subscriptions.iter().find(|s| s.id == "apps/on-versioned").unwrap();
+        assert_eq!(
+            sub.apis,
+            ["apps/versioned", "apps/versioned/crm-v2"],
+            "a subscription to the API covers its versions"
+        );
+        for (field_at, want) in [
+            ("hub.traefik.io/api-version", "annotated for two APIs"),
+            ("hub.traefik.io/api-version", "APIVersion apps/orphan is listed in the spec.versions of no API"),
+            ("hub.traefik.io/api", "must name one API"),
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(field_at) && e.contains(want) && e.starts_with("apim.yaml:")),
+                "{want}\n{errs:#?}"
+            );
+        }
+        assert!(router("apps/both").is_none() && router("apps/orphaned").is_none() && router("apps/two").is_none());
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::values::Values;
 
 /// Annotation tying an IngressRoute to an API.
 pub const API_ANNOTATION: &str = "hub.traefik.io/api";
+/// Annotation tying an IngressRoute to an APIVersion (of the API that lists it).
+pub const API_VERSION_ANNOTATION: &str = "hub.traefik.io/api-version";
 /// Annotation tying an IngressRoute to uplinks (on a child).
 pub const UPLINKS_ANNOTATION: &str = "hub.traefik.io/router.uplinks";
 /// Annotation tying an IngressRoute to a portal.
@@ -67,6 +69,9 @@ pub(crate) struct Ctx<'a> {
     uplinks: HashMap<Key, String>,
     expose_names: HashSet<String>,
     apis: HashSet<Key>,
+    /// APIVersion (`namespace`, name) → the id of its version entry (`ns/api/version`), for
+    /// the versions an API lists in `spec.versions`.
+    api_versions: HashMap<Key, String>,
     portals: HashSet<Key>,
     /// Middleware ids that compiled.
     good_middlewares: HashSet<String>,
@@ -129,6 +134,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         uplinks: HashMap::new(),
         expose_names: HashSet::new(),
         apis: HashSet::new(),
+        api_versions: HashMap::new(),
         portals: HashSet::new(),
         good_middlewares: HashSet::new(),
         services: BTreeMap::new(),
@@ -146,7 +152,13 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
             Resource::EndpointSlice(s) => cx.slices.push((l, s)),
             Resource::Endpoints(s) => drop(cx.endpoints_objects.insert(k, s)),
             Resource::Secret(s) => drop(cx.secrets.insert(k, s)),
-            Resource::Api(_) => drop(cx.apis.insert(k)),
+            Resource::Api(a) => {
+                for v in &a.spec.versions {
+                    let id = apim::version_id(l.ns(), l.name(), &v.name);
+                    cx.api_versions.entry(key(l.ns(), &v.name)).or_insert(id);
+                }
+                cx.apis.insert(k);
+            }
             Resource::ApiPortal(_) => drop(cx.portals.insert(k)),
             Resource::Uplink(u) => {
                 let name = expose_name(l, &u.spec);
@@ -405,7 +417,7 @@ fn router_common(cx: &mut Ctx<'_>, l: &Loaded, r: &IngressRoute, ns: &str) -> Ro
     entry_points.sort();
     entry_points.dedup();
     let mut ok = check_entry_points(cx, l, &r.spec.entry_points);
-    let api = resolve_api(cx, l, ns, ann.get(API_ANNOTATION), &mut ok);
+    let api = resolve_api(cx, l, ns, ann.get(API_ANNOTATION), ann.get(API_VERSION_ANNOTATION), &mut ok);
     check_portal(cx, l, ns, ann.get(PORTAL_ANNOTATION));
     let uplinks = resolve_uplinks(cx, l, ns, ann.get(UPLINKS_ANNOTATION), &mut ok);
     let tls = r
@@ -435,21 +447,59 @@ fn check_entry_points(cx: &mut Ctx<'_>, l: &Loaded, entry_points: &[String]) -> 
     ok
 }
 
-/// Resolves the API annotation (`name` or `name@namespace`) into `namespace/name`, or empty
-/// without one; clears `ok` when the API does not exist.
-fn resolve_api(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>, ok: &mut bool) -> String {
-    let Some(a) = annotation else { return String::new() };
-    let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns));
-    if !cx.apis.contains(&key(api_ns, name)) {
-        cx.err(
-            l,
-            &format!("metadata.annotations.{API_ANNOTATION}"),
-            "unresolved-reference",
-            format!("API {api_ns}/{name} does not exist"),
-        );
-        *ok = false;
+/// Resolves the API annotation (`name` or `name@namespace`) into `namespace/name`, or the
+/// APIVersion annotation into its version entry (`namespace/api/version`); empty without
+/// either. Clears `ok` when the API or version does not exist, or when the route is
+/// annotated for two APIs.
+fn resolve_api(
+    cx: &mut Ctx<'_>,
+    l: &Loaded,
+    ns: &str,
+    api: Option<&String>,
+    version: Option<&String>,
+    ok: &mut bool,
+) -> String {
+    let field = |a: &str| format!("metadata.annotations.{a}");
+    for (a, value) in [(API_ANNOTATION, api), (API_VERSION_ANNOTATION, version)] {
+        if value.is_some_and(|v| v.contains(',') || v.trim().is_empty()) {
+            let msg =
+                format!("{a} must name one API, not {:?}: a route belongs to one API", value.unwrap_or(&String::new()));
+            cx.err(l, &field(a), "schema", msg);
+            *ok = false;
+            return String::new();
+        }
     }
-    format!("{api_ns}/{name}")
+    match (api, version) {
+        (None, None) => String::new(),
+        (Some(a), Some(v)) => {
+            let msg = format!("the route is annotated for two APIs: API {a:?} and APIVersion {v:?}; keep one");
+            cx.err(l, &field(API_VERSION_ANNOTATION), "conflict", msg);
+            *ok = false;
+            String::new()
+        }
+        (Some(a), None) => {
+            let (name, api_ns) = a.split_once('@').unwrap_or((a.as_str(), ns));
+            if !cx.apis.contains(&key(api_ns, name)) {
+                cx.err(
+                    l,
+                    &field(API_ANNOTATION),
+                    "unresolved-reference",
+                    format!("API {api_ns}/{name} does not exist"),
+                );
+                *ok = false;
+            }
+            format!("{api_ns}/{name}")
+        }
+        (None, Some(v)) => match cx.api_versions.get(&key(ns, v)) {
+            Some(id) => id.clone(),
+            None => {
+                let msg = format!("APIVersion {ns}/{v} is listed in the spec.versions of no API");
+                cx.err(l, &field(API_VERSION_ANNOTATION), "unresolved-reference", msg);
+                *ok = false;
+                String::new()
+            }
+        },
+    }
 }
 
 /// Reports a portal annotation naming a portal that does not exist (the routes are served anyway).
