@@ -4,7 +4,7 @@
 #   bash bench/proxy.sh                     # 5 interleaved rounds of 5 s per target
 #   DURATION=10 ROUNDS=7 bash bench/proxy.sh
 #
-# Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
+# Needs nginx, wrk and redis-server (Debian: apt-get install nginx-light wrk redis-server). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints a Markdown table for
 # BENCHMARKS.md. Both proxies run one worker; wrk uses one thread and 32 connections.
 # nginx gets the usual reverse-proxy headers (Host, X-Real-IP, X-Forwarded-*), so both
@@ -14,12 +14,18 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 source bench/lib.sh
 
-require nginx wrk
+require nginx wrk redis-server
 cargo build --release --quiet
 ATRIUM=target/release/atrium
 
 BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
 ATRIUMAPI=127.0.0.1:18185; APIKEY=bench-key-5c1f0a7e
+ATRIUMREDIS=127.0.0.1:18186; REDIS_PORT=18190
+
+# Plan counters in Redis for the API route's Redis-mode target (no persistence).
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >/dev/null &
+PIDS+=($!)
+REDIS_PID=$!
 
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 NGINX_MASTER_INDEX=${#PIDS[@]}
@@ -77,27 +83,33 @@ with open(sys.argv[1], "w") as f:
                     f"      services: [{{name: backend, port: 80}}]\n")
 PY
 
-start_atrium() { # $1 = manifests, $2 = addr
-  "$ATRIUM" gateway --manifests "$1" --workers 1 --entrypoint "web=$2" --entrypoint websecure=off 2>"$1/log" &
+start_atrium() { # $1 = manifests, $2 = addr, [$3 = values]
+  "$ATRIUM" gateway --manifests "$1" ${3:+--values "$3"} --workers 1 --entrypoint "web=$2" --entrypoint websecure=off 2>"$2.log" &
   PIDS+=($!)
 }
+printf 'hub:\n  redis:\n    endpoints: "127.0.0.1:%s"\n' "$REDIS_PORT" > "$WORK/redis-values.yaml"
 start_atrium "$WORK/one" "$ATRIUM1"
 start_atrium "$WORK/many" "$ATRIUM1000"
 start_atrium "$WORK/api" "$ATRIUMAPI"
+start_atrium "$WORK/api" "$ATRIUMREDIS" "$WORK/redis-values.yaml"
 sleep 2
-ATRIUM_PID=${PIDS[-3]}
-ATRIUMAPI_PID=${PIDS[-1]}
+ATRIUM_PID=${PIDS[-4]}
+ATRIUMAPI_PID=${PIDS[-2]}
+ATRIUMREDIS_PID=${PIDS[-1]}
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$ATRIUM_PID/status")
 
 for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
   curl -fsS -H 'Host: bench.test' "http://$target/" >/dev/null || { echo "$target is not answering" >&2; exit 1; }
 done
-curl -fsS -H 'Host: bench.test' -H "Authorization: Bearer $APIKEY" "http://$ATRIUMAPI/" >/dev/null ||
-  { echo "the API route is not answering" >&2; exit 1; }
+for target in "$ATRIUMAPI" "$ATRIUMREDIS"; do
+  curl -fsS -H 'Host: bench.test' -H "Authorization: Bearer $APIKEY" "http://$target/" >/dev/null ||
+    { echo "the API route on $target is not answering" >&2; exit 1; }
+done
+grep -q "plan counters in Redis" "$ATRIUMREDIS.log" || { echo "the Redis-mode gateway does not use Redis" >&2; exit 1; }
 # CPU per request of each proxy process (less noisy than req/s on a shared machine).
 NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
-ATRIUM1000_PID=${PIDS[-2]}
-declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID [api]=$ATRIUMAPI_PID)
+ATRIUM1000_PID=${PIDS[-3]}
+declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID [api]=$ATRIUMAPI_PID [redis]=$ATRIUMREDIS_PID)
 
 measure() { # $1 = addr, $2 = host header, $3 = path, [$4 = another header] -> "rps p99"
   local out
@@ -113,8 +125,9 @@ echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
 # The machine is shared by wrk, the backend and the proxy: interleave the targets and keep
 # each one's median round, so a noisy moment does not decide a ratio.
 declare -A RPS P99 USR SYS
+REDIS_CPU=""
 for round in $(seq "$ROUNDS"); do
-  for t in direct nginx one many api; do
+  for t in direct nginx one many api redis; do
     pid=${PROC[$t]:-}
     [ -n "$pid" ] && read -r u0 s0 < <(cpu_ticks "$pid")
     case $t in
@@ -123,6 +136,11 @@ for round in $(seq "$ROUNDS"); do
       one) out=$(measure "$ATRIUM1" bench.test /) ;;
       many) out=$(measure "$ATRIUM1000" h77.test /p7/x) ;;
       api) out=$(measure "$ATRIUMAPI" bench.test / "Authorization: Bearer $APIKEY") ;;
+      redis)
+        read -r ru0 rs0 < <(cpu_ticks "$REDIS_PID")
+        out=$(measure "$ATRIUMREDIS" bench.test / "Authorization: Bearer $APIKEY")
+        read -r ru1 rs1 < <(cpu_ticks "$REDIS_PID")
+        REDIS_CPU+="$(us_per_request $((ru1 - ru0 + rs1 - rs0)) "${out% *}") " ;;
     esac
     RPS[$t]+="${out% *} "
     P99[$t]+="${out#* } "
@@ -140,6 +158,7 @@ nginx_rps=$(median <<<"${RPS[nginx]}"); nginx_p99=$(median_lat <<<"${P99[nginx]}
 one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
 many_rps=$(median <<<"${RPS[many]}"); many_p99=$(median_lat <<<"${P99[many]}")
 api_rps=$(median <<<"${RPS[api]}"); api_p99=$(median_lat <<<"${P99[api]}")
+redis_rps=$(median <<<"${RPS[redis]}"); redis_p99=$(median_lat <<<"${P99[redis]}")
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p99 | ratio to nginx proxy |
@@ -149,6 +168,7 @@ cat <<TABLE
 | atrium gateway, 1 route (--workers 1) | $one_rps | $one_p99 | $(ratio "$one_rps" "$nginx_rps")× |
 | atrium gateway, 1,001 host+path routes (--workers 1) | $many_rps | $many_p99 | $(ratio "$many_rps" "$nginx_rps")× |
 | atrium gateway, the route as an API route (key + plan) | $api_rps | $api_p99 | $(ratio "$api_rps" "$nginx_rps")× |
+| atrium gateway, API route, plan counters in Redis | $redis_rps | $redis_p99 | $(ratio "$redis_rps" "$nginx_rps")× |
 
 | CPU per request (median) | user | kernel |
 |---|---|---|
@@ -156,7 +176,10 @@ cat <<TABLE
 | atrium gateway, 1 route | $(median <<<"${USR[one]}") µs | $(median <<<"${SYS[one]}") µs |
 | atrium gateway, 1,001 routes | $(median <<<"${USR[many]}") µs | $(median <<<"${SYS[many]}") µs |
 | atrium gateway, API route (key + plan) | $(median <<<"${USR[api]}") µs | $(median <<<"${SYS[api]}") µs |
+| atrium gateway, API route, Redis mode (gateway only) | $(median <<<"${USR[redis]}") µs | $(median <<<"${SYS[redis]}") µs |
+| redis-server, per request of the Redis-mode target (user + kernel) | $(median <<<"$REDIS_CPU") µs | |
 
 atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu many)")× the requests per CPU second. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
 The route as an API route (key check and plan, local counters) vs the same route without API management: $(ratio "$api_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu api)")× the requests per CPU second (goal ≥ 0.85×).
+Redis mode (one Lua script per request) vs local counters: $(ratio "$redis_rps" "$api_rps")× the req/s, $(ratio "$(total_cpu api)" "$(total_cpu redis)")× the gateway's requests per CPU second.
 TABLE

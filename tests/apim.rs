@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::time::Duration;
 
 use common::backend;
 use common::client::{Resp, get};
@@ -257,4 +258,58 @@ async fn the_admin_api_lists_apis_with_routes_subscriptions_and_catalog_items() 
     assert_eq!(api["cors"], true);
     let sha = atrium_routing::apim::key_hash("key-a").iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert!(!r.body.contains("key-a") && !r.body.contains(&sha[..16]), "no key material: {}", r.body);
+}
+
+/// Keys change with the manifests: a key removed is refused from the next configuration
+/// on, and the namespace's default APIAuth moves the key to another header or to a query
+/// parameter (the old place then carries no key); the key never reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_keys_are_refused_and_key_sources_move_the_key() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = MANIFESTS.replace("{limit: 3, period: 1m}", "{limit: 1000, period: 1m}")
+        + &common::service_manifests("ns", "svc", &[be.addr]);
+    let file = tmp.path().join("apim.yaml");
+    fs::write(&file, &base).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    assert_eq!(call(&gw, "/crm/x", Some("key-a")).await.status, 200);
+
+    // key-a is replaced by key-a2 in the manifest: refused within one configuration.
+    fs::write(&file, base.replace("{value: key-a}", "{value: key-a2}")).unwrap();
+    common::eventually(Duration::from_secs(10), "key-a revoked", || async {
+        let r = call(&gw, "/crm/x", Some("key-a")).await;
+        (r.status == 401).then_some(())
+    })
+    .await;
+    assert_eq!(call(&gw, "/crm/x", Some("key-a2")).await.status, 200);
+
+    // The key moves to the X-Test header.
+    let auth = |source: &str| {
+        format!(
+            "---\napiVersion: hub.traefik.io/v1alpha1\nkind: APIAuth\nmetadata: {{name: keys, namespace: ns}}\nspec: {{isDefault: true, apiKey: {{keySource: {source}}}}}\n"
+        )
+    };
+    fs::write(&file, base.replace("{value: key-a}", "{value: key-a2}") + &auth("{header: X-Test}")).unwrap();
+    let client = common::client::http1();
+    let with_header = || {
+        let req = hyper::Request::get(gw.web("/crm/h")).header("x-test", "key-a2");
+        common::client::send(&client, req.body(common::client::body("")).unwrap())
+    };
+    let r = common::eventually(Duration::from_secs(10), "the key read from X-Test", || async {
+        let r = with_header().await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.header("x-seen-x-test"), None, "the key header is taken out");
+    let r = call(&gw, "/crm/x", Some("key-a2")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "missing-credentials"), "Bearer no longer counts");
+
+    // The key moves to the `token` query parameter.
+    fs::write(&file, base.replace("{value: key-a}", "{value: key-a2}") + &auth("{query: token}")).unwrap();
+    common::eventually(Duration::from_secs(10), "the key read from ?token=", || async {
+        (get(&gw.web("/crm/q?token=key-a2&b=1")).await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(be.seen.lock().unwrap().last().map(String::as_str), Some("GET /crm/q?b=1"));
+    assert_eq!(get(&gw.web("/crm/q?api_key=key-a2")).await.status, 401, "api_key no longer counts");
 }

@@ -191,12 +191,27 @@ pub struct ApimMetrics {
     pub decisions: Family<PlanLabels, Counter>,
     /// Counter updates that failed (Redis did not answer).
     pub store_failures: Counter,
+    /// Each plan's three decision counters, found without building labels per request.
+    by_plan: Arc<std::sync::RwLock<std::collections::HashMap<String, [Counter; 3]>>>,
 }
 
+/// The results a plan decision counts.
+const RESULTS: [&str; 3] = ["allowed", "delayed", "rejected"];
+
 impl ApimMetrics {
-    /// Counts a decision of `plan`'s limits.
+    /// Counts a decision of `plan`'s limits: `result` is `allowed`, `delayed` or `rejected`.
     pub fn decision(&self, plan: &str, result: &'static str) {
-        self.decisions.get_or_create(&PlanLabels { plan: Label(Arc::from(plan)), result }).inc();
+        let Some(i) = RESULTS.iter().position(|r| *r == result) else { return };
+        if let Some(c) = self.by_plan.read().ok().and_then(|m| m.get(plan).map(|c| c[i].clone())) {
+            c.inc();
+            return;
+        }
+        let counters = RESULTS
+            .map(|r| self.decisions.get_or_create(&PlanLabels { plan: Label(Arc::from(plan)), result: r }).clone());
+        counters[i].inc();
+        if let Ok(mut m) = self.by_plan.write() {
+            m.entry(plan.to_string()).or_insert(counters);
+        }
     }
 }
 

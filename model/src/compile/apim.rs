@@ -43,59 +43,46 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
             cx.err(l, "spec.isDefault", "conflict", msg);
         }
     }
-    let mut out: Vec<pb::Api> = m
-        .resources
-        .iter()
-        .filter_map(|l| match &l.resource {
-            Resource::Api(api) => {
-                let mut out = pb::Api {
-                    id: l.id(),
-                    auth: Some(match default_auth.get(l.ns()) {
-                        Some((_, a)) => a.clone(),
-                        None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
-                    }),
-                    cors_json: api.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
-                    ..Default::default()
-                };
-                if let Some(spec) = &api.spec.open_api_spec {
-                    if let Err((field, msg)) = open_api_spec(spec, &mut out) {
-                        cx.err(l, &format!("spec.openApiSpec{field}"), "schema", msg.clone());
-                        // Never served open, never served without its checks.
-                        out.auth = Some(pb::api::Auth::Unsupported(format!("API {}: {msg}", l.id())));
-                    }
-                }
-                Some(out)
-            }
-            _ => None,
-        })
-        .collect();
-    // Each APIVersion an API lists is an entry of its own (its routes, CORS and spec), with
-    // the namespace's authentication; subscriptions to the API cover it.
+    let auth_of = |ns: &str| match default_auth.get(ns) {
+        Some((_, a)) => a.clone(),
+        None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
+    };
+    let mut out = Vec::new();
     for l in &m.resources {
         let Resource::Api(api) = &l.resource else { continue };
+        let spec = (api.spec.cors.as_ref(), api.spec.open_api_spec.as_ref());
+        out.push(api_entry(cx, l, l.id(), auth_of(l.ns()), spec));
+        // Each APIVersion it lists is an entry of its own (its routes, CORS and spec), with
+        // the namespace's authentication; subscriptions to the API cover it.
         for v in &api.spec.versions {
             let found = m.resources.iter().find(|o| o.ns() == l.ns() && o.name() == v.name);
             let Some((vl, Resource::ApiVersion(version))) = found.map(|o| (o, &o.resource)) else { continue };
-            let mut entry = pb::Api {
-                id: version_id(l.ns(), l.name(), &v.name),
-                auth: Some(match default_auth.get(l.ns()) {
-                    Some((_, a)) => a.clone(),
-                    None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
-                }),
-                cors_json: version.spec.cors.as_ref().map(cors_json).unwrap_or_default(),
-                ..Default::default()
-            };
-            if let Some(spec) = &version.spec.open_api_spec {
-                if let Err((field, msg)) = open_api_spec(spec, &mut entry) {
-                    cx.err(vl, &format!("spec.openApiSpec{field}"), "schema", msg.clone());
-                    entry.auth = Some(pb::api::Auth::Unsupported(format!("APIVersion {}: {msg}", vl.id())));
-                }
-            }
-            out.push(entry);
+            let spec = (version.spec.cors.as_ref(), version.spec.open_api_spec.as_ref());
+            out.push(api_entry(cx, vl, version_id(l.ns(), l.name(), &v.name), auth_of(l.ns()), spec));
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out.dedup_by(|a, b| a.id == b.id);
+    out
+}
+
+/// The entry `id` of an API or APIVersion `l`: `auth`, its CORS and its spec. An invalid
+/// spec is an error on `l`, and the entry is never served open nor without its checks.
+fn api_entry(
+    cx: &mut Ctx<'_>,
+    l: &Loaded,
+    id: String,
+    auth: pb::api::Auth,
+    (cors, spec): (Option<&crate::resources::hub::Cors>, Option<&crate::resources::hub::OpenApiSpec>),
+) -> pb::Api {
+    let mut out =
+        pb::Api { id, auth: Some(auth), cors_json: cors.map(cors_json).unwrap_or_default(), ..Default::default() };
+    if let Some(spec) = spec {
+        if let Err((field, msg)) = open_api_spec(spec, &mut out) {
+            cx.err(l, &format!("spec.openApiSpec{field}"), "schema", msg.clone());
+            out.auth = Some(pb::api::Auth::Unsupported(format!("{}: {msg}", l.label())));
+        }
+    }
     out
 }
 
@@ -149,8 +136,9 @@ fn compile_auth(cx: &mut Ctx<'_>, l: &Loaded, a: &ApiAuthSpec) -> pb::api::Auth 
             }
         };
     }
-    // LDAP does not load (an unsupported field); kept for completeness.
-    pb::api::Auth::Unsupported("LDAP authentication is not built yet: the API's routes answer 401".into())
+    let msg = "LDAP authentication is not built yet: the API's routes answer 401".to_string();
+    cx.err(l, "spec.ldap", "unsupported-field", msg.clone());
+    pb::api::Auth::Unsupported(format!("APIAuth {}: {msg}", l.id()))
 }
 
 /// An APIAuth's `jwt`, checked as the upstream schema says; the error names its field.
@@ -769,6 +757,18 @@ spec:
             errors(&none).iter().any(|e| e.contains("spec: an APIAuth needs exactly one of")),
             "{:?}",
             errors(&none)
+        );
+        // LDAP is not built: an error on the field, and the namespace's APIs answer 401
+        // (they do not fall back to API keys).
+        let ldap = compiled(
+            "apiVersion: hub.traefik.io/v1alpha1\nkind: APIAuth\nmetadata: {name: l, namespace: apps}\nspec: {isDefault: true, ldap: {url: 'ldap://x', baseDn: 'dc=x'}}\n",
+        );
+        let a = ldap.body.apis.iter().find(|a| a.id == "apps/crm-api").unwrap();
+        assert!(matches!(&a.auth, Some(pb::api::Auth::Unsupported(why)) if why.contains("LDAP")), "{a:?}");
+        assert!(
+            errors(&ldap).iter().any(|e| e.contains("spec.ldap") && e.contains("not built")),
+            "{:?}",
+            errors(&ldap)
         );
     }
 

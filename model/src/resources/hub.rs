@@ -278,8 +278,10 @@ pub struct ApiAuthSpec {
     pub api_key: Option<ApiKeyAuth>,
     #[serde(default)]
     pub jwt: Option<JwtAuth>,
+    /// Not built: read (so the APIAuth still stands for its namespace) and compiled to an
+    /// error, its APIs answering 401.
     #[serde(default)]
-    pub ldap: Option<NotSupported>,
+    pub ldap: Option<serde_json::Value>,
 }
 
 /// JWT authentication: where the keys that sign tokens come from (exactly one of
