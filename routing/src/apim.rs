@@ -10,7 +10,9 @@
 //! [`Access::from_snapshot`] builds the rules of a snapshot; the data plane asks
 //! [`Access::decide`] about every request to a route of an API.
 
-use std::collections::HashMap;
+/// Maps looked up on every API request: foldhash, not SipHash (their keys come from the
+/// configuration or are SHA-256 outputs, so there is no flooding to defend against).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::time::{Duration, Instant};
 
 pub mod operations;
@@ -270,7 +272,7 @@ impl Access {
             .into_iter()
             .filter_map(|(hash, app_id, suspended)| Some((hash, (*by_app_id.get(app_id.as_str())?, suspended))))
             .collect();
-        let mut grants: HashMap<String, HashMap<usize, usize>> = HashMap::new();
+        let mut grants: HashMap<String, HashMap<usize, usize>> = HashMap::default();
         for (si, s) in subs.iter().enumerate() {
             for app in s.applications.iter().filter_map(|a| by_app_id.get(a.as_str())) {
                 for api in &s.apis {
@@ -284,9 +286,9 @@ impl Access {
         }
         let by_app_id = by_app_id.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Access {
-            apis: HashMap::new(),
-            cors: HashMap::new(),
-            operations: HashMap::new(),
+            apis: HashMap::default(),
+            cors: HashMap::default(),
+            operations: HashMap::default(),
             keys,
             apps,
             by_app_id,
@@ -471,12 +473,22 @@ pub struct Counters {
 /// The name of the counter of `limit` (`kind`: rate or quota) for `grant`: the plan, and
 /// the subscription, application or application and API whose requests count together.
 pub fn bucket_key(kind: &str, limit: &Limit, grant: &Grant<'_>) -> String {
-    let plan = &grant.subscription.plan.id;
-    match limit.bucket {
-        Bucket::Subscription => format!("{kind}|{plan}|s|{}", grant.subscription.id),
-        Bucket::Application => format!("{kind}|{plan}|a|{}", grant.app.app_id),
-        Bucket::ApplicationApi => format!("{kind}|{plan}|aa|{}|{}", grant.app.app_id, grant.api),
+    // Built by hand: `format!` costs several times as much, on every API request.
+    let plan = grant.subscription.plan.id.as_str();
+    let (tag, parts): (&str, [&str; 2]) = match limit.bucket {
+        Bucket::Subscription => ("s", [grant.subscription.id.as_str(), ""]),
+        Bucket::Application => ("a", [grant.app.app_id.as_str(), ""]),
+        Bucket::ApplicationApi => ("aa", [grant.app.app_id.as_str(), grant.api]),
+    };
+    let mut key = String::with_capacity(kind.len() + plan.len() + parts[0].len() + parts[1].len() + 8);
+    for p in [kind, "|", plan, "|", tag, "|", parts[0]] {
+        key.push_str(p);
     }
+    if !parts[1].is_empty() {
+        key.push('|');
+        key.push_str(parts[1]);
+    }
+    key
 }
 
 impl Counters {
@@ -701,6 +713,17 @@ mod tests {
         assert_eq!(one(Bucket::Subscription), [2, 0, 2], "crm's subscription is shared by both applications");
         assert_eq!(one(Bucket::Application), [2, 2, 0], "app-a's calls count together across APIs");
         assert_eq!(one(Bucket::ApplicationApi), [2, 2, 2]);
+    }
+
+    #[test]
+    fn bucket_keys_name_the_plan_and_whose_requests_count_together() {
+        let p = plan("ns/p", None, None);
+        let a = access(vec![sub("ns/s", 0, &["app-a"], &["ns/crm"], p)]);
+        let g = granted(&a, "ns/crm", "key-a");
+        let key = |bucket| bucket_key("rate", &limit(1, 1, bucket), &g);
+        assert_eq!(key(Bucket::Subscription), "rate|ns/p|s|ns/s");
+        assert_eq!(key(Bucket::Application), "rate|ns/p|a|app-a");
+        assert_eq!(key(Bucket::ApplicationApi), "rate|ns/p|aa|app-a|ns/crm");
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub(super) async fn identify<'a>(
             let (key, param) = take_key(source, &mut parts.headers, query);
             (rt.access.decide(api, key.as_deref()), param)
         }
-        Some(ApiAuth::Jwt(_)) => jwt_caller(rt, jwks, api, parts, query).await?,
+        Some(ApiAuth::Jwt(_)) => Box::pin(jwt_caller(rt, jwks, api, parts, query)).await?,
         Some(ApiAuth::Unsupported(why)) => {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unsupported-authentication", why.clone()));
         }

@@ -509,7 +509,9 @@ impl Gateway {
                     RequestAction::Continue { ssl, .. } => plan.after.insert(0, (cors, ssl)),
                 }
             }
-            let (outcome, strip) = match self.api_access(&rt, api, &mut parts, inbound.query).await {
+            // Boxed: API management's future (JWKS fetches, Redis) is large, and inlined it
+            // would make every request's future larger to move.
+            let (outcome, strip) = match Box::pin(self.api_access(&rt, api, &mut parts, inbound.query)).await {
                 ApiStep::Go(o, strip) => (o, strip),
                 ApiStep::Wait(d, o, strip) => {
                     tokio::time::sleep(d).await;

@@ -104,7 +104,7 @@ impl PlanLimits {
                 .map_err(|_| StoreError { endpoint: "memory".into(), reason: "counters poisoned by a panic".into() })?;
             return Ok(c.admit(grant, Instant::now(), max_delay));
         };
-        let result = global.admit(grant, max_delay).await;
+        let result = Box::pin(global.admit(grant, max_delay)).await;
         if let Err(e) = &result {
             self.log_failure(e);
         }
