@@ -260,6 +260,26 @@ async fn the_admin_api_lists_apis_with_routes_subscriptions_and_catalog_items() 
     assert!(!r.body.contains("key-a") && !r.body.contains(&sha[..16]), "no key material: {}", r.body);
 }
 
+/// Polls `check` for up to 20 s; on failure, the panic shows the gateway's log (what it
+/// reloaded or refused).
+async fn eventually_logged<T, F, Fut>(gw: &GatewayProc, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut check = check;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{what}: not within 20 s; gateway log:\n{}", gw.log.lock().unwrap().join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Keys change with the manifests: a key removed is refused from the next configuration
 /// on, and the namespace's default APIAuth moves the key to another header or to a query
 /// parameter (the old place then carries no key); the key never reaches the backend.
@@ -276,7 +296,7 @@ async fn revoked_keys_are_refused_and_key_sources_move_the_key() {
 
     // key-a is replaced by key-a2 in the manifest: refused within one configuration.
     fs::write(&file, base.replace("{value: key-a}", "{value: key-a2}")).unwrap();
-    common::eventually(Duration::from_secs(10), "key-a revoked", || async {
+    eventually_logged(&gw, "key-a revoked", || async {
         let r = call(&gw, "/crm/x", Some("key-a")).await;
         (r.status == 401).then_some(())
     })
@@ -295,7 +315,7 @@ async fn revoked_keys_are_refused_and_key_sources_move_the_key() {
         let req = hyper::Request::get(gw.web("/crm/h")).header("x-test", "key-a2");
         common::client::send(&client, req.body(common::client::body("")).unwrap())
     };
-    let r = common::eventually(Duration::from_secs(10), "the key read from X-Test", || async {
+    let r = eventually_logged(&gw, "the key read from X-Test", || async {
         let r = with_header().await;
         (r.status == 200).then_some(r)
     })
@@ -306,7 +326,7 @@ async fn revoked_keys_are_refused_and_key_sources_move_the_key() {
 
     // The key moves to the `token` query parameter.
     fs::write(&file, base.replace("{value: key-a}", "{value: key-a2}") + &auth("{query: token}")).unwrap();
-    common::eventually(Duration::from_secs(10), "the key read from ?token=", || async {
+    eventually_logged(&gw, "the key read from ?token=", || async {
         (get(&gw.web("/crm/q?token=key-a2&b=1")).await.status == 200).then_some(())
     })
     .await;
