@@ -25,6 +25,7 @@ fn rules() -> Access {
             applications: vec![format!("app-{i:04}")],
             apis: (0..10).map(|a| format!("ns/api-{:03}", (i + a) % 100)).collect(),
             plan: plan.clone(),
+            operation_filter: None,
         })
         .collect();
     Access::new(apps, keys, subs)
