@@ -88,7 +88,12 @@ impl Swapper {
     }
 
     /// Builds `body` into a runtime and puts it in force; an error leaves the previous one.
+    /// The configuration in force again (a reload that changed nothing) is not swapped.
     pub(crate) fn swap(&self, body: pb::SnapshotBody) -> Result<(), CompileError> {
+        let (_, hash) = atrium_proto::encode(&body);
+        if self.gw.in_force().is_some_and(|rt| rt.hash == hash.as_slice()) {
+            return Ok(());
+        }
         let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         self.gw.swap(Compiled::build(body, v)?);
         Ok(())

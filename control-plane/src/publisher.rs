@@ -61,7 +61,7 @@ impl Publisher {
         children.set(&listed, Polling::from_values(values, liveness));
         self.publish(detected);
         if self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
-            tracing::info!("configuration changed on disk but compiles to the same snapshot");
+            tracing::info!("configuration read again; it compiles to the same snapshot");
         }
     }
 }

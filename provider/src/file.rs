@@ -183,6 +183,7 @@ fn watch_paths(
 ) -> Result<Watch, SourceError> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let first = tx.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -194,6 +195,9 @@ fn watch_paths(
     for p in &paths {
         watcher.watch(p, RecursiveMode::Recursive).map_err(|source| SourceError::Watch { path: p.clone(), source })?;
     }
+    // A change made between the caller's first compile and this watch would otherwise wait
+    // for the next one: look once now (an unchanged configuration is not swapped again).
+    let _ = first.send(());
     let on_change = Arc::new(on_change);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {

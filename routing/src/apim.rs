@@ -64,7 +64,18 @@ impl KeySource {
 /// The value of header `name`, after `scheme ` (compared case-insensitively) when a scheme
 /// is given. Empty values are no key.
 fn bearer<'a>(headers: &'a HeaderMap, name: &http::HeaderName, scheme: Option<&str>) -> Option<&'a str> {
-    let v = headers.get(name)?.to_str().ok()?.trim();
+    credential(headers.get(name)?.as_bytes(), scheme)
+}
+
+/// The credential in a header's raw value: after `scheme ` (compared case-insensitively)
+/// when a scheme is given; `None` when the value is not visible ASCII (as
+/// `HeaderValue::to_str` reads it), has another scheme, or is empty. One reading for the
+/// lanes that see a header map and the one that sees raw header lines.
+pub fn credential<'a>(value: &'a [u8], scheme: Option<&str>) -> Option<&'a str> {
+    if !value.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+        return None;
+    }
+    let v = std::str::from_utf8(value).ok()?.trim();
     let key = match scheme {
         None => v,
         Some(s) => {
@@ -607,6 +618,19 @@ mod tests {
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic k1".parse().unwrap());
         assert_eq!(KeySource::Default.find(&basic, None), None, "another scheme is no bearer key");
+    }
+
+    #[test]
+    fn raw_header_values_are_read_as_header_maps_read_them() {
+        assert_eq!(credential(b"Bearer k1", Some("Bearer")), Some("k1"));
+        assert_eq!(credential(b"bearer   k1  ", Some("Bearer")), Some("k1"));
+        assert_eq!(credential(b"Basic k1", Some("Bearer")), None);
+        assert_eq!(credential(b"Bearer ", Some("Bearer")), None);
+        assert_eq!(credential("Bearer k\u{e9}".as_bytes(), Some("Bearer")), None, "not visible ASCII: no key");
+        assert_eq!(credential(b"k1", None), Some("k1"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", http::HeaderValue::from_bytes("Bearer k\u{e9}".as_bytes()).unwrap());
+        assert_eq!(KeySource::Default.find(&h, None), None, "the header map reads it the same way");
     }
 
     #[test]

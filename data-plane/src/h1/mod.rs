@@ -183,6 +183,22 @@ impl Passed {
     }
 }
 
+impl Passed {
+    /// Sets header `name` (lower case) to `value`, replacing the upstream's lines of that
+    /// name.
+    pub(crate) fn set_header(&mut self, name: &[u8], value: &[u8]) {
+        let mut kept = Vec::with_capacity(self.lines.len() + name.len() + value.len() + 4);
+        for line in self.lines.split_inclusive(|b| *b == b'\n') {
+            let same = line.split(|b| *b == b':').next().is_some_and(|n| n.eq_ignore_ascii_case(name));
+            if !same {
+                kept.extend_from_slice(line);
+            }
+        }
+        push_line(&mut kept, name, value);
+        self.lines = kept;
+    }
+}
+
 impl Drop for Passed {
     fn drop(&mut self) {
         recycle_vec(&SPARE_BYTES, std::mem::take(&mut self.lines), SPARE_BYTES_LARGEST);
@@ -443,6 +459,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_header_replaces_the_upstreams_lines_of_that_name() {
+        let mut p = Passed {
+            status: http::StatusCode::OK,
+            lines: b"X-RateLimit-Remaining: 999\r\nx-other: a:b\r\nx-ratelimit-remaining: 5\r\n".to_vec(),
+            has_date: false,
+            declared: None,
+            body: crate::body::empty(),
+        };
+        p.set_header(b"x-ratelimit-remaining", b"7");
+        assert_eq!(p.lines, b"x-other: a:b\r\nx-ratelimit-remaining: 7\r\n");
+    }
 
     #[test]
     fn a_recycled_header_map_comes_back_empty_and_a_huge_one_is_not_kept() {

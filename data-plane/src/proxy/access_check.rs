@@ -210,7 +210,7 @@ pub async fn explain(
     let jwks = Arc::new(JwksCache::default());
     match super::apim::identify(&rt, &jwks, api, &mut parts, query.as_deref()).await {
         Ok((grant, _)) => {
-            if let Err(r) = super::apim::operation(&rt, &grant, &parts) {
+            if let Err(r) = super::apim::operation(&rt, &grant, parts.method.as_str(), parts.uri.path()) {
                 (out.status, out.result, out.detail) = (r.status.as_u16(), r.kind.into(), r.detail.clone());
                 out.application = Some(grant.app.app_id.clone());
                 out.subscription = Some(grant.subscription.id.clone());

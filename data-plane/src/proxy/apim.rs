@@ -154,9 +154,14 @@ pub(super) async fn identify<'a>(
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unsupported-authentication", why));
         }
     };
+    grant_of(verdict).map(|g| (g, param))
+}
+
+/// The grant of a verdict, or the refusal it means.
+pub(super) fn grant_of(verdict: Verdict<'_>) -> Result<Grant<'_>, Refusal> {
     let refused = |status, kind, why: String| Err(Refusal::new(status, kind, why));
     match verdict {
-        Verdict::Granted(g) => Ok((g, param)),
+        Verdict::Granted(g) => Ok(g),
         Verdict::NoCredentials => refused(
             StatusCode::UNAUTHORIZED,
             "missing-credentials",
@@ -185,6 +190,17 @@ pub(super) struct OperationRefused {
     allow: Option<HeaderValue>,
 }
 
+impl OperationRefused {
+    /// The answer, with `Allow` on a 405.
+    pub(super) fn answer(self) -> Response<Body> {
+        let mut r = self.refusal.answer();
+        if let Some(allow) = self.allow {
+            r.headers_mut().insert(header::ALLOW, allow);
+        }
+        r
+    }
+}
+
 impl std::ops::Deref for OperationRefused {
     type Target = Refusal;
     fn deref(&self) -> &Refusal {
@@ -195,13 +211,13 @@ impl std::ops::Deref for OperationRefused {
 /// Whether the caller of `grant` may make this request's operation: defined by the API's
 /// spec (404, 405 when it validates method and path), and included in the subscription's
 /// operation filter (403).
-pub(super) fn operation(rt: &Compiled, grant: &Grant<'_>, parts: &Parts) -> Result<(), OperationRefused> {
+pub(super) fn operation(rt: &Compiled, grant: &Grant<'_>, method: &str, path: &str) -> Result<(), OperationRefused> {
     use atrium_routing::apim::OperationRefusal as O;
     let refused = |status, kind, detail: String, allow: Option<HeaderValue>| OperationRefused {
         refusal: Refusal::new(status, kind, detail),
         allow,
     };
-    match rt.access.check_operation(grant, parts.method.as_str(), parts.uri.path()) {
+    match rt.access.check_operation(grant, method, path) {
         Ok(()) => Ok(()),
         Err(O::NoPath) => {
             Err(refused(StatusCode::NOT_FOUND, "unknown-operation", "the API's spec defines no such path".into(), None))
@@ -230,34 +246,39 @@ impl Gateway {
             Ok(g) => g,
             Err(refusal) => return ApiStep::Answer(refusal.answer()),
         };
-        if let Err(refusal) = operation(rt, &grant, parts) {
-            let mut r = refusal.answer();
-            if let Some(allow) = refusal.allow {
-                r.headers_mut().insert(header::ALLOW, allow);
-            }
-            return ApiStep::Answer(r);
+        if let Err(refused) = operation(rt, &grant, parts.method.as_str(), parts.uri.path()) {
+            return ApiStep::Answer(refused.answer());
         }
-        let outcome = match self.limits.admit(&grant, self.apim.max_rate_limit_delay).await {
+        match self.count(&grant).await {
+            Counted::Go(o) => ApiStep::Go(o, param),
+            Counted::Wait(d, o) => ApiStep::Wait(d, o, param),
+            Counted::Answer(r) => ApiStep::Answer(r),
+        }
+    }
+
+    /// Counts a request under `grant` against its plan: go (now or after a wait), or the
+    /// answer (429, or 503 when Redis does not answer and the policy is `closed`).
+    pub(super) async fn count(&self, grant: &Grant<'_>) -> Counted {
+        let outcome = match self.limits.admit(grant, self.apim.max_rate_limit_delay).await {
             Ok(o) => o,
             Err(_) => {
                 self.metrics.apim.store_failures.inc();
                 if self.apim.redis_failure == FailurePolicy::Closed {
                     let why = "the plan's counters are unavailable; try again shortly";
-                    return ApiStep::Answer(problem(StatusCode::SERVICE_UNAVAILABLE, "limits-unavailable", why));
+                    return Counted::Answer(problem(StatusCode::SERVICE_UNAVAILABLE, "limits-unavailable", why));
                 }
-                let none = Outcome { admission: Admission::Now, rate_remaining: None, quota_remaining: None };
-                return ApiStep::Go(none, param);
+                return Counted::Go(Outcome { admission: Admission::Now, rate_remaining: None, quota_remaining: None });
             }
         };
         let plan = grant.subscription.plan.id.as_str();
         match outcome.admission {
             Admission::Now => {
                 self.metrics.apim.decision(plan, "allowed");
-                ApiStep::Go(outcome, param)
+                Counted::Go(outcome)
             }
             Admission::After(d) => {
                 self.metrics.apim.decision(plan, "delayed");
-                ApiStep::Wait(d, outcome, param)
+                Counted::Wait(d, outcome)
             }
             Admission::Refuse(retry) => {
                 self.metrics.apim.decision(plan, "rejected");
@@ -270,10 +291,20 @@ impl Gateway {
                 let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 remaining_headers(r.headers_mut(), &outcome);
-                ApiStep::Answer(r)
+                Counted::Answer(r)
             }
         }
     }
+}
+
+/// What a plan says about a request.
+pub(super) enum Counted {
+    /// Go on now.
+    Go(Outcome),
+    /// Go on after this wait.
+    Wait(Duration, Outcome),
+    /// Refused: this answer.
+    Answer(Response<Body>),
 }
 
 /// The verdict on a request to an API with JWT authentication, and the query parameter

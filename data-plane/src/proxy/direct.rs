@@ -1,5 +1,9 @@
 //! The direct lane: a bodiless HTTP/1.1 request to a router without middlewares, sent to a
-//! plain HTTP/1.1 server, goes through as bytes.
+//! plain HTTP/1.1 server, goes through as bytes. A route of an API takes it too when its
+//! callers authenticate with a key in `Authorization: Bearer` (the default), the API has no
+//! CORS rules, and the request carries such a header: the key check, the operation check
+//! and the plan run here as in the general lane, the key header is left out of the
+//! forwarded head, and the plan headers are set on the answer.
 //!
 //! The request head is written from the client's head line by line, with the forwarding
 //! and hop-by-hop rules of [`super::forward`] applied on the way; the response head comes
@@ -20,6 +24,7 @@ use crate::h1::Passed;
 use crate::h1::client::{BodyFraming, Outbound, ParsedHead, Upgraded};
 use crate::h1::server::{Handled, Head, Reply};
 use crate::service::{LoadBalancer, Service};
+use atrium_routing::apim::{ApiAuth, KeySource};
 use atrium_routing::request::RequestView;
 
 /// A client's head on its way to a server, with what the proxy adds.
@@ -28,6 +33,8 @@ struct RawRequest<'a> {
     client: super::forward::RawClient<'a>,
     pass_host: bool,
     start: Instant,
+    /// A header not to forward (the API key of an API route).
+    drop: Option<&'static [u8]>,
 }
 
 impl Outbound for RawRequest<'_> {
@@ -48,6 +55,7 @@ impl Outbound for RawRequest<'_> {
             &self.client,
             self.pass_host,
             authority.as_bytes(),
+            self.drop,
         );
     }
 
@@ -62,6 +70,23 @@ impl Outbound for RawRequest<'_> {
     fn reply(mut head: Passed, body: Body, _: Option<Upgraded>) -> Passed {
         head.body = body;
         head
+    }
+}
+
+/// The API key in a head's first `Authorization` header, read as the general lane reads it.
+fn bearer_key(head: &Head) -> Option<&str> {
+    let (_, value) = head.headers().find(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))?;
+    atrium_routing::apim::credential(value, Some("Bearer"))
+}
+
+/// Sets what is left of the plan on a passed answer.
+fn plan_headers(passed: &mut Passed, o: &atrium_routing::apim::Outcome) {
+    let mut buf = itoa::Buffer::new();
+    if let Some(n) = o.rate_remaining {
+        passed.set_header(b"x-ratelimit-remaining", buf.format(n).as_bytes());
+    }
+    if let Some(n) = o.quota_remaining {
+        passed.set_header(b"x-quota-remaining", buf.format(n).as_bytes());
     }
 }
 
@@ -131,15 +156,41 @@ impl Gateway {
             _ => return Lane::General(None),
         };
         let router = &rt.table.routers()[i];
+        // A route of an API: here only with a bearer key, no CORS and the default key source
+        // (anything else, the general lane's work).
+        let api_ok = router.api.as_deref().is_none_or(|api| {
+            matches!(rt.access.auth(api), Some(ApiAuth::Key(KeySource::Default)))
+                && rt.access.cors(api).is_none()
+                && bearer_key(head).is_some()
+        });
         match router.state.target.as_deref() {
-            // A route of an API checks its caller first: the general lane's work.
-            Some(Service::LoadBalancer(lb))
-                if router.middlewares.is_empty() && router.api.is_none() && lb.plain_http =>
-            {
+            Some(Service::LoadBalancer(lb)) if router.middlewares.is_empty() && api_ok && lb.plain_http => {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }
             _ => Lane::General(Some(Routed { rt, router: i })),
+        }
+    }
+
+    /// API management for a request of API `api` in the direct lane: what is left of the
+    /// plan (`Some` once the caller is let through; the key header is then not forwarded),
+    /// or the answer that refuses it.
+    async fn direct_api(
+        &self,
+        rt: &Compiled,
+        api: &str,
+        head: &Head,
+    ) -> Result<Option<atrium_routing::apim::Outcome>, Response<Body>> {
+        let key = bearer_key(head);
+        let grant = super::apim::grant_of(rt.access.decide(api, key)).map_err(|r| r.answer())?;
+        super::apim::operation(rt, &grant, head.method().as_str(), head.uri().path()).map_err(|r| r.answer())?;
+        match Box::pin(self.count(&grant)).await {
+            super::apim::Counted::Go(o) => Ok(Some(o)),
+            super::apim::Counted::Wait(d, o) => {
+                tokio::time::sleep(d).await;
+                Ok(Some(o))
+            }
+            super::apim::Counted::Answer(r) => Err(r),
         }
     }
 
@@ -155,6 +206,20 @@ impl Gateway {
         let start = Instant::now();
         let router = &rt.table.routers()[router];
         router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut plan_left = None;
+        if let Some(api) = router.api.as_deref() {
+            match self.direct_api(&rt, api, &head).await {
+                Ok(left) => plan_left = left,
+                Err(answer) => {
+                    self.metrics.record(
+                        Some(&router.state.labels),
+                        answer.status().as_u16(),
+                        start.elapsed().as_secs_f64(),
+                    );
+                    return Reply::Response(answer);
+                }
+            }
+        }
         let sent = match lb.pick() {
             None => Err(super::no_server(&lb)),
             Some(server) => match server.url.authority() {
@@ -169,6 +234,7 @@ impl Gateway {
                         },
                         pass_host: lb.pass_host_header,
                         start,
+                        drop: plan_left.is_some().then_some(b"authorization".as_slice()),
                     };
                     conn.upstreams.send_inline(req, auth.clone()).await.map_err(|e| {
                         lb.record_failure(server);
@@ -177,9 +243,13 @@ impl Gateway {
                 }
             },
         };
-        let reply = match sent {
-            Ok(passed) => Reply::Passed(passed),
-            Err(e) => Reply::Response(super::failure(router, &e)),
+        let reply = match (sent, plan_left) {
+            (Ok(mut passed), Some(left)) => {
+                plan_headers(&mut passed, &left);
+                Reply::Passed(passed)
+            }
+            (Ok(passed), None) => Reply::Passed(passed),
+            (Err(e), _) => Reply::Response(super::failure(router, &e)),
         };
         let code = match &reply {
             Reply::Passed(p) => p.status.as_u16(),

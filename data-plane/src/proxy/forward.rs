@@ -125,7 +125,9 @@ pub(crate) struct RawClient<'a> {
 /// The head the proxy sends for a bodiless HTTP/1.1 request that no middleware touches,
 /// written from the client's head as bytes: what [`set_forwarded`], [`strip_hop_by_hop`]
 /// and [`add_forwarded_for`] do to a header map, done while copying the lines. The Host
-/// is the client's when `pass_host` (else, or when it sent none, `authority`).
+/// is the client's when `pass_host` (else, or when it sent none, `authority`). Header
+/// `drop`, when given, is left out (an API key the direct lane checked).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_request_raw<'a>(
     out: &mut Vec<u8>,
     method: &http::Method,
@@ -134,6 +136,7 @@ pub(crate) fn encode_request_raw<'a>(
     c: &RawClient<'_>,
     pass_host: bool,
     authority: &[u8],
+    drop: Option<&[u8]>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -148,7 +151,11 @@ pub(crate) fn encode_request_raw<'a>(
             if !pass_host {
                 continue;
             }
-        } else if is_forwarding(name) || is_internal(name) || rules.removes(name) {
+        } else if is_forwarding(name)
+            || is_internal(name)
+            || rules.removes(name)
+            || drop.is_some_and(|d| name.eq_ignore_ascii_case(d))
+        {
             continue;
         }
         push_line(out, name, value);
@@ -270,7 +277,7 @@ mod tests {
     ) -> (String, Vec<String>) {
         let mut out = Vec::new();
         let raw = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
-        encode_request_raw(&mut out, &http::Method::GET, b"/a?b", raw, c, pass_host, authority.as_bytes());
+        encode_request_raw(&mut out, &http::Method::GET, b"/a?b", raw, c, pass_host, authority.as_bytes(), None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         let mut lines = text.trim_end().split("\r\n");
