@@ -333,3 +333,31 @@ async fn revoked_keys_are_refused_and_key_sources_move_the_key() {
     assert_eq!(be.seen.lock().unwrap().last().map(String::as_str), Some("GET /crm/q?b=1"));
     assert_eq!(get(&gw.web("/crm/q?api_key=key-a2")).await.status, 401, "api_key no longer counts");
 }
+
+/// An API route without CORS and a bearer key takes the direct lane: the same refusals, the
+/// key kept from the backend, the plan headers on the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_lane_checks_api_keys_and_plans_as_the_general_one() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cors = "spec:\n  cors: {allowOriginsList: [\"https://app.example\"], allowHeadersList: [\"*\"], allowMethodsList: [GET], maxAge: 600}\n";
+    assert!(MANIFESTS.contains(cors));
+    let manifests = MANIFESTS.replace(cors, "spec: {}\n") + &common::service_manifests("ns", "svc", &[be.addr]);
+    fs::write(tmp.path().join("apim.yaml"), manifests).unwrap();
+    let gw = GatewayProc::start(None, tmp.path(), &["--workers", "1"]);
+    let r = call(&gw, "/crm/x", Some("nope")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (401, "invalid-credentials"));
+    let r = call(&gw, "/crm/x", Some("key-b")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "not-subscribed"));
+    for left in ["2", "1", "0"] {
+        let r = call(&gw, "/crm/x", Some("key-a")).await;
+        assert_eq!((r.status, r.header("x-ratelimit-remaining")), (200, Some(left)), "{r:?}");
+        assert_eq!(r.header("x-seen-authorization"), None, "the key does not reach the backend");
+    }
+    let r = call(&gw, "/crm/x", Some("key-a")).await;
+    assert_eq!((r.status, problem(&r).as_str()), (429, "rate-limited"));
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(be.seen.lock().unwrap().len(), 3);
+    let metrics = get(&format!("http://{}/metrics", gw.admin)).await.body;
+    assert!(metrics.contains("plan=\"ns/tiny\",result=\"rejected\"} 1"), "{metrics}");
+}
