@@ -326,6 +326,73 @@ enum CertsCommand {
 }
 
 #[derive(Subcommand)]
+enum PortalCommand {
+    /// Portal users (local accounts).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Suspend an application: its keys are refused until it is resumed.
+    Suspend {
+        /// The application id (`portal-…`).
+        app_id: String,
+    },
+    /// Resume a suspended application.
+    Resume {
+        /// The application id.
+        app_id: String,
+    },
+    /// Revoke any API key by its id.
+    RevokeKey {
+        /// The key id (as the portal lists it).
+        id: i64,
+    },
+    /// Write a consistent copy of the store to FILE (while it is in use).
+    Backup {
+        /// The new file.
+        to: PathBuf,
+    },
+    /// Replace the store with a backup (stop the control plane first).
+    Restore {
+        /// The backup.
+        from: PathBuf,
+    },
+    /// The latest audit events (logins, keys, subscriptions), newest first.
+    Audit {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        last: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; prints a one-time password to be changed at the first login.
+    Add {
+        /// Email, the login name.
+        #[arg(long)]
+        email: String,
+        /// A group (repeatable): catalog items show APIs to groups.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List users and their groups.
+    List,
+    /// Remove a user with their applications, keys and subscriptions.
+    Remove {
+        /// Email.
+        #[arg(long)]
+        email: String,
+    },
+    /// Reset a password: prints a new one-time password; the user's sessions end.
+    ResetPassword {
+        /// Email.
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the control plane: compile watched manifests into snapshots and stream them to
     /// data planes over gRPC (mutual TLS); an embedded data plane serves them too.
@@ -346,8 +413,29 @@ enum Command {
         /// `file://` specs are refused).
         #[arg(long)]
         spec_dir: Option<PathBuf>,
+        /// Serve the developer portal on this address, e.g. 0.0.0.0:9903 (mutual TLS: data
+        /// planes only; an IngressRoute to the `apiportal` service routes a host to it).
+        #[arg(long)]
+        portal: Option<String>,
+        /// The `host:port` data planes dial to reach the portal (a name or IP on the
+        /// control plane's certificate; default: the --portal address).
+        #[arg(long)]
+        portal_advertise: Option<String>,
+        /// The portal's SQLite store (default: <state-dir>/portal.db).
+        #[arg(long)]
+        portal_store: Option<PathBuf>,
         #[command(flatten)]
         serve: ServeArgs,
+    },
+    /// Operate the developer portal's store: users, applications, keys, backups, audit log.
+    /// Works while the control plane runs (SQLite WAL); its data planes hear of changes
+    /// within seconds.
+    Portal {
+        /// The store (the control plane's --portal-store, default <state-dir>/portal.db).
+        #[arg(long, default_value = ".atrium/portal.db", global = true)]
+        store: PathBuf,
+        #[command(subcommand)]
+        command: PortalCommand,
     },
     /// Run a data plane: serve the snapshots a control plane streams, from the cache first.
     DataPlane {
@@ -524,12 +612,103 @@ fn explain(e: &anyhow::Error) -> String {
     msg
 }
 
+/// `atrium portal …`: the store, operated directly.
+fn portal(path: &std::path::Path, command: PortalCommand) -> anyhow::Result<()> {
+    use atrium_portal::{auth, store::Store};
+    let open = || Store::open(path).with_context(|| format!("opening the portal store {}", path.display()));
+    match command {
+        PortalCommand::User { command: UserCommand::Add { email, groups } } => {
+            let otp = auth::one_time_password();
+            let u = open()?.add_user(&email, &groups, &auth::hash_password(&otp), true)?;
+            println!(
+                "added {} (groups: {})",
+                u.email,
+                if u.groups.is_empty() { "none".into() } else { u.groups.join(", ") }
+            );
+            println!("one-time password: {otp}");
+            println!("(to be changed at the first sign-in)");
+        }
+        PortalCommand::User { command: UserCommand::List } => {
+            for u in open()?.users()? {
+                let flag = if u.must_change { "  (one-time password)" } else { "" };
+                println!("{}\t{}{flag}", u.email, u.groups.join(","));
+            }
+        }
+        PortalCommand::User { command: UserCommand::Remove { email } } => {
+            open()?.remove_user(&email)?;
+            println!("removed {email}");
+        }
+        PortalCommand::User { command: UserCommand::ResetPassword { email } } => {
+            let s = open()?;
+            let (u, _) = s.user_by_email(&email)?.with_context(|| format!("no user {email}"))?;
+            let otp = auth::one_time_password();
+            s.set_password(u.id, &auth::hash_password(&otp), true)?;
+            println!("one-time password for {}: {otp}", u.email);
+        }
+        PortalCommand::Suspend { app_id } => {
+            open()?.suspend_application(&app_id, true)?;
+            println!("suspended {app_id}");
+        }
+        PortalCommand::Resume { app_id } => {
+            open()?.suspend_application(&app_id, false)?;
+            println!("resumed {app_id}");
+        }
+        PortalCommand::RevokeKey { id } => {
+            open()?.revoke_key(None, id)?;
+            println!("revoked key {id}");
+        }
+        PortalCommand::Backup { to } => {
+            open()?.backup(&to)?;
+            println!("backed up {} to {}", path.display(), to.display());
+        }
+        PortalCommand::Restore { from } => {
+            anyhow::ensure!(from.exists(), "{}: no such file", from.display());
+            // Opening checks that it is a store this atrium can read (and migrates it).
+            let backup = Store::open(&from).with_context(|| format!("reading the backup {}", from.display()))?;
+            let tmp = path.with_extension("restoring");
+            let _ = std::fs::remove_file(&tmp);
+            backup.backup(&tmp)?;
+            drop(backup);
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+            println!("restored {} from {}", path.display(), from.display());
+        }
+        PortalCommand::Audit { last } => {
+            for (at, actor, action, detail) in open()?.audit_log(last)? {
+                println!("{at}\t{actor}\t{action}\t{detail}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One call per subcommand.
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime");
     match command {
-        Command::ControlPlane { manifests, grpc, data_plane, watch_debounce_ms, spec_dir, serve } => {
+        Command::ControlPlane {
+            manifests,
+            grpc,
+            data_plane,
+            watch_debounce_ms,
+            spec_dir,
+            portal,
+            portal_advertise,
+            portal_store,
+            serve,
+        } => {
+            let portal = match portal {
+                Some(addr) => Some(atrium_control_plane::PortalOptions {
+                    listen: parse_addr(&addr).context("--portal")?,
+                    advertise: portal_advertise,
+                    store: portal_store.unwrap_or_else(|| serve.tls.state_dir.join("portal.db")),
+                }),
+                None => None,
+            };
             let cfg = atrium_control_plane::Config {
+                portal,
                 source: serve.listen.source(manifests, watch_debounce_ms),
                 grpc: parse_addr(&grpc).context("--grpc")?,
                 embedded: data_plane == EmbeddedDataPlane::Embedded,
@@ -573,6 +752,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rt()?.block_on(atrium_up::run(cfg, shutdown_signal()))?;
         }
         Command::Certs { command } => certs(command)?,
+        Command::Portal { store, command } => portal(&store, command)?,
         Command::Lint { paths, values, format } => return lint(&paths, values.as_deref(), format),
         Command::RouteCheck { manifests, tests, values, format } => {
             return route_check(&manifests, &tests, values.as_deref(), format);

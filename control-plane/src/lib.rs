@@ -27,4 +27,4 @@ pub mod service;
 mod specs;
 pub mod tls;
 
-pub use run::{Config, ControlPlaneError, run};
+pub use run::{Config, ControlPlaneError, PortalOptions, run};

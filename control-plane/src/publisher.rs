@@ -24,6 +24,22 @@ pub(crate) struct Publisher {
     pub(crate) registry: Arc<Mutex<Registry>>,
     /// The APIs' OpenAPI specs as fetched.
     pub(crate) specs: Arc<Specs>,
+    /// What the portal's store grants (applications, keys, subscriptions), and where the
+    /// portal listens; none without a portal.
+    pub(crate) portal: Option<PortalGrants>,
+    /// The body published last (what the portal reads).
+    pub(crate) last: Arc<Mutex<Arc<pb::SnapshotBody>>>,
+}
+
+/// The portal's part of the snapshot.
+#[derive(Clone)]
+pub(crate) struct PortalGrants {
+    /// The store.
+    pub(crate) store: atrium_portal::store::Store,
+    /// Its grants as last read.
+    pub(crate) grants: Arc<Mutex<atrium_portal::store::Grants>>,
+    /// Where data planes reach the portal.
+    pub(crate) address: String,
 }
 
 impl Publisher {
@@ -31,17 +47,64 @@ impl Publisher {
     pub(crate) fn body(&self) -> Option<pb::SnapshotBody> {
         let (Ok(b), Ok(r)) = (self.base.lock(), self.registry.lock()) else { return None };
         let mut body = b.clone();
+        drop(b);
         apply_registry(&mut body.children, &r);
         self.specs.apply(&mut body.apis);
+        if let Some(p) = &self.portal {
+            if let Ok(g) = p.grants.lock() {
+                atrium_portal::merge_grants(&mut body, &g);
+            }
+            body.portal_address = p.address.clone();
+        }
         Some(body)
     }
 
     pub(crate) fn publish(&self, detected: Instant) {
         if let Some(body) = self.body() {
             self.hub.publish(&body, detected);
+            if let Ok(mut last) = self.last.lock() {
+                *last = Arc::new(body);
+            }
         }
     }
 
+    /// Reads the portal store's grants again; publishes when they changed. Runs on a
+    /// blocking thread (SQLite).
+    pub(crate) fn refresh_grants(&self) {
+        let Some(p) = &self.portal else { return };
+        match p.store.grants() {
+            Ok(g) => {
+                let changed = p.grants.lock().map(|mut cur| std::mem::replace(&mut *cur, g) != *cur).unwrap_or(false);
+                if changed {
+                    self.publish(Instant::now());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the portal store failed; data planes keep the previous grants")
+            }
+        }
+    }
+}
+
+/// The portal's view of the control plane.
+pub(crate) struct PortalSource(pub(crate) Publisher);
+
+impl atrium_portal::Source for PortalSource {
+    fn body(&self) -> Arc<pb::SnapshotBody> {
+        self.0.last.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn document(&self, id: &str) -> Option<Arc<serde_json::Value>> {
+        self.0.specs.document(id)
+    }
+
+    fn store_changed(&self) {
+        let p = self.0.clone();
+        tokio::task::spawn_blocking(move || p.refresh_grants());
+    }
+}
+
+impl Publisher {
     pub(crate) fn set_registry(&self, r: Registry) {
         if let Ok(mut cur) = self.registry.lock() {
             *cur = r;

@@ -36,6 +36,20 @@ pub struct Config {
     pub embedded: bool,
     /// The directory `file://` OpenAPI specs may be read from (none: no `file://`).
     pub spec_dir: Option<std::path::PathBuf>,
+    /// The developer portal, when served.
+    pub portal: Option<PortalOptions>,
+}
+
+/// Where the portal listens and keeps its state.
+#[derive(Debug, Clone)]
+pub struct PortalOptions {
+    /// The listener (mutual TLS, data planes only).
+    pub listen: SocketAddr,
+    /// The address data planes dial (`host:port`, a name the control plane's certificate
+    /// carries); none: the listener's (its loopback when it listens on every address).
+    pub advertise: Option<String>,
+    /// The SQLite store (default: `<state-dir>/portal.db`).
+    pub store: std::path::PathBuf,
 }
 
 /// Why a control plane cannot start.
@@ -58,6 +72,9 @@ pub enum ControlPlaneError {
     /// The gRPC listener's TLS.
     #[error("snapshot gRPC TLS: {0}")]
     Tls(#[from] TrustError),
+    /// The portal's store.
+    #[error(transparent)]
+    Store(#[from] atrium_portal::store::StoreError),
     /// The gRPC listener cannot be bound.
     #[error("binding gRPC on {addr}: {source}")]
     Bind {
@@ -71,18 +88,33 @@ pub enum ControlPlaneError {
 /// Runs a control plane until `shutdown` completes, then closes snapshot streams and child
 /// sessions and drains requests in flight.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ControlPlaneError> {
-    let Config { serving: o, source, grpc, embedded, spec_dir } = cfg;
+    let Config { serving: o, source, grpc, embedded, spec_dir, portal } = cfg;
     source.check_exists()?;
     let first = source.compile_blocking().await?;
     let epoch = crate::hub::next_epoch(&o.state_dir)
         .map_err(|source| ControlPlaneError::Epoch { dir: o.state_dir.clone(), source })?;
     let hub = Hub::with_epoch(env!("CARGO_PKG_VERSION"), epoch);
     let (specs, mut specs_changed) = crate::specs::Specs::new(spec_dir);
+    // The portal's listener is bound first: the snapshot says where it is.
+    let portal_listener = match &portal {
+        Some(p) => Some(
+            tokio::net::TcpListener::bind(p.listen)
+                .await
+                .map_err(|source| ControlPlaneError::Bind { addr: p.listen, source })?,
+        ),
+        None => None,
+    };
+    let portal_grants = match (&portal, &portal_listener) {
+        (Some(p), Some(l)) => Some(portal_grants(p, l.local_addr().unwrap_or(p.listen)).await?),
+        _ => None,
+    };
     let publisher = Publisher {
         hub: hub.clone(),
         base: Arc::new(Mutex::new(first.body.clone())),
         registry: Arc::default(),
         specs: specs.clone(),
+        portal: portal_grants,
+        last: Arc::default(),
     };
     specs.follow(&first.body.apis);
     publisher.publish(Instant::now());
@@ -98,6 +130,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let trust = grpc_trust(&o)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc_task = serve_grpc(grpc, &trust, hub.clone(), stop_rx.clone()).await?;
+    let portal_task = match portal_listener {
+        Some(l) => Some(serve_portal(l, &trust, &publisher, stop_rx.clone())?),
+        None => None,
+    };
 
     // Children: dialled with this control plane's certificate, polled, watched for
     // liveness; the list follows the values file.
@@ -123,9 +159,69 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = stop_tx.send(true);
     children.stop();
     let _ = grpc_task.await;
+    if let Some(t) = portal_task {
+        let _ = t.await;
+    }
     node::join_all(tasks, workers).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The portal's store, opened (migrated) on a blocking thread, its grants read, and the
+/// address data planes will dial.
+async fn portal_grants(
+    p: &PortalOptions,
+    bound: SocketAddr,
+) -> Result<crate::publisher::PortalGrants, ControlPlaneError> {
+    let path = p.store.clone();
+    let store = tokio::task::spawn_blocking(move || atrium_portal::store::Store::open(&path))
+        .await
+        .map_err(|e| atrium_portal::store::StoreError::Invalid(format!("opening the portal store: {e}")))??;
+    let grants = store.grants()?;
+    let address = match &p.advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => {
+            tracing::warn!(listen = %bound, "the portal listens on every address but no --portal-advertise is set: data planes in other hosts or pods cannot reach it");
+            format!("127.0.0.1:{}", bound.port())
+        }
+        None => bound.to_string(),
+    };
+    tracing::info!(store = %store.path().display(), users = store.users().map(|u| u.len()).unwrap_or(0), "portal store open");
+    Ok(crate::publisher::PortalGrants { store, grants: Arc::new(Mutex::new(grants)), address })
+}
+
+/// Serves the portal with mutual TLS (data planes only) until `stop`; a key that expires
+/// leaves the snapshot within seconds.
+fn serve_portal(
+    listener: tokio::net::TcpListener,
+    trust: &NodeTrust,
+    publisher: &Publisher,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ControlPlaneError> {
+    use atrium_data_plane::pki::Role;
+    let tls = Arc::new(trust.server_config(&[Role::DataPlane], "portal", &[b"http/1.1"], false)?);
+    let store = publisher
+        .portal
+        .as_ref()
+        .map(|g| g.store.clone())
+        .ok_or_else(|| atrium_portal::store::StoreError::Invalid("the portal has no store".into()))?;
+    let portal = atrium_portal::Portal::new(store, Arc::new(crate::publisher::PortalSource(publisher.clone())));
+    {
+        // Keys expire and operators change the store from the command line: read it again
+        // now and then.
+        let (p, mut stop) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+                let p = p.clone();
+                let _ = tokio::task::spawn_blocking(move || p.refresh_grants()).await;
+            }
+        });
+    }
+    Ok(tokio::spawn(atrium_portal::serve(listener, tls, portal, stop)))
 }
 
 /// The control plane's certificate for gRPC and for dialling children; with a generated
@@ -169,7 +265,9 @@ fn embed(
     hub: &Hub,
     stop: &watch::Receiver<bool>,
 ) -> Result<Workers, NodeError> {
-    gw.set_uplink_client(UplinkClient::new(o.node_trust("data-plane")?, o.liveness));
+    let trust = o.node_trust("data-plane")?;
+    gw.set_uplink_client(UplinkClient::new(trust.clone(), o.liveness));
+    gw.set_portal_trust(&trust)?;
     let mut rx = hub.subscribe();
     let egw = gw.clone();
     tokio::spawn(async move {

@@ -309,6 +309,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let trust = o.node_trust(&cfg.tls_name)?;
         // The same certificate opens uplinks to children.
         gw.set_uplink_client(UplinkClient::new(trust.clone(), o.liveness));
+        gw.set_portal_trust(&trust)?;
         Some(trust)
     } else {
         tracing::warn!(

@@ -217,6 +217,21 @@ impl Upstreams {
         }
     }
 
+    /// Builds the clients; TLS upstreams are dialled with `tls` (its own verifier and client
+    /// certificate), offering HTTP/1.1 only.
+    pub fn with_tls(cfg: UpstreamConfig, mut tls: rustls::ClientConfig) -> Self {
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
+        Upstreams {
+            h1: Arc::new(Pool::new(cfg.max_idle_per_host)),
+            h2: Mutex::default(),
+            speaks_h2: Mutex::default(),
+            tls_any: tls.clone(),
+            tls_h1: tls,
+            cfg,
+        }
+    }
+
     /// The timeouts and pool settings.
     pub fn config(&self) -> &UpstreamConfig {
         &self.cfg

@@ -64,6 +64,9 @@ pub enum UpError {
         /// How it ended.
         status: std::process::ExitStatus,
     },
+    /// The portal's store.
+    #[error(transparent)]
+    Store(#[from] atrium_portal::store::StoreError),
     /// `--port-base` leaves no room for the ports above it.
     #[error("--port-base: at most {}", u16::MAX - 1090)]
     PortBase,
@@ -148,6 +151,29 @@ fn random_key() -> Result<String, UpError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(io("reading /dev/urandom"))?;
     Ok(format!("atr_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// The example's portal groups, each with its demo user.
+const DEMO_GROUPS: [&str; 3] = ["developers", "external", "premium-customers"];
+
+/// A demo user per group of the example (`developers@example.com`, …), each with a fresh
+/// one-time password (printed; changed at the first sign-in). Returns (email, group,
+/// password).
+fn demo_users(store: &Path) -> Result<Vec<(String, String, String)>, UpError> {
+    use atrium_portal::{auth, store::Store};
+    let s = Store::open(store)?;
+    let mut out = Vec::new();
+    for g in DEMO_GROUPS {
+        let email = format!("{g}@example.com");
+        let otp = auth::one_time_password();
+        let hash = auth::hash_password(&otp);
+        match s.user_by_email(&email)? {
+            Some((u, _)) => s.set_password(u.id, &hash, true)?,
+            None => drop(s.add_user(&email, &[g.to_string()], &hash, true)?),
+        }
+        out.push((email, g.to_string(), otp));
+    }
+    Ok(out)
 }
 
 /// Creates the installation CA and one certificate per component, keeping existing ones.
@@ -247,6 +273,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     };
     let pki_dir = state_dir.join("pki");
     ensure_pki(&pki_dir)?;
+    let users = demo_users(&state_dir.join("parent").join("portal.db"))?;
     demo_backend("crm", SocketAddr::from(([127, 0, 0, 2], 8080))).await?;
     demo_backend("billing", SocketAddr::from(([127, 0, 0, 3], 8080))).await?;
 
@@ -255,7 +282,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         spawn(&mut procs, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
     }
     spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir))?;
-    print_try(&layout, key.as_deref());
+    print_try(&layout, key.as_deref(), &users, &pki_dir.join("ca.pem"));
     watch(&mut procs, shutdown).await
 }
 
@@ -291,13 +318,13 @@ fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path
     args.push(path_arg(pki_dir));
     args.extend(s(&["--state-dir"]));
     args.push(path_arg(&state_dir.join("parent")));
-    args.extend(s(&["--grpc", &at(1090), "--admin", &at(1000)]));
+    args.extend(s(&["--grpc", &at(1090), "--admin", &at(1000), "--portal", &at(1903)]));
     args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
     args
 }
 
 /// Prints where the example listens and what to try.
-fn print_try(layout: &Layout, key: Option<&str>) {
+fn print_try(layout: &Layout, key: Option<&str>, users: &[(String, String, String)], ca: &Path) {
     let (ip, base) = (layout.parent_ip, layout.port_base);
     let at = |off: u16| SocketAddr::new(ip, base + off).to_string();
     let https = SocketAddr::new(ip, base + 443);
@@ -316,7 +343,13 @@ fn print_try(layout: &Layout, key: Option<&str>) {
          curl -sk --resolve api.example.com:{ws}:{hip}{auth} https://api.example.com:{ws}/billing/invoices\n  \
          curl -s http://{admin_addr}/api/children\n\
          (without a key, API routes answer 401)\n\
+         portal: https://portal.example.com:{ws}/ (the example's host: add `{hip} portal.example.com api.example.com` \
+         to /etc/hosts, or start Chromium with --host-resolver-rules='MAP *.example.com {hip}'; \
+         the development CA is {ca})\n\
+         {user_lines}\
          Ctrl-C stops everything.\n",
+        ca = ca.display(),
+        user_lines = users.iter().map(|(e, g, p)| format!("  {g}: {e}  one-time password {p}\n")).collect::<String>(),
         web = base,
         ws = https.port(),
         hip = https.ip(),

@@ -53,6 +53,10 @@ pub struct RouteState {
 use crate::exchange::UpstreamError;
 use crate::upstream::Upstreams;
 
+/// The header that tells the portal which APIPortal a request is for; set by the data plane
+/// on every request it sends to the portal, whatever the client sent.
+pub const PORTAL_HEADER: &str = "x-atrium-portal";
+
 /// A compiled configuration: the route table and the services it sends to.
 #[derive(Debug)]
 pub struct Compiled {
@@ -118,7 +122,7 @@ impl Compiled {
         version: atrium_proto::v1::Version,
         hash: Vec<u8>,
     ) -> Result<Compiled, CompileError> {
-        let services = service::build(&body.services, &body.children)?;
+        let services = service::build(&body.services, &body.children, &body.portal_address)?;
         let table = RouteTable::from_snapshot(&body, |r| RouteState {
             target: services.get(&r.service).cloned(),
             labels: Arc::new(metrics::RouterStats::new(&r.id, &r.service)),
@@ -208,6 +212,8 @@ pub struct Gateway {
     pub certs: Arc<tls::CertStore>,
     /// The parent side of uplinks, when this data plane has a certificate for them.
     uplinks: std::sync::OnceLock<Arc<crate::uplink::UplinkClient>>,
+    /// The client of the control plane's portal (mutual TLS).
+    portal: std::sync::OnceLock<Arc<Upstreams>>,
     /// Requests logged so far (Traefik's CLF counter).
     served: std::sync::atomic::AtomicU64,
     /// Plan limit counters, kept across configuration swaps.
@@ -336,6 +342,7 @@ impl Gateway {
             hostname,
             certs,
             uplinks: std::sync::OnceLock::new(),
+            portal: std::sync::OnceLock::new(),
             served: std::sync::atomic::AtomicU64::new(0),
             limits: plan_limits::PlanLimits::default(),
             apim,
@@ -348,6 +355,45 @@ impl Gateway {
     pub fn set_uplink_client(&self, client: Arc<crate::uplink::UplinkClient>) {
         client.set_metrics(self.metrics.uplinks.clone());
         let _ = self.uplinks.set(client);
+    }
+
+    /// Enables the portal service: requests go to the control plane's portal over mutual
+    /// TLS with this certificate (the portal accepts data planes only).
+    pub fn set_portal_trust(&self, trust: &crate::trust::NodeTrust) -> Result<(), crate::trust::TrustError> {
+        let verifier = trust.server_verifier(crate::pki::Role::ControlPlane, "portal")?;
+        let tls = trust.client_config(verifier, &[b"http/1.1"], false)?;
+        let _ = self.portal.set(Arc::new(Upstreams::with_tls(self.upstreams.config().clone(), tls)));
+        Ok(())
+    }
+
+    /// Sends a request for APIPortal `portal` to the control plane's portal at `address`,
+    /// naming the portal in [`PORTAL_HEADER`] (always overwritten: a client cannot choose
+    /// it).
+    async fn to_portal(
+        &self,
+        portal: &str,
+        address: &str,
+        out: Outgoing,
+        body: Body,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Some(client) = self.portal.get() else {
+            return Err(ProxyError::NoTarget("this data plane has no certificate to reach the portal".into()));
+        };
+        if address.is_empty() {
+            return Err(ProxyError::NoTarget("no portal is served (the control plane runs without --portal)".into()));
+        }
+        let uri = format!("https://{address}{}", out.path_and_query)
+            .parse::<http::Uri>()
+            .map_err(|e| ProxyError::NoTarget(format!("portal address {address:?}: {e}")))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = out.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = out.headers;
+        match HeaderValue::from_str(portal) {
+            Ok(v) if !portal.is_empty() => drop(req.headers_mut().insert(PORTAL_HEADER, v)),
+            _ => drop(req.headers_mut().remove(PORTAL_HEADER)),
+        }
+        client.send(req, false).await.map_err(ProxyError::Upstream)
     }
 
     /// Whether this data plane's own connection to `child` failed moments ago.
@@ -533,6 +579,7 @@ impl Gateway {
                     self.dispatch(main, out, main_body, up).await
                 }
                 Service::Unavailable(why) => Err(ProxyError::NoTarget(why.clone())),
+                Service::Portal { portal, address } => self.to_portal(portal, address, out, body).await,
                 Service::Multicluster { name, children } => self.multicluster(name, children, out, body, up).await,
             }
         })

@@ -164,9 +164,16 @@ pub enum Service {
         /// Used when `main` has nothing available.
         fallback: Arc<Service>,
     },
-    /// A service this data plane cannot serve yet, with the reason (multi-cluster routing
-    /// before the uplink client exists, the portal before the portal exists).
+    /// A service this data plane cannot serve, with the reason.
     Unavailable(String),
+    /// The control plane's portal, at `address` (`host:port`; empty: no portal is served),
+    /// for APIPortal `portal` (`namespace/name`, or empty when the router names none).
+    Portal {
+        /// The APIPortal.
+        portal: String,
+        /// Where the portal listens.
+        address: String,
+    },
     /// `name@multicluster`: the children of the snapshot that expose the uplink.
     Multicluster {
         /// The name before `@multicluster` (an uplink, or `<uplink>-<child>`).
@@ -193,6 +200,7 @@ impl Service {
                 main.available_with(child_down) || fallback.available_with(child_down)
             }
             Service::Unavailable(_) => false,
+            Service::Portal { address, .. } => !address.is_empty(),
             Service::Multicluster { name, children } => {
                 let (uplink, pinned) = crate::uplink::pick::resolve(children, name);
                 children.iter().any(|c| {
@@ -235,7 +243,7 @@ impl Service {
                 main.load_balancers(out);
                 fallback.load_balancers(out);
             }
-            Service::Unavailable(_) | Service::Multicluster { .. } => {}
+            Service::Unavailable(_) | Service::Multicluster { .. } | Service::Portal { .. } => {}
         }
     }
 }
@@ -267,7 +275,11 @@ pub enum BuildError {
 /// Builds the run-time services of a snapshot. Composite services refer to others by id;
 /// the compiler guarantees there is no cycle, and a reference that is missing or cyclic
 /// anyway is an error here.
-pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap<String, Arc<Service>>, BuildError> {
+pub fn build(
+    services: &[pb::Service],
+    children: &[pb::Child],
+    portal_address: &str,
+) -> Result<HashMap<String, Arc<Service>>, BuildError> {
     let children = Arc::new(children.to_vec());
     let by_id: HashMap<&str, &pb::Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut built: HashMap<String, Arc<Service>> = HashMap::new();
@@ -277,6 +289,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
         built: &mut HashMap<String, Arc<Service>>,
         stack: &mut Vec<String>,
         children: &Arc<Vec<pb::Child>>,
+        portal_address: &str,
     ) -> Result<Arc<Service>, BuildError> {
         if let Some(s) = built.get(id) {
             return Ok(s.clone());
@@ -291,16 +304,17 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
             Kind::Weighted(w) => {
                 let mut members = Vec::new();
                 for c in &w.services {
-                    members.push((get(&c.service, by_id, built, stack, children)?, c.weight));
+                    members.push((get(&c.service, by_id, built, stack, children, portal_address)?, c.weight));
                 }
                 let n = members.len();
                 Service::Weighted { children: members, wrr: Mutex::new(vec![0; n]) }
             }
             Kind::Mirroring(m) => {
-                let main = get(&m.service, by_id, built, stack, children)?;
+                let main = get(&m.service, by_id, built, stack, children, portal_address)?;
                 let mut mirrors = Vec::new();
                 for mr in &m.mirrors {
-                    mirrors.push((get(&mr.service, by_id, built, stack, children)?, mr.percent.min(100)));
+                    mirrors
+                        .push((get(&mr.service, by_id, built, stack, children, portal_address)?, mr.percent.min(100)));
                 }
                 Service::Mirroring {
                     main,
@@ -311,14 +325,14 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
                 }
             }
             Kind::Failover(f) => Service::Failover {
-                main: get(&f.service, by_id, built, stack, children)?,
-                fallback: get(&f.fallback, by_id, built, stack, children)?,
+                main: get(&f.service, by_id, built, stack, children, portal_address)?,
+                fallback: get(&f.fallback, by_id, built, stack, children, portal_address)?,
             },
             Kind::Multicluster(m) => Service::Multicluster {
                 name: if m.child.is_empty() { m.uplink.clone() } else { format!("{}-{}", m.uplink, m.child) },
                 children: children.clone(),
             },
-            Kind::Portal(_) => Service::Unavailable("the API portal is not served by this data plane".into()),
+            Kind::Portal(p) => Service::Portal { portal: p.name.clone(), address: portal_address.to_string() },
         };
         stack.pop();
         let rt = Arc::new(rt);
@@ -326,7 +340,7 @@ pub fn build(services: &[pb::Service], children: &[pb::Child]) -> Result<HashMap
         Ok(rt)
     }
     for s in services {
-        get(&s.id, &by_id, &mut built, &mut Vec::new(), &children)?;
+        get(&s.id, &by_id, &mut built, &mut Vec::new(), &children, portal_address)?;
     }
     Ok(built)
 }
@@ -371,7 +385,7 @@ mod tests {
 
     #[test]
     fn smooth_wrr_spreads_by_weight() {
-        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])], &[]).unwrap();
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 3)])], &[], "").unwrap();
         let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         let picks: Vec<String> = (0..8).map(|_| lb.pick().unwrap().url.to_string()).collect();
         let second = picks.iter().filter(|u| u.contains("10.0.0.2")).count();
@@ -382,7 +396,7 @@ mod tests {
 
     #[test]
     fn unhealthy_servers_are_skipped_and_none_means_unavailable() {
-        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])], &[]).unwrap();
+        let svcs = build(&[lb("a", &[("http://10.0.0.1:80", 1), ("http://10.0.0.2:80", 1)])], &[], "").unwrap();
         let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.servers[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..4 {
@@ -399,7 +413,7 @@ mod tests {
         if let Some(Kind::LoadBalancer(l)) = &mut s.kind {
             l.passive_health_check = Some(pb::PassiveHealthCheck { max_failed_attempts: 2, failure_window_ms: 60_000 });
         }
-        let svcs = build(&[s], &[]).unwrap();
+        let svcs = build(&[s], &[], "").unwrap();
         let Service::LoadBalancer(lb) = &*svcs["a"] else { panic!() };
         lb.record_failure(&lb.servers[0]);
         assert!(lb.servers[0].available(Instant::now()));
@@ -417,7 +431,7 @@ mod tests {
                 l.passive_health_check =
                     Some(pb::PassiveHealthCheck { max_failed_attempts: 1, failure_window_ms: 60_000 });
             }
-            build(&[s], &[]).unwrap()
+            build(&[s], &[], "").unwrap()
         };
         let lb_of = |svcs: &HashMap<String, Arc<Service>>| match &*svcs["a"] {
             Service::LoadBalancer(lb) => lb.clone(),
@@ -460,7 +474,7 @@ mod tests {
                 ],
             })),
         });
-        let built = build(&svcs, &[]).unwrap();
+        let built = build(&svcs, &[], "").unwrap();
         let Service::LoadBalancer(main) = &*built["main"] else { panic!() };
         main.servers[0].healthy.store(false, Ordering::Relaxed);
         assert!(built["f"].available());
@@ -499,7 +513,7 @@ mod tests {
             uplinks: vec![pb::UplinkState { name: "crm".into(), weight: 1, healthy: true, entry_points: vec![] }],
             ..Default::default()
         };
-        let built = build(&svcs, &[child("cluster-a"), child("cluster-b")]).unwrap();
+        let built = build(&svcs, &[child("cluster-a"), child("cluster-b")], "").unwrap();
         // The snapshot says both are fine; this data plane lost cluster-a.
         let a_down = |c: &str| c == "cluster-a";
         assert!(built["a"].available());
@@ -519,11 +533,11 @@ mod tests {
                 services: vec![pb::WeightedService { service: "w".into(), weight: 1 }],
             })),
         };
-        assert!(build(&[s], &[]).unwrap_err().to_string().contains("refers back"));
+        assert!(build(&[s], &[], "").unwrap_err().to_string().contains("refers back"));
         let s = pb::Service {
             id: "f".into(),
             kind: Some(Kind::Failover(pb::Failover { service: "x".into(), fallback: "y".into() })),
         };
-        assert!(build(&[s], &[]).unwrap_err().to_string().contains("unknown service"));
+        assert!(build(&[s], &[], "").unwrap_err().to_string().contains("unknown service"));
     }
 }

@@ -51,14 +51,22 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
     for l in &m.resources {
         let Resource::Api(api) = &l.resource else { continue };
         let spec = (api.spec.cors.as_ref(), api.spec.open_api_spec.as_ref());
-        out.push(api_entry(cx, l, l.id(), auth_of(l.ns()), spec));
+        let mut entry = api_entry(cx, l, l.id(), auth_of(l.ns()), spec);
+        entry.title = api.spec.title.clone().unwrap_or_else(|| l.name().to_string());
+        entry.description = api.spec.description.clone().unwrap_or_default();
+        out.push(entry);
         // Each APIVersion it lists is an entry of its own (its routes, CORS and spec), with
         // the namespace's authentication; subscriptions to the API cover it.
         for v in &api.spec.versions {
             let found = m.resources.iter().find(|o| o.ns() == l.ns() && o.name() == v.name);
             let Some((vl, Resource::ApiVersion(version))) = found.map(|o| (o, &o.resource)) else { continue };
             let spec = (version.spec.cors.as_ref(), version.spec.open_api_spec.as_ref());
-            out.push(api_entry(cx, vl, version_id(l.ns(), l.name(), &v.name), auth_of(l.ns()), spec));
+            let mut entry = api_entry(cx, vl, version_id(l.ns(), l.name(), &v.name), auth_of(l.ns()), spec);
+            let api_title = api.spec.title.as_deref().unwrap_or(l.name());
+            entry.title = version.spec.title.clone().unwrap_or_else(|| format!("{api_title} {}", version.spec.release));
+            entry.description =
+                version.spec.description.clone().or_else(|| api.spec.description.clone()).unwrap_or_default();
+            out.push(entry);
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -622,7 +630,13 @@ fn plan(cx: &mut Ctx<'_>, m: &Manifests, l: &Loaded, name: &str) -> Option<pb::P
     let spec: &ApiPlanSpec = &p.spec;
     let rate_limit = limit(cx, pl, "spec.rateLimit", spec.rate_limit.as_ref(), 3_600_000)?;
     let quota = limit(cx, pl, "spec.quota", spec.quota.as_ref(), 9_999 * 3_600_000)?;
-    Some(pb::Plan { id: pl.id(), rate_limit, quota })
+    Some(pb::Plan {
+        id: pl.id(),
+        rate_limit,
+        quota,
+        title: spec.title.clone(),
+        description: spec.description.clone().unwrap_or_default(),
+    })
 }
 
 /// A plan limit, its period (default 1 s) between 1 s and `max_ms`. `Some(None)`: no limit.
@@ -664,6 +678,27 @@ fn limit(
         Bucket::ApplicationApi => pb::PlanBucket::ApplicationApi,
     };
     Some(Some(pb::PlanLimit { limit: lim.limit as u64, period_ms, bucket: bucket as i32 }))
+}
+
+/// The APIPortals, for the portal's pages.
+pub(super) fn compile_portals(m: &Manifests) -> Vec<pb::PortalSite> {
+    let mut out: Vec<pb::PortalSite> = m
+        .resources
+        .iter()
+        .filter_map(|l| match &l.resource {
+            Resource::ApiPortal(p) => Some(pb::PortalSite {
+                id: l.id(),
+                title: p.spec.title.clone().unwrap_or_else(|| l.name().to_string()),
+                description: p.spec.description.clone().unwrap_or_default(),
+                trusted_urls: p.spec.trusted_urls.clone(),
+                logo_url: p.spec.ui.as_ref().and_then(|u| u.logo_url.clone()).unwrap_or_default(),
+                auth: p.spec.auth.as_ref().map(|a| format!("{}/{}", l.ns(), a.name)).unwrap_or_default(),
+            }),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
 }
 
 #[cfg(test)]

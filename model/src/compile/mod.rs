@@ -191,6 +191,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     let children = compile_children(values, registry);
     let (apis, applications, subscriptions) = apim::compile_apim(&mut cx, m);
     let catalog_items = apim::compile_catalog_items(&mut cx, m);
+    let portals = apim::compile_portals(m);
 
     let body = pb::SnapshotBody {
         entry_points,
@@ -206,6 +207,8 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         subscriptions,
         redis: values.redis.as_ref().and_then(redis),
         catalog_items,
+        portals,
+        portal_address: String::new(),
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
@@ -391,6 +394,9 @@ struct RouterCommon {
     entry_points: Vec<String>,
     /// The API the routes belong to (`namespace/name`), or empty.
     api: String,
+    /// The APIPortal the routes serve (`namespace/name`, `hub.traefik.io/api-portal`), or
+    /// empty.
+    portal: String,
     /// The uplinks the routes are exposed on, sorted and without duplicates.
     uplinks: Vec<String>,
     /// The TLS settings of the routes.
@@ -418,7 +424,7 @@ fn router_common(cx: &mut Ctx<'_>, l: &Loaded, r: &IngressRoute, ns: &str) -> Ro
     entry_points.dedup();
     let mut ok = check_entry_points(cx, l, &r.spec.entry_points);
     let api = resolve_api(cx, l, ns, ann.get(API_ANNOTATION), ann.get(API_VERSION_ANNOTATION), &mut ok);
-    check_portal(cx, l, ns, ann.get(PORTAL_ANNOTATION));
+    let portal = check_portal(cx, l, ns, ann.get(PORTAL_ANNOTATION));
     let uplinks = resolve_uplinks(cx, l, ns, ann.get(UPLINKS_ANNOTATION), &mut ok);
     let tls = r
         .spec
@@ -426,7 +432,7 @@ fn router_common(cx: &mut Ctx<'_>, l: &Loaded, r: &IngressRoute, ns: &str) -> Ro
         .as_ref()
         .map(|t| pb::RouterTls { secret: t.secret_name.as_ref().map(|s| format!("{ns}/{s}")).unwrap_or_default() });
     ok &= check_tls_secret(cx, l, ns, r);
-    RouterCommon { entry_points, api, uplinks, tls, ok }
+    RouterCommon { entry_points, api, portal, uplinks, tls, ok }
 }
 
 /// Checks that every entrypoint of an IngressRoute is defined in the values.
@@ -503,17 +509,17 @@ fn resolve_api(
 }
 
 /// Reports a portal annotation naming a portal that does not exist (the routes are served anyway).
-fn check_portal(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>) {
-    if let Some(p) = annotation {
-        if !cx.portals.contains(&key(ns, p)) {
-            cx.err(
-                l,
-                &format!("metadata.annotations.{PORTAL_ANNOTATION}"),
-                "unresolved-reference",
-                format!("APIPortal {ns}/{p} does not exist"),
-            );
-        }
+fn check_portal(cx: &mut Ctx<'_>, l: &Loaded, ns: &str, annotation: Option<&String>) -> String {
+    let Some(p) = annotation.map(|p| p.trim()) else { return String::new() };
+    if !cx.portals.contains(&key(ns, p)) {
+        cx.err(
+            l,
+            &format!("metadata.annotations.{PORTAL_ANNOTATION}"),
+            "unresolved-reference",
+            format!("APIPortal {ns}/{p} does not exist"),
+        );
     }
+    format!("{ns}/{p}")
 }
 
 /// Resolves the uplinks annotation (a comma-separated list) into sorted expose names; clears
@@ -593,6 +599,7 @@ fn compile_route<'a>(
         ok &= cx.middleware_ref(l, ns, mr, &format!("{p}.middlewares[{j}]"), &mut mws);
     }
     let (service, display) = route_service(cx, l, ns, &p, &id, &route.services);
+    let service = service.map(|s| services::portal_of(cx, s, &common.portal));
     let (Some(rule), Some(service), true) = (rule, service, ok) else { return None };
     let priority = route.priority.filter(|p| *p != 0).unwrap_or_else(|| rule.default_priority());
     Some(pb::Router {

@@ -19,6 +19,20 @@ use crate::resources::traefik::{Failover, HealthCheck, LbView, Mirroring, Passiv
 
 /// The built-in portal service.
 pub const PORTAL_SERVICE: (&str, &str, i64) = ("traefik", "apiportal", 9903);
+/// `service`, or when it is the built-in portal service and the router names an APIPortal
+/// (`namespace/name`), the portal service of that APIPortal.
+pub(super) fn portal_of(cx: &mut Ctx<'_>, service: String, portal: &str) -> String {
+    let is_portal = cx.services.get(&service).is_some_and(|s| matches!(s.kind, Some(Kind::Portal(_))));
+    if !is_portal || portal.is_empty() {
+        return service;
+    }
+    let id = format!("{service}@{portal}");
+    cx.services
+        .entry(id.clone())
+        .or_insert(pb::Service { id: id.clone(), kind: Some(Kind::Portal(pb::Portal { name: portal.to_string() })) });
+    id
+}
+
 /// Label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -180,7 +194,7 @@ impl<'a> Ctx<'a> {
                     let id = format!("{}/{}:{}", PORTAL_SERVICE.0, PORTAL_SERVICE.1, PORTAL_SERVICE.2);
                     self.services.entry(id.clone()).or_insert(pb::Service {
                         id: id.clone(),
-                        kind: Some(Kind::Portal(pb::Portal { name: "apiportal".into() })),
+                        kind: Some(Kind::Portal(pb::Portal { name: String::new() })),
                     });
                     return Some(id);
                 }

@@ -95,7 +95,7 @@ fn seed_parent_resolves_multicluster_against_children() {
     let crm = c.body.services.iter().find(|s| s.id == "crm@multicluster").unwrap();
     assert_eq!(crm.kind, Some(Kind::Multicluster(pb::Multicluster { uplink: "crm".into(), child: String::new() })));
     let portal = c.body.routers.iter().find(|r| r.id == "apps/company-portal/0").unwrap();
-    assert_eq!(portal.service, "traefik/apiportal:9903");
+    assert_eq!(portal.service, "traefik/apiportal:9903@apps/company-portal");
     let crm_router = c.body.routers.iter().find(|r| r.id == "apps/crm-api/0").unwrap();
     assert_eq!(crm_router.api, "apps/crm-api");
     assert_eq!(crm_router.tls, Some(pb::RouterTls { secret: String::new() }));

@@ -1,0 +1,47 @@
+// The try-it console: sends an operation's request from the browser to the API's server
+// with the key typed in, and shows status, headers and body. No external script, no eval.
+"use strict";
+document.addEventListener("submit", async (ev) => {
+  const form = ev.target;
+  if (!form.classList || !form.classList.contains("tryit")) return;
+  ev.preventDefault();
+  const out = form.querySelector(".tryit-result");
+  const server = (document.getElementById("tryit-server") || {}).value || "";
+  const key = (document.getElementById("tryit-key") || {}).value || "";
+  let path = form.dataset.path;
+  const query = new URLSearchParams();
+  const headers = new Headers();
+  let body;
+  for (const input of form.querySelectorAll("input[data-in], textarea")) {
+    if (input.name === "__body") {
+      if (input.value !== "") { body = input.value; headers.set("Content-Type", input.dataset.type || "application/json"); }
+      continue;
+    }
+    if (input.value === "") continue;
+    switch (input.dataset.in) {
+      case "path": path = path.split("{" + input.name + "}").join(encodeURIComponent(input.value)); break;
+      case "query": query.append(input.name, input.value); break;
+      case "header": headers.set(input.name, input.value); break;
+    }
+  }
+  if (key) headers.set("Authorization", "Bearer " + key);
+  const qs = query.toString();
+  const url = server.replace(/\/$/, "") + path + (qs ? "?" + qs : "");
+  out.hidden = false;
+  out.querySelector(".status").textContent = form.dataset.method + " " + url + " …";
+  out.querySelector(".headers").textContent = "";
+  out.querySelector(".body").textContent = "";
+  try {
+    const r = await fetch(url, { method: form.dataset.method, headers, body, mode: "cors", credentials: "omit" });
+    out.querySelector(".status").textContent = r.status + " " + r.statusText;
+    const lines = [];
+    r.headers.forEach((v, k) => lines.push(k + ": " + v));
+    out.querySelector(".headers").textContent = lines.join("\n");
+    const text = await r.text();
+    let shown = text;
+    try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (_) { /* not JSON */ }
+    out.querySelector(".body").textContent = shown;
+  } catch (e) {
+    out.querySelector(".status").textContent = "The request failed: " + e.message + " (is the server reachable from this browser, and does the API allow this origin in its cors?)";
+  }
+});
