@@ -7,7 +7,8 @@ document.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const out = form.querySelector(".tryit-result");
   const server = (document.getElementById("tryit-server") || {}).value || "";
-  const key = (document.getElementById("tryit-key") || {}).value || "";
+  const keyInput = document.getElementById("tryit-key");
+  const key = keyInput ? keyInput.value : "";
   let path = form.dataset.path;
   const query = new URLSearchParams();
   const headers = new Headers();
@@ -24,7 +25,11 @@ document.addEventListener("submit", async (ev) => {
       case "header": headers.set(input.name, input.value); break;
     }
   }
-  if (key) headers.set("Authorization", "Bearer " + key);
+  if (key) {
+    const where = keyInput.dataset.keyIn, name = keyInput.dataset.keyName, scheme = keyInput.dataset.keyScheme;
+    if (where === "query") query.append(name, key);
+    else headers.set(name, scheme ? scheme + " " + key : key);
+  }
   const qs = query.toString();
   const url = server.replace(/\/$/, "") + path + (qs ? "?" + qs : "");
   out.hidden = false;

@@ -146,6 +146,7 @@ struct ApiPage {
     notice: String,
     serving: Vec<Serving>,
     servers: Vec<String>,
+    key_in: (&'static str, String, String),
 }
 
 /// A catalog item one can subscribe to.
@@ -474,6 +475,22 @@ pub(crate) struct ApiView {
     pub notice: String,
     pub serving: Vec<Serving>,
     pub servers: Vec<String>,
+    /// Where the try-it console puts the key: `query` or `header`, its name, and the
+    /// header's scheme (`Bearer`).
+    pub key_in: (&'static str, String, String),
+}
+
+/// Where a caller of `api` puts the key. The default key source takes `Authorization:
+/// Bearer` or `?api_key=`; the console uses the query parameter then, so that a GET from
+/// the browser needs no CORS preflight for `Authorization` (which `allowHeadersList: ["*"]`
+/// does not cover).
+fn key_in(api: &pb::Api) -> (&'static str, String, String) {
+    match &api.auth {
+        Some(pb::api::Auth::ApiKey(k)) if !k.query.is_empty() => ("query", k.query.clone(), String::new()),
+        Some(pb::api::Auth::ApiKey(k)) if !k.header.is_empty() => ("header", k.header.clone(), k.header_auth_scheme.clone()),
+        Some(pb::api::Auth::ApiKey(_)) => ("query", "api_key".into(), String::new()),
+        _ => ("header", "Authorization".into(), "Bearer".into()),
+    }
 }
 
 /// The API page's content for API `id` (404 when the user does not see it).
@@ -495,7 +512,7 @@ pub(crate) fn api_view(p: &Portal, cx: &Ctx, id: &str) -> Result<ApiView, Fail> 
         Some(d) => d.servers.clone(),
         None => v.api.spec_override_servers.clone(),
     };
-    Ok(ApiView { api: card(&v), doc, notice, serving: catalog::serving(&cx.body, id), servers })
+    Ok(ApiView { api: card(&v), doc, notice, serving: catalog::serving(&cx.body, id), servers, key_in: key_in(v.api) })
 }
 
 pub(crate) async fn api_page(
@@ -504,8 +521,8 @@ pub(crate) async fn api_page(
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
-    let ApiView { api, doc, notice, serving, servers } = api_view(&p, &cx, &id)?;
-    Ok(html(&ApiPage { chrome: Chrome::of(&cx), api, doc, notice, serving, servers }))
+    let ApiView { api, doc, notice, serving, servers, key_in } = api_view(&p, &cx, &id)?;
+    Ok(html(&ApiPage { chrome: Chrome::of(&cx), api, doc, notice, serving, servers, key_in }))
 }
 
 async fn my_apps(p: &Arc<Portal>, cx: &Ctx) -> Result<Vec<crate::store::Application>, Fail> {
@@ -531,6 +548,11 @@ async fn app_write(
     let portal = cx.site.id.clone();
     let result = p.store.run(move |s| f(s, &user, &portal)).await;
     let (key, error) = match result {
+        // Post/redirect/get, except for a new key: it is shown on this answer only.
+        Ok(None) => {
+            p.source.store_changed();
+            return Ok(redirect("/apps"));
+        }
         Ok(k) => {
             p.source.store_changed();
             (k, String::new())

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod otlp;
 pub mod redis;
 pub mod topology;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -368,10 +368,11 @@ fn operation_filter(
 }
 
 /// An API's `cors` as the configuration of a headers middleware; the plan headers are
-/// always exposed, so a browser can read what is left of the plan.
+/// always exposed, so a browser (the portal's try-it console) can read what is left of the
+/// plan, when to retry, and which child cluster answered.
 fn cors_json(c: &crate::resources::hub::Cors) -> String {
     let mut expose = c.expose_headers_list.clone();
-    for h in ["X-RateLimit-Remaining", "X-Quota-Remaining"] {
+    for h in ["X-RateLimit-Remaining", "X-Quota-Remaining", "Retry-After", "X-Traefik-Backend"] {
         if !expose.iter().any(|e| e.eq_ignore_ascii_case(h)) {
             expose.push(h.to_string());
         }
