@@ -642,7 +642,7 @@ fn portal(path: &std::path::Path, command: PortalCommand) -> anyhow::Result<()> 
             let s = open()?;
             let (u, _) = s.user_by_email(&email)?.with_context(|| format!("no user {email}"))?;
             let otp = auth::one_time_password();
-            s.set_password(u.id, &auth::hash_password(&otp), true)?;
+            s.set_password(u.id, &auth::hash_password(&otp), true, None)?;
             println!("one-time password for {}: {otp}", u.email);
         }
         PortalCommand::Suspend { app_id } => {

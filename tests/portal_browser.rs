@@ -34,13 +34,34 @@ async fn a_developer_signs_in_subscribes_and_calls_crm_from_the_browser() {
     fs::create_dir_all(&specs).unwrap();
     fs::write(specs.join("crm.json"), CRM_SPEC).unwrap();
     let apis = dir.path().join("parent/manifests/apis.yaml");
-    edit(&apis, &[("https://example.com/specs/crm-openapi.yaml", format!("file://{}", specs.join("crm.json").display()))]);
+    edit(
+        &apis,
+        &[("https://example.com/specs/crm-openapi.yaml", format!("file://{}", specs.join("crm.json").display()))],
+    );
     // The developer, made by an operator with the CLI.
     let store = dir.path().join("cp-state/portal.db");
-    let out = atrium(["portal", "--store", store.to_str().unwrap(), "user", "add", "--email", "dev@example.com", "--group", "developers"]);
-    let otp = stdout(&out).lines().find_map(|l| l.strip_prefix("one-time password: ")).expect("a one-time password").trim().to_string();
+    let out = atrium([
+        "portal",
+        "--store",
+        store.to_str().unwrap(),
+        "user",
+        "add",
+        "--email",
+        "dev@example.com",
+        "--group",
+        "developers",
+    ]);
+    let otp = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("one-time password: "))
+        .expect("a one-time password")
+        .trim()
+        .to_string();
 
-    let opts = Options { parent_flags: vec!["--portal", "127.0.0.1:0", "--spec-dir", specs.to_str().unwrap()], ..Default::default() };
+    let opts = Options {
+        parent_flags: vec!["--portal", "127.0.0.1:0", "--spec-dir", specs.to_str().unwrap()],
+        ..Default::default()
+    };
     let topo = Topology::start(dir.path(), &opts);
     let ws = topo.ws().port();
     // Locally the gateway's websecure port is not 443: the API's servers say where it is.

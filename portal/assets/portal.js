@@ -31,8 +31,19 @@ document.addEventListener("submit", async (ev) => {
     else headers.set(name, scheme ? scheme + " " + key : key);
   }
   const qs = query.toString();
-  const url = server.replace(/\/$/, "") + path + (qs ? "?" + qs : "");
   out.hidden = false;
+  // The key goes to the chosen server only: a spec path cannot lead it to another host.
+  let base, url;
+  try {
+    base = new URL(server);
+    if (!path.startsWith("/") || path.startsWith("//") || path.includes("\\")) throw new Error("bad path");
+    url = new URL(base.href.replace(/\/$/, "") + path + (qs ? "?" + qs : ""));
+    if (url.origin !== base.origin) throw new Error("another origin");
+  } catch (e) {
+    out.querySelector(".status").textContent = "Refused: " + path + " is not a path on " + server + " (" + e.message + ")";
+    return;
+  }
+  url = url.href;
   out.querySelector(".status").textContent = form.dataset.method + " " + url + " …";
   out.querySelector(".headers").textContent = "";
   out.querySelector(".body").textContent = "";

@@ -32,14 +32,33 @@ pub struct Visible<'a> {
 }
 
 impl Visible<'_> {
-    /// Whether one of the items shows operation `method` `path` (a path template of the
-    /// spec): an item without an operation filter shows every operation.
-    pub fn shows_operation(&self, method: &str, path: &str) -> bool {
-        let sets = OperationSets::from_snapshot(&self.api.operation_sets);
-        self.items.iter().any(|i| match &i.operation_filter {
+    /// Which of the API's operations the items show (owned, to be used off this thread).
+    pub fn operations(&self) -> OperationView {
+        let filters = if self.items.iter().any(|i| i.operation_filter.is_none()) {
+            None
+        } else {
+            Some(self.items.iter().filter_map(|i| i.operation_filter.as_ref().map(|f| f.include.clone())).collect())
+        };
+        OperationView { sets: OperationSets::from_snapshot(&self.api.operation_sets), filters }
+    }
+}
+
+/// Which operations of an API a user sees.
+#[derive(Debug, Clone)]
+pub struct OperationView {
+    sets: OperationSets,
+    /// The items' filters; none: an item shows every operation.
+    filters: Option<Vec<Vec<String>>>,
+}
+
+impl OperationView {
+    /// Whether operation `method` `path` (a path template of the spec) is shown: by an item
+    /// without an operation filter, or by one whose filter allows it.
+    pub fn shows(&self, method: &str, path: &str) -> bool {
+        match &self.filters {
             None => true,
-            Some(f) => sets.allows(&f.include, method, path),
-        })
+            Some(fs) => fs.iter().any(|include| self.sets.allows(include, method, path)),
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Portal {
     pub(crate) by_email: auth::LoginLimiter,
     /// Failed logins per client address.
     pub(crate) by_client: auth::LoginLimiter,
+    /// Password checks running at once.
+    pub(crate) password_checks: tokio::sync::Semaphore,
 }
 
 impl Portal {
@@ -66,27 +68,49 @@ impl Portal {
             source,
             by_email: auth::LoginLimiter::new(5, Duration::from_secs(900)),
             by_client: auth::LoginLimiter::new(50, Duration::from_secs(900)),
+            password_checks: tokio::sync::Semaphore::new(4),
         })
     }
 }
 
 /// What the gateway must know from the store, merged into `body`: the portal's
 /// applications with their live keys, and a subscription for each subscription made in the
-/// portal whose catalog item still exists (its APIs, plan and operation filter).
+/// portal that still holds: its APIPortal exists, its catalog item exists in the portal's
+/// namespace with a plan, and the item still shows to one of the owner's groups (an item
+/// whose groups changed stops granting at once). An application whose id a manifest uses
+/// already is left out (the manifest's wins) and logged.
 pub fn merge_grants(body: &mut pb::SnapshotBody, grants: &store::Grants) {
     if grants.applications.is_empty() {
         return;
     }
-    body.applications.extend(grants.applications.iter().cloned());
+    let mut added = Vec::new();
+    for a in &grants.applications {
+        if body.applications.iter().any(|m| m.app_id == a.app_id) {
+            tracing::warn!(app_id = %a.app_id, "a ManagedApplication uses the id of a portal application: the portal's is left out");
+            continue;
+        }
+        added.push(a.app_id.clone());
+        body.applications.push(a.clone());
+    }
     body.applications.sort_by(|a, b| a.app_id.cmp(&b.app_id));
-    body.applications.dedup_by(|a, b| a.app_id == b.app_id);
-    for (id, app_id, item) in &grants.subscriptions {
-        let Some(ci) = body.catalog_items.iter().find(|c| &c.id == item) else { continue };
+    for g in &grants.subscriptions {
+        if !added.contains(&g.app_id) || !body.portals.iter().any(|p| p.id == g.portal) {
+            continue;
+        }
+        let ns = catalog::namespace(&g.portal);
+        let Some(ci) = body.catalog_items.iter().find(|c| c.id == g.catalog_item && catalog::namespace(&c.id) == ns)
+        else {
+            continue;
+        };
         let Some(plan) = ci.plan.clone() else { continue };
+        if !catalog::shows_to(ci, &g.groups) {
+            continue;
+        }
         body.subscriptions.push(pb::Subscription {
-            id: format!("portal/{id}"),
+            // `@` cannot start a namespace: no ManagedSubscription has this id.
+            id: format!("@portal/{}", g.id),
             weight: 0,
-            app_ids: vec![app_id.clone()],
+            app_ids: vec![g.app_id.clone()],
             apis: ci.apis.clone(),
             plan: Some(plan),
             operation_filter: ci.operation_filter.clone(),
@@ -147,32 +171,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grants_join_the_snapshot_with_the_catalog_items_plan() {
+    fn grants_join_the_snapshot_while_the_item_still_shows_to_the_owner() {
         let plan = pb::Plan { id: "apps/standard".into(), title: "Standard".into(), ..Default::default() };
-        let mut body = pb::SnapshotBody {
-            applications: vec![pb::Application { app_id: "manifest-app".into(), ..Default::default() }],
-            catalog_items: vec![pb::CatalogItem {
-                id: "apps/item".into(),
-                apis: vec!["apps/crm".into()],
-                plan: Some(plan.clone()),
-                ..Default::default()
-            }],
+        let item = |id: &str, groups: &[&str]| pb::CatalogItem {
+            id: id.into(),
+            apis: vec!["apps/crm".into()],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            plan: Some(plan.clone()),
             ..Default::default()
         };
+        let mut body = pb::SnapshotBody {
+            applications: vec![pb::Application { app_id: "manifest-app".into(), ..Default::default() }],
+            catalog_items: vec![
+                item("apps/item", &["developers"]),
+                item("apps/partners-only", &["partners"]),
+                item("other/item", &["developers"]),
+            ],
+            portals: vec![pb::PortalSite { id: "apps/portal".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let sub = |id, item: &str, portal: &str| store::SubscriptionGrant {
+            id,
+            app_id: "portal-x".into(),
+            catalog_item: item.into(),
+            portal: portal.into(),
+            groups: vec!["developers".into()],
+        };
         let grants = store::Grants {
-            applications: vec![pb::Application { app_id: "portal-x".into(), ..Default::default() }],
-            subscriptions: vec![(7, "portal-x".into(), "apps/item".into()), (8, "portal-x".into(), "apps/gone".into())],
+            applications: vec![
+                pb::Application { app_id: "portal-x".into(), ..Default::default() },
+                pb::Application {
+                    app_id: "manifest-app".into(),
+                    keys: vec![pb::ApiKey { sha256: vec![1; 32], suspended: false }],
+                    ..Default::default()
+                },
+            ],
+            subscriptions: vec![
+                sub(7, "apps/item", "apps/portal"),
+                sub(8, "apps/gone", "apps/portal"),
+                sub(9, "apps/partners-only", "apps/portal"),
+                sub(10, "other/item", "apps/portal"),
+                sub(11, "apps/item", "deleted/portal"),
+            ],
         };
         merge_grants(&mut body, &grants);
         assert_eq!(
             body.applications.iter().map(|a| a.app_id.as_str()).collect::<Vec<_>>(),
             ["manifest-app", "portal-x"]
         );
-        assert_eq!(body.subscriptions.len(), 1, "a subscription to an item that is gone grants nothing");
+        assert!(
+            body.applications[0].keys.is_empty(),
+            "a colliding portal application does not add keys to the manifest's"
+        );
+        assert_eq!(
+            body.subscriptions.len(),
+            1,
+            "gone item, item no longer shown, other namespace, deleted portal: none grant"
+        );
         let s = &body.subscriptions[0];
         assert_eq!(
             (s.id.as_str(), s.app_ids.as_slice(), s.apis.as_slice()),
-            ("portal/7", &["portal-x".to_string()][..], &["apps/crm".to_string()][..])
+            ("@portal/7", &["portal-x".to_string()][..], &["apps/crm".to_string()][..])
         );
         assert_eq!(s.plan.as_ref(), Some(&plan));
     }

@@ -13,6 +13,13 @@ const MAX_OPERATIONS: usize = 2000;
 const MAX_DEPTH: usize = 8;
 /// Lines of one schema sketch.
 const MAX_LINES: usize = 400;
+/// Characters of one sketch line.
+const MAX_LINE: usize = 300;
+/// Bytes of one example.
+const MAX_EXAMPLE: usize = 16 * 1024;
+/// Bytes of the whole page's text: past it, operations are left out (a spec that repeats
+/// a big `$ref` thousands of times renders as much as it can, never everything).
+const MAX_DOC_BYTES: usize = 4 << 20;
 
 /// The page's view of a document.
 #[derive(Debug, Default)]
@@ -106,6 +113,21 @@ pub struct Response {
     pub schema: String,
 }
 
+impl Operation {
+    /// Roughly how many bytes of text it holds.
+    fn size(&self) -> usize {
+        let params: usize = self
+            .parameters
+            .iter()
+            .map(|p| p.name.len() + p.kind.len() + p.description_html.len() + p.example.len())
+            .sum();
+        let body = self.body.as_ref().map_or(0, |b| b.schema.len() + b.example.len());
+        let responses: usize =
+            self.responses.iter().map(|r| r.code.len() + r.description_html.len() + r.schema.len()).sum();
+        self.path.len() + self.summary.len() + self.description_html.len() + params + body + responses
+    }
+}
+
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 /// The view of `doc`; `servers` replaces the document's when not empty; `shown(method,
@@ -136,6 +158,7 @@ pub fn read(doc: &Value, servers: &[String], shown: impl Fn(&str, &str) -> bool)
         .collect();
     let mut untagged = Vec::new();
     let mut count = 0usize;
+    let mut used = out.description_html.len();
     let Some(paths) = doc.get("paths").and_then(Value::as_object) else { return Doc { tags, ..out } };
     for (path, item) in paths {
         let Some(item) = item.as_object() else { continue };
@@ -147,11 +170,12 @@ pub fn read(doc: &Value, servers: &[String], shown: impl Fn(&str, &str) -> bool)
                 continue;
             }
             count += 1;
-            if count > MAX_OPERATIONS {
+            if count > MAX_OPERATIONS || used > MAX_DOC_BYTES {
                 out.truncated += 1;
                 continue;
             }
             let o = operation(doc, swagger2, m, path, op, &shared, count);
+            used += o.size();
             let tag = op.get("tags").and_then(Value::as_array).and_then(|t| t.first()).and_then(Value::as_str);
             match tag {
                 Some(t) => match tags.iter_mut().find(|x| x.name == t) {
@@ -367,6 +391,11 @@ fn scalar_text(v: Option<&Value>) -> String {
 pub fn sketch(doc: &Value, schema: &Value) -> String {
     let mut lines = Vec::new();
     sketch_into(doc, schema, 0, &mut Vec::new(), &mut lines, "");
+    for l in &mut lines {
+        if l.len() > MAX_LINE {
+            *l = format!("{}…", crate::markdown::truncate(l, MAX_LINE));
+        }
+    }
     if lines.len() >= MAX_LINES {
         lines.truncate(MAX_LINES);
         lines.push("…".into());
@@ -460,7 +489,11 @@ fn example_of(doc: &Value, schema: &Value, given: Option<&Value>) -> String {
     if v.is_null() {
         return String::new();
     }
-    serde_json::to_string_pretty(&v).unwrap_or_default()
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    if text.len() > MAX_EXAMPLE {
+        return format!("{}\n…", crate::markdown::truncate(&text, MAX_EXAMPLE));
+    }
+    text
 }
 
 fn make_example(doc: &Value, schema: &Value, depth: usize, stack: &mut Vec<String>, budget: &mut usize) -> Value {
@@ -597,6 +630,28 @@ mod tests {
         assert_eq!(op.parameters[0].kind, "boolean");
         assert!(op.body.as_ref().unwrap().example.contains("12.5"));
         assert!(op.responses[0].schema.contains("amount: number"));
+    }
+
+    #[test]
+    fn a_big_example_repeated_by_ref_stays_within_the_budget() {
+        let big = "x".repeat(1 << 20);
+        let mut paths = serde_json::Map::new();
+        for i in 0..2000 {
+            paths.insert(
+                format!("/p{i}"),
+                json!({"post": {"requestBody": {"$ref": "#/components/requestBodies/B"},
+                                "responses": {"200": {"$ref": "#/components/responses/R"}}}}),
+            );
+        }
+        let doc = json!({"openapi": "3.0.0", "info": {"title": "t", "version": "1"}, "paths": paths,
+            "components": {"requestBodies": {"B": {"content": {"application/json": {"schema": {"type": "string"}, "example": big}}}},
+                           "responses": {"R": {"description": big}}}});
+        let t = std::time::Instant::now();
+        let d = read(&doc, &[], |_, _| true);
+        let total: usize = d.tags.iter().flat_map(|t| &t.operations).map(Operation::size).sum();
+        assert!(total < MAX_DOC_BYTES + 2 * (1 << 20) + MAX_EXAMPLE, "{total}");
+        assert!(d.truncated > 1900, "most operations are left out: {}", d.truncated);
+        assert!(t.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]

@@ -297,19 +297,33 @@ fn login_page(cx: &Ctx, headers: &HeaderMap, email: String, error: String, statu
     r
 }
 
-/// Checks email and password (rate-limited per email and per client); the user on success.
+/// Checks email and password; the user on success. Attempts are limited per email and per
+/// client (each counted before the password is checked, so a burst cannot slip past the
+/// limit), and at most a few password checks run at once (argon2 is slow on purpose).
 pub(crate) async fn authenticate(
     p: &Arc<Portal>,
     headers: &HeaderMap,
     email: &str,
     password: &str,
 ) -> Result<crate::store::User, Fail> {
-    let (by_email, by_client) =
-        (format!("email:{}", email.trim().to_lowercase()), format!("client:{}", web::client_of(headers)));
-    if let Some(wait) = p.by_email.blocked(&by_email).or_else(|| p.by_client.blocked(&by_client)) {
+    let email = email.trim();
+    let by_email = format!("email:{}", crate::markdown::truncate(&email.to_lowercase(), 254));
+    let client = web::client_of(headers);
+    let by_client = (!client.is_empty()).then(|| format!("client:{client}"));
+    let blocked = p.by_email.blocked(&by_email).or_else(|| by_client.as_deref().and_then(|c| p.by_client.blocked(c)));
+    if let Some(wait) = blocked {
         return Err(Fail::TooMany(wait.as_secs().max(1)));
     }
-    let (e, pw) = (email.trim().to_string(), password.to_string());
+    p.by_email.failed(&by_email);
+    if let Some(c) = &by_client {
+        p.by_client.failed(c);
+    }
+    let refused = || Fail::Invalid("wrong email or password".into());
+    if email.len() > 254 || password.len() > 1024 {
+        return Err(refused());
+    }
+    let _slot = p.password_checks.acquire().await.map_err(|e| Fail::Internal(e.to_string()))?;
+    let (e, pw) = (email.to_string(), password.to_string());
     let found = p
         .store
         .run(move |s| {
@@ -322,23 +336,17 @@ pub(crate) async fn authenticate(
                     false
                 }
             };
+            let actor = u.as_ref().map(|(u, _)| u.email.clone()).unwrap_or_else(|| "unknown".into());
+            s.audit(&actor, if ok { "login" } else { "login.failed" }, "")?;
             Ok(u.filter(|_| ok).map(|(u, _)| u))
         })
         .await?;
     match found {
         Some(u) => {
             p.by_email.succeeded(&by_email);
-            let actor = u.email.clone();
-            p.store.run(move |s| s.audit(&actor, "login", "")).await?;
             Ok(u)
         }
-        None => {
-            p.by_email.failed(&by_email);
-            p.by_client.failed(&by_client);
-            let e = email.trim().to_string();
-            p.store.run(move |s| s.audit(&e, "login.failed", "")).await?;
-            Err(Fail::Invalid("wrong email or password".into()))
-        }
+        None => Err(refused()),
     }
 }
 
@@ -434,7 +442,8 @@ pub(crate) async fn change_password(
         e => e,
     })?;
     let new = new.to_string();
-    p.store.run(move |s| s.set_password(user.id, &auth::hash_password(&new), false)).await?;
+    let keep = web::cookie(headers, SESSION_COOKIE).map(str::to_string);
+    p.store.run(move |s| s.set_password(user.id, &auth::hash_password(&new), false, keep.as_deref())).await?;
     Ok(())
 }
 
@@ -487,20 +496,27 @@ pub(crate) struct ApiView {
 fn key_in(api: &pb::Api) -> (&'static str, String, String) {
     match &api.auth {
         Some(pb::api::Auth::ApiKey(k)) if !k.query.is_empty() => ("query", k.query.clone(), String::new()),
-        Some(pb::api::Auth::ApiKey(k)) if !k.header.is_empty() => ("header", k.header.clone(), k.header_auth_scheme.clone()),
+        Some(pb::api::Auth::ApiKey(k)) if !k.header.is_empty() => {
+            ("header", k.header.clone(), k.header_auth_scheme.clone())
+        }
         Some(pb::api::Auth::ApiKey(_)) => ("query", "api_key".into(), String::new()),
         _ => ("header", "Authorization".into(), "Bearer".into()),
     }
 }
 
 /// The API page's content for API `id` (404 when the user does not see it).
-pub(crate) fn api_view(p: &Portal, cx: &Ctx, id: &str) -> Result<ApiView, Fail> {
+/// Reading a spec is bounded but not free: it runs on a blocking thread.
+pub(crate) async fn api_view(p: &Portal, cx: &Ctx, id: &str) -> Result<ApiView, Fail> {
     let s = cx.member()?;
     let v = catalog::api(&cx.body, &cx.site.id, &s.user.groups, id).ok_or(Fail::NotFound)?;
-    let doc = p
-        .source
-        .document(id)
-        .map(|d| openapi::read(&d, &v.api.spec_override_servers, |m, path| v.shows_operation(m, path)));
+    let doc = match p.source.document(id) {
+        Some(d) => {
+            let (ops, servers) = (v.operations(), v.api.spec_override_servers.clone());
+            let read = tokio::task::spawn_blocking(move || openapi::read(&d, &servers, |m, path| ops.shows(m, path)));
+            Some(read.await.map_err(|e| Fail::Internal(format!("reading the spec of {id}: {e}")))?)
+        }
+        None => None,
+    };
     let notice = match (&doc, v.api.spec_status.as_str()) {
         (None, "") => "This API has no OpenAPI description.".to_string(),
         (None, "pending") => "The OpenAPI description is being fetched.".to_string(),
@@ -521,7 +537,7 @@ pub(crate) async fn api_page(
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
-    let ApiView { api, doc, notice, serving, servers, key_in } = api_view(&p, &cx, &id)?;
+    let ApiView { api, doc, notice, serving, servers, key_in } = api_view(&p, &cx, &id).await?;
     Ok(html(&ApiPage { chrome: Chrome::of(&cx), api, doc, notice, serving, servers, key_in }))
 }
 

@@ -135,7 +135,7 @@ async fn catalog_list(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Answe
 
 async fn api(State(p): State<Arc<Portal>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
     let cx = web::ctx(&p, &headers).await?;
-    let pages::ApiView { api: card, doc, notice, serving, servers, .. } = pages::api_view(&p, &cx, &id)?;
+    let pages::ApiView { api: card, doc, notice, serving, servers, .. } = pages::api_view(&p, &cx, &id).await?;
     let operations: Vec<Value> = doc
         .iter()
         .flat_map(|d| d.tags.iter())

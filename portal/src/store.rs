@@ -160,14 +160,35 @@ pub struct SubscriptionInfo {
 }
 
 /// What the gateway needs from the store: every application with its live key hashes, and
-/// every subscription (application id, catalog item).
+/// every subscription, with what decides whether it still holds (the owner's groups and
+/// the application's portal: an item no longer shown to the owner grants nothing).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
     /// Applications, sorted by app id.
     pub applications: Vec<pb::Application>,
-    /// (row id, app id, catalog item), sorted by row id.
-    pub subscriptions: Vec<(i64, String, String)>,
+    /// Subscriptions, sorted by row id.
+    pub subscriptions: Vec<SubscriptionGrant>,
 }
+
+/// A subscription as the gateway sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriptionGrant {
+    /// Row id.
+    pub id: i64,
+    /// The application's id.
+    pub app_id: String,
+    /// The catalog item (`namespace/name`).
+    pub catalog_item: String,
+    /// The application's portal (`namespace/name`).
+    pub portal: String,
+    /// The owner's groups now.
+    pub groups: Vec<String>,
+}
+
+/// Applications a user may have in one portal.
+pub const MAX_APPLICATIONS: i64 = 50;
+/// Live (not revoked) keys an application may have.
+pub const MAX_KEYS: i64 = 20;
 
 /// The store. Cheap to clone; operations are short and synchronous (call them from a
 /// blocking thread, see [`Store::run`]).
@@ -336,8 +357,15 @@ impl Store {
     }
 
     /// Sets a user's password hash; `must_change` forces another change at the next login
-    /// (an operator's reset); every other session of the user ends.
-    pub fn set_password(&self, user_id: i64, password: &str, must_change: bool) -> Result<(), StoreError> {
+    /// (an operator's reset). Every session of the user ends, except `keep` (the session
+    /// that made the change).
+    pub fn set_password(
+        &self,
+        user_id: i64,
+        password: &str,
+        must_change: bool,
+        keep: Option<&str>,
+    ) -> Result<(), StoreError> {
         let c = self.conn();
         let n = c
             .execute(
@@ -348,9 +376,9 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound(format!("no user {user_id}")));
         }
-        if must_change {
-            c.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id]).map_err(|e| self.err(e))?;
-        }
+        let keep = keep.map(sha256).unwrap_or_default();
+        c.execute("DELETE FROM sessions WHERE user_id = ?1 AND token_sha256 != ?2", params![user_id, keep])
+            .map_err(|e| self.err(e))?;
         drop(c);
         self.audit(&format!("user:{user_id}"), if must_change { "password.reset" } else { "password.change" }, "")
     }
@@ -400,6 +428,19 @@ impl Store {
             return Err(StoreError::Invalid(
                 "an application name has 1 to 100 characters, none of them control characters".into(),
             ));
+        }
+        let count: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM applications WHERE owner = ?1 AND portal = ?2",
+                params![owner.id, portal],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if count >= MAX_APPLICATIONS {
+            return Err(StoreError::Conflict(format!(
+                "you have {MAX_APPLICATIONS} applications already: delete one first"
+            )));
         }
         let app_id = format!("portal-{}", crate::auth::random_token(9).to_lowercase().replace(['-', '_'], "x"));
         self.conn()
@@ -521,6 +562,15 @@ impl Store {
         }
         let created = now();
         let c = self.conn();
+        let live: i64 = c
+            .query_row("SELECT COUNT(*) FROM keys WHERE application = ?1 AND revoked = 0", [app], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if live >= MAX_KEYS {
+            return Err(StoreError::Conflict(format!(
+                "application {:?} has {MAX_KEYS} live keys already: revoke one first",
+                a.name
+            )));
+        }
         c.execute(
             "INSERT INTO keys (application, name, sha256, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![app, name, hash.as_slice(), created, expires],
@@ -629,9 +679,20 @@ impl Store {
             }
         }
         let subscriptions = c
-            .prepare("SELECT s.id, a.app_id, s.catalog_item FROM subscriptions s JOIN applications a ON a.id = s.application ORDER BY s.id")
+            .prepare(
+                "SELECT s.id, a.app_id, s.catalog_item, a.portal, u.groups FROM subscriptions s
+                 JOIN applications a ON a.id = s.application JOIN users u ON u.id = a.owner ORDER BY s.id",
+            )
             .map_err(|e| self.err(e))?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                Ok(SubscriptionGrant {
+                    id: r.get(0)?,
+                    app_id: r.get(1)?,
+                    catalog_item: r.get(2)?,
+                    portal: r.get(3)?,
+                    groups: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                })
+            })
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
@@ -744,10 +805,49 @@ mod tests {
         let g = s.grants().unwrap();
         assert_eq!(g.applications.len(), 1);
         assert_eq!(g.applications[0].keys, vec![pb::ApiKey { sha256: vec![1; 32], suspended: false }]);
-        assert_eq!(g.subscriptions, vec![(1, app.app_id.clone(), "apps/item".to_string())]);
+        let sub = SubscriptionGrant {
+            id: 1,
+            app_id: app.app_id.clone(),
+            catalog_item: "apps/item".into(),
+            portal: "apps/p".into(),
+            groups: vec![],
+        };
+        assert_eq!(g.subscriptions, vec![sub]);
         assert_eq!(live.id, 1);
         s.suspend_application(&app.app_id, true).unwrap();
         assert!(s.grants().unwrap().applications[0].suspended);
+    }
+
+    #[test]
+    fn applications_and_live_keys_are_capped() {
+        let (_d, s) = store();
+        let ann = s.add_user("ann@x", &[], "h", false).unwrap();
+        for i in 0..MAX_APPLICATIONS {
+            s.create_application(&ann, "apps/p", &format!("a{i}")).unwrap();
+        }
+        assert!(matches!(s.create_application(&ann, "apps/p", "one more"), Err(StoreError::Conflict(_))));
+        assert!(s.create_application(&ann, "other/p", "elsewhere").is_ok(), "per portal");
+        let app = s.applications(ann.id, "apps/p").unwrap()[0].id;
+        let mut last = 0;
+        for i in 0..MAX_KEYS {
+            last = s.add_key(&ann, "apps/p", app, "k", &[i as u8; 32], None).unwrap().id;
+        }
+        assert!(matches!(s.add_key(&ann, "apps/p", app, "k", &[99; 32], None), Err(StoreError::Conflict(_))));
+        s.revoke_key(Some((&ann, "apps/p")), last).unwrap();
+        assert!(s.add_key(&ann, "apps/p", app, "k", &[99; 32], None).is_ok(), "a revoked key frees a place");
+    }
+
+    #[test]
+    fn a_password_change_ends_the_other_sessions() {
+        let (_d, s) = store();
+        let ann = s.add_user("ann@x", &[], "h", false).unwrap();
+        s.create_session("here", ann.id, "c", 60).unwrap();
+        s.create_session("stolen", ann.id, "c", 60).unwrap();
+        s.set_password(ann.id, "h2", false, Some("here")).unwrap();
+        assert!(s.session("here").unwrap().is_some());
+        assert!(s.session("stolen").unwrap().is_none());
+        s.set_password(ann.id, "h3", true, None).unwrap();
+        assert!(s.session("here").unwrap().is_none(), "a reset ends every session");
     }
 
     #[test]

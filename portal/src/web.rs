@@ -207,13 +207,11 @@ pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
 }
 
-/// The APIPortal `headers` name (the data plane's header), or the only one there is.
+/// The APIPortal the data plane names (a route without `hub.traefik.io/api-portal` names
+/// none, and serves no portal).
 fn site(body: &pb::SnapshotBody, headers: &HeaderMap) -> Option<pb::PortalSite> {
-    match headers.get(PORTAL_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
-        Some(id) => body.portals.iter().find(|p| p.id == id).cloned(),
-        None if body.portals.len() == 1 => body.portals.first().cloned(),
-        None => None,
-    }
+    let id = headers.get(PORTAL_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())?;
+    body.portals.iter().find(|p| p.id == id).cloned()
 }
 
 /// The origin a request was made at, as the data plane forwarded it.
@@ -306,7 +304,7 @@ mod tests {
             ..Default::default()
         };
         let mut h = HeaderMap::new();
-        assert!(site(&body, &h).is_none(), "two portals, none named");
+        assert!(site(&body, &h).is_none(), "none named");
         h.insert(PORTAL_HEADER, HeaderValue::from_static("b/p"));
         assert_eq!(site(&body, &h).unwrap().id, "b/p");
         h.insert(PORTAL_HEADER, HeaderValue::from_static("c/p"));

@@ -87,7 +87,8 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, payload: Option<Value>) -> Value {
-        let v = self.try_call(method, path, payload).await.unwrap_or_else(|| panic!("webdriver {method} {path} failed"));
+        let v =
+            self.try_call(method, path, payload).await.unwrap_or_else(|| panic!("webdriver {method} {path} failed"));
         if v["value"].get("error").is_some() {
             panic!("webdriver {method} {path}: {}", v["value"]);
         }
@@ -117,7 +118,8 @@ impl Browser {
     pub async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.try_call("POST", &self.at("/element"), Some(json!({"using": "css selector", "value": css}))).await;
+            let v =
+                self.try_call("POST", &self.at("/element"), Some(json!({"using": "css selector", "value": css}))).await;
             if let Some(id) = v.as_ref().and_then(|v| v["value"][ELEMENT].as_str()) {
                 return id.to_string();
             }
@@ -145,12 +147,16 @@ impl Browser {
     /// The visible text of the element matching `css`.
     pub async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
-        self.call("GET", &self.at(&format!("/element/{id}/text")), None).await["value"].as_str().unwrap_or("").to_string()
+        self.call("GET", &self.at(&format!("/element/{id}/text")), None).await["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The text of `css` now, if it is on the page (none while the page is changing).
     async fn text_now(&self, css: &str) -> Option<String> {
-        let v = self.try_call("POST", &self.at("/element"), Some(json!({"using": "css selector", "value": css}))).await?;
+        let v =
+            self.try_call("POST", &self.at("/element"), Some(json!({"using": "css selector", "value": css}))).await?;
         let id = v["value"][ELEMENT].as_str()?.to_string();
         let t = self.try_call("GET", &self.at(&format!("/element/{id}/text")), None).await?;
         t["value"].as_str().map(str::to_string)

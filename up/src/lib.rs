@@ -168,7 +168,7 @@ fn demo_users(store: &Path) -> Result<Vec<(String, String, String)>, UpError> {
         let otp = auth::one_time_password();
         let hash = auth::hash_password(&otp);
         match s.user_by_email(&email)? {
-            Some((u, _)) => s.set_password(u.id, &hash, true)?,
+            Some((u, _)) => s.set_password(u.id, &hash, true, None)?,
             None => drop(s.add_user(&email, &[g.to_string()], &hash, true)?),
         }
         out.push((email, g.to_string(), otp));
