@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
 
 /// Why a document could not be fetched.
@@ -95,6 +95,33 @@ impl Fetcher {
 
     /// One exchange: the body, or where a redirect points.
     async fn get_once(&self, uri: &Uri) -> Result<Result<Bytes, String>, FetchError> {
+        let req = http::Request::get(uri.clone())
+            .header(header::ACCEPT, "application/json, application/yaml, */*")
+            .body(Bytes::new())
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let resp = self.exchange_once(req).await?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let loc = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
+            return Ok(Err(loc.ok_or(FetchError::Status(status))?.to_string()));
+        }
+        if status != StatusCode::OK {
+            return Err(FetchError::Status(status));
+        }
+        Ok(Ok(resp.into_body()))
+    }
+
+    /// Sends `req` (its URI absolute) and reads the whole answer, whatever its status,
+    /// within the time and size limits; no redirect is followed. For protocols that speak
+    /// in statuses (an OAuth token endpoint answers 400 with a JSON error).
+    pub async fn send(&self, req: http::Request<Bytes>) -> Result<http::Response<Bytes>, FetchError> {
+        tokio::time::timeout(self.timeout, self.exchange_once(req))
+            .await
+            .unwrap_or(Err(FetchError::Timeout(self.timeout)))
+    }
+
+    async fn exchange_once(&self, req: http::Request<Bytes>) -> Result<http::Response<Bytes>, FetchError> {
+        let uri = req.uri().clone();
         let bad = || FetchError::Url(uri.to_string());
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -107,14 +134,12 @@ impl Fetcher {
             .await
             .map_err(|e| FetchError::Io(format!("connecting to {host}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-        let req = http::Request::get(path)
-            .header(header::HOST, authority)
-            .header(header::USER_AGENT, "atrium")
-            .header(header::ACCEPT, "application/json, application/yaml, */*")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse().map_err(|_| bad())?;
+        parts.headers.insert(header::HOST, authority.parse().map_err(|_| bad())?);
+        parts.headers.entry(header::USER_AGENT).or_insert(http::HeaderValue::from_static("atrium"));
+        let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
         let resp = if https {
             let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| bad())?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -125,22 +150,15 @@ impl Fetcher {
         } else {
             exchange(TokioIo::new(tcp), req).await?
         };
-        let status = resp.status();
-        if status.is_redirection() {
-            let loc = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
-            return Ok(Err(loc.ok_or(FetchError::Status(status))?.to_string()));
-        }
-        if status != StatusCode::OK {
-            return Err(FetchError::Status(status));
-        }
-        let body = Limited::new(resp.into_body(), self.max_bytes).collect().await.map_err(|e| {
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, self.max_bytes).collect().await.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 FetchError::TooLarge(self.max_bytes)
             } else {
                 FetchError::Io(e.to_string())
             }
         })?;
-        Ok(Ok(body.to_bytes()))
+        Ok(http::Response::from_parts(parts, body.to_bytes()))
     }
 }
 
@@ -161,7 +179,7 @@ fn next_uri(uri: &Uri, location: &str) -> Result<Uri, FetchError> {
 
 async fn exchange<T>(
     io: TokioIo<T>,
-    req: http::Request<Empty<Bytes>>,
+    req: http::Request<http_body_util::Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, FetchError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

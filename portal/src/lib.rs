@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod markdown;
+pub mod oidc;
 pub mod openapi;
 mod pages;
 mod rest;
@@ -58,6 +59,8 @@ pub struct Portal {
     pub(crate) by_client: auth::LoginLimiter,
     /// Password checks running at once.
     pub(crate) password_checks: tokio::sync::Semaphore,
+    /// OpenID Connect providers.
+    pub(crate) oidc: oidc::Providers,
 }
 
 impl Portal {
@@ -69,6 +72,7 @@ impl Portal {
             by_email: auth::LoginLimiter::new(5, Duration::from_secs(900)),
             by_client: auth::LoginLimiter::new(50, Duration::from_secs(900)),
             password_checks: tokio::sync::Semaphore::new(4),
+            oidc: oidc::Providers::default(),
         })
     }
 }

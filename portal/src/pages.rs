@@ -116,6 +116,8 @@ pub(crate) struct ErrorPage {
 struct LoginPage {
     chrome: Chrome,
     description: String,
+    /// Sign-in goes through this OpenID Connect provider (no password form).
+    sso: Option<String>,
     login_csrf: String,
     email: String,
     error: String,
@@ -286,6 +288,7 @@ fn login_page(cx: &Ctx, headers: &HeaderMap, email: String, error: String, statu
     let page = LoginPage {
         chrome: Chrome::of(cx),
         description: cx.site.description.clone(),
+        sso: cx.site.oidc.as_ref().map(|o| o.issuer_url.clone()),
         login_csrf: token.clone(),
         email,
         error,
@@ -329,8 +332,8 @@ pub(crate) async fn authenticate(
         .run(move |s| {
             let u = s.user_by_email(&e)?;
             let ok = match &u {
-                Some((_, hash)) => auth::verify_password(&pw, hash),
-                None => {
+                Some((_, hash)) if !hash.is_empty() => auth::verify_password(&pw, hash),
+                _ => {
                     // As slow as a wrong password, so that timing does not tell who exists.
                     let _ = auth::verify_password(&pw, auth::dummy_hash());
                     false
@@ -350,11 +353,15 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// A new session for `user`: its cookie and CSRF token.
-pub(crate) async fn open_session(p: &Arc<Portal>, user: &crate::store::User) -> Result<(String, String), Fail> {
+/// A new session for `user` at `portal`: its cookie and CSRF token.
+pub(crate) async fn open_session(
+    p: &Arc<Portal>,
+    user: &crate::store::User,
+    portal: &str,
+) -> Result<(String, String), Fail> {
     let (token, csrf) = (auth::random_token(32), auth::random_token(24));
-    let (t, c, id) = (token.clone(), csrf.clone(), user.id);
-    p.store.run(move |s| s.create_session(&t, id, &c, SESSION_TTL_S)).await?;
+    let (t, c, id, portal) = (token.clone(), csrf.clone(), user.id, portal.to_string());
+    p.store.run(move |s| s.create_session(&t, id, &portal, &c, SESSION_TTL_S)).await?;
     Ok((set_cookie(SESSION_COOKIE, &token, SESSION_TTL_S), csrf))
 }
 
@@ -365,6 +372,7 @@ pub(crate) async fn login(
 ) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     web::check_origin(&cx, &headers)?;
+    local_login_allowed(&cx)?;
     let expected = web::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if expected.is_empty() || !auth::same(expected, &f.csrf) {
         return Ok(login_page(
@@ -377,7 +385,7 @@ pub(crate) async fn login(
     }
     match authenticate(&p, &headers, &f.email, &f.password).await {
         Ok(user) => {
-            let (cookie, _) = open_session(&p, &user).await?;
+            let (cookie, _) = open_session(&p, &user, &cx.site.id).await?;
             let mut r = redirect(if user.must_change { "/account/password" } else { "/" });
             if let Ok(v) = cookie.parse() {
                 r.headers_mut().append(header::SET_COOKIE, v);
@@ -397,6 +405,60 @@ pub(crate) async fn login(
         )),
         Err(e) => Err(e),
     }
+}
+
+/// Local passwords do not sign in at a portal whose APIPortalAuth is OpenID Connect.
+pub(crate) fn local_login_allowed(cx: &Ctx) -> Result<(), Fail> {
+    match &cx.site.oidc {
+        Some(o) => Err(Fail::Forbidden(format!("this portal signs in through {} (GET /login/oidc)", o.issuer_url))),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn oidc_start(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Result<Response, Fail> {
+    let cx = web::ctx(&p, &headers).await?;
+    let Some(o) = &cx.site.oidc else { return Err(Fail::NotFound) };
+    let (url, state) = p.oidc.start(&p.store, &cx.site, o, &cx.origin).await?;
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response();
+    if let Ok(v) = set_cookie(crate::oidc::STATE_COOKIE, &state, 600).parse() {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Callback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: String,
+}
+
+pub(crate) async fn oidc_callback(
+    State(p): State<Arc<Portal>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<Callback>,
+) -> Result<Response, Fail> {
+    let cx = web::ctx(&p, &headers).await?;
+    let Some(o) = &cx.site.oidc else { return Err(Fail::NotFound) };
+    if !q.error.is_empty() {
+        return Err(Fail::Forbidden(format!(
+            "the sign-in provider said: {}",
+            crate::markdown::truncate(&q.error, 100)
+        )));
+    }
+    let browser = web::cookie(&headers, crate::oidc::STATE_COOKIE);
+    let user = p.oidc.finish(&p.store, &cx.site, o, &q.code, &q.state, browser).await?;
+    let (cookie, _) = open_session(&p, &user, &cx.site.id).await?;
+    let mut r = redirect("/");
+    for c in [cookie, set_cookie(crate::oidc::STATE_COOKIE, "", 0)] {
+        if let Ok(v) = c.parse() {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(r)
 }
 
 pub(crate) async fn logout(

@@ -69,11 +69,12 @@ struct Login {
 async fn login(State(p): State<Arc<Portal>>, headers: HeaderMap, Json(l): Json<Login>) -> Answer {
     let cx = web::ctx(&p, &headers).await?;
     web::check_origin(&cx, &headers)?;
+    pages::local_login_allowed(&cx)?;
     let user = pages::authenticate(&p, &headers, &l.email, &l.password).await.map_err(|e| match e {
         Fail::Invalid(_) => Fail::Login,
         e => e,
     })?;
-    let (cookie, csrf) = pages::open_session(&p, &user).await?;
+    let (cookie, csrf) = pages::open_session(&p, &user, &cx.site.id).await?;
     Ok(([(header::SET_COOKIE, cookie)], Json(json!({"user": user, "csrf": csrf}))).into_response())
 }
 

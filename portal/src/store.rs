@@ -15,7 +15,8 @@ use atrium_proto::v1 as pb;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE users (
     id INTEGER PRIMARY KEY,
     email TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -64,7 +65,34 @@ CREATE TABLE audit (
     action TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"];
+",
+    "
+ALTER TABLE sessions ADD COLUMN portal TEXT NOT NULL DEFAULT '';
+CREATE TABLE oidc_pending (
+    state TEXT PRIMARY KEY,
+    portal TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+",
+];
+
+/// An OpenID Connect sign-in on its way: what the callback needs to finish it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    /// The APIPortal it started at.
+    pub portal: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// The redirect URI it was started with.
+    pub redirect_uri: String,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -325,6 +353,78 @@ impl Store {
         self.user_by_email(email)?.map(|(u, _)| u).ok_or_else(|| StoreError::NotFound(email.to_string()))
     }
 
+    /// Signs in a user whom an OpenID Connect provider vouched for: created on the first
+    /// sign-in (without a password: it cannot sign in locally), its groups those of the
+    /// ID token at every sign-in. An email that a local account (with a password) uses is
+    /// refused: a provider cannot take over a local account.
+    pub fn upsert_oidc_user(&self, email: &str, groups: &[String], issuer: &str) -> Result<User, StoreError> {
+        let email = email.trim();
+        if !valid_email(email) {
+            return Err(StoreError::Invalid(format!("the provider's email {email:?} is not an email address")));
+        }
+        let groups: Vec<String> = groups.iter().filter(|g| valid_group(g)).cloned().collect();
+        let groups_json = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
+        match self.user_by_email(email)? {
+            Some((_, hash)) if !hash.is_empty() => {
+                return Err(StoreError::Conflict(format!(
+                    "a local account uses {email}: it cannot sign in through {issuer}"
+                )));
+            }
+            Some((u, _)) => {
+                self.conn()
+                    .execute("UPDATE users SET groups = ?1 WHERE id = ?2", params![groups_json, u.id])
+                    .map_err(|e| self.err(e))?;
+            }
+            None => {
+                self.conn()
+                    .execute(
+                        "INSERT INTO users (email, groups, password, must_change, created) VALUES (?1, ?2, '', 0, ?3)",
+                        params![email, groups_json, now()],
+                    )
+                    .map_err(|e| self.err(e))?;
+                self.audit(issuer, "user.add", email)?;
+            }
+        }
+        self.user_by_email(email)?.map(|(u, _)| u).ok_or_else(|| StoreError::NotFound(email.to_string()))
+    }
+
+    /// Records an OpenID Connect sign-in started with `state` (older ones, past 10 minutes,
+    /// are dropped).
+    pub fn add_pending_login(&self, state: &str, p: &PendingLogin) -> Result<(), StoreError> {
+        let c = self.conn();
+        c.execute("DELETE FROM oidc_pending WHERE created < ?1", [now() - 600]).map_err(|e| self.err(e))?;
+        c.execute(
+            "INSERT INTO oidc_pending (state, portal, verifier, nonce, redirect_uri, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![state, p.portal, p.verifier, p.nonce, p.redirect_uri, p.created],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes (and forgets) the sign-in started with `state`, if it is younger than 10
+    /// minutes: each can finish once.
+    pub fn take_pending_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
+        let c = self.conn();
+        let found = c
+            .query_row(
+                "SELECT portal, verifier, nonce, redirect_uri, created FROM oidc_pending WHERE state = ?1",
+                [state],
+                |r| {
+                    Ok(PendingLogin {
+                        portal: r.get(0)?,
+                        verifier: r.get(1)?,
+                        nonce: r.get(2)?,
+                        redirect_uri: r.get(3)?,
+                        created: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        c.execute("DELETE FROM oidc_pending WHERE state = ?1", [state]).map_err(|e| self.err(e))?;
+        Ok(found.filter(|p| p.created >= now() - 600))
+    }
+
     /// The user `email` and its password hash.
     pub fn user_by_email(&self, email: &str) -> Result<Option<(User, String)>, StoreError> {
         let c = self.conn();
@@ -385,26 +485,35 @@ impl Store {
 
     // ---- sessions ----
 
-    /// A new session for `user_id`, stored as the SHA-256 of `token`, valid `ttl_s`.
-    pub fn create_session(&self, token: &str, user_id: i64, csrf: &str, ttl_s: i64) -> Result<(), StoreError> {
+    /// A new session for `user_id` at `portal`, stored as the SHA-256 of `token`, valid
+    /// `ttl_s`.
+    pub fn create_session(
+        &self,
+        token: &str,
+        user_id: i64,
+        portal: &str,
+        csrf: &str,
+        ttl_s: i64,
+    ) -> Result<(), StoreError> {
         let t = now();
         let c = self.conn();
         c.execute("DELETE FROM sessions WHERE expires < ?1", [t]).map_err(|e| self.err(e))?;
         c.execute(
-            "INSERT INTO sessions (token_sha256, user_id, csrf, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sha256(token), user_id, csrf, t, t + ttl_s],
+            "INSERT INTO sessions (token_sha256, user_id, portal, csrf, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sha256(token), user_id, portal, csrf, t, t + ttl_s],
         )
         .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// The live session of `token`.
-    pub fn session(&self, token: &str) -> Result<Option<Session>, StoreError> {
+    /// The live session of `token` at `portal` (a session opened at one portal is nothing
+    /// at another).
+    pub fn session(&self, token: &str, portal: &str) -> Result<Option<Session>, StoreError> {
         let c = self.conn();
         c.query_row(
             "SELECT u.id, u.email, u.groups, u.must_change, u.created, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_sha256 = ?1 AND s.expires >= ?2",
-            params![sha256(token), now()],
+             WHERE s.token_sha256 = ?1 AND s.expires >= ?2 AND s.portal = ?3",
+            params![sha256(token), now(), portal],
             |r| Ok(Session { user: user_row(r)?, csrf: r.get(5)? }),
         )
         .optional()
@@ -838,30 +947,65 @@ mod tests {
     }
 
     #[test]
+    fn oidc_users_are_provisioned_and_cannot_take_over_local_accounts() {
+        let (_d, s) = store();
+        s.add_user("local@x", &["admins".into()], "$argon2id$hash", false).unwrap();
+        assert!(matches!(
+            s.upsert_oidc_user("local@x", &["developers".into()], "https://idp"),
+            Err(StoreError::Conflict(_))
+        ));
+        let u = s.upsert_oidc_user("sso@x", &["developers".into(), "<bad>".into()], "https://idp").unwrap();
+        assert_eq!(u.groups, ["developers"]);
+        let u = s.upsert_oidc_user("SSO@x", &["partners".into()], "https://idp").unwrap();
+        assert_eq!(u.groups, ["partners"], "groups follow the ID token");
+        assert_eq!(s.user_by_email("sso@x").unwrap().unwrap().1, "", "no local password");
+        let p = PendingLogin {
+            portal: "apps/p".into(),
+            verifier: "v".into(),
+            nonce: "n".into(),
+            redirect_uri: "r".into(),
+            created: now(),
+        };
+        s.add_pending_login("st", &p).unwrap();
+        assert_eq!(s.take_pending_login("st").unwrap(), Some(p));
+        assert_eq!(s.take_pending_login("st").unwrap(), None, "once");
+        let old = PendingLogin {
+            portal: "apps/p".into(),
+            verifier: "v".into(),
+            nonce: "n".into(),
+            redirect_uri: "r".into(),
+            created: now() - 601,
+        };
+        s.add_pending_login("old", &old).unwrap();
+        assert_eq!(s.take_pending_login("old").unwrap(), None, "expired");
+    }
+
+    #[test]
     fn a_password_change_ends_the_other_sessions() {
         let (_d, s) = store();
         let ann = s.add_user("ann@x", &[], "h", false).unwrap();
-        s.create_session("here", ann.id, "c", 60).unwrap();
-        s.create_session("stolen", ann.id, "c", 60).unwrap();
+        s.create_session("here", ann.id, "p", "c", 60).unwrap();
+        s.create_session("stolen", ann.id, "p", "c", 60).unwrap();
         s.set_password(ann.id, "h2", false, Some("here")).unwrap();
-        assert!(s.session("here").unwrap().is_some());
-        assert!(s.session("stolen").unwrap().is_none());
+        assert!(s.session("here", "p").unwrap().is_some());
+        assert!(s.session("stolen", "p").unwrap().is_none());
         s.set_password(ann.id, "h3", true, None).unwrap();
-        assert!(s.session("here").unwrap().is_none(), "a reset ends every session");
+        assert!(s.session("here", "p").unwrap().is_none(), "a reset ends every session");
     }
 
     #[test]
     fn sessions_are_stored_as_hashes_and_end() {
         let (_d, s) = store();
         let ann = s.add_user("ann@x", &[], "h", false).unwrap();
-        s.create_session("secret-token", ann.id, "csrf", 60).unwrap();
-        assert_eq!(s.session("secret-token").unwrap().unwrap().user.id, ann.id);
+        s.create_session("secret-token", ann.id, "p", "csrf", 60).unwrap();
+        assert_eq!(s.session("secret-token", "p").unwrap().unwrap().user.id, ann.id);
+        assert!(s.session("secret-token", "other/p").unwrap().is_none(), "bound to its portal");
         let raw: Vec<u8> = s.conn().query_row("SELECT token_sha256 FROM sessions", [], |r| r.get(0)).unwrap();
         assert_ne!(raw, b"secret-token".to_vec());
         s.end_session("secret-token").unwrap();
-        assert!(s.session("secret-token").unwrap().is_none());
-        s.create_session("expired", ann.id, "csrf", -1).unwrap();
-        assert!(s.session("expired").unwrap().is_none());
+        assert!(s.session("secret-token", "p").unwrap().is_none());
+        s.create_session("expired", ann.id, "p", "csrf", -1).unwrap();
+        assert!(s.session("expired", "p").unwrap().is_none());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub fn router(portal: Arc<Portal>) -> Router {
     Router::new()
         .route("/", get(crate::pages::catalog))
         .route("/login", get(crate::pages::login_form).post(crate::pages::login))
+        .route("/login/oidc", get(crate::pages::oidc_start))
+        .route(crate::oidc::CALLBACK, get(crate::pages::oidc_callback))
         .route("/logout", post(crate::pages::logout))
         .route("/account/password", get(crate::pages::password_form).post(crate::pages::password))
         .route("/apis/{*id}", get(crate::pages::api_page))
@@ -88,6 +90,8 @@ pub(crate) enum Fail {
     Invalid(String),
     /// Too many attempts (429), with the seconds to wait.
     TooMany(u64),
+    /// Something the portal depends on does not answer (503).
+    Unavailable(String),
     /// Something on our side (500; the details are logged).
     Internal(String),
 }
@@ -113,6 +117,7 @@ impl Fail {
             Fail::Conflict(_) => StatusCode::CONFLICT,
             Fail::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Fail::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Fail::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Fail::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,7 +127,7 @@ impl Fail {
             Fail::NotFound => "not found".into(),
             Fail::Login => "sign in first".into(),
             Fail::PasswordChange => "change your one-time password first (POST /api/account/password)".into(),
-            Fail::Forbidden(m) | Fail::Conflict(m) | Fail::Invalid(m) => m.clone(),
+            Fail::Forbidden(m) | Fail::Conflict(m) | Fail::Invalid(m) | Fail::Unavailable(m) => m.clone(),
             Fail::TooMany(s) => format!("too many attempts: try again in {s} s"),
             Fail::Internal(m) => {
                 tracing::error!(error = %m, "portal request failed");
@@ -243,8 +248,8 @@ pub(crate) async fn ctx(p: &Portal, headers: &HeaderMap) -> Result<Ctx, Fail> {
     let site = site(&body, headers).ok_or(Fail::NotFound)?;
     let session = match cookie(headers, SESSION_COOKIE) {
         Some(token) => {
-            let token = token.to_string();
-            p.store.run(move |s| s.session(&token)).await?
+            let (token, portal) = (token.to_string(), site.id.clone());
+            p.store.run(move |s| s.session(&token, &portal)).await?
         }
         None => None,
     };

@@ -6,6 +6,7 @@ pub mod client;
 pub mod exchanges;
 pub mod gateway;
 pub mod otlp;
+pub mod portal;
 pub mod redis;
 pub mod topology;
 pub mod webdriver;

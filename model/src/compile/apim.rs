@@ -681,25 +681,115 @@ fn limit(
     Some(Some(pb::PlanLimit { limit: lim.limit as u64, period_ms, bucket: bucket as i32 }))
 }
 
-/// The APIPortals, for the portal's pages.
-pub(super) fn compile_portals(m: &Manifests) -> Vec<pb::PortalSite> {
-    let mut out: Vec<pb::PortalSite> = m
-        .resources
-        .iter()
-        .filter_map(|l| match &l.resource {
-            Resource::ApiPortal(p) => Some(pb::PortalSite {
-                id: l.id(),
-                title: p.spec.title.clone().unwrap_or_else(|| l.name().to_string()),
-                description: p.spec.description.clone().unwrap_or_default(),
-                trusted_urls: p.spec.trusted_urls.clone(),
-                logo_url: p.spec.ui.as_ref().and_then(|u| u.logo_url.clone()).unwrap_or_default(),
-                auth: p.spec.auth.as_ref().map(|a| format!("{}/{}", l.ns(), a.name)).unwrap_or_default(),
-            }),
-            _ => None,
-        })
-        .collect();
+/// The APIPortals, for the portal's pages, with how their users sign in. An APIPortalAuth
+/// that cannot work (LDAP, a missing Secret, a bad issuer) is an error on it; its portal
+/// is left out rather than opened to local accounts.
+pub(super) fn compile_portals(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::PortalSite> {
+    let mut out = Vec::new();
+    for l in &m.resources {
+        let Resource::ApiPortal(p) = &l.resource else { continue };
+        let auth = p.spec.auth.as_ref().map(|a| format!("{}/{}", l.ns(), a.name)).unwrap_or_default();
+        let mut site = pb::PortalSite {
+            id: l.id(),
+            title: p.spec.title.clone().unwrap_or_else(|| l.name().to_string()),
+            description: p.spec.description.clone().unwrap_or_default(),
+            trusted_urls: p.spec.trusted_urls.clone(),
+            logo_url: p.spec.ui.as_ref().and_then(|u| u.logo_url.clone()).unwrap_or_default(),
+            auth: auth.clone(),
+            oidc: None,
+        };
+        if let Some(a) = &p.spec.auth {
+            let found =
+                in_namespace(m, l.ns(), |o| matches!(o, Resource::ApiPortalAuth(_))).find(|o| o.name() == a.name);
+            let Some((al, Resource::ApiPortalAuth(pa))) = found.map(|o| (o, &o.resource)) else {
+                // Reported by lint's reference check; the portal is not served.
+                continue;
+            };
+            match portal_oidc(cx, al, &pa.spec) {
+                Ok(o) => site.oidc = Some(o),
+                Err((field, msg)) => {
+                    cx.err(al, &field, "unsupported-field", msg);
+                    continue;
+                }
+            }
+        }
+        out.push(site);
+    }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// An APIPortalAuth's sign-in, or the field at fault and why.
+fn portal_oidc(
+    cx: &Ctx<'_>,
+    l: &Loaded,
+    spec: &crate::resources::hub::ApiPortalAuthSpec,
+) -> Result<pb::PortalOidc, (String, String)> {
+    if spec.ldap.is_some() {
+        return Err((
+            "spec.ldap".into(),
+            "LDAP sign-in is not built: use oidc, or local accounts (no APIPortalAuth)".into(),
+        ));
+    }
+    let Some(o) = &spec.oidc else {
+        return Err(("spec".into(), "an APIPortalAuth needs oidc (LDAP is not built)".into()));
+    };
+    let issuer: http::Uri = o
+        .issuer_url
+        .parse()
+        .map_err(|_| ("spec.oidc.issuerUrl".to_string(), format!("{:?} is not a URL", o.issuer_url)))?;
+    let loopback = issuer
+        .host()
+        .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    match issuer.scheme_str() {
+        Some("https") => {}
+        Some("http") if loopback => {}
+        _ => {
+            return Err((
+                "spec.oidc.issuerUrl".into(),
+                format!("{:?}: the issuer must be https (http only on loopback)", o.issuer_url),
+            ));
+        }
+    }
+    let secret = cx.secrets.get(&key(l.ns(), &o.secret_name)).ok_or_else(|| {
+        ("spec.oidc.secretName".to_string(), format!("Secret {}/{} does not exist", l.ns(), o.secret_name))
+    })?;
+    let field = |k: &str| -> Result<String, (String, String)> {
+        if let Some(v) = secret.string_data.get(k) {
+            return Ok(v.clone());
+        }
+        let raw = secret.data.get(k).ok_or_else(|| {
+            ("spec.oidc.secretName".to_string(), format!("Secret {}/{} has no {k}", l.ns(), o.secret_name))
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(raw.trim()).map_err(|e| {
+            (
+                "spec.oidc.secretName".to_string(),
+                format!("Secret {}/{} data.{k}: invalid base64: {e}", l.ns(), o.secret_name),
+            )
+        })?;
+        String::from_utf8(bytes).map_err(|_| {
+            ("spec.oidc.secretName".to_string(), format!("Secret {}/{} data.{k} is not text", l.ns(), o.secret_name))
+        })
+    };
+    let tls = o.client_config.as_ref().and_then(|c| c.tls.as_ref());
+    if tls.and_then(|t| t.insecure_skip_verify).unwrap_or(false) {
+        return Err((
+            "spec.oidc.clientConfig.tls.insecureSkipVerify".into(),
+            "not supported: give the provider's CA in tls.ca".into(),
+        ));
+    }
+    let claims = o.claims.clone().unwrap_or_default();
+    Ok(pb::PortalOidc {
+        issuer_url: o.issuer_url.clone(),
+        client_id: field("clientId")?,
+        client_secret: field("clientSecret")?,
+        scopes: o.scopes.iter().filter(|s| *s != "openid").cloned().collect(),
+        groups_claim: claims.groups.unwrap_or_else(|| "groups".into()),
+        email_claim: claims.email.unwrap_or_else(|| "email".into()),
+        user_id_claim: claims.user_id.unwrap_or_else(|| "sub".into()),
+        ca_pem: tls.and_then(|t| t.ca.clone()).unwrap_or_default(),
+        timeout_seconds: o.client_config.as_ref().and_then(|c| c.timeout_seconds).unwrap_or(10).clamp(1, 120) as u32,
+    })
 }
 
 #[cfg(test)]

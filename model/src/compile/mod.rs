@@ -191,7 +191,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     let children = compile_children(values, registry);
     let (apis, applications, subscriptions) = apim::compile_apim(&mut cx, m);
     let catalog_items = apim::compile_catalog_items(&mut cx, m);
-    let portals = apim::compile_portals(m);
+    let portals = apim::compile_portals(&mut cx, m);
 
     let body = pb::SnapshotBody {
         entry_points,

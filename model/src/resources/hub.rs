@@ -256,16 +256,82 @@ pub struct PortalUi {
     pub logo_url: Option<String>,
 }
 
-/// `APIPortalAuth.spec`: how portal users sign in. atrium's portal has its own users
-/// (argon2 passwords); OIDC and LDAP are not supported yet.
+/// `APIPortalAuth.spec`: how portal users sign in: OpenID Connect, or (not built) LDAP.
+/// Without an APIPortalAuth, the portal's own local accounts sign in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct ApiPortalAuthSpec {
     #[serde(default)]
-    pub oidc: Option<NotSupported>,
+    pub oidc: Option<PortalOidc>,
+    /// Not built: read and compiled to an error.
     #[serde(default)]
-    pub ldap: Option<NotSupported>,
+    pub ldap: Option<serde_json::Value>,
+}
+
+/// `APIPortalAuth.spec.oidc`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalOidc {
+    pub issuer_url: String,
+    /// A Secret with `clientId` and `clientSecret`.
+    pub secret_name: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: Option<PortalOidcClaims>,
+    #[serde(default)]
+    pub client_config: Option<PortalOidcClientConfig>,
+    #[serde(default)]
+    pub synced_attributes: Vec<String>,
+}
+
+/// Which ID-token claims carry the user's attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalOidcClaims {
+    #[serde(default)]
+    pub groups: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub firstname: Option<String>,
+    #[serde(default)]
+    pub lastname: Option<String>,
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    #[serde(default)]
+    pub organization_name: Option<String>,
+}
+
+/// How the control plane talks to the OIDC provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalOidcClientConfig {
+    #[serde(default)]
+    pub max_retries: Option<i64>,
+    #[serde(default)]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub tls: Option<PortalOidcTls>,
+}
+
+/// TLS towards the OIDC provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalOidcTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `APIAuth.spec`: how API consumers authenticate.
