@@ -421,9 +421,10 @@ enum Command {
         /// control plane's certificate; default: the --portal address).
         #[arg(long)]
         portal_advertise: Option<String>,
-        /// The portal's SQLite store (default: <state-dir>/portal.db).
+        /// The portal's store: a SQLite file (default: <state-dir>/portal.db), or a
+        /// postgres:// URL that several control planes share.
         #[arg(long)]
-        portal_store: Option<PathBuf>,
+        portal_store: Option<String>,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -431,9 +432,10 @@ enum Command {
     /// Works while the control plane runs (SQLite WAL); its data planes hear of changes
     /// within seconds.
     Portal {
-        /// The store (the control plane's --portal-store, default <state-dir>/portal.db).
+        /// The store (the control plane's --portal-store: a SQLite file, default
+        /// <state-dir>/portal.db, or a postgres:// URL).
         #[arg(long, default_value = ".atrium/portal.db", global = true)]
-        store: PathBuf,
+        store: String,
         #[command(subcommand)]
         command: PortalCommand,
     },
@@ -613,9 +615,10 @@ fn explain(e: &anyhow::Error) -> String {
 }
 
 /// `atrium portal …`: the store, operated directly.
-fn portal(path: &std::path::Path, command: PortalCommand) -> anyhow::Result<()> {
+fn portal(location: &str, command: PortalCommand) -> anyhow::Result<()> {
     use atrium_portal::{auth, store::Store};
-    let open = || Store::open(path).with_context(|| format!("opening the portal store {}", path.display()));
+    let open = || Store::connect(location).with_context(|| "opening the portal store".to_string());
+    let path = std::path::Path::new(location);
     match command {
         PortalCommand::User { command: UserCommand::Add { email, groups } } => {
             let otp = auth::one_time_password();
@@ -663,6 +666,7 @@ fn portal(path: &std::path::Path, command: PortalCommand) -> anyhow::Result<()> 
         }
         PortalCommand::Restore { from } => {
             anyhow::ensure!(from.exists(), "{}: no such file", from.display());
+            anyhow::ensure!(!location.contains("://"), "a PostgreSQL store is restored with pg_restore");
             // Opening checks that it is a store this atrium can read (and migrates it).
             let backup = Store::open(&from).with_context(|| format!("reading the backup {}", from.display()))?;
             let tmp = path.with_extension("restoring");
@@ -703,7 +707,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(addr) => Some(atrium_control_plane::PortalOptions {
                     listen: parse_addr(&addr).context("--portal")?,
                     advertise: portal_advertise,
-                    store: portal_store.unwrap_or_else(|| serve.tls.state_dir.join("portal.db")),
+                    store: portal_store.unwrap_or_else(|| serve.tls.state_dir.join("portal.db").display().to_string()),
                 }),
                 None => None,
             };

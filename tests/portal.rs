@@ -166,8 +166,20 @@ async fn setup() -> (tempfile::TempDir, common::backend::Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_group_sees_exactly_its_catalog_and_hidden_apis_do_not_exist() {
+    catalog_by_group(None).await;
+}
+
+/// The same on a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_sees_exactly_its_catalog_and_hidden_apis_do_not_exist_on_postgres() {
+    let pg = common::postgres::PostgresServer::start();
+    catalog_by_group(Some(pg.url())).await;
+}
+
+/// What each group sees, with the store at `url` (none: SQLite).
+async fn catalog_by_group(url: Option<String>) {
     let (tmp, _be) = setup().await;
-    let store = tmp.path().join("state/portal.db").display().to_string();
+    let store = url.clone().unwrap_or_else(|| tmp.path().join("state/portal.db").display().to_string());
     let users: Vec<(&str, &[&str])> = vec![
         ("dev@example.com", &["developers"]),
         ("ext@example.com", &["external"]),
@@ -176,7 +188,11 @@ async fn each_group_sees_exactly_its_catalog_and_hidden_apis_do_not_exist() {
         ("nobody@example.com", &[]),
     ];
     let otps: Vec<String> = users.iter().map(|(e, g)| add_user(&store, e, g)).collect();
-    let p = Parent::start(tmp.path()).await;
+    let flags: Vec<&str> = match &url {
+        Some(u) => vec!["--portal-store", u.as_str()],
+        None => vec![],
+    };
+    let p = Parent::start_with(tmp.path(), &flags).await;
     let mut sessions = Vec::new();
     for ((email, _), otp) in users.iter().zip(&otps) {
         sessions.push(sign_in(&p, "portal.test", email, otp).await);
@@ -258,11 +274,27 @@ async fn each_group_sees_exactly_its_catalog_and_hidden_apis_do_not_exist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_made_in_the_portal_work_at_the_gateway_and_every_write_is_guarded() {
+    keys_and_guards(None).await;
+}
+
+/// The same on a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_in_the_portal_work_at_the_gateway_and_every_write_is_guarded_on_postgres() {
+    let pg = common::postgres::PostgresServer::start();
+    keys_and_guards(Some(pg.url())).await;
+}
+
+/// Keys, subscriptions and every guard on writes, with the store at `url` (none: SQLite).
+async fn keys_and_guards(url: Option<String>) {
     let (tmp, _be) = setup().await;
-    let store = tmp.path().join("state/portal.db").display().to_string();
+    let store = url.clone().unwrap_or_else(|| tmp.path().join("state/portal.db").display().to_string());
     let ann_otp = add_user(&store, "ann@example.com", &["developers"]);
     let bob_otp = add_user(&store, "bob@example.com", &["developers"]);
-    let p = Parent::start(tmp.path()).await;
+    let flags: Vec<&str> = match &url {
+        Some(u) => vec!["--portal-store", u.as_str()],
+        None => vec![],
+    };
+    let p = Parent::start_with(tmp.path(), &flags).await;
     let ann = sign_in(&p, "portal.test", "ann@example.com", &ann_otp).await;
     let bob = sign_in(&p, "portal.test", "bob@example.com", &bob_otp).await;
 

@@ -48,8 +48,9 @@ pub struct PortalOptions {
     /// The address data planes dial (`host:port`, a name the control plane's certificate
     /// carries); none: the listener's (its loopback when it listens on every address).
     pub advertise: Option<String>,
-    /// The SQLite store (default: `<state-dir>/portal.db`).
-    pub store: std::path::PathBuf,
+    /// The store: a SQLite file (default: `<state-dir>/portal.db`), or a `postgres://` URL
+    /// that several control planes share.
+    pub store: String,
 }
 
 /// Why a control plane cannot start.
@@ -173,11 +174,15 @@ async fn portal_grants(
     p: &PortalOptions,
     bound: SocketAddr,
 ) -> Result<crate::publisher::PortalGrants, ControlPlaneError> {
-    let path = p.store.clone();
-    let store = tokio::task::spawn_blocking(move || atrium_portal::store::Store::open(&path))
-        .await
-        .map_err(|e| atrium_portal::store::StoreError::Invalid(format!("opening the portal store: {e}")))??;
-    let grants = store.grants()?;
+    let location = p.store.clone();
+    let (store, grants, users) = tokio::task::spawn_blocking(move || {
+        let store = atrium_portal::store::Store::connect(&location)?;
+        let grants = store.grants()?;
+        let users = store.users().map(|u| u.len()).unwrap_or(0);
+        Ok::<_, atrium_portal::store::StoreError>((store, grants, users))
+    })
+    .await
+    .map_err(|e| atrium_portal::store::StoreError::Invalid(format!("opening the portal store: {e}")))??;
     let address = match &p.advertise {
         Some(a) => a.clone(),
         None if bound.ip().is_unspecified() => {
@@ -186,7 +191,7 @@ async fn portal_grants(
         }
         None => bound.to_string(),
     };
-    tracing::info!(store = %store.path().display(), users = store.users().map(|u| u.len()).unwrap_or(0), "portal store open");
+    tracing::info!(store = %store.location(), users, "portal store open");
     Ok(crate::publisher::PortalGrants { store, grants: Arc::new(Mutex::new(grants)), address })
 }
 
@@ -205,7 +210,22 @@ fn serve_portal(
         .as_ref()
         .map(|g| g.store.clone())
         .ok_or_else(|| atrium_portal::store::StoreError::Invalid("the portal has no store".into()))?;
+    let changes = store.changes();
     let portal = atrium_portal::Portal::new(store, Arc::new(crate::publisher::PortalSource(publisher.clone())));
+    if let Some(mut changes) = changes {
+        // Other replicas' writes (PostgreSQL LISTEN/NOTIFY): read the grants again at once.
+        let (p, mut stop) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+                let p = p.clone();
+                let _ = tokio::task::spawn_blocking(move || p.refresh_grants()).await;
+            }
+        });
+    }
     {
         // Keys expire and operators change the store from the command line: read it again
         // now and then.

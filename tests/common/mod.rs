@@ -7,6 +7,7 @@ pub mod exchanges;
 pub mod gateway;
 pub mod otlp;
 pub mod portal;
+pub mod postgres;
 pub mod redis;
 pub mod topology;
 pub mod webdriver;
