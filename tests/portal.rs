@@ -30,7 +30,7 @@ const SPEC: &str = r##"{
   "components": {"schemas": {"Employee": {"type": "object", "properties": {"name": {"type": "string"}, "boss": {"$ref": "#/components/schemas/Employee"}}}}}
 }"##;
 
-fn manifests(spec_dir: &Path, backend: SocketAddr) -> String {
+fn manifests(spec_dir: &Path, backend: SocketAddr, logo: SocketAddr) -> String {
     let spec = format!("file://{}", spec_dir.join("crm.json").display());
     let mut m = format!(
         "apiVersion: hub.traefik.io/v1alpha1
@@ -40,6 +40,7 @@ spec:
   title: Company Portal
   description: All company APIs
   trustedUrls: [https://portal.example.com]
+  ui: {{logoUrl: 'http://{logo}/logo.png'}}
 ---
 apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -154,13 +155,36 @@ spec: {{everyone: true, apis: [{{name: weather}}], apiPlan: {{name: free}}}}
     m
 }
 
+/// A PNG logo served on loopback (what `ui.logoUrl` points at).
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+
+async fn logo_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                PNG.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(PNG).await;
+        }
+    });
+    addr
+}
+
 async fn setup() -> (tempfile::TempDir, common::backend::Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let backend = common::backend::start("crm", "127.0.0.1").await;
+    let logo = logo_server().await;
     fs::create_dir_all(tmp.path().join("m")).unwrap();
     fs::create_dir_all(tmp.path().join("specs")).unwrap();
     fs::write(tmp.path().join("specs/crm.json"), SPEC).unwrap();
-    fs::write(tmp.path().join("m/all.yaml"), manifests(&tmp.path().join("specs"), backend.addr)).unwrap();
+    fs::write(tmp.path().join("m/all.yaml"), manifests(&tmp.path().join("specs"), backend.addr, logo)).unwrap();
     (tmp, backend)
 }
 
@@ -223,6 +247,17 @@ async fn catalog_by_group(url: Option<String>) {
     );
     assert!(!page.body.contains("Internal API") && !page.body.contains("Premium Plan"));
 
+    // The logo is fetched once by the control plane and served by the portal: the page
+    // makes no request elsewhere.
+    let page = eventually(Duration::from_secs(10), "the logo is served", || async {
+        let r = p.call("GET", "portal.test", "/", Some(&sessions[0]), None).await;
+        r.body.contains("src=\"/assets/logo\"").then_some(r)
+    })
+    .await;
+    assert!(!page.body.contains("logo.png"), "no external reference");
+    let logo = p.call("GET", "portal.test", "/assets/logo", Some(&sessions[0]), None).await;
+    assert_eq!((logo.status, logo.header("content-type")), (200, Some("image/png")));
+
     // A hidden API does not exist for the user: 404 on the page and on the REST path.
     for path in ["/apis/apps/internal", "/api/apis/apps/internal"] {
         assert_eq!(p.call("GET", "portal.test", path, Some(&sessions[0]), None).await.status, 404, "{path}");
@@ -282,6 +317,11 @@ async fn keys_made_in_the_portal_work_at_the_gateway_and_every_write_is_guarded(
 async fn keys_made_in_the_portal_work_at_the_gateway_and_every_write_is_guarded_on_postgres() {
     let pg = common::postgres::PostgresServer::start();
     keys_and_guards(Some(pg.url())).await;
+}
+
+/// Asks the portal for a try-it console key for `api`.
+async fn console_key(p: &Parent, s: &Session, api: &str) -> common::client::Resp {
+    p.call("POST", "portal.test", "/api/console-key", Some(s), Some(format!(r#"{{"api":"{api}"}}"#))).await
 }
 
 /// Keys, subscriptions and every guard on writes, with the store at `url` (none: SQLite).
@@ -356,6 +396,25 @@ async fn keys_and_guards(url: Option<String>) {
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("99"), "the Standard plan applies: {r:?}");
+
+    // A temporary key for the try-it console: on the subscribed application, one hour, and
+    // a second one replaces the first.
+    let first = json(&console_key(&p, &ann, "apps/crm").await);
+    let first_key = first["key"].as_str().unwrap().to_string();
+    assert!(first["info"]["expires"].as_i64().unwrap() > 0, "{first}");
+    eventually(Duration::from_secs(5), "the console key works", || async {
+        (p.api("/crm/employees", &first_key).await.status == 200).then_some(())
+    })
+    .await;
+    let second = json(&console_key(&p, &ann, "apps/crm").await)["key"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), "a new console key replaces the old one", || async {
+        let (old, new) =
+            (p.api("/crm/employees", &first_key).await.status, p.api("/crm/employees", &second).await.status);
+        (old == 401 && new == 200).then_some(())
+    })
+    .await;
+    assert_eq!(console_key(&p, &bob, "apps/crm").await.status, 409, "bob has no subscribed application");
+    assert_eq!(console_key(&p, &ann, "apps/internal").await.status, 404, "a hidden API");
 
     // Bob cannot see, change or use Ann's application, even with his own valid session.
     assert!(

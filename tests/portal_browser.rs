@@ -123,7 +123,11 @@ async fn a_developer_signs_in_subscribes_and_calls_crm_from_the_browser() {
     .await;
     let serving = b.text("#serving").await;
     assert!(serving.contains("cluster-a") && serving.contains("healthy"), "{serving}");
-    b.type_into("#tryit-key", &key).await;
+    // The portal issues a temporary key for the subscribed application into the console.
+    b.click("#console-key").await;
+    b.wait_text("#console-key-note", "valid one hour", Duration::from_secs(10)).await;
+    let console_key = b.execute("return document.getElementById('tryit-key').value").await;
+    assert!(console_key.as_str().is_some_and(|k| k.starts_with("atr_") && k != key), "{console_key}");
     b.click("#op-1 summary").await;
     b.click("#op-1 form.tryit button[type=submit]").await;
     let status = b.wait_text("#op-1 .tryit-result .status", "200", Duration::from_secs(15)).await;

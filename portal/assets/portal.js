@@ -61,3 +61,26 @@ document.addEventListener("submit", async (ev) => {
     out.querySelector(".status").textContent = "The request failed: " + e.message + " (is the server reachable from this browser, and does the API allow this origin in its cors?)";
   }
 });
+
+// "Use a temporary key": the portal issues a key valid one hour for an application of the
+// user subscribed to this API, and puts it in the console.
+document.addEventListener("click", async (ev) => {
+  if (!ev.target || ev.target.id !== "console-key") return;
+  const box = ev.target.closest(".tryit-key");
+  const note = document.getElementById("console-key-note");
+  note.hidden = false;
+  try {
+    const r = await fetch("/api/console-key", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": box.dataset.csrf },
+      body: JSON.stringify({ api: box.dataset.api }),
+      credentials: "same-origin",
+    });
+    const j = await r.json();
+    if (!r.ok) { note.textContent = j.error || ("HTTP " + r.status); return; }
+    document.getElementById("tryit-key").value = j.key;
+    note.textContent = "A key of " + j.application + ", valid one hour, is in the console.";
+  } catch (e) {
+    note.textContent = "No temporary key: " + e.message;
+  }
+});

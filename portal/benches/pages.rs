@@ -59,7 +59,12 @@ fn bench(c: &mut Criterion) {
     let user = store.add_user("dev@example.com", &["developers".into()], "x", false).unwrap();
     store.create_session("token", user.id, "apps/portal", "csrf", 3600).unwrap();
     let apis: Vec<pb::Api> = (0..20)
-        .map(|i| pb::Api { id: format!("apps/api{i}"), title: format!("API {i}"), description: "An API".into(), ..Default::default() })
+        .map(|i| pb::Api {
+            id: format!("apps/api{i}"),
+            title: format!("API {i}"),
+            description: "An API".into(),
+            ..Default::default()
+        })
         .collect();
     let body = pb::SnapshotBody {
         portals: vec![pb::PortalSite { id: "apps/portal".into(), title: "Portal".into(), ..Default::default() }],

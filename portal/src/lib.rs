@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod logo;
 pub mod markdown;
 pub mod oidc;
 pub mod openapi;
@@ -61,6 +62,8 @@ pub struct Portal {
     pub(crate) password_checks: tokio::sync::Semaphore,
     /// OpenID Connect providers.
     pub(crate) oidc: oidc::Providers,
+    /// The APIPortals' logos.
+    pub(crate) logos: logo::Logos,
 }
 
 impl Portal {
@@ -73,6 +76,7 @@ impl Portal {
             by_client: auth::LoginLimiter::new(50, Duration::from_secs(900)),
             password_checks: tokio::sync::Semaphore::new(4),
             oidc: oidc::Providers::default(),
+            logos: logo::Logos::default(),
         })
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Chrome {
     pub user: Option<String>,
     /// The session's CSRF token (for the sign-out form).
     pub csrf: String,
+    /// The APIPortal's logo is served.
+    pub logo: bool,
 }
 
 impl Chrome {
@@ -41,6 +43,7 @@ impl Chrome {
             title: cx.site.title.clone(),
             user: cx.session.as_ref().map(|s| s.user.email.clone()),
             csrf: cx.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
+            logo: cx.logo,
         }
     }
 }

@@ -49,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<Portal>> {
         .route("/api/applications/{id}/keys", post(create_key))
         .route("/api/applications/{id}/subscriptions", post(subscribe))
         .route("/api/keys/{id}", delete(revoke_key))
+        .route("/api/console-key", post(console_key))
         .route("/api/subscriptions/{id}", delete(unsubscribe))
         .route("/api/{*rest}", axum::routing::any(|| async { ApiFail(Fail::NotFound) }))
 }
@@ -221,6 +222,32 @@ async fn revoke_key(State(p): State<Arc<Portal>>, headers: HeaderMap, Path(id): 
 }
 
 #[derive(serde::Deserialize)]
+struct ConsoleKey {
+    api: String,
+}
+
+/// A key for the try-it console, valid one hour, on the first of the user's applications
+/// subscribed to an item that shows the API (404 for an API the user does not see; 409
+/// without such an application).
+async fn console_key(State(p): State<Arc<Portal>>, headers: HeaderMap, Json(k): Json<ConsoleKey>) -> Answer {
+    let cx = write_ctx(&p, &headers).await?;
+    let s = cx.member()?;
+    let v = catalog::api(&cx.body, &cx.site.id, &s.user.groups, &k.api).ok_or(Fail::NotFound)?;
+    let items: Vec<String> = v.items.iter().filter(|i| i.plan.is_some()).map(|i| i.id.clone()).collect();
+    store_write(&p, &cx, StatusCode::CREATED, move |st, u, portal| {
+        let app = st
+            .applications(u.id, portal)?
+            .into_iter()
+            .find(|a| !a.suspended && a.subscriptions.iter().any(|s| items.contains(&s.catalog_item)))
+            .ok_or_else(|| crate::store::StoreError::Conflict("subscribe an application to this API first".into()))?;
+        let key = auth::new_api_key();
+        let info = st.console_key(u, portal, app.id, &atrium_routing::apim::key_hash(&key), 3600)?;
+        Ok(json!({"key": key, "application": app.name, "info": info}))
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
 struct Subscribe {
     catalog_item: String,
 }
@@ -275,6 +302,7 @@ fn document() -> Value {
             "/api/applications/{id}/keys": {"post": {"summary": "Create an API key (shown once)", "parameters": [csrf, id], "requestBody": body(json!({"name": {"type": "string", "maxLength": 100}, "expires_days": {"type": "integer", "minimum": 1, "maximum": 3650}}), json!([])), "responses": responses("201", "the key, shown once")}},
             "/api/applications/{id}/subscriptions": {"post": {"summary": "Subscribe to a catalog item's plan", "parameters": [csrf, id], "requestBody": body(json!({"catalog_item": {"type": "string"}}), json!(["catalog_item"])), "responses": responses("201", "subscribed")}},
             "/api/keys/{id}": {"delete": {"summary": "Revoke a key", "parameters": [csrf, id], "responses": responses("200", "revoked")}},
+            "/api/console-key": {"post": {"summary": "A key for the try-it console, valid one hour", "parameters": [csrf], "requestBody": body(json!({"api": {"type": "string"}}), json!(["api"])), "responses": responses("201", "the key, shown once")}},
             "/api/subscriptions/{id}": {"delete": {"summary": "End a subscription", "parameters": [csrf, id], "responses": responses("200", "ended")}}
         },
         "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}
@@ -291,6 +319,6 @@ mod tests {
         // The portal renders its own document without trouble.
         let view = crate::openapi::read(&d, &[], |_, _| true);
         let ops: usize = view.tags.iter().map(|t| t.operations.len()).sum();
-        assert_eq!(ops, 13);
+        assert_eq!(ops, 14);
     }
 }

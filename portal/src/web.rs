@@ -36,6 +36,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/apps/{id}/subscriptions", post(crate::pages::subscribe))
         .route("/keys/{id}/revoke", post(crate::pages::revoke_key))
         .route("/subscriptions/{id}/delete", post(crate::pages::unsubscribe))
+        .route("/assets/logo", get(logo))
         .route(
             "/assets/portal.css",
             get(|| async { asset("text/css; charset=utf-8", include_str!("../assets/portal.css")) }),
@@ -48,6 +49,16 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .fallback(|| async { Fail::NotFound })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(portal)
+}
+
+/// The APIPortal's logo, as fetched.
+async fn logo(
+    axum::extract::State(p): axum::extract::State<Arc<Portal>>,
+    headers: HeaderMap,
+) -> Result<Response, Fail> {
+    let cx = ctx(&p, &headers).await?;
+    let (ct, bytes) = p.logos.get(&cx.site.logo_url).ok_or(Fail::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "public, max-age=3600")], bytes).into_response())
 }
 
 fn asset(ct: &'static str, body: &'static str) -> Response {
@@ -180,6 +191,8 @@ pub(crate) struct Ctx {
     pub session: Option<Session>,
     /// The origin the request was made at (`https://host:port`).
     pub origin: String,
+    /// The APIPortal's logo is served at `/assets/logo`.
+    pub logo: bool,
 }
 
 impl Ctx {
@@ -253,7 +266,8 @@ pub(crate) async fn ctx(p: &Portal, headers: &HeaderMap) -> Result<Ctx, Fail> {
         }
         None => None,
     };
-    Ok(Ctx { site, body, session, origin: origin_of(headers) })
+    let logo = p.logos.available(&site.logo_url);
+    Ok(Ctx { site, body, session, origin: origin_of(headers), logo })
 }
 
 /// A write must come from the portal's own origin (or one of its `trustedUrls`) when the
@@ -323,6 +337,7 @@ mod tests {
             body: Arc::default(),
             session: None,
             origin: "https://127.0.0.1:8443".into(),
+            logo: false,
         };
         let with = |k: header::HeaderName, v: &'static str| {
             let mut h = HeaderMap::new();

@@ -284,6 +284,9 @@ pub struct SubscriptionGrant {
     pub groups: Vec<String>,
 }
 
+/// The name of the keys the try-it console gets.
+pub const CONSOLE_KEY: &str = "try-it console (temporary)";
+
 /// Applications a user may have in one portal.
 pub const MAX_APPLICATIONS: i64 = 50;
 /// Live (not revoked) keys an application may have.
@@ -749,6 +752,24 @@ impl Store {
         Ok(KeyInfo { id, name: name.to_string(), created, expires, revoked: false })
     }
 
+    /// A console key for application `app` of `owner`, valid `ttl_s`: the application's
+    /// previous console keys are revoked, so a user holds at most one.
+    pub fn console_key(
+        &self,
+        owner: &User,
+        portal: &str,
+        app: i64,
+        hash: &[u8; 32],
+        ttl_s: i64,
+    ) -> Result<KeyInfo, StoreError> {
+        self.application(owner.id, portal, app)?;
+        self.exec(
+            "UPDATE keys SET revoked = 1 WHERE application = ?1 AND name = ?2 AND revoked = 0",
+            &[app.into(), CONSOLE_KEY.into()],
+        )?;
+        self.add_key(owner, portal, app, CONSOLE_KEY, hash, Some(now() + ttl_s))
+    }
+
     /// Revokes key `key`: of an application of `owner` when given, any key otherwise (an
     /// operator's action).
     pub fn revoke_key(&self, owner: Option<(&User, &str)>, key: i64) -> Result<(), StoreError> {
@@ -999,6 +1020,22 @@ mod tests {
         };
         s.add_pending_login("old", &old).unwrap();
         assert_eq!(s.take_pending_login("old").unwrap(), None, "expired");
+    }
+
+    #[test]
+    fn a_console_key_replaces_the_previous_one_and_expires() {
+        let (_d, s) = store();
+        let ann = s.add_user("ann@x", &[], "h", false).unwrap();
+        let app = s.create_application(&ann, "apps/p", "a").unwrap().id;
+        let first = s.console_key(&ann, "apps/p", app, &[1; 32], 3600).unwrap();
+        let second = s.console_key(&ann, "apps/p", app, &[2; 32], 3600).unwrap();
+        assert!(second.expires.unwrap() > now() + 3500);
+        let keys = s.application(ann.id, "apps/p", app).unwrap().keys;
+        assert_eq!(keys.iter().map(|k| (k.id, k.revoked)).collect::<Vec<_>>(), [(first.id, true), (second.id, false)]);
+        assert_eq!(
+            s.grants().unwrap().applications[0].keys,
+            vec![pb::ApiKey { sha256: vec![2; 32], suspended: false }]
+        );
     }
 
     #[test]
