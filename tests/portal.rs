@@ -118,6 +118,36 @@ spec:
       services: [{{name: svc, port: 80}}]
 ---
 apiVersion: hub.traefik.io/v1alpha1
+kind: ContentItem
+metadata: {{name: getting-started, namespace: apps}}
+spec:
+  title: Getting started
+  order: 1
+  parentRef: {{kind: APIPortal, name: company}}
+  content: |
+    # Welcome
+    Ask for access. <script>alert('doc')</script> [bad](javascript:alert(1))
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ContentItem
+metadata: {{name: status, namespace: apps}}
+spec:
+  title: Status page
+  order: 2
+  parentRef: {{kind: APIPortal, name: company}}
+  link: {{href: 'https://status.example.com'}}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ContentItem
+metadata: {{name: crm-guide, namespace: apps}}
+spec: {{title: CRM guide, order: 1, parentRef: {{kind: API, name: crm}}, content: 'Use **pagination**.'}}
+---
+apiVersion: hub.traefik.io/v1alpha1
+kind: ContentItem
+metadata: {{name: internal-guide, namespace: apps}}
+spec: {{title: Internal guide, order: 1, parentRef: {{kind: API, name: internal}}, content: 'Staff only.'}}
+---
+apiVersion: hub.traefik.io/v1alpha1
 kind: APIPortal
 metadata: {{name: partners, namespace: other}}
 spec: {{title: Partner Portal, trustedUrls: ['https://partners.example.com']}}
@@ -258,6 +288,26 @@ async fn catalog_by_group(url: Option<String>) {
     let logo = p.call("GET", "portal.test", "/assets/logo", Some(&sessions[0]), None).await;
     assert_eq!((logo.status, logo.header("content-type")), (200, Some("image/png")));
 
+    // ContentItems: the portal's pages in the navigation, an API's guides on its page,
+    // an API's guide readable only by who sees the API; Markdown sanitised.
+    assert!(
+        page.body.contains("href=\"/docs/getting-started\"") && page.body.contains("https://status.example.com"),
+        "{}",
+        page.body
+    );
+    let doc = p.call("GET", "portal.test", "/docs/getting-started", Some(&sessions[0]), None).await;
+    assert_eq!(doc.status, 200);
+    assert!(
+        doc.body.contains("<h1>Welcome</h1>")
+            && !doc.body.contains("<script>alert")
+            && !doc.body.contains("javascript:"),
+        "{}",
+        doc.body
+    );
+    assert_eq!(p.call("GET", "portal.test", "/docs/internal-guide", Some(&sessions[0]), None).await.status, 404);
+    assert_eq!(p.call("GET", "portal.test", "/docs/internal-guide", Some(&sessions[3]), None).await.status, 200);
+    assert_eq!(p.call("GET", "portal.test", "/docs/getting-started", None, None).await.status, 303, "sign in first");
+
     // A hidden API does not exist for the user: 404 on the page and on the REST path.
     for path in ["/apis/apps/internal", "/api/apis/apps/internal"] {
         assert_eq!(p.call("GET", "portal.test", path, Some(&sessions[0]), None).await.status, 404, "{path}");
@@ -274,6 +324,7 @@ async fn catalog_by_group(url: Option<String>) {
     assert!(crm.body.contains("Hire") && crm.body.contains("http://api.test/crm"), "override servers apply");
     assert!(!crm.body.contains("<script>alert") && !crm.body.contains("<img src=x"), "spec text is escaped");
     assert!(crm.body.contains("↻ Employee"), "the cyclic schema ends");
+    assert!(crm.body.contains("href=\"/docs/crm-guide\""), "the API's guide is on its page");
     let staff = p.call("GET", "portal.test", "/api/apis/apps/crm", Some(&sessions[3]), None).await;
     let ops: Vec<String> = json(&staff)["operations"]
         .as_array()

@@ -35,6 +35,30 @@ pub(crate) struct Chrome {
     pub csrf: String,
     /// The APIPortal's logo is served.
     pub logo: bool,
+    /// The portal's own documentation pages and links (signed-in members only).
+    pub docs: Vec<DocLink>,
+}
+
+/// A link to a ContentItem: its page here, or its external link.
+pub(crate) struct DocLink {
+    pub href: String,
+    pub title: String,
+    pub external: bool,
+}
+
+/// Links to `pages`, by order then title.
+fn doc_links<'a>(pages: impl Iterator<Item = &'a pb::ContentPage>) -> Vec<DocLink> {
+    let mut v: Vec<&pb::ContentPage> = pages.collect();
+    v.sort_by(|a, b| a.order.cmp(&b.order).then(a.title.cmp(&b.title)));
+    v.into_iter()
+        .map(|p| {
+            let name = p.id.split_once('/').map_or(p.id.as_str(), |(_, n)| n);
+            match p.link.is_empty() {
+                true => DocLink { href: format!("/docs/{name}"), title: p.title.clone(), external: false },
+                false => DocLink { href: p.link.clone(), title: p.title.clone(), external: true },
+            }
+        })
+        .collect()
 }
 
 impl Chrome {
@@ -44,6 +68,12 @@ impl Chrome {
             user: cx.session.as_ref().map(|s| s.user.email.clone()),
             csrf: cx.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
             logo: cx.logo,
+            docs: match cx.member() {
+                Ok(_) => doc_links(
+                    cx.body.content_pages.iter().filter(|p| p.parent_kind == "APIPortal" && p.parent == cx.site.id),
+                ),
+                Err(_) => Vec::new(),
+            },
         }
     }
 }
@@ -152,6 +182,37 @@ struct ApiPage {
     serving: Vec<Serving>,
     servers: Vec<String>,
     key_in: (&'static str, String, String),
+    guides: Vec<DocLink>,
+}
+
+#[derive(Template)]
+#[template(path = "doc.html")]
+struct DocPage {
+    chrome: Chrome,
+    title: String,
+    html: String,
+}
+
+/// ContentItem `name` of the portal's namespace, when the user may read it: a page of the
+/// portal, or one of an API (or bundle) the user sees.
+pub(crate) async fn doc_page(
+    State(p): State<Arc<Portal>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Fail> {
+    let cx = web::ctx(&p, &headers).await?;
+    let s = cx.member()?;
+    let id = format!("{}/{name}", catalog::namespace(&cx.site.id));
+    let page = cx.body.content_pages.iter().find(|c| c.id == id && c.link.is_empty()).ok_or(Fail::NotFound)?;
+    let readable = match page.parent_kind.as_str() {
+        "APIPortal" => page.parent == cx.site.id,
+        _ => page.apis.iter().any(|a| catalog::api(&cx.body, &cx.site.id, &s.user.groups, a).is_some()),
+    };
+    if !readable {
+        return Err(Fail::NotFound);
+    }
+    let body = crate::markdown::render(&page.markdown);
+    Ok(html(&DocPage { chrome: Chrome::of(&cx), title: page.title.clone(), html: body }))
 }
 
 /// A catalog item one can subscribe to.
@@ -603,7 +664,9 @@ pub(crate) async fn api_page(
 ) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     let ApiView { api, doc, notice, serving, servers, key_in } = api_view(&p, &cx, &id).await?;
-    Ok(html(&ApiPage { chrome: Chrome::of(&cx), api, doc, notice, serving, servers, key_in }))
+    let guides =
+        doc_links(cx.body.content_pages.iter().filter(|c| c.parent_kind != "APIPortal" && c.apis.contains(&id)));
+    Ok(html(&ApiPage { chrome: Chrome::of(&cx), api, doc, notice, serving, servers, key_in, guides }))
 }
 
 async fn my_apps(p: &Arc<Portal>, cx: &Ctx) -> Result<Vec<crate::store::Application>, Fail> {

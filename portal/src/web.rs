@@ -30,6 +30,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/logout", post(crate::pages::logout))
         .route("/account/password", get(crate::pages::password_form).post(crate::pages::password))
         .route("/apis/{*id}", get(crate::pages::api_page))
+        .route("/docs/{name}", get(crate::pages::doc_page))
         .route("/apps", get(crate::pages::apps).post(crate::pages::create_app))
         .route("/apps/{id}/delete", post(crate::pages::delete_app))
         .route("/apps/{id}/keys", post(crate::pages::create_key))

@@ -719,6 +719,75 @@ pub(super) fn compile_portals(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Portal
     out
 }
 
+/// The ContentItems, as the portal shows them. A page larger than 256 KB, a link that is
+/// not http(s), or an item with neither content nor link is an error on it.
+pub(super) fn compile_content(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::ContentPage> {
+    use crate::resources::hub::ContentParentKind as K;
+    let mut out = Vec::new();
+    for l in &m.resources {
+        let Resource::ContentItem(c) = &l.resource else { continue };
+        let (spec, ns) = (&c.spec, l.ns());
+        let parent = format!("{ns}/{}", spec.parent_ref.name);
+        let (kind, apis) = match spec.parent_ref.kind {
+            K::ApiPortal => ("APIPortal", Vec::new()),
+            K::Api => ("API", vec![parent.clone()]),
+            K::ApiBundle => {
+                let bundle = in_namespace(m, ns, |o| matches!(o, Resource::ApiBundle(_)))
+                    .find(|o| o.name() == spec.parent_ref.name);
+                let Some(Resource::ApiBundle(b)) = bundle.map(|o| &o.resource) else { continue };
+                let mut apis: BTreeSet<String> = b
+                    .spec
+                    .apis
+                    .iter()
+                    .map(|r| format!("{ns}/{}", r.name))
+                    .filter(|id| cx.apis.contains(&key_of(id)))
+                    .collect();
+                if let Some(sel) = &b.spec.api_selector {
+                    apis.extend(
+                        in_namespace(m, ns, |o| matches!(o, Resource::Api(_)))
+                            .filter(|o| sel.matches(labels(o)))
+                            .map(|o| o.id()),
+                    );
+                }
+                ("APIBundle", apis.into_iter().collect())
+            }
+        };
+        let markdown = spec.content.clone().unwrap_or_default();
+        let link = spec.link.as_ref().map(|k| k.href.clone()).unwrap_or_default();
+        let problem = if markdown.len() > 256 * 1024 {
+            Some(("spec.content", "a page has at most 256 KB of Markdown".to_string()))
+        } else if markdown.is_empty() && link.is_empty() {
+            Some(("spec", "a ContentItem needs content or link".to_string()))
+        } else if !link.is_empty() && !(link.starts_with("https://") || link.starts_with("http://")) {
+            Some(("spec.link.href", format!("{link:?}: a link is an http(s) URL")))
+        } else {
+            None
+        };
+        if let Some((field, msg)) = problem {
+            cx.err(l, field, "schema", msg);
+            continue;
+        }
+        out.push(pb::ContentPage {
+            id: l.id(),
+            title: spec.title.clone(),
+            order: spec.order,
+            parent_kind: kind.to_string(),
+            parent,
+            apis,
+            markdown,
+            link,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// The key of `ns/name`.
+fn key_of(id: &str) -> super::Key {
+    let (ns, name) = id.split_once('/').unwrap_or(("", id));
+    key(ns, name)
+}
+
 /// An APIPortalAuth's sign-in, or the field at fault and why.
 fn portal_oidc(
     cx: &Ctx<'_>,

@@ -192,6 +192,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     let (apis, applications, subscriptions) = apim::compile_apim(&mut cx, m);
     let catalog_items = apim::compile_catalog_items(&mut cx, m);
     let portals = apim::compile_portals(&mut cx, m);
+    let content_pages = apim::compile_content(&mut cx, m);
 
     let body = pb::SnapshotBody {
         entry_points,
@@ -209,6 +210,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
         catalog_items,
         portals,
         portal_address: String::new(),
+        content_pages,
     };
     let mut diagnostics = cx.diags;
     crate::diagnostic::sort(&mut diagnostics);
