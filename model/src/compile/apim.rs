@@ -758,7 +758,7 @@ pub(super) fn compile_content(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Conten
             Some(("spec.content", "a page has at most 256 KB of Markdown".to_string()))
         } else if markdown.is_empty() && link.is_empty() {
             Some(("spec", "a ContentItem needs content or link".to_string()))
-        } else if !link.is_empty() && !(link.starts_with("https://") || link.starts_with("http://")) {
+        } else if !(link.is_empty() || link.starts_with("https://") || link.starts_with("http://")) {
             Some(("spec.link.href", format!("{link:?}: a link is an http(s) URL")))
         } else {
             None
