@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::client::{body, http1, send};
-use common::portal::{PASSWORD, Parent, Session, add_user, catalog, json, sign_in};
+use common::portal::{PASSWORD, Parent, Session, add_user, catalog, json, portal_route, sign_in};
 use common::{atrium, eventually, stdout};
 use hyper::Request;
 
@@ -32,6 +32,8 @@ const SPEC: &str = r##"{
 
 fn manifests(spec_dir: &Path, backend: SocketAddr, logo: SocketAddr) -> String {
     let spec = format!("file://{}", spec_dir.join("crm.json").display());
+    let (company_route, partners_route) =
+        (portal_route("apps", "company", "portal.test"), portal_route("other", "partners", "partners.test"));
     let mut m = format!(
         "apiVersion: hub.traefik.io/v1alpha1
 kind: APIPortal
@@ -42,19 +44,7 @@ spec:
   trustedUrls: [https://portal.example.com]
   ui: {{logoUrl: 'http://{logo}/logo.png'}}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: company-portal
-  namespace: apps
-  annotations: {{hub.traefik.io/api-portal: company}}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(`portal.test`)
-      services: [{{name: apiportal, namespace: traefik, port: 9903}}]
----
-apiVersion: hub.traefik.io/v1alpha1
+{company_route}apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {{name: crm, namespace: apps}}
 spec:
@@ -152,19 +142,7 @@ kind: APIPortal
 metadata: {{name: partners, namespace: other}}
 spec: {{title: Partner Portal, trustedUrls: ['https://partners.example.com']}}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: partners
-  namespace: other
-  annotations: {{hub.traefik.io/api-portal: partners}}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(`partners.test`)
-      services: [{{name: apiportal, namespace: traefik, port: 9903}}]
----
-apiVersion: hub.traefik.io/v1alpha1
+{partners_route}apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {{name: weather, namespace: other}}
 spec: {{title: Weather API}}

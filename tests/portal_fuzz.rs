@@ -16,24 +16,15 @@ async fn the_rest_api_answers_no_5xx_to_generated_requests() {
     let tmp = tempfile::tempdir().unwrap();
     fs::create_dir_all(tmp.path().join("m")).unwrap();
     fs::create_dir_all(tmp.path().join("specs")).unwrap();
-    let m = "apiVersion: hub.traefik.io/v1alpha1
+    let m = String::from(
+        "apiVersion: hub.traefik.io/v1alpha1
 kind: APIPortal
 metadata: {name: company, namespace: apps}
 spec: {title: Fuzzed, trustedUrls: ['http://portal.test']}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: company-portal
-  namespace: apps
-  annotations: {hub.traefik.io/api-portal: company}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(`portal.test`)
-      services: [{name: apiportal, namespace: traefik, port: 9903}]
----
-apiVersion: hub.traefik.io/v1alpha1
+",
+    ) + &common::portal::portal_route("apps", "company", "portal.test")
+        + "apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {name: crm, namespace: apps}
 spec: {title: CRM API}
@@ -48,9 +39,7 @@ kind: APICatalogItem
 metadata: {name: standard, namespace: apps}
 spec: {groups: [developers], apis: [{name: crm}], apiPlan: {name: standard}}
 ---
-"
-    .to_string()
-        + &common::service_manifests("apps", "svc", &[be.addr]);
+" + &common::service_manifests("apps", "svc", &[be.addr]);
     fs::write(tmp.path().join("m/all.yaml"), m).unwrap();
     let store = tmp.path().join("state/portal.db").display().to_string();
     let otp = add_user(&store, "fuzz@example.com", &["developers"]);
@@ -84,6 +73,9 @@ spec: {groups: [developers], apis: [{name: crm}], apiPlan: {name: standard}}
         .expect("schemathesis runs (pip install schemathesis; .ci/run does it)");
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "schemathesis found failures:\n{text}");
-    assert!(text.contains("Fuzzing") && text.contains("12 passed"), "every operation but the two excluded was fuzzed:\n{text}");
+    assert!(
+        text.contains("Fuzzing") && text.contains("12 passed"),
+        "every operation but the two excluded was fuzzed:\n{text}"
+    );
     assert!(!p.cp.logged("panicked"), "no panic in the control plane");
 }

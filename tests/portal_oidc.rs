@@ -59,6 +59,7 @@ impl Provider {
 }
 
 fn manifests(issuer: &str, backend: SocketAddr) -> String {
+    let route = common::portal::portal_route("apps", "company", "portal.test");
     format!(
         "apiVersion: hub.traefik.io/v1alpha1
 kind: APIPortal
@@ -83,19 +84,7 @@ kind: Secret
 metadata: {{name: sso-client, namespace: apps}}
 stringData: {{clientId: atrium-portal, clientSecret: s3cr3t}}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: company-portal
-  namespace: apps
-  annotations: {{hub.traefik.io/api-portal: company}}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(`portal.test`)
-      services: [{{name: apiportal, namespace: traefik, port: 9903}}]
----
-apiVersion: hub.traefik.io/v1alpha1
+{route}apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {{name: crm, namespace: apps}}
 spec: {{title: CRM API}}

@@ -14,24 +14,15 @@ use common::portal::{Parent, add_user, json, sign_in};
 use common::postgres::PostgresServer;
 
 fn manifests(backend: std::net::SocketAddr) -> String {
-    "apiVersion: hub.traefik.io/v1alpha1
+    String::from(
+        "apiVersion: hub.traefik.io/v1alpha1
 kind: APIPortal
 metadata: {name: company, namespace: apps}
 spec: {title: Company Portal, trustedUrls: ['https://portal.example.com']}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: company-portal
-  namespace: apps
-  annotations: {hub.traefik.io/api-portal: company}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(`portal.test`)
-      services: [{name: apiportal, namespace: traefik, port: 9903}]
----
-apiVersion: hub.traefik.io/v1alpha1
+",
+    ) + &common::portal::portal_route("apps", "company", "portal.test")
+        + "apiVersion: hub.traefik.io/v1alpha1
 kind: API
 metadata: {name: crm, namespace: apps}
 spec: {title: CRM API}
@@ -57,9 +48,7 @@ spec:
   routes:
     - match: Host(`api.test`) && PathPrefix(`/crm`)
       services: [{name: svc, port: 80}]
-"
-    .to_string()
-        + &common::service_manifests("apps", "svc", &[backend])
+" + &common::service_manifests("apps", "svc", &[backend])
 }
 
 fn replica_dir(root: &Path, name: &str, m: &str) -> std::path::PathBuf {

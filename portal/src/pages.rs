@@ -721,14 +721,25 @@ pub(crate) async fn create_app(
 }
 
 pub(crate) async fn delete_app(
+    p: State<Arc<Portal>>,
+    headers: HeaderMap,
+    id: Path<i64>,
+    f: Form<CsrfForm>,
+) -> Result<Response, Fail> {
+    by_id(p, headers, id, f, |s, u, portal, id| s.delete_application(u, portal, id)).await
+}
+
+/// A form post acting on the object `id` of the signed-in user (its CSRF token checked).
+async fn by_id(
     State(p): State<Arc<Portal>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
+    op: fn(&crate::store::Store, &crate::store::User, &str, i64) -> Result<(), crate::store::StoreError>,
 ) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     web::check_write(&cx, &headers, Some(&f.csrf))?;
-    app_write(&p, &cx, move |s, u, portal| s.delete_application(u, portal, id).map(|_| None)).await
+    app_write(&p, &cx, move |s, u, portal| op(s, u, portal, id).map(|_| None)).await
 }
 
 /// Days until a new key expires, from a form field (empty: never).
@@ -762,14 +773,12 @@ pub(crate) async fn create_key(
 }
 
 pub(crate) async fn revoke_key(
-    State(p): State<Arc<Portal>>,
+    p: State<Arc<Portal>>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
-    Form(f): Form<CsrfForm>,
+    id: Path<i64>,
+    f: Form<CsrfForm>,
 ) -> Result<Response, Fail> {
-    let cx = web::ctx(&p, &headers).await?;
-    web::check_write(&cx, &headers, Some(&f.csrf))?;
-    app_write(&p, &cx, move |s, u, portal| s.revoke_key(Some((u, portal)), id).map(|_| None)).await
+    by_id(p, headers, id, f, |s, u, portal, id| s.revoke_key(Some((u, portal)), id)).await
 }
 
 /// The catalog item `item` when the user sees it in this portal and it has a plan.
@@ -802,14 +811,12 @@ pub(crate) async fn subscribe(
 }
 
 pub(crate) async fn unsubscribe(
-    State(p): State<Arc<Portal>>,
+    p: State<Arc<Portal>>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
-    Form(f): Form<CsrfForm>,
+    id: Path<i64>,
+    f: Form<CsrfForm>,
 ) -> Result<Response, Fail> {
-    let cx = web::ctx(&p, &headers).await?;
-    web::check_write(&cx, &headers, Some(&f.csrf))?;
-    app_write(&p, &cx, move |s, u, portal| s.unsubscribe(u, portal, id).map(|_| None)).await
+    by_id(p, headers, id, f, |s, u, portal, id| s.unsubscribe(u, portal, id)).await
 }
 
 impl crate::store::KeyInfo {

@@ -190,3 +190,23 @@ pub async fn catalog(p: &Parent, host: &str, s: &Session) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The IngressRoute that routes `host` on `web` to APIPortal `portal` of `ns` (the
+/// `apiportal` service with the `hub.traefik.io/api-portal` annotation), then `---`.
+pub fn portal_route(ns: &str, portal: &str, host: &str) -> String {
+    format!(
+        "apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: {portal}-portal
+  namespace: {ns}
+  annotations: {{hub.traefik.io/api-portal: {portal}}}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: Host(`{host}`)
+      services: [{{name: apiportal, namespace: traefik, port: 9903}}]
+---
+"
+    )
+}
