@@ -425,6 +425,19 @@ async fn keys_and_guards(url: Option<String>) {
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("99"), "the Standard plan applies: {r:?}");
+    // The portal shows what is left, as the gateway counted it.
+    let listed = json(&p.call("GET", "portal.test", "/api/applications", Some(&ann), None).await);
+    let sub_id = listed["applications"][0]["subscriptions"][0]["id"].as_i64().unwrap().to_string();
+    let left = &listed["remaining"][&sub_id];
+    let crm_left =
+        left.as_array().unwrap().iter().find(|l| l["api"] == "apps/crm").unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!((crm_left["rate"].as_u64(), crm_left["quota"].as_u64()), (Some(99), Some(9999)), "{listed}");
+    let page = p.call("GET", "portal.test", "/apps", Some(&ann), None).await;
+    assert!(
+        page.body.contains("rate 99 of 100 left") && page.body.contains("quota 9999 of 10000 left"),
+        "{}",
+        page.body
+    );
 
     // A temporary key for the try-it console: on the subscribed application, one hour, and
     // a second one replaces the first.

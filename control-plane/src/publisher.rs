@@ -86,8 +86,9 @@ impl Publisher {
     }
 }
 
-/// The portal's view of the control plane.
-pub(crate) struct PortalSource(pub(crate) Publisher);
+/// The portal's view of the control plane: the published body, the fetched specs, and
+/// the embedded data plane's plan counters (when it runs one).
+pub(crate) struct PortalSource(pub(crate) Publisher, pub(crate) Option<Arc<atrium_data_plane::proxy::Gateway>>);
 
 impl atrium_portal::Source for PortalSource {
     fn body(&self) -> Arc<pb::SnapshotBody> {
@@ -101,6 +102,10 @@ impl atrium_portal::Source for PortalSource {
     fn store_changed(&self) {
         let p = self.0.clone();
         tokio::task::spawn_blocking(move || p.refresh_grants());
+    }
+
+    fn remaining(&self, app_id: &str, api: &str) -> Option<(Option<u64>, Option<u64>)> {
+        self.1.as_ref()?.plan_remaining(app_id, api)
     }
 }
 

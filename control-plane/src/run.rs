@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::admin::ControlPlaneAdmin;
 use crate::children::{Children, Polling};
 use crate::hub::Hub;
-use crate::publisher::Publisher;
+use crate::publisher::{PortalSource, Publisher};
 use crate::service::Snapshots;
 
 /// What a control plane runs.
@@ -131,8 +131,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let trust = grpc_trust(&o)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc_task = serve_grpc(grpc, &trust, hub.clone(), stop_rx.clone()).await?;
+    let (gw, certs) = o.gateway()?;
     let portal_task = match portal_listener {
-        Some(l) => Some(serve_portal(l, &trust, &publisher, stop_rx.clone())?),
+        Some(l) => {
+            let counters = embedded.then(|| gw.clone());
+            Some(serve_portal(l, &trust, PortalSource(publisher.clone(), counters), stop_rx.clone())?)
+        }
         None => None,
     };
 
@@ -144,7 +148,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     children.set(&first.body.children, Polling::from_values(&first.values, o.liveness));
 
-    let (gw, certs) = o.gateway()?;
     let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };
     let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
@@ -200,9 +203,10 @@ async fn portal_grants(
 fn serve_portal(
     listener: tokio::net::TcpListener,
     trust: &NodeTrust,
-    publisher: &Publisher,
+    source: PortalSource,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlPlaneError> {
+    let publisher = &source.0.clone();
     use atrium_data_plane::pki::Role;
     let tls = Arc::new(trust.server_config(&[Role::DataPlane], "portal", &[b"http/1.1"], false)?);
     let store = publisher
@@ -211,7 +215,7 @@ fn serve_portal(
         .map(|g| g.store.clone())
         .ok_or_else(|| atrium_portal::store::StoreError::Invalid("the portal has no store".into()))?;
     let changes = store.changes();
-    let portal = atrium_portal::Portal::new(store, Arc::new(crate::publisher::PortalSource(publisher.clone())));
+    let portal = atrium_portal::Portal::new(store, Arc::new(source));
     if let Some(mut changes) = changes {
         // Other replicas' writes (PostgreSQL LISTEN/NOTIFY): read the grants again at once.
         let (p, mut stop) = (publisher.clone(), stop.clone());

@@ -46,6 +46,12 @@ pub trait Source: Send + Sync + 'static {
     /// The store changed what the gateway must know (applications, keys, subscriptions):
     /// publish a new snapshot.
     fn store_changed(&self);
+    /// What is left of the plan application `app_id` calls API `api` on (requests left in
+    /// the rate limit and in the quota), as the control plane's own data plane counts them;
+    /// none when it does not know (no embedded data plane, or counters in Redis).
+    fn remaining(&self, _app_id: &str, _api: &str) -> Option<(Option<u64>, Option<u64>)> {
+        None
+    }
 }
 
 /// The portal: its store, what it reads from the control plane, the login limits.

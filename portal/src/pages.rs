@@ -238,10 +238,51 @@ struct NewKey {
 
 struct AppView {
     app: crate::store::Application,
-    subscriptions: Vec<(i64, String, PlanView)>,
+    subscriptions: Vec<(i64, String, PlanView, Vec<Left>)>,
+}
+
+/// What is left of a subscription's plan for one of its APIs.
+struct Left {
+    api: String,
+    rate: String,
+    quota: String,
+}
+
+/// What is left of an application's plan for one API.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Remaining {
+    pub api: String,
+    pub title: String,
+    /// Requests left in the rate limit (none: no rate limit).
+    pub rate: Option<u64>,
+    /// Requests left in the quota (none: no quota).
+    pub quota: Option<u64>,
+}
+
+/// What is left, for each API of catalog item `item`, of the plan application `app_id`
+/// calls it on (empty when the control plane does not count: see [`crate::Source::remaining`]).
+pub(crate) fn remaining_of(p: &Portal, body: &pb::SnapshotBody, app_id: &str, item: &str) -> Vec<Remaining> {
+    let Some(item) = body.catalog_items.iter().find(|i| i.id == item) else { return Vec::new() };
+    item.apis
+        .iter()
+        .filter_map(|api| {
+            let (rate, quota) = p.source.remaining(app_id, api)?;
+            let title = body.apis.iter().find(|a| &a.id == api).map_or(api.clone(), |a| a.title.clone());
+            Some(Remaining { api: api.clone(), title, rate, quota })
+        })
+        .collect()
+}
+
+/// `n of limit left`, or empty without the limit.
+fn left(n: Option<u64>, l: Option<&pb::PlanLimit>) -> String {
+    match (n, l) {
+        (Some(n), Some(l)) => format!("{n} of {} left", l.limit),
+        _ => String::new(),
+    }
 }
 
 fn apps_page(
+    p: &Portal,
     cx: &Ctx,
     apps: Vec<crate::store::Application>,
     new_key: Option<NewKey>,
@@ -272,7 +313,16 @@ fn apps_page(
                 .iter()
                 .map(|sub| {
                     let item = cx.body.catalog_items.iter().find(|i| i.id == sub.catalog_item);
-                    (sub.id, sub.catalog_item.clone(), plan_view(item.and_then(|i| i.plan.as_ref())))
+                    let plan = item.and_then(|i| i.plan.as_ref());
+                    let lefts = remaining_of(p, &cx.body, &app.app_id, &sub.catalog_item)
+                        .into_iter()
+                        .map(|r| Left {
+                            api: r.title,
+                            rate: left(r.rate, plan.and_then(|p| p.rate_limit.as_ref())),
+                            quota: left(r.quota, plan.and_then(|p| p.quota.as_ref())),
+                        })
+                        .collect();
+                    (sub.id, sub.catalog_item.clone(), plan_view(plan), lefts)
                 })
                 .collect();
             AppView { app, subscriptions }
@@ -677,7 +727,7 @@ async fn my_apps(p: &Arc<Portal>, cx: &Ctx) -> Result<Vec<crate::store::Applicat
 pub(crate) async fn apps(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     let list = my_apps(&p, &cx).await?;
-    apps_page(&cx, list, None, String::new())
+    apps_page(&p, &cx, list, None, String::new())
 }
 
 /// Runs a write of the signed-in user; a refusal of their input shows on the page.
@@ -707,7 +757,7 @@ async fn app_write(
         },
     };
     let list = my_apps(p, cx).await?;
-    apps_page(cx, list, key, error)
+    apps_page(p, cx, list, key, error)
 }
 
 pub(crate) async fn create_app(
@@ -804,7 +854,7 @@ pub(crate) async fn subscribe(
     web::check_write(&cx, &headers, Some(&f.csrf))?;
     let item = match subscribable(&cx, &f.catalog_item) {
         Ok(i) => i,
-        Err(Fail::NotFound) => return apps_page(&cx, my_apps(&p, &cx).await?, None, "no such catalog item".into()),
+        Err(Fail::NotFound) => return apps_page(&p, &cx, my_apps(&p, &cx).await?, None, "no such catalog item".into()),
         Err(e) => return Err(e),
     };
     app_write(&p, &cx, move |s, u, portal| s.subscribe(u, portal, id, &item).map(|_| None)).await

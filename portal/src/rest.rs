@@ -158,7 +158,15 @@ async fn applications(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Answe
     let cx = web::ctx(&p, &headers).await?;
     let (uid, portal) = (cx.member()?.user.id, cx.site.id.clone());
     let apps = p.store.run(move |s| s.applications(uid, &portal)).await?;
-    Ok(Json(json!({"applications": apps})).into_response())
+    // What is left of each subscription's plan, by subscription id.
+    let mut remaining = serde_json::Map::new();
+    for a in &apps {
+        for sub in &a.subscriptions {
+            let left = pages::remaining_of(&p, &cx.body, &a.app_id, &sub.catalog_item);
+            remaining.insert(sub.id.to_string(), json!(left));
+        }
+    }
+    Ok(Json(json!({"applications": apps, "remaining": remaining})).into_response())
 }
 
 /// Runs a write for the signed-in member; the gateway hears of it.

@@ -541,6 +541,24 @@ impl Counters {
         out
     }
 
+    /// What is left of `grant`'s plan at `now`, without counting anything: requests left in
+    /// the rate limit's bucket and in the quota's window (none: the plan has no such limit).
+    pub fn peek(&self, grant: &Grant<'_>, now: Instant) -> (Option<u64>, Option<u64>) {
+        let plan = &grant.subscription.plan;
+        let rate = plan.rate.as_ref().map(|r| match self.rate.get(&bucket_key("rate", r, grant)) {
+            Some((b, rate, burst)) => b.remaining(*rate, *burst, now),
+            None => r.limit,
+        });
+        let quota = plan.quota.as_ref().map(|q| match self.quota.get(&bucket_key("quota", q, grant)) {
+            Some((w, period)) => {
+                let mut w = *w;
+                q.limit.saturating_sub(w.estimate(*period, now).ceil() as u64)
+            }
+            None => q.limit,
+        });
+        (rate, quota)
+    }
+
     /// Forgets the counters that carry no state at `now`: rate buckets that have filled up
     /// again, and quota windows with nothing counted in the last two periods.
     pub fn evict_idle(&mut self, now: Instant) {
@@ -593,6 +611,26 @@ mod tests {
             (key_hash("key-old"), "app-a".to_string(), true),
         ];
         Access::new(vec![app("app-a"), app("app-b")], keys, subs)
+    }
+
+    #[test]
+    fn peek_tells_what_is_left_without_counting() {
+        let a = access(vec![sub(
+            "s",
+            0,
+            &["app-a"],
+            &["crm"],
+            plan("p", Some(limit(10, 60, Bucket::Subscription)), Some(limit(100, 3600, Bucket::Subscription))),
+        )]);
+        let g = granted(&a, "crm", "key-a");
+        let mut c = Counters::default();
+        let now = Instant::now();
+        assert_eq!(c.peek(&g, now), (Some(10), Some(100)), "nothing counted yet");
+        for _ in 0..3 {
+            c.admit(&g, now, Duration::ZERO);
+        }
+        assert_eq!(c.peek(&g, now), (Some(7), Some(97)));
+        assert_eq!(c.peek(&g, now), (Some(7), Some(97)), "peeking counts nothing");
     }
 
     fn granted<'a>(a: &'a Access, api: &'a str, key: &str) -> Grant<'a> {

@@ -396,6 +396,18 @@ impl Gateway {
         client.send(req, false).await.map_err(ProxyError::Upstream)
     }
 
+    /// What is left of the plan application `app_id` calls API `api` on, as this data
+    /// plane counts it (requests left in the rate limit and in the quota; none for a limit
+    /// the plan does not have). None when the application has no access to the API, no
+    /// configuration is loaded, or Redis holds the counters.
+    pub fn plan_remaining(&self, app_id: &str, api: &str) -> Option<(Option<u64>, Option<u64>)> {
+        let compiled = self.in_force()?;
+        match compiled.access.decide_app(api, app_id) {
+            atrium_routing::apim::Verdict::Granted(g) => self.limits.peek(&g),
+            _ => None,
+        }
+    }
+
     /// Whether this data plane's own connection to `child` failed moments ago.
     fn child_down(&self, child: &str) -> bool {
         self.uplinks.get().is_some_and(|u| u.is_down(child))

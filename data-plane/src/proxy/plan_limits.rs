@@ -94,6 +94,15 @@ impl PlanLimits {
         }
     }
 
+    /// What is left of `grant`'s plan on this data plane's own counters, counting nothing;
+    /// none when Redis holds the counters.
+    pub(crate) fn peek(&self, grant: &Grant<'_>) -> Option<(Option<u64>, Option<u64>)> {
+        if self.global.load().is_some() {
+            return None;
+        }
+        self.local.lock().ok().map(|c| c.peek(grant, Instant::now()))
+    }
+
     /// Counts a request under `grant`. `Err` when Redis holds the counters and did not
     /// answer (the failure is logged here).
     pub(crate) async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
