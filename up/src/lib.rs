@@ -87,16 +87,72 @@ pub struct Layout {
 }
 
 /// Writes the embedded example to `dir` unless a copy is already there; returns its path.
-fn materialise(dir: &Path) -> Result<PathBuf, UpError> {
+fn materialise(dir: &Path, websecure: u16) -> Result<PathBuf, UpError> {
     for (rel, text) in EXAMPLE {
         let p = dir.join(rel);
         if !p.exists() {
             let parent = p.parent().unwrap_or(dir);
             std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-            std::fs::write(&p, text).map_err(io(format!("writing {}", p.display())))?;
+            std::fs::write(&p, localise(rel, text, websecure)).map_err(io(format!("writing {}", p.display())))?;
         }
     }
     Ok(dir.to_path_buf())
+}
+
+/// The guide's file `rel` with its addresses made local, and nothing else changed: the
+/// APIs' OpenAPI documents come from the demo backends (the guide's `example.com` URLs do
+/// not exist), their servers and the portal's trusted URL carry the parent's websecure
+/// port, so the portal's try-it console reaches the gateway from a browser on this machine.
+fn localise(rel: &str, text: &str, websecure: u16) -> String {
+    match rel {
+        "parent/manifests/apis.yaml" => text
+            .replace("https://example.com/specs/crm-openapi.yaml", "http://127.0.0.2:8080/openapi.json")
+            .replace("https://example.com/specs/billing-openapi.yaml", "http://127.0.0.3:8080/openapi.json")
+            .replace("https://api.example.com/crm", &format!("https://api.example.com:{websecure}/crm"))
+            .replace("https://api.example.com/billing", &format!("https://api.example.com:{websecure}/billing")),
+        "parent/manifests/portal.yaml" => text
+            .replace("    - https://portal.example.com\n", &format!("    - https://portal.example.com:{websecure}\n")),
+        _ => text.to_string(),
+    }
+}
+
+/// The OpenAPI document of demo backend `service` (what the guide's spec URLs stand for).
+fn demo_spec(service: &str) -> serde_json::Value {
+    let (title, item, items) = match service {
+        "crm" => ("CRM API", "Employee", "employees"),
+        _ => ("Billing API", "Invoice", "invoices"),
+    };
+    let schema = match service {
+        "crm" => serde_json::json!({"type": "object", "required": ["name"], "properties": {
+            "id": {"type": "string", "example": "e-1"}, "name": {"type": "string", "example": "Ada Lovelace"},
+            "team": {"type": "string", "example": "sales"}, "email": {"type": "string", "format": "email"}}}),
+        _ => serde_json::json!({"type": "object", "required": ["amount"], "properties": {
+            "id": {"type": "string", "example": "inv-1"}, "customer": {"type": "string", "example": "acme"},
+            "amount": {"type": "number", "example": 120.5}, "paid": {"type": "boolean"}}}),
+    };
+    let list = format!("/{items}");
+    let one = format!("/{items}/{{id}}");
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": "1.0.0", "description": format!("The demo {service} service of `atrium up`: it answers every request with a JSON description of the request.")},
+        "servers": [{"url": format!("https://api.example.com/{service}")}],
+        "tags": [{"name": items, "description": format!("The {items}")}, {"name": "health"}],
+        "paths": {
+            list: {
+                "get": {"tags": [items], "summary": format!("List {items}"), "operationId": format!("list_{items}"),
+                        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}, "example": 10}],
+                        "responses": {"200": {"description": format!("The {items}"), "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}}}}}},
+                "post": {"tags": [items], "summary": format!("Create one {item}"),
+                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{item}")}}}},
+                         "responses": {"201": {"description": "Created"}}}
+            },
+            one: {"get": {"tags": [items], "summary": format!("One {item}"),
+                          "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "example": "1"}],
+                          "responses": {"200": {"description": format!("The {item}"), "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{item}")}}}}, "404": {"description": "No such one"}}}},
+            "/health": {"get": {"tags": ["health"], "summary": "Health", "responses": {"200": {"description": "Up"}}}}
+        },
+        "components": {"schemas": {item: schema}}
+    })
 }
 
 /// The demo application of the embedded example, in `<example>/parent/manifests`: a
@@ -196,6 +252,11 @@ async fn demo_backend(service: &'static str, addr: SocketAddr) -> Result<(), UpE
             let Ok((stream, peer)) = listener.accept().await else { continue };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/openapi.json" {
+                        return Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(demo_spec(service).to_string())));
+                    }
                     let body = serde_json::json!({
                         "service": service,
                         "method": req.method().as_str(),
@@ -266,7 +327,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let (example, key) = match example {
         Some(e) => (e, None),
         None => {
-            let e = materialise(&state_dir.join("example"))?;
+            let e = materialise(&state_dir.join("example"), layout.port_base + 443)?;
             let key = demo_application(&e)?;
             (e, Some(key))
         }
@@ -387,11 +448,11 @@ mod tests {
     #[test]
     fn embedded_example_is_written_once_and_lints_clean() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = materialise(&tmp.path().join("example")).unwrap();
+        let dir = materialise(&tmp.path().join("example"), 8443).unwrap();
         assert!(dir.join("parent/values.yaml").is_file());
         // A user's edit survives the next start.
         std::fs::write(dir.join("parent/manifests/plans.yaml"), "# edited\n").unwrap();
-        materialise(&dir).unwrap();
+        materialise(&dir, 8443).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("parent/manifests/plans.yaml")).unwrap(), "# edited\n");
         // Every file of the in-repo example is embedded.
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/multi-cluster-portal");
@@ -411,6 +472,25 @@ mod tests {
         let mut embedded: Vec<String> = EXAMPLE.iter().map(|(p, _)| p.to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn only_addresses_are_made_local() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = materialise(&tmp.path().join("example"), 8443).unwrap();
+        let apis = std::fs::read_to_string(dir.join("parent/manifests/apis.yaml")).unwrap();
+        assert!(
+            apis.contains("url: http://127.0.0.2:8080/openapi.json")
+                && apis.contains("https://api.example.com:8443/billing"),
+            "{apis}"
+        );
+        let portal = std::fs::read_to_string(dir.join("parent/manifests/portal.yaml")).unwrap();
+        assert!(portal.contains("- https://portal.example.com:8443\n"), "{portal}");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/multi-cluster-portal");
+        let original = std::fs::read_to_string(repo.join("parent/manifests/apis.yaml")).unwrap();
+        let changed = original.lines().zip(apis.lines()).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, 4, "two spec URLs and two servers, nothing else");
+        assert!(demo_spec("crm")["paths"]["/employees"]["get"].is_object());
     }
 
     #[test]
