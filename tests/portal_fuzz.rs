@@ -58,7 +58,7 @@ spec: {groups: [developers], apis: [{name: crm}], apiPlan: {name: standard}}
         Command::new("schemathesis")
             .args(["run", schema.to_str().unwrap(), "--url", &base])
             .args(["--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1", "--workers", "1"])
-            .args(["--request-timeout", "10", "--phases", "examples,coverage,fuzzing"])
+            .args(["--request-timeout", "30", "--phases", "examples,coverage,fuzzing"])
             // Signing out or changing the password would end the fuzzing session.
             .args(["--exclude-path", "/api/logout", "--exclude-path", "/api/account/password"])
             .args(["-H", "Host: portal.test", "-H", "Origin: http://portal.test"])
@@ -74,7 +74,7 @@ spec: {groups: [developers], apis: [{name: crm}], apiPlan: {name: standard}}
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "schemathesis found failures:\n{text}");
     assert!(
-        text.contains("Fuzzing") && text.contains("12 passed"),
+        text.contains("12 selected") && text.contains("Fuzzing"),
         "every operation but the two excluded was fuzzed:\n{text}"
     );
     assert!(!p.cp.logged("panicked"), "no panic in the control plane");

@@ -104,8 +104,8 @@ impl atrium_portal::Source for PortalSource {
         tokio::task::spawn_blocking(move || p.refresh_grants());
     }
 
-    fn remaining(&self, app_id: &str, api: &str) -> Option<(Option<u64>, Option<u64>)> {
-        self.1.as_ref()?.plan_remaining(app_id, api)
+    fn remaining<'a>(&'a self, app_id: &'a str, api: &'a str) -> atrium_portal::Remaining<'a> {
+        Box::pin(async move { self.1.as_ref()?.plan_remaining(app_id, api).await })
     }
 }
 

@@ -37,6 +37,10 @@ pub use web::router;
 /// The header a data plane names the APIPortal in (`namespace/name`).
 pub const PORTAL_HEADER: &str = "x-atrium-portal";
 
+/// What is left of a plan: requests in the rate limit and in the quota.
+pub type Remaining<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Option<u64>, Option<u64>)>> + Send + 'a>>;
+
 /// What the portal reads from the control plane.
 pub trait Source: Send + Sync + 'static {
     /// The snapshot body published now (catalog, APIs, plans, children).
@@ -47,10 +51,11 @@ pub trait Source: Send + Sync + 'static {
     /// publish a new snapshot.
     fn store_changed(&self);
     /// What is left of the plan application `app_id` calls API `api` on (requests left in
-    /// the rate limit and in the quota), as the control plane's own data plane counts them;
-    /// none when it does not know (no embedded data plane, or counters in Redis).
-    fn remaining(&self, _app_id: &str, _api: &str) -> Option<(Option<u64>, Option<u64>)> {
-        None
+    /// the rate limit and in the quota), as the control plane's own data plane counts them
+    /// (or Redis, when it holds the counters); none when it does not know.
+    fn remaining<'a>(&'a self, app_id: &'a str, api: &'a str) -> Remaining<'a> {
+        let _ = (app_id, api);
+        Box::pin(async { None })
     }
 }
 

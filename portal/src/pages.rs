@@ -261,16 +261,16 @@ pub(crate) struct Remaining {
 
 /// What is left, for each API of catalog item `item`, of the plan application `app_id`
 /// calls it on (empty when the control plane does not count: see [`crate::Source::remaining`]).
-pub(crate) fn remaining_of(p: &Portal, body: &pb::SnapshotBody, app_id: &str, item: &str) -> Vec<Remaining> {
+pub(crate) async fn remaining_of(p: &Portal, body: &pb::SnapshotBody, app_id: &str, item: &str) -> Vec<Remaining> {
     let Some(item) = body.catalog_items.iter().find(|i| i.id == item) else { return Vec::new() };
-    item.apis
-        .iter()
-        .filter_map(|api| {
-            let (rate, quota) = p.source.remaining(app_id, api)?;
+    let mut out = Vec::new();
+    for api in &item.apis {
+        if let Some((rate, quota)) = p.source.remaining(app_id, api).await {
             let title = body.apis.iter().find(|a| &a.id == api).map_or(api.clone(), |a| a.title.clone());
-            Some(Remaining { api: api.clone(), title, rate, quota })
-        })
-        .collect()
+            out.push(Remaining { api: api.clone(), title, rate, quota });
+        }
+    }
+    out
 }
 
 /// `n of limit left`, or empty without the limit.
@@ -281,7 +281,7 @@ fn left(n: Option<u64>, l: Option<&pb::PlanLimit>) -> String {
     }
 }
 
-fn apps_page(
+async fn apps_page(
     p: &Portal,
     cx: &Ctx,
     apps: Vec<crate::store::Application>,
@@ -305,29 +305,26 @@ fn apps_page(
             }
         })
         .collect();
-    let apps = apps
-        .into_iter()
-        .map(|app| {
-            let subscriptions = app
-                .subscriptions
-                .iter()
-                .map(|sub| {
-                    let item = cx.body.catalog_items.iter().find(|i| i.id == sub.catalog_item);
-                    let plan = item.and_then(|i| i.plan.as_ref());
-                    let lefts = remaining_of(p, &cx.body, &app.app_id, &sub.catalog_item)
-                        .into_iter()
-                        .map(|r| Left {
-                            api: r.title,
-                            rate: left(r.rate, plan.and_then(|p| p.rate_limit.as_ref())),
-                            quota: left(r.quota, plan.and_then(|p| p.quota.as_ref())),
-                        })
-                        .collect();
-                    (sub.id, sub.catalog_item.clone(), plan_view(plan), lefts)
+    let mut views = Vec::with_capacity(apps.len());
+    for app in apps {
+        let mut subscriptions = Vec::new();
+        for sub in &app.subscriptions {
+            let item = cx.body.catalog_items.iter().find(|i| i.id == sub.catalog_item);
+            let plan = item.and_then(|i| i.plan.as_ref());
+            let lefts = remaining_of(p, &cx.body, &app.app_id, &sub.catalog_item)
+                .await
+                .into_iter()
+                .map(|r| Left {
+                    api: r.title,
+                    rate: left(r.rate, plan.and_then(|p| p.rate_limit.as_ref())),
+                    quota: left(r.quota, plan.and_then(|p| p.quota.as_ref())),
                 })
                 .collect();
-            AppView { app, subscriptions }
-        })
-        .collect();
+            subscriptions.push((sub.id, sub.catalog_item.clone(), plan_view(plan), lefts));
+        }
+        views.push(AppView { app, subscriptions });
+    }
+    let apps = views;
     let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     Ok((status, html(&AppsPage { chrome: Chrome::of(cx), apps, items, new_key, error })).into_response())
 }
@@ -727,7 +724,7 @@ async fn my_apps(p: &Arc<Portal>, cx: &Ctx) -> Result<Vec<crate::store::Applicat
 pub(crate) async fn apps(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     let list = my_apps(&p, &cx).await?;
-    apps_page(&p, &cx, list, None, String::new())
+    apps_page(&p, &cx, list, None, String::new()).await
 }
 
 /// Runs a write of the signed-in user; a refusal of their input shows on the page.
@@ -757,7 +754,7 @@ async fn app_write(
         },
     };
     let list = my_apps(p, cx).await?;
-    apps_page(p, cx, list, key, error)
+    apps_page(p, cx, list, key, error).await
 }
 
 pub(crate) async fn create_app(
@@ -854,7 +851,9 @@ pub(crate) async fn subscribe(
     web::check_write(&cx, &headers, Some(&f.csrf))?;
     let item = match subscribable(&cx, &f.catalog_item) {
         Ok(i) => i,
-        Err(Fail::NotFound) => return apps_page(&p, &cx, my_apps(&p, &cx).await?, None, "no such catalog item".into()),
+        Err(Fail::NotFound) => {
+            return apps_page(&p, &cx, my_apps(&p, &cx).await?, None, "no such catalog item".into()).await;
+        }
         Err(e) => return Err(e),
     };
     app_write(&p, &cx, move |s, u, portal| s.subscribe(u, portal, id, &item).map(|_| None)).await

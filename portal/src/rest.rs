@@ -162,7 +162,7 @@ async fn applications(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Answe
     let mut remaining = serde_json::Map::new();
     for a in &apps {
         for sub in &a.subscriptions {
-            let left = pages::remaining_of(&p, &cx.body, &a.app_id, &sub.catalog_item);
+            let left = pages::remaining_of(&p, &cx.body, &a.app_id, &sub.catalog_item).await;
             remaining.insert(sub.id.to_string(), json!(left));
         }
     }

@@ -397,13 +397,14 @@ impl Gateway {
     }
 
     /// What is left of the plan application `app_id` calls API `api` on, as this data
-    /// plane counts it (requests left in the rate limit and in the quota; none for a limit
-    /// the plan does not have). None when the application has no access to the API, no
-    /// configuration is loaded, or Redis holds the counters.
-    pub fn plan_remaining(&self, app_id: &str, api: &str) -> Option<(Option<u64>, Option<u64>)> {
+    /// plane counts it, or as Redis does when it holds the counters (requests left in the
+    /// rate limit and in the quota; none for a limit the plan does not have). None when the
+    /// application has no access to the API, no configuration is loaded, or Redis does not
+    /// answer.
+    pub async fn plan_remaining(&self, app_id: &str, api: &str) -> Option<(Option<u64>, Option<u64>)> {
         let compiled = self.in_force()?;
         match compiled.access.decide_app(api, app_id) {
-            atrium_routing::apim::Verdict::Granted(g) => self.limits.peek(&g),
+            atrium_routing::apim::Verdict::Granted(g) => self.limits.peek(&g).await,
             _ => None,
         }
     }

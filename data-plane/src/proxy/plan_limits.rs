@@ -94,13 +94,19 @@ impl PlanLimits {
         }
     }
 
-    /// What is left of `grant`'s plan on this data plane's own counters, counting nothing;
-    /// none when Redis holds the counters.
-    pub(crate) fn peek(&self, grant: &Grant<'_>) -> Option<(Option<u64>, Option<u64>)> {
-        if self.global.load().is_some() {
-            return None;
+    /// What is left of `grant`'s plan, counting nothing: on this data plane's own counters,
+    /// or on Redis's when it holds them (none when Redis does not answer).
+    pub(crate) async fn peek(&self, grant: &Grant<'_>) -> Option<(Option<u64>, Option<u64>)> {
+        match self.global.load_full() {
+            None => self.local.lock().ok().map(|c| c.peek(grant, Instant::now())),
+            Some(global) => match global.peek(grant).await {
+                Ok(left) => Some(left),
+                Err(e) => {
+                    self.log_failure(&e);
+                    None
+                }
+            },
         }
-        self.local.lock().ok().map(|c| c.peek(grant, Instant::now()))
     }
 
     /// Counts a request under `grant`. `Err` when Redis holds the counters and did not
@@ -198,6 +204,38 @@ end
 return {admission, math.floor(wait * 1000), r_left, q_left}
 "#;
 
+/// The Lua script that reads what is left of a plan, counting nothing: the arguments of
+/// [`SCRIPT`]; returns {rate remaining (-1: none), quota remaining (-1: none)}.
+pub const PEEK_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local has_q, q_limit, q_period = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
+local has_r, r_limit, r_period = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
+local r_left, q_left = -1, -1
+if has_q then
+  local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p')
+  local q_start, q_cur, q_prev = tonumber(h[1]) or now, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  local elapsed = now - q_start
+  if elapsed >= q_period then
+    local windows = math.floor(elapsed / q_period)
+    if windows == 1 then q_prev = q_cur else q_prev = 0 end
+    q_cur = 0
+    q_start = q_start + windows * q_period
+    elapsed = now - q_start
+  end
+  if elapsed < 0 then elapsed = 0 end
+  q_left = math.max(0, q_limit - math.ceil(q_prev * (1 - elapsed / q_period) + q_cur))
+end
+if has_r then
+  local h = redis.call('HMGET', KEYS[2], 't', 'at')
+  local tokens, at = tonumber(h[1]) or r_limit, tonumber(h[2]) or now
+  local elapsed = now - at
+  if elapsed < 0 then elapsed = 0 end
+  r_left = math.max(0, math.floor(math.min(r_limit, tokens + elapsed * r_limit / r_period)))
+end
+return {r_left, q_left}
+"#;
+
 /// Counters in a Redis server.
 struct RedisCounters {
     settings: pb::Redis,
@@ -208,6 +246,7 @@ struct RedisCounters {
     /// Timeouts in a row.
     timeouts: std::sync::atomic::AtomicU32,
     script: redis::Script,
+    peek_script: redis::Script,
     timeout: Duration,
 }
 
@@ -227,6 +266,7 @@ impl RedisCounters {
             broken: None,
             timeouts: std::sync::atomic::AtomicU32::new(0),
             script: redis::Script::new(SCRIPT),
+            peek_script: redis::Script::new(PEEK_SCRIPT),
             timeout,
             settings,
         };
@@ -284,7 +324,14 @@ impl RedisCounters {
         }
     }
 
-    async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
+    /// Runs `script` on `grant`'s counters (the arguments of [`SCRIPT`]) within the
+    /// timeout; its reply.
+    async fn call(
+        &self,
+        script: &redis::Script,
+        grant: &Grant<'_>,
+        max_delay: Duration,
+    ) -> Result<Vec<i64>, StoreError> {
         let err = |reason: String| StoreError { endpoint: self.settings.endpoint.clone(), reason };
         let plan = &grant.subscription.plan;
         let key = |kind: &str, l: Option<&Limit>| match l {
@@ -293,7 +340,7 @@ impl RedisCounters {
         };
         let ms = |l: Option<&Limit>| l.map_or(0, |l| l.period.as_millis() as u64);
         let (q, r) = (plan.quota.as_ref(), plan.rate.as_ref());
-        let mut invocation = self.script.prepare_invoke();
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(key("quota", q))
             .key(key("rate", r))
@@ -324,8 +371,28 @@ impl RedisCounters {
             }
         };
         self.timeouts.store(0, std::sync::atomic::Ordering::Release);
+        Ok(reply)
+    }
+
+    /// What is left of `grant`'s plan, counting nothing.
+    async fn peek(&self, grant: &Grant<'_>) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let reply = self.call(&self.peek_script, grant, Duration::ZERO).await?;
+        let [rate_left, quota_left] = reply[..] else {
+            return Err(StoreError {
+                endpoint: self.settings.endpoint.clone(),
+                reason: format!("unexpected reply {reply:?}"),
+            });
+        };
+        Ok((u64::try_from(rate_left).ok(), u64::try_from(quota_left).ok()))
+    }
+
+    async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
+        let reply = self.call(&self.script, grant, max_delay).await?;
         let [admission, micros, rate_left, quota_left] = reply[..] else {
-            return Err(err(format!("unexpected reply {reply:?}")));
+            return Err(StoreError {
+                endpoint: self.settings.endpoint.clone(),
+                reason: format!("unexpected reply {reply:?}"),
+            });
         };
         let wait = Duration::from_micros(micros.max(0) as u64);
         let left = |n: i64| u64::try_from(n).ok();
