@@ -455,6 +455,8 @@ async fn keys_and_guards(url: Option<String>) {
     .await;
     assert_eq!(console_key(&p, &bob, "apps/crm").await.status, 409, "bob has no subscribed application");
     assert_eq!(console_key(&p, &ann, "apps/internal").await.status, 404, "a hidden API");
+    let r = console_key(&p, &ann, "apps/billing").await;
+    assert_eq!(r.status, 409, "no console key for an API whose servers only its spec names: {r:?}");
 
     // Bob cannot see, change or use Ann's application, even with his own valid session.
     assert!(

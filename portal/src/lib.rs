@@ -73,6 +73,10 @@ pub struct Portal {
     pub(crate) password_checks: tokio::sync::Semaphore,
     /// OpenID Connect providers.
     pub(crate) oidc: oidc::Providers,
+    /// Sign-ins started per client (each stores a pending sign-in).
+    pub(crate) oidc_starts: auth::LoginLimiter,
+    /// Console keys issued per user (each is a write every data plane hears of).
+    pub(crate) console_keys: auth::LoginLimiter,
     /// The APIPortals' logos.
     pub(crate) logos: logo::Logos,
 }
@@ -87,6 +91,8 @@ impl Portal {
             by_client: auth::LoginLimiter::new(50, Duration::from_secs(900)),
             password_checks: tokio::sync::Semaphore::new(4),
             oidc: oidc::Providers::default(),
+            oidc_starts: auth::LoginLimiter::new(30, Duration::from_secs(60)),
+            console_keys: auth::LoginLimiter::new(10, Duration::from_secs(3600)),
             logos: logo::Logos::default(),
         })
     }

@@ -25,6 +25,8 @@ use crate::web::Fail;
 pub(crate) const STATE_COOKIE: &str = "__Host-atrium-oidc";
 /// The path the provider sends the browser back to.
 pub(crate) const CALLBACK: &str = "/login/oidc/callback";
+/// Sign-ins on their way at most (each start stores one for 10 minutes).
+pub(crate) const MAX_PENDING: i64 = 10_000;
 /// How long a provider's metadata (and keys) are kept.
 const METADATA_TTL: Duration = Duration::from_secs(300);
 
@@ -38,6 +40,12 @@ fn fetcher(o: &pb::PortalOidc) -> Result<Fetcher, Fail> {
     let timeout = Duration::from_secs(u64::from(o.timeout_seconds.max(1)));
     Fetcher::new(&o.ca_pem, timeout, 1 << 20)
         .map_err(|e| Fail::Internal(format!("OIDC client for {}: {e}", o.issuer_url)))
+}
+
+/// A provider's metadata is cached per issuer and CA (two APIPortalAuths may pin
+/// different CAs for one issuer).
+fn cache_key(o: &pb::PortalOidc) -> String {
+    format!("{}\n{}", o.issuer_url, o.ca_pem)
 }
 
 /// Sends an OAuth request with `f`.
@@ -57,7 +65,7 @@ fn provider_failed(o: &pb::PortalOidc, what: &str, e: impl std::fmt::Display) ->
 impl Providers {
     async fn metadata(&self, o: &pb::PortalOidc, f: &Fetcher) -> Result<CoreProviderMetadata, Fail> {
         if let Ok(c) = self.cache.lock() {
-            if let Some((at, m)) = c.get(&o.issuer_url) {
+            if let Some((at, m)) = c.get(&cache_key(o)) {
                 if at.elapsed() < METADATA_TTL {
                     return Ok(m.clone());
                 }
@@ -69,7 +77,7 @@ impl Providers {
             .await
             .map_err(|e| provider_failed(o, "discovery", e))?;
         if let Ok(mut c) = self.cache.lock() {
-            c.insert(o.issuer_url.clone(), (Instant::now(), m.clone()));
+            c.insert(cache_key(o), (Instant::now(), m.clone()));
         }
         Ok(m)
     }
@@ -180,21 +188,34 @@ impl Providers {
             .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // The account is the provider's subject (the configured user-id claim, `sub` by
+        // default), never the email; an email the provider says is not verified is not used.
+        let subject = raw
+            .get(&o.user_id_claim)
+            .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|i| i.to_string())))
+            .unwrap_or_else(|| claims.subject().as_str().to_string());
+        let verified = raw.get("email_verified").and_then(|v| v.as_bool()) != Some(false);
         let email = raw
             .get(&o.email_claim)
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .or_else(|| claims.email().map(|e| e.to_string()))
+            .filter(|_| verified)
             .unwrap_or_else(|| {
                 let host = http::Uri::try_from(o.issuer_url.as_str())
                     .ok()
                     .and_then(|u| u.host().map(str::to_string))
                     .unwrap_or_default();
-                format!("{}@{host}", claims.subject().as_str())
+                let local: String = subject
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    .take(64)
+                    .collect();
+                format!("{local}@{host}")
             });
         let groups = groups_of(raw.get(&o.groups_claim));
         let issuer = o.issuer_url.clone();
-        let user = store.run(move |s| s.upsert_oidc_user(&email, &groups, &issuer)).await?;
+        let user = store.run(move |s| s.upsert_oidc_user(&issuer, &subject, &email, &groups)).await?;
         let actor = user.email.clone();
         store.run(move |s| s.audit(&actor, "login", "oidc")).await?;
         Ok(user)

@@ -264,7 +264,8 @@ pub(crate) struct Remaining {
 pub(crate) async fn remaining_of(p: &Portal, body: &pb::SnapshotBody, app_id: &str, item: &str) -> Vec<Remaining> {
     let Some(item) = body.catalog_items.iter().find(|i| i.id == item) else { return Vec::new() };
     let mut out = Vec::new();
-    for api in &item.apis {
+    // Each is a read of the counters (a Redis call when it holds them): bounded per item.
+    for api in item.apis.iter().take(20) {
         if let Some((rate, quota)) = p.source.remaining(app_id, api).await {
             let title = body.apis.iter().find(|a| &a.id == api).map_or(api.clone(), |a| a.title.clone());
             out.push(Remaining { api: api.clone(), title, rate, quota });
@@ -529,6 +530,15 @@ pub(crate) fn local_login_allowed(cx: &Ctx) -> Result<(), Fail> {
 pub(crate) async fn oidc_start(State(p): State<Arc<Portal>>, headers: HeaderMap) -> Result<Response, Fail> {
     let cx = web::ctx(&p, &headers).await?;
     let Some(o) = &cx.site.oidc else { return Err(Fail::NotFound) };
+    // Each start writes a pending sign-in: bounded per client and in all.
+    let client = format!("oidc:{}", web::client_of(&headers));
+    if let Some(wait) = p.oidc_starts.blocked(&client) {
+        return Err(Fail::TooMany(wait.as_secs().max(1)));
+    }
+    p.oidc_starts.failed(&client);
+    if p.store.run(|s| s.pending_logins()).await? >= crate::oidc::MAX_PENDING {
+        return Err(Fail::Unavailable("too many sign-ins are on their way; try again in a few minutes".into()));
+    }
     let (url, state) = p.oidc.start(&p.store, &cx.site, o, &cx.origin).await?;
     let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response();
     if let Ok(v) = set_cookie(crate::oidc::STATE_COOKIE, &state, 600).parse() {

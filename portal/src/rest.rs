@@ -241,6 +241,20 @@ async fn console_key(State(p): State<Arc<Portal>>, headers: HeaderMap, Json(k): 
     let cx = write_ctx(&p, &headers).await?;
     let s = cx.member()?;
     let v = catalog::api(&cx.body, &cx.site.id, &s.user.groups, &k.api).ok_or(Fail::NotFound)?;
+    // A console key goes to the servers the page lists: only the operator's
+    // (`override.servers`), never a spec's own, which its author chose.
+    if v.api.spec_override_servers.is_empty() {
+        return Err(Fail::Conflict(format!(
+            "{} has no override.servers: its servers come from its spec, so the portal issues no key for the console",
+            v.api.id
+        ))
+        .into());
+    }
+    let who = format!("user:{}", s.user.id);
+    if let Some(wait) = p.console_keys.blocked(&who) {
+        return Err(Fail::TooMany(wait.as_secs().max(1)).into());
+    }
+    p.console_keys.failed(&who);
     let items: Vec<String> = v.items.iter().filter(|i| i.plan.is_some()).map(|i| i.id.clone()).collect();
     store_write(&p, &cx, StatusCode::CREATED, move |st, u, portal| {
         let app = st

@@ -104,14 +104,17 @@ fn materialise(dir: &Path, websecure: u16) -> Result<PathBuf, UpError> {
 /// not exist), their servers and the portal's trusted URL carry the parent's websecure
 /// port, so the portal's try-it console reaches the gateway from a browser on this machine.
 fn localise(rel: &str, text: &str, websecure: u16) -> String {
+    // The default port is not written in an origin.
+    let port = if websecure == 443 { String::new() } else { format!(":{websecure}") };
     match rel {
         "parent/manifests/apis.yaml" => text
             .replace("https://example.com/specs/crm-openapi.yaml", "http://127.0.0.2:8080/openapi.json")
             .replace("https://example.com/specs/billing-openapi.yaml", "http://127.0.0.3:8080/openapi.json")
-            .replace("https://api.example.com/crm", &format!("https://api.example.com:{websecure}/crm"))
-            .replace("https://api.example.com/billing", &format!("https://api.example.com:{websecure}/billing")),
-        "parent/manifests/portal.yaml" => text
-            .replace("    - https://portal.example.com\n", &format!("    - https://portal.example.com:{websecure}\n")),
+            .replace("https://api.example.com/crm", &format!("https://api.example.com{port}/crm"))
+            .replace("https://api.example.com/billing", &format!("https://api.example.com{port}/billing")),
+        "parent/manifests/portal.yaml" => {
+            text.replace("    - https://portal.example.com\n", &format!("    - https://portal.example.com{port}\n"))
+        }
         _ => text.to_string(),
     }
 }

@@ -251,9 +251,24 @@ impl Drop for Postgres {
     }
 }
 
-/// `?N` placeholders as PostgreSQL's `$N`.
+/// `?N` placeholders as PostgreSQL's `$N` (a `?` not followed by a digit, or inside a
+/// quoted literal, stays).
 pub fn dollar_params(sql: &str) -> String {
-    sql.replace('?', "$")
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '?' if !quoted && chars.peek().is_some_and(|n| n.is_ascii_digit()) => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn pg_err(e: tokio_postgres::Error) -> DbError {
@@ -346,7 +361,11 @@ impl Postgres {
         }
         let url = self.url.clone();
         let client = self.rt().block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(pg_err)?;
+            let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+            let (client, conn) = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+                .await
+                .map_err(|_| DbError::Other("PostgreSQL did not accept a connection within 10 s".into()))?
+                .map_err(pg_err)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::warn!(error = %e, "portal store: a PostgreSQL connection closed");
@@ -478,6 +497,10 @@ mod tests {
     #[test]
     fn placeholders_become_dollars() {
         assert_eq!(dollar_params("SELECT a FROM t WHERE x = ?1 AND y = ?2"), "SELECT a FROM t WHERE x = $1 AND y = $2");
+        assert_eq!(
+            dollar_params("SELECT '?1', b ? 'x' FROM t WHERE x = ?10"),
+            "SELECT '?1', b ? 'x' FROM t WHERE x = $10"
+        );
     }
 
     #[test]

@@ -82,6 +82,11 @@ CREATE TABLE oidc_pending (
     created INTEGER NOT NULL
 );
 ",
+    "
+ALTER TABLE users ADD COLUMN oidc_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN oidc_subject TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX users_oidc ON users (oidc_issuer, oidc_subject) WHERE oidc_issuer != '';
+",
 ];
 
 /// PostgreSQL's migrations, the same schema in its dialect (flags are integers there too).
@@ -147,6 +152,11 @@ CREATE TABLE oidc_pending (
     redirect_uri TEXT NOT NULL,
     created BIGINT NOT NULL
 );
+",
+    "
+ALTER TABLE users ADD COLUMN oidc_issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN oidc_subject TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX users_oidc ON users (oidc_issuer, oidc_subject) WHERE oidc_issuer != '';
 ",
 ];
 
@@ -454,36 +464,62 @@ impl Store {
         self.user_by_email(email)?.map(|(u, _)| u).ok_or_else(|| StoreError::NotFound(email.to_string()))
     }
 
-    /// Signs in a user whom an OpenID Connect provider vouched for: created on the first
-    /// sign-in (without a password: it cannot sign in locally), its groups those of the
-    /// ID token at every sign-in. An email that a local account (with a password) uses is
-    /// refused: a provider cannot take over a local account.
-    pub fn upsert_oidc_user(&self, email: &str, groups: &[String], issuer: &str) -> Result<User, StoreError> {
+    /// Signs in the user whom OpenID Connect provider `issuer` knows as `subject`: found by
+    /// that pair (never by email), created at the first sign-in without a password (it
+    /// cannot sign in locally), its email and groups those of the ID token at every
+    /// sign-in. An email that another account uses (a local one, or one of another
+    /// provider or subject) is refused: no provider can take over an account.
+    pub fn upsert_oidc_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: &str,
+        groups: &[String],
+    ) -> Result<User, StoreError> {
         let email = email.trim();
         if !valid_email(email) {
             return Err(StoreError::Invalid(format!("the provider's email {email:?} is not an email address")));
         }
-        let groups: Vec<String> = groups.iter().filter(|g| valid_group(g)).cloned().collect();
+        if subject.is_empty() || subject.len() > 255 {
+            return Err(StoreError::Invalid("the provider's subject is empty or too long".into()));
+        }
+        let groups: Vec<String> = groups.iter().filter(|g| valid_group(g)).take(200).cloned().collect();
         let groups_json = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
-        match self.user_by_email(email)? {
-            Some((_, hash)) if !hash.is_empty() => {
-                return Err(StoreError::Conflict(format!(
-                    "a local account uses {email}: it cannot sign in through {issuer}"
-                )));
-            }
-            Some((u, _)) => {
-                self.exec("UPDATE users SET groups = ?1 WHERE id = ?2", &[groups_json.into(), u.id.into()])?;
+        let taken = |o: &[V]| {
+            let what = if o[1].t().is_empty() { "a local account" } else { "another account" };
+            StoreError::Conflict(format!("{email} is the email of {what}: it cannot sign in through {issuer}"))
+        };
+        let mine = self.row(
+            "SELECT id FROM users WHERE oidc_issuer = ?1 AND oidc_subject = ?2",
+            &[issuer.into(), subject.into()],
+        )?;
+        let other = self.row("SELECT id, oidc_issuer FROM users WHERE lower(email) = lower(?1)", &[email.into()])?;
+        match (mine, other) {
+            (Some(m), Some(o)) if m[0].i() != o[0].i() => return Err(taken(&o)),
+            (None, Some(o)) => return Err(taken(&o)),
+            (Some(m), _) => {
+                self.exec(
+                    "UPDATE users SET email = ?1, groups = ?2 WHERE id = ?3",
+                    &[email.into(), groups_json.into(), m[0].i().into()],
+                )?;
                 self.db.notify();
             }
-            None => {
+            (None, None) => {
                 self.exec(
-                    "INSERT INTO users (email, groups, password, must_change, created) VALUES (?1, ?2, '', 0, ?3)",
-                    &[email.into(), groups_json.into(), now().into()],
+                    "INSERT INTO users (email, groups, password, must_change, created, oidc_issuer, oidc_subject) VALUES (?1, ?2, '', 0, ?3, ?4, ?5)",
+                    &[email.into(), groups_json.into(), now().into(), issuer.into(), subject.into()],
                 )?;
                 self.audit(issuer, "user.add", email)?;
             }
         }
         self.user_by_email(email)?.map(|(u, _)| u).ok_or_else(|| StoreError::NotFound(email.to_string()))
+    }
+
+    /// OpenID Connect sign-ins on their way (to refuse more past a bound).
+    pub fn pending_logins(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .row("SELECT COUNT(*) FROM oidc_pending WHERE created >= ?1", &[(now() - 600).into()])?
+            .map_or(0, |r| r[0].i()))
     }
 
     /// Records an OpenID Connect sign-in started with `state` (older ones, past 10 minutes,
@@ -753,7 +789,7 @@ impl Store {
     }
 
     /// A console key for application `app` of `owner`, valid `ttl_s`: the application's
-    /// previous console keys are revoked, so a user holds at most one.
+    /// previous console keys are deleted, so an application holds at most one.
     pub fn console_key(
         &self,
         owner: &User,
@@ -763,10 +799,7 @@ impl Store {
         ttl_s: i64,
     ) -> Result<KeyInfo, StoreError> {
         self.application(owner.id, portal, app)?;
-        self.exec(
-            "UPDATE keys SET revoked = 1 WHERE application = ?1 AND name = ?2 AND revoked = 0",
-            &[app.into(), CONSOLE_KEY.into()],
-        )?;
+        self.exec("DELETE FROM keys WHERE application = ?1 AND name = ?2", &[app.into(), CONSOLE_KEY.into()])?;
         self.add_key(owner, portal, app, CONSOLE_KEY, hash, Some(now() + ttl_s))
     }
 
@@ -992,15 +1025,21 @@ mod tests {
     fn oidc_users_are_provisioned_and_cannot_take_over_local_accounts() {
         let (_d, s) = store();
         s.add_user("local@x", &["admins".into()], "$argon2id$hash", false).unwrap();
+        let idp = "https://idp";
         assert!(matches!(
-            s.upsert_oidc_user("local@x", &["developers".into()], "https://idp"),
+            s.upsert_oidc_user(idp, "l", "LOCAL@x", &["developers".into()]),
             Err(StoreError::Conflict(_))
         ));
-        let u = s.upsert_oidc_user("sso@x", &["developers".into(), "<bad>".into()], "https://idp").unwrap();
+        let u = s.upsert_oidc_user(idp, "sub-1", "sso@x", &["developers".into(), "<bad>".into()]).unwrap();
         assert_eq!(u.groups, ["developers"]);
-        let u = s.upsert_oidc_user("SSO@x", &["partners".into()], "https://idp").unwrap();
+        let u = s.upsert_oidc_user(idp, "sub-1", "sso@x", &["partners".into()]).unwrap();
         assert_eq!(u.groups, ["partners"], "groups follow the ID token");
         assert_eq!(s.user_by_email("sso@x").unwrap().unwrap().1, "", "no local password");
+        // Another subject, or another provider, asserting the same email gets nothing.
+        assert!(matches!(s.upsert_oidc_user(idp, "sub-2", "sso@x", &[]), Err(StoreError::Conflict(_))));
+        assert!(matches!(s.upsert_oidc_user("https://other", "sub-1", "SSO@x", &[]), Err(StoreError::Conflict(_))));
+        // The same subject may change its email.
+        assert_eq!(s.upsert_oidc_user(idp, "sub-1", "new@x", &[]).unwrap().id, u.id);
         let p = PendingLogin {
             portal: "apps/p".into(),
             verifier: "v".into(),
@@ -1027,11 +1066,15 @@ mod tests {
         let (_d, s) = store();
         let ann = s.add_user("ann@x", &[], "h", false).unwrap();
         let app = s.create_application(&ann, "apps/p", "a").unwrap().id;
-        let first = s.console_key(&ann, "apps/p", app, &[1; 32], 3600).unwrap();
+        s.console_key(&ann, "apps/p", app, &[1; 32], 3600).unwrap();
         let second = s.console_key(&ann, "apps/p", app, &[2; 32], 3600).unwrap();
         assert!(second.expires.unwrap() > now() + 3500);
         let keys = s.application(ann.id, "apps/p", app).unwrap().keys;
-        assert_eq!(keys.iter().map(|k| (k.id, k.revoked)).collect::<Vec<_>>(), [(first.id, true), (second.id, false)]);
+        assert_eq!(
+            keys.iter().map(|k| (k.id, k.revoked)).collect::<Vec<_>>(),
+            [(second.id, false)],
+            "the first is gone"
+        );
         assert_eq!(
             s.grants().unwrap().applications[0].keys,
             vec![pb::ApiKey { sha256: vec![2; 32], suspended: false }]
