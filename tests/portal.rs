@@ -689,3 +689,45 @@ async fn the_remaining_rate_and_quota_come_from_redis_when_it_holds_the_counters
         assert!(matches!(crm["rate"].as_u64(), Some(98..=99)), "{listed}");
     }
 }
+
+/// Accounts declared in the values (`portal.users`) are created at start: with the hash
+/// given, or with a one-time password logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_declared_in_the_values_are_created_at_start() {
+    let (tmp, _be) = setup().await;
+    let hash = atrium_portal::auth::hash_password(PASSWORD);
+    let values = tmp.path().join("values.yaml");
+    fs::write(
+        &values,
+        format!(
+            "portal:\n  users:\n    - {{email: ann@example.com, groups: [developers], passwordHash: \"{hash}\"}}\n    - {{email: otp@example.com, groups: [premium-customers]}}\n"
+        ),
+    )
+    .unwrap();
+    let p = Parent::start_with(tmp.path(), &["--values", values.to_str().unwrap()]).await;
+    // Ann signs in with the password whose hash the values hold.
+    let r = p
+        .call(
+            "POST",
+            "portal.test",
+            "/api/login",
+            None,
+            Some(format!(r#"{{"email":"ann@example.com","password":"{PASSWORD}"}}"#)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json(&r)["user"]["must_change"], false);
+    // The other account's one-time password is in the log, once.
+    assert!(p.cp.wait_logged("portal account created from the values").await);
+    let line =
+        p.cp.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("otp@example.com") && l.contains("one_time_password="))
+            .cloned()
+            .unwrap();
+    let otp = line.split("one_time_password=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let s = sign_in(&p, "portal.test", "otp@example.com", &otp).await;
+    assert_eq!(catalog(&p, "portal.test", &s).await, ["Billing API (Premium Plan)", "CRM API (Premium Plan)"]);
+}

@@ -143,6 +143,10 @@ async fn a_developer_signs_in_subscribes_and_calls_crm_from_the_browser() {
 
     // Signing out ends the session: the catalog asks for a login again.
     b.click("nav form button[type=submit]").await;
+    eventually(Duration::from_secs(10), "signing out lands on the login page", || async {
+        b.url().await.ends_with("/login").then_some(())
+    })
+    .await;
     b.goto(&format!("{portal}/")).await;
-    assert!(b.url().await.ends_with("/login"));
+    assert!(b.url().await.ends_with("/login"), "the session is over: {}", b.url().await);
 }

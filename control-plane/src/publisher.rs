@@ -68,6 +68,30 @@ impl Publisher {
         }
     }
 
+    /// Creates the portal accounts `values` declares (`portal.users`) that do not exist
+    /// yet; a one-time password made for one is logged once. Runs on a blocking thread.
+    pub(crate) fn ensure_users(&self, values: &Values) {
+        let Some(p) = &self.portal else { return };
+        if values.portal_users.is_empty() {
+            return;
+        }
+        let users: Vec<_> =
+            values.portal_users.iter().map(|u| (u.email.clone(), u.groups.clone(), u.password_hash.clone())).collect();
+        match p.store.ensure_users(&users) {
+            Ok(created) => {
+                for (email, otp) in created {
+                    match otp {
+                        Some(otp) => {
+                            tracing::warn!(%email, one_time_password = %otp, "portal account created from the values; the one-time password is shown once and must be changed at the first sign-in")
+                        }
+                        None => tracing::info!(%email, "portal account created from the values"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "creating the portal accounts of the values failed"),
+        }
+    }
+
     /// Reads the portal store's grants again; publishes when they changed. Runs on a
     /// blocking thread (SQLite).
     pub(crate) fn refresh_grants(&self) {
@@ -127,6 +151,7 @@ impl Publisher {
             *cur = body;
         }
         children.set(&listed, Polling::from_values(values, liveness));
+        self.ensure_users(values);
         self.publish(detected);
         if self.hub.subscribe().borrow().as_ref().map(|p| p.snapshot.hash.clone()) == before {
             tracing::info!("configuration read again; it compiles to the same snapshot");

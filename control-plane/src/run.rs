@@ -118,6 +118,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         last: Arc::default(),
     };
     specs.follow(&first.body.apis);
+    {
+        let (p, values) = (publisher.clone(), first.values.clone());
+        let _ = tokio::task::spawn_blocking(move || p.ensure_users(&values)).await;
+    }
     publisher.publish(Instant::now());
     {
         let p = publisher.clone();

@@ -70,6 +70,29 @@ pub struct ChildConfig {
     pub servers_transport: Option<ServersTransport>,
 }
 
+/// `portal` (atrium's own section, not a chart key): accounts the control plane creates in
+/// the portal's store when they do not exist yet, for examples and bootstrapping.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalValues {
+    #[serde(default)]
+    pub users: Vec<PortalUser>,
+}
+
+/// `portal.users[]`: a local account. Without `passwordHash` (an argon2id PHC string), the
+/// control plane logs a one-time password when it creates the account.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct PortalUser {
+    pub email: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
 /// `hub.redis`, as the Traefik Hub chart has it: where plan counters are kept for every
 /// data plane together. An empty `endpoints` (the chart's default) leaves counters local.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -173,6 +196,8 @@ pub struct Values {
     /// Redis for plan counters shared by every data plane (`hub.redis`), when it names
     /// an endpoint.
     pub redis: Option<Redis>,
+    /// Portal accounts to create (`portal.users`).
+    pub portal_users: Vec<PortalUser>,
     /// The file it came from, for positions.
     pub file: Option<Arc<Path>>,
     /// The document, for positions.
@@ -186,7 +211,7 @@ impl Default for Values {
         ports.insert("websecure".to_string(), EntryPointConfig::new(8443, false, true));
         ports.insert(ADMIN_PORT.to_string(), EntryPointConfig::new(8080, false, false));
         ports.insert(METRICS_PORT.to_string(), EntryPointConfig::new(9100, false, false));
-        Values { ports, multicluster: None, redis: None, file: None, doc: None }
+        Values { ports, multicluster: None, redis: None, portal_users: Vec::new(), file: None, doc: None }
     }
 }
 
@@ -249,6 +274,7 @@ impl Values {
         for (k, val) in entries {
             match k.as_str().unwrap_or("") {
                 "hub" => r.hub(val, &mut v),
+                "portal" => r.portal(val, &mut v),
                 "ports" => r.ports(val, &mut v),
                 // Read once every port is known: arguments may refer to any of them.
                 "additionalArguments" => {}
@@ -336,6 +362,44 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    fn portal(&mut self, node: &Node, v: &mut Values) {
+        let p = match from_node_at::<PortalValues>(node, "portal") {
+            Ok(p) => p,
+            Err(e) => return self.de_error(e, node),
+        };
+        let users = match &node.kind {
+            NodeKind::Map(e) => e.iter().find(|(k, _)| k.as_str() == Some("users")).map(|(_, u)| u),
+            _ => None,
+        };
+        let at = |i: usize, field: &str| -> Node {
+            let item = users.and_then(|u| match &u.kind {
+                NodeKind::Seq(items) => items.get(i),
+                _ => None,
+            });
+            let value = item.and_then(|it| match &it.kind {
+                NodeKind::Map(e) => e.iter().find(|(k, _)| k.as_str() == Some(field)).map(|(_, v)| v),
+                _ => None,
+            });
+            value.or(item).unwrap_or(node).clone()
+        };
+        for (i, u) in p.users.iter().enumerate() {
+            if !u.email.contains('@') {
+                self.error(
+                    &at(i, "email"),
+                    &format!("portal.users[{i}].email"),
+                    format!("{:?} is not an email address", u.email),
+                );
+            }
+            if let Some(h) = &u.password_hash {
+                if !h.starts_with("$argon2id$") {
+                    let msg = "an argon2id PHC string ($argon2id$…); leave it out for a one-time password".to_string();
+                    self.error(&at(i, "passwordHash"), &format!("portal.users[{i}].passwordHash"), msg);
+                }
+            }
+        }
+        v.portal_users = p.users;
     }
 
     fn redis(&mut self, node: &Node, v: &mut Values) {
@@ -648,6 +712,25 @@ additionalArguments:
             "{s:#?}"
         );
         assert_eq!(v.ports["web"].port, 80);
+    }
+
+    #[test]
+    fn portal_users_are_read_and_checked() {
+        let text = "portal:\n  users:\n    - {email: dev@example.com, groups: [developers]}\n    - {email: ops@example.com, passwordHash: \"$argon2id$v=19$x\"}\n";
+        let (v, d) = Values::parse(Path::new("v.yaml"), text);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(v.portal_users.len(), 2);
+        assert_eq!(v.portal_users[0].groups, ["developers"]);
+        let (_, d) =
+            Values::parse(Path::new("v.yaml"), "portal:\n  users:\n    - {email: nope, passwordHash: plain}\n");
+        let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(lines.iter().any(|l| l.contains("v.yaml:3:") && l.contains("portal.users[0].email")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("portal.users[0].passwordHash") && l.contains("argon2id")),
+            "{lines:?}"
+        );
+        let (_, d) = Values::parse(Path::new("v.yaml"), "portal:\n  users:\n    - {email: a@b, role: admin}\n");
+        assert!(d.iter().any(|d| d.is_error()), "unknown fields are errors");
     }
 
     #[test]

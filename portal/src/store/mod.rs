@@ -464,6 +464,31 @@ impl Store {
         self.user_by_email(email)?.map(|(u, _)| u).ok_or_else(|| StoreError::NotFound(email.to_string()))
     }
 
+    /// Creates the accounts of `users` (email, groups, argon2id hash) that do not exist
+    /// yet; an account without a hash gets a one-time password. Existing accounts are left
+    /// as they are (the store holds the truth once an account exists). Returns the created
+    /// accounts, with their one-time passwords.
+    pub fn ensure_users(
+        &self,
+        users: &[(String, Vec<String>, Option<String>)],
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut created = Vec::new();
+        for (email, groups, hash) in users {
+            if self.user_by_email(email)?.is_some() {
+                continue;
+            }
+            let otp = hash.is_none().then(crate::auth::one_time_password);
+            let stored = match (hash, &otp) {
+                (Some(h), _) => h.clone(),
+                (None, Some(p)) => crate::auth::hash_password(p),
+                (None, None) => continue,
+            };
+            self.add_user(email, groups, &stored, otp.is_some())?;
+            created.push((email.clone(), otp));
+        }
+        Ok(created)
+    }
+
     /// Signs in the user whom OpenID Connect provider `issuer` knows as `subject`: found by
     /// that pair (never by email), created at the first sign-in without a password (it
     /// cannot sign in locally), its email and groups those of the ID token at every
@@ -1079,6 +1104,22 @@ mod tests {
             s.grants().unwrap().applications[0].keys,
             vec![pb::ApiKey { sha256: vec![2; 32], suspended: false }]
         );
+    }
+
+    #[test]
+    fn accounts_from_values_are_created_once() {
+        let (_d, s) = store();
+        let users = vec![
+            ("dev@x".to_string(), vec!["developers".to_string()], None),
+            ("ops@x".to_string(), vec![], Some(crate::auth::hash_password("a-long-password"))),
+        ];
+        let created = s.ensure_users(&users).unwrap();
+        assert_eq!(created.len(), 2);
+        assert!(created[0].1.is_some() && created[1].1.is_none(), "a one-time password only without a hash");
+        let (ops, hash) = s.user_by_email("ops@x").unwrap().unwrap();
+        assert!(!ops.must_change && crate::auth::verify_password("a-long-password", &hash));
+        assert!(s.user_by_email("dev@x").unwrap().unwrap().0.must_change);
+        assert!(s.ensure_users(&users).unwrap().is_empty(), "existing accounts are left alone");
     }
 
     #[test]
