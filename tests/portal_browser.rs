@@ -106,7 +106,7 @@ async fn a_developer_signs_in_subscribes_and_calls_crm_from_the_browser() {
     let key = b.text("#new-key-value").await;
     assert!(key.starts_with("atr_"), "{key}");
     b.click(".app[data-app=browser-app] .subscribe button[type=submit]").await;
-    let subs = b.wait_text(".app[data-app=browser-app] .subs", "Standard Plan", Duration::from_secs(5)).await;
+    let subs = b.wait_text(".app[data-app=browser-app] .subs", "Standard Plan", Duration::from_secs(10)).await;
     assert!(subs.contains("100 requests per minute"), "{subs}");
     b.screenshot(&shots.join("applications.png")).await;
 
