@@ -135,49 +135,61 @@ impl PlanLimits {
     }
 }
 
-/// The Lua script that counts one request (see the module documentation).
+/// The Lua script that counts one request (see the module documentation), or with
+/// `peek` only reads what is left, counting nothing (no write happens before it returns).
 ///
 /// KEYS: the quota's counter, the rate limit's counter (either may be an unused name).
 /// ARGV: has quota (0/1), quota limit, quota period (ms), has rate (0/1), rate limit, rate
-/// period (ms), longest wait (ms).
+/// period (ms), longest wait (ms), peek (0/1).
 /// Returns {admission (0 now, 1 after a wait, 2 refused by the rate, 3 refused by the
-/// quota), wait or retry-after (µs), rate remaining (-1: none), quota remaining (-1: none)}.
+/// quota), wait or retry-after (µs), rate remaining (-1: none), quota remaining (-1: none)};
+/// with `peek`, {rate remaining, quota remaining}.
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local has_q, q_limit, q_period = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
 local has_r, r_limit, r_period = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_delay = tonumber(ARGV[7])
+local peek = ARGV[8] == '1'
 local function fmt(x) return string.format('%.17g', x) end
 
-local q_start, q_cur, q_prev, q_used = now, 0, 0, 0
+local q_start, q_cur, q_prev, q_used, q_elapsed = now, 0, 0, 0, 0
 if has_q then
   local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p')
   q_start, q_cur, q_prev = tonumber(h[1]) or now, tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  local elapsed = now - q_start
-  if elapsed >= q_period then
-    local windows = math.floor(elapsed / q_period)
+  q_elapsed = now - q_start
+  if q_elapsed >= q_period then
+    local windows = math.floor(q_elapsed / q_period)
     if windows == 1 then q_prev = q_cur else q_prev = 0 end
     q_cur = 0
     q_start = q_start + windows * q_period
-    elapsed = now - q_start
+    q_elapsed = now - q_start
   end
+  if q_elapsed < 0 then q_elapsed = 0 end
+  q_used = q_prev * (1 - q_elapsed / q_period) + q_cur
+end
+
+local rate, tokens = 0, 0
+if has_r then
+  rate = r_limit / r_period
+  local h = redis.call('HMGET', KEYS[2], 't', 'at')
+  local at
+  tokens, at = tonumber(h[1]) or r_limit, tonumber(h[2]) or now
+  local elapsed = now - at
   if elapsed < 0 then elapsed = 0 end
-  q_used = q_prev * (1 - elapsed / q_period) + q_cur
-  if q_used + 1 > q_limit then
-    local retry = math.max(1000, q_period - elapsed)
-    return {3, math.floor(retry * 1000), -1, 0}
-  end
+  tokens = math.min(r_limit, tokens + elapsed * rate)
+end
+
+if peek then
+  return {has_r and math.max(0, math.floor(tokens)) or -1, has_q and math.max(0, q_limit - math.ceil(q_used)) or -1}
+end
+if has_q and q_used + 1 > q_limit then
+  local retry = math.max(1000, q_period - q_elapsed)
+  return {3, math.floor(retry * 1000), -1, 0}
 end
 
 local admission, wait, r_left = 0, 0, -1
 if has_r then
-  local rate = r_limit / r_period
-  local h = redis.call('HMGET', KEYS[2], 't', 'at')
-  local tokens, at = tonumber(h[1]) or r_limit, tonumber(h[2]) or now
-  local elapsed = now - at
-  if elapsed < 0 then elapsed = 0 end
-  tokens = math.min(r_limit, tokens + elapsed * rate)
   if tokens >= 1 then
     tokens = tokens - 1
   else
@@ -204,38 +216,6 @@ end
 return {admission, math.floor(wait * 1000), r_left, q_left}
 "#;
 
-/// The Lua script that reads what is left of a plan, counting nothing: the arguments of
-/// [`SCRIPT`]; returns {rate remaining (-1: none), quota remaining (-1: none)}.
-pub const PEEK_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local has_q, q_limit, q_period = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
-local has_r, r_limit, r_period = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
-local r_left, q_left = -1, -1
-if has_q then
-  local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p')
-  local q_start, q_cur, q_prev = tonumber(h[1]) or now, tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  local elapsed = now - q_start
-  if elapsed >= q_period then
-    local windows = math.floor(elapsed / q_period)
-    if windows == 1 then q_prev = q_cur else q_prev = 0 end
-    q_cur = 0
-    q_start = q_start + windows * q_period
-    elapsed = now - q_start
-  end
-  if elapsed < 0 then elapsed = 0 end
-  q_left = math.max(0, q_limit - math.ceil(q_prev * (1 - elapsed / q_period) + q_cur))
-end
-if has_r then
-  local h = redis.call('HMGET', KEYS[2], 't', 'at')
-  local tokens, at = tonumber(h[1]) or r_limit, tonumber(h[2]) or now
-  local elapsed = now - at
-  if elapsed < 0 then elapsed = 0 end
-  r_left = math.max(0, math.floor(math.min(r_limit, tokens + elapsed * r_limit / r_period)))
-end
-return {r_left, q_left}
-"#;
-
 /// Counters in a Redis server.
 struct RedisCounters {
     settings: pb::Redis,
@@ -246,7 +226,6 @@ struct RedisCounters {
     /// Timeouts in a row.
     timeouts: std::sync::atomic::AtomicU32,
     script: redis::Script,
-    peek_script: redis::Script,
     timeout: Duration,
 }
 
@@ -266,7 +245,6 @@ impl RedisCounters {
             broken: None,
             timeouts: std::sync::atomic::AtomicU32::new(0),
             script: redis::Script::new(SCRIPT),
-            peek_script: redis::Script::new(PEEK_SCRIPT),
             timeout,
             settings,
         };
@@ -324,14 +302,9 @@ impl RedisCounters {
         }
     }
 
-    /// Runs `script` on `grant`'s counters (the arguments of [`SCRIPT`]) within the
-    /// timeout; its reply.
-    async fn call(
-        &self,
-        script: &redis::Script,
-        grant: &Grant<'_>,
-        max_delay: Duration,
-    ) -> Result<Vec<i64>, StoreError> {
+    /// Runs [`SCRIPT`] on `grant`'s counters (to count a request, or with `peek` to read
+    /// them) within the timeout; its reply.
+    async fn call(&self, grant: &Grant<'_>, max_delay: Duration, peek: bool) -> Result<Vec<i64>, StoreError> {
         let err = |reason: String| StoreError { endpoint: self.settings.endpoint.clone(), reason };
         let plan = &grant.subscription.plan;
         let key = |kind: &str, l: Option<&Limit>| match l {
@@ -340,7 +313,7 @@ impl RedisCounters {
         };
         let ms = |l: Option<&Limit>| l.map_or(0, |l| l.period.as_millis() as u64);
         let (q, r) = (plan.quota.as_ref(), plan.rate.as_ref());
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.script.prepare_invoke();
         invocation
             .key(key("quota", q))
             .key(key("rate", r))
@@ -350,7 +323,8 @@ impl RedisCounters {
             .arg(u8::from(r.is_some()))
             .arg(r.map_or(0, |l| l.limit))
             .arg(ms(r))
-            .arg(max_delay.as_millis() as u64);
+            .arg(max_delay.as_millis() as u64)
+            .arg(u8::from(peek));
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
@@ -376,7 +350,7 @@ impl RedisCounters {
 
     /// What is left of `grant`'s plan, counting nothing.
     async fn peek(&self, grant: &Grant<'_>) -> Result<(Option<u64>, Option<u64>), StoreError> {
-        let reply = self.call(&self.peek_script, grant, Duration::ZERO).await?;
+        let reply = self.call(grant, Duration::ZERO, true).await?;
         let [rate_left, quota_left] = reply[..] else {
             return Err(StoreError {
                 endpoint: self.settings.endpoint.clone(),
@@ -387,7 +361,7 @@ impl RedisCounters {
     }
 
     async fn admit(&self, grant: &Grant<'_>, max_delay: Duration) -> Result<Outcome, StoreError> {
-        let reply = self.call(&self.script, grant, max_delay).await?;
+        let reply = self.call(grant, max_delay, false).await?;
         let [admission, micros, rate_left, quota_left] = reply[..] else {
             return Err(StoreError {
                 endpoint: self.settings.endpoint.clone(),
