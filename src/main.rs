@@ -16,7 +16,9 @@ use atrium_data_plane::proxy::admin::{AdminConfig, read_token};
 use atrium_data_plane::proxy::server::ServerLimits;
 use atrium_data_plane::uplink::Liveness;
 use atrium_data_plane::upstream::UpstreamConfig;
-use atrium_provider::file::{FileSource, load_values};
+use atrium_k8s::LeaseOptions;
+use atrium_k8s::rbac::Component;
+use atrium_provider::{KubeSource, Source, load_values};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -124,8 +126,102 @@ impl ListenArgs {
     }
 
     /// The manifests and values a role compiles, watched with `debounce_ms` of quiet time.
-    fn source(&self, manifests: Vec<PathBuf>, debounce_ms: u64) -> FileSource {
-        FileSource { values: self.values.clone(), manifests, debounce: Duration::from_millis(debounce_ms.max(1)) }
+    fn source(&self, manifests: Vec<PathBuf>, debounce_ms: u64) -> Source {
+        Source::files(self.values.clone(), manifests, Duration::from_millis(debounce_ms.max(1)))
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ProviderKind {
+    /// Manifest files and folders (`--manifests`), watched.
+    File,
+    /// The Kubernetes API server (in a pod: its service account; else `KUBECONFIG`).
+    Kubernetes,
+}
+
+/// Where the control plane and the agent read their manifests.
+#[derive(Args, Clone)]
+struct ProviderArgs {
+    /// Where manifests come from: `file` (`--manifests`) or `kubernetes` (watched through
+    /// the API server; in a pod its service account, else `KUBECONFIG`).
+    #[arg(long, value_enum, default_value = "file")]
+    provider: ProviderKind,
+    /// Manifest files or folders (watched), with `--provider file`.
+    #[arg(long)]
+    manifests: Vec<PathBuf>,
+    /// The kubeconfig file (`--provider kubernetes`; default: $KUBECONFIG, else
+    /// ~/.kube/config, else the pod's service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch, comma-separated (`--provider kubernetes`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Label selector for the traefik.io and hub.traefik.io kinds, as Traefik's
+    /// `labelSelector` (`--provider kubernetes`); Services, EndpointSlices and Secrets are
+    /// read whatever their labels.
+    #[arg(long)]
+    label_selector: Option<String>,
+    /// Namespace of the leader Lease that picks the replica writing status (default:
+    /// $POD_NAMESPACE, else `default`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Seconds the leader Lease holds without renewal (a new leader takes over after it).
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// This replica's identity in the Lease and in Events (default: $POD_NAME, else the
+    /// host name and process id).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Quiet time before a configuration change is applied, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    watch_debounce_ms: u64,
+}
+
+impl ProviderArgs {
+    /// The configuration source these flags describe; `lease` names the leader Lease.
+    fn source(&self, values: Option<PathBuf>, component: Component, lease: &str) -> anyhow::Result<Source> {
+        let debounce = Duration::from_millis(self.watch_debounce_ms.max(1));
+        match self.provider {
+            ProviderKind::File => {
+                anyhow::ensure!(!self.manifests.is_empty(), "--manifests is required with --provider file");
+                anyhow::ensure!(
+                    self.namespaces.is_empty() && self.label_selector.is_none() && self.kubeconfig.is_none(),
+                    "--kubeconfig, --namespaces and --label-selector apply to --provider kubernetes"
+                );
+                Ok(Source::files(values, self.manifests.clone(), debounce))
+            }
+            ProviderKind::Kubernetes => {
+                anyhow::ensure!(self.manifests.is_empty(), "--manifests applies to --provider file");
+                anyhow::ensure!(self.lease_duration >= 2, "--lease-duration must be at least 2 seconds");
+                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                let identity = self.identity.clone().or_else(|| env("POD_NAME")).unwrap_or_else(|| {
+                    let host = env("HOSTNAME").unwrap_or_else(|| "atrium".into());
+                    format!("{host}-{}", std::process::id())
+                });
+                let lease = LeaseOptions {
+                    namespace: self
+                        .lease_namespace
+                        .clone()
+                        .or_else(|| env("POD_NAMESPACE"))
+                        .unwrap_or_else(|| "default".into()),
+                    name: lease.to_string(),
+                    identity,
+                    duration: Duration::from_secs(self.lease_duration),
+                };
+                let options = atrium_k8s::Options {
+                    namespaces: self
+                        .namespaces
+                        .iter()
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty())
+                        .collect(),
+                    label_selector: self.label_selector.clone(),
+                };
+                let mut kube = KubeSource::new(options, component, Some(lease));
+                kube.kubeconfig = self.kubeconfig.clone();
+                Ok(Source::kubernetes(values, kube, debounce))
+            }
+        }
     }
 }
 
@@ -397,18 +493,14 @@ enum Command {
     /// Run the control plane: compile watched manifests into snapshots and stream them to
     /// data planes over gRPC (mutual TLS); an embedded data plane serves them too.
     ControlPlane {
-        /// Manifest files or folders (watched).
-        #[arg(long, required = true)]
-        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        provider: ProviderArgs,
         /// Address of the snapshot gRPC service.
         #[arg(long, default_value = "0.0.0.0:9090")]
         grpc: String,
         /// `embedded` serves the entrypoints in this process too; `none` does not.
         #[arg(long, value_enum, default_value = "embedded")]
         data_plane: EmbeddedDataPlane,
-        /// Quiet time before a configuration change is published, in milliseconds.
-        #[arg(long, default_value_t = 50)]
-        watch_debounce_ms: u64,
         /// Directory that `file://` OpenAPI spec URLs may point into (default: none, so
         /// `file://` specs are refused).
         #[arg(long)]
@@ -468,15 +560,11 @@ enum Command {
         /// The cluster's name (the key of this child under the parent's `children`).
         #[arg(long)]
         cluster: String,
-        /// Manifest files or folders (watched).
-        #[arg(long, required = true)]
-        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        provider: ProviderArgs,
         /// Name of this agent's certificate in the TLS directory (default: the cluster name).
         #[arg(long)]
         tls_name: Option<String>,
-        /// Quiet time before a configuration change is applied, in milliseconds.
-        #[arg(long, default_value_t = 50)]
-        watch_debounce_ms: u64,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -693,10 +781,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime");
     match command {
         Command::ControlPlane {
-            manifests,
+            provider,
             grpc,
             data_plane,
-            watch_debounce_ms,
             spec_dir,
             portal,
             portal_advertise,
@@ -713,7 +800,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let cfg = atrium_control_plane::Config {
                 portal,
-                source: serve.listen.source(manifests, watch_debounce_ms),
+                source: provider.source(
+                    serve.listen.values.clone(),
+                    Component::ControlPlane,
+                    "atrium-control-plane",
+                )?,
                 grpc: parse_addr(&grpc).context("--grpc")?,
                 embedded: data_plane == EmbeddedDataPlane::Embedded,
                 spec_dir,
@@ -735,8 +826,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             rt()?.block_on(atrium_data_plane::node::run(cfg, shutdown_signal()))?;
         }
-        Command::Agent { cluster, manifests, tls_name, watch_debounce_ms, serve } => {
-            let source = serve.listen.source(manifests, watch_debounce_ms);
+        Command::Agent { cluster, provider, tls_name, serve } => {
+            let lease = format!("atrium-agent-{cluster}");
+            let source = provider.source(serve.listen.values.clone(), Component::Agent, &lease)?;
             let cfg = atrium_agent::Config { serving: serve.serving()?, source, cluster, tls_name };
             rt()?.block_on(atrium_agent::run(cfg, shutdown_signal()))?;
         }

@@ -247,14 +247,26 @@ async fn admin_endpoints_and_reload_keep_the_last_good_table() {
         (r.header("x-traefik-backend") == Some("cluster-a2")).then_some(())
     })
     .await;
-    // A broken change is refused with file and line; the previous table keeps serving.
-    fs::write(&route, text.replace("kind: Rule", "kind: Rules")).unwrap();
+    // A file that is not YAML any more is refused with file and line; the previous table
+    // keeps serving.
+    let edited = text.replace("X-Traefik-Backend: \"cluster-a\"", "X-Traefik-Backend: \"cluster-a2\"");
+    fs::write(&route, format!("{edited}\n  bad: [\n")).unwrap();
     assert!(gw.wait_logged("configuration refused").await, "the broken change was not reported");
     assert!(gw.wait_logged("crm-api.yaml:").await, "the error names the file");
     let r = get(&gw.web("/crm/health")).await;
     assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a2")));
     let metrics = get(&admin("/metrics")).await.body;
     assert!(metrics.contains("atrium_route_table_swap_failures_total 1"), "{metrics}");
+    // An invalid object is left out, and only it: the route is not served, the rest is.
+    fs::write(&route, edited.replace("kind: Rule", "kind: Rules")).unwrap();
+    assert!(gw.wait_logged("(left out)").await, "the left-out object was not reported");
+    common::eventually(Duration::from_secs(10), "the invalid route is left out", || async {
+        (get(&gw.web("/crm/health")).await.status == 404).then_some(())
+    })
+    .await;
+    let metrics = get(&admin("/metrics")).await.body;
+    assert!(metrics.contains("atrium_config_objects_left_out 1"), "{metrics}");
+    assert!(metrics.contains("atrium_route_table_swap_failures_total 1"), "not a refusal: {metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

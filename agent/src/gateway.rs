@@ -9,7 +9,7 @@ use atrium_data_plane::node::{self, NodeError, Serving};
 use atrium_data_plane::proxy::tls::CertStore;
 use atrium_data_plane::proxy::{CompileError, Compiled, Gateway};
 use atrium_proto::v1 as pb;
-use atrium_provider::file::{FileSource, SourceError, Watch};
+use atrium_provider::{Source, SourceError, Watch};
 use tokio::sync::watch;
 
 /// Where the default TLS certificate (for names no router's certificate serves) comes from.
@@ -29,7 +29,7 @@ pub struct GatewayConfig {
     /// How it serves.
     pub serving: Serving,
     /// The manifests and values it compiles (watched).
-    pub source: FileSource,
+    pub source: Source,
     /// Its default certificate.
     pub default_cert: DefaultCert,
 }
@@ -103,12 +103,13 @@ impl Swapper {
     /// refusal is counted and logged.
     pub(crate) fn watch(
         self: &Arc<Self>,
-        source: &FileSource,
+        source: &Source,
         then: impl Fn(&pb::SnapshotBody) + Send + Sync + 'static,
     ) -> Result<Watch, SourceError> {
         let (s, g) = (self.clone(), self.gw.clone());
         source.watch(
             move |cfg| {
+                s.gw.objects_left_out(cfg.left_out.len());
                 let listed = cfg.body.clone();
                 match s.swap(cfg.body) {
                     Ok(()) => then(&listed),
@@ -142,6 +143,7 @@ pub async fn run_gateway(cfg: GatewayConfig, shutdown: impl Future<Output = ()>)
     let certs = certificates(&o, default_cert)?;
     let gw = o.gateway_with(certs.clone());
     let swapper = Arc::new(Swapper::new(gw.clone()));
+    gw.objects_left_out(first.left_out.len());
     swapper.swap(first.body)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = o.serve(&gw, &certs, &stop_rx)?;

@@ -9,7 +9,7 @@ use atrium_data_plane::node::{self, Serving};
 use atrium_data_plane::proxy::Gateway;
 use atrium_data_plane::trust::NodeTrust;
 use atrium_data_plane::upstream::Upstreams;
-use atrium_provider::file::FileSource;
+use atrium_provider::Source;
 use tokio::sync::watch;
 
 use crate::gateway::{GatewayError, Swapper};
@@ -22,7 +22,7 @@ pub struct Config {
     /// How it serves: its HTTP entrypoints, and the uplink entrypoints parents dial.
     pub serving: Serving,
     /// The manifests and values it compiles (watched): routes and uplinks follow them.
-    pub source: FileSource,
+    pub source: Source,
     /// The cluster's name (the key of this child under the parent's `children`).
     pub cluster: String,
     /// The name of its certificate in the TLS directory (default: the cluster name).
@@ -43,6 +43,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let (gw, certs) = o.gateway()?;
     let swapper = Arc::new(Swapper::new(gw.clone()));
     let first_uplinks = first.body.uplinks.clone();
+    gw.objects_left_out(first.left_out.len());
     swapper.swap(first.body)?;
     let up = Arc::new(Upstreams::new(o.upstream.clone()));
     let uplinks = Uplinks::new(&cluster, gw.clone(), up.clone());
@@ -57,7 +58,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         // Parents hear of added, changed and removed uplinks at once.
         swapper.watch(&source, move |body| u.set(body.uplinks.clone()))?
     };
+    if let Some(k) = source.kubernetes_started() {
+        report_health(k.status.clone(), uplinks.clone());
+    }
     shutdown.await;
+    if let Some(k) = source.kubernetes_started() {
+        // Another replica writes status from now on.
+        k.leader.resign().await;
+    }
     // No reload from here on: a configuration change during the drain must not advertise
     // the uplinks again.
     drop(watch);
@@ -68,6 +76,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     node::join_all(tasks, workers).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes each Uplink's health, as parents are told it, into its `Healthy` condition.
+fn report_health(status: atrium_k8s::StatusWriter, uplinks: Arc<Uplinks>) {
+    let mut rx = uplinks.state().subscribe();
+    tokio::spawn(async move {
+        loop {
+            let told = rx.borrow_and_update().clone();
+            for u in uplinks.configured() {
+                let Some(s) = told.uplinks.iter().find(|s| s.name == u.name) else { continue };
+                let c = match (s.healthy, u.health_check.is_some()) {
+                    (true, true) => {
+                        atrium_k8s::Condition::new("Healthy", true, "HealthCheckPassed", "the health check passes")
+                    }
+                    (true, false) => {
+                        atrium_k8s::Condition::new("Healthy", true, "NoHealthCheck", "no health check: always offered")
+                    }
+                    (false, _) => atrium_k8s::Condition::new(
+                        "Healthy",
+                        false,
+                        "HealthCheckFailed",
+                        "the health check fails (or the agent is stopping): parents route elsewhere",
+                    ),
+                };
+                status.set_condition(&format!("Uplink {}", u.id), c);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Binds every uplink entrypoint (QUIC, mutual TLS: parents' control-plane and data-plane

@@ -53,6 +53,11 @@ impl Uplinks {
         })
     }
 
+    /// The uplinks of the configuration in force.
+    pub fn configured(&self) -> Vec<pb::Uplink> {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     /// What parents are told.
     pub fn state(&self) -> Arc<State> {
         self.ctx.state.clone()

@@ -14,7 +14,7 @@
 //!   certificate reloaded when its file changes.
 //!
 //! Compiling resources into snapshots is `atrium_model::compile`; reading them from files
-//! is `atrium_provider::file`, shared with the agent and the gateway.
+//! is `atrium_provider::Source` (files or the Kubernetes API), shared with the agent and the gateway.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -14,7 +14,7 @@ use atrium_data_plane::proxy::tls::CertStore;
 use atrium_data_plane::trust::{NodeTrust, TrustError};
 use atrium_data_plane::uplink::UplinkClient;
 use atrium_proto::v1::snapshot_service_server::SnapshotServiceServer;
-use atrium_provider::file::{FileSource, SourceError};
+use atrium_provider::{Source, SourceError};
 use tokio::sync::watch;
 
 use crate::admin::ControlPlaneAdmin;
@@ -29,7 +29,7 @@ pub struct Config {
     /// How its embedded data plane and admin listener serve; its TLS material.
     pub serving: Serving,
     /// The manifests and values it compiles (watched).
-    pub source: FileSource,
+    pub source: Source,
     /// The address of the snapshot gRPC service.
     pub grpc: SocketAddr,
     /// Whether this process serves the entrypoints too (an embedded data plane).
@@ -136,6 +136,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc_task = serve_grpc(grpc, &trust, hub.clone(), stop_rx.clone()).await?;
     let (gw, certs) = o.gateway()?;
+    gw.objects_left_out(first.left_out.len());
     let portal_task = match portal_listener {
         Some(l) => {
             let counters = embedded.then(|| gw.clone());
@@ -156,13 +157,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let _watch = {
-        let (p, c, liveness, g) = (publisher.clone(), children.clone(), o.liveness, gw.clone());
+        let (p, c, liveness, g, g2) = (publisher.clone(), children.clone(), o.liveness, gw.clone(), gw.clone());
         source.watch(
-            move |cfg| p.set_config(cfg.body, &cfg.values, &c, liveness),
+            move |cfg| {
+                g2.objects_left_out(cfg.left_out.len());
+                p.set_config(cfg.body, &cfg.values, &c, liveness)
+            },
             move |why| g.swap_failed(format!("{why}; data planes keep the previous snapshot")),
         )?
     };
     shutdown.await;
+    if let Some(k) = source.kubernetes_started() {
+        // Another replica writes status from now on.
+        k.leader.resign().await;
+    }
     tracing::info!("shutting down: closing snapshot streams and child sessions, draining requests in flight");
     let _ = stop_tx.send(true);
     children.stop();

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub swaps: Counter,
     /// Configurations refused (the previous table stayed).
     pub swap_failures: Counter,
+    /// Invalid objects left out of the configuration in force.
+    pub objects_left_out: Gauge,
     /// Per-child uplink counters.
     pub uplinks: UplinkMetrics,
     /// API management counters.
@@ -87,6 +89,12 @@ impl Default for Metrics {
             "Configurations refused; the previous table stayed in force",
             swap_failures.clone(),
         );
+        let objects_left_out = Gauge::default();
+        registry.register(
+            "config_objects_left_out",
+            "Invalid objects left out of the configuration in force (each is logged with its file or object and field)",
+            objects_left_out.clone(),
+        );
         let uplinks = UplinkMetrics::default();
         registry.register(
             "uplink_stream_limit_waits",
@@ -114,7 +122,7 @@ impl Default for Metrics {
             "Requests to APIs whose plan counters (Redis) did not answer; the failure policy applied",
             apim.store_failures.clone(),
         );
-        Metrics { registry, requests, latency, table_version, swaps, swap_failures, uplinks, apim }
+        Metrics { registry, requests, latency, table_version, swaps, swap_failures, objects_left_out, uplinks, apim }
     }
 }
 

@@ -1,14 +1,156 @@
 //! Where configuration comes from, for every role that compiles manifests (the control
 //! plane, the agent, the gateway):
-//! - [`file`]: the file provider: values and manifest files loaded and compiled into a
-//!   snapshot body, then watched; each good change is published, each bad one refused with
-//!   every error's file and line while the previous configuration stays in force;
+//! - [`Source`]: values plus manifests from files ([`file`]) or from the Kubernetes API
+//!   ([`kubernetes`]), compiled the same way ([`config`]: each invalid object left out and
+//!   reported, the rest served), then watched: each change is compiled after a quiet
+//!   moment and handed to the role;
 //! - [`listeners`]: the entrypoints the values declare, moved or turned off by flags.
-//!
-//! A Kubernetes provider will sit next to the file provider and yield the same resource
-//! model, so the compiler, lint and snapshots stay shared.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod file;
+pub mod kubernetes;
 pub mod listeners;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrium_model::values::Values;
+
+pub use config::{Config, SourceError};
+pub use file::{Watch, load_values};
+pub use kubernetes::KubeSource;
+
+/// Where manifests come from.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// Manifest files or folders.
+    Files(Vec<PathBuf>),
+    /// The Kubernetes API.
+    Kubernetes(Box<KubeSource>),
+}
+
+/// Values and manifests: what a role compiles and watches.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Helm-style values (entrypoints, children, timeouts); none: the defaults. Watched
+    /// with either provider (a mounted ConfigMap in a cluster).
+    pub values: Option<PathBuf>,
+    /// The manifests' provider.
+    pub provider: Provider,
+    /// Quiet time before a change is applied.
+    pub debounce: Duration,
+}
+
+impl Source {
+    /// Manifests from files.
+    pub fn files(values: Option<PathBuf>, manifests: Vec<PathBuf>, debounce: Duration) -> Source {
+        Source { values, provider: Provider::Files(manifests), debounce }
+    }
+
+    /// Manifests from the Kubernetes API.
+    pub fn kubernetes(values: Option<PathBuf>, kube: KubeSource, debounce: Duration) -> Source {
+        Source { values, provider: Provider::Kubernetes(Box::new(kube)), debounce }
+    }
+
+    /// Fails when a manifest path does not exist (a typo must not start an empty gateway).
+    pub fn check_exists(&self) -> Result<(), SourceError> {
+        match &self.provider {
+            Provider::Files(paths) => file::check_exists(paths),
+            Provider::Kubernetes(_) => Ok(()),
+        }
+    }
+
+    /// The values alone (the defaults when there is no values file).
+    pub fn load_values(&self) -> Result<Values, SourceError> {
+        load_values(self.values.as_deref())
+    }
+
+    /// The Kubernetes provider, once started.
+    pub fn kubernetes_started(&self) -> Option<&kubernetes::Started> {
+        match &self.provider {
+            Provider::Kubernetes(k) => k.started(),
+            Provider::Files(_) => None,
+        }
+    }
+
+    /// Loads and compiles values and manifests (the Kubernetes provider must have started:
+    /// see [`Source::compile_blocking`]). Invalid objects are left out and reported; the
+    /// status writer hears of them.
+    pub fn compile(&self) -> Result<Config, SourceError> {
+        let (values, vdiags) = Values::load_optional(self.values.as_deref());
+        let manifests = match &self.provider {
+            Provider::Files(paths) => file::load(paths),
+            Provider::Kubernetes(k) => match k.started() {
+                Some(s) => s.cluster.manifests(),
+                None => return Err(SourceError::Compile(vec!["the Kubernetes provider has not started".into()])),
+            },
+        };
+        let cfg = config::compile(values, &vdiags, manifests)?;
+        if let Some(s) = self.kubernetes_started() {
+            s.status.set_problems(cfg.problems());
+        }
+        Ok(cfg)
+    }
+
+    /// Starts the provider (the Kubernetes watches, until every kind has listed once), then
+    /// [`Source::compile`] on a blocking thread (compiling thousands of routes takes a
+    /// while; the runtime's threads stay free). How every role compiles its first
+    /// configuration.
+    pub async fn compile_blocking(&self) -> Result<Config, SourceError> {
+        if let Provider::Kubernetes(k) = &self.provider {
+            k.start().await?;
+        }
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || source.compile())
+            .await
+            .unwrap_or_else(|e| Err(SourceError::Compile(vec![format!("compiling the configuration failed: {e}")])))
+    }
+
+    /// Watches the values file and the manifests (files, or the API server's objects);
+    /// after each quiet burst of changes, compiles them and hands a good configuration to
+    /// `publish` (on a blocking thread). A refused one is logged line by line and `refused`
+    /// hears how many errors it had; so does a reload that panics. Must be called within a
+    /// tokio runtime, after [`Source::compile_blocking`]. Watching stops when the
+    /// [`Watch`] is dropped.
+    pub fn watch(
+        &self,
+        publish: impl Fn(Config) + Send + Sync + 'static,
+        refused: impl Fn(String) + Send + Sync + 'static,
+    ) -> Result<Watch, SourceError> {
+        let (paths, more) = match &self.provider {
+            Provider::Files(p) => (p.iter().chain(self.values.iter()).cloned().collect(), None),
+            Provider::Kubernetes(k) => {
+                (self.values.iter().cloned().collect(), k.started().map(|s| s.cluster.changes()))
+            }
+        };
+        let values_dirs = self
+            .values
+            .iter()
+            .filter_map(|v| v.parent())
+            .map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })
+            .collect();
+        let source = self.clone();
+        let refused = Arc::new(refused);
+        let on_refused = refused.clone();
+        file::watch_changes(
+            paths,
+            values_dirs,
+            more,
+            self.debounce,
+            move || match source.compile() {
+                Ok(cfg) => publish(cfg),
+                Err(e) => {
+                    let lines = e.lines();
+                    for l in &lines {
+                        tracing::error!("{l}");
+                    }
+                    refused(format!("{} error(s) in the configuration", lines.len()));
+                }
+            },
+            move |why| on_refused(why.to_string()),
+        )
+    }
+}

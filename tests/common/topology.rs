@@ -222,7 +222,7 @@ pub fn spawn_agent(dir: &Path, name: &str, ip: &str, extra: &[&str], env: &[(&st
         "--workers",
         "1",
     ]);
-    args.extend(strings(extra));
+    with_provider_flags(&mut args, extra);
     GatewayProc::spawn_with_env(&args, env, 2, false)
 }
 
@@ -265,8 +265,19 @@ pub fn spawn_parent(
         "--workers",
         "2",
     ]);
-    args.extend(strings(extra));
+    with_provider_flags(&mut args, extra);
     GatewayProc::spawn_with_env(&args, env, 2, true)
+}
+
+/// Adds `extra` to `args`; with `--provider kubernetes` among them, the manifests are read
+/// from the API server instead of `--manifests`.
+fn with_provider_flags(args: &mut Vec<String>, extra: &[&str]) {
+    if extra.contains(&"--provider") {
+        if let Some(i) = args.iter().position(|a| a == "--manifests") {
+            args.drain(i..i + 2);
+        }
+    }
+    args.extend(strings(extra));
 }
 
 /// The arguments of `atrium data-plane --node-id id` streaming from the control plane at

@@ -501,7 +501,12 @@ impl Gateway {
         }
     }
 
-    /// Records a configuration that was refused.
+    /// Records how many invalid objects the configuration in force left out.
+    pub fn objects_left_out(&self, n: usize) {
+        self.metrics.objects_left_out.set(n as i64);
+    }
+
+    /// Counts and logs a configuration that was refused.
     pub fn swap_failed(&self, error: impl std::fmt::Display) {
         self.metrics.swap_failures.inc();
         tracing::error!(%error, "configuration refused; the previous route table stays in force");

@@ -43,9 +43,21 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
             cx.err(l, "spec.isDefault", "conflict", msg);
         }
     }
-    let auth_of = |ns: &str| match default_auth.get(ns) {
-        Some((_, a)) => a.clone(),
-        None => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
+    // An APIAuth left out as invalid (the provider isolates objects) may have been its
+    // namespace's default: its APIs refuse every call rather than fall back to API keys.
+    let left_out: HashMap<&str, &str> = m
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .filter_map(|d| d.object.as_deref())
+        .filter_map(|o| Some((o.strip_prefix("APIAuth ")?.split_once('/')?.0, o)))
+        .collect();
+    let auth_of = |ns: &str| match (left_out.get(ns), default_auth.get(ns)) {
+        (Some(label), _) => {
+            pb::api::Auth::Unsupported(format!("{label} is invalid and left out: calls are refused until it is fixed"))
+        }
+        (None, Some((_, a))) => a.clone(),
+        (None, None) => pb::api::Auth::ApiKey(pb::ApiKeyAuth::default()),
     };
     let mut out = Vec::new();
     for l in &m.resources {
