@@ -22,36 +22,24 @@ use atrium_k8s::{LeaseOptions, Options};
 use atrium_provider::{Config, KubeSource, Source};
 use serde_json::{Value, json};
 
-/// The objects of every manifest file under `dir` that the provider watches, as JSON.
-fn objects(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for doc in atrium_model::yaml::parse_documents(&text).unwrap() {
-            let v: Value = atrium_model::yaml::from_node(&doc).unwrap();
-            if v["kind"].as_str().and_then(atrium_k8s::kinds::by_kind).is_some() {
-                out.push(v);
-            }
-        }
-    }
-    out
-}
-
 fn client(fake: &FakeApiServer) -> kube::Client {
     kube::Client::try_from(kube::Config::new(fake.url().parse().unwrap())).unwrap()
 }
 
 /// A Kubernetes source reading `fake`, with a leader Lease when `identity` is given.
 fn kube_source(fake: &FakeApiServer, values: Option<&Path>, identity: Option<&str>) -> Source {
+    kube_source_with(fake, values, identity, Options::default())
+}
+
+/// [`kube_source`] with watch options (namespaces, label selector).
+fn kube_source_with(fake: &FakeApiServer, values: Option<&Path>, identity: Option<&str>, options: Options) -> Source {
     let lease = identity.map(|id| LeaseOptions {
         namespace: "traefik".into(),
         name: "atrium-control-plane".into(),
         identity: id.into(),
         duration: Duration::from_secs(2),
     });
-    let mut k = KubeSource::new(Options::default(), Component::ControlPlane, lease);
+    let mut k = KubeSource::new(options, Component::ControlPlane, lease);
     k.client = Some(client(fake));
     Source::kubernetes(values.map(Path::to_path_buf), k, Duration::from_millis(20))
 }
@@ -124,7 +112,7 @@ async fn the_seed_through_the_api_server_compiles_to_the_same_snapshot_as_from_f
             .unwrap();
         assert!(files.left_out.is_empty(), "{cluster}: {:?}", files.left_out);
         let fake = FakeApiServer::start().await;
-        for o in objects(&dir.join("manifests")) {
+        for o in common::kube::objects(&dir.join("manifests")) {
             fake.apply(o);
         }
         let kube = kube_source(&fake, Some(&values), None).compile_blocking().await.unwrap();
@@ -210,10 +198,7 @@ async fn endpoint_slices_serve_ready_endpoints_only() {
 async fn a_rotated_secret_changes_the_served_certificate() {
     let fake = FakeApiServer::start().await;
     fake.apply(serde_json::from_str(SERVICE).unwrap());
-    let secret = |pem: &(String, Vec<u8>)| -> Value {
-        let v: Value = atrium_model::yaml::from_node(&atrium_model::yaml::parse_documents(&pem.0).unwrap()[0]).unwrap();
-        v
-    };
+    let secret = |pem: &(String, Vec<u8>)| common::kube::documents(&pem.0).remove(0);
     let first_cert = common::tls_secret("apps", "site", "a.test");
     fake.apply(secret(&first_cert));
     let mut r = route("secure", "/");
@@ -428,7 +413,7 @@ async fn only_the_leader_writes_and_another_replica_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_the_provider_makes_is_granted_by_its_role() {
     let fake = FakeApiServer::start().await;
-    for o in objects(&common::example().join("parent/manifests")) {
+    for o in common::kube::objects(&common::example().join("parent/manifests")) {
         fake.apply(o);
     }
     let mut bad = route("bad", "/bad");
@@ -449,4 +434,40 @@ async fn every_request_the_provider_makes_is_granted_by_its_role() {
         let p = (r.group.clone(), r.resource.clone(), r.verb.clone());
         assert!(allowed.contains(&p), "{p:?} is not granted by deploy/rbac");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_and_the_label_selector_narrow_what_is_read_as_traefik_does() {
+    let fake = FakeApiServer::start().await;
+    for ns in ["apps", "payments", "other"] {
+        let mut svc: Value = serde_json::from_str(SERVICE).unwrap();
+        svc["metadata"]["namespace"] = json!(ns);
+        fake.apply(svc);
+        let mut r = route(&format!("r-{ns}"), &format!("/{ns}"));
+        r["metadata"]["namespace"] = json!(ns);
+        r["metadata"]["labels"] = json!({"team": if ns == "payments" { "billing" } else { "crm" }});
+        fake.apply(r);
+    }
+    let options =
+        Options { namespaces: vec!["apps".into(), "payments".into()], label_selector: Some("team=crm".into()) };
+    let src = kube_source_with(&fake, None, None, options);
+    let c = src.compile_blocking().await.unwrap();
+    // `other` is not watched; the payments route does not match the selector; the Services
+    // (core kind) are read whatever their labels.
+    assert_eq!(rules(&c), ["PathPrefix(`/apps`)"]);
+    assert!(c.left_out.is_empty(), "{:?}", c.left_out);
+    let mut published = Published::watch(&src);
+    // A label change brings a route in; one in an unwatched namespace never comes.
+    let mut r = route("r-payments", "/payments");
+    r["metadata"]["namespace"] = json!("payments");
+    r["metadata"]["labels"] = json!({"team": "crm"});
+    fake.apply(r);
+    let mut r = route("r-other2", "/other2");
+    r["metadata"]["namespace"] = json!("other");
+    r["metadata"]["labels"] = json!({"team": "crm"});
+    fake.apply(r);
+    let (_, c) = published.until("the relabelled route", |c| rules(c).len() == 2).await;
+    assert_eq!(rules(&c), ["PathPrefix(`/apps`)", "PathPrefix(`/payments`)"]);
+    // Every watch was scoped: no request listed all namespaces.
+    assert!(fake.requests().iter().filter(|r| r.verb == "list" || r.verb == "watch").all(|r| r.namespace.is_some()));
 }

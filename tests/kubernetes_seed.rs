@@ -6,28 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use atrium_k8s::fake::FakeApiServer;
 use common::backend;
 use common::topology::{self, Options, Topology, until_status};
 use serde_json::Value;
-
-/// The objects of every manifest file under `dir` that the provider watches, as JSON.
-fn objects(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for f in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for doc in atrium_model::yaml::parse_documents(&text).unwrap() {
-            let v: Value = atrium_model::yaml::from_node(&doc).unwrap();
-            if v["kind"].as_str().and_then(atrium_k8s::kinds::by_kind).is_some() {
-                out.push(v);
-            }
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_runs_from_three_api_servers() {
@@ -38,7 +22,7 @@ async fn the_seed_runs_from_three_api_servers() {
     let mut kubeconfigs = std::collections::BTreeMap::new();
     for cluster in ["parent", "cluster-a", "cluster-b"] {
         let fake = FakeApiServer::start().await;
-        for o in objects(&dir.path().join(cluster).join("manifests")) {
+        for o in common::kube::objects(&dir.path().join(cluster).join("manifests")) {
             fake.apply(o);
         }
         kubeconfigs.insert(cluster, fake.kubeconfig(&dir.path().join(cluster)).display().to_string());
@@ -96,12 +80,34 @@ async fn the_seed_runs_from_three_api_servers() {
     assert!(fakes["parent"].delete("traefik.io/v1alpha1", "IngressRoute", "apps", "billing-api"));
     until_status(ws, "/billing/health", 404).await;
     eprintln!("a deleted IngressRoute stopped being served after {:?}", t0.elapsed());
-    let again = objects(&dir.path().join("parent/unused"))
+    let again = common::kube::objects(&dir.path().join("parent/unused"))
         .into_iter()
         .find(|o| o["kind"] == "IngressRoute" && o["metadata"]["name"] == "billing-api")
         .unwrap();
     fakes["parent"].apply(again);
     until_status(ws, "/billing/health", 200).await;
+
+    // A TLS Secret on the parent's API server is served, and its rotation too.
+    let secret = |yaml: &str| common::kube::documents(yaml).remove(0);
+    let (first_yaml, first_der) = common::tls_secret("apps", "site", "secure.example.com");
+    fakes["parent"].apply(secret(&first_yaml));
+    fakes["parent"].apply(serde_json::json!({"apiVersion": "traefik.io/v1alpha1", "kind": "IngressRoute",
+        "metadata": {"name": "secure", "namespace": "apps"},
+        "spec": {"entryPoints": ["websecure"], "tls": {"secretName": "site"},
+            "routes": [{"match": "Host(`secure.example.com`)", "kind": "Rule",
+                "services": [{"name": "crm@multicluster", "kind": "TraefikService"}]}]}}));
+    let served = || async { common::client::tls_get(ws, "secure.example.com", "/crm/health").await };
+    common::eventually(Duration::from_secs(10), "the Secret's certificate served", || async {
+        let (_, leaf, r) = served().await;
+        (leaf == first_der && r.status == 200).then_some(())
+    })
+    .await;
+    let (second_yaml, second_der) = common::tls_secret("apps", "site", "secure.example.com");
+    fakes["parent"].apply(secret(&second_yaml));
+    common::eventually(Duration::from_secs(10), "the rotated certificate served", || async {
+        (served().await.1 == second_der).then_some(())
+    })
+    .await;
 
     // On cluster-a, crm's only endpoint stops being ready: its health check fails, the
     // parent answers 503, and the Uplink's status says so.

@@ -41,6 +41,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::kinds::{self, Kind};
+
 /// The first resource version handed out is one more than this.
 const FIRST_RESOURCE_VERSION: u64 = 100;
 /// How many changes the watch history keeps.
@@ -60,43 +62,47 @@ type Key = (String, String);
 // Resource types
 // ---------------------------------------------------------------------------------------
 
-/// How the server serves one kind.
+/// How the server serves one kind: a [`Kind`] (its `status`: has a status subresource)
+/// and whether it lives in namespaces.
 #[derive(Debug)]
 struct ResourceType {
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    plural: &'static str,
+    of: Kind,
     namespaced: bool,
-    /// Has a `status` subresource.
-    status: bool,
+}
+
+impl std::ops::Deref for ResourceType {
+    type Target = Kind;
+    fn deref(&self) -> &Kind {
+        &self.of
+    }
 }
 
 impl ResourceType {
-    fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
-    }
-
     /// `plural.group` (or `plural` for core), as in the real server's messages.
     fn qualified(&self) -> String {
         if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 }
 
+/// A namespaced kind as atrium watches it.
+const fn watched(kind: Kind) -> ResourceType {
+    ResourceType { of: kind, namespaced: true }
+}
+
 const fn core(kind: &'static str, plural: &'static str, namespaced: bool, status: bool) -> ResourceType {
-    ResourceType { group: "", version: "v1", kind, plural, namespaced, status }
+    ResourceType { of: Kind { status, ..kinds::core(kind, plural) }, namespaced }
 }
 
 const fn grouped(group: &'static str, kind: &'static str, plural: &'static str) -> ResourceType {
-    ResourceType { group, version: "v1", kind, plural, namespaced: true, status: false }
+    ResourceType { of: Kind { group, version: "v1", kind, plural, crd: false, status: false }, namespaced: true }
 }
 
 const fn traefik(kind: &'static str, plural: &'static str) -> ResourceType {
-    ResourceType { group: "traefik.io", version: "v1alpha1", kind, plural, namespaced: true, status: false }
+    watched(kinds::traefik(kind, plural))
 }
 
 const fn hub(kind: &'static str, plural: &'static str) -> ResourceType {
-    ResourceType { group: "hub.traefik.io", version: "v1alpha1", kind, plural, namespaced: true, status: true }
+    watched(kinds::hub(kind, plural))
 }
 
 /// Every kind the fake server knows.
@@ -781,24 +787,8 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// The current time as RFC 3339, to the second.
 fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m as u32, d as u32)
+    let t = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1828,7 +1818,7 @@ mod tests {
         let r = parse_path("/apis/hub.traefik.io/v1alpha1/apis").unwrap();
         assert_eq!((r.group.as_str(), r.plural.as_str(), r.name), ("hub.traefik.io", "apis", None));
         assert!(parse_path("/version").is_none());
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        let now = now_rfc3339();
+        assert!(now.len() == 20 && now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
     }
 }

@@ -44,15 +44,15 @@ impl Kind {
     }
 }
 
-const fn core(kind: &'static str, plural: &'static str) -> Kind {
+pub(crate) const fn core(kind: &'static str, plural: &'static str) -> Kind {
     Kind { group: "", version: "v1", kind, plural, crd: false, status: false }
 }
 
-const fn traefik(kind: &'static str, plural: &'static str) -> Kind {
+pub(crate) const fn traefik(kind: &'static str, plural: &'static str) -> Kind {
     Kind { group: "traefik.io", version: "v1alpha1", kind, plural, crd: true, status: false }
 }
 
-const fn hub(kind: &'static str, plural: &'static str) -> Kind {
+pub(crate) const fn hub(kind: &'static str, plural: &'static str) -> Kind {
     Kind { group: "hub.traefik.io", version: "v1alpha1", kind, plural, crd: true, status: true }
 }
 

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod client;
 pub mod exchanges;
 pub mod gateway;
+pub mod kube;
 pub mod otlp;
 pub mod portal;
 pub mod postgres;
