@@ -226,6 +226,15 @@ mod tests {
     }
 
     #[test]
+    fn a_route_of_a_left_out_api_is_left_out_too() {
+        let api = "---\napiVersion: hub.traefik.io/v1alpha1\nkind: API\nmetadata: {name: crm, namespace: apps}\nspec: {openApiSpec: {url: 5}}\n---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: crm\n  namespace: apps\n  annotations: {hub.traefik.io/api: crm}\nspec:\n  routes:\n    - match: PathPrefix(`/crm`)\n      services: [{name: ext, port: 80}]\n";
+        let c = compile(Values::default(), &[], load_text("m.yaml", &format!("{GOOD}{api}"))).unwrap();
+        assert_eq!(rules(&c), vec!["PathPrefix(`/good`)"], "never served without its API's checks");
+        let p = c.problems();
+        assert!(p.contains_key("API apps/crm") && p.contains_key("IngressRoute apps/crm"), "{p:?}");
+    }
+
+    #[test]
     fn a_left_out_api_auth_closes_its_namespace_apis() {
         let apim = "---\napiVersion: hub.traefik.io/v1alpha1\nkind: API\nmetadata: {name: crm, namespace: apps}\nspec: {}\n---\napiVersion: hub.traefik.io/v1alpha1\nkind: APIAuth\nmetadata: {name: jwt, namespace: apps}\nspec: {isDefault: true, jwt: {appIdClaim: sub, unknownField: 1}}\n";
         let c = compile(Values::default(), &[], load_text("m.yaml", &format!("{GOOD}{apim}"))).unwrap();
