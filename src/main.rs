@@ -162,7 +162,7 @@ struct ProviderArgs {
     #[arg(long)]
     label_selector: Option<String>,
     /// Namespace of the leader Lease that picks the replica writing status (default:
-    /// $POD_NAMESPACE, else `default`).
+    /// $POD_NAMESPACE, else the service account's or the kubeconfig context's namespace).
     #[arg(long)]
     lease_namespace: Option<String>,
     /// Seconds the leader Lease holds without renewal (a new leader takes over after it).
@@ -203,7 +203,8 @@ impl ProviderArgs {
                         .lease_namespace
                         .clone()
                         .or_else(|| env("POD_NAMESPACE"))
-                        .unwrap_or_else(|| "default".into()),
+                        // Empty: the client's namespace (in a pod, its service account's).
+                        .unwrap_or_default(),
                     name: lease.to_string(),
                     identity,
                     duration: Duration::from_secs(self.lease_duration),

@@ -337,6 +337,13 @@ async fn a_missing_crd_is_treated_as_empty_and_checked_again() {
     fake.apply(json!({"apiVersion": "hub.traefik.io/v1alpha1", "kind": "API",
         "metadata": {"name": "late", "namespace": "apps"}, "spec": {}}));
     published.until("the API of the CRD installed later", |c| c.body.apis.iter().any(|a| a.id == "apps/late")).await;
+    // Once listed, a kind the server stops serving keeps its last objects (a deleted CRD's
+    // objects are deleted first): an APIAuth never vanishes into API-key fallback.
+    fake.uninstall("hub.traefik.io/v1alpha1", "API");
+    fake.break_watches();
+    fake.apply(route("b", "/b"));
+    let (_, c) = published.until("the next change", |c| rules(c).len() == 2).await;
+    assert!(c.body.apis.iter().any(|a| a.id == "apps/late"), "the API stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

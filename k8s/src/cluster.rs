@@ -78,7 +78,6 @@ struct Entry {
 struct PartState {
     synced: bool,
     missing: bool,
-    buffer: Option<Vec<DynamicObject>>,
     last_error: Option<String>,
 }
 
@@ -154,20 +153,34 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClusterError> {
     Ok(Client::try_from(config)?)
 }
 
-/// The watch backoff: 200 ms doubling to 5 s, reset by a success.
+/// The watch backoff: 200 ms doubling to 5 s, back to 200 ms once 30 s passed without a
+/// failure. The watcher's own resets are ignored: it reports a success (`Init`) before
+/// every list, so honouring them would retry a failing list every 200 ms forever.
 #[derive(Debug, Clone)]
 struct RetryBackoff {
     next: Duration,
+    last: Option<std::time::Instant>,
 }
 
 impl RetryBackoff {
     const FIRST: Duration = Duration::from_millis(200);
     const MAX: Duration = Duration::from_secs(5);
+    const QUIET: Duration = Duration::from_secs(30);
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff { next: Self::FIRST, last: None }
+    }
 }
 
 impl Iterator for RetryBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
+        if self.last.is_some_and(|t| t.elapsed() > Self::QUIET) {
+            self.next = Self::FIRST;
+        }
+        self.last = Some(std::time::Instant::now());
         let d = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         Some(d)
@@ -175,9 +188,7 @@ impl Iterator for RetryBackoff {
 }
 
 impl Backoff for RetryBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+    fn reset(&mut self) {}
 }
 
 impl Cluster {
@@ -195,7 +206,8 @@ impl Cluster {
         let namespaces: Vec<Option<String>> = if inner.options.namespaces.is_empty() {
             vec![None]
         } else {
-            inner.options.namespaces.iter().cloned().map(Some).collect()
+            let unique: std::collections::BTreeSet<&String> = inner.options.namespaces.iter().collect();
+            unique.into_iter().cloned().map(Some).collect()
         };
         let mut tasks = Vec::new();
         {
@@ -324,7 +336,9 @@ impl Cluster {
     }
 }
 
-/// Runs the watch of one partition until the cluster is dropped.
+/// Runs the watch of one partition until the cluster is dropped. Objects are projected
+/// and parsed here, outside the store's lock; a list is gathered here and handed over
+/// whole.
 async fn run_watch(inner: Weak<Inner>, client: Client, idx: usize, ns: Option<String>) {
     let kind = &WATCHED[idx];
     let ar = kind.api_resource();
@@ -338,105 +352,132 @@ async fn run_watch(inner: Weak<Inner>, client: Client, idx: usize, ns: Option<St
             cfg = cfg.labels(&sel);
         }
     }
-    let mut stream = watcher::watcher(api, cfg).backoff(RetryBackoff { next: RetryBackoff::FIRST }).boxed();
+    if kind.kind == "Secret" {
+        // Secrets atrium never reads (Helm releases, service-account tokens, registry
+        // credentials) are not even listed.
+        cfg = cfg.fields(&IGNORED_SECRET_TYPES.iter().map(|t| format!("type!={t}")).collect::<Vec<_>>().join(","));
+    }
+    let mut stream = watcher::watcher(api, cfg).backoff(RetryBackoff::default()).boxed();
+    let part: Partition = (idx, ns);
+    let mut listing: Option<BTreeMap<ObjKey, Entry>> = None;
     while let Some(ev) = stream.next().await {
         let Some(inner) = inner.upgrade() else { return };
-        inner.handle((idx, ns.clone()), ev);
-    }
-}
-
-impl Inner {
-    fn handle(&self, part: Partition, ev: Result<Event<DynamicObject>, watcher::Error>) {
-        let kind = &WATCHED[part.0];
-        let mut st = self.state.lock().expect("cluster state");
-        let mut changed = false;
         match ev {
-            Ok(Event::Init) => st.parts.entry(part).or_default().buffer = Some(Vec::new()),
+            Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(o)) => {
-                if let Some(b) = st.parts.entry(part).or_default().buffer.as_mut() {
-                    b.push(o);
+                if let (Some(l), Some((k, e))) = (listing.as_mut(), entry_of(idx, o)) {
+                    l.insert(k, e);
                 }
             }
-            Ok(Event::InitDone) => {
-                let p = st.parts.entry(part.clone()).or_default();
-                let objects = p.buffer.take().unwrap_or_default();
-                if p.missing {
-                    tracing::info!(kind = kind.kind, "the CRD is installed now; reading its objects");
-                }
-                p.missing = false;
-                p.synced = true;
-                p.last_error = None;
-                // One step: what the list did not return is gone, the rest replaced.
-                let mut fresh = BTreeMap::new();
-                for o in objects {
-                    if let Some((key, entry)) = entry_of(part.0, o) {
-                        fresh.insert(key, entry);
-                    }
-                }
-                let stale: Vec<ObjKey> = st
-                    .objects
-                    .keys()
-                    .filter(|k| k.0 == part.0 && in_partition(&part, &k.1) && !fresh.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for k in stale {
-                    st.objects.remove(&k);
-                    changed = true;
-                }
-                for (k, e) in fresh {
-                    changed |= upsert(&mut st.objects, k, e);
-                }
-                self.check_synced(&st);
-            }
+            Ok(Event::InitDone) => inner.listed(&part, listing.take().unwrap_or_default()),
             Ok(Event::Apply(o)) => {
-                if let Some((k, e)) = entry_of(part.0, o) {
-                    changed = upsert(&mut st.objects, k, e);
+                if let Some((k, e)) = entry_of(idx, o) {
+                    inner.applied(k, e);
                 }
             }
             Ok(Event::Delete(o)) => {
                 let ns = o.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-                let key = (part.0, ns, o.metadata.name.unwrap_or_default());
-                changed = st.objects.remove(&key).is_some();
+                inner.deleted((idx, ns, o.metadata.name.unwrap_or_default()));
             }
             Err(e) => {
-                let not_found = match &e {
-                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => s.code == 404,
-                    _ => false,
-                };
-                let p = st.parts.entry(part.clone()).or_default();
-                if not_found {
-                    if !p.missing {
-                        tracing::warn!(
-                            kind = kind.kind,
-                            api_version = %kind.api_version(),
-                            "the API server does not serve this kind (is its CRD installed?); treated as empty and checked again"
-                        );
-                    }
-                    p.missing = true;
-                    p.buffer = None;
-                    p.last_error = Some("not installed".into());
-                    if !p.synced {
-                        p.synced = true;
-                    }
-                    let gone: Vec<ObjKey> =
-                        st.objects.keys().filter(|k| k.0 == part.0 && in_partition(&part, &k.1)).cloned().collect();
-                    for k in gone {
-                        st.objects.remove(&k);
-                        changed = true;
-                    }
-                    self.check_synced(&st);
-                } else {
-                    let msg = e.to_string();
-                    if p.last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!(kind = kind.kind, namespace = ?part.1, error = %msg, "watch failed; listing again with backoff");
-                    }
-                    p.last_error = Some(msg);
+                listing = None;
+                inner.failed(&part, e);
+            }
+        }
+    }
+}
+
+/// Secret types atrium never reads.
+const IGNORED_SECRET_TYPES: &[&str] = &[
+    "helm.sh/release.v1",
+    "kubernetes.io/service-account-token",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/dockerconfigjson",
+    "bootstrap.kubernetes.io/token",
+];
+
+impl Inner {
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// A list finished: the partition's objects are replaced in one step.
+    fn listed(&self, part: &Partition, fresh: BTreeMap<ObjKey, Entry>) {
+        let kind = &WATCHED[part.0];
+        let mut st = self.state.lock().expect("cluster state");
+        let p = st.parts.entry(part.clone()).or_default();
+        if p.missing {
+            tracing::info!(kind = kind.kind, "the kind is served now; reading its objects");
+        }
+        p.missing = false;
+        p.synced = true;
+        p.last_error = None;
+        let stale: Vec<ObjKey> = st
+            .objects
+            .keys()
+            .filter(|k| k.0 == part.0 && in_partition(part, &k.1) && !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut changed = !stale.is_empty();
+        for k in stale {
+            st.objects.remove(&k);
+        }
+        for (k, e) in fresh {
+            changed |= upsert(&mut st.objects, k, e);
+        }
+        self.check_synced(&st);
+        drop(st);
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn applied(&self, key: ObjKey, entry: Entry) {
+        let changed = upsert(&mut self.state.lock().expect("cluster state").objects, key, entry);
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn deleted(&self, key: ObjKey) {
+        let changed = self.state.lock().expect("cluster state").objects.remove(&key).is_some();
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// A list or watch failed. A kind the API server does not serve (404) before its
+    /// first list counts as listed and empty; after it, the last objects seen stay (when
+    /// a CRD is deleted, its objects' deletions come first), never an empty set that would
+    /// drop an APIAuth and open its APIs.
+    fn failed(&self, part: &Partition, e: watcher::Error) {
+        let kind = &WATCHED[part.0];
+        let not_found = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
+        let mut st = self.state.lock().expect("cluster state");
+        let p = st.parts.entry(part.clone()).or_default();
+        let msg = if not_found { "not served (is its CRD installed?)".to_string() } else { e.to_string() };
+        if p.last_error.as_deref() != Some(msg.as_str()) {
+            match (not_found, p.synced) {
+                (true, false) => tracing::warn!(
+                    kind = kind.kind,
+                    api_version = %kind.api_version(),
+                    "the API server does not serve this kind (is its CRD installed?); treated as empty and checked again"
+                ),
+                (true, true) => tracing::warn!(
+                    kind = kind.kind,
+                    api_version = %kind.api_version(),
+                    "the API server stopped serving this kind; the objects last seen stay in force"
+                ),
+                _ => {
+                    tracing::warn!(kind = kind.kind, namespace = ?part.1, error = %msg, "watch failed; listing again with backoff")
                 }
             }
         }
-        drop(st);
-        if changed {
-            self.changes.send_modify(|v| *v += 1);
+        p.last_error = Some(msg);
+        if not_found && !p.synced {
+            p.missing = true;
+            p.synced = true;
+            self.check_synced(&st);
         }
     }
 
@@ -495,7 +536,7 @@ fn project(kind: &Kind, value: Value) -> (Value, Option<Value>) {
     let status = obj.remove("status");
     let meta = obj.remove("metadata").unwrap_or_default();
     let mut m = Map::new();
-    for k in ["name", "namespace", "labels"] {
+    for k in ["name", "namespace", "labels", "generation"] {
         if let Some(v) = meta.get(k) {
             m.insert(k.into(), v.clone());
         }
@@ -623,6 +664,18 @@ mod tests {
         );
         let m = atrium_model::loader::load_text("e.json", &serde_json::to_string(&p).unwrap());
         assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+    }
+
+    #[test]
+    fn retries_back_off_whatever_the_watcher_resets() {
+        let mut b = RetryBackoff::default();
+        let first: Vec<Duration> = (0..3).map(|_| b.next().unwrap()).collect();
+        // The watcher reports `Init` (a success) before each list: that is no reason to
+        // start again from 200 ms.
+        b.reset();
+        let later: Vec<Duration> = (0..5).map(|_| b.next().unwrap()).collect();
+        assert_eq!(first, [200, 400, 800].map(Duration::from_millis));
+        assert_eq!(later, [1600, 3200, 5000, 5000, 5000].map(Duration::from_millis));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 /// Which Lease, and for how long it holds.
 #[derive(Debug, Clone)]
 pub struct LeaseOptions {
-    /// The Lease's namespace.
+    /// The Lease's namespace (empty: the client's default namespace).
     pub namespace: String,
     /// The Lease's name (e.g. `atrium-control-plane`).
     pub name: String,
@@ -94,24 +94,24 @@ fn now() -> MicroTime {
 
 async fn campaign(api: Api<Lease>, o: LeaseOptions, tx: Arc<watch::Sender<bool>>) {
     let renew = (o.duration / 3).max(Duration::from_millis(100));
-    let mut last_renewed: Option<Instant> = None;
+    // When this replica last renewed: the moment the request left, so that the Lease
+    // cannot have expired for the others while it believes it leads.
+    let mut renewed_at: Option<Instant> = None;
+    // The other holder's record as last seen, and when it was first seen so: expiry is
+    // judged by this replica's own clock, never by comparing it with another's.
+    let mut observed: Option<(String, Instant)> = None;
     loop {
-        let held = match try_acquire(&api, &o).await {
-            Ok(held) => {
-                if held {
-                    last_renewed = Some(Instant::now());
-                }
-                held
-            }
-            Err(e) => {
-                tracing::warn!(lease = %o.name, error = %e, "cannot read or renew the leader Lease");
-                // Keep leading only while the Lease cannot have expired for the others.
-                last_renewed.is_some_and(|t| t.elapsed() < o.duration * 2 / 3)
-            }
-        };
-        if !held {
-            last_renewed = None;
+        let sent = Instant::now();
+        let attempt = tokio::time::timeout(renew, try_acquire(&api, &o, &mut observed));
+        match attempt.await {
+            Ok(Ok(true)) => renewed_at = Some(sent),
+            Ok(Ok(false)) => renewed_at = None,
+            Ok(Err(e)) => tracing::warn!(lease = %o.name, error = %e, "cannot read or renew the leader Lease"),
+            Err(_) => tracing::warn!(lease = %o.name, "renewing the leader Lease timed out"),
         }
+        // Leading only while the last renewal is recent enough that no other replica can
+        // have taken the Lease over.
+        let held = renewed_at.is_some_and(|t| t.elapsed() < o.duration * 2 / 3);
         if *tx.borrow() != held {
             if held {
                 tracing::info!(lease = %o.name, identity = %o.identity, "leading: this replica writes status");
@@ -120,12 +120,18 @@ async fn campaign(api: Api<Lease>, o: LeaseOptions, tx: Arc<watch::Sender<bool>>
             }
             tx.send_replace(held);
         }
-        tokio::time::sleep(renew).await;
+        tokio::time::sleep(renew.saturating_sub(sent.elapsed())).await;
     }
 }
 
-/// Takes or renews the Lease; whether this replica holds it.
-async fn try_acquire(api: &Api<Lease>, o: &LeaseOptions) -> Result<bool, kube::Error> {
+/// Takes or renews the Lease; whether this replica holds it. Another holder's Lease has
+/// expired once its record (holder and renew time) has not changed for a whole duration,
+/// as this replica has watched it.
+async fn try_acquire(
+    api: &Api<Lease>,
+    o: &LeaseOptions,
+    observed: &mut Option<(String, Instant)>,
+) -> Result<bool, kube::Error> {
     let secs = o.duration.as_secs().max(1) as i32;
     let lease = match api.get_opt(&o.name).await? {
         Some(l) => l,
@@ -151,15 +157,19 @@ async fn try_acquire(api: &Api<Lease>, o: &LeaseOptions) -> Result<bool, kube::E
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
     let mine = holder.as_deref() == Some(o.identity.as_str());
-    let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-        (Some(MicroTime(t)), Some(d)) => {
-            let age = Timestamp::now().duration_since(*t);
-            age.as_secs_f64() > d as f64
+    if !mine && holder.is_some() {
+        let record = format!("{holder:?} {:?}", spec.renew_time.as_ref().map(|t| t.0));
+        let their = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(secs).max(1) as u64);
+        let since = match observed {
+            Some((r, t)) if *r == record => *t,
+            _ => {
+                *observed = Some((record, Instant::now()));
+                return Ok(false);
+            }
+        };
+        if since.elapsed() < their {
+            return Ok(false);
         }
-        _ => true,
-    };
-    if !mine && holder.is_some() && !expired {
-        return Ok(false);
     }
     let mut next = lease;
     let s = next.spec.get_or_insert_with(Default::default);

@@ -62,10 +62,13 @@ const MAX_EVENT_NOTE: usize = 1000;
 struct Desired {
     /// Errors per object, from the last compile.
     problems: BTreeMap<Label, Vec<String>>,
+    /// The objects the last compile read, with their generations: an object is written
+    /// only once a compile has seen it as it is now.
+    compiled: BTreeMap<Label, Option<i64>>,
     /// Conditions a role sets, per object and type.
     extra: BTreeMap<Label, BTreeMap<String, Condition>>,
     /// Whether a compile has been reported (no status is written before).
-    compiled: bool,
+    ran: bool,
 }
 
 /// Writes status (of the kinds it owns) and events (for invalid objects of the other
@@ -81,8 +84,8 @@ struct WriterInner {
     kinds: Vec<&'static Kind>,
     desired: Mutex<Desired>,
     wake: Notify,
-    /// Events already posted: (uid, resourceVersion, message).
-    events: Mutex<HashSet<(String, String, String)>>,
+    /// Events posted for the objects invalid now: (label, uid and message).
+    events: Mutex<HashSet<(Label, String)>>,
     component: String,
     identity: String,
 }
@@ -109,11 +112,13 @@ impl StatusWriter {
         StatusWriter { inner }
     }
 
-    /// The errors of the last compile, per object (an object not named is `Ready`).
-    pub fn set_problems(&self, problems: BTreeMap<Label, Vec<String>>) {
+    /// What the last compile read (each object with its `metadata.generation`) and the
+    /// errors it found, per object (an object read without errors is `Ready`).
+    pub fn set_problems(&self, compiled: BTreeMap<Label, Option<i64>>, problems: BTreeMap<Label, Vec<String>>) {
         let mut d = self.inner.desired.lock().expect("status state");
         d.problems = problems;
-        d.compiled = true;
+        d.compiled = compiled;
+        d.ran = true;
         drop(d);
         self.inner.wake.notify_one();
     }
@@ -141,7 +146,7 @@ async fn write_loop(inner: std::sync::Weak<WriterInner>, cluster: Cluster, leade
         {
             let Some(w) = inner.upgrade() else { return };
             if leader.is_leader() && cluster.is_synced() {
-                w.write_all(&cluster).await;
+                w.write_all(&cluster, &leader).await;
             }
             let wait = async {
                 tokio::select! {
@@ -158,15 +163,20 @@ async fn write_loop(inner: std::sync::Weak<WriterInner>, cluster: Cluster, leade
 }
 
 impl WriterInner {
-    async fn write_all(&self, cluster: &Cluster) {
+    async fn write_all(&self, cluster: &Cluster, leader: &Leader) {
         let (wanted, problems) = {
             let d = self.desired.lock().expect("status state");
-            if !d.compiled {
+            if !d.ran {
                 return;
             }
             let mut wanted: Vec<(Observed, Vec<Condition>)> = Vec::new();
             for o in cluster.observed().into_iter().filter(|o| self.kinds.contains(&o.kind)) {
                 let label = format!("{} {}/{}", o.kind.kind, o.namespace, o.name);
+                // Not compiled as it is now (new, or changed since): its compile will say.
+                match d.compiled.get(&label) {
+                    Some(g) if g.is_none() || *g == o.generation => {}
+                    _ => continue,
+                }
                 let ready = match d.problems.get(&label) {
                     Some(errs) => Condition::new("Ready", false, "Invalid", truncate(&errs.join("\n"), MAX_MESSAGE)),
                     None => Condition::new("Ready", true, "Accepted", "applied by atrium"),
@@ -183,34 +193,34 @@ impl WriterInner {
             if same_conditions(o.status.as_ref(), &conds, o.generation) {
                 continue;
             }
+            if !leader.is_leader() {
+                return;
+            }
             if let Err(e) = write_status(cluster, &o, &conds).await {
                 tracing::warn!(kind = o.kind.kind, namespace = %o.namespace, name = %o.name, error = %e, "writing status failed");
             }
         }
-        // Kinds without a status: an Event for each invalid object.
+        // Kinds without a status: an Event for each invalid object (once per object and
+        // message while it stays invalid).
+        self.events.lock().expect("events").retain(|(label, _)| problems.contains_key(label));
         for (label, errs) in problems {
+            if !leader.is_leader() {
+                return;
+            }
             let Some((kind, id)) = label.split_once(' ') else { continue };
             let Some((ns, name)) = id.split_once('/') else { continue };
             if self.kinds.iter().any(|k| k.kind == kind) {
                 continue;
             }
-            self.post_event(cluster, kind, ns, name, &errs.join("\n")).await;
+            self.post_event(cluster, &label, kind, ns, name, &errs.join("\n")).await;
         }
     }
 
-    async fn post_event(&self, cluster: &Cluster, kind: &str, ns: &str, name: &str, message: &str) {
+    async fn post_event(&self, cluster: &Cluster, label: &str, kind: &str, ns: &str, name: &str, message: &str) {
         let Some(k) = by_kind(kind) else { return };
         let Some((uid, rv)) = cluster.identity(kind, ns, name) else { return };
-        let key = (uid.clone(), rv.clone(), message.to_string());
-        {
-            let mut seen = self.events.lock().expect("events");
-            if seen.contains(&key) {
-                return;
-            }
-            if seen.len() > 10_000 {
-                seen.clear();
-            }
-            seen.insert(key);
+        if !self.events.lock().expect("events").insert((label.to_string(), format!("{uid}\n{message}"))) {
+            return;
         }
         let ev = Event {
             metadata: ObjectMeta {

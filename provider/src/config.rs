@@ -82,9 +82,6 @@ pub(crate) fn errors_of(diags: &[Diagnostic]) -> Vec<String> {
     diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
 }
 
-/// How many rounds of leaving out may cascade (a Middleware, the route naming it, …).
-const MAX_ROUNDS: usize = 16;
-
 /// Compiles `m` with `values`, leaving out each invalid object and what depends on it.
 /// Warnings are logged, and each left-out object's errors.
 pub fn compile(values: Values, value_diags: &[Diagnostic], mut m: Manifests) -> Result<Config, SourceError> {
@@ -102,7 +99,12 @@ pub fn compile(values: Values, value_diags: &[Diagnostic], mut m: Manifests) -> 
         return Err(SourceError::Compile(fatal));
     }
     let mut left_out: Vec<Diagnostic> = m.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
-    for _ in 0..MAX_ROUNDS {
+    // An object that decoded but breaks its upstream schema is left out like one that did
+    // not decode.
+    let bad: std::collections::HashSet<&str> = left_out.iter().filter_map(|d| d.object.as_deref()).collect();
+    m.resources.retain(|l| !bad.contains(l.label().as_str()));
+    // Each round leaves at least one object out, so this ends.
+    for _ in 0..=m.resources.len() {
         let compiled = atrium_model::compile::compile(&m, &values, None);
         let mut errs: Vec<Diagnostic> = compiled.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
         let mut body = compiled.body;
@@ -244,6 +246,46 @@ mod tests {
             "calls are refused, never let through on API keys: {:?}",
             api.auth
         );
+    }
+
+    fn application(ns: &str, app_id: &str, key: &str) -> String {
+        format!(
+            "---\napiVersion: hub.traefik.io/v1alpha1\nkind: ManagedApplication\nmetadata: {{name: app, namespace: {ns}}}\nspec: {{appId: {app_id}, owner: o, apiKeys: [{{value: {key}}}]}}\n"
+        )
+    }
+
+    #[test]
+    fn two_claims_on_one_app_id_leave_both_out() {
+        // An object in another namespace (sorted first) cannot take an application's place.
+        let text = format!(
+            "{GOOD}{}{}",
+            application("aaa", "victim", "attacker-key-0123456789"),
+            application("apps", "victim", "victim-key-0123456789")
+        );
+        let c = compile(Values::default(), &[], load_text("m.yaml", &text)).unwrap();
+        assert!(c.body.applications.is_empty(), "{:?}", c.body.applications);
+        let p = c.problems();
+        assert!(p.contains_key("ManagedApplication aaa/app") && p.contains_key("ManagedApplication apps/app"), "{p:?}");
+    }
+
+    #[test]
+    fn an_object_breaking_its_upstream_schema_is_left_out() {
+        let text = format!("{GOOD}{}", application("apps", &"a".repeat(300), "key-0123456789abcdef"));
+        let c = compile(Values::default(), &[], load_text("m.yaml", &text)).unwrap();
+        assert!(c.body.applications.is_empty(), "{:?}", c.body.applications);
+        assert!(c.problems()["ManagedApplication apps/app"][0].contains("spec.appId"), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn a_long_chain_of_middlewares_leaves_its_route_out_without_refusing_the_set() {
+        let mut text = GOOD.to_string();
+        for i in 0..40 {
+            text.push_str(&format!("---\napiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: c{i}, namespace: apps}}\nspec:\n  chain: {{middlewares: [{{name: c{}}}]}}\n", i + 1));
+        }
+        text.push_str("---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: chained, namespace: apps}\nspec:\n  routes:\n    - match: PathPrefix(`/chained`)\n      middlewares: [{name: c0}]\n      services: [{name: ext, port: 80}]\n");
+        let c = compile(Values::default(), &[], load_text("m.yaml", &text)).unwrap();
+        assert_eq!(rules(&c), vec!["PathPrefix(`/good`)"]);
+        assert!(c.problems().contains_key("IngressRoute apps/chained"), "{:?}", c.problems().keys());
     }
 
     #[test]

@@ -69,7 +69,14 @@ impl KubeSource {
                 let cluster = Cluster::start(client.clone(), self.options.clone());
                 cluster.synced(Duration::from_secs(5)).await;
                 let leader = match &self.lease {
-                    Some(l) => Leader::elect(client, l.clone()),
+                    Some(l) => {
+                        let mut l = l.clone();
+                        if l.namespace.is_empty() {
+                            l.namespace = client.default_namespace().to_string();
+                        }
+                        tracing::info!(lease = %l.name, namespace = %l.namespace, identity = %l.identity, "campaigning for the leader Lease");
+                        Leader::elect(client, l)
+                    }
                     None => Leader::always(),
                 };
                 let identity = self.lease.as_ref().map(|l| l.identity.clone()).unwrap_or_else(|| "atrium".into());

@@ -88,9 +88,17 @@ impl Source {
                 None => return Err(SourceError::Compile(vec!["the Kubernetes provider has not started".into()])),
             },
         };
+        // What this compile reads, with generations (objects that did not decode: any).
+        let read: std::collections::BTreeMap<String, Option<i64>> = manifests
+            .diagnostics
+            .iter()
+            .filter_map(|d| d.object.clone())
+            .map(|o| (o, None))
+            .chain(manifests.resources.iter().map(|l| (l.label(), l.resource.meta().generation)))
+            .collect();
         let cfg = config::compile(values, &vdiags, manifests)?;
         if let Some(s) = self.kubernetes_started() {
-            s.status.set_problems(cfg.problems());
+            s.status.set_problems(read, cfg.problems());
         }
         Ok(cfg)
     }

@@ -406,13 +406,24 @@ fn cors_json(c: &crate::resources::hub::Cors) -> String {
 /// Every ManagedApplication with the hashes of its keys.
 fn compile_applications(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Application> {
     let mut out: BTreeMap<String, pb::Application> = BTreeMap::new();
+    // Two applications claiming one appId: both are in error and neither is served, so
+    // that no object (in another namespace, say) can take an application's place by
+    // sorting first.
+    let mut first_of: HashMap<&str, &Loaded> = HashMap::new();
+    let mut conflicted: BTreeSet<&str> = BTreeSet::new();
     for l in &m.resources {
         let Resource::ManagedApplication(a) = &l.resource else { continue };
-        if let Some(first) = out.get(&a.spec.app_id) {
-            let msg = format!("appId {:?} is also the appId of {}", a.spec.app_id, first.id);
+        if let Some(first) = first_of.get(a.spec.app_id.as_str()).copied() {
+            let msg = format!("appId {:?} is also the appId of {}", a.spec.app_id, first.label());
             cx.err(l, "spec.appId", "conflict", msg);
+            if conflicted.insert(a.spec.app_id.as_str()) {
+                let msg = format!("appId {:?} is also the appId of {}", a.spec.app_id, l.label());
+                cx.err(first, "spec.appId", "conflict", msg);
+                out.remove(&a.spec.app_id);
+            }
             continue;
         }
+        first_of.insert(a.spec.app_id.as_str(), l);
         let Some(keys) = application_keys(cx, l, &a.spec) else { continue };
         out.insert(
             a.spec.app_id.clone(),

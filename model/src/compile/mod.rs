@@ -378,12 +378,22 @@ impl<'a> Ctx<'a> {
                     );
                     return false;
                 }
-                self.in_progress.push(id);
+                self.in_progress.push(id.clone());
                 let mut ok = true;
                 for (i, inner) in chain.middlewares.iter().enumerate() {
                     ok &= self.middleware_ref(mobj, &mns, inner, &format!("spec.chain.middlewares[{i}]"), out);
                 }
                 self.in_progress.pop();
+                if !ok {
+                    // Every referrer up the chain is in error too, so that all of them are
+                    // left out at once.
+                    self.err(
+                        obj,
+                        &format!("{path}.name"),
+                        "invalid-reference",
+                        format!("middleware chain {id} has a member that does not resolve (see its error)"),
+                    );
+                }
                 ok
             }
         }
@@ -672,7 +682,8 @@ fn weighted_route_service<'a>(
 fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
     let pattern = regex::Regex::new(EXPOSE_NAME_PATTERN).expect("static pattern");
     let mut out: Vec<pb::Uplink> = Vec::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, (&Loaded, &str)> = HashMap::new();
+    let mut conflicted: HashSet<String> = HashSet::new();
     for l in &m.resources {
         let Resource::Uplink(u) = &l.resource else { continue };
         let name = expose_name(l, &u.spec);
@@ -688,10 +699,16 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
             );
             continue;
         }
-        if let Some(other) = seen.insert(name.clone(), l.id()) {
-            cx.err(l, field, "duplicate", format!("expose name {name:?} is already used by Uplink {other}"));
+        // Two Uplinks with one expose name: both are in error and neither is offered.
+        if let Some(&(other, other_field)) = seen.get(&name) {
+            cx.err(l, field, "duplicate", format!("expose name {name:?} is already used by {}", other.label()));
+            if conflicted.insert(name.clone()) {
+                cx.err(other, other_field, "duplicate", format!("expose name {name:?} is also used by {}", l.label()));
+                out.retain(|u| u.name != name);
+            }
             continue;
         }
+        seen.insert(name.clone(), (l, field));
         let mut ok = true;
         for (i, ep) in u.spec.entry_points.iter().enumerate() {
             match cx.values.ports.get(ep) {
