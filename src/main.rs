@@ -66,6 +66,11 @@ struct ListenArgs {
     /// Write an access log line per request to stdout.
     #[arg(long, value_enum)]
     access_log: Option<AccessLogFormat>,
+    /// Seconds between SIGTERM and closing the listeners, during which `/readyz` answers
+    /// 503 and everything is still served: the time a load balancer or Kubernetes takes to
+    /// remove this endpoint (then requests in flight drain, up to --drain-timeout).
+    #[arg(long, default_value_t = 0)]
+    shutdown_delay: u64,
 }
 
 /// Parses `NAME=ADDR`.
@@ -92,6 +97,11 @@ impl ListenArgs {
             );
         }
         Ok(Some(AdminConfig { addr, token }))
+    }
+
+    /// Completes on SIGTERM or Ctrl-C, after `--shutdown-delay` of answering `/readyz` 503.
+    async fn shutdown(delay: u64) {
+        atrium_data_plane::node::shutdown_after_delay(Duration::from_secs(delay)).await
     }
 
     fn access_log(&self) -> Option<AccessLog> {
@@ -583,9 +593,25 @@ enum Command {
         /// The parent's IP.
         #[arg(long, default_value = "127.0.0.1")]
         parent_ip: std::net::IpAddr,
-        /// The parent's `web` port; websecure is +443, admin +1000, gRPC +1090.
+        /// The parent's `web` port; websecure is +443, admin +1000, gRPC +1090, portal
+        /// +1903, the data planes' admin +1100, +1101, …
         #[arg(long, default_value_t = 8000)]
         port_base: u16,
+        /// Run N `atrium data-plane` processes over gRPC behind the parent's entrypoints (the
+        /// same ports, shared with SO_REUSEPORT) instead of the control plane's embedded one.
+        #[arg(long, default_value_t = 0)]
+        data_planes: usize,
+    },
+    /// A demo backend, standing in for the seed's `company/crm-api` and `company/billing-api`
+    /// images: every request is answered with a JSON description of it (`/health`,
+    /// `/employees`, `/invoices`, …), `/openapi.json` with its OpenAPI document.
+    DemoBackend {
+        /// The service it plays (`crm`, `billing`).
+        #[arg(long)]
+        service: String,
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
     },
     /// Development certificates: one CA per installation, leaf certificates from it.
     Certs {
@@ -677,6 +703,7 @@ fn main() -> ExitCode {
         Command::DataPlane { node_id, .. } => (true, format!("atrium-data-plane-{node_id}")),
         Command::Agent { cluster, .. } => (true, format!("atrium-agent-{cluster}")),
         Command::Up { .. } => (true, "atrium".to_string()),
+        Command::DemoBackend { service, .. } => (true, format!("atrium-demo-{service}")),
         _ => (false, "atrium".to_string()),
     };
     let _telemetry = atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role);
@@ -811,11 +838,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 spec_dir,
                 serving: serve.serving()?,
             };
-            rt()?.block_on(atrium_control_plane::run(cfg, shutdown_signal()))?;
+            let delay = serve.listen.shutdown_delay;
+            rt()?.block_on(atrium_control_plane::run(cfg, ListenArgs::shutdown(delay)))?;
         }
         Command::DataPlane { control_plane, node_id, group, cache_dir, tls_name, usage_interval_ms, serve } => {
             let usage_interval = Duration::from_millis(usage_interval_ms);
             let serving = serve.serving()?;
+            let delay = serve.listen.shutdown_delay;
             let cfg = atrium_data_plane::node::Config {
                 serving,
                 control_plane,
@@ -825,13 +854,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls_name,
                 usage_interval,
             };
-            rt()?.block_on(atrium_data_plane::node::run(cfg, shutdown_signal()))?;
+            rt()?.block_on(atrium_data_plane::node::run(cfg, ListenArgs::shutdown(delay)))?;
         }
         Command::Agent { cluster, provider, tls_name, serve } => {
             let lease = format!("atrium-agent-{cluster}");
             let source = provider.source(serve.listen.values.clone(), Component::Agent, &lease)?;
             let cfg = atrium_agent::Config { serving: serve.serving()?, source, cluster, tls_name };
-            rt()?.block_on(atrium_agent::run(cfg, shutdown_signal()))?;
+            let delay = serve.listen.shutdown_delay;
+            rt()?.block_on(atrium_agent::run(cfg, ListenArgs::shutdown(delay)))?;
         }
         Command::Gateway { manifests, listen, state_dir, tls_dir, watch_debounce_ms, limits } => {
             let default_cert = match (&tls_dir, &state_dir) {
@@ -842,10 +872,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let source = listen.source(manifests, watch_debounce_ms);
             let serving = listen.serving(&limits, state_dir.unwrap_or_default(), tls_dir)?;
             let cfg = atrium_agent::GatewayConfig { serving, source, default_cert };
-            rt()?.block_on(atrium_agent::run_gateway(cfg, shutdown_signal()))?;
+            let delay = listen.shutdown_delay;
+            rt()?.block_on(atrium_agent::run_gateway(cfg, ListenArgs::shutdown(delay)))?;
         }
-        Command::Up { state_dir, example, parent_ip, port_base } => {
-            let cfg = atrium_up::Config { state_dir, example, layout: atrium_up::Layout { parent_ip, port_base } };
+        Command::DemoBackend { service, listen } => {
+            let addr = parse_addr(&listen).context("--listen")?;
+            rt()?.block_on(atrium_up::demo_backend(&service, addr, shutdown_signal()))?;
+        }
+        Command::Up { state_dir, example, parent_ip, port_base, data_planes } => {
+            anyhow::ensure!(data_planes <= 8, "--data-planes: at most 8 on one machine");
+            let layout = atrium_up::Layout { parent_ip, port_base };
+            let cfg = atrium_up::Config { state_dir, example, layout, data_planes };
             rt()?.block_on(atrium_up::run(cfg, shutdown_signal()))?;
         }
         Command::Certs { command } => certs(command)?,

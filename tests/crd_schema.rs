@@ -51,6 +51,9 @@ fn load_schemas(dir: &Path) -> HashMap<(String, String), Value> {
         let text = std::fs::read_to_string(&p).unwrap();
         for doc in parse_documents(&text).unwrap() {
             let crd: Value = from_node(&doc).unwrap();
+            if crd["kind"] != "CustomResourceDefinition" {
+                continue; // the folder's kustomization.yaml
+            }
             let group = crd["spec"]["group"].as_str().unwrap().to_string();
             let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
             for v in crd["spec"]["versions"].as_array().unwrap() {

@@ -212,6 +212,24 @@ async fn errors_a_user_can_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_delay_keeps_serving_while_readyz_says_503() {
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let mut gw = GatewayProc::start(Some(&values()), &m, &["--shutdown-delay", "2"]);
+    let readyz = format!("http://{}/readyz", gw.admin);
+    assert_eq!(get(&readyz).await.status, 200);
+    gw.terminate();
+    common::eventually(Duration::from_secs(5), "/readyz answering 503 after SIGTERM", || async {
+        (get(&readyz).await.status == 503).then_some(())
+    })
+    .await;
+    // Endpoints are being removed: requests are still served meanwhile.
+    assert_eq!(get(&gw.web("/crm/health")).await.status, 200);
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()), "exits once the delay is over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_and_reload_keep_the_last_good_table() {
     let be = backend::start("crm", "127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();

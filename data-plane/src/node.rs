@@ -238,6 +238,21 @@ pub async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, workers: Workers)
     }
 }
 
+/// Completes on SIGTERM or Ctrl-C, then keeps serving for `delay` while `/readyz` answers
+/// 503, so that load balancers and Kubernetes remove this endpoint before the listeners
+/// close (`--shutdown-delay`).
+pub async fn shutdown_after_delay(delay: std::time::Duration) {
+    shutdown_signal().await;
+    if !delay.is_zero() {
+        crate::proxy::admin::start_draining();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: /readyz answers 503 while endpoints are removed"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Waits for SIGINT or SIGTERM: what a process passes as the `shutdown` of a role's `run`.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -75,6 +75,26 @@ pub fn role_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<Role> {
     })
 }
 
+/// The DNS names and IP addresses a certificate names (as text).
+fn names_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else { return Vec::new() };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// CA certificate, node certificate and node key, as PEM.
 pub type Pems = (Vec<u8>, Vec<u8>, Vec<u8>);
 
@@ -219,18 +239,19 @@ pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles
     let files = NodeFiles::new(dir, name);
     let role = Role::for_name(name);
     if files.cert.is_file() && files.key.is_file() {
-        let has_role = std::fs::read(&files.cert)
-            .ok()
-            .and_then(|pem| {
-                use rustls::pki_types::{CertificateDer, pem::PemObject};
-                CertificateDer::pem_slice_iter(&pem).next()?.ok()
-            })
-            .and_then(|c| role_of(&c))
-            == Some(role);
-        if has_role {
+        let cert = std::fs::read(&files.cert).ok().and_then(|pem| {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            CertificateDer::pem_slice_iter(&pem).next()?.ok()
+        });
+        let has_role = cert.as_ref().and_then(role_of) == Some(role);
+        let has_names = cert.as_ref().is_some_and(|c| {
+            let names = names_of(c);
+            extra_sans.iter().all(|s| names.contains(s))
+        });
+        if has_role && has_names {
             return Ok(files);
         }
-        tracing::warn!(name, role = %role, "development certificate without its role; issuing it again");
+        tracing::warn!(name, role = %role, "development certificate without its role or names; issuing it again");
     }
     let f = issue(dir, name, role, extra_sans)?;
     tracing::info!(name, role = %role, dir = %dir.display(), "issued a development certificate");

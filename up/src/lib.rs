@@ -68,7 +68,7 @@ pub enum UpError {
     #[error(transparent)]
     Store(#[from] atrium_portal::store::StoreError),
     /// `--port-base` leaves no room for the ports above it.
-    #[error("--port-base: at most {}", u16::MAX - 1090)]
+    #[error("--port-base: at most {}", u16::MAX - 1200)]
     PortBase,
 }
 
@@ -236,8 +236,12 @@ fn demo_users(store: &Path) -> Result<Vec<(String, String, String)>, UpError> {
 }
 
 /// Creates the installation CA and one certificate per component, keeping existing ones.
-fn ensure_pki(dir: &Path) -> Result<(), UpError> {
-    let sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
+fn ensure_pki(dir: &Path, parent_ip: std::net::IpAddr) -> Result<(), UpError> {
+    let mut sans: Vec<String> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].iter().map(|s| s.to_string()).collect();
+    // The parent's address (`--parent-ip`): data planes dial the portal there.
+    if !sans.contains(&parent_ip.to_string()) {
+        sans.push(parent_ip.to_string());
+    }
     for name in ["control-plane", "data-plane", "cluster-a", "cluster-b"] {
         // Each with its role (the name decides: the children are agents).
         pki::ensure(dir, name, &sans)?;
@@ -246,22 +250,37 @@ fn ensure_pki(dir: &Path) -> Result<(), UpError> {
 }
 
 /// A demo backend: answers every request with a JSON description of it, the way an echo
-/// service in the child cluster would.
-async fn demo_backend(service: &'static str, addr: SocketAddr) -> Result<(), UpError> {
+/// service in a child cluster would, and `/openapi.json` with its OpenAPI document. What
+/// `atrium demo-backend` runs until `shutdown`; it stands in for the seed's
+/// `company/crm-api` and `company/billing-api` images.
+pub async fn demo_backend(
+    service: &str,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), UpError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("demo {service} on {addr}")))?;
     tracing::info!(service, %addr, "demo backend listening");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+    let service: std::sync::Arc<str> = service.into();
+    let spec = Bytes::from(demo_spec(&service).to_string());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let (service, spec) = (service.clone(), spec.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (service, spec) = (service.clone(), spec.clone());
+                async move {
                     if req.uri().path() == "/openapi.json" {
-                        return Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(demo_spec(service).to_string())));
+                        return Response::builder().header("content-type", "application/json").body(Full::new(spec));
                     }
                     let body = serde_json::json!({
-                        "service": service,
+                        "service": &*service,
                         "method": req.method().as_str(),
                         "path": req.uri().path(),
                         "query": req.uri().query(),
@@ -273,14 +292,92 @@ async fn demo_backend(service: &'static str, addr: SocketAddr) -> Result<(), UpE
                     Response::builder()
                         .header("content-type", "application/json")
                         .body(Full::new(Bytes::from(body.to_string() + "\n")))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                }
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// `GET path` on the admin listener at `addr`, as JSON (none while it does not answer).
+async fn admin_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(conn);
+        let req =
+            Request::get(path).header("host", addr.to_string()).body(http_body_util::Empty::<Bytes>::new()).ok()?;
+        let resp = send.send_request(req).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice(&body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), get).await.ok().flatten()
+}
+
+/// What is not ready yet: children not reached or with an unhealthy uplink, and data planes
+/// that have not applied a snapshot; empty when everything is.
+fn pending(
+    children: Option<&serde_json::Value>,
+    dataplanes: Option<&serde_json::Value>,
+    want: &[&str],
+    data_planes: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in want {
+        let child = children.and_then(|v| v.get(*c));
+        let reachable = child.and_then(|c| c["reachable"].as_bool()).unwrap_or(false);
+        let uplinks = child.and_then(|c| c["uplinks"].as_array());
+        let healthy = uplinks.is_some_and(|u| !u.is_empty() && u.iter().all(|u| u["healthy"] == true));
+        if !reachable {
+            out.push(format!("{c} (not connected)"));
+        } else if !healthy {
+            out.push(format!("{c} (uplinks not healthy yet)"));
         }
-    });
-    Ok(())
+    }
+    if data_planes > 0 {
+        let applied = dataplanes
+            .and_then(|v| v["dataplanes"].as_object())
+            .map(|nodes| nodes.values().filter(|n| n["connected"] == true && n["current"] == true).count())
+            .unwrap_or(0);
+        if applied < data_planes {
+            out.push(format!("data planes ({applied} of {data_planes} serving)"));
+        }
+    }
+    out
+}
+
+/// Waits until every child is connected with healthy uplinks (and every data plane serves),
+/// logging what is still pending every 2 s; an error if a process of the example exits.
+async fn wait_ready(
+    admin: SocketAddr,
+    children: &[&str],
+    data_planes: usize,
+    procs: &mut Procs,
+) -> Result<(), UpError> {
+    let start = tokio::time::Instant::now();
+    let mut said = start;
+    loop {
+        procs.check()?;
+        let c = admin_json(admin, "/api/children").await;
+        let d = if data_planes > 0 { admin_json(admin, "/api/dataplanes").await } else { None };
+        let waiting = if c.is_none() {
+            vec!["the parent's control plane".to_string()]
+        } else {
+            pending(c.as_ref(), d.as_ref(), children, data_planes)
+        };
+        if waiting.is_empty() {
+            tracing::info!(after_ms = start.elapsed().as_millis() as u64, "every child is connected and healthy");
+            return Ok(());
+        }
+        if said.elapsed() >= Duration::from_secs(2) {
+            said = tokio::time::Instant::now();
+            tracing::info!(waiting = ?waiting, elapsed_s = start.elapsed().as_secs(), "starting: waiting for");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The child processes; all killed when this is dropped.
@@ -293,6 +390,18 @@ impl Drop for Procs {
             let _ = c.wait();
             tracing::info!(process = %name, "stopped");
         }
+    }
+}
+
+impl Procs {
+    /// An error if one of the processes exited.
+    fn check(&mut self) -> Result<(), UpError> {
+        for (name, c) in &mut self.0 {
+            if let Some(status) = c.try_wait().map_err(io(format!("watching {name}")))? {
+                return Err(UpError::Exited { name: name.clone(), status });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -317,13 +426,16 @@ pub struct Config {
     pub example: Option<PathBuf>,
     /// Where the parent listens.
     pub layout: Layout,
+    /// Separate `atrium data-plane` processes serving the parent's entrypoints (sharing
+    /// its ports with SO_REUSEPORT); 0: the control plane's embedded data plane serves them.
+    pub data_planes: usize,
 }
 
 /// Runs the example until `shutdown` completes (or until one of its processes exits), then
 /// stops every process it started.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), UpError> {
-    let Config { state_dir, example, layout } = cfg;
-    if layout.port_base > u16::MAX - 1090 {
+    let Config { state_dir, example, layout, data_planes } = cfg;
+    if layout.port_base > u16::MAX - 1200 {
         return Err(UpError::PortBase);
     }
     std::fs::create_dir_all(&state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
@@ -336,16 +448,34 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         }
     };
     let pki_dir = state_dir.join("pki");
-    ensure_pki(&pki_dir)?;
+    ensure_pki(&pki_dir, layout.parent_ip)?;
     let users = demo_users(&state_dir.join("parent").join("portal.db"))?;
-    demo_backend("crm", SocketAddr::from(([127, 0, 0, 2], 8080))).await?;
-    demo_backend("billing", SocketAddr::from(([127, 0, 0, 3], 8080))).await?;
 
     let mut procs = Procs(Vec::new());
+    tracing::info!(data_planes, "starting: demo backends, cluster-a, cluster-b, the parent");
+    for (service, ip) in [("crm", "127.0.0.2"), ("billing", "127.0.0.3")] {
+        spawn(
+            &mut procs,
+            &format!("demo {service}"),
+            &s(&["demo-backend", "--service", service, "--listen", &format!("{ip}:8080")]),
+        )?;
+    }
     for (cluster, ip) in [("cluster-a", "127.0.0.2"), ("cluster-b", "127.0.0.3")] {
         spawn(&mut procs, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
     }
-    spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir))?;
+    spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir, data_planes > 0))?;
+    for i in 0..data_planes {
+        spawn(&mut procs, &format!("data plane {i}"), &data_plane_args(&layout, &example, &pki_dir, &state_dir, i))?;
+    }
+    let admin = SocketAddr::new(layout.parent_ip, layout.port_base + 1000);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = wait_ready(admin, &["cluster-a", "cluster-b"], data_planes, &mut procs) => r?,
+        _ = &mut shutdown => {
+            tracing::info!("stopping");
+            return Ok(());
+        }
+    }
     print_try(&layout, key.as_deref(), &users, &pki_dir.join("ca.pem"));
     watch(&mut procs, shutdown).await
 }
@@ -371,8 +501,29 @@ fn child_args(cluster: &str, ip: &str, example: &Path, pki_dir: &Path, state_dir
     args
 }
 
-/// The arguments of the parent's control plane, which listens where `layout` says.
-fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path) -> Vec<String> {
+/// The arguments of data plane `i` of the parent: the parent's entrypoints (shared with
+/// the others by SO_REUSEPORT), its own admin port (`port_base` + 1100 + `i`).
+fn data_plane_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path, i: usize) -> Vec<String> {
+    let at = |off: u16| SocketAddr::new(layout.parent_ip, layout.port_base + off).to_string();
+    let dir = state_dir.join(format!("data-plane-{i}"));
+    let mut args =
+        s(&["data-plane", "--control-plane", &format!("https://{}", at(1090)), "--node-id", &format!("dp-{i}")]);
+    args.extend(s(&["--values"]));
+    args.push(path_arg(&example.join("parent/values.yaml")));
+    args.extend(s(&["--cache-dir"]));
+    args.push(path_arg(&dir.join("cache")));
+    args.extend(s(&["--state-dir"]));
+    args.push(path_arg(&dir));
+    args.extend(s(&["--tls-dir"]));
+    args.push(path_arg(pki_dir));
+    args.extend(s(&["--admin", &at(1100 + i as u16), "--workers", "1"]));
+    args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
+    args
+}
+
+/// The arguments of the parent's control plane, which listens where `layout` says (and
+/// serves the entrypoints itself unless `data_planes` run apart).
+fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path, data_planes: bool) -> Vec<String> {
     let at = |off: u16| SocketAddr::new(layout.parent_ip, layout.port_base + off).to_string();
     let mut args = s(&["control-plane", "--manifests"]);
     args.push(path_arg(&example.join("parent/manifests")));
@@ -383,7 +534,11 @@ fn parent_args(layout: &Layout, example: &Path, pki_dir: &Path, state_dir: &Path
     args.extend(s(&["--state-dir"]));
     args.push(path_arg(&state_dir.join("parent")));
     args.extend(s(&["--grpc", &at(1090), "--admin", &at(1000), "--portal", &at(1903)]));
-    args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
+    if data_planes {
+        args.extend(s(&["--data-plane", "none"]));
+    } else {
+        args.extend(s(&["--entrypoint", &format!("web={}", at(0)), "--entrypoint", &format!("websecure={}", at(443))]));
+    }
     args
 }
 
@@ -399,17 +554,23 @@ fn print_try(layout: &Layout, key: Option<&str>, users: &[(String, String, Strin
         ),
         None => (" -H 'Authorization: Bearer <an API key of your ManagedApplications>'".to_string(), String::new()),
     };
+    let curl = format!("curl -sk --resolve api.example.com:{ws}:{hip}", ws = https.port(), hip = https.ip());
+    let api = format!("https://api.example.com:{}", https.port());
     println!(
-        "\natrium up: parent on {ip} (web :{web}, websecure :{ws}, admin :{admin}, gRPC :{grpc}), \
-         cluster-a on 127.0.0.2, cluster-b on 127.0.0.3\n\
+        "\natrium up: ready. Parent on {ip} (web :{web}, websecure :{ws}, admin :{admin}, gRPC :{grpc}), \
+         cluster-a on 127.0.0.2, cluster-b on 127.0.0.3; both children connected, their uplinks healthy.\n\
          {key_line}\
-         try:\n  curl -sk --resolve api.example.com:{ws}:{hip}{auth} https://api.example.com:{ws}/crm/customers\n  \
-         curl -sk --resolve api.example.com:{ws}:{hip}{auth} https://api.example.com:{ws}/billing/invoices\n  \
-         curl -s http://{admin_addr}/api/children\n\
-         (without a key, API routes answer 401)\n\
-         portal: https://portal.example.com:{ws}/ (the example's host: add `{hip} portal.example.com api.example.com` \
+         The seed's verification:\n  \
+         curl -s http://{admin_addr}/api/children    # 1. uplinks to both children\n  \
+         curl -sk --resolve portal.example.com:{ws}:{hip} https://portal.example.com:{ws}/    # 2. the portal\n  \
+         {curl} -D - {api}/crm/health{auth} | grep -i x-traefik-backend    # 3. cluster-a\n  \
+         {curl} -D - {api}/billing/health{auth} | grep -i x-traefik-backend    # 3. cluster-b\n  \
+         {curl}{auth} {api}/crm/employees\n  \
+         {curl}{auth} {api}/billing/invoices\n  \
+         {curl} -o /dev/null -w '%{{http_code}}\\n' {api}/crm/employees    # 401: API-key auth is the default\n\
+         portal: https://portal.example.com:{ws}/ in a browser: add `{hip} portal.example.com api.example.com` \
          to /etc/hosts, or start Chromium with --host-resolver-rules='MAP *.example.com {hip}'; \
-         the development CA is {ca})\n\
+         the development CA is {ca}\n\
          {user_lines}\
          Ctrl-C stops everything.\n",
         ca = ca.display(),
@@ -433,13 +594,7 @@ async fn watch(procs: &mut Procs, shutdown: impl std::future::Future<Output = ()
                 tracing::info!("stopping");
                 return Ok(());
             }
-            _ = tick.tick() => {
-                for (name, c) in &mut procs.0 {
-                    if let Some(status) = c.try_wait().map_err(io(format!("watching {name}")))? {
-                        return Err(UpError::Exited { name: name.clone(), status });
-                    }
-                }
-            }
+            _ = tick.tick() => procs.check()?,
         }
     }
 }
@@ -497,12 +652,19 @@ mod tests {
     }
 
     #[test]
-    fn certificates_are_created_once() {
+    fn certificates_are_created_once_and_again_for_another_parent_address() {
         let tmp = tempfile::tempdir().unwrap();
-        ensure_pki(tmp.path()).unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        ensure_pki(tmp.path(), local).unwrap();
         let before = std::fs::read(tmp.path().join("cluster-a.pem")).unwrap();
-        ensure_pki(tmp.path()).unwrap();
+        ensure_pki(tmp.path(), local).unwrap();
         assert_eq!(std::fs::read(tmp.path().join("cluster-a.pem")).unwrap(), before);
         assert!(tmp.path().join("control-plane-key.pem").is_file());
+        // `--parent-ip` elsewhere: the certificates name it (data planes dial the portal there).
+        ensure_pki(tmp.path(), "127.0.0.9".parse().unwrap()).unwrap();
+        assert_ne!(std::fs::read(tmp.path().join("cluster-a.pem")).unwrap(), before);
+        let again = std::fs::read(tmp.path().join("control-plane.pem")).unwrap();
+        ensure_pki(tmp.path(), "127.0.0.9".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("control-plane.pem")).unwrap(), again);
     }
 }

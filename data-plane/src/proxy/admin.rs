@@ -19,6 +19,15 @@ use tokio::sync::watch;
 use super::Gateway;
 use crate::body::{self, Body};
 
+/// Whether this process is shutting down: `/readyz` answers 503 from then on.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as shutting down: `/readyz` answers 503 (load balancers and
+/// Kubernetes take it out of their endpoints) while it still serves.
+pub fn start_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Where the admin API listens, and the token it asks for.
 #[derive(Clone)]
 pub struct AdminConfig {
@@ -234,6 +243,9 @@ fn respond(
     }
     match req.uri().path() {
         "/healthz" => body::text(StatusCode::OK, "ok"),
+        "/readyz" if DRAINING.load(std::sync::atomic::Ordering::Relaxed) => {
+            body::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
+        }
         "/readyz" => match gw.in_force() {
             Some(rt) => body::text(StatusCode::OK, &format!("ready (route table version {})", rt.version)),
             None => body::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no route table loaded"),
