@@ -223,12 +223,25 @@ async fn up_is_ready_when_it_says_so_and_passes_the_seeds_verification() {
         }
         // Until the check fails, requests still reach cluster-a, whose backend is gone: 502.
         assert!(status == 200 || status == 502, "{status}");
-        assert!(t.elapsed() < Duration::from_secs(15), "not noticed after {:?} (interval 5 s, timeout 3 s)", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "not noticed after {:?} (interval 5 s, timeout 3 s)",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let r = call("api.example.com", "GET", "/billing/health", &auth, "").await;
     assert_eq!(r.status, 200, "{r:?}");
     stopped_and_ports_free(&mut up);
+
+    // Running it twice works: the same state (CA, key, users) is used again.
+    std::fs::write(&endpoints, text).unwrap();
+    let mut again = Up::start(tmp.path(), &[]);
+    again.line("atrium up: ready", Duration::from_secs(60)).await;
+    assert!(again.text().contains(&key), "the same demo key");
+    let r = call("api.example.com", "GET", "/crm/employees", &auth, "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    stopped_and_ports_free(&mut again);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
