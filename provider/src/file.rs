@@ -173,3 +173,68 @@ mod tests {
         assert!(refused.contains("error(s) in the configuration"), "{refused}");
     }
 }
+
+#[cfg(test)]
+mod configmap_tests {
+    use super::*;
+    use crate::Source;
+
+    /// A values file mounted from a ConfigMap: `values.yaml -> ..data/values.yaml`, and
+    /// `..data -> ..<timestamp>`, which the kubelet swaps atomically on every update.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_mounted_from_a_configmap_are_reloaded_through_the_data_swap() {
+        let mount = tempfile::tempdir().unwrap();
+        let manifests = tempfile::tempdir().unwrap();
+        let write_version = |name: &str, port: u16| {
+            let dir = mount.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("values.yaml"), format!("ports:\n  web:\n    port: {port}\n")).unwrap();
+        };
+        let swap_to = |name: &str| {
+            // As the kubelet does: a new symlink renamed over `..data`.
+            let tmp = mount.path().join("..data_tmp");
+            std::os::unix::fs::symlink(name, &tmp).unwrap();
+            std::fs::rename(&tmp, mount.path().join("..data")).unwrap();
+        };
+        write_version("..2026_12_03_1", 8001);
+        swap_to("..2026_12_03_1");
+        std::os::unix::fs::symlink("..data/values.yaml", mount.path().join("values.yaml")).unwrap();
+        let src = Source::files(
+            Some(mount.path().join("values.yaml")),
+            vec![manifests.path().to_path_buf()],
+            Duration::from_millis(20),
+        );
+        let web = |c: &crate::Config| c.values.entry_points().find(|(n, _)| *n == "web").map(|(_, e)| e.port);
+        assert_eq!(web(&src.compile().unwrap()), Some(8001));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = src
+            .watch(
+                move |c| {
+                    let _ = tx.send(web(&c));
+                },
+                |why| panic!("{why}"),
+            )
+            .unwrap();
+        write_version("..2026_12_03_2", 8002);
+        swap_to("..2026_12_03_2");
+        std::fs::remove_dir_all(mount.path().join("..2026_12_03_1")).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Some(8002))) => break,
+                Ok(Some(_)) => continue,
+                _ => panic!("the swapped values were not reloaded"),
+            }
+        }
+        // And the next update too (the watch follows the directory, not the old target).
+        write_version("..2026_12_03_3", 8003);
+        swap_to("..2026_12_03_3");
+        loop {
+            match tokio::time::timeout_at(deadline + Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(Some(8003))) => break,
+                Ok(Some(_)) => continue,
+                _ => panic!("the second swap was not reloaded"),
+            }
+        }
+    }
+}
