@@ -26,6 +26,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or as one JSON object per line (`json`), on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -706,7 +715,8 @@ fn main() -> ExitCode {
         Command::DemoBackend { service, .. } => (true, format!("atrium-demo-{service}")),
         _ => (false, "atrium".to_string()),
     };
-    let _telemetry = atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role);
+    let json = cli.log_format == LogFormat::Json;
+    let _telemetry = atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role, json);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

@@ -154,7 +154,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     children.set(&first.body.children, Polling::from_values(&first.values, o.liveness));
 
     let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };
-    let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone() });
+    let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone(), gw: gw.clone() });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let _watch = {
         let (p, c, liveness, g, g2) = (publisher.clone(), children.clone(), o.liveness, gw.clone(), gw.clone());
@@ -292,16 +292,20 @@ async fn serve_grpc(
     Ok(tokio::spawn(server))
 }
 
+/// The embedded data plane's id in `/api/dataplanes`.
+const EMBEDDED_NODE: &str = "embedded";
+
 /// The embedded data plane: it takes the same snapshots over an in-memory channel, reaches
 /// children with the `data-plane` certificate, and serves the entrypoints.
 fn embed(
     o: &Serving,
     gw: &Arc<Gateway>,
     certs: &Arc<CertStore>,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Workers, NodeError> {
     let trust = o.node_trust("data-plane")?;
+    let hub = hub.clone();
     gw.set_uplink_client(UplinkClient::new(trust.clone(), o.liveness));
     gw.set_portal_trust(&trust)?;
     let mut rx = hub.subscribe();
@@ -311,7 +315,19 @@ fn embed(
             let latest = rx.borrow_and_update().clone();
             if let Some(p) = latest {
                 // A refusal is counted and logged by the gateway; nothing to answer here.
-                let _ = egw.swap_snapshot(&p.snapshot);
+                let applied = egw.swap_snapshot(&p.snapshot);
+                // The embedded data plane is listed with the others (`/api/dataplanes`).
+                hub.update_node(EMBEDDED_NODE, |n| {
+                    n.connected = true;
+                    n.group = "default".into();
+                    n.build_version = env!("CARGO_PKG_VERSION").into();
+                    if let Err(e) = &applied {
+                        n.last_nack = Some(e.to_string());
+                    }
+                });
+                if let (Ok(()), Some(v)) = (&applied, p.snapshot.version) {
+                    hub.acked(EMBEDDED_NODE, v);
+                }
             }
             if rx.changed().await.is_err() {
                 return;

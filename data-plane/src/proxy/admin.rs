@@ -217,19 +217,43 @@ pub fn rawdata(gw: &Gateway) -> serde_json::Value {
 pub trait AdminExtra: Send + Sync {
     /// A JSON document for `path`, if this extension serves it.
     fn json(&self, path: &str) -> Option<serde_json::Value>;
+    /// An HTML page for `path`, if this extension serves it.
+    fn html(&self, _path: &str) -> Option<String> {
+        None
+    }
     /// Metric families to put before the data plane's own (no `# EOF`).
     fn metrics(&self) -> String;
+    /// The endpoints it adds, with what each serves (for the admin root).
+    fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
 }
 
-fn respond(
+/// Text escaped for HTML.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn respond(
     gw: &Gateway,
     extra: Option<&dyn AdminExtra>,
     token: Option<&str>,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if let Some(t) = token.filter(|_| !open) {
-        if !authorized(req, t) {
+        if !authorized(&req, t) {
             let mut r = body::text(StatusCode::UNAUTHORIZED, "401 Unauthorized: a bearer token is required");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"atrium-admin\""));
@@ -241,7 +265,20 @@ fn respond(
         r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         return r;
     }
+    if let Some(page) = extra.and_then(|e| e.html(req.uri().path())) {
+        let mut r = Response::new(body::full(page));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        return r;
+    }
+    if req.uri().path() == "/api/log-level" {
+        return log_level(req).await;
+    }
     match req.uri().path() {
+        "/" => body::text(StatusCode::OK, &endpoints(extra)),
         "/healthz" => body::text(StatusCode::OK, "ok"),
         "/readyz" if DRAINING.load(std::sync::atomic::Ordering::Relaxed) => {
             body::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
@@ -296,10 +333,52 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (gw, extra, token) = (gw.clone(), extra.clone(), token.clone());
-                async move { Ok::<_, std::convert::Infallible>(respond(&gw, extra.as_deref(), token.as_deref(), &req)) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&gw, extra.as_deref(), token.as_deref(), req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
         });
+    }
+}
+
+/// The admin root: what this listener serves.
+fn endpoints(extra: Option<&dyn AdminExtra>) -> String {
+    let mut out = String::from(
+        "atrium admin API\n\n\
+         /healthz              liveness (open)\n\
+         /readyz               readiness: a route table is in force and not shutting down (open)\n\
+         /metrics              Prometheus metrics (open)\n\
+         /api/rawdata          the routers, services and middlewares in force\n\
+         /api/apis             each API: authentication, routes, spec, subscriptions, catalog items\n\
+         /api/log-level        GET the log filter, PUT a new one (RUST_LOG syntax)\n",
+    );
+    if let Some(e) = extra {
+        for (path, what) in e.endpoints() {
+            out.push_str(&format!("{path:<21} {what}\n"));
+        }
+    }
+    out
+}
+
+/// `GET /api/log-level`: the filter in force; `PUT` (body: a `RUST_LOG` filter) replaces it.
+async fn log_level(req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    match *req.method() {
+        http::Method::GET => match crate::telemetry::export::log_level() {
+            Some(l) => body::text(StatusCode::OK, &l),
+            None => body::text(StatusCode::SERVICE_UNAVAILABLE, "logs are not set up in this process"),
+        },
+        http::Method::PUT | http::Method::POST => {
+            let limited = http_body_util::Limited::new(req.into_body(), 4096);
+            let Ok(bytes) = limited.collect().await.map(|b| b.to_bytes()) else {
+                return body::text(StatusCode::PAYLOAD_TOO_LARGE, "a log filter is at most 4 KiB");
+            };
+            let spec = String::from_utf8_lossy(&bytes);
+            match crate::telemetry::export::set_log_level(&spec) {
+                Ok(now) => body::text(StatusCode::OK, &now),
+                Err(e) => body::text(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        _ => body::text(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Setting up logs and traces for a process: structured logs to stderr (`RUST_LOG` filters them), and OpenTelemetry
+//! Setting up logs and traces for a process: structured logs to stderr (`RUST_LOG` filters
+//! them, the admin API changes the filter at runtime; text or JSON lines), and OpenTelemetry
 //! traces exported over OTLP/gRPC when an endpoint is configured the standard way
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SERVICE_NAME`,
 //! `OTEL_TRACES_SAMPLER` and the `OTEL_BSP_*` batch settings apply too).
@@ -74,16 +75,52 @@ fn provider(service: &str) -> Result<SdkTracerProvider, ExportError> {
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
 }
 
-/// Installs the log subscriber (`default_level` unless `RUST_LOG` says otherwise) and, when
-/// an OTLP endpoint is configured, trace export for `service`.
-pub fn init(default_level: &str, service: &str) -> Guard {
+/// The filter of the logs in force, changeable at runtime (the admin API's
+/// `/api/log-level`).
+type ReloadFilter = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<ReloadFilter> = std::sync::OnceLock::new();
+
+/// The log filter in force (`RUST_LOG` syntax), if logs are set up.
+pub fn log_level() -> Option<String> {
+    LOG_FILTER.get()?.with_current(|f| f.to_string()).ok()
+}
+
+/// Replaces the log filter (`RUST_LOG` syntax: `debug`, `info,atrium_k8s=debug`); an error
+/// names what does not parse, and the filter in force stays.
+pub fn set_log_level(spec: &str) -> Result<String, String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(spec.trim()).map_err(|e| format!("{spec:?}: {e}"))?;
+    let handle = LOG_FILTER.get().ok_or("logs are not set up in this process")?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    let now = log_level().unwrap_or_default();
+    tracing::info!(filter = %now, "log level changed");
+    Ok(now)
+}
+
+/// Installs the log subscriber (`default_level` unless `RUST_LOG` says otherwise; one JSON
+/// object per line with `json`) and, when an OTLP endpoint is configured, trace export for
+/// `service`.
+pub fn init(default_level: &str, service: &str, json: bool) -> Guard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(handle);
+    let fmt: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed()
+    };
     let Some(endpoint) = endpoint() else {
         tracing_subscriber::registry().with(fmt).init();
         return Guard(None);

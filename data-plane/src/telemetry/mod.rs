@@ -40,7 +40,13 @@ struct Injector<'a>(&'a mut HeaderMap);
 
 impl opentelemetry::propagation::Injector for Injector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+        let Ok(n) = HeaderName::from_bytes(key.as_bytes()) else { return };
+        // An empty `tracestate:` says nothing: none is sent (nor one the client sent).
+        if value.is_empty() {
+            self.0.remove(n);
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(&value) {
             self.0.insert(n, v);
         }
     }
