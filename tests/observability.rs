@@ -167,3 +167,32 @@ fn logs_come_as_json_lines_on_request() {
     assert!(v["addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
     assert!(v["timestamp"].is_string(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_without_an_embedded_data_plane_is_ready_once_it_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("m")).unwrap();
+    let args: Vec<String> = [
+        "control-plane",
+        "--manifests",
+        tmp.path().join("m").to_str().unwrap(),
+        "--data-plane",
+        "none",
+        "--grpc",
+        "127.0.0.1:0",
+        "--state-dir",
+        tmp.path().join("state").to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cp = common::gateway::GatewayProc::spawn(&args, 0, true);
+    let r = common::eventually(Duration::from_secs(10), "/readyz 200", || async {
+        let r = common::client::get(&format!("http://{}/readyz", cp.admin)).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert!(r.body.contains("ready"), "{}", r.body);
+}

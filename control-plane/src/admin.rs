@@ -14,6 +14,8 @@ pub(crate) struct ControlPlaneAdmin {
     pub(crate) publisher: Publisher,
     /// The embedded data plane's gateway (its APIs as compiled).
     pub(crate) gw: Arc<Gateway>,
+    /// Whether an embedded data plane serves (then `/readyz` is its own).
+    pub(crate) embedded: bool,
 }
 
 impl ControlPlaneAdmin {
@@ -171,6 +173,9 @@ impl AdminExtra for ControlPlaneAdmin {
             "/api/dataplanes" => Some(self.publisher.hub.nodes_json()),
             "/api/children" => Some(self.children_json()),
             "/api/state" => Some(self.state_json()),
+            // Without an embedded data plane there is no route table here: ready once a
+            // snapshot is published (data planes can take it).
+            "/readyz" if !self.embedded => self.publisher.body().map(|_| serde_json::json!({"ready": true})),
             _ => None,
         }
     }
