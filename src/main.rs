@@ -29,6 +29,15 @@ struct Cli {
     /// Log lines as `text` or as one JSON object per line (`json`), on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export traces over OTLP to this collector (its base URL: `http://collector:4317`
+    /// for gRPC, `http://collector:4318` for HTTP). Default: `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (or `..._TRACES_ENDPOINT`); no export when neither is set.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// The OTLP transport: `grpc` or `http/protobuf`. Default: `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `grpc`. Sampling follows `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`).
+    #[arg(long, global = true, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -706,17 +715,33 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they do at info; one-shot tools only speak up when something is wrong.
+    let mut cluster_name = None;
     let (serving, role) = match &cli.command {
         Command::Gateway { .. } => (true, "atrium-gateway".to_string()),
         Command::ControlPlane { .. } => (true, "atrium-control-plane".to_string()),
         Command::DataPlane { node_id, .. } => (true, format!("atrium-data-plane-{node_id}")),
-        Command::Agent { cluster, .. } => (true, format!("atrium-agent-{cluster}")),
+        Command::Agent { cluster, .. } => {
+            cluster_name = Some(cluster.clone());
+            (true, format!("atrium-agent-{cluster}"))
+        }
         Command::Up { .. } => (true, "atrium".to_string()),
         Command::DemoBackend { service, .. } => (true, format!("atrium-demo-{service}")),
         _ => (false, "atrium".to_string()),
     };
     let json = cli.log_format == LogFormat::Json;
-    let _telemetry = atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role, json);
+    let traces = atrium_data_plane::telemetry::export::TraceFlags {
+        endpoint: cli.otlp_endpoint.clone(),
+        protocol: cli.otlp_protocol.clone(),
+        cluster: cluster_name,
+    };
+    let _telemetry =
+        match atrium_data_plane::telemetry::export::init(if serving { "info" } else { "warn" }, &role, json, &traces) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("atrium: {e}");
+                return ExitCode::from(2);
+            }
+        };
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

@@ -237,6 +237,23 @@ async fn one_trace_spans_the_parent_and_the_child() {
         "the child's span is a child of the parent's span: one trace across clusters"
     );
     assert_eq!(seen.split('-').nth(2).unwrap(), common::otlp::hex(&child_span.span_id));
+    // Which child served the call, through which uplink, for which API, application and
+    // plan: on the parent's span; the uplink the call arrived on: on the child's.
+    use common::otlp::attr;
+    assert_eq!(attr(parent_span, "atrium.child").as_deref(), Some("cluster-a"), "{:?}", parent_span.attributes);
+    assert!(attr(parent_span, "atrium.uplink").is_some_and(|u| u.contains("crm")), "{:?}", parent_span.attributes);
+    assert!(attr(parent_span, "atrium.api").is_some_and(|a| a.ends_with("crm-api")), "{:?}", parent_span.attributes);
+    assert_eq!(attr(parent_span, "atrium.application").as_deref(), Some("test-app"));
+    assert!(
+        attr(parent_span, "atrium.plan").is_some_and(|p| p.contains("unlimited-test")),
+        "{:?}",
+        parent_span.attributes
+    );
+    assert!(attr(parent_span, "atrium.router").is_some());
+    assert_eq!(attr(parent_span, "http.response.status_code").as_deref(), Some("200"));
+    assert!(attr(child_span, "atrium.uplink").is_some_and(|u| u.contains("crm")), "{:?}", child_span.attributes);
+    assert!(attr(child_span, "atrium.router").is_some(), "{:?}", child_span.attributes);
+    assert_eq!(attr(child_span, "http.response.status_code").as_deref(), Some("200"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,6 +271,8 @@ impl Gateway {
             }
         };
         let plan = grant.subscription.plan.id.as_str();
+        crate::telemetry::note("atrium.application", &grant.app.app_id);
+        crate::telemetry::note("atrium.plan", plan);
         match outcome.admission {
             Admission::Now => {
                 self.metrics.apim.decision(plan, "allowed");

@@ -119,7 +119,7 @@ impl Gateway {
     /// here (so that it is not looked up twice).
     fn direct_route(&self, head: &Head, conn: &ConnInfo) -> Lane {
         if self.access_log.is_some()
-            || crate::telemetry::enabled()
+            || crate::telemetry::traces(|| head.headers().any(|(n, _)| n.eq_ignore_ascii_case(b"traceparent")))
             || conn.uplink.is_some()
             || head.uri().authority().is_some()
         {

@@ -499,6 +499,7 @@ impl Gateway {
         // the CORS headers of the API and of the middlewares.
         let mut plan_left = None;
         if let Some(api) = router.api.as_deref() {
+            crate::telemetry::note("atrium.api", api);
             if let Some(cors) = rt.access.cors(api) {
                 match cors.on_request(&parts.method, &mut parts.headers, inbound.host_raw, conn.tls) {
                     RequestAction::Respond(a) => {

@@ -536,8 +536,11 @@ impl Gateway {
         futures_util::future::BoxFuture<'a, Response<Body>>,
     > {
         use futures_util::future::Either;
-        let span = (crate::telemetry::enabled() && !conn.internal)
-            .then(|| crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point));
+        let span =
+            (!conn.internal && crate::telemetry::traces(|| req.headers().contains_key("traceparent"))).then(|| {
+                let uplink = conn.uplink.as_deref();
+                crate::telemetry::request_span(req.headers(), req.method(), req.uri().path(), &conn.entry_point, uplink)
+            });
         match span {
             None => Either::Left(self.serve(req, conn, None, routed)),
             Some(span) => {
@@ -651,6 +654,8 @@ impl Gateway {
             *req.headers_mut() = out.headers.clone();
             *req.version_mut() = out.version;
             let timeout = up.config().response_header_timeout;
+            crate::telemetry::note("atrium.child", &child.name);
+            crate::telemetry::note("atrium.uplink", uplink);
             match client.send(child, uplink, out.client, req, timeout).await {
                 Ok(r) => return Ok(r),
                 Err(e @ UpstreamError::Connect { .. }) => last_err = Some(e),

@@ -3,7 +3,9 @@
 //! into the request sent upstream, so backends and child clusters join the same trace.
 //!
 //! Off unless the binary configured an exporter ([`enable`]): then nothing on the request
-//! path creates spans or touches headers.
+//! path creates spans or touches headers. When the sampler never starts a trace here
+//! (`always_off`, a ratio of 0), only requests that bring a trace context get a span (so
+//! that the context goes on upstream); the others are served as with tracing off.
 
 pub mod export;
 
@@ -13,15 +15,36 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static ROOTS: AtomicBool = AtomicBool::new(false);
 
-/// Turns request spans and trace-context propagation on (once an exporter is installed).
-pub fn enable() {
+/// Turns request spans and trace-context propagation on (once an exporter is installed);
+/// `roots`: whether the sampler may sample a trace that starts here.
+pub fn enable(roots: bool) {
+    ROOTS.store(roots, Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
 }
 
-/// Whether requests are traced.
+/// Whether requests may be traced at all.
+#[inline]
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether a request gets a span: tracing is on, and either a trace may start here or the
+/// request continues one (`has_context`: it carries `traceparent`).
+#[inline]
+pub fn traces(has_context: impl FnOnce() -> bool) -> bool {
+    enabled() && (ROOTS.load(Ordering::Relaxed) || has_context())
+}
+
+/// Records what a request's span only learns on the way (`atrium.api`,
+/// `atrium.application`, `atrium.plan`, `atrium.child`, `atrium.uplink`) on the current
+/// span, when requests are traced.
+#[inline]
+pub fn note(field: &'static str, value: &str) {
+    if enabled() {
+        tracing::Span::current().record(field, value);
+    }
 }
 
 struct Extractor<'a>(&'a HeaderMap);
@@ -54,7 +77,14 @@ impl opentelemetry::propagation::Injector for Injector<'_> {
 
 /// The server span of one request, continuing the caller's trace when its headers carry
 /// one. The proxy records the outcome in its empty fields.
-pub fn request_span(headers: &HeaderMap, method: &http::Method, path: &str, entry_point: &str) -> tracing::Span {
+/// `uplink`: the uplink a child's request arrived on.
+pub fn request_span(
+    headers: &HeaderMap,
+    method: &http::Method,
+    path: &str,
+    entry_point: &str,
+    uplink: Option<&str>,
+) -> tracing::Span {
     let span = tracing::info_span!(
         target: "atrium::request",
         "request",
@@ -67,6 +97,11 @@ pub fn request_span(headers: &HeaderMap, method: &http::Method, path: &str, entr
         http.response.status_code = tracing::field::Empty,
         atrium.router = tracing::field::Empty,
         atrium.service = tracing::field::Empty,
+        atrium.api = tracing::field::Empty,
+        atrium.application = tracing::field::Empty,
+        atrium.plan = tracing::field::Empty,
+        atrium.child = tracing::field::Empty,
+        atrium.uplink = uplink,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
     let _ = span.set_parent(parent);
