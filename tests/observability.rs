@@ -3,7 +3,9 @@
 //! uplinks with weight and health), each data plane (the embedded one included) with the
 //! version it applied, and each API with its routes; `/metrics` has a sample for every
 //! child and uplink from the start; every metric the shipped alert rules and dashboard
-//! use is exposed; the log level changes at runtime; logs come as JSON on request.
+//! use is exposed; the log level changes at runtime; logs come as JSON on request. Each
+//! component's `/metrics` counts known traffic: the control plane, a data plane and an
+//! agent.
 
 mod common;
 
@@ -131,6 +133,97 @@ async fn the_admin_view_metrics_and_log_level_of_a_running_parent() {
         common::client::get(&admin("/api/log-level")).await.body.contains("atrium_control_plane=debug"),
         "unchanged"
     );
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels` (0 when
+/// there is none).
+fn sum(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_components_metrics_count_known_traffic() {
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let dir = topology::seed(crm.addr, billing.addr);
+    let t = Topology::start(dir.path(), &Options::default());
+    until_status(t.ws(), "/crm/health", 200).await;
+    let root = dir.path();
+    let grpc = t.parent.grpc.expect("the control plane serves gRPC");
+    let args = topology::data_plane_args(root, &root.join("pki"), grpc, "dp-1", "127.0.0.1:0", &[]);
+    let dp = common::gateway::GatewayProc::spawn(&args, 2, false);
+    let dp_ws = dp.entry_points["websecure"];
+    until_status(dp_ws, "/crm/health", 200).await;
+    let scrape = |admin: std::net::SocketAddr| async move {
+        let r = common::client::get(&format!("http://{admin}/metrics")).await;
+        assert_eq!(r.status, 200);
+        r.body
+    };
+    let agent_admin = t.child("cluster-a").admin;
+    let before = scrape(agent_admin).await;
+    let served_before = sum(&before, "atrium_requests_total", &["code=\"200\""]);
+
+    // Known traffic through the separate data plane: 7 keyed calls, 2 without a key.
+    for _ in 0..7 {
+        assert_eq!(topology::get(dp_ws, "/crm/employees").await.status, 200);
+    }
+    for _ in 0..2 {
+        let r = common::client::tls_get_with(dp_ws, "api.example.com", "/crm/employees", &[]).await.2;
+        assert_eq!(r.status, 401);
+    }
+
+    // The data plane: requests and latency by router, limit decisions by plan, its QUIC
+    // connections, streams and RTT to the child, the table version it runs.
+    let d = scrape(dp.admin).await;
+    assert!(sum(&d, "atrium_requests_total", &["code=\"200\"", "crm"]) >= 7.0, "{d}");
+    assert_eq!(sum(&d, "atrium_requests_total", &["code=\"401\""]), 2.0, "{d}");
+    assert!(sum(&d, "atrium_request_duration_seconds_count", &["crm"]) >= 9.0, "{d}");
+    assert!(sum(&d, "atrium_plan_limit_decisions_total", &["unlimited-test", "result=\"allowed\""]) >= 7.0, "{d}");
+    assert!(sum(&d, "atrium_uplink_connections", &["child=\"cluster-a\""]) >= 1.0, "{d}");
+    assert!(sum(&d, "atrium_uplink_streams_opened_total", &["child=\"cluster-a\""]) >= 1.0, "{d}");
+    let rtt = sum(&d, "atrium_uplink_rtt_seconds", &["child=\"cluster-a\""]);
+    assert!(rtt > 0.0 && rtt < 1.0, "a loopback RTT: {rtt}\n{d}");
+    assert!(sum(&d, "atrium_route_table_version", &[]) >= 1.0, "{d}");
+
+    // The control plane: children reachable, their RTT, uplinks healthy, data planes
+    // connected and current, propagation times.
+    let c = scrape(t.parent.admin).await;
+    assert_eq!(sum(&c, "atrium_child_reachable", &["cluster-a"]), 1.0, "{c}");
+    let rtt = sum(&c, "atrium_child_rtt_seconds", &["child=\"cluster-a\""]);
+    assert!(rtt > 0.0 && rtt < 1.0, "a loopback RTT: {rtt}\n{c}");
+    assert_eq!(sum(&c, "atrium_uplink_healthy", &["child=\"cluster-a\"", "uplink=\"crm\""]), 1.0, "{c}");
+    assert!(sum(&c, "atrium_dataplanes_connected", &[]) >= 1.0, "{c}");
+    assert_eq!(sum(&c, "atrium_dataplane_current", &["node=\"dp-1\""]), 1.0, "{c}");
+    assert!(sum(&c, "atrium_snapshot_propagation_seconds_count", &[]) >= 1.0, "{c}");
+    let children: Value =
+        serde_json::from_str(&common::client::get(&format!("http://{}/api/children", t.parent.admin)).await.body)
+            .unwrap();
+    assert!(children["cluster-a"]["rttMs"].as_f64().is_some_and(|ms| ms > 0.0), "{children}");
+    assert!(common::client::get(&format!("http://{}/ui", t.parent.admin)).await.body.contains(" ms</td>"));
+
+    // The agent: the 7 calls it served, its health checks with their latency, the streams
+    // parents opened, parents connected.
+    let a = scrape(agent_admin).await;
+    assert!(sum(&a, "atrium_requests_total", &["code=\"200\""]) - served_before >= 7.0, "{a}");
+    assert!(sum(&a, "atrium_agent_health_checks_total", &["uplink=\"crm\"", "result=\"pass\""]) >= 1.0, "{a}");
+    assert!(sum(&a, "atrium_agent_health_check_duration_seconds_count", &["uplink=\"crm\""]) >= 1.0, "{a}");
+    assert!(sum(&a, "atrium_agent_uplink_streams_total", &["uplink=\"crm\"", "kind=\"data\""]) >= 1.0, "{a}");
+    assert!(sum(&a, "atrium_agent_uplink_streams_total", &["kind=\"control\""]) >= 1.0, "{a}");
+    assert!(sum(&a, "atrium_agent_parents_connected", &[]) >= 2.0, "the control plane and the data planes: {a}");
+    assert_eq!(sum(&a, "atrium_agent_uplink_healthy", &["uplink=\"crm\""]), 1.0, "{a}");
+    let uplinks: Value =
+        serde_json::from_str(&common::client::get(&format!("http://{agent_admin}/api/uplinks")).await.body).unwrap();
+    let u = uplinks["uplinks"].as_array().unwrap().iter().find(|u| u["name"] == "crm").expect("crm").clone();
+    assert_eq!((u["healthy"].as_bool(), u["lastCheck"]["result"].as_str()), (Some(true), Some("pass")), "{uplinks}");
+    assert!(u["lastCheck"]["durationMs"].as_f64().is_some() && u["streamsServed"].as_u64() >= Some(1), "{uplinks}");
+    assert_eq!(uplinks["cluster"], "cluster-a");
+    let root = common::client::get(&format!("http://{agent_admin}/")).await.body;
+    assert!(root.contains("/api/uplinks"), "{root}");
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //!   the uplink's own routing as the parent would see it;
 //! - [`server`]: the uplink server parents dial over mutual-TLS QUIC: control streams
 //!   (`Register`, `Update`, `Poll`) and data streams (HTTP for one uplink);
-//! - [`run`](mod@run): the wiring of all three.
+//! - [`metrics`]: health-check results and latency, streams served, parents connected
+//!   (`/metrics`, `/api/uplinks` on the admin listener);
+//! - [`run`](mod@run): the wiring of all of them.
 //!
 //! The agent compiles its manifests with `atrium-model` (through `atrium-provider`) and
 //! serves them with `atrium-data-plane`; it never depends on the control plane.
@@ -14,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod gateway;
+pub mod metrics;
 pub mod run;
 pub mod server;
 pub mod uplinks;

@@ -46,13 +46,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     gw.objects_left_out(first.left_out.len());
     swapper.swap(first.body)?;
     let up = Arc::new(Upstreams::new(o.upstream.clone()));
-    let uplinks = Uplinks::new(&cluster, gw.clone(), up.clone());
+    let metrics = Arc::new(crate::metrics::AgentMetrics::default());
+    let in_flight = Arc::new(InFlight::default());
+    let uplinks = Uplinks::new(&cluster, gw.clone(), up.clone(), metrics.clone());
     uplinks.set(first_uplinks);
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = o.serve(&gw, &certs, &stop_rx)?;
     let trust = o.node_trust(tls_name.as_deref().unwrap_or(&cluster))?;
-    let mut tasks = serve_uplinks(&o, &cluster, &trust, &gw, &up, &uplinks, &stop_rx)?;
-    tasks.extend(o.admin(&gw, None, &stop_rx).await?);
+    let serving = Serve { o: &o, cluster: &cluster, trust: &trust, gw: &gw, up: &up, uplinks: &uplinks };
+    let mut tasks = serve_uplinks(&serving, &metrics, &in_flight, &stop_rx)?;
+    let admin = crate::metrics::AgentAdmin { metrics, uplinks: uplinks.clone(), in_flight };
+    tasks.extend(o.admin(&gw, Some(Arc::new(admin)), &stop_rx).await?);
     let watch = {
         let u = uplinks.clone();
         // Parents hear of added, changed and removed uplinks at once.
@@ -111,16 +115,23 @@ fn report_health(status: atrium_k8s::StatusWriter, uplinks: Arc<Uplinks>) {
 
 /// Binds every uplink entrypoint (QUIC, mutual TLS: parents' control-plane and data-plane
 /// certificates only) and serves parents on it until `stop`.
+/// What the uplink entrypoints serve.
+struct Serve<'a> {
+    o: &'a Serving,
+    cluster: &'a str,
+    trust: &'a NodeTrust,
+    gw: &'a Arc<Gateway>,
+    up: &'a Arc<Upstreams>,
+    uplinks: &'a Uplinks,
+}
+
 fn serve_uplinks(
-    o: &Serving,
-    cluster: &str,
-    trust: &NodeTrust,
-    gw: &Arc<Gateway>,
-    up: &Arc<Upstreams>,
-    uplinks: &Uplinks,
+    s: &Serve<'_>,
+    metrics: &Arc<crate::metrics::AgentMetrics>,
+    in_flight: &Arc<InFlight>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, GatewayError> {
-    let in_flight = Arc::new(InFlight::default());
+    let Serve { o, cluster, trust, gw, up, uplinks } = *s;
     let mut tasks = Vec::new();
     for l in &o.uplink_listeners {
         let cfg = atrium_data_plane::uplink::tls::server_config(trust, o.liveness)?;
@@ -137,6 +148,7 @@ fn serve_uplinks(
             max_frame: o.liveness.max_frame,
             in_flight: in_flight.clone(),
             drain_timeout: o.limits.drain_timeout,
+            metrics: metrics.clone(),
         };
         tasks.push(tokio::spawn(serve_quic(ep, Arc::new(server), stop.clone())));
     }

@@ -95,6 +95,8 @@ pub struct UplinkServer {
     pub in_flight: Arc<InFlight>,
     /// How long a shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Streams and parents counted.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// How long no new request must arrive before a shutting-down agent closes its uplinks:
@@ -132,6 +134,8 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, server: Arc<UplinkServer>, mu
                 Err(e) => return tracing::warn!(%remote, error = %e, "parent refused: QUIC/TLS handshake failed"),
             };
             tracing::info!(%remote, "parent connected");
+            server.metrics.parent(1);
+            let _gone = ParentGone(server.metrics.clone());
             loop {
                 let (send, recv) = match conn.accept_bi().await {
                     Ok(s) => s,
@@ -140,6 +144,15 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, server: Arc<UplinkServer>, mu
                 tokio::spawn(serve_stream(send, recv, remote, server.clone()));
             }
         });
+    }
+}
+
+/// Counts a parent's connection as gone when dropped.
+struct ParentGone(Arc<crate::metrics::AgentMetrics>);
+
+impl Drop for ParentGone {
+    fn drop(&mut self) {
+        self.0.parent(-1);
     }
 }
 
@@ -159,6 +172,7 @@ async fn serve_stream(
         }
     };
     if header.kind == pb::stream_header::Kind::Control as i32 {
+        server.metrics.stream(None, false);
         control(send, recv, server.state.clone(), server.max_frame).await;
         return;
     }
@@ -178,6 +192,8 @@ async fn serve_stream(
             }
         }
     };
+    let exposed = server.state.borrow().uplinks.iter().any(|u| u.name == header.uplink);
+    server.metrics.stream(Some(&header.uplink), exposed);
     let client = per_stream.map_or(remote, |c| c.addr);
     let conn = Arc::new(uplink_conn(&server.entry_point, &header.uplink, client, server.upstreams.clone()));
     let gw = server.gw.clone();

@@ -14,6 +14,8 @@ use atrium_data_plane::upstream::Upstreams;
 use atrium_proto::v1 as pb;
 use tokio::sync::watch;
 
+use crate::metrics::CheckResult;
+
 /// The agent's current answer to its parents.
 pub type State = watch::Sender<pb::Register>;
 
@@ -42,11 +44,17 @@ impl std::fmt::Debug for Uplinks {
 }
 
 impl Uplinks {
-    /// Cluster `cluster`'s uplinks, none yet, checked through `gw` on the current runtime.
-    pub fn new(cluster: &str, gw: Arc<Gateway>, upstreams: Arc<Upstreams>) -> Arc<Uplinks> {
+    /// Cluster `cluster`'s uplinks, none yet, checked through `gw` on the current runtime;
+    /// checks are counted in `metrics`.
+    pub fn new(
+        cluster: &str,
+        gw: Arc<Gateway>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<crate::metrics::AgentMetrics>,
+    ) -> Arc<Uplinks> {
         let state = Arc::new(watch::Sender::new(pb::Register { cluster: cluster.to_string(), uplinks: Vec::new() }));
         Arc::new(Uplinks {
-            ctx: Checks { gw, up: upstreams, state, withdrawn: Arc::default() },
+            ctx: Checks { gw, up: upstreams, state, withdrawn: Arc::default(), metrics },
             current: std::sync::Mutex::default(),
             checks: std::sync::Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
@@ -143,6 +151,7 @@ struct Checks {
     up: Arc<Upstreams>,
     state: Arc<State>,
     withdrawn: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Runs every uplink's health check through the uplink's own routing and publishes
@@ -151,7 +160,7 @@ struct Checks {
 fn spawn_health_checks(checks: Checks, uplinks: Vec<pb::Uplink>, stop: watch::Receiver<()>) {
     for u in uplinks {
         let Some(hc) = u.health_check.clone() else { continue };
-        let Checks { gw, up, state, withdrawn } = checks.clone();
+        let Checks { gw, up, state, withdrawn, metrics } = checks.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             loop {
@@ -163,7 +172,8 @@ fn spawn_health_checks(checks: Checks, uplinks: Vec<pb::Uplink>, stop: watch::Re
                 for h in &hc.headers {
                     req = req.header(h.name.as_str(), h.value.as_str());
                 }
-                let ok = match req.body(body::empty()) {
+                let started = std::time::Instant::now();
+                let result = match req.body(body::empty()) {
                     Ok(req) => {
                         let entry_point = format!("uplink:{}", u.name);
                         let client = "127.0.0.1:0".parse().expect("static address");
@@ -172,14 +182,17 @@ fn spawn_health_checks(checks: Checks, uplinks: Vec<pb::Uplink>, stop: watch::Re
                         let timeout = Duration::from_millis(hc.timeout_ms.max(1));
                         tokio::select! {
                             r = tokio::time::timeout(timeout, gw.handle(req, &conn)) => match r {
-                                Ok(resp) => status_ok(&hc, resp.status().as_u16()),
-                                Err(_) => false,
+                                Ok(resp) if status_ok(&hc, resp.status().as_u16()) => CheckResult::Pass,
+                                Ok(_) => CheckResult::Fail,
+                                Err(_) => CheckResult::Timeout,
                             },
                             _ = stop.changed() => return,
                         }
                     }
-                    Err(_) => false,
+                    Err(_) => CheckResult::Fail,
                 };
+                metrics.check(&u.name, result, started.elapsed());
+                let ok = result == CheckResult::Pass;
                 state.send_if_modified(|reg| {
                     // Checked under the state's lock, which `withdraw` takes too.
                     if withdrawn.load(std::sync::atomic::Ordering::Acquire) {
@@ -237,7 +250,8 @@ mod tests {
             CertStore::generated().unwrap(),
             Default::default(),
         );
-        let uplinks = Uplinks::new("cluster-a", gw, Arc::new(Upstreams::new(UpstreamConfig::default())));
+        let uplinks =
+            Uplinks::new("cluster-a", gw, Arc::new(Upstreams::new(UpstreamConfig::default())), Arc::default());
         let state = uplinks.state();
         uplinks.set(vec![uplink("crm")]);
         let healthy = |s: &State| s.borrow().uplinks.iter().map(|u| (u.name.clone(), u.healthy)).collect::<Vec<_>>();

@@ -16,10 +16,13 @@ pub(crate) struct ControlPlaneAdmin {
     pub(crate) gw: Arc<Gateway>,
     /// Whether an embedded data plane serves (then `/readyz` is its own).
     pub(crate) embedded: bool,
+    /// The sessions with children (their round-trip times).
+    pub(crate) children: Arc<crate::children::Children>,
 }
 
 impl ControlPlaneAdmin {
-    /// Every configured child: address, whether the parent reaches it, its uplinks.
+    /// Every configured child: address, whether the parent reaches it, the round-trip time
+    /// of its control connection, its uplinks.
     fn children_json(&self) -> serde_json::Value {
         let Some(body) = self.publisher.body() else { return serde_json::Value::Null };
         body.children
@@ -30,9 +33,10 @@ impl ControlPlaneAdmin {
                     .iter()
                     .map(|u| serde_json::json!({"name": u.name, "weight": u.weight, "healthy": u.healthy}))
                     .collect();
+                let rtt_ms = self.children.rtt(&c.name).map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
                 (
                     c.name.clone(),
-                    serde_json::json!({"address": c.address, "reachable": c.reachable, "uplinks": uplinks}),
+                    serde_json::json!({"address": c.address, "reachable": c.reachable, "rttMs": rtt_ms, "uplinks": uplinks}),
                 )
             })
             .collect::<serde_json::Map<_, _>>()
@@ -75,8 +79,9 @@ impl ControlPlaneAdmin {
                 })
                 .collect();
             let reach = if c["reachable"] == true { "reachable" } else { "unreachable" };
+            let rtt = c["rttMs"].as_f64().map_or("—".to_string(), |ms| format!("{ms:.2} ms"));
             children.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td class=\"{reach}\">{reach}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"{reach}\">{reach}</td><td>{rtt}</td><td>{}</td></tr>",
                 html_escape(name),
                 e(&c["address"]),
                 uplinks.join("<br>")
@@ -114,7 +119,7 @@ impl ControlPlaneAdmin {
              td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}}\
              .unreachable,.behind{{color:#b00}}.reachable,.current{{color:#070}}</style></head><body>\
              <h1>atrium control plane</h1><p>Snapshot {}.{} (JSON: <code>/api/state</code>)</p>\
-             <h2>Children</h2><table><tr><th>child</th><th>address</th><th>reachability</th><th>uplinks</th></tr>{children}</table>\
+             <h2>Children</h2><table><tr><th>child</th><th>address</th><th>reachability</th><th>RTT</th><th>uplinks</th></tr>{children}</table>\
              <h2>Data planes</h2><table><tr><th>node</th><th>group</th><th>stream</th><th>applied</th><th></th><th>last refusal</th></tr>{planes}</table>\
              <h2>APIs</h2><table><tr><th>API</th><th>routes</th><th>spec</th><th>catalog items</th></tr>{apis}</table>\
              </body></html>",
@@ -131,10 +136,14 @@ impl ControlPlaneAdmin {
         let s = self.state_json();
         let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
         let mut reach = String::new();
+        let mut rtt = String::new();
         let mut healthy = String::new();
         for (name, c) in s["children"].as_object().into_iter().flatten() {
             let r = u8::from(c["reachable"] == true);
             reach.push_str(&format!("atrium_child_reachable{{child=\"{}\"}} {r}\n", label(name)));
+            if let Some(ms) = c["rttMs"].as_f64() {
+                rtt.push_str(&format!("atrium_child_rtt_seconds{{child=\"{}\"}} {}\n", label(name), ms / 1e3));
+            }
             for u in c["uplinks"].as_array().into_iter().flatten() {
                 let h = u8::from(u["healthy"] == true);
                 let uplink = label(u["name"].as_str().unwrap_or(""));
@@ -157,6 +166,8 @@ impl ControlPlaneAdmin {
         format!(
             "# HELP atrium_child_reachable Whether the parent reaches the child (1) or not (0).\n\
              # TYPE atrium_child_reachable gauge\n{reach}\
+             # HELP atrium_child_rtt_seconds Round-trip time of the parent's control connection to the child (QUIC's smoothed estimate).\n\
+             # TYPE atrium_child_rtt_seconds gauge\n{rtt}\
              # HELP atrium_uplink_healthy Whether a child's uplink passes its health check (1) or not (0).\n\
              # TYPE atrium_uplink_healthy gauge\n{healthy}\
              # HELP atrium_dataplane_current Whether a data plane is connected and applied the latest snapshot (1) or not (0).\n\

@@ -95,6 +95,22 @@ fn record(
     Ok(())
 }
 
+/// The QUIC connection of each child's live session (their round-trip times).
+type Connections = Arc<Mutex<BTreeMap<String, quinn::Connection>>>;
+
+/// Removes a session's connection from [`Connections`] when the session ends.
+struct Listed<'a>(&'a Connections, &'a str, quinn::Connection);
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.0.lock() {
+            if c.get(self.1).is_some_and(|c| c.stable_id() == self.2.stable_id()) {
+                c.remove(self.1);
+            }
+        }
+    }
+}
+
 async fn session(
     child: &pb::Child,
     tls: &ParentTls,
@@ -102,9 +118,14 @@ async fn session(
     registry: &Mutex<Registry>,
     alive: &AtomicBool,
     on_change: &(dyn Fn(Registry) + Send + Sync),
+    conns: &Connections,
 ) -> Result<(), SessionError> {
     let ep = atrium_data_plane::uplink::dial::client_endpoint()?;
     let conn = atrium_data_plane::uplink::dial::dial(&ep, child, tls, polling.liveness).await?;
+    if let Ok(mut c) = conns.lock() {
+        c.insert(child.name.clone(), conn.clone());
+    }
+    let _listed = Listed(conns, &child.name, conn.clone());
     let (mut send, recv) = conn.open_bi().await?;
     // Frames are awaited in a `select!` with the poll timer: read them cancel-safely.
     let mut recv = uplink::frame::FrameReader::new(recv, polling.liveness.max_frame);
@@ -178,6 +199,8 @@ pub struct Children {
     on_change: Arc<dyn Fn(Registry) + Send + Sync>,
     /// Each child's session, by name.
     sessions: Mutex<BTreeMap<String, Session>>,
+    /// The connection of each live session.
+    conns: Connections,
     runtime: tokio::runtime::Handle,
 }
 
@@ -195,8 +218,16 @@ impl Children {
             registry: Arc::default(),
             on_change,
             sessions: Mutex::default(),
+            conns: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// The round-trip time of the control connection to `child` (QUIC's smoothed
+    /// estimate), while a session is up.
+    pub fn rtt(&self, child: &str) -> Option<Duration> {
+        let c = self.conns.lock().ok()?.get(child)?.clone();
+        c.close_reason().is_none().then(|| c.rtt())
     }
 
     /// The reachable children and their uplinks now.
@@ -248,6 +279,7 @@ impl Children {
                 self.registry.clone(),
                 alive.clone(),
                 self.on_change.clone(),
+                self.conns.clone(),
             ));
             sessions.insert(name.to_string(), (child.clone(), polling, task, alive));
         }
@@ -279,10 +311,11 @@ async fn keep_session(
     registry: Arc<Mutex<Registry>>,
     alive: Arc<AtomicBool>,
     on_change: Arc<dyn Fn(Registry) + Send + Sync>,
+    conns: Connections,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = session(&child, &tls, polling, &registry, &alive, on_change.as_ref()).await;
+        let result = session(&child, &tls, polling, &registry, &alive, on_change.as_ref(), &conns).await;
         let why = result.err().map_or_else(|| "control stream closed".to_string(), |e| e.to_string());
         let removed = {
             let Ok(mut r) = registry.lock() else { return };

@@ -154,7 +154,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     children.set(&first.body.children, Polling::from_values(&first.values, o.liveness));
 
     let workers = if embedded { embed(&o, &gw, &certs, &hub, &stop_rx)? } else { Workers::default() };
-    let extra = Arc::new(ControlPlaneAdmin { publisher: publisher.clone(), gw: gw.clone(), embedded });
+    let extra = Arc::new(ControlPlaneAdmin {
+        publisher: publisher.clone(),
+        gw: gw.clone(),
+        embedded,
+        children: children.clone(),
+    });
     let tasks: Vec<_> = o.admin(&gw, Some(extra), &stop_rx).await?.into_iter().collect();
     let _watch = {
         let (p, c, liveness, g, g2) = (publisher.clone(), children.clone(), o.liveness, gw.clone(), gw.clone());

@@ -107,6 +107,21 @@ impl Default for Metrics {
             uplinks.marked_down.clone(),
         );
         registry.register(
+            "uplink_connections",
+            "Live QUIC connections from this data plane to the child (one per worker thread)",
+            uplinks.connections.clone(),
+        );
+        registry.register(
+            "uplink_rtt_seconds",
+            "Smoothed round-trip time of this data plane's QUIC connections to the child (the smallest)",
+            uplinks.rtt.clone(),
+        );
+        registry.register(
+            "uplink_streams_opened",
+            "QUIC streams this data plane opened to the child (pooled HTTP/1.1 streams carry many requests each)",
+            uplinks.streams_opened.clone(),
+        );
+        registry.register(
             "uplink_failed_streams",
             "Uplink streams that failed while their connection stayed up",
             uplinks.failed_streams.clone(),
@@ -186,6 +201,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
+        self.uplinks.refresh();
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
@@ -232,9 +248,24 @@ pub struct PlanLabels {
     pub result: &'static str,
 }
 
-/// The data plane's per-child uplink counters.
-#[derive(Clone, Debug, Default)]
+/// What a data plane's QUIC connections to one child look like now: the child, its live
+/// connections (one per worker thread), the smallest smoothed round-trip time among them.
+pub type ChildConnections = (String, usize, Option<std::time::Duration>);
+
+/// Reads the connections to children at each scrape.
+type ConnectionsProbe = Box<dyn Fn() -> Vec<ChildConnections> + Send + Sync>;
+
+/// The data plane's per-child uplink counters and gauges.
+#[derive(Clone, Default)]
 pub struct UplinkMetrics {
+    /// Live QUIC connections to the child (read at each scrape).
+    pub connections: Family<ChildLabels, Gauge>,
+    /// Smallest smoothed round-trip time of those connections, in seconds.
+    pub rtt: Family<ChildLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// QUIC streams opened to the child (each carries requests, pooled HTTP/1.1 streams many).
+    pub streams_opened: Family<ChildLabels, Counter>,
+    /// Where the gauges are read from (the uplink client, once there is one).
+    probe: Arc<std::sync::OnceLock<ConnectionsProbe>>,
     /// Requests that waited because the child's concurrent-stream limit was reached.
     pub stream_waits: Family<ChildLabels, Counter>,
     /// Times this data plane took the child out of its routing (its connection failed, or
@@ -242,6 +273,33 @@ pub struct UplinkMetrics {
     pub marked_down: Family<ChildLabels, Counter>,
     /// Streams that failed on a live connection (passive health).
     pub failed_streams: Family<ChildLabels, Counter>,
+}
+
+impl std::fmt::Debug for UplinkMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UplinkMetrics")
+    }
+}
+
+impl UplinkMetrics {
+    /// Reads the connection gauges from `probe` at each scrape (set once).
+    pub fn probe_connections(&self, probe: ConnectionsProbe) {
+        let _ = self.probe.set(probe);
+    }
+
+    /// Sets the connection gauges from the probe (before encoding).
+    fn refresh(&self) {
+        let Some(probe) = self.probe.get() else { return };
+        self.connections.clear();
+        self.rtt.clear();
+        for (child, n, rtt) in probe() {
+            let l = ChildLabels { child: Label(Arc::from(child.as_str())) };
+            self.connections.get_or_create(&l).set(n as i64);
+            if let Some(rtt) = rtt {
+                self.rtt.get_or_create(&l).set(rtt.as_secs_f64());
+            }
+        }
+    }
 }
 
 /// Labels of per-child uplink metrics.

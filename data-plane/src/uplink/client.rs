@@ -268,6 +268,7 @@ impl UplinkClient {
         if let Err(e) = uplink::frame::write_frame(&mut send, header).await {
             return Err(self.stream_error(child, &conn, e.to_string(), false));
         }
+        self.count(&child.name, |m| &m.streams_opened);
         Ok((conn, send, recv))
     }
 
@@ -307,9 +308,30 @@ impl UplinkClient {
         self.inline.retain(|(_, c, _)| c != child);
     }
 
-    /// Counts into these families (the data plane's metrics).
-    pub fn set_metrics(&self, metrics: UplinkMetrics) {
+    /// Counts into these families (the data plane's metrics), and has its connection
+    /// gauges read from this client at each scrape.
+    pub fn set_metrics(self: &Arc<Self>, metrics: UplinkMetrics) {
+        let me = Arc::downgrade(self);
+        metrics.probe_connections(Box::new(move || me.upgrade().map(|c| c.connections_by_child()).unwrap_or_default()));
         let _ = self.metrics.set(metrics);
+    }
+
+    /// Each child this data plane dialled or took out: its live connections and their
+    /// smallest round-trip time.
+    fn connections_by_child(&self) -> Vec<crate::metrics::ChildConnections> {
+        let mut by_child: std::collections::BTreeMap<String, (usize, Option<Duration>)> =
+            self.down.lock().map(|d| d.keys().map(|c| (c.clone(), (0, None))).collect()).unwrap_or_default();
+        if let Ok(workers) = self.workers.lock() {
+            for (child, conn) in workers.values().flat_map(|w| &w.conns) {
+                let e = by_child.entry(child.clone()).or_default();
+                if conn.close_reason().is_none() {
+                    e.0 += 1;
+                    let rtt = conn.rtt();
+                    e.1 = Some(e.1.map_or(rtt, |r| r.min(rtt)));
+                }
+            }
+        }
+        by_child.into_iter().map(|(c, (n, rtt))| (c, n, rtt)).collect()
     }
 
     fn count(&self, child: &str, which: impl Fn(&UplinkMetrics) -> &Family<ChildLabels, Counter>) {
