@@ -226,6 +226,28 @@ async fn each_components_metrics_count_known_traffic() {
     assert!(root.contains("/api/uplinks"), "{root}");
 }
 
+/// `promtool` checks the rules and runs their unit tests
+/// (`deploy/observability/prometheus-rules.test.yaml`: which alert fires when, with its
+/// labels and text). CI installs it; without it the rules are still parsed above.
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = common::repo().join("deploy/observability");
+    let promtool = |args: &[&str]| match Command::new("promtool").args(args).current_dir(&dir).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI_REQUIRE_PROMTOOL").is_none() => None,
+        Err(e) => panic!("promtool: {e}"),
+    };
+    let Some(check) = promtool(&["check", "rules", "prometheus-rules.yaml"]) else {
+        eprintln!("promtool is not installed: the rules were only parsed (tests above)");
+        return;
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success() && text.contains("SUCCESS: 7 rules found"), "{text}");
+    let tested = promtool(&["test", "rules", "prometheus-rules.test.yaml"]).unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&tested.stdout), String::from_utf8_lossy(&tested.stderr));
+    assert!(tested.status.success() && text.contains("SUCCESS"), "{text}");
+}
+
 #[test]
 fn logs_come_as_json_lines_on_request() {
     let tmp = tempfile::tempdir().unwrap();
