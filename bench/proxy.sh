@@ -21,13 +21,17 @@ ATRIUM=target/release/atrium
 BACKEND=127.0.0.1:18181; NGINX=127.0.0.1:18182; ATRIUM1=127.0.0.1:18183; ATRIUM1000=127.0.0.1:18184
 ATRIUMAPI=127.0.0.1:18185; APIKEY=bench-key-5c1f0a7e
 ATRIUMREDIS=127.0.0.1:18186; REDIS_PORT=18190
+# Tracing on: sampling at 0 % (no trace may start here), and at 100 % exporting over
+# OTLP/HTTP to a sink (nginx answering 200 to every POST).
+ATRIUMTRACE0=127.0.0.1:18187; ATRIUMTRACE100=127.0.0.1:18188; OTLP_SINK=127.0.0.1:18191
 
 # Plan counters in Redis for the API route's Redis-mode target (no persistence).
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >/dev/null &
 PIDS+=($!)
 REDIS_PID=$!
 
-nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
+nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }
+  server { listen $OTLP_SINK; location / { client_max_body_size 16m; return 200; } }"
 NGINX_MASTER_INDEX=${#PIDS[@]}
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
@@ -83,8 +87,10 @@ with open(sys.argv[1], "w") as f:
                     f"      services: [{{name: backend, port: 80}}]\n")
 PY
 
-start_atrium() { # $1 = manifests, $2 = addr, [$3 = values]
-  "$ATRIUM" gateway --manifests "$1" ${3:+--values "$3"} --workers 1 --entrypoint "web=$2" --entrypoint websecure=off 2>"$2.log" &
+start_atrium() { # $1 = manifests, $2 = addr, [$3 = values]; $TRACE_FLAGS and the environment apply
+  # shellcheck disable=SC2086
+  "$ATRIUM" gateway --manifests "$1" ${3:+--values "$3"} --workers 1 --entrypoint "web=$2" --entrypoint websecure=off \
+    ${TRACE_FLAGS:-} 2>"$2.log" &
   PIDS+=($!)
 }
 printf 'hub:\n  redis:\n    endpoints: "127.0.0.1:%s"\n' "$REDIS_PORT" > "$WORK/redis-values.yaml"
@@ -92,13 +98,19 @@ start_atrium "$WORK/one" "$ATRIUM1"
 start_atrium "$WORK/many" "$ATRIUM1000"
 start_atrium "$WORK/api" "$ATRIUMAPI"
 start_atrium "$WORK/api" "$ATRIUMREDIS" "$WORK/redis-values.yaml"
+OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0 \
+  TRACE_FLAGS="--otlp-endpoint http://$OTLP_SINK --otlp-protocol http/protobuf" start_atrium "$WORK/one" "$ATRIUMTRACE0"
+TRACE_FLAGS="--otlp-endpoint http://$OTLP_SINK --otlp-protocol http/protobuf" start_atrium "$WORK/one" "$ATRIUMTRACE100"
 sleep 2
-ATRIUM_PID=${PIDS[-4]}
-ATRIUMAPI_PID=${PIDS[-2]}
-ATRIUMREDIS_PID=${PIDS[-1]}
+ATRIUM_PID=${PIDS[-6]}
+ATRIUMAPI_PID=${PIDS[-4]}
+ATRIUMREDIS_PID=${PIDS[-3]}
+TRACE0_PID=${PIDS[-2]}
+TRACE100_PID=${PIDS[-1]}
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$ATRIUM_PID/status")
 
-for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000"; do
+grep -q "exporting traces over OTLP/HTTP" "$ATRIUMTRACE0.log" || { echo "the traced gateway does not export" >&2; exit 1; }
+for target in "$BACKEND" "$NGINX" "$ATRIUM1" "$ATRIUM1000" "$ATRIUMTRACE0" "$ATRIUMTRACE100"; do
   curl -fsS -H 'Host: bench.test' "http://$target/" >/dev/null || { echo "$target is not answering" >&2; exit 1; }
 done
 for target in "$ATRIUMAPI" "$ATRIUMREDIS"; do
@@ -108,8 +120,9 @@ done
 grep -q "plan counters in Redis" "$ATRIUMREDIS.log" || { echo "the Redis-mode gateway does not use Redis" >&2; exit 1; }
 # CPU per request of each proxy process (less noisy than req/s on a shared machine).
 NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
-ATRIUM1000_PID=${PIDS[-3]}
-declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID [api]=$ATRIUMAPI_PID [redis]=$ATRIUMREDIS_PID)
+ATRIUM1000_PID=${PIDS[-5]}
+declare -A PROC=([nginx]=$NGINX_WORKER [one]=$ATRIUM_PID [many]=$ATRIUM1000_PID [api]=$ATRIUMAPI_PID [redis]=$ATRIUMREDIS_PID
+  [trace0]=$TRACE0_PID [trace100]=$TRACE100_PID)
 
 measure() { # $1 = addr, $2 = host header, $3 = path, [$4 = another header] -> "rps p99"
   local out
@@ -127,7 +140,7 @@ echo "measuring ${DURATION}s × ${ROUNDS} rounds, targets interleaved ..." >&2
 declare -A RPS P99 USR SYS
 REDIS_CPU=""
 for round in $(seq "$ROUNDS"); do
-  for t in direct nginx one many api redis; do
+  for t in direct nginx one many api redis trace0 trace100; do
     pid=${PROC[$t]:-}
     [ -n "$pid" ] && read -r u0 s0 < <(cpu_ticks "$pid")
     case $t in
@@ -136,6 +149,8 @@ for round in $(seq "$ROUNDS"); do
       one) out=$(measure "$ATRIUM1" bench.test /) ;;
       many) out=$(measure "$ATRIUM1000" h77.test /p7/x) ;;
       api) out=$(measure "$ATRIUMAPI" bench.test / "Authorization: Bearer $APIKEY") ;;
+      trace0) out=$(measure "$ATRIUMTRACE0" bench.test /) ;;
+      trace100) out=$(measure "$ATRIUMTRACE100" bench.test /) ;;
       redis)
         read -r ru0 rs0 < <(cpu_ticks "$REDIS_PID")
         out=$(measure "$ATRIUMREDIS" bench.test / "Authorization: Bearer $APIKEY")
@@ -159,6 +174,8 @@ one_rps=$(median <<<"${RPS[one]}"); one_p99=$(median_lat <<<"${P99[one]}")
 many_rps=$(median <<<"${RPS[many]}"); many_p99=$(median_lat <<<"${P99[many]}")
 api_rps=$(median <<<"${RPS[api]}"); api_p99=$(median_lat <<<"${P99[api]}")
 redis_rps=$(median <<<"${RPS[redis]}"); redis_p99=$(median_lat <<<"${P99[redis]}")
+trace0_rps=$(median <<<"${RPS[trace0]}"); trace0_p99=$(median_lat <<<"${P99[trace0]}")
+trace100_rps=$(median <<<"${RPS[trace100]}"); trace100_p99=$(median_lat <<<"${P99[trace100]}")
 
 cat <<TABLE
 | target (median of $ROUNDS interleaved rounds) | req/s | p99 | ratio to nginx proxy |
@@ -169,6 +186,8 @@ cat <<TABLE
 | atrium gateway, 1,001 host+path routes (--workers 1) | $many_rps | $many_p99 | $(ratio "$many_rps" "$nginx_rps")× |
 | atrium gateway, the route as an API route (key + plan) | $api_rps | $api_p99 | $(ratio "$api_rps" "$nginx_rps")× |
 | atrium gateway, API route, plan counters in Redis | $redis_rps | $redis_p99 | $(ratio "$redis_rps" "$nginx_rps")× |
+| atrium gateway, 1 route, tracing on, sampling 0 % | $trace0_rps | $trace0_p99 | $(ratio "$trace0_rps" "$nginx_rps")× |
+| atrium gateway, 1 route, tracing on, sampling 100 % (OTLP/HTTP) | $trace100_rps | $trace100_p99 | $(ratio "$trace100_rps" "$nginx_rps")× |
 
 | CPU per request (median) | user | kernel |
 |---|---|---|
@@ -177,9 +196,12 @@ cat <<TABLE
 | atrium gateway, 1,001 routes | $(median <<<"${USR[many]}") µs | $(median <<<"${SYS[many]}") µs |
 | atrium gateway, API route (key + plan) | $(median <<<"${USR[api]}") µs | $(median <<<"${SYS[api]}") µs |
 | atrium gateway, API route, Redis mode (gateway only) | $(median <<<"${USR[redis]}") µs | $(median <<<"${SYS[redis]}") µs |
+| atrium gateway, tracing on, sampling 0 % | $(median <<<"${USR[trace0]}") µs | $(median <<<"${SYS[trace0]}") µs |
+| atrium gateway, tracing on, sampling 100 % | $(median <<<"${USR[trace100]}") µs | $(median <<<"${SYS[trace100]}") µs |
 | redis-server, per request of the Redis-mode target (user + kernel) | $(median <<<"$REDIS_CPU") µs | |
 
 atrium with 1,001 routes vs 1 route: $(ratio "$many_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu many)")× the requests per CPU second. Idle resident memory of the 1-route gateway: $((IDLE_RSS_KB / 1024)) MiB (${IDLE_RSS_KB} KiB).
 The route as an API route (key check and plan, local counters) vs the same route without API management: $(ratio "$api_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu api)")× the requests per CPU second (goal ≥ 0.85×).
+Tracing on with sampling at 0 % (metrics on, as always) vs tracing off: $(ratio "$trace0_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu trace0)")× the requests per CPU second (goal ≥ 0.95×). Every request sampled and exported: $(ratio "$trace100_rps" "$one_rps")× the req/s, $(ratio "$(total_cpu one)" "$(total_cpu trace100)")× per CPU second.
 Redis mode (one Lua script per request) vs local counters: $(ratio "$redis_rps" "$api_rps")× the req/s, $(ratio "$(total_cpu api)" "$(total_cpu redis)")× the gateway's requests per CPU second.
 TABLE
