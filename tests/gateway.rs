@@ -313,6 +313,67 @@ async fn tls_sni_picks_the_secret_and_http2_is_negotiated() {
     assert_eq!(r.status, 404);
 }
 
+/// Reads from `s` into `got` until `want` is in it (10 s at most).
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, got: &mut Vec<u8>, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 8192];
+    while !String::from_utf8_lossy(got).contains(want) {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {want} within 10 s; got {}", String::from_utf8_lossy(got)))
+            .unwrap();
+        assert!(n > 0, "closed before {want}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends `batch` requests of exactly 1,024 bytes each in one write, then (after an idle
+/// pause) one request whose head comes in two writes 100 ms apart, and reads every answer.
+/// The fast path gives a connection its read buffer only once bytes are there: a batch
+/// that fills the buffer exactly leaves it empty at a request boundary while more bytes
+/// wait (in the socket, or already decrypted inside TLS), and those must still be read.
+async fn batches_and_pauses<S>(mut s: S, host: &str, batch: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let request = |i: usize| {
+        let head = format!("GET /p{i:03} HTTP/1.1\r\nHost: {host}\r\nX-Pad: ");
+        let pad = 1024 - head.len() - 4;
+        format!("{head}{}\r\n\r\n", "x".repeat(pad))
+    };
+    assert_eq!(request(7).len(), 1024);
+    let all: String = (0..batch).map(request).collect();
+    s.write_all(all.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, &format!("path=/p{:03}", batch - 1)).await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    for i in 0..batch {
+        assert!(text.contains(&format!("path=/p{i:03}")), "answer {i} of the batch");
+    }
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), batch, "{text}");
+    // Idle, then a head that arrives in two parts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = request(batch);
+    s.write_all(&last.as_bytes()[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(&last.as_bytes()[100..]).await.unwrap();
+    read_until(&mut s, &mut Vec::new(), &format!("path=/p{batch:03}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_read_what_arrives_over_tcp_and_tls_whatever_the_boundaries() {
+    let secure = ingress_route("secure", "websecure", "Host(`secure.test`)", "{name: crm-service, port: 80}", true);
+    let plain = ingress_route("plain", "web", "Host(`plain.test`)", "{name: crm-service, port: 80}", false);
+    let setup = seeded(&[("secure.yaml", &secure), ("plain.yaml", &plain)], &["--workers", "1"]).await;
+    let gw = &setup.gw;
+    let tcp = tokio::net::TcpStream::connect(gw.entry_points["web"]).await.unwrap();
+    batches_and_pauses(tcp, "plain.test", 16).await;
+    let tls = client::tls_connect(gw.entry_points["websecure"], "secure.test", &[b"http/1.1"]).await;
+    batches_and_pauses(tls, "secure.test", 16).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_http1_keeps_the_connection_across_bodiless_and_body_requests() {
     use http_body_util::BodyExt;

@@ -471,6 +471,99 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+/// I/O that can say when it has bytes to read without being handed a buffer, so that an
+/// idle keep-alive connection holds none (as nginx frees its buffers between requests).
+pub trait ReadReady {
+    /// Ready when a read would likely make progress (a spurious wake-up only costs a
+    /// buffer held until the bytes come). The default: always.
+    fn poll_read_ready_hint(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready_hint(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // An error is for the read to report.
+        self.poll_read_ready(cx).map(|_| ())
+    }
+}
+
+impl<IO: ReadReady> ReadReady for tokio_rustls::server::TlsStream<IO> {
+    fn poll_read_ready_hint(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let (io, tls) = self.get_ref();
+        // Plaintext rustls already holds is there to read now; else the socket decides.
+        if tls.wants_read() { io.poll_read_ready_hint(cx) } else { std::task::Poll::Ready(()) }
+    }
+}
+
+impl<R, W> ReadReady for tokio::io::Join<R, W> {}
+
+impl ReadReady for tokio::io::DuplexStream {}
+
+/// The read buffer's size while a request head is read.
+const READ_BUFFER: usize = 4096;
+
+/// Buffers kept per worker thread for the connections that need one now, so that busy
+/// connections do not allocate one per request while idle ones hold none.
+const SPARE_BUFFERS: usize = 64;
+
+/// Larger buffers (a big head, a big response head) are not kept.
+const SPARE_MAX_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_WRITE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer with room for a head: a spare one of this thread, or a new one.
+fn read_buffer() -> BytesMut {
+    let mut b = SPARE_READ.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    // Reclaims the whole allocation when nothing else shares it any more.
+    b.reserve(READ_BUFFER);
+    b
+}
+
+/// Keeps an emptied read buffer for the next connection that needs one.
+fn spare_read_buffer(b: BytesMut) {
+    if b.is_empty() && b.capacity() > 0 && b.capacity() <= SPARE_MAX_CAPACITY {
+        SPARE_READ.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_BUFFERS {
+                s.push(b);
+            }
+        });
+    }
+}
+
+/// A connection's read buffer, kept for another connection of the thread when it ends.
+struct HeldBuffer(BytesMut);
+
+impl Drop for HeldBuffer {
+    fn drop(&mut self) {
+        let mut b = std::mem::take(&mut self.0);
+        b.clear();
+        spare_read_buffer(b);
+    }
+}
+
+/// A write buffer: a spare one of this thread, or a new one.
+fn write_buffer() -> Vec<u8> {
+    SPARE_WRITE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(1024))
+}
+
+/// Keeps a write buffer for the next response.
+fn spare_write_buffer(mut b: Vec<u8>) {
+    if b.capacity() <= SPARE_MAX_CAPACITY {
+        b.clear();
+        SPARE_WRITE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_BUFFERS {
+                s.push(b);
+            }
+        });
+    }
+}
+
 /// What the connection's timer is counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
@@ -481,6 +574,10 @@ enum Waiting {
 /// Serves requests on `io` with `handler` until the client closes, a timeout passes (see
 /// [`Timeouts`]), `stop` turns (while idle), or a request needs hyper
 /// ([`Outcome::Handover`]). `peer` names the connection in logs.
+///
+/// Between requests the connection holds no buffer: the read buffer is taken when bytes
+/// arrive ([`ReadReady`]) and the write buffer when a response is written, both from the
+/// thread's spares; the handler's future lives on the heap only while it runs.
 pub async fn serve<IO, H, F>(
     mut io: IO,
     handler: H,
@@ -490,12 +587,13 @@ pub async fn serve<IO, H, F>(
     stop: Option<&watch::Receiver<bool>>,
 ) -> Outcome<IO>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + ReadReady,
     H: Fn(Head) -> F,
     F: Future<Output = Reply>,
 {
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = Vec::with_capacity(1024);
+    // Whatever the way out, the read buffer goes back to the thread's spares.
+    let mut held = HeldBuffer(BytesMut::new());
+    let buf = &mut held.0;
     // Armed from the start for the first request's head.
     let timer = tokio::time::sleep(timeouts.header_read);
     tokio::pin!(timer);
@@ -507,19 +605,35 @@ where
     loop {
         // Read until a head is complete.
         let req = loop {
-            match next_request_within(&mut buf, max_head) {
+            match next_request_within(buf, max_head) {
                 Parsed::Ready(r) => break r,
-                Parsed::Handover => return Outcome::Handover(Prefixed::new(buf.freeze(), io)),
+                Parsed::Handover => return Outcome::Handover(Prefixed::new(std::mem::take(buf).freeze(), io)),
                 Parsed::Partial => {}
             }
             arm_timer(timer.as_mut(), &mut armed, buf.is_empty(), timeouts);
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
-            }
             let idle = buf.is_empty();
+            if idle {
+                // Nothing buffered: give the last request's buffer back, and take one only
+                // once there are bytes to read.
+                spare_read_buffer(std::mem::take(buf));
+                tokio::select! {
+                    biased;
+                    () = std::future::poll_fn(|cx| io.poll_read_ready_hint(cx)) => {}
+                    _ = &mut timer => {
+                        log_timeout(armed, peer);
+                        return Outcome::Closed;
+                    }
+                    _ = &mut stopping => return Outcome::Closed,
+                }
+            }
+            if buf.capacity() == 0 {
+                *buf = read_buffer();
+            } else if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUFFER);
+            }
             tokio::select! {
                 biased;
-                r = io.read_buf(&mut buf) => match r {
+                r = io.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
@@ -532,17 +646,20 @@ where
         };
         let close = req.wants_close();
         let head_request = req.method() == Method::HEAD;
-        let reply = handler(req).await;
-        let close = closes_after(close, &reply, stop);
-        match write_response(&mut io, &mut out, reply, head_request).await {
-            Ok(true) if !close => {}
-            _ => {
-                let _ = io.shutdown().await;
-                return Outcome::Closed;
-            }
-        }
-        if out.capacity() > 64 * 1024 {
-            out = Vec::with_capacity(1024);
+        // The handler's future and the response's writing live on the heap while they
+        // run: inline, they would be part of every connection, idle ones included.
+        let (io_ref, handler) = (&mut io, &handler);
+        let exchange = Box::pin(async move {
+            let reply = handler(req).await;
+            let close = closes_after(close, &reply, stop);
+            let mut out = write_buffer();
+            let kept = matches!(write_response(io_ref, &mut out, reply, head_request).await, Ok(true)) && !close;
+            spare_write_buffer(out);
+            kept
+        });
+        if !exchange.await {
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
         }
         // The next wait is idle time until the next head starts (unless it is there already).
         armed = None;

@@ -331,7 +331,8 @@ impl http_body::Body for Tracked {
 
 /// One accepted connection and what serving it needs besides its I/O.
 struct Accepted {
-    svc: GatewayService,
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     limits: ServerLimits,
@@ -342,34 +343,38 @@ struct Accepted {
 impl Accepted {
     /// An HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from the
     /// first request the fast path does not serve, to the end of the connection.
-    async fn serve_h1<IO>(self, io: IO)
+    async fn serve_h1<IO>(self: Box<Self>, io: IO)
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::h1::server::ReadReady + Unpin + Send + 'static,
     {
         let timeouts = crate::h1::server::Timeouts {
             header_read: self.limits.header_read_timeout,
             idle: self.limits.idle_timeout,
         };
         let max_head = self.limits.max_header_bytes.max(8192);
-        let (gw, info) = (&self.svc.gw, &*self.svc.info);
+        let (gw, info) = (&self.gw, &*self.info);
         let handler = |head| gw.serve_head(head, info);
         let served = crate::h1::server::serve(io, handler, self.peer, timeouts, max_head, Some(&self.stop)).await;
         match served {
             crate::h1::server::Outcome::Closed => {}
-            crate::h1::server::Outcome::Handover(io) => self.serve_hyper(io).await,
+            // Boxed: hyper's connection future is large, and inline it would be part of
+            // every connection's task, idle ones included.
+            crate::h1::server::Outcome::Handover(io) => Box::pin(self.serve_hyper(io)).await,
         }
     }
 
     /// hyper, to the end of the connection (HTTP/2 over TLS from its first byte), closed
     /// once it has been idle for the idle timeout with nothing in flight.
-    async fn serve_hyper<IO>(self, io: IO)
+    async fn serve_hyper<IO>(self: Box<Self>, io: IO)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = self.svc.activity.clone();
+        // Only hyper's connections track activity (the fast path has its own timers).
+        let activity = Activity::new();
+        let svc = GatewayService { gw: self.gw.clone(), info: self.info.clone(), activity: activity.clone() };
         activity.touch();
         let io = Active { io, activity: activity.clone() };
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), self.svc);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         let peer = self.peer;
         tokio::select! {
             served = self.watcher.watch(conn.into_owned()) => {
@@ -427,28 +432,29 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let handshake_timeout = limits.header_read_timeout;
-        let accepted = Accepted {
-            svc: GatewayService { gw, info, activity: Activity::new() },
-            builder,
-            watcher,
-            limits: limits.clone(),
-            stop: shutdown.clone(),
-            peer,
-        };
+        // Boxed, so the connection's task holds a pointer to it rather than a copy at each
+        // level of its future.
+        let accepted =
+            Box::new(Accepted { gw, info, builder, watcher, limits: limits.clone(), stop: shutdown.clone(), peer });
         tokio::spawn(async move {
             let _permit = permit;
             let Some(acc) = acceptor else { return accepted.serve_h1(stream).await };
-            let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                // HTTP/2 was negotiated: hyper's from the first byte.
-                accepted.serve_hyper(tls).await;
-            } else {
-                accepted.serve_h1(tls).await;
-            }
+            // Boxed: the handshake and TLS state would make every plain connection's task
+            // larger.
+            Box::pin(async move {
+                let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    // HTTP/2 was negotiated: hyper's from the first byte.
+                    accepted.serve_hyper(tls).await;
+                } else {
+                    accepted.serve_h1(tls).await;
+                }
+            })
+            .await
         });
     }
     drop(ep.listener);
