@@ -92,9 +92,30 @@ fn the_overlays_hold_what_a_platform_team_needs() {
             assert!(m.get("subPath").is_none(), "{m}");
         }
     }
+    assert!(c["readinessProbe"]["failureThreshold"].as_u64() >= Some(2), "one slow probe does not take a pod out");
     let child = objects(&render("deploy/child"));
     let uplink = find(&child, "Service", "atrium-uplink");
     assert_eq!(uplink["spec"]["ports"][0]["protocol"], "UDP", "uplinks are QUIC");
+    // Every role: its admin API (listening on the pod's address) asks for a token from a
+    // Secret, and a writable /tmp under a read-only root.
+    let deployments: Vec<&Value> = parent.iter().chain(&child).filter(|o| o["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 3);
+    for d in deployments {
+        let name = &d["metadata"]["name"];
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let token_file = args.iter().find_map(|a| a.strip_prefix("--admin-token-file=")).expect("an admin token");
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let volumes = pod["volumes"].as_array().unwrap();
+        let volume_at = |path: &str| {
+            let m = mounts.iter().find(|m| path.starts_with(m["mountPath"].as_str().unwrap())).expect(path);
+            volumes.iter().find(|v| v["name"] == m["name"]).unwrap().clone()
+        };
+        assert_eq!(volume_at(token_file)["secret"]["secretName"], "atrium-admin-token", "{name}");
+        assert!(volume_at("/tmp/x")["emptyDir"].is_object(), "{name}: /tmp is writable");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+    }
 }
 
 /// Each container's arguments, given to the binary with `--help` last: clap refuses an
