@@ -337,20 +337,28 @@ fn pending(
             out.push(format!("{c} (uplinks not healthy yet)"));
         }
     }
+    let nodes = dataplanes.and_then(|v| v["dataplanes"].as_object());
+    let serving = |n: &serde_json::Value| n["connected"] == true && n["current"] == true;
     if data_planes > 0 {
-        let applied = dataplanes
-            .and_then(|v| v["dataplanes"].as_object())
-            .map(|nodes| nodes.values().filter(|n| n["connected"] == true && n["current"] == true).count())
-            .unwrap_or(0);
+        let applied = nodes.map(|nodes| nodes.values().filter(|n| serving(n)).count()).unwrap_or(0);
         if applied < data_planes {
             out.push(format!("data planes ({applied} of {data_planes} serving)"));
         }
+    } else if !nodes.and_then(|n| n.get("embedded")).is_some_and(serving) {
+        // The routes to the children are served once the embedded data plane applied them.
+        out.push("the embedded data plane (not serving the latest configuration yet)".to_string());
     }
     out
 }
 
-/// Waits until every child is connected with healthy uplinks (and every data plane serves),
-/// logging what is still pending every 2 s; an error if a process of the example exits.
+/// How long `atrium up` waits before it says, once, that starting takes too long and where
+/// to look (it goes on waiting: the processes stay up to be looked at).
+const SLOW_START: Duration = Duration::from_secs(60);
+
+/// Waits until every child is connected with healthy uplinks and every data plane (the
+/// embedded one, or each of `data_planes`) serves the latest configuration, logging what is
+/// still pending every 2 s and, past [`SLOW_START`], where to look; an error if a process of
+/// the example exits.
 async fn wait_ready(
     admin: SocketAddr,
     children: &[&str],
@@ -359,10 +367,11 @@ async fn wait_ready(
 ) -> Result<(), UpError> {
     let start = tokio::time::Instant::now();
     let mut said = start;
+    let mut warned = false;
     loop {
         procs.check()?;
         let c = admin_json(admin, "/api/children").await;
-        let d = if data_planes > 0 { admin_json(admin, "/api/dataplanes").await } else { None };
+        let d = admin_json(admin, "/api/dataplanes").await;
         let waiting = if c.is_none() {
             vec!["the parent's control plane".to_string()]
         } else {
@@ -375,6 +384,16 @@ async fn wait_ready(
         if said.elapsed() >= Duration::from_secs(2) {
             said = tokio::time::Instant::now();
             tracing::info!(waiting = ?waiting, elapsed_s = start.elapsed().as_secs(), "starting: waiting for");
+        }
+        if !warned && start.elapsed() >= SLOW_START {
+            warned = true;
+            tracing::warn!(
+                waiting = ?waiting,
+                admin = %admin,
+                "still not ready after {}s; see http://{admin}/ui for each child's state and the lines above \
+                 for \"child unreachable\" or \"uplink health changed\" (README: Troubleshooting)",
+                SLOW_START.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -602,6 +621,34 @@ async fn watch(procs: &mut Procs, shutdown: impl std::future::Future<Output = ()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_means_children_healthy_and_the_serving_data_planes_current() {
+        let children = serde_json::json!({
+            "cluster-a": {"reachable": true, "uplinks": [{"name": "crm", "healthy": true}]},
+            "cluster-b": {"reachable": true, "uplinks": [{"name": "billing", "healthy": false}]},
+        });
+        let embedded =
+            |current: bool| serde_json::json!({"dataplanes": {"embedded": {"connected": true, "current": current}}});
+        let want = ["cluster-a", "cluster-b", "cluster-c"];
+        let p = pending(Some(&children), Some(&embedded(false)), &want, 0);
+        assert_eq!(
+            p,
+            [
+                "cluster-b (uplinks not healthy yet)",
+                "cluster-c (not connected)",
+                "the embedded data plane (not serving the latest configuration yet)"
+            ]
+        );
+        assert!(pending(Some(&children), Some(&embedded(true)), &["cluster-a"], 0).is_empty());
+        // Separate data planes: each must serve; the embedded one is not asked for.
+        let two = serde_json::json!({"dataplanes": {
+            "dp-1": {"connected": true, "current": true},
+            "dp-2": {"connected": true, "current": false},
+        }});
+        assert_eq!(pending(Some(&children), Some(&two), &["cluster-a"], 2), ["data planes (1 of 2 serving)"]);
+        assert!(pending(Some(&children), None, &["cluster-a"], 0).len() == 1, "no answer yet: not ready");
+    }
 
     #[test]
     fn embedded_example_is_written_once_and_lints_clean() {
