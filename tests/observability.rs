@@ -189,6 +189,7 @@ async fn each_components_metrics_count_known_traffic() {
     let rtt = sum(&d, "atrium_uplink_rtt_seconds", &["child=\"cluster-a\""]);
     assert!(rtt > 0.0 && rtt < 1.0, "a loopback RTT: {rtt}\n{d}");
     assert!(sum(&d, "atrium_route_table_version", &[]) >= 1.0, "{d}");
+    assert_eq!(sum(&d, "atrium_control_plane_connected", &["node=\"dp-1\""]), 1.0, "{d}");
 
     // The control plane: children reachable, their RTT, uplinks healthy, data planes
     // connected and current, propagation times.
@@ -242,7 +243,7 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         return;
     };
     let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    assert!(check.status.success() && text.contains("SUCCESS: 7 rules found"), "{text}");
+    assert!(check.status.success() && text.contains("SUCCESS: 8 rules found"), "{text}");
     let tested = promtool(&["test", "rules", "prometheus-rules.test.yaml"]).unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&tested.stdout), String::from_utf8_lossy(&tested.stderr));
     assert!(tested.status.success() && text.contains("SUCCESS"), "{text}");

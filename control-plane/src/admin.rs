@@ -151,9 +151,11 @@ impl ControlPlaneAdmin {
                     .push_str(&format!("atrium_uplink_healthy{{child=\"{}\",uplink=\"{uplink}\"}} {h}\n", label(name)));
             }
         }
+        // Connected data planes only: one that went away (a rollout's old pod) is not behind,
+        // and one cut off from here says so itself (`atrium_control_plane_connected`).
         let mut current = String::new();
-        for (id, n) in s["dataplanes"].as_object().into_iter().flatten() {
-            let c = u8::from(n["connected"] == true && n["current"] == true);
+        for (id, n) in s["dataplanes"].as_object().into_iter().flatten().filter(|(_, n)| n["connected"] == true) {
+            let c = u8::from(n["current"] == true);
             current.push_str(&format!("atrium_dataplane_current{{node=\"{}\"}} {c}\n", label(id)));
         }
         let mut specs = String::new();
@@ -170,7 +172,7 @@ impl ControlPlaneAdmin {
              # TYPE atrium_child_rtt_seconds gauge\n{rtt}\
              # HELP atrium_uplink_healthy Whether a child's uplink passes its health check (1) or not (0).\n\
              # TYPE atrium_uplink_healthy gauge\n{healthy}\
-             # HELP atrium_dataplane_current Whether a data plane is connected and applied the latest snapshot (1) or not (0).\n\
+             # HELP atrium_dataplane_current Whether a connected data plane applied the latest snapshot (1) or not (0).\n\
              # TYPE atrium_dataplane_current gauge\n{current}\
              # HELP atrium_api_spec_ok Whether the last fetch of an API's OpenAPI document succeeded (1) or not (0).\n\
              # TYPE atrium_api_spec_ok gauge\n{specs}"

@@ -45,7 +45,13 @@ pub struct NodeState {
     pub refused: Option<String>,
     /// Requests it reported, by router, since it connected first.
     pub usage: BTreeMap<String, u64>,
+    /// When its stream closed (None while connected).
+    pub disconnected_at: Option<std::time::Instant>,
 }
+
+/// How long a data plane that went away stays listed: long enough to be looked at after a
+/// failure, not forever (every rollout brings new pod names).
+pub const FORGET_DISCONNECTED: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Control-plane metrics.
 pub struct HubMetrics {
@@ -179,7 +185,14 @@ impl Hub {
     /// Updates a node's record.
     pub fn update_node(&self, id: &str, f: impl FnOnce(&mut NodeState)) {
         if let Ok(mut nodes) = self.nodes.lock() {
-            f(nodes.entry(id.to_string()).or_default());
+            let n = nodes.entry(id.to_string()).or_default();
+            f(n);
+            if n.connected {
+                n.disconnected_at = None;
+            } else if n.disconnected_at.is_none() {
+                n.disconnected_at = Some(std::time::Instant::now());
+            }
+            nodes.retain(|_, n| n.disconnected_at.is_none_or(|t| t.elapsed() < FORGET_DISCONNECTED));
             let connected = nodes.values().filter(|n| n.connected).count();
             self.metrics.connected.set(connected as i64);
         }
@@ -199,9 +212,11 @@ impl Hub {
         });
     }
 
-    /// A copy of every node's record.
+    /// A copy of every node's record (those gone for [`FORGET_DISCONNECTED`] are forgotten).
     pub fn nodes(&self) -> BTreeMap<String, NodeState> {
-        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+        let Ok(mut nodes) = self.nodes.lock() else { return BTreeMap::new() };
+        nodes.retain(|_, n| n.disconnected_at.is_none_or(|t| t.elapsed() < FORGET_DISCONNECTED));
+        nodes.clone()
     }
 
     /// `/api/dataplanes`.
@@ -276,6 +291,24 @@ mod tests {
         assert_eq!(v2.seq, 2);
         let rx = hub.subscribe();
         assert_eq!(rx.borrow().as_ref().unwrap().snapshot.version, Some(v2));
+    }
+
+    #[test]
+    fn data_planes_gone_for_a_while_are_forgotten() {
+        let hub = Hub::new("0.1.0");
+        hub.update_node("dp-new", |n| n.connected = true);
+        hub.update_node("dp-left", |n| n.connected = false);
+        let long_ago = Instant::now().checked_sub(FORGET_DISCONNECTED + std::time::Duration::from_secs(1));
+        hub.update_node("dp-old", |n| {
+            n.connected = false;
+            n.disconnected_at = long_ago;
+        });
+        let listed: Vec<String> = hub.nodes().into_keys().collect();
+        assert_eq!(listed, ["dp-left", "dp-new"], "the one gone 15 minutes ago is forgotten");
+        // Reconnecting clears the mark.
+        hub.update_node("dp-left", |n| n.connected = true);
+        assert!(hub.nodes()["dp-left"].disconnected_at.is_none());
+        assert!(hub.metrics_text().contains("atrium_dataplanes_connected 2"));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub swap_failures: Counter,
     /// Invalid objects left out of the configuration in force.
     pub objects_left_out: Gauge,
+    /// On a parent's data plane: whether its snapshot stream to the control plane is open
+    /// (a sample appears once it first tries; other roles have none).
+    pub control_plane_connected: Family<NodeLabels, Gauge>,
     /// Per-child uplink counters.
     pub uplinks: UplinkMetrics,
     /// API management counters.
@@ -94,6 +97,12 @@ impl Default for Metrics {
             "config_objects_left_out",
             "Invalid objects left out of the configuration in force (each is logged with its file or object and field)",
             objects_left_out.clone(),
+        );
+        let control_plane_connected = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "control_plane_connected",
+            "Whether this data plane's snapshot stream to the control plane is open (1) or not (0: it serves its last table)",
+            control_plane_connected.clone(),
         );
         let uplinks = UplinkMetrics::default();
         registry.register(
@@ -137,7 +146,18 @@ impl Default for Metrics {
             "Requests to APIs whose plan counters (Redis) did not answer; the failure policy applied",
             apim.store_failures.clone(),
         );
-        Metrics { registry, requests, latency, table_version, swaps, swap_failures, objects_left_out, uplinks, apim }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            table_version,
+            swaps,
+            swap_failures,
+            objects_left_out,
+            control_plane_connected,
+            uplinks,
+            apim,
+        }
     }
 }
 
@@ -237,6 +257,13 @@ impl ApimMetrics {
             m.entry(plan.to_string()).or_insert(counters);
         }
     }
+}
+
+/// Labels of a data plane's own series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// Its node id.
+    pub node: Label,
 }
 
 /// Labels of a plan limit decision.

@@ -144,12 +144,19 @@ fn jitter(max: Duration) -> Duration {
 /// Keeps a stream to the control plane open until `shutdown`, reconnecting with backoff.
 pub async fn run(gw: Arc<Gateway>, cfg: ClientConfig, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
+    let connected = gw
+        .metrics
+        .control_plane_connected
+        .get_or_create(&crate::metrics::NodeLabels { node: crate::metrics::Label(Arc::from(cfg.node_id.as_str())) })
+        .clone();
+    connected.set(0);
     loop {
         let started = std::time::Instant::now();
         let result = tokio::select! {
-            r = session(&gw, &cfg) => r,
+            r = session(&gw, &cfg, &connected) => r,
             _ = shutdown.changed() => return,
         };
+        connected.set(0);
         match result {
             Ok(()) => {
                 tracing::warn!(endpoint = %cfg.endpoint, "control plane closed the snapshot stream; reconnecting")
@@ -203,7 +210,11 @@ pub enum StreamError {
     Closed,
 }
 
-async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamError> {
+async fn session(
+    gw: &Arc<Gateway>,
+    cfg: &ClientConfig,
+    connected: &prometheus_client::metrics::gauge::Gauge,
+) -> Result<(), StreamError> {
     let channel = connect(cfg).await?;
     let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
@@ -218,6 +229,7 @@ async fn session(gw: &Arc<Gateway>, cfg: &ClientConfig) -> Result<(), StreamErro
         .map_err(|s| StreamError::Refused { message: s.message().to_string(), code: s.code() })?
         .into_inner();
     tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node_id, "connected to the control plane");
+    connected.set(1);
     let _stop_reporter = AbortOnDrop(spawn_usage_reporter(gw.clone(), cfg.usage_interval, tx.clone()));
     while let Some(msg) = inbound.message().await.map_err(|s| StreamError::Stream(s.message().to_string()))? {
         match msg.msg {
