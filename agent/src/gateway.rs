@@ -115,6 +115,9 @@ impl Swapper {
                     Ok(()) => then(&listed),
                     Err(e) => s.gw.swap_failed(&e),
                 }
+                drop(listed);
+                // The table swapped out is gone (unless a request still holds it).
+                atrium_sys::release_free_memory();
             },
             move |why| g.swap_failed(why),
         )

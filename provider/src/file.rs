@@ -16,6 +16,43 @@ pub(crate) fn load(paths: &[PathBuf]) -> Manifests {
     load_paths(paths)
 }
 
+/// A file modified this recently may be modified again within the same timestamp tick
+/// (file systems stamp with a coarse clock, some to the second): its fingerprint proves
+/// nothing.
+const RACY: Duration = Duration::from_secs(2);
+
+/// What the files under `paths` (directories walked, symlinks followed) look like now:
+/// each one's path, size, modification time and inode, hashed. Equal fingerprints mean no
+/// file was written, added, removed or swapped (a ConfigMap's `..data`) in between. `None`
+/// when a file was modified less than [`RACY`] ago (or in the future).
+pub(crate) fn fingerprint(paths: &[PathBuf]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::SystemTime::now();
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => match std::fs::read_dir(&p) {
+                Ok(entries) => stack.extend(entries.filter_map(Result::ok).map(|e| e.path())),
+                Err(_) => files.push((p, 0, 0, 0, 0)),
+            },
+            Ok(m) => {
+                let settled = m.modified().ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age >= RACY);
+                if !settled {
+                    return None;
+                }
+                files.push((p, m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+            }
+            Err(_) => files.push((p, u64::MAX, 0, 0, 0)),
+        }
+    }
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    Some(h.finish())
+}
+
 /// Fails when a manifest path does not exist (a typo must not start an empty gateway).
 pub(crate) fn check_exists(paths: &[PathBuf]) -> Result<(), SourceError> {
     match paths.iter().find(|p| !p.exists()) {
@@ -150,6 +187,44 @@ mod tests {
         let lines = e.lines();
         assert!(!lines.is_empty());
         assert!(lines.iter().all(|l| l.contains("r.yaml:")), "{lines:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_as_the_last_compile_read_them_are_not_compiled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.yaml");
+        std::fs::write(&file, ROUTE).unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), SERVICE).unwrap();
+        // Files written just now may be written again within their timestamp's tick: those
+        // are compiled again. Written a while ago (backdated here), they are not.
+        let past = std::time::SystemTime::now() - Duration::from_secs(10);
+        for f in ["r.yaml", "svc.yaml"] {
+            std::fs::File::options().write(true).open(dir.path().join(f)).unwrap().set_modified(past).unwrap();
+        }
+        let one = std::slice::from_ref(&file);
+        assert!(fingerprint(one).is_some_and(|f| Some(f) == fingerprint(one)));
+        let src = source(dir.path());
+        src.compile().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = src
+            .watch(
+                move |c| {
+                    let _ = tx.send(c.body.routers.len());
+                },
+                |_| {},
+            )
+            .unwrap();
+        // The watch's first look finds nothing new: no second compile of the same files.
+        assert!(tokio::time::timeout(Duration::from_millis(400), rx.recv()).await.is_err(), "nothing published");
+        // A new file is a change.
+        std::fs::write(dir.path().join("r2.yaml"), ROUTE.replace("name: r\n", "name: r2\n")).unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(n, 2);
+        // So is a file written with the same length; and files written moments ago have no
+        // fingerprint to trust.
+        std::fs::write(&file, ROUTE.replace("`/a`", "`/b`")).unwrap();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap(), 2);
+        assert_eq!(fingerprint(&[dir.path().to_path_buf()]), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

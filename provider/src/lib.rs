@@ -42,17 +42,20 @@ pub struct Source {
     pub provider: Provider,
     /// Quiet time before a change is applied.
     pub debounce: Duration,
+    /// With files: the fingerprint of those the last compile read (see
+    /// [`file::fingerprint`]), so that a watch event that changed nothing compiles nothing.
+    read: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl Source {
     /// Manifests from files.
     pub fn files(values: Option<PathBuf>, manifests: Vec<PathBuf>, debounce: Duration) -> Source {
-        Source { values, provider: Provider::Files(manifests), debounce }
+        Source { values, provider: Provider::Files(manifests), debounce, read: Arc::default() }
     }
 
     /// Manifests from the Kubernetes API.
     pub fn kubernetes(values: Option<PathBuf>, kube: KubeSource, debounce: Duration) -> Source {
-        Source { values, provider: Provider::Kubernetes(Box::new(kube)), debounce }
+        Source { values, provider: Provider::Kubernetes(Box::new(kube)), debounce, read: Arc::default() }
     }
 
     /// Fails when a manifest path does not exist (a typo must not start an empty gateway).
@@ -80,6 +83,8 @@ impl Source {
     /// see [`Source::compile_blocking`]). Invalid objects are left out and reported; the
     /// status writer hears of them.
     pub fn compile(&self) -> Result<Config, SourceError> {
+        // Taken before reading: a write during the read shows as a change next time.
+        let fingerprint = self.files_fingerprint();
         let (values, vdiags) = Values::load_optional(self.values.as_deref());
         let manifests = match &self.provider {
             Provider::Files(paths) => file::load(paths),
@@ -96,11 +101,41 @@ impl Source {
             .map(|o| (o, None))
             .chain(manifests.resources.iter().map(|l| (l.label(), l.resource.meta().generation)))
             .collect();
-        let cfg = config::compile(values, &vdiags, manifests)?;
+        let cfg = config::compile(values, &vdiags, manifests);
+        if let Ok(mut read) = self.read.lock() {
+            *read = fingerprint;
+        }
+        // The documents' trees are gone: give their memory back (the resident size is then
+        // what the configuration keeps, not the peak of parsing it).
+        atrium_sys::release_free_memory();
+        let cfg = cfg?;
         if let Some(s) = self.kubernetes_started() {
             s.status.set_problems(read, cfg.problems());
         }
         Ok(cfg)
+    }
+
+    /// [`Source::compile`], unless the files are as the last compile read them (the watch's
+    /// first look, an event that changed nothing): then `None`.
+    fn compile_if_changed(&self) -> Option<Result<Config, SourceError>> {
+        (!self.unchanged_since_last_compile()).then(|| self.compile())
+    }
+
+    /// With files: the fingerprint of the values file and the manifests now (none when one
+    /// was written moments ago, or with Kubernetes).
+    fn files_fingerprint(&self) -> Option<u64> {
+        match &self.provider {
+            Provider::Files(paths) => {
+                file::fingerprint(&paths.iter().chain(self.values.iter()).cloned().collect::<Vec<_>>())
+            }
+            Provider::Kubernetes(_) => None,
+        }
+    }
+
+    /// Whether the files are as the last compile read them (never with Kubernetes).
+    fn unchanged_since_last_compile(&self) -> bool {
+        let now = self.files_fingerprint();
+        now.is_some() && self.read.lock().is_ok_and(|r| *r == now)
     }
 
     /// Starts the provider (the Kubernetes watches, until every kind has listed once), then
@@ -148,9 +183,10 @@ impl Source {
             values_dirs,
             more,
             self.debounce,
-            move || match source.compile() {
-                Ok(cfg) => publish(cfg),
-                Err(e) => {
+            move || match source.compile_if_changed() {
+                None => tracing::debug!("no file changed since the last compile"),
+                Some(Ok(cfg)) => publish(cfg),
+                Some(Err(e)) => {
                     let lines = e.lines();
                     for l in &lines {
                         tracing::error!("{l}");
