@@ -27,17 +27,7 @@ nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX; keepalive_timeout 300s; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 NGINX_MASTER=${PIDS[-1]}
 mkdir -p "$WORK/one"
-cat > "$WORK/one/route.yaml" <<YAML
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata: {name: bench, namespace: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: PathPrefix(\`/\`)
-      services: [{name: backend, port: 80}]
-YAML
-backend_manifests >> "$WORK/one/route.yaml"
+route_manifests 'PathPrefix(`/`)' > "$WORK/one/route.yaml"
 "$ATRIUM" gateway --manifests "$WORK/one" --workers 1 --entrypoint "web=$GW" --entrypoint websecure=off \
   --idle-timeout 300 --max-connections $((CONNS * 2)) 2>"$WORK/gw.log" &
 PIDS+=($!)

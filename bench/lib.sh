@@ -44,6 +44,20 @@ cpu_ticks() { for p in "$@"; do cat "/proc/$p/stat"; done | awk '{u += $14; s +=
 # µs of CPU per request: $1 = ticks used during a run, $2 = its req/s (DURATION seconds long).
 us_per_request() { python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / ($2 * $DURATION):.2f}')"; }
 
+route_manifests() { # $1 = the rule; the IngressRoute `bench` on `web` to the Service `backend`, and that Service
+  cat <<YAML
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: bench, namespace: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: $1
+      services: [{name: backend, port: 80}]
+YAML
+  backend_manifests
+}
+
 backend_manifests() { # the Service `backend` in namespace bench and its Endpoints at $BACKEND
   cat <<YAML
 ---

@@ -40,17 +40,7 @@ nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
     proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Forwarded-Port \$server_port; } }"
 
 mkdir -p "$WORK/one" "$WORK/many" "$WORK/api"
-cat > "$WORK/one/route.yaml" <<YAML
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata: {name: bench, namespace: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(\`bench.test\`) && PathPrefix(\`/\`)
-      services: [{name: backend, port: 80}]
-YAML
-backend_manifests >> "$WORK/one/route.yaml"
+route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' > "$WORK/one/route.yaml"
 cp "$WORK/one/route.yaml" "$WORK/many/route.yaml"
 # The same route as a route of an API: a key check and a plan (limits far above the load).
 sed 's/^metadata: {name: bench, namespace: bench}$/metadata: {name: bench, namespace: bench, annotations: {hub.traefik.io\/api: bench-api}}/' \
