@@ -742,7 +742,17 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    match run(cli.command) {
+    // `atrium up` starts every role as a process of its own: they get the same global flags.
+    let mut global_flags = Vec::new();
+    if json {
+        global_flags.extend(["--log-format".to_string(), "json".to_string()]);
+    }
+    for (flag, value) in [("--otlp-endpoint", &cli.otlp_endpoint), ("--otlp-protocol", &cli.otlp_protocol)] {
+        if let Some(v) = value {
+            global_flags.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    match run(cli.command, global_flags) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("atrium: {}", explain(&e));
@@ -839,8 +849,9 @@ fn portal(location: &str, command: PortalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One call per subcommand.
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// One call per subcommand; `global_flags` are the global flags given, which the processes
+/// `atrium up` starts get too.
+fn run(command: Command, global_flags: Vec<String>) -> anyhow::Result<ExitCode> {
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime");
     match command {
         Command::ControlPlane {
@@ -917,7 +928,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up { state_dir, example, parent_ip, port_base, data_planes } => {
             anyhow::ensure!(data_planes <= 8, "--data-planes: at most 8 on one machine");
             let layout = atrium_up::Layout { parent_ip, port_base };
-            let cfg = atrium_up::Config { state_dir, example, layout, data_planes };
+            let cfg = atrium_up::Config { state_dir, example, layout, data_planes, global_flags };
             rt()?.block_on(atrium_up::run(cfg, shutdown_signal()))?;
         }
         Command::Certs { command } => certs(command)?,

@@ -246,8 +246,11 @@ async fn up_is_ready_when_it_says_so_and_passes_the_seeds_verification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_with_separate_data_planes_serves_the_same_ports() {
+    // Its global flags reach every process it starts: each exports its own spans.
+    let (collector, mut spans) = common::otlp::collector().await;
+    let endpoint = format!("http://{collector}");
     let tmp = tempfile::tempdir().unwrap();
-    let mut up = Up::start(tmp.path(), &["--data-planes", "2"]);
+    let mut up = Up::start(tmp.path(), &["--data-planes", "2", "--otlp-endpoint", &endpoint]);
     up.line("atrium up: ready", Duration::from_secs(60)).await;
     let text = up.text();
     let key = text.lines().find_map(|l| l.split("Standard plan): ").nth(1)).unwrap().to_string();
@@ -273,6 +276,18 @@ async fn up_with_separate_data_planes_serves_the_same_ports() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
         assert!(served >= 1, "data plane on :{port} served nothing:\n{m}");
+    }
+    let mut services = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(services.iter().any(|s: &String| s.contains("atrium-data-plane"))
+        && services.iter().any(|s: &String| s.contains("atrium-agent-cluster-a")))
+    {
+        match tokio::time::timeout_at(deadline, spans.recv()).await {
+            Ok(Some((service, _))) => {
+                services.insert(service);
+            }
+            _ => panic!("spans from the data planes and cluster-a's agent within 20 s; got {services:?}"),
+        }
     }
     stopped_and_ports_free(&mut up);
 }

@@ -424,9 +424,9 @@ impl Procs {
     }
 }
 
-fn spawn(procs: &mut Procs, name: &str, args: &[String]) -> Result<(), UpError> {
+fn spawn(procs: &mut Procs, global: &[String], name: &str, args: &[String]) -> Result<(), UpError> {
     let exe = std::env::current_exe().map_err(io("locating the atrium binary"))?;
-    let child = Command::new(exe).args(args).spawn().map_err(io(format!("starting {name}")))?;
+    let child = Command::new(exe).args(global).args(args).spawn().map_err(io(format!("starting {name}")))?;
     tracing::info!(process = name, pid = child.id(), "started");
     procs.0.push((name.to_string(), child));
     Ok(())
@@ -448,12 +448,15 @@ pub struct Config {
     /// Separate `atrium data-plane` processes serving the parent's entrypoints (sharing
     /// its ports with SO_REUSEPORT); 0: the control plane's embedded data plane serves them.
     pub data_planes: usize,
+    /// Global flags every process gets too (`--log-format`, `--otlp-endpoint`,
+    /// `--otlp-protocol`).
+    pub global_flags: Vec<String>,
 }
 
 /// Runs the example until `shutdown` completes (or until one of its processes exits), then
 /// stops every process it started.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), UpError> {
-    let Config { state_dir, example, layout, data_planes } = cfg;
+    let Config { state_dir, example, layout, data_planes, global_flags } = cfg;
     if layout.port_base > u16::MAX - 1200 {
         return Err(UpError::PortBase);
     }
@@ -475,16 +478,22 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     for (service, ip) in [("crm", "127.0.0.2"), ("billing", "127.0.0.3")] {
         spawn(
             &mut procs,
+            &global_flags,
             &format!("demo {service}"),
             &s(&["demo-backend", "--service", service, "--listen", &format!("{ip}:8080")]),
         )?;
     }
     for (cluster, ip) in [("cluster-a", "127.0.0.2"), ("cluster-b", "127.0.0.3")] {
-        spawn(&mut procs, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
+        spawn(&mut procs, &global_flags, cluster, &child_args(cluster, ip, &example, &pki_dir, &state_dir))?;
     }
-    spawn(&mut procs, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir, data_planes > 0))?;
+    spawn(&mut procs, &global_flags, "parent", &parent_args(&layout, &example, &pki_dir, &state_dir, data_planes > 0))?;
     for i in 0..data_planes {
-        spawn(&mut procs, &format!("data plane {i}"), &data_plane_args(&layout, &example, &pki_dir, &state_dir, i))?;
+        spawn(
+            &mut procs,
+            &global_flags,
+            &format!("data plane {i}"),
+            &data_plane_args(&layout, &example, &pki_dir, &state_dir, i),
+        )?;
     }
     let admin = SocketAddr::new(layout.parent_ip, layout.port_base + 1000);
     tokio::pin!(shutdown);
