@@ -6,6 +6,10 @@
 //! (and any `--san`) as names and the role as a URI SAN (see [`crate::trust`]). Private
 //! keys are written with mode 0600. Every atrium component accepts only peers whose
 //! certificate chains to the CA of its `--tls-dir` and carries a role allowed on that link.
+//!
+//! The CA is valid for 10 years, leaf certificates for one ([`LEAF_DAYS`]). The development
+//! default ([`ensure`]) issues a leaf again when it expires within 30 days or was signed by
+//! another CA (the CA was created anew).
 
 use std::path::{Path, PathBuf};
 
@@ -168,6 +172,22 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
 }
 
+/// Days a CA certificate is valid.
+pub const CA_DAYS: i64 = 3650;
+
+/// Days a leaf certificate is valid.
+pub const LEAF_DAYS: i64 = 365;
+
+/// A leaf expiring within this many days is issued again by [`ensure`].
+const RENEW_DAYS: i64 = 30;
+
+/// Valid from an hour ago (peers' clocks differ a little) for `days`.
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
 /// The CA's parameters. Issuing only needs the CA's name and key, so they are rebuilt here
 /// rather than parsed back from the certificate.
 fn ca_params() -> Result<CertificateParams, PkiError> {
@@ -185,7 +205,8 @@ pub fn init_ca(dir: &Path) -> Result<bool, PkiError> {
         return Ok(false);
     }
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { file: dir.to_path_buf(), source })?;
-    let params = ca_params()?;
+    let mut params = ca_params()?;
+    validity(&mut params, CA_DAYS);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
@@ -197,6 +218,11 @@ pub fn init_ca(dir: &Path) -> Result<bool, PkiError> {
 /// the CA in `dir`, valid for server and client authentication, for `name`, `localhost`,
 /// `127.0.0.1` and `extra_sans`.
 pub fn issue(dir: &Path, name: &str, role: Role, extra_sans: &[String]) -> Result<NodeFiles, PkiError> {
+    issue_for(dir, name, role, extra_sans, LEAF_DAYS)
+}
+
+/// [`issue`], valid for `days`.
+fn issue_for(dir: &Path, name: &str, role: Role, extra_sans: &[String], days: i64) -> Result<NodeFiles, PkiError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(PkiError::BadName(name.to_string()));
     }
@@ -221,6 +247,7 @@ pub fn issue(dir: &Path, name: &str, role: Role, extra_sans: &[String]) -> Resul
     params.subject_alt_names = sans;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    validity(&mut params, days);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let files = NodeFiles::new(dir, name);
@@ -229,9 +256,30 @@ pub fn issue(dir: &Path, name: &str, role: Role, extra_sans: &[String]) -> Resul
     Ok(files)
 }
 
+/// Why a certificate in the directory is issued again, if it must be: signed by another CA,
+/// expiring within [`RENEW_DAYS`], or unreadable.
+fn renewal_reason(leaf: &rustls::pki_types::CertificateDer<'_>, ca_pem: &[u8]) -> Option<&'static str> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok((_, parsed)) = X509Certificate::from_der(leaf.as_ref()) else { return Some("it does not parse") };
+    let ca = CertificateDer::pem_slice_iter(ca_pem).next().and_then(Result::ok);
+    let Some(Ok((_, ca))) = ca.as_ref().map(|c| X509Certificate::from_der(c.as_ref())) else {
+        return Some("the CA certificate does not parse");
+    };
+    if parsed.verify_signature(Some(ca.public_key())).is_err() {
+        return Some("it was signed by another CA");
+    }
+    let renew_at = time::OffsetDateTime::now_utc() + time::Duration::days(RENEW_DAYS);
+    if parsed.validity().not_after.timestamp() < renew_at.unix_timestamp() {
+        return Some("it expires within 30 days");
+    }
+    None
+}
+
 /// The CA and `name`'s certificate in `dir` (also for `extra_sans`), created when missing
 /// (the development default: mTLS on, even on a laptop). A certificate there without the
-/// role its name gives (one issued before certificates carried roles) is issued again.
+/// role its name gives (one issued before certificates carried roles), without one of
+/// `extra_sans`, signed by another CA or expiring within 30 days is issued again.
 pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles, PkiError> {
     if init_ca(dir)? {
         tracing::info!(dir = %dir.display(), "created a development CA");
@@ -248,10 +296,13 @@ pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles
             let names = names_of(c);
             extra_sans.iter().all(|s| names.contains(s))
         });
-        if has_role && has_names {
+        let ca_pem = std::fs::read(dir.join("ca.pem")).unwrap_or_default();
+        let renew = cert.as_ref().map_or(Some("it does not parse"), |c| renewal_reason(c, &ca_pem));
+        if has_role && has_names && renew.is_none() {
             return Ok(files);
         }
-        tracing::warn!(name, role = %role, "development certificate without its role or names; issuing it again");
+        let why = renew.unwrap_or("it lacks its role or one of its names");
+        tracing::warn!(name, role = %role, reason = why, "development certificate issued again");
     }
     let f = issue(dir, name, role, extra_sans)?;
     tracing::info!(name, role = %role, dir = %dir.display(), "issued a development certificate");
@@ -261,6 +312,52 @@ pub fn ensure(dir: &Path, name: &str, extra_sans: &[String]) -> Result<NodeFiles
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first certificate of a PEM file, parsed: (not before, not after) as Unix seconds.
+    fn validity_of(file: &Path) -> (i64, i64) {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = CertificateDer::pem_file_iter(file).unwrap().next().unwrap().unwrap();
+        let (_, c) = X509Certificate::from_der(der.as_ref()).unwrap();
+        (c.validity().not_before.timestamp(), c.validity().not_after.timestamp())
+    }
+
+    #[test]
+    fn certificates_expire_and_ensure_renews_them_before_they_do_or_when_the_ca_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        let f = ensure(dir, "cluster-a", &[]).unwrap();
+        let (from, to) = validity_of(&f.cert);
+        assert!(from <= now && from > now - 2 * 3600, "valid from about now");
+        assert!((to - now - LEAF_DAYS * day).abs() < day, "a leaf is valid for a year");
+        let (_, ca_to) = validity_of(&dir.join("ca.pem"));
+        assert!((ca_to - now - CA_DAYS * day).abs() < day, "the CA for ten years");
+        // Unchanged, it is kept.
+        let first = std::fs::read(&f.cert).unwrap();
+        ensure(dir, "cluster-a", &[]).unwrap();
+        assert_eq!(std::fs::read(&f.cert).unwrap(), first);
+        // Expiring within 30 days: issued again.
+        issue_for(dir, "cluster-a", Role::Agent, &[], 10).unwrap();
+        ensure(dir, "cluster-a", &[]).unwrap();
+        assert!(validity_of(&f.cert).1 > now + 300 * day, "renewed for a year");
+        // A new CA: the old leaf would not chain to it, so it is issued again.
+        let kept = std::fs::read(&f.cert).unwrap();
+        std::fs::remove_file(dir.join("ca.pem")).unwrap();
+        std::fs::remove_file(dir.join("ca-key.pem")).unwrap();
+        ensure(dir, "cluster-a", &[]).unwrap();
+        let renewed = std::fs::read(&f.cert).unwrap();
+        assert_ne!(renewed, kept);
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let leaf = CertificateDer::pem_slice_iter(&renewed).next().unwrap().unwrap();
+        assert_eq!(renewal_reason(&leaf, &std::fs::read(dir.join("ca.pem")).unwrap()), None, "signed by the new CA");
+        let old = CertificateDer::pem_slice_iter(&kept).next().unwrap().unwrap();
+        assert_eq!(
+            renewal_reason(&old, &std::fs::read(dir.join("ca.pem")).unwrap()),
+            Some("it was signed by another CA")
+        );
+    }
 
     #[test]
     fn ca_then_leaf_and_private_keys_are_0600() {
