@@ -115,6 +115,10 @@ fn the_overlays_hold_what_a_platform_team_needs() {
         assert_eq!(volume_at(token_file)["secret"]["secretName"], "atrium-admin-token", "{name}");
         assert!(volume_at("/tmp/x")["emptyDir"].is_object(), "{name}: /tmp is writable");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+        // Serving roles size their worker threads to the pod, not to the node's cores.
+        if name != "atrium-control-plane" {
+            assert!(args.iter().any(|a| a.starts_with("--workers=")), "{name}: --workers");
+        }
     }
 }
 
