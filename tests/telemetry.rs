@@ -149,25 +149,9 @@ async fn requests_become_spans_that_continue_the_callers_trace() {
 
     let be = backend::start("crm", "127.0.0.1").await;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("all.yaml"),
-        common::service_manifests("ns", "svc", &[be.addr])
-            + "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata: {name: api, namespace: ns}\nspec:\n  entryPoints: [web]\n  routes:\n    - match: PathPrefix(`/api`)\n      services: [{name: svc, port: 80}]\n",
-    )
-    .unwrap();
     let endpoint = format!("http://{collector_addr}");
-    let args: Vec<String> = ["gateway", "--manifests", tmp.path().to_str().unwrap(), "--entrypoint", "web=127.0.0.1:0"]
-        .iter()
-        .chain(&["--entrypoint", "websecure=off", "--admin", "127.0.0.1:0"])
-        .map(|s| s.to_string())
-        .collect();
-    let gw = GatewayProc::spawn_with_env(
-        &args,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "50")],
-        1,
-        false,
-    );
-    assert!(gw.wait_logged("exporting traces over OTLP/gRPC").await);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let gw = traced_gateway(&tmp, &be, &[], &env, "exporting traces over OTLP/gRPC").await;
 
     // The caller's trace context: trace 4bf9…4736, its span 00f0…02b7.
     let (trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
@@ -191,9 +175,7 @@ async fn requests_become_spans_that_continue_the_callers_trace() {
     assert_eq!(hex(&span.parent_span_id), caller_span);
     assert_eq!(hex(&span.span_id), parts[2], "the exported span is the one the backend saw");
     assert_eq!(span.name, "GET");
-    let attr = |k: &str| {
-        span.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.as_ref()).map(|v| format!("{:?}", v.value))
-    };
+    let attr = |k: &str| otlp::attr(&span, k);
     assert!(attr("http.response.status_code").is_some_and(|v| v.contains("200")), "{:?}", span.attributes);
     assert!(attr("atrium.router").is_some_and(|v| v.contains("ns/api/0")), "{:?}", span.attributes);
     assert!(attr("url.path").is_some_and(|v| v.contains("/api/orders")));

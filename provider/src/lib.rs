@@ -84,7 +84,12 @@ impl Source {
     /// status writer hears of them.
     pub fn compile(&self) -> Result<Config, SourceError> {
         // Taken before reading: a write during the read shows as a change next time.
-        let fingerprint = self.files_fingerprint();
+        self.compile_read(self.files_fingerprint())
+    }
+
+    /// [`Source::compile`] of the files whose fingerprint (taken before reading) is
+    /// `fingerprint`.
+    fn compile_read(&self, fingerprint: Option<u64>) -> Result<Config, SourceError> {
         let (values, vdiags) = Values::load_optional(self.values.as_deref());
         let manifests = match &self.provider {
             Provider::Files(paths) => file::load(paths),
@@ -118,7 +123,9 @@ impl Source {
     /// [`Source::compile`], unless the files are as the last compile read them (the watch's
     /// first look, an event that changed nothing): then `None`.
     fn compile_if_changed(&self) -> Option<Result<Config, SourceError>> {
-        (!self.unchanged_since_last_compile()).then(|| self.compile())
+        let now = self.files_fingerprint();
+        let unchanged = now.is_some() && self.read.lock().is_ok_and(|r| *r == now);
+        (!unchanged).then(|| self.compile_read(now))
     }
 
     /// With files: the fingerprint of the values file and the manifests now (none when one
@@ -130,12 +137,6 @@ impl Source {
             }
             Provider::Kubernetes(_) => None,
         }
-    }
-
-    /// Whether the files are as the last compile read them (never with Kubernetes).
-    fn unchanged_since_last_compile(&self) -> bool {
-        let now = self.files_fingerprint();
-        now.is_some() && self.read.lock().is_ok_and(|r| *r == now)
     }
 
     /// Starts the provider (the Kubernetes watches, until every kind has listed once), then
