@@ -95,7 +95,10 @@ impl Swapper {
             return Ok(());
         }
         let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.gw.swap(Compiled::build(body, v)?);
+        let started = std::time::Instant::now();
+        let compiled = Compiled::build_hashed(body, v, hash)?;
+        tracing::debug!(version = v, build_ms = started.elapsed().as_secs_f64() * 1e3, "route table built");
+        self.gw.swap(compiled);
         Ok(())
     }
 

@@ -150,6 +150,7 @@ pub fn load_str(file: &Path, text: &str, m: &mut Manifests) {
             return;
         }
     };
+    m.resources.reserve(docs.len());
     for doc in docs {
         load_document(&file, doc, m);
     }

@@ -84,11 +84,37 @@ impl Drop for Watch {
     }
 }
 
+/// How long a burst of file events that ended in a finished write must stay quiet before it
+/// is compiled: long enough for the events the same write sends together (an editor's
+/// rename after its close), far shorter than any debounce.
+const SETTLE: Duration = Duration::from_millis(2);
+
+/// Whether a file event ends a write: the file was closed after writing, renamed into
+/// place (an editor's or the kubelet's atomic swap) or removed. Other events (created,
+/// data written) may be followed by more of the same write.
+fn ends_a_write(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+    )
+}
+
 /// Watches `paths`, the directories `values_dirs` (not their subdirectories), and `more` (a
-/// counter another watch bumps), and calls `on_change` (on a
-/// blocking thread) after each burst of changes has been quiet for `debounce` (and at most
-/// 10 × `debounce` after it began). A reload that panics is a refused configuration like
-/// any other: `refused` hears of it, and the previous configuration stays.
+/// counter another watch bumps), and calls `on_change` (on a blocking thread) once each
+/// burst of changes is over:
+/// - a burst whose last file event ends a write (see [`ends_a_write`]) is compiled after
+///   [`SETTLE`] of quiet: a one-file edit is served as soon as the file is closed;
+/// - any other burst (a file still being written, the Kubernetes provider's changes) after
+///   `debounce` of quiet;
+/// - either at most 10 × `debounce` after it began.
+///
+/// Changes that arrive while `on_change` runs are coalesced into the next call. A reload
+/// that panics is a refused configuration like any other: `refused` hears of it, and the
+/// previous configuration stays.
 pub(crate) fn watch_changes(
     paths: Vec<PathBuf>,
     values_dirs: Vec<PathBuf>,
@@ -98,7 +124,8 @@ pub(crate) fn watch_changes(
     refused: impl Fn(&str) + Send + Sync + 'static,
 ) -> Result<Watch, SourceError> {
     use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Each change says whether it ends a write.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let first = tx.clone();
     let files = if paths.is_empty() && values_dirs.is_empty() {
         None
@@ -106,8 +133,8 @@ pub(crate) fn watch_changes(
         let tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
+                if ends_a_write(&ev.kind) || !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = tx.send(ends_a_write(&ev.kind));
                 }
             }
         })
@@ -130,7 +157,7 @@ pub(crate) fn watch_changes(
         let tx = tx.clone();
         tokio::spawn(async move {
             while more.changed().await.is_ok() {
-                if tx.send(()).is_err() {
+                if tx.send(false).is_err() {
                     return;
                 }
             }
@@ -139,15 +166,16 @@ pub(crate) fn watch_changes(
     drop(tx);
     // A change made between the caller's first compile and this watch would otherwise wait
     // for the next one: look once now (an unchanged configuration is not swapped again).
-    let _ = first.send(());
+    let _ = first.send(true);
     let on_change = Arc::new(on_change);
     let task = tokio::spawn(async move {
         let _keep = first;
-        while rx.recv().await.is_some() {
+        while let Some(mut ended) = rx.recv().await {
             let deadline = tokio::time::Instant::now() + debounce * 10;
             loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                let quiet = if ended { SETTLE.min(debounce) } else { debounce };
+                match tokio::time::timeout(quiet, rx.recv()).await {
+                    Ok(Some(e)) if tokio::time::Instant::now() < deadline => ended = e,
                     Ok(None) => return,
                     _ => break,
                 }
@@ -225,6 +253,45 @@ mod tests {
         std::fs::write(&file, ROUTE.replace("`/a`", "`/b`")).unwrap();
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap(), 2);
         assert_eq!(fingerprint(&[dir.path().to_path_buf()]), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_file_is_applied_at_once_and_one_being_written_waits_for_the_debounce() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yaml"), ROUTE).unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), SERVICE).unwrap();
+        let past = std::time::SystemTime::now() - Duration::from_secs(10);
+        for f in ["r.yaml", "svc.yaml"] {
+            std::fs::File::options().write(true).open(dir.path().join(f)).unwrap().set_modified(past).unwrap();
+        }
+        // A debounce far longer than the test: only a finished write is applied in time.
+        let src = Source::files(None, vec![dir.path().to_path_buf()], Duration::from_secs(60));
+        src.compile().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx2 = tx.clone();
+        let _w =
+            src.watch(move |c| drop(tx.send(Ok(c.body.routers.len()))), move |why| drop(tx2.send(Err(why)))).unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(), "nothing changed yet");
+        // Half a document, the file left open: not compiled (it would be refused).
+        let mut open = std::fs::File::create(dir.path().join("r2.yaml")).unwrap();
+        let second = ROUTE.replace("name: r\n", "name: r2\n");
+        let (head, tail) = second.split_at(second.len() / 2);
+        open.write_all(head.as_bytes()).unwrap();
+        open.flush().unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(),
+            "a file still being written waits for the debounce"
+        );
+        // Finished and closed: applied at once, not after the minute of debounce.
+        open.write_all(tail.as_bytes()).unwrap();
+        drop(open);
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("applied without the debounce");
+        assert_eq!(n, Some(Ok(2)));
+        // A file written in one go (write and close), too.
+        std::fs::write(dir.path().join("r3.yaml"), ROUTE.replace("name: r\n", "name: r3\n")).unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("applied without the debounce");
+        assert_eq!(n, Some(Ok(3)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,7 @@ impl Source {
     /// [`Source::compile`] of the files whose fingerprint (taken before reading) is
     /// `fingerprint`.
     fn compile_read(&self, fingerprint: Option<u64>) -> Result<Config, SourceError> {
+        let started = std::time::Instant::now();
         let (values, vdiags) = Values::load_optional(self.values.as_deref());
         let manifests = match &self.provider {
             Provider::Files(paths) => file::load(paths),
@@ -98,15 +99,26 @@ impl Source {
                 None => return Err(SourceError::Compile(vec!["the Kubernetes provider has not started".into()])),
             },
         };
-        // What this compile reads, with generations (objects that did not decode: any).
-        let read: std::collections::BTreeMap<String, Option<i64>> = manifests
-            .diagnostics
-            .iter()
-            .filter_map(|d| d.object.clone())
-            .map(|o| (o, None))
-            .chain(manifests.resources.iter().map(|l| (l.label(), l.resource.meta().generation)))
-            .collect();
+        // For the Kubernetes status writer: what this compile reads, with generations
+        // (objects that did not decode: any).
+        let read: Option<std::collections::BTreeMap<String, Option<i64>>> = self.kubernetes_started().map(|_| {
+            manifests
+                .diagnostics
+                .iter()
+                .filter_map(|d| d.object.clone())
+                .map(|o| (o, None))
+                .chain(manifests.resources.iter().map(|l| (l.label(), l.resource.meta().generation)))
+                .collect()
+        });
+        let loaded = started.elapsed();
+        let objects = manifests.resources.len();
         let cfg = config::compile(values, &vdiags, manifests);
+        tracing::debug!(
+            objects,
+            load_ms = loaded.as_secs_f64() * 1e3,
+            compile_ms = (started.elapsed() - loaded).as_secs_f64() * 1e3,
+            "configuration read and compiled"
+        );
         if let Ok(mut read) = self.read.lock() {
             *read = fingerprint;
         }
@@ -114,7 +126,7 @@ impl Source {
         // what the configuration keeps, not the peak of parsing it).
         atrium_sys::release_free_memory();
         let cfg = cfg?;
-        if let Some(s) = self.kubernetes_started() {
+        if let (Some(s), Some(read)) = (self.kubernetes_started(), read) {
             s.status.set_problems(read, cfg.problems());
         }
         Ok(cfg)

@@ -103,6 +103,12 @@ impl Compiled {
     /// once for its hash. An error leaves whatever was in force untouched.
     pub fn build(body: SnapshotBody, version: u64) -> Result<Compiled, CompileError> {
         let (_, hash) = atrium_proto::encode(&body);
+        Compiled::build_hashed(body, version, hash)
+    }
+
+    /// [`Compiled::build`] of a body whose hash the caller has (it compared it with the
+    /// one in force): not encoded again.
+    pub fn build_hashed(body: SnapshotBody, version: u64, hash: Vec<u8>) -> Result<Compiled, CompileError> {
         Compiled::assemble(body, atrium_proto::v1::Version { epoch: 0, seq: version }, hash)
     }
 
