@@ -522,3 +522,74 @@ async fn the_direct_lane_puts_the_same_heads_on_the_wire_as_the_general_one() {
     }
     assert_eq!(answered, ["HTTP/1.1 200 OK", "content-length:2", "x-up:yes"], "hop-by-hop headers stay at this hop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_and_custom_header_middlewares_take_the_direct_lane_with_the_general_lanes_result() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, recorded) =
+        recording_backend(b"HTTP/1.1 200 OK\r\nX-Up: yes\r\nX-Strip: 1\r\nX-Set: old\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    // The seed's child route: stripPrefix and headers; a second headers middleware shows the
+    // answer phase runs in reverse order (its X-Set is overwritten by the first one's).
+    let mut base = endpoints("svc", &[addr]);
+    base += &route("crm", "PathPrefix(`/crm`)", &["strip", "hdr", "hdr2"], "{name: svc, port: 80}");
+    base += &middleware("strip", "{stripPrefix: {prefixes: [/crm]}}");
+    base += &middleware(
+        "hdr",
+        "{headers: {customRequestHeaders: {X-Cluster: a, X-Drop: ''}, \
+         customResponseHeaders: {X-Traefik-Backend: cluster-a, X-Strip: '', X-Set: first}}}",
+    );
+    base += &middleware("hdr2", "{headers: {customResponseHeaders: {X-Set: second}}}");
+    // A headers middleware that sets a header the proxy manages keeps the general lane.
+    base += &route("proto", "PathPrefix(`/proto`)", &["proto"], "{name: svc, port: 80}");
+    base += &middleware("proto", "{headers: {customRequestHeaders: {X-Forwarded-Proto: https}}}");
+    let with_matcher = base.clone()
+        + &route("by-header", "Header(`X-Never`, `1`) && PathPrefix(`/never`)", &[], "{name: svc, port: 80}");
+    let (tmp_direct, tmp_general) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let direct = start(&tmp_direct, &base, &[]);
+    let general = start(&tmp_general, &with_matcher, &[]);
+
+    let requests = [
+        "GET /crm/users?q=1 HTTP/1.1\r\nHost: api.test\r\nX-Drop: 1\r\nX-Cluster: spoofed\r\nX-Keep: 2\r\n\r\n",
+        // The client's Connection list removes what the middlewares set, on both lanes.
+        "GET /crm/users HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Cluster\r\nX-Keep: 2\r\n\r\n",
+        // A rewrite that climbs out of what was routed is refused on both lanes.
+        "GET /crm.. HTTP/1.1\r\nHost: api.test\r\nX-Keep: 2\r\n\r\n",
+    ];
+    let mut answers = Vec::new();
+    for gw in [&direct, &general] {
+        let mut s = tokio::net::TcpStream::connect(gw.web_addr()).await.unwrap();
+        for r in requests {
+            s.write_all(r.as_bytes()).await.unwrap();
+            answers.push(common::client::read_response(&mut s).await);
+        }
+    }
+    let heads = recorded.lock().unwrap().clone();
+    assert_eq!(heads.len(), 4, "the refused rewrites reach no server: {heads:?}");
+    // The lanes are told apart by header name case: bytes keep the client's, maps lower it.
+    assert!(heads[0].contains("\r\nX-Keep: 2"), "the direct lane carried the request: {}", heads[0]);
+    assert!(heads[2].contains("\r\nx-keep: 2"), "the general lane carried the request: {}", heads[2]);
+    assert_eq!(normalized(&heads[0]), normalized(&heads[2]));
+    assert_eq!(normalized(&heads[1]), normalized(&heads[3]));
+    let first = normalized(&heads[0]);
+    for want in ["GET /users?q=1 HTTP/1.1", "x-forwarded-prefix:/crm", "x-cluster:a", "x-keep:2"] {
+        assert!(first.iter().any(|l| l == want), "{want} in {first:?}");
+    }
+    assert!(!first.iter().any(|l| l.starts_with("x-drop:")), "{first:?}");
+    assert!(!normalized(&heads[1]).iter().any(|l| l.starts_with("x-cluster:")), "{:?}", heads[1]);
+    for i in 0..requests.len() {
+        assert_eq!(normalized(&answers[i]), normalized(&answers[i + requests.len()]), "answer {i}");
+    }
+    assert_eq!(
+        normalized(&answers[0]),
+        ["HTTP/1.1 200 OK", "content-length:2", "x-set:first", "x-traefik-backend:cluster-a", "x-up:yes"]
+    );
+    assert!(answers[2].starts_with("HTTP/1.1 400"), "{}", answers[2]);
+
+    // The router whose middleware sets X-Forwarded-Proto: the general lane, with its value.
+    let mut s = tokio::net::TcpStream::connect(direct.web_addr()).await.unwrap();
+    s.write_all(b"GET /proto HTTP/1.1\r\nHost: api.test\r\nX-Keep: 2\r\n\r\n").await.unwrap();
+    assert!(common::client::read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let last = recorded.lock().unwrap().last().cloned().unwrap_or_default();
+    assert!(last.contains("\r\nx-keep: 2") && last.contains("x-forwarded-proto: https"), "{last}");
+}

@@ -112,7 +112,7 @@ pub(crate) fn lists(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Whether a header is hop-by-hop (one of [`HOP_BY_HOP`]), for names as bytes.
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     let candidates: &[&[u8]] = match name.len() {
         2 => &[b"te"],
         7 => &[b"trailer", b"upgrade"],

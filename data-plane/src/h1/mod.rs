@@ -187,15 +187,35 @@ impl Passed {
     /// Sets header `name` (lower case) to `value`, replacing the upstream's lines of that
     /// name.
     pub(crate) fn set_header(&mut self, name: &[u8], value: &[u8]) {
-        let mut kept = Vec::with_capacity(self.lines.len() + name.len() + value.len() + 4);
+        self.replace_lines(|n| n.eq_ignore_ascii_case(name), [(name, value)]);
+    }
+
+    /// Sets (`Some`) or removes (`None`) each header of `ops`, replacing the upstream's lines
+    /// of its name (a headers middleware's custom response headers). Never `Content-Length`
+    /// or `Date`, which this head keeps track of.
+    pub(crate) fn edit_headers(&mut self, ops: &[(http::HeaderName, Option<http::HeaderValue>)]) {
+        self.replace_lines(
+            |n| ops.iter().any(|(o, _)| n.eq_ignore_ascii_case(o.as_str().as_bytes())),
+            ops.iter().filter_map(|(n, v)| Some((n.as_str().as_bytes(), v.as_ref()?.as_bytes()))),
+        );
+    }
+
+    /// Drops the lines whose name `replaced` says, then appends `added`.
+    fn replace_lines<'v>(
+        &mut self,
+        replaced: impl Fn(&[u8]) -> bool,
+        added: impl IntoIterator<Item = (&'v [u8], &'v [u8])>,
+    ) {
+        let mut kept = spare_vec(&SPARE_BYTES, self.lines.len() + 64);
         for line in self.lines.split_inclusive(|b| *b == b'\n') {
-            let same = line.split(|b| *b == b':').next().is_some_and(|n| n.eq_ignore_ascii_case(name));
-            if !same {
+            if !line.split(|b| *b == b':').next().is_some_and(&replaced) {
                 kept.extend_from_slice(line);
             }
         }
-        push_line(&mut kept, name, value);
-        self.lines = kept;
+        for (name, value) in added {
+            push_line(&mut kept, name, value);
+        }
+        recycle_vec(&SPARE_BYTES, std::mem::replace(&mut self.lines, kept), SPARE_BYTES_LARGEST);
     }
 }
 

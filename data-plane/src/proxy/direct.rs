@@ -1,5 +1,6 @@
-//! The direct lane: a bodiless HTTP/1.1 request to a router without middlewares, sent to a
-//! plain HTTP/1.1 server, goes through as bytes. A route of an API takes it too when its
+//! The direct lane: a bodiless HTTP/1.1 request to a router whose middlewares only rewrite
+//! the path or set custom headers (see [`Middlewares`]), sent to a plain HTTP/1.1 server,
+//! goes through as bytes. A route of an API takes it too when its
 //! callers authenticate with a key in `Authorization: Bearer` (the default), the API has no
 //! CORS rules, and the request carries such a header: the key check, the operation check
 //! and the plan run here as in the general lane, the key header is left out of the
@@ -25,7 +26,11 @@ use crate::h1::client::{BodyFraming, Outbound, ParsedHead, Upgraded};
 use crate::h1::server::{Handled, Head, Reply};
 use crate::service::{LoadBalancer, Service};
 use atrium_routing::apim::{ApiAuth, KeySource};
+use atrium_routing::middleware::Action;
+use atrium_routing::middleware::path::UrlPath;
 use atrium_routing::request::RequestView;
+use atrium_routing::table::RouteEntry;
+use http::{HeaderName, HeaderValue};
 
 /// A client's head on its way to a server, with what the proxy adds.
 struct RawRequest<'a> {
@@ -33,8 +38,10 @@ struct RawRequest<'a> {
     client: super::forward::RawClient<'a>,
     pass_host: bool,
     start: Instant,
-    /// A header not to forward (the API key of an API route).
-    drop: Option<&'static [u8]>,
+    /// The path and query after path middlewares, when they changed it.
+    target: Option<http::uri::PathAndQuery>,
+    /// What middlewares and API management change in the head.
+    edits: super::forward::HeadEdits<'a>,
 }
 
 impl Outbound for RawRequest<'_> {
@@ -46,7 +53,10 @@ impl Outbound for RawRequest<'_> {
     }
 
     fn encode(&self, out: &mut Vec<u8>, authority: &str, _: BodyFraming) {
-        let target = self.head.uri().path_and_query().map_or("/", |p| p.as_str());
+        let target = match &self.target {
+            Some(t) => t.as_str(),
+            None => self.head.uri().path_and_query().map_or("/", |p| p.as_str()),
+        };
         super::forward::encode_request_raw(
             out,
             self.head.method(),
@@ -55,7 +65,7 @@ impl Outbound for RawRequest<'_> {
             &self.client,
             self.pass_host,
             authority.as_bytes(),
-            self.drop,
+            &self.edits,
         );
     }
 
@@ -88,6 +98,99 @@ fn plan_headers(passed: &mut Passed, o: &atrium_routing::apim::Outcome) {
     if let Some(n) = o.quota_remaining {
         passed.set_header(b"x-quota-remaining", buf.format(n).as_bytes());
     }
+}
+
+/// What the direct lane makes of a router's middlewares, decided once per route table (see
+/// [`Compiled::direct`]).
+#[derive(Debug)]
+pub(crate) enum Middlewares {
+    /// It has none.
+    None,
+    /// Path rewrites and custom headers only: applied to the raw heads.
+    Edits(Box<Edits>),
+    /// Anything else (or a custom header the proxy manages itself): the general lane.
+    General,
+}
+
+/// The effect of a router's path and custom-header middlewares, as the general lane would
+/// have it after all of them ran.
+#[derive(Debug, Default)]
+pub(crate) struct Edits {
+    /// A path middleware is among them (they run in router order at each request).
+    rewrites: bool,
+    /// Request headers set (`Some`) or removed (`None`), the last middleware's word on each.
+    request: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Response headers, likewise (headers middlewares answer in reverse order).
+    response: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl Middlewares {
+    /// The plan for `router`.
+    pub(crate) fn of<X>(router: &RouteEntry<X>) -> Middlewares {
+        if router.middlewares.is_empty() {
+            return Middlewares::None;
+        }
+        let mut edits = Edits::default();
+        let mut answers = Vec::new();
+        for m in &router.middlewares {
+            match &m.action {
+                Action::Path => edits.rewrites = true,
+                Action::Headers(h) => match h.custom_only() {
+                    Some((request, response))
+                        if request.keys().all(|n| passes_request(n)) && response.keys().all(|n| passes_response(n)) =>
+                    {
+                        fold(&mut edits.request, request);
+                        answers.push(response);
+                    }
+                    _ => return Middlewares::General,
+                },
+                _ => return Middlewares::General,
+            }
+        }
+        for response in answers.into_iter().rev() {
+            fold(&mut edits.response, response);
+        }
+        Middlewares::Edits(Box::new(edits))
+    }
+}
+
+/// Adds a headers middleware's custom headers to `ops`, as it applies them one by one: an
+/// empty value removes, a name or value that is not one does nothing, the last word on a
+/// name wins.
+fn fold(ops: &mut Vec<(HeaderName, Option<HeaderValue>)>, headers: &atrium_routing::middleware::headers::Custom) {
+    for (name, value) in headers {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { continue };
+        let value = match value.as_str() {
+            "" => None,
+            v => match HeaderValue::from_str(v) {
+                Ok(v) => Some(v),
+                Err(_) => continue,
+            },
+        };
+        ops.retain(|(n, _)| *n != name);
+        ops.push((name, value));
+    }
+}
+
+/// Whether a custom request header can be set on raw lines with the general lane's result:
+/// not one the proxy sets or reads itself (Host, forwarding headers, hop-by-hop, framing,
+/// its own, what rewrites add, the API key).
+fn passes_request(name: &str) -> bool {
+    let n = name.as_bytes();
+    !(crate::hop::is_hop_by_hop(n)
+        || crate::hop::is_forwarding(n)
+        || super::forward::is_internal(n)
+        || ["host", "content-length", "authorization", "x-forwarded-prefix", "x-replaced-path"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h)))
+}
+
+/// Whether a custom response header can be set on a passed answer's lines: not one that
+/// frames it (hop-by-hop, `Content-Length`) or that the server writes itself (`Date`).
+fn passes_response(name: &str) -> bool {
+    !(crate::hop::is_hop_by_hop(name.as_bytes())
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("date"))
 }
 
 /// The lane a request from the fast path takes (see [`Gateway::serve_head`]).
@@ -163,8 +266,9 @@ impl Gateway {
                 && rt.access.cors(api).is_none()
                 && bearer_key(head).is_some()
         });
+        let middlewares_ok = !matches!(rt.direct[i], Middlewares::General);
         match router.state.target.as_deref() {
-            Some(Service::LoadBalancer(lb)) if router.middlewares.is_empty() && api_ok && lb.plain_http => {
+            Some(Service::LoadBalancer(lb)) if middlewares_ok && api_ok && lb.plain_http => {
                 let lb = lb.clone();
                 Lane::Direct(rt, i, lb)
             }
@@ -198,18 +302,41 @@ impl Gateway {
     async fn direct(
         self: &Arc<Self>,
         rt: Arc<Compiled>,
-        router: usize,
+        router_index: usize,
         lb: Arc<LoadBalancer>,
         head: Head,
         conn: &ConnInfo,
     ) -> Reply {
         let start = Instant::now();
-        let router = &rt.table.routers()[router];
+        let router = &rt.table.routers()[router_index];
         router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut plan_left = None;
         if let Some(api) = router.api.as_deref() {
             match self.direct_api(&rt, api, &head).await {
                 Ok(left) => plan_left = left,
+                Err(answer) => {
+                    self.metrics.record(
+                        Some(&router.state.labels),
+                        answer.status().as_u16(),
+                        start.elapsed().as_secs_f64(),
+                    );
+                    return Reply::Response(answer);
+                }
+            }
+        }
+        // Path rewrites, in router order (the general lane's request phase, for these).
+        let mut target = None;
+        let mut added = Vec::new();
+        let edits = match &rt.direct[router_index] {
+            Middlewares::Edits(e) => Some(&**e),
+            _ => None,
+        };
+        if edits.is_some_and(|e| e.rewrites) {
+            match rewrite(router, &head) {
+                Ok((pq, headers)) => {
+                    target = Some(pq);
+                    added = headers;
+                }
                 Err(answer) => {
                     self.metrics.record(
                         Some(&router.state.labels),
@@ -234,7 +361,12 @@ impl Gateway {
                         },
                         pass_host: lb.pass_host_header,
                         start,
-                        drop: plan_left.is_some().then_some(b"authorization".as_slice()),
+                        target,
+                        edits: super::forward::HeadEdits {
+                            drop: plan_left.is_some().then_some(b"authorization".as_slice()),
+                            set: edits.map_or(&[], |e| &e.request),
+                            append: &added,
+                        },
                     };
                     conn.upstreams.send_inline(req, auth.clone()).await.map_err(|e| {
                         lb.record_failure(server);
@@ -243,13 +375,19 @@ impl Gateway {
                 }
             },
         };
-        let reply = match (sent, plan_left) {
-            (Ok(mut passed), Some(left)) => {
-                plan_headers(&mut passed, &left);
+        let reply = match sent {
+            Ok(mut passed) => {
+                // The headers middlewares' answer phase, then the plan's (as on the general
+                // lane, where API management comes after the middlewares).
+                if let Some(e) = edits.filter(|e| !e.response.is_empty()) {
+                    passed.edit_headers(&e.response);
+                }
+                if let Some(left) = &plan_left {
+                    plan_headers(&mut passed, left);
+                }
                 Reply::Passed(passed)
             }
-            (Ok(passed), None) => Reply::Passed(passed),
-            (Err(e), _) => Reply::Response(super::failure(router, &e)),
+            Err(e) => Reply::Response(super::failure(router, &e)),
         };
         let code = match &reply {
             Reply::Passed(p) => p.status.as_u16(),
@@ -258,4 +396,19 @@ impl Gateway {
         self.metrics.record(Some(&router.state.labels), code, start.elapsed().as_secs_f64());
         reply
     }
+}
+
+/// Headers the path rewrites add, in order.
+type Added = Vec<(&'static str, HeaderValue)>;
+
+/// Runs `router`'s path middlewares on the head's path: the path and query the upstream
+/// gets and the headers the rewrites add, or the answer to a rewrite that fails.
+#[allow(clippy::result_large_err)]
+fn rewrite(router: &super::Route, head: &Head) -> Result<(http::uri::PathAndQuery, Added), Response<Body>> {
+    let mut url = UrlPath::from_escaped(head.uri().path());
+    let mut added = Vec::new();
+    for m in router.middlewares.iter().filter(|m| matches!(m.action, Action::Path)) {
+        added.extend(super::general::rewrite(m, &mut url)?);
+    }
+    Ok((super::general::rewritten_target(router, &url, head.uri().query())?, added))
 }

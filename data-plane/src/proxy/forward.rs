@@ -113,6 +113,18 @@ pub fn add_forwarded_for(h: &mut HeaderMap, ip: Option<&HeaderValue>, drop: bool
 }
 
 /// The client side of a request passed as bytes (see [`ClientSide`]).
+/// What the direct lane changes in a forwarded head besides the forwarding rules.
+#[derive(Default)]
+pub(crate) struct HeadEdits<'a> {
+    /// A header not to forward (the API key of an API route).
+    pub(crate) drop: Option<&'a [u8]>,
+    /// Headers set (`Some`: every client line of that name replaced) or removed (`None`) by
+    /// headers middlewares; never a header the proxy itself sets.
+    pub(crate) set: &'a [(HeaderName, Option<HeaderValue>)],
+    /// Headers added after the client's: what path rewrites set (`X-Forwarded-Prefix`).
+    pub(crate) append: &'a [(&'static str, HeaderValue)],
+}
+
 pub(crate) struct RawClient<'a> {
     /// The client's IP.
     pub(crate) ip: Option<&'a [u8]>,
@@ -136,7 +148,7 @@ pub(crate) fn encode_request_raw<'a>(
     c: &RawClient<'_>,
     pass_host: bool,
     authority: &[u8],
-    drop: Option<&[u8]>,
+    edits: &HeadEdits<'_>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -154,11 +166,20 @@ pub(crate) fn encode_request_raw<'a>(
         } else if is_forwarding(name)
             || is_internal(name)
             || rules.removes(name)
-            || drop.is_some_and(|d| name.eq_ignore_ascii_case(d))
+            || edits.drop.is_some_and(|d| name.eq_ignore_ascii_case(d))
+            || edits.set.iter().any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
         {
             continue;
         }
         push_line(out, name, value);
+    }
+    // As on the general lane, where the client's `Connection` list is applied after the
+    // middlewares: it removes what they added too.
+    let set = edits.set.iter().filter_map(|(n, v)| Some((n.as_str(), v.as_ref()?)));
+    for (name, value) in set.chain(edits.append.iter().map(|(n, v)| (*n, v))) {
+        if !rules.removes(name.as_bytes()) {
+            push_line(out, name.as_bytes(), value.as_bytes());
+        }
     }
     if rules.te_trailers {
         push_line(out, b"te", b"trailers");
@@ -277,7 +298,16 @@ mod tests {
     ) -> (String, Vec<String>) {
         let mut out = Vec::new();
         let raw = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
-        encode_request_raw(&mut out, &http::Method::GET, b"/a?b", raw, c, pass_host, authority.as_bytes(), None);
+        encode_request_raw(
+            &mut out,
+            &http::Method::GET,
+            b"/a?b",
+            raw,
+            c,
+            pass_host,
+            authority.as_bytes(),
+            &HeadEdits::default(),
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         let mut lines = text.trim_end().split("\r\n");

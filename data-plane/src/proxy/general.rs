@@ -266,17 +266,56 @@ fn request_phase<'r>(
 /// request; a rewrite that fails answers 400 or 500.
 #[inline]
 fn rewrite_path(m: &CompiledMiddleware, url: &mut UrlPath, parts: &mut Parts) -> Option<Response<Body>> {
-    match m.rewrite_path(url) {
+    match rewrite(m, url) {
         Ok(Some((name, value))) => {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                parts.headers.append(name, v);
-            }
+            parts.headers.append(name, value);
             None
         }
         Ok(None) => None,
-        Err(RewriteError::BadRequest(e)) => Some(body::text(StatusCode::BAD_REQUEST, &e)),
-        Err(RewriteError::Internal(e)) => Some(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+        Err(answer) => Some(answer),
     }
+}
+
+/// Runs a path middleware on `url` (both lanes): the header the rewrite sets
+/// (`X-Forwarded-Prefix`, `X-Replaced-Path`) when its value is one, or the answer to a
+/// rewrite that fails (400 or 500).
+pub(super) fn rewrite(
+    m: &CompiledMiddleware,
+    url: &mut UrlPath,
+) -> Result<Option<(&'static str, HeaderValue)>, Response<Body>> {
+    match m.rewrite_path(url) {
+        Ok(Some((name, value))) => Ok(HeaderValue::from_str(&value).ok().map(|v| (name, v))),
+        Ok(None) => Ok(None),
+        Err(RewriteError::BadRequest(e)) => Err(body::text(StatusCode::BAD_REQUEST, &e)),
+        Err(RewriteError::Internal(e)) => Err(body::text(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+    }
+}
+
+/// The path and query the upstream gets after a rewrite to `url` (both lanes): 400 when the
+/// rewritten path climbs with a dot segment or is not a URI path.
+pub(super) fn rewritten_target(
+    router: &Route,
+    url: &UrlPath,
+    query: Option<&str>,
+) -> Result<http::uri::PathAndQuery, Response<Body>> {
+    let path = url.request_path();
+    // A rewrite must not make a path that climbs out of what was routed.
+    if atrium_routing::path_security::has_dot_segment(path) {
+        tracing::debug!(router = %router.id, path = %path, "rewritten path has a dot segment: refused");
+        return Err(body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"));
+    }
+    path_and_query(path, query)
+}
+
+/// `path?query` as a request target, 400 when it is not one.
+fn path_and_query(path: &str, query: Option<&str>) -> Result<http::uri::PathAndQuery, Response<Body>> {
+    let mut pq = path.to_string();
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    http::uri::PathAndQuery::try_from(pq)
+        .map_err(|_| body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"))
 }
 
 /// Runs a redirect middleware: the redirect to where `target` sends the request's URL (as
@@ -389,28 +428,14 @@ fn outgoing(
             parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
         }
         (url, strip) => {
-            let path = match url {
-                Some(u) => {
-                    // A rewrite must not make a path that climbs out of what was routed.
-                    if atrium_routing::path_security::has_dot_segment(u.request_path()) {
-                        tracing::debug!(router = %router.id, path = %u.request_path(), "rewritten path has a dot segment: refused");
-                        return Err(body::text(StatusCode::BAD_REQUEST, "rewritten path has a dot segment"));
-                    }
-                    u.request_path()
-                }
-                None => &inbound.path,
-            };
             let query = match strip {
                 Some(param) => super::apim::without_param(inbound.query, param).map(Cow::Owned),
                 None => inbound.query.map(Cow::Borrowed),
             };
-            let mut pq = path.to_string();
-            if let Some(q) = query {
-                pq.push('?');
-                pq.push_str(&q);
+            match url {
+                Some(u) => rewritten_target(router, u, query.as_deref())?,
+                None => path_and_query(&inbound.path, query.as_deref())?,
             }
-            http::uri::PathAndQuery::try_from(pq)
-                .map_err(|_| body::text(StatusCode::BAD_REQUEST, "rewritten path is not a valid URI path"))?
         }
     };
     Ok(Outgoing {

@@ -76,6 +76,8 @@ pub struct Compiled {
     jwt: HashMap<String, Arc<jwt::JwtCheck>>,
     /// The snapshot body, for `/api/rawdata`.
     pub body: SnapshotBody,
+    /// What the direct lane makes of each router's middlewares, by router position.
+    direct: Vec<direct::Middlewares>,
 }
 
 /// Why a snapshot cannot become a configuration in force.
@@ -145,7 +147,8 @@ impl Compiled {
                 _ => None,
             })
             .collect();
-        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, access, jwt, body })
+        let direct = table.routers().iter().map(direct::Middlewares::of).collect();
+        Ok(Compiled { version: version.seq, epoch: version.epoch, hash, table, services, access, jwt, body, direct })
     }
 }
 

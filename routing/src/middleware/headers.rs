@@ -6,8 +6,13 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
 
+use std::collections::BTreeMap;
+
 use super::config::Headers;
 use crate::Answer;
+
+/// Custom headers by name (an empty value removes the header).
+pub type Custom = BTreeMap<String, String>;
 
 /// A compiled headers middleware.
 #[derive(Debug, Clone)]
@@ -57,6 +62,16 @@ impl HeaderRules {
             || !cfg.access_control_expose_headers.is_empty()
             || cfg.access_control_max_age.is_some();
         Ok(HeaderRules { cfg, origin_regexes, allow_all_origins, has_cors })
+    }
+
+    /// The custom request and response headers, when they are all this middleware sets
+    /// (no CORS, host check or security header): what a proxy may apply to raw header
+    /// lines without running [`HeaderRules::on_request`] and [`HeaderRules::on_response`].
+    pub fn custom_only(&self) -> Option<(&Custom, &Custom)> {
+        let c = &self.cfg;
+        let rest =
+            Headers { custom_request_headers: BTreeMap::new(), custom_response_headers: BTreeMap::new(), ..c.clone() };
+        (rest == Headers::default()).then_some((&c.custom_request_headers, &c.custom_response_headers))
     }
 
     fn credentials(&self) -> bool {
@@ -207,6 +222,25 @@ mod tests {
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn custom_only_is_said_only_without_other_options() {
+        let custom = Headers {
+            custom_request_headers: map(&[("X-A", "1")]),
+            custom_response_headers: map(&[("X-B", "")]),
+            ..Default::default()
+        };
+        let rules = rt(custom.clone());
+        let (req, resp) = rules.custom_only().unwrap();
+        assert_eq!((req.len(), resp.len()), (1, 1));
+        for other in [
+            Headers { frame_deny: Some(true), ..custom.clone() },
+            Headers { access_control_allow_origin_list: vec!["*".into()], ..custom.clone() },
+            Headers { allowed_hosts: vec!["a.test".into()], ..custom.clone() },
+        ] {
+            assert!(rt(other).custom_only().is_none());
+        }
     }
 
     #[test]
