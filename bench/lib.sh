@@ -11,7 +11,7 @@ require() { # tools...
   done
 }
 
-nginx_conf() { # $1 = name, $2 = http-block content; starts nginx with one worker
+nginx_conf() { # $1 = name, $2 = http-block content; starts nginx with one worker (on core $NGINX_CPU if set)
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/nginx.conf" <<CONF
 worker_processes 1;
@@ -25,7 +25,8 @@ http {
   $2
 }
 CONF
-  nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
+  # shellcheck disable=SC2086
+  ${NGINX_CPU:+taskset -c $NGINX_CPU} nginx -c "$WORK/$1/nginx.conf" -p "$WORK/$1" &
   PIDS+=($!)
 }
 

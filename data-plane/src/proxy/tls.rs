@@ -137,6 +137,10 @@ impl CertStore {
     }
 
     /// A rustls server configuration over this store, offering HTTP/2 and HTTP/1.1.
+    /// Clients resume sessions with stateless tickets (keys generated at start, rotated
+    /// every 6 hours, never written anywhere), or from a cache of 4,096 sessions when the
+    /// ticket keys cannot be made: a returning client skips the certificate and key
+    /// exchange.
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -145,6 +149,11 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(t) => cfg.ticketer = t,
+            Err(e) => tracing::warn!(error = %e, "no TLS session tickets: sessions resume from the cache only"),
+        }
         Arc::new(cfg)
     }
 }
@@ -172,6 +181,47 @@ mod tests {
         assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")), &w));
         assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default.current()));
         assert!(Arc::ptr_eq(&store.lookup(None), &store.default.current()));
+    }
+
+    #[tokio::test]
+    async fn a_returning_client_resumes_its_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let store = CertStore::generated().unwrap();
+        let server = store.server_config();
+        // Stateless tickets: any worker of this process resumes, with no cache to fill.
+        assert!(server.ticketer.enabled());
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                tls.write_all(b"hi").await.unwrap();
+                tls.shutdown().await.unwrap();
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(store.default.current().cert[0].clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+            // Reading to the end takes in the tickets the server sent after the handshake.
+            let mut got = Vec::new();
+            tls.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"hi");
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed)]);
     }
 
     #[test]
