@@ -106,7 +106,9 @@ pub fn strip_prefix(path: &mut UrlPath, prefixes: &[String]) -> Result<Stripped,
             let stripped = ensure_leading_slash(rest);
             // A stripped path that dot-segment removal would change is refused: forwarding
             // `/../foo` would let a client escape the prefix.
-            if !stripped.is_empty() && remove_dot_segments(&stripped) != stripped {
+            // (What `remove_dot_segments` would change in a path that starts with `/`: a
+            // `.` or `..` segment; checked without building the result on every request.)
+            if stripped.split('/').any(|seg| seg == "." || seg == "..") {
                 return Err(RewriteError::BadRequest(format!(
                     "path {stripped:?} contains dot segments after stripping {prefix:?}"
                 )));
@@ -250,6 +252,13 @@ mod tests {
         let (r, p) = strip("/api/foo..bar", &["/api"]);
         assert!(r.is_ok());
         assert_eq!(p.decoded, "/foo..bar");
+        // Refused exactly when dot-segment removal would change the stripped path.
+        for rest in ["/", "/a", "/.", "/..", "/a/.", "/a/../b", "/...", "/.a", "/a./b", "//", "/a//b", "/./"] {
+            let (r, _) = strip(&format!("/api{rest}"), &["/api"]);
+            assert_eq!(r.is_err(), remove_dot_segments(rest) != rest, "{rest}");
+        }
+        // The decoded path is what counts.
+        assert!(strip("/api/%2e", &["/api"]).0.is_err());
     }
 
     #[test]
