@@ -540,6 +540,15 @@ async fn path_and_custom_header_middlewares_take_the_direct_lane_with_the_genera
          customResponseHeaders: {X-Traefik-Backend: cluster-a, X-Strip: '', X-Set: first}}}",
     );
     base += &middleware("hdr2", "{headers: {customResponseHeaders: {X-Set: second}}}");
+    // A route of an API with the same middlewares: refusals carry the custom headers too,
+    // and the rewrite is refused before the key is looked at.
+    base += "---\napiVersion: traefik.io/v1alpha1\nkind: IngressRoute\nmetadata:\n  name: api\n  namespace: ns\n  \
+             annotations: {hub.traefik.io/api: bench-api}\nspec:\n  entryPoints: [web]\n  routes:\n    \
+             - match: PathPrefix(`/api`)\n      middlewares: [{name: strip-api}, {name: hdr}]\n      \
+             services: [{name: svc, port: 80}]\n";
+    base +=
+        "---\napiVersion: hub.traefik.io/v1alpha1\nkind: API\nmetadata: {name: bench-api, namespace: ns}\nspec: {}\n";
+    base += &middleware("strip-api", "{stripPrefix: {prefixes: [/api]}}");
     // A headers middleware that sets a header the proxy manages keeps the general lane.
     base += &route("proto", "PathPrefix(`/proto`)", &["proto"], "{name: svc, port: 80}");
     base += &middleware("proto", "{headers: {customRequestHeaders: {X-Forwarded-Proto: https}}}");
@@ -555,6 +564,8 @@ async fn path_and_custom_header_middlewares_take_the_direct_lane_with_the_genera
         "GET /crm/users HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Cluster\r\nX-Keep: 2\r\n\r\n",
         // A rewrite that climbs out of what was routed is refused on both lanes.
         "GET /crm.. HTTP/1.1\r\nHost: api.test\r\nX-Keep: 2\r\n\r\n",
+        "GET /api/x HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer not-a-key\r\nX-Keep: 2\r\n\r\n",
+        "GET /api.. HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer not-a-key\r\nX-Keep: 2\r\n\r\n",
     ];
     let mut answers = Vec::new();
     for gw in [&direct, &general] {
@@ -585,6 +596,10 @@ async fn path_and_custom_header_middlewares_take_the_direct_lane_with_the_genera
         ["HTTP/1.1 200 OK", "content-length:2", "x-set:first", "x-traefik-backend:cluster-a", "x-up:yes"]
     );
     assert!(answers[2].starts_with("HTTP/1.1 400"), "{}", answers[2]);
+    let refusal = normalized(&answers[3]);
+    assert!(refusal[0].starts_with("HTTP/1.1 401"), "{refusal:?}");
+    assert!(refusal.iter().any(|l| l == "x-traefik-backend:cluster-a"), "{refusal:?}");
+    assert!(answers[4].starts_with("HTTP/1.1 400"), "the rewrite is refused first: {}", answers[4]);
 
     // The router whose middleware sets X-Forwarded-Proto: the general lane, with its value.
     let mut s = tokio::net::TcpStream::connect(direct.web_addr()).await.unwrap();

@@ -172,6 +172,21 @@ fn fold(ops: &mut Vec<(HeaderName, Option<HeaderValue>)>, headers: &atrium_routi
     }
 }
 
+/// Applies header edits to an answer the proxy made (a refusal), as a headers middleware's
+/// answer phase does.
+fn edit_map(h: &mut http::HeaderMap, ops: &[(HeaderName, Option<HeaderValue>)]) {
+    for (name, value) in ops {
+        match value {
+            Some(v) => {
+                h.insert(name.clone(), v.clone());
+            }
+            None => {
+                h.remove(name);
+            }
+        }
+    }
+}
+
 /// Whether a custom request header can be set on raw lines with the general lane's result:
 /// not one the proxy sets or reads itself (Host, forwarding headers, hop-by-hop, framing,
 /// its own, what rewrites add, the API key).
@@ -310,40 +325,37 @@ impl Gateway {
         let start = Instant::now();
         let router = &rt.table.routers()[router_index];
         router.state.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut plan_left = None;
-        if let Some(api) = router.api.as_deref() {
-            match self.direct_api(&rt, api, &head).await {
-                Ok(left) => plan_left = left,
-                Err(answer) => {
-                    self.metrics.record(
-                        Some(&router.state.labels),
-                        answer.status().as_u16(),
-                        start.elapsed().as_secs_f64(),
-                    );
-                    return Reply::Response(answer);
-                }
-            }
-        }
-        // Path rewrites, in router order (the general lane's request phase, for these).
-        let mut target = None;
-        let mut added = Vec::new();
         let edits = match &rt.direct[router_index] {
             Middlewares::Edits(e) => Some(&**e),
             _ => None,
         };
+        let refused = |answer: Response<Body>| {
+            self.metrics.record(Some(&router.state.labels), answer.status().as_u16(), start.elapsed().as_secs_f64());
+            answer
+        };
+        // Path rewrites, in router order (the general lane's request phase, for these).
+        let mut target = None;
+        let mut added = Vec::new();
         if edits.is_some_and(|e| e.rewrites) {
             match rewrite(router, &head) {
                 Ok((pq, headers)) => {
                     target = Some(pq);
                     added = headers;
                 }
-                Err(answer) => {
-                    self.metrics.record(
-                        Some(&router.state.labels),
-                        answer.status().as_u16(),
-                        start.elapsed().as_secs_f64(),
-                    );
-                    return Reply::Response(answer);
+                Err(answer) => return Reply::Response(refused(answer)),
+            }
+        }
+        // API management after the middlewares, as on the general lane, whose headers
+        // middlewares also answer on its refusals.
+        let mut plan_left = None;
+        if let Some(api) = router.api.as_deref() {
+            match self.direct_api(&rt, api, &head).await {
+                Ok(left) => plan_left = left,
+                Err(mut answer) => {
+                    if let Some(e) = edits {
+                        edit_map(answer.headers_mut(), &e.response);
+                    }
+                    return Reply::Response(refused(answer));
                 }
             }
         }
