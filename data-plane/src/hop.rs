@@ -28,8 +28,6 @@ pub(crate) const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
 pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub(crate) static FORWARDED: [HeaderName; 6] =
-    [X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER, X_REAL_IP];
 
 /// Removes the headers of `names` that are present. A request carries a handful of
 /// headers, so one pass over them beats hashing every listed name into the map.
@@ -86,7 +84,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
                     // The forwarding headers are the proxy's own: a client cannot have them
                     // removed by naming them (as Traefik since CVE-2024-45410).
                     match HeaderName::from_bytes(token) {
-                        Ok(n) if !FORWARDED.contains(&n) => named.push(n),
+                        Ok(n) if !is_forwarding(n.as_str().as_bytes()) => named.push(n),
                         _ => {}
                     }
                 }
@@ -126,17 +124,35 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
-/// Whether a header is one of the proxy's forwarding headers ([`FORWARDED`]).
+/// Whether a header is one the proxy manages (as Traefik's forwarded-headers step does with
+/// an untrusted client): the forwarding headers it sets (`X-Forwarded-For`, `-Host`,
+/// `-Port`, `-Proto`, `-Server`, `X-Real-Ip`) and the other
+/// `X-Forwarded-*` names backends trust (`-Prefix`, `-Uri`, `-Method`, `-Scheme`,
+/// `-Tls-Client-Cert(-Info)`, `X-Scheme`), spelt with `_` as well as `-`. A client's are
+/// removed before routing, and naming one in `Connection` does not remove the proxy's.
 pub(crate) fn is_forwarding(name: &[u8]) -> bool {
-    let candidates: &[&[u8]] = match name.len() {
-        9 => &[b"x-real-ip"],
-        15 => &[b"x-forwarded-for"],
-        16 => &[b"x-forwarded-host", b"x-forwarded-port"],
-        17 => &[b"x-forwarded-proto"],
-        18 => &[b"x-forwarded-server"],
-        _ => return false,
-    };
-    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+    const MANAGED: [&[u8]; 13] = [
+        b"x-real-ip",
+        b"x-scheme",
+        b"x-forwarded-for",
+        b"x-forwarded-uri",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+        b"x-forwarded-method",
+        b"x-forwarded-prefix",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-tls-client-cert",
+        b"x-forwarded-tls-client-cert-info",
+    ];
+    if name.len() < 8 || !name[0].eq_ignore_ascii_case(&b'x') {
+        return false;
+    }
+    MANAGED.iter().any(|m| {
+        m.len() == name.len()
+            && m.iter().zip(name).all(|(&m, &n)| m == n.to_ascii_lowercase() || (m == b'-' && n == b'_'))
+    })
 }
 
 /// [`strip_hop_by_hop`]'s rules for headers as bytes (no protocol switch): which headers

@@ -9,8 +9,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::hop::{
-    FORWARDED, HopRules, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER,
-    X_REAL_IP, is_forwarding, remove_listed,
+    HopRules, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_FORWARDED_SERVER, X_REAL_IP,
+    is_forwarding,
 };
 
 /// What the proxy knows about the client side of a request. The values that do not change
@@ -52,13 +52,14 @@ pub(crate) fn is_internal(name: &[u8]) -> bool {
 /// The prefix of atrium's own headers.
 const INTERNAL_PREFIX: &[u8] = b"atrium-";
 
-/// Removes every `atrium-*` header (see [`is_internal`]). Clients rarely send one, so the
-/// common case is one pass over the names and no allocation.
-fn remove_internal(h: &mut HeaderMap) {
-    if !h.keys().any(|k| is_internal(k.as_str().as_bytes())) {
+/// Removes every header `named` says: a client's managed X-headers and `atrium-*` ones
+/// (see [`is_forwarding`], [`is_internal`]). Clients rarely send one, so the common case
+/// is one pass over the names and no allocation.
+fn remove_named(h: &mut HeaderMap, named: impl Fn(&[u8]) -> bool) {
+    if !h.keys().any(|k| named(k.as_str().as_bytes())) {
         return;
     }
-    let names: Vec<HeaderName> = h.keys().filter(|k| is_internal(k.as_str().as_bytes())).cloned().collect();
+    let names: Vec<HeaderName> = h.keys().filter(|k| named(k.as_str().as_bytes())).cloned().collect();
     for n in names {
         h.remove(n);
     }
@@ -69,8 +70,7 @@ fn remove_internal(h: &mut HeaderMap) {
 /// `-Port` and `-Server` are set. Middlewares may change them afterwards;
 /// `X-Forwarded-For` is added by [`add_forwarded_for`] when the request leaves.
 pub fn set_forwarded(h: &mut HeaderMap, c: &ClientSide<'_>) {
-    remove_listed(h, &FORWARDED);
-    remove_internal(h);
+    remove_named(h, |n| is_forwarding(n) || is_internal(n));
     if let Some(ip) = c.ip {
         h.insert(X_REAL_IP, ip.clone());
     }
@@ -240,6 +240,41 @@ mod tests {
             let mut h = HeaderMap::new();
             set_forwarded(&mut h, &ClientSide { host: Some(HeaderValue::from_static(host)), proto, ..c.clone() });
             assert_eq!(h.get("x-forwarded-port").unwrap(), want, "{host} {proto}");
+        }
+    }
+
+    #[test]
+    fn a_client_cannot_send_the_x_headers_backends_trust() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-scheme", "https"),
+            ("x-scheme", "https"),
+            ("x-forwarded-tls-client-cert", "forged"),
+            ("x-forwarded-tls-client-cert-info", "Subject=\"CN=admin\""),
+            // Underscore spellings, which some servers read as the dashed name.
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h.insert("x-forwarded-prefixes", HeaderValue::from_static("kept: not a managed name"));
+        let server = HeaderValue::from_static("gw-1");
+        set_forwarded(&mut h, &ClientSide { ip: None, proto: "http", host: None, server: &server });
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-forwarded-prefixes", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-server"]);
+        for (name, managed) in [
+            (&b"X-Forwarded-Prefix"[..], true),
+            (b"X_FORWARDED_TLS_CLIENT_CERT", true),
+            (b"x-forwarded-for", true),
+            (b"x-forwarded", false),
+            (b"x-forwarded-fox", false),
+            (b"y-forwarded-for", false),
+            (b"x", false),
+        ] {
+            assert_eq!(is_forwarding(name), managed, "{}", String::from_utf8_lossy(name));
         }
     }
 
