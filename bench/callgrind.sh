@@ -25,20 +25,7 @@ nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 
 mkdir -p "$WORK/bare" "$WORK/mw" "$WORK/general"
 route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' > "$WORK/bare/route.yaml"
-route_manifests 'Host(`bench.test`) && PathPrefix(`/crm`)' |
-  sed 's/^      services: \[{name: backend, port: 80}\]$/      middlewares: [{name: strip}, {name: backend-headers}]\n&/' > "$WORK/mw/route.yaml"
-cat >> "$WORK/mw/route.yaml" <<'YAML'
----
-apiVersion: traefik.io/v1alpha1
-kind: Middleware
-metadata: {name: strip, namespace: bench}
-spec: {stripPrefix: {prefixes: [/crm]}}
----
-apiVersion: traefik.io/v1alpha1
-kind: Middleware
-metadata: {name: backend-headers, namespace: bench}
-spec: {headers: {customResponseHeaders: {X-Traefik-Backend: cluster-a}}}
-YAML
+seed_child_route_manifests > "$WORK/mw/route.yaml"
 cp "$WORK/mw/route.yaml" "$WORK/general/route.yaml"
 cat >> "$WORK/general/route.yaml" <<'YAML'
 ---

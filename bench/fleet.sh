@@ -32,53 +32,7 @@ BACKEND=127.0.0.1:18581; PARENT=127.0.0.1:18582; UPLINK_PORT=18583; GRPC=127.0.0
 for n in control-plane data-plane child; do "$ATRIUM" certs issue --dir "$WORK/pki" --name "$n" >/dev/null; done
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 
-mkdir -p "$WORK/child" "$WORK/parent"
-cat > "$WORK/child/values.yaml" <<YAML
-ports:
-  multicluster:
-    port: $UPLINK_PORT
-    uplink: true
-additionalArguments:
-  - --hub.uplinkEntryPoints.multicluster.http.tls=true
-YAML
-cat > "$WORK/child/manifests.yaml" <<YAML
-apiVersion: hub.traefik.io/v1alpha1
-kind: Uplink
-metadata: {name: bench, namespace: bench}
-spec: {exposeName: bench, entryPoints: [multicluster]}
----
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: bench
-  namespace: bench
-  annotations: {hub.traefik.io/router.uplinks: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: PathPrefix(\`/\`)
-      services: [{name: backend, port: 80}]
-YAML
-backend_manifests >> "$WORK/child/manifests.yaml"
-cat > "$WORK/parent/values.yaml" <<YAML
-hub:
-  providers:
-    multicluster:
-      enabled: true
-      children:
-        child:
-          address: "https://127.0.0.1:$UPLINK_PORT"
-YAML
-cat > "$WORK/parent/manifests.yaml" <<YAML
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata: {name: bench, namespace: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(\`bench.test\`)
-      services: [{name: bench@multicluster, kind: TraefikService}]
-YAML
+uplink_topology_files
 
 "$ATRIUM" agent --cluster child --manifests "$WORK/child/manifests.yaml" --values "$WORK/child/values.yaml" \
   --tls-dir "$WORK/pki" --tls-name child --state-dir "$WORK/child/state" --bind-ip 127.0.0.1 \

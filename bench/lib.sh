@@ -73,3 +73,72 @@ metadata: {name: backend, namespace: bench}
 subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: ${BACKEND##*:}}]}]
 YAML
 }
+
+seed_child_route_manifests() { # the seed's child route: PathPrefix(`/crm`) on bench.test with stripPrefix and headers
+  route_manifests 'Host(`bench.test`) && PathPrefix(`/crm`)' |
+    sed 's/^      services: \[{name: backend, port: 80}\]$/      middlewares: [{name: strip}, {name: backend-headers}]\n&/'
+  cat <<'YAML'
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: strip, namespace: bench}
+spec: {stripPrefix: {prefixes: [/crm]}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: backend-headers, namespace: bench}
+spec: {headers: {customResponseHeaders: {X-Traefik-Backend: cluster-a}}}
+YAML
+}
+
+uplink_topology_files() { # [$1 = more of the Uplink's spec]; writes $WORK/child and $WORK/parent
+  # The child: one Uplink `bench` on $UPLINK_PORT whose router forwards everything to the
+  # Service `backend`; the parent: a route for Host bench.test to bench@multicluster.
+  mkdir -p "$WORK/child" "$WORK/parent"
+  cat > "$WORK/child/values.yaml" <<YAML
+ports:
+  multicluster:
+    port: $UPLINK_PORT
+    uplink: true
+additionalArguments:
+  - --hub.uplinkEntryPoints.multicluster.http.tls=true
+YAML
+  cat > "$WORK/child/manifests.yaml" <<YAML
+apiVersion: hub.traefik.io/v1alpha1
+kind: Uplink
+metadata: {name: bench, namespace: bench}
+spec: {exposeName: bench, entryPoints: [multicluster]${1:+, $1}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: bench
+  namespace: bench
+  annotations: {hub.traefik.io/router.uplinks: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: PathPrefix(\`/\`)
+      services: [{name: backend, port: 80}]
+YAML
+  backend_manifests >> "$WORK/child/manifests.yaml"
+  cat > "$WORK/parent/values.yaml" <<YAML
+hub:
+  providers:
+    multicluster:
+      enabled: true
+      children:
+        child:
+          address: "https://127.0.0.1:$UPLINK_PORT"
+YAML
+  cat > "$WORK/parent/manifests.yaml" <<YAML
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: bench, namespace: bench}
+spec:
+  entryPoints: [web]
+  routes:
+    - match: Host(\`bench.test\`)
+      services: [{name: bench@multicluster, kind: TraefikService}]
+YAML
+}

@@ -62,20 +62,7 @@ NGINX_CPU=$([ "$PIN" = 1 ] && echo "$PROXY_CPU" || true) nginx_conf proxy "upstr
 mkdir -p "$WORK/one" "$WORK/many" "$WORK/api" "$WORK/mw" "$WORK/tls"
 route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' > "$WORK/one/route.yaml"
 # The seed's child route: PathPrefix(`/crm`) with stripPrefix and a headers middleware.
-route_manifests 'Host(`bench.test`) && PathPrefix(`/crm`)' |
-  sed 's/^      services: \[{name: backend, port: 80}\]$/      middlewares: [{name: strip}, {name: backend-headers}]\n&/' > "$WORK/mw/route.yaml"
-cat >> "$WORK/mw/route.yaml" <<'YAML'
----
-apiVersion: traefik.io/v1alpha1
-kind: Middleware
-metadata: {name: strip, namespace: bench}
-spec: {stripPrefix: {prefixes: [/crm]}}
----
-apiVersion: traefik.io/v1alpha1
-kind: Middleware
-metadata: {name: backend-headers, namespace: bench}
-spec: {headers: {customResponseHeaders: {X-Traefik-Backend: cluster-a}}}
-YAML
+seed_child_route_manifests > "$WORK/mw/route.yaml"
 # The route on the TLS entrypoint, served with the same certificate as nginx's.
 route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' |
   sed 's/^  entryPoints: \[web\]$/  entryPoints: [websecure]\n  tls: {secretName: bench-tls}/' > "$WORK/tls/route.yaml"

@@ -51,34 +51,8 @@ nginx_conf front "upstream child { server $NGINX_TLS; keepalive 64; }
 FRONT_NGINX=${PIDS[-1]}
 
 # The child: one Uplink whose router forwards everything to the backend.
-mkdir -p "$WORK/child" "$WORK/parent" "$WORK/gateway"
-cat > "$WORK/child/values.yaml" <<YAML
-ports:
-  multicluster:
-    port: $UPLINK_PORT
-    uplink: true
-additionalArguments:
-  - --hub.uplinkEntryPoints.multicluster.http.tls=true
-YAML
-cat > "$WORK/child/manifests.yaml" <<YAML
-apiVersion: hub.traefik.io/v1alpha1
-kind: Uplink
-metadata: {name: bench, namespace: bench}
-spec: {exposeName: bench, entryPoints: [multicluster], healthCheck: {path: /hc, interval: 250ms, timeout: 200ms}}
----
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: bench
-  namespace: bench
-  annotations: {hub.traefik.io/router.uplinks: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: PathPrefix(\`/\`)
-      services: [{name: backend, port: 80}]
-YAML
-backend_manifests >> "$WORK/child/manifests.yaml"
+uplink_topology_files "healthCheck: {path: /hc, interval: 250ms, timeout: 200ms}"
+mkdir -p "$WORK/gateway"
 # The second child (for failover under load): the same uplink on another port, its answers
 # stamped so the load generator sees which child served.
 mkdir -p "$WORK/child2"
@@ -91,25 +65,6 @@ apiVersion: traefik.io/v1alpha1
 kind: Middleware
 metadata: {name: stamp, namespace: bench}
 spec: {headers: {customResponseHeaders: {X-Child: child2}}}
-YAML
-cat > "$WORK/parent/values.yaml" <<YAML
-hub:
-  providers:
-    multicluster:
-      enabled: true
-      children:
-        child:
-          address: "https://127.0.0.1:$UPLINK_PORT"
-YAML
-cat > "$WORK/parent/manifests.yaml" <<YAML
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata: {name: bench, namespace: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(\`bench.test\`)
-      services: [{name: bench@multicluster, kind: TraefikService}]
 YAML
 sed -n '/^---$/,$p' "$WORK/child/manifests.yaml" | sed '1d' > "$WORK/gateway/manifests.yaml"
 sed -i 's/annotations: {hub.traefik.io\/router.uplinks: bench}//' "$WORK/gateway/manifests.yaml"
