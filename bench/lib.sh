@@ -109,19 +109,10 @@ kind: Uplink
 metadata: {name: bench, namespace: bench}
 spec: {exposeName: bench, entryPoints: [multicluster]${1:+, $1}}
 ---
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata:
-  name: bench
-  namespace: bench
-  annotations: {hub.traefik.io/router.uplinks: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: PathPrefix(\`/\`)
-      services: [{name: backend, port: 80}]
 YAML
-  backend_manifests >> "$WORK/child/manifests.yaml"
+  route_manifests 'PathPrefix(`/`)' |
+    sed 's/^metadata: {name: bench, namespace: bench}$/metadata: {name: bench, namespace: bench, annotations: {hub.traefik.io\/router.uplinks: bench}}/' \
+    >> "$WORK/child/manifests.yaml"
   cat > "$WORK/parent/values.yaml" <<YAML
 hub:
   providers:

@@ -67,7 +67,7 @@ metadata: {name: stamp, namespace: bench}
 spec: {headers: {customResponseHeaders: {X-Child: child2}}}
 YAML
 sed -n '/^---$/,$p' "$WORK/child/manifests.yaml" | sed '1d' > "$WORK/gateway/manifests.yaml"
-sed -i 's/annotations: {hub.traefik.io\/router.uplinks: bench}//' "$WORK/gateway/manifests.yaml"
+sed -i "s/, annotations: {hub.traefik.io\\/router.uplinks: bench}//" "$WORK/gateway/manifests.yaml"
 
 "$ATRIUM" agent --cluster child --manifests "$WORK/child/manifests.yaml" --values "$WORK/child/values.yaml" \
   --tls-dir "$WORK/pki" --tls-name child --state-dir "$WORK/child/state" --bind-ip 127.0.0.1 \
