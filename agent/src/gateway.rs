@@ -113,14 +113,15 @@ impl Swapper {
         source.watch(
             move |cfg| {
                 s.gw.objects_left_out(cfg.left_out.len());
-                let listed = cfg.body.clone();
                 match s.swap(cfg.body) {
-                    Ok(()) => then(&listed),
+                    // The body in force (this one, or the same one already in force).
+                    Ok(()) => {
+                        if let Some(rt) = s.gw.in_force() {
+                            then(&rt.body);
+                        }
+                    }
                     Err(e) => s.gw.swap_failed(&e),
                 }
-                drop(listed);
-                // The table swapped out is gone (unless a request still holds it).
-                atrium_sys::release_free_memory();
             },
             move |why| g.swap_failed(why),
         )

@@ -84,7 +84,11 @@ impl Source {
     /// status writer hears of them.
     pub fn compile(&self) -> Result<Config, SourceError> {
         // Taken before reading: a write during the read shows as a change next time.
-        self.compile_read(self.files_fingerprint())
+        let cfg = self.compile_read(self.files_fingerprint());
+        // The documents' trees are gone: give their memory back (the resident size is then
+        // what the configuration keeps, not the peak of parsing it).
+        atrium_sys::release_free_memory();
+        cfg
     }
 
     /// [`Source::compile`] of the files whose fingerprint (taken before reading) is
@@ -122,9 +126,6 @@ impl Source {
         if let Ok(mut read) = self.read.lock() {
             *read = fingerprint;
         }
-        // The documents' trees are gone: give their memory back (the resident size is then
-        // what the configuration keeps, not the peak of parsing it).
-        atrium_sys::release_free_memory();
         let cfg = cfg?;
         if let (Some(s), Some(read)) = (self.kubernetes_started(), read) {
             s.status.set_problems(read, cfg.problems());
@@ -167,7 +168,7 @@ impl Source {
 
     /// Watches the values file and the manifests (files, or the API server's objects);
     /// after each quiet burst of changes, compiles them and hands a good configuration to
-    /// `publish` (on a blocking thread). A refused one is logged line by line and `refused`
+    /// `publish` (on a blocking thread), then gives freed memory back to the system. A refused one is logged line by line and `refused`
     /// hears how many errors it had; so does a reload that panics. Must be called within a
     /// tokio runtime, after [`Source::compile_blocking`]. Watching stops when the
     /// [`Watch`] is dropped.
@@ -196,16 +197,21 @@ impl Source {
             values_dirs,
             more,
             self.debounce,
-            move || match source.compile_if_changed() {
-                None => tracing::debug!("no file changed since the last compile"),
-                Some(Ok(cfg)) => publish(cfg),
-                Some(Err(e)) => {
-                    let lines = e.lines();
-                    for l in &lines {
-                        tracing::error!("{l}");
+            move || {
+                match source.compile_if_changed() {
+                    None => return tracing::debug!("no file changed since the last compile"),
+                    Some(Ok(cfg)) => publish(cfg),
+                    Some(Err(e)) => {
+                        let lines = e.lines();
+                        for l in &lines {
+                            tracing::error!("{l}");
+                        }
+                        refused(format!("{} error(s) in the configuration", lines.len()));
                     }
-                    refused(format!("{} error(s) in the configuration", lines.len()));
                 }
+                // Once the change is in force (or refused): the documents' trees and the
+                // configuration it replaced are gone; give their memory back.
+                atrium_sys::release_free_memory();
             },
             move |why| on_refused(why.to_string()),
         )
