@@ -38,6 +38,10 @@ pub(crate) struct PortalGrants {
     pub(crate) store: atrium_portal::store::Store,
     /// Its grants as last read.
     pub(crate) grants: Arc<Mutex<atrium_portal::store::Grants>>,
+    /// Held while the grants are read and replaced: refreshes run one at a time, so a read
+    /// that began before a write never replaces one made after it (a store change, a
+    /// notification and the periodic read can all start one at once).
+    pub(crate) refreshing: Arc<Mutex<()>>,
     /// Where data planes reach the portal.
     pub(crate) address: String,
 }
@@ -96,6 +100,7 @@ impl Publisher {
     /// blocking thread (SQLite).
     pub(crate) fn refresh_grants(&self) {
         let Some(p) = &self.portal else { return };
+        let _one_at_a_time = p.refreshing.lock();
         match p.store.grants() {
             Ok(g) => {
                 let changed = p.grants.lock().map(|mut cur| std::mem::replace(&mut *cur, g) != *cur).unwrap_or(false);

@@ -212,7 +212,12 @@ async fn portal_grants(
         None => bound.to_string(),
     };
     tracing::info!(store = %store.location(), users, "portal store open");
-    Ok(crate::publisher::PortalGrants { store, grants: Arc::new(Mutex::new(grants)), address })
+    Ok(crate::publisher::PortalGrants {
+        store,
+        grants: Arc::new(Mutex::new(grants)),
+        refreshing: Arc::new(Mutex::new(())),
+        address,
+    })
 }
 
 /// Serves the portal with mutual TLS (data planes only) until `stop`; a key that expires
