@@ -188,16 +188,14 @@ fn edit_map(h: &mut http::HeaderMap, ops: &[(HeaderName, Option<HeaderValue>)]) 
 }
 
 /// Whether a custom request header can be set on raw lines with the general lane's result:
-/// not one the proxy sets or reads itself (Host, forwarding headers, hop-by-hop, framing,
-/// its own, what rewrites add, the API key).
+/// not one the proxy sets or reads itself (Host, the managed X-headers, `X-Forwarded-Prefix`
+/// among them, hop-by-hop, framing, its own, `X-Replaced-Path`, the API key).
 fn passes_request(name: &str) -> bool {
     let n = name.as_bytes();
     !(crate::hop::is_hop_by_hop(n)
         || crate::hop::is_forwarding(n)
         || super::forward::is_internal(n)
-        || ["host", "content-length", "authorization", "x-forwarded-prefix", "x-replaced-path"]
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h)))
+        || ["host", "content-length", "authorization", "x-replaced-path"].iter().any(|h| name.eq_ignore_ascii_case(h)))
 }
 
 /// Whether a custom response header can be set on a passed answer's lines: not one that
