@@ -13,6 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 CONNS=${CONNS:-5000}
+# burst: every connection's request is sent before any answer is read, so up to CONNS
+# requests are in flight at once and the proxy's memory keeps that high-water mark.
+# steady: one request in flight at a time, so what is measured is only what idle
+# connections hold.
+MODE=${MODE:-burst}
 require nginx python3 curl
 # ATRIUM=path/to/atrium measures another build (for a before/after comparison).
 if [ -z "${ATRIUM:-}" ]; then
@@ -40,21 +45,27 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hold() { # $1 = addr, $2 = pid of the proxy; prints KiB per connection
   local before after
   before=$(rss "$2")
-  python3 - "$1" "$CONNS" "$WORK/held.$2" <<'PY' &
+  python3 - "$1" "$CONNS" "$WORK/held.$2" "$MODE" <<'PY' &
 import socket, sys, time, os
 host, port = sys.argv[1].split(":"); n = int(sys.argv[2]); ready = sys.argv[3]
+steady = sys.argv[4] == "steady"
 socks = []
-for i in range(n):
-    s = socket.create_connection((host, int(port)))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")
-    socks.append(s)
-for s in socks:
+def answer(s):
     data = b""
     while b"\r\n\r\n" not in data or not data.endswith(b"ok"):
         chunk = s.recv(4096)
         if not chunk:
             sys.exit("connection closed")
         data += chunk
+for i in range(n):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+    socks.append(s)
+    if steady:
+        answer(s)
+if not steady:
+    for s in socks:
+        answer(s)
 open(ready, "w").close()
 time.sleep(600)
 PY
@@ -70,7 +81,7 @@ echo "holding $CONNS idle keep-alive connections on each proxy ..." >&2
 nginx_kib=$(hold "$NGINX" "$NGINX_WORKER")
 gw_kib=$(hold "$GW" "$GW_PID")
 cat <<TABLE
-| proxy ($CONNS idle keep-alive connections, each after one request) | resident memory per connection |
+| proxy ($CONNS idle keep-alive connections, each after one request, $MODE) | resident memory per connection |
 |---|---|
 | nginx (1 worker) | $nginx_kib KiB |
 | atrium gateway (--workers 1) | $gw_kib KiB |

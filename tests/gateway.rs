@@ -531,6 +531,40 @@ async fn sigterm_drains_requests_in_flight_and_access_log_is_written() {
     assert!(status.0.is_some_and(|s| s.success()), "the gateway exits cleanly after draining: {:?}", status.0);
 }
 
+/// A keep-alive connection idle on the HTTP/1.1 fast path is closed as soon as the gateway
+/// stops: shutdown does not wait out the drain timeout (30 s) for a client that only holds
+/// its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let mut gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let mut conn = tokio::net::TcpStream::connect(gw.web_addr()).await.unwrap();
+    conn.write_all(b"GET /crm/health HTTP/1.1\r\nHost: crm.test\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"health") {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    // The connection is idle, kept alive; the gateway is told to stop.
+    gw.terminate();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was still open 10 s after SIGTERM");
+    assert!(rest.is_empty(), "nothing more was sent on it: {}", String::from_utf8_lossy(&rest));
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "the gateway exits cleanly, before the drain timeout: {status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn common_log_format_lines_read_like_traefiks() {
     let be = backend::start("crm", "127.0.0.1").await;

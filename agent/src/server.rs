@@ -211,7 +211,7 @@ async fn serve_stream(
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
         // A pooled stream waits for the parent's next request as long as the parent keeps it.
         let timeouts = atrium_data_plane::h1::server::Timeouts { header_read: stream_idle, idle: stream_idle };
-        atrium_data_plane::h1::server::serve(uplink::frame::io(send, recv), handler, remote, timeouts, max_head, None)
+        atrium_data_plane::h1::server::serve(uplink::frame::io(send, recv), handler, &remote, &timeouts, max_head, None)
             .await
     };
     let io = match fast {

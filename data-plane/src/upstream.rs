@@ -287,13 +287,15 @@ impl Upstreams {
         let connect = |_| {
             let pre = first.take();
             let key = &key;
-            async move {
+            // Boxed: a dial (the TLS handshake above all) is large, and inline it would be
+            // part of every request's future, those on pooled connections included.
+            Box::pin(async move {
                 match pre {
                     Some(s) => Ok(s),
                     None if key.tls => self.dial_tls(key, &self.tls_h1).await.map(|(s, _)| s),
                     None => connect_tcp(&key.authority, false, &self.cfg).await.map(Stream::Plain),
                 }
-            }
+            })
         };
         let host = key.authority.as_str().to_string();
         match h1c::send(&self.h1, key.clone(), self.cfg.idle_timeout, req, &host, Some(timeout), connect).await {

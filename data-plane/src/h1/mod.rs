@@ -53,10 +53,14 @@ thread_local! {
     static SPARE_BYTES: Spares<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Emptied lists of header positions (request heads).
     static SPARE_RANGES: Spares<Vec<Range>> = const { RefCell::new(Vec::new()) };
+    /// Read buffers of client connections between requests.
+    pub(crate) static SPARE_SERVER_READS: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
+    /// Read buffers of upstream connections while they sit in the pool.
+    pub(crate) static SPARE_UPSTREAM_READS: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
 }
 
 /// Per-thread spare values of one kind.
-type Spares<T> = RefCell<Vec<T>>;
+pub(crate) type Spares<T> = RefCell<Vec<T>>;
 
 /// Spare values kept per thread and kind.
 const SPARES_KEPT: usize = 32;
@@ -65,6 +69,28 @@ const SPARE_MAP_LARGEST: usize = 4 * MAX_HEADERS;
 /// Buffers larger than this are not kept.
 const SPARE_BYTES_LARGEST: usize = 16 * 1024;
 
+/// Read buffers kept per thread and kind: connections hold one only while they read (as
+/// nginx frees its buffers between requests), so an idle one holds none, and a busy one
+/// takes a kept buffer rather than allocating one per request.
+const SPARE_READ_BUFFERS: usize = 64;
+/// Larger read buffers (a big head) are not kept.
+const SPARE_READ_LARGEST: usize = 64 * 1024;
+
+/// A read buffer with room for `room` bytes: one of `key`'s spares, or a new one.
+pub(crate) fn read_buffer(key: &'static LocalKey<Spares<BytesMut>>, room: usize) -> BytesMut {
+    let mut b = take_spare(key).unwrap_or_default();
+    // Reclaims the whole allocation when nothing else shares it any more.
+    b.reserve(room);
+    b
+}
+
+/// Keeps an emptied read buffer among `key`'s spares for the next connection that reads.
+pub(crate) fn spare_read_buffer(key: &'static LocalKey<Spares<BytesMut>>, b: BytesMut) {
+    if b.is_empty() && b.capacity() > 0 && b.capacity() <= SPARE_READ_LARGEST {
+        keep_spare_up_to(key, b, SPARE_READ_BUFFERS);
+    }
+}
+
 /// A spare value of `key`'s kind, if one is kept.
 fn take_spare<T: 'static>(key: &'static LocalKey<Spares<T>>) -> Option<T> {
     key.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
@@ -72,9 +98,14 @@ fn take_spare<T: 'static>(key: &'static LocalKey<Spares<T>>) -> Option<T> {
 
 /// Keeps `v` among `key`'s spares (up to [`SPARES_KEPT`]).
 fn keep_spare<T: 'static>(key: &'static LocalKey<Spares<T>>, v: T) {
+    keep_spare_up_to(key, v, SPARES_KEPT);
+}
+
+/// Keeps `v` among `key`'s spares, up to `kept` of them.
+fn keep_spare_up_to<T: 'static>(key: &'static LocalKey<Spares<T>>, v: T, kept: usize) {
     key.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
-            if s.len() < SPARES_KEPT {
+            if s.len() < kept {
                 s.push(v);
             }
         }

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use super::Prefixed;
 use super::{MAX_HEADERS, chunk_size_line, encode_headers, header_map, offset, ranges, wants_close};
@@ -503,36 +503,25 @@ impl ReadReady for tokio::io::DuplexStream {}
 /// The read buffer's size while a request head is read.
 const READ_BUFFER: usize = 4096;
 
-/// Buffers kept per worker thread for the connections that need one now, so that busy
-/// connections do not allocate one per request while idle ones hold none.
+/// Write buffers kept per worker thread, so that busy connections do not allocate one per
+/// response while idle ones hold none.
 const SPARE_BUFFERS: usize = 64;
 
-/// Larger buffers (a big head, a big response head) are not kept.
+/// Larger write buffers (a big response head) are not kept.
 const SPARE_MAX_CAPACITY: usize = 64 * 1024;
 
 thread_local! {
-    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
     static SPARE_WRITE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A read buffer with room for a head: a spare one of this thread, or a new one.
 fn read_buffer() -> BytesMut {
-    let mut b = SPARE_READ.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    // Reclaims the whole allocation when nothing else shares it any more.
-    b.reserve(READ_BUFFER);
-    b
+    super::read_buffer(&super::SPARE_SERVER_READS, READ_BUFFER)
 }
 
 /// Keeps an emptied read buffer for the next connection that needs one.
 fn spare_read_buffer(b: BytesMut) {
-    if b.is_empty() && b.capacity() > 0 && b.capacity() <= SPARE_MAX_CAPACITY {
-        SPARE_READ.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_BUFFERS {
-                s.push(b);
-            }
-        });
-    }
+    super::spare_read_buffer(&super::SPARE_SERVER_READS, b);
 }
 
 /// A connection's read buffer, kept for another connection of the thread when it ends.
@@ -572,109 +561,124 @@ enum Waiting {
 }
 
 /// Serves requests on `io` with `handler` until the client closes, a timeout passes (see
-/// [`Timeouts`]), `stop` turns (while idle), or a request needs hyper
+/// [`Timeouts`]), `stop` is cancelled (while idle), or a request needs hyper
 /// ([`Outcome::Handover`]). `peer` names the connection in logs.
 ///
 /// Between requests the connection holds no buffer: the read buffer is taken when bytes
 /// arrive ([`ReadReady`]) and the write buffer when a response is written, both from the
 /// thread's spares; the handler's future lives on the heap only while it runs.
-pub async fn serve<IO, H, F>(
+///
+/// The future is what every idle connection holds, so it is kept small: the arguments are
+/// moved into it once (an `async fn` would hold them twice) and borrowed where they are
+/// shared, and no request is held across the exchange's wait.
+// Not an `async fn`: it would hold each argument twice in its future.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<'a, IO, H, F>(
     mut io: IO,
     handler: H,
-    peer: std::net::SocketAddr,
-    timeouts: Timeouts,
+    peer: &'a std::net::SocketAddr,
+    timeouts: &'a Timeouts,
     max_head: usize,
-    stop: Option<&watch::Receiver<bool>>,
-) -> Outcome<IO>
+    stop: Option<&'a CancellationToken>,
+) -> impl Future<Output = Outcome<IO>> + 'a
 where
-    IO: AsyncRead + AsyncWrite + Unpin + ReadReady,
-    H: Fn(Head) -> F,
-    F: Future<Output = Reply>,
+    IO: AsyncRead + AsyncWrite + Unpin + ReadReady + 'a,
+    H: Fn(Head) -> F + 'a,
+    F: Future<Output = Reply> + 'a,
 {
-    // Whatever the way out, the read buffer goes back to the thread's spares.
-    let mut held = HeldBuffer(BytesMut::new());
-    let buf = &mut held.0;
-    // Armed from the start for the first request's head.
-    let timer = tokio::time::sleep(timeouts.header_read);
-    tokio::pin!(timer);
-    let mut armed = Some(Waiting::Head);
-    // One wait for shutdown for the whole connection, not one per request. It is polled
-    // only while the connection is idle, and ends the connection when it fires.
-    let stopping = stopped(stop.cloned());
-    tokio::pin!(stopping);
-    loop {
-        // Read until a head is complete.
-        let req = loop {
-            match next_request_within(buf, max_head) {
-                Parsed::Ready(r) => break r,
-                Parsed::Handover => return Outcome::Handover(Prefixed::new(std::mem::take(buf).freeze(), io)),
-                Parsed::Partial => {}
-            }
-            arm_timer(timer.as_mut(), &mut armed, buf.is_empty(), timeouts);
-            let idle = buf.is_empty();
-            if idle {
-                // Nothing buffered: give the last request's buffer back, and take one only
-                // once there are bytes to read.
-                spare_read_buffer(std::mem::take(buf));
-                tokio::select! {
-                    biased;
-                    () = std::future::poll_fn(|cx| io.poll_read_ready_hint(cx)) => {}
-                    _ = &mut timer => {
-                        log_timeout(armed, peer);
-                        return Outcome::Closed;
+    async move {
+        // Whatever the way out, the read buffer goes back to the thread's spares.
+        let mut held = HeldBuffer(BytesMut::new());
+        // Armed from the start for the first request's head.
+        let timer = tokio::time::sleep(timeouts.header_read);
+        tokio::pin!(timer);
+        let mut armed = Some(Waiting::Head);
+        // One wait for shutdown for the whole connection, not one per request. It is polled
+        // only while the connection is idle, and ends the connection when it fires.
+        let stopping = stopped(stop);
+        tokio::pin!(stopping);
+        loop {
+            // The request lives in this block only: moved into the exchange, it is not part
+            // of the connection's future while the exchange runs.
+            let exchange = {
+                let buf = &mut held.0;
+                // Read until a head is complete.
+                let req = loop {
+                    match next_request_within(buf, max_head) {
+                        Parsed::Ready(r) => break r,
+                        Parsed::Handover => {
+                            return Outcome::Handover(Prefixed::new(std::mem::take(buf).freeze(), io));
+                        }
+                        Parsed::Partial => {}
                     }
-                    _ = &mut stopping => return Outcome::Closed,
-                }
+                    arm_timer(timer.as_mut(), &mut armed, buf.is_empty(), *timeouts);
+                    let idle = buf.is_empty();
+                    if idle {
+                        // Nothing buffered: give the last request's buffer back, and take one
+                        // only once there are bytes to read.
+                        spare_read_buffer(std::mem::take(buf));
+                        // Borrowed mutably, so the future needs `IO: Send`, not `Sync`.
+                        let ready = &mut io;
+                        tokio::select! {
+                            biased;
+                            () = std::future::poll_fn(move |cx| ready.poll_read_ready_hint(cx)) => {}
+                            _ = &mut timer => {
+                                log_timeout(armed, peer);
+                                return Outcome::Closed;
+                            }
+                            _ = &mut stopping => return Outcome::Closed,
+                        }
+                    }
+                    if buf.capacity() == 0 {
+                        *buf = read_buffer();
+                    } else if buf.capacity() - buf.len() < 1024 {
+                        buf.reserve(READ_BUFFER);
+                    }
+                    tokio::select! {
+                        biased;
+                        r = io.read_buf(buf) => match r {
+                            Ok(0) | Err(_) => return Outcome::Closed,
+                            Ok(_) => {}
+                        },
+                        _ = &mut timer => {
+                            log_timeout(armed, peer);
+                            return Outcome::Closed;
+                        }
+                        _ = &mut stopping, if idle => return Outcome::Closed,
+                    }
+                };
+                let close = req.wants_close();
+                let head_request = req.method() == Method::HEAD;
+                // The handler's future and the response's writing live on the heap while
+                // they run: inline, they would be part of every connection, idle ones
+                // included.
+                let (io_ref, handler) = (&mut io, &handler);
+                Box::pin(async move {
+                    let reply = handler(req).await;
+                    let close = closes_after(close, &reply, stop);
+                    let mut out = write_buffer();
+                    let kept =
+                        matches!(write_response(io_ref, &mut out, reply, head_request).await, Ok(true)) && !close;
+                    spare_write_buffer(out);
+                    kept
+                })
+            };
+            if !exchange.await {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
             }
-            if buf.capacity() == 0 {
-                *buf = read_buffer();
-            } else if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(READ_BUFFER);
-            }
-            tokio::select! {
-                biased;
-                r = io.read_buf(buf) => match r {
-                    Ok(0) | Err(_) => return Outcome::Closed,
-                    Ok(_) => {}
-                },
-                _ = &mut timer => {
-                    log_timeout(armed, peer);
-                    return Outcome::Closed;
-                }
-                _ = &mut stopping, if idle => return Outcome::Closed,
-            }
-        };
-        let close = req.wants_close();
-        let head_request = req.method() == Method::HEAD;
-        // The handler's future and the response's writing live on the heap while they
-        // run: inline, they would be part of every connection, idle ones included.
-        let (io_ref, handler) = (&mut io, &handler);
-        let exchange = Box::pin(async move {
-            let reply = handler(req).await;
-            let close = closes_after(close, &reply, stop);
-            let mut out = write_buffer();
-            let kept = matches!(write_response(io_ref, &mut out, reply, head_request).await, Ok(true)) && !close;
-            spare_write_buffer(out);
-            kept
-        });
-        if !exchange.await {
-            let _ = io.shutdown().await;
-            return Outcome::Closed;
+            // The next wait is idle time until the next head starts (unless it is there
+            // already).
+            armed = None;
         }
-        // The next wait is idle time until the next head starts (unless it is there already).
-        armed = None;
     }
 }
 
-/// Ends when `shutdown` turns; never without one, or when its sender is gone.
-async fn stopped(mut shutdown: Option<watch::Receiver<bool>>) {
-    // No sender (or no receiver) means no shutdown signal will ever come.
-    let signalled = match shutdown.as_mut() {
-        Some(s) => s.changed().await.is_ok(),
-        None => false,
-    };
-    if !signalled {
-        std::future::pending::<()>().await;
+/// Ends when `stop` is cancelled; never without one.
+async fn stopped(stop: Option<&CancellationToken>) {
+    match stop {
+        Some(s) => s.cancelled().await,
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -705,7 +709,7 @@ fn arm_timer(timer: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Waiting>, b
 }
 
 /// Logs why the timer (armed for `armed`) closes the connection to `peer`.
-fn log_timeout(armed: Option<Waiting>, peer: std::net::SocketAddr) {
+fn log_timeout(armed: Option<Waiting>, peer: &std::net::SocketAddr) {
     match armed {
         Some(Waiting::Idle) => tracing::debug!(%peer, "idle keep-alive connection closed"),
         _ => tracing::debug!(%peer, "no complete request head within the header read timeout"),
@@ -715,8 +719,8 @@ fn log_timeout(armed: Option<Waiting>, peer: std::net::SocketAddr) {
 /// Whether the connection closes after this exchange: the client asked (`close`), the
 /// response says so, or the server is stopping.
 #[inline]
-fn closes_after(close: bool, reply: &Reply, stop: Option<&watch::Receiver<bool>>) -> bool {
-    close || matches!(reply, Reply::Response(r) if wants_close(r.headers())) || stop.is_some_and(|s| *s.borrow())
+fn closes_after(close: bool, reply: &Reply, stop: Option<&CancellationToken>) -> bool {
+    close || matches!(reply, Reply::Response(r) if wants_close(r.headers())) || stop.is_some_and(|s| s.is_cancelled())
 }
 
 #[cfg(test)]

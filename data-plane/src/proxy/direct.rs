@@ -226,7 +226,9 @@ impl Gateway {
     ) -> Handled<impl Future<Output = Reply> + Send + 'a, impl Future<Output = Response<Body>> + Send + 'a> {
         match self.direct_route(&head, conn) {
             Lane::Direct(rt, router, lb) => Handled::Reply { fut: self.direct(rt, router, lb, head, conn) },
-            Lane::General(routed) => Handled::request(head, |req| self.handle_routed(req, conn, routed)),
+            // Boxed: the general lane's future is large, and inline it would be part of
+            // every direct-lane request's future too.
+            Lane::General(routed) => Handled::request(head, |req| Box::pin(self.handle_routed(req, conn, routed))),
         }
     }
 

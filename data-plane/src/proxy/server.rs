@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Gateway};
 
@@ -329,37 +330,80 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// One accepted connection and what serving it needs besides its I/O.
-struct Accepted {
+/// What every connection of an entrypoint shares.
+struct Entry {
     gw: Arc<Gateway>,
-    info: Arc<ConnInfo>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    builder: auto::Builder<TokioExecutor>,
     limits: ServerLimits,
-    stop: watch::Receiver<bool>,
-    peer: SocketAddr,
+    /// The HTTP/1.1 fast path's timeouts and largest head, from `limits`.
+    timeouts: crate::h1::server::Timeouts,
+    max_head: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Cancelled when the entrypoint stops accepting: idle fast-path connections close then,
+    /// and busy ones after their response.
+    stop: CancellationToken,
+}
+
+/// One accepted connection: what serving it needs besides its I/O, in one allocation.
+struct Accepted {
+    entry: Arc<Entry>,
+    info: ConnInfo,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// The connection's slot in the entrypoint's connection limit, given back when it ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Accepted {
+    /// The connection's task: the TLS handshake if the entrypoint has TLS, then HTTP.
+    ///
+    /// Every idle connection holds this future, so it is kept small: it owns the boxed
+    /// connection and the socket, and whatever only some connections need (the handshake,
+    /// TLS state, hyper) is boxed when they need it.
+    // Not an `async fn`: it would hold each argument twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn run(self: Box<Self>, stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let Some(acceptor) = self.entry.tls.clone() else { return self.serve_h1(stream).await };
+            Box::pin(async move {
+                let peer = self.info.peer;
+                let handshake = acceptor.accept(stream);
+                let tls = match tokio::time::timeout(self.entry.limits.header_read_timeout, handshake).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    // HTTP/2 was negotiated: hyper's from the first byte.
+                    self.serve_hyper(tls).await;
+                } else {
+                    self.serve_h1(tls).await;
+                }
+            })
+            .await
+        }
+    }
+
     /// An HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from the
     /// first request the fast path does not serve, to the end of the connection.
-    async fn serve_h1<IO>(self: Box<Self>, io: IO)
+    // Not an `async fn`: it would hold each argument twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_h1<IO>(self: Box<Self>, io: IO) -> impl Future<Output = ()> + Send
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::h1::server::ReadReady + Unpin + Send + 'static,
     {
-        let timeouts = crate::h1::server::Timeouts {
-            header_read: self.limits.header_read_timeout,
-            idle: self.limits.idle_timeout,
-        };
-        let max_head = self.limits.max_header_bytes.max(8192);
-        let (gw, info) = (&self.gw, &*self.info);
-        let handler = |head| gw.serve_head(head, info);
-        let served = crate::h1::server::serve(io, handler, self.peer, timeouts, max_head, Some(&self.stop)).await;
-        match served {
-            crate::h1::server::Outcome::Closed => {}
-            // Boxed: hyper's connection future is large, and inline it would be part of
-            // every connection's task, idle ones included.
-            crate::h1::server::Outcome::Handover(io) => Box::pin(self.serve_hyper(io)).await,
+        async move {
+            let served = {
+                let (entry, info) = (&*self.entry, &self.info);
+                let handler = |head| entry.gw.serve_head(head, info);
+                let stop = Some(&entry.stop);
+                crate::h1::server::serve(io, handler, &info.peer, &entry.timeouts, entry.max_head, stop).await
+            };
+            match served {
+                crate::h1::server::Outcome::Closed => {}
+                // Boxed: hyper's connection future is large, and inline it would be part of
+                // every connection's task, idle ones included.
+                crate::h1::server::Outcome::Handover(io) => Box::pin(self.serve_hyper(io)).await,
+            }
         }
     }
 
@@ -371,18 +415,19 @@ impl Accepted {
     {
         // Only hyper's connections track activity (the fast path has its own timers).
         let activity = Activity::new();
-        let svc = GatewayService { gw: self.gw.clone(), info: self.info.clone(), activity: activity.clone() };
+        let svc =
+            GatewayService { gw: self.entry.gw.clone(), info: Arc::new(self.info.clone()), activity: activity.clone() };
         activity.touch();
         let io = Active { io, activity: activity.clone() };
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        let peer = self.peer;
+        let conn = self.entry.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let peer = self.info.peer;
         tokio::select! {
             served = self.watcher.watch(conn.into_owned()) => {
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
-            () = activity.idle(self.limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
+            () = activity.idle(self.entry.limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
         }
     }
 }
@@ -396,9 +441,16 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let port = ep.listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let acceptor = ep.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(&limits));
+    let entry = Arc::new(Entry {
+        gw,
+        builder: builder(&limits),
+        timeouts: crate::h1::server::Timeouts { header_read: limits.header_read_timeout, idle: limits.idle_timeout },
+        max_head: limits.max_header_bytes.max(8192),
+        limits,
+        tls: ep.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        stop: CancellationToken::new(),
+    });
     let mut limit_logged = false;
     loop {
         let accepted = tokio::select! {
@@ -416,9 +468,9 @@ pub async fn serve(
         };
         // Past the connection limit a new connection is closed at once: a flood cannot take
         // memory and descriptors from the connections being served.
-        let Some(permit) = limits.admit() else {
+        let Some(permit) = entry.limits.admit() else {
             if !limit_logged {
-                tracing::warn!(entrypoint = %ep.name, max = limits.max_connections(), "connection limit reached; closing new connections");
+                tracing::warn!(entrypoint = %ep.name, max = entry.limits.max_connections(), "connection limit reached; closing new connections");
                 limit_logged = true;
             }
             drop(stream);
@@ -426,40 +478,15 @@ pub async fn serve(
         };
         limit_logged = false;
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo::new(ep.name.clone(), port, acceptor.is_some(), peer, upstreams.clone()));
-        let gw = gw.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let handshake_timeout = limits.header_read_timeout;
-        // Boxed, so the connection's task holds a pointer to it rather than a copy at each
-        // level of its future.
-        let accepted =
-            Box::new(Accepted { gw, info, builder, watcher, limits: limits.clone(), stop: shutdown.clone(), peer });
-        tokio::spawn(async move {
-            let _permit = permit;
-            let Some(acc) = acceptor else { return accepted.serve_h1(stream).await };
-            // Boxed: the handshake and TLS state would make every plain connection's task
-            // larger.
-            Box::pin(async move {
-                let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    // HTTP/2 was negotiated: hyper's from the first byte.
-                    accepted.serve_hyper(tls).await;
-                } else {
-                    accepted.serve_h1(tls).await;
-                }
-            })
-            .await
-        });
+        let info = ConnInfo::new(ep.name.clone(), port, entry.tls.is_some(), peer, upstreams.clone());
+        let accepted = Box::new(Accepted { entry: entry.clone(), info, watcher: graceful.watcher(), _permit: permit });
+        tokio::spawn(accepted.run(stream));
     }
+    // Idle fast-path connections close now; hyper's are drained below.
+    entry.stop.cancel();
     drop(ep.listener);
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(entrypoint = %ep.name, "drained"),
-        _ = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(entrypoint = %ep.name, "drain timeout: closing remaining connections"),
+        _ = tokio::time::sleep(entry.limits.drain_timeout) => tracing::warn!(entrypoint = %ep.name, "drain timeout: closing remaining connections"),
     }
 }

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// A connection and what was read from it but not consumed yet.
 pub(crate) struct Conn<IO> {
     pub(super) io: IO,
+    /// Empty, with no memory, while the connection is pooled.
     pub(super) buf: BytesMut,
     /// The request head being written (kept: no allocation per request).
     pub(super) head: Vec<u8>,
@@ -36,8 +37,16 @@ pub(crate) struct Conn<IO> {
 impl<IO> Conn<IO> {
     /// Wraps a fresh connection.
     pub(crate) fn new(io: IO) -> Self {
-        Conn { io, buf: BytesMut::with_capacity(8192), head: Vec::with_capacity(512), timer: None }
+        Conn { io, buf: read_buffer(), head: Vec::with_capacity(512), timer: None }
     }
+}
+
+/// Room for a response head: the read buffer a connection holds while it is in use.
+const READ_BUFFER: usize = 8192;
+
+/// A read buffer for a connection in use: a spare one of this thread, or a new one.
+fn read_buffer() -> BytesMut {
+    crate::h1::read_buffer(&crate::h1::SPARE_UPSTREAM_READS, READ_BUFFER)
 }
 
 impl<IO: AsyncRead + Unpin> Conn<IO> {
@@ -95,6 +104,7 @@ impl<K: Hash + Eq, IO: AsyncRead + Unpin> Pool<K, IO> {
             };
             // Probed outside the lock: a probe is a system call.
             if c.idle_and_clean() {
+                c.buf = read_buffer();
                 return Some(c);
             }
             self.discarded.fetch_add(1, Ordering::Relaxed);
@@ -104,7 +114,7 @@ impl<K: Hash + Eq, IO: AsyncRead + Unpin> Pool<K, IO> {
 
     /// Pools `c`, idle since `at`, unless it holds unread bytes (see the module
     /// documentation) or pooling is paused.
-    pub(super) fn checkin(&self, key: K, c: Conn<IO>, at: Instant) {
+    pub(super) fn checkin(&self, key: K, mut c: Conn<IO>, at: Instant) {
         if self.paused.load(Ordering::Relaxed) > 0 {
             return;
         }
@@ -113,6 +123,9 @@ impl<K: Hash + Eq, IO: AsyncRead + Unpin> Pool<K, IO> {
             tracing::debug!(unread = c.buf.len(), "upstream sent more than its response; connection closed");
             return;
         }
+        // An idle connection holds no read buffer (it is empty here): the thread keeps it
+        // for the next connection that reads.
+        crate::h1::spare_read_buffer(&crate::h1::SPARE_UPSTREAM_READS, std::mem::take(&mut c.buf));
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() < self.max_idle {
@@ -190,5 +203,22 @@ mod tests {
         let (old, _p) = tokio::io::duplex(1024);
         pool.checkin(1, Conn::new(old), now);
         assert!(pool.checkout(&1, Duration::ZERO, now).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_holds_no_read_buffer_and_gets_one_back_at_checkout() {
+        let pool: Pool<u8, tokio::io::DuplexStream> = Pool::new(8);
+        let now = Instant::now();
+        let (io, _peer) = tokio::io::duplex(1024);
+        let c = Conn::new(io);
+        assert!(c.buf.capacity() >= READ_BUFFER, "a connection in use has room for a response head");
+        pool.checkin(1, c, now);
+        {
+            let idle = pool.idle.lock().unwrap();
+            let (pooled, _) = &idle[&1][0];
+            assert_eq!(pooled.buf.capacity(), 0, "an idle pooled connection holds no read buffer");
+        }
+        let back = pool.checkout(&1, Duration::from_secs(60), now).expect("a clean connection is handed out");
+        assert!(back.buf.capacity() >= READ_BUFFER && back.buf.is_empty());
     }
 }
