@@ -18,7 +18,10 @@ CONNS=${CONNS:-5000}
 # steady: one request in flight at a time, so what is measured is only what idle
 # connections hold.
 MODE=${MODE:-burst}
-require nginx python3 curl
+# TLS=1: the connections are HTTPS (TLS 1.3, keep-alive) to nginx's `listen ssl` and to a TLS
+# entrypoint, both with the same P-256 certificate.
+TLS=${TLS:-0}
+require nginx python3 curl openssl
 # ATRIUM=path/to/atrium measures another build (for a before/after comparison).
 if [ -z "${ATRIUM:-}" ]; then
   cargo build --release --quiet
@@ -27,28 +30,60 @@ fi
 BACKEND=127.0.0.1:18281; NGINX=127.0.0.1:18282; GW=127.0.0.1:18283
 ulimit -n $((CONNS * 2 + 1024))
 
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
+  -addext subjectAltName=DNS:bench.test -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+LISTEN_SSL=$([ "$TLS" = 1 ] && echo "ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.3" || true)
 nginx_conf backend "server { listen $BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
-  server { listen $NGINX; keepalive_timeout 300s; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  server { listen $NGINX $LISTEN_SSL; keepalive_timeout 300s; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 NGINX_MASTER=${PIDS[-1]}
 mkdir -p "$WORK/one"
-route_manifests 'PathPrefix(`/`)' > "$WORK/one/route.yaml"
-"$ATRIUM" gateway --manifests "$WORK/one" --workers 1 --entrypoint "web=$GW" --entrypoint websecure=off \
+if [ "$TLS" = 1 ]; then
+  route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' |
+    sed 's/^  entryPoints: \[web\]$/  entryPoints: [websecure]\n  tls: {secretName: bench-tls}/' > "$WORK/one/route.yaml"
+  cat >> "$WORK/one/route.yaml" <<YAML
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-tls, namespace: bench}
+type: kubernetes.io/tls
+data: {tls.crt: $(base64 -w0 "$WORK/tls.crt"), tls.key: $(base64 -w0 "$WORK/tls.key")}
+YAML
+  ENTRYPOINTS=(--entrypoint web=off --entrypoint "websecure=$GW")
+  SCHEME=https
+else
+  route_manifests 'PathPrefix(`/`)' > "$WORK/one/route.yaml"
+  ENTRYPOINTS=(--entrypoint "web=$GW" --entrypoint websecure=off)
+  SCHEME=http
+fi
+"$ATRIUM" gateway --manifests "$WORK/one" --workers 1 "${ENTRYPOINTS[@]}" \
   --idle-timeout 300 --max-connections $((CONNS * 2)) 2>"$WORK/gw.log" &
 PIDS+=($!)
 GW_PID=$!
 sleep 2
-for t in "$NGINX" "$GW"; do curl -fsS "http://$t/" >/dev/null || { echo "$t is not answering" >&2; exit 1; }; done
+for t in "$NGINX" "$GW"; do
+  for _ in $(seq 50); do
+    curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${t##*:}:127.0.0.1" "$SCHEME://bench.test:${t##*:}/" \
+      >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${t##*:}:127.0.0.1" "$SCHEME://bench.test:${t##*:}/" >/dev/null ||
+    { echo "$t is not answering" >&2; exit 1; }
+done
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -n1)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hold() { # $1 = addr, $2 = pid of the proxy; prints KiB per connection
   local before after
   before=$(rss "$2")
-  python3 - "$1" "$CONNS" "$WORK/held.$2" "$MODE" <<'PY' &
+  python3 - "$1" "$CONNS" "$WORK/held.$2" "$MODE" "$TLS" "$WORK/tls.crt" <<'PY' &
 import socket, sys, time, os
 host, port = sys.argv[1].split(":"); n = int(sys.argv[2]); ready = sys.argv[3]
 steady = sys.argv[4] == "steady"
+tls = None
+if sys.argv[5] == "1":
+    import ssl
+    tls = ssl.create_default_context(cafile=sys.argv[6])
 socks = []
 def answer(s):
     data = b""
@@ -59,6 +94,8 @@ def answer(s):
         data += chunk
 for i in range(n):
     s = socket.create_connection((host, int(port)))
+    if tls:
+        s = tls.wrap_socket(s, server_hostname="bench.test")
     s.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")
     socks.append(s)
     if steady:
@@ -81,7 +118,7 @@ echo "holding $CONNS idle keep-alive connections on each proxy ..." >&2
 nginx_kib=$(hold "$NGINX" "$NGINX_WORKER")
 gw_kib=$(hold "$GW" "$GW_PID")
 cat <<TABLE
-| proxy ($CONNS idle keep-alive connections, each after one request, $MODE) | resident memory per connection |
+| proxy ($CONNS idle keep-alive $SCHEME connections, each after one request, $MODE) | resident memory per connection |
 |---|---|
 | nginx (1 worker) | $nginx_kib KiB |
 | atrium gateway (--workers 1) | $gw_kib KiB |

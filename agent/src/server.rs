@@ -202,6 +202,7 @@ async fn serve_stream(
     let traceparent = http::HeaderValue::from_str(&header.traceparent).ok().filter(|v| !v.is_empty());
     // Bodiless HTTP/1.1 requests are served inline; anything else goes to hyper from the
     // first request that needs it (see `atrium_data_plane::h1::server`).
+    let mut io = uplink::frame::io(send, recv);
     let fast = {
         let (gw, base, tp, fl) = (&gw, &*conn, &traceparent, &in_flight);
         let handler = atrium_data_plane::h1::server::requests(move |mut req: hyper::Request<body::Body>| {
@@ -211,12 +212,13 @@ async fn serve_stream(
         let max_head = atrium_data_plane::proxy::server::ServerLimits::default().max_header_bytes;
         // A pooled stream waits for the parent's next request as long as the parent keeps it.
         let timeouts = atrium_data_plane::h1::server::Timeouts { header_read: stream_idle, idle: stream_idle };
-        atrium_data_plane::h1::server::serve(uplink::frame::io(send, recv), handler, &remote, &timeouts, max_head, None)
-            .await
+        atrium_data_plane::h1::server::serve(&mut io, handler, &remote, &timeouts, max_head, None).await
     };
     let io = match fast {
         atrium_data_plane::h1::server::Outcome::Closed => return,
-        atrium_data_plane::h1::server::Outcome::Handover(io) => TokioIo::new(io),
+        atrium_data_plane::h1::server::Outcome::Handover(read) => {
+            TokioIo::new(atrium_data_plane::h1::server::Prefixed::new(read, io))
+        }
     };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let gw = gw.clone();

@@ -468,7 +468,7 @@ pub struct Prefixed<IO> {
 
 impl<IO> Prefixed<IO> {
     /// `io`, with `pre` read first.
-    pub(crate) fn new(pre: Bytes, io: IO) -> Self {
+    pub fn new(pre: Bytes, io: IO) -> Self {
         Prefixed { pre, io }
     }
 }

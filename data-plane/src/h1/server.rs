@@ -33,11 +33,12 @@ use crate::hop::lists;
 const COALESCE: usize = 16 * 1024;
 
 /// How a fast-path connection ended.
-pub enum Outcome<IO> {
+pub enum Outcome {
     /// Closed: by the client, a timeout, shutdown or an error.
     Closed,
-    /// Hyper takes over from here (the bytes already read come first).
-    Handover(Prefixed<IO>),
+    /// Hyper takes over from here: these bytes, already read, come first
+    /// ([`Prefixed::new`]), then the rest of the connection.
+    Handover(Bytes),
 }
 
 enum Parsed {
@@ -569,18 +570,19 @@ enum Waiting {
 /// thread's spares; the handler's future lives on the heap only while it runs.
 ///
 /// The future is what every idle connection holds, so it is kept small: the arguments are
-/// moved into it once (an `async fn` would hold them twice) and borrowed where they are
-/// shared, and no request is held across the exchange's wait.
+/// moved into it once (an `async fn` would hold them twice), the I/O and what is shared are
+/// borrowed (the caller holds them once, and keeps the I/O for a hand-over), and no request
+/// is held across the exchange's wait.
 // Not an `async fn`: it would hold each argument twice in its future.
 #[allow(clippy::manual_async_fn)]
 pub fn serve<'a, IO, H, F>(
-    mut io: IO,
+    io: &'a mut IO,
     handler: H,
     peer: &'a std::net::SocketAddr,
     timeouts: &'a Timeouts,
     max_head: usize,
     stop: Option<&'a CancellationToken>,
-) -> impl Future<Output = Outcome<IO>> + 'a
+) -> impl Future<Output = Outcome> + 'a
 where
     IO: AsyncRead + AsyncWrite + Unpin + ReadReady + 'a,
     H: Fn(Head) -> F + 'a,
@@ -607,7 +609,7 @@ where
                     match next_request_within(buf, max_head) {
                         Parsed::Ready(r) => break r,
                         Parsed::Handover => {
-                            return Outcome::Handover(Prefixed::new(std::mem::take(buf).freeze(), io));
+                            return Outcome::Handover(std::mem::take(buf).freeze());
                         }
                         Parsed::Partial => {}
                     }
@@ -618,7 +620,7 @@ where
                         // only once there are bytes to read.
                         spare_read_buffer(std::mem::take(buf));
                         // Borrowed mutably, so the future needs `IO: Send`, not `Sync`.
-                        let ready = &mut io;
+                        let ready = &mut *io;
                         tokio::select! {
                             biased;
                             () = std::future::poll_fn(move |cx| ready.poll_read_ready_hint(cx)) => {}
@@ -652,7 +654,7 @@ where
                 // The handler's future and the response's writing live on the heap while
                 // they run: inline, they would be part of every connection, idle ones
                 // included.
-                let (io_ref, handler) = (&mut io, &handler);
+                let (io_ref, handler) = (&mut *io, &handler);
                 Box::pin(async move {
                     let reply = handler(req).await;
                     let close = closes_after(close, &reply, stop);

@@ -357,53 +357,65 @@ impl Accepted {
     /// The connection's task: the TLS handshake if the entrypoint has TLS, then HTTP.
     ///
     /// Every idle connection holds this future, so it is kept small: it owns the boxed
-    /// connection and the socket, and whatever only some connections need (the handshake,
-    /// TLS state, hyper) is boxed when they need it.
-    // Not an `async fn`: it would hold each argument twice in its future.
+    /// connection and the socket once (an `async fn` would hold each argument twice, and a
+    /// stream moved into an inner future is held by both), the fast path borrows the
+    /// socket, and whatever only some connections need (TLS, hyper) is boxed when they need
+    /// it.
     #[allow(clippy::manual_async_fn)]
-    fn run(self: Box<Self>, stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send + 'static {
+    fn run(self: Box<Self>, mut stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            let Some(acceptor) = self.entry.tls.clone() else { return self.serve_h1(stream).await };
-            Box::pin(async move {
-                let peer = self.info.peer;
-                let handshake = acceptor.accept(stream);
-                let tls = match tokio::time::timeout(self.entry.limits.header_read_timeout, handshake).await {
+            if let Some(acceptor) = self.entry.tls.clone() {
+                return Box::pin(self.serve_tls(acceptor, stream)).await;
+            }
+            let served = self.fast(&mut stream).await;
+            self.after_fast(served, stream).await;
+        }
+    }
+
+    /// A TLS connection: the handshake, then hyper for HTTP/2, else as a plain one.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_tls(
+        self: Box<Self>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let peer = self.info.peer;
+            let mut tls =
+                match tokio::time::timeout(self.entry.limits.header_read_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    // HTTP/2 was negotiated: hyper's from the first byte.
-                    self.serve_hyper(tls).await;
-                } else {
-                    self.serve_h1(tls).await;
-                }
-            })
-            .await
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // HTTP/2 was negotiated: hyper's from the first byte.
+                return Box::pin(self.serve_hyper(tls)).await;
+            }
+            let served = self.fast(&mut tls).await;
+            self.after_fast(served, tls).await;
         }
     }
 
-    /// An HTTP/1.x (or h2c) connection: the HTTP/1.1 fast path first, then hyper from the
-    /// first request the fast path does not serve, to the end of the connection.
-    // Not an `async fn`: it would hold each argument twice in its future.
-    #[allow(clippy::manual_async_fn)]
-    fn serve_h1<IO>(self: Box<Self>, io: IO) -> impl Future<Output = ()> + Send
+    /// The HTTP/1.1 fast path on `io`, until the connection ends or a request needs hyper.
+    fn fast<'a, IO>(&'a self, io: &'a mut IO) -> impl Future<Output = crate::h1::server::Outcome> + Send + 'a
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::h1::server::ReadReady + Unpin + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::h1::server::ReadReady + Unpin + Send,
     {
-        async move {
-            let served = {
-                let (entry, info) = (&*self.entry, &self.info);
-                let handler = |head| entry.gw.serve_head(head, info);
-                let stop = Some(&entry.stop);
-                crate::h1::server::serve(io, handler, &info.peer, &entry.timeouts, entry.max_head, stop).await
-            };
-            match served {
-                crate::h1::server::Outcome::Closed => {}
-                // Boxed: hyper's connection future is large, and inline it would be part of
-                // every connection's task, idle ones included.
-                crate::h1::server::Outcome::Handover(io) => Box::pin(self.serve_hyper(io)).await,
-            }
+        let (entry, info) = (&*self.entry, &self.info);
+        let handler = move |head| entry.gw.serve_head(head, info);
+        crate::h1::server::serve(io, handler, &info.peer, &entry.timeouts, entry.max_head, Some(&entry.stop))
+    }
+
+    /// hyper, from the request the fast path handed over (with the bytes it had read) to
+    /// the end of the connection; nothing when the fast path closed it.
+    async fn after_fast<IO>(self: Box<Self>, served: crate::h1::server::Outcome, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if let crate::h1::server::Outcome::Handover(read) = served {
+            // Boxed: hyper's connection future is large, and inline it would be part of
+            // every connection's task, idle ones included.
+            Box::pin(self.serve_hyper(crate::h1::Prefixed::new(read, io))).await
         }
     }
 
