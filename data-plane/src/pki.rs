@@ -80,7 +80,7 @@ pub fn role_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<Role> {
 }
 
 /// The DNS names and IP addresses a certificate names (as text).
-fn names_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+pub(crate) fn names_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else { return Vec::new() };
     let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };

@@ -73,14 +73,24 @@ pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, CertError> {
 /// is logged and left out (the control plane checked it; this is the last line).
 pub fn by_server_name(body: &atrium_proto::v1::SnapshotBody) -> HashMap<String, Arc<CertifiedKey>> {
     let mut out = HashMap::new();
+    let mut keys = Vec::with_capacity(body.tls_certificates.len());
     for c in &body.tls_certificates {
         match certified_key(c.cert_pem.as_bytes(), c.key_pem.as_bytes()) {
             Ok(k) => {
                 for name in &c.server_names {
                     out.insert(name.to_ascii_lowercase(), k.clone());
                 }
+                keys.push(k);
             }
             Err(e) => tracing::error!(secret = %c.secret, error = %e, "TLS certificate left out"),
+        }
+    }
+    // As Traefik chooses: the certificate whose own names (subject alternative names,
+    // wildcards included) match the server name, whatever the routers' rules; a router's
+    // Host rule supplies its certificate for the names no certificate carries.
+    for k in keys {
+        for name in k.cert.first().map(crate::pki::names_of).unwrap_or_default() {
+            out.insert(name.to_ascii_lowercase(), k.clone());
         }
     }
     out
@@ -181,6 +191,47 @@ mod tests {
         assert!(Arc::ptr_eq(&store.lookup(Some("x.w.test")), &w));
         assert!(Arc::ptr_eq(&store.lookup(Some("other.test")), &store.default.current()));
         assert!(Arc::ptr_eq(&store.lookup(None), &store.default.current()));
+    }
+
+    #[test]
+    fn a_certificate_answers_for_its_own_names_whatever_the_routers_rules() {
+        let pem = |names: &[&str]| {
+            let ck =
+                rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            (ck.cert.pem(), ck.signing_key.serialize_pem())
+        };
+        let (api_cert, api_key) = pem(&["api.example.test", "*.apps.example.test"]);
+        let (other_cert, other_key) = pem(&["other.test"]);
+        let body = atrium_proto::v1::SnapshotBody {
+            tls_certificates: vec![
+                // A router without a Host rule (PathPrefix only) names this Secret.
+                atrium_proto::v1::TlsCertificate {
+                    secret: "apps/api-tls".into(),
+                    server_names: vec![],
+                    cert_pem: api_cert.clone(),
+                    key_pem: api_key,
+                },
+                // A router's Host rule names a host that the first certificate carries: the
+                // certificate carrying the name wins, as in Traefik.
+                atrium_proto::v1::TlsCertificate {
+                    secret: "apps/other-tls".into(),
+                    server_names: vec!["api.example.test".into(), "only-by-rule.test".into()],
+                    cert_pem: other_cert.clone(),
+                    key_pem: other_key,
+                },
+            ],
+            ..Default::default()
+        };
+        let store = CertStore::generated().unwrap();
+        store.set(by_server_name(&body));
+        let leaf = |sni: &str| store.lookup(Some(sni)).cert[0].clone();
+        use rustls::pki_types::pem::PemObject;
+        let der = |pem: &str| rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(leaf("api.example.test"), der(&api_cert));
+        assert_eq!(leaf("Billing.Apps.Example.Test"), der(&api_cert));
+        assert_eq!(leaf("other.test"), der(&other_cert));
+        assert_eq!(leaf("only-by-rule.test"), der(&other_cert), "a Host rule still supplies its certificate");
+        assert_eq!(store.lookup(Some("unknown.test")).cert[0], store.default.current().cert[0]);
     }
 
     #[tokio::test]
