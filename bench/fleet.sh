@@ -14,12 +14,14 @@
 #
 #   bash bench/fleet.sh
 #   IDLE=20 WORKERS="1 4 16" bash bench/fleet.sh
+#   CONNECTIONS=shared bash bench/fleet.sh   # the parent's --uplink-connections shared
 #
 # Needs nginx and curl. Everything on 127.0.0.1; every process is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${IDLE:-10}
 WORKERS=${WORKERS:-1 2 4 8}
+CONNECTIONS=${CONNECTIONS:-per-worker}
 source bench/lib.sh
 
 require nginx curl python3
@@ -48,7 +50,8 @@ for w in $WORKERS; do
   rm -rf "$WORK/parent/state"
   "$ATRIUM" control-plane --manifests "$WORK/parent/manifests.yaml" --values "$WORK/parent/values.yaml" \
     --tls-dir "$WORK/pki" --state-dir "$WORK/parent/state" --grpc "$GRPC" \
-    --entrypoint "web=$PARENT" --entrypoint websecure=off --workers "$w" 2>"$WORK/parent/log.$w" &
+    --entrypoint "web=$PARENT" --entrypoint websecure=off --workers "$w" --uplink-connections "$CONNECTIONS" \
+    2>"$WORK/parent/log.$w" &
   parent=$!; PIDS+=($parent)
   ok=
   for _ in $(seq 100); do
@@ -59,9 +62,10 @@ for w in $WORKERS; do
   # One request per client connection, one at a time (so each parent worker holds at most
   # one stream), until the kernel (SO_REUSEPORT) has handed one to every worker and each
   # has dialled the child: the control plane's connection plus one per worker. Bounded.
+  # Shared: one connection whichever workers send, so a fixed number of requests.
   for _ in $(seq $((w * 60))); do
     curl -s -o /dev/null -H 'Host: bench.test' "http://$PARENT/"
-    [ "$(connections)" -gt "$w" ] && break
+    [ "$CONNECTIONS" = per-worker ] && [ "$(connections)" -gt "$w" ] && break
   done
   held=$(connections)
   # Streams idle for a second are closed (--uplink-stream-idle-ms): only connections stay.

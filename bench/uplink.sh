@@ -11,6 +11,8 @@
 #                                           # (req/s, p50, p99, CPU per request, failover)
 #   DURATION=10 ROUNDS=5 bash bench/uplink.sh
 #   HOLD=600 bash bench/uplink.sh           # start everything and keep it up, for profiling
+#   PARENT_WORKERS=2 CONNECTIONS=shared bash bench/uplink.sh   # the parent's worker threads
+#                                           # and --uplink-connections (per-worker, shared)
 #
 # Needs nginx and wrk (Debian: apt-get install nginx-light wrk). Everything listens on
 # 127.0.0.1; every process is stopped at the end. Prints Markdown for BENCHMARKS.md.
@@ -75,7 +77,8 @@ sed -i "s/, annotations: {hub.traefik.io\\/router.uplinks: bench}//" "$WORK/gate
 CHILD_PID=$!; PIDS+=($CHILD_PID)
 "$ATRIUM" control-plane --manifests "$WORK/parent/manifests.yaml" --values "$WORK/parent/values.yaml" \
   --tls-dir "$WORK/pki" --state-dir "$WORK/parent/state" --grpc "$GRPC" \
-  --entrypoint "web=$PARENT" --entrypoint websecure=off --workers 1 2>"$WORK/parent/log" &
+  --entrypoint "web=$PARENT" --entrypoint websecure=off --workers "${PARENT_WORKERS:-1}" \
+  --uplink-connections "${CONNECTIONS:-per-worker}" 2>"$WORK/parent/log" &
 PARENT_PID=$!; PIDS+=($PARENT_PID)
 "$ATRIUM" gateway --manifests "$WORK/gateway/manifests.yaml" --workers 1 --entrypoint "web=$GATEWAY" \
   --entrypoint websecure=off 2>"$WORK/gateway/log" &
@@ -226,7 +229,7 @@ cat <<TABLE
 $(row direct "backend direct (nginx, 1 worker)")
 $(row chain "nginx → HTTPS keep-alive → nginx → backend (1 worker each)")
 $(row gateway "atrium gateway → backend (single hop, --workers 1)")
-$(row uplink "parent data plane → QUIC uplink → agent → backend (--workers 1 each)")
+$(row uplink "parent data plane → QUIC uplink → agent → backend (parent --workers ${PARENT_WORKERS:-1}, ${CONNECTIONS:-per-worker} connections; agent --workers 1)")
 
 | CPU per request of the proxies on the path (median) | user | kernel |
 |---|---|---|

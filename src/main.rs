@@ -372,6 +372,21 @@ struct UplinkArgs {
     /// Largest uplink control frame (a child's uplink list, a parent's poll), in bytes.
     #[arg(long, default_value_t = atrium_data_plane::uplink::MAX_FRAME)]
     uplink_max_frame_bytes: usize,
+    /// On a parent's data plane: `per-worker` dials one QUIC connection per worker thread
+    /// and child (a request never waits on another thread); `shared` dials one per child
+    /// for the whole data plane (a child holds fewer connections; streams of other workers
+    /// wake the one that dialled).
+    #[arg(long, value_enum, default_value_t = UplinkConnections::PerWorker)]
+    uplink_connections: UplinkConnections,
+}
+
+/// How a parent's data plane connects to each child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum UplinkConnections {
+    /// One connection per worker thread and child.
+    PerWorker,
+    /// One connection per child, shared by the worker threads.
+    Shared,
 }
 
 impl UplinkArgs {
@@ -392,6 +407,7 @@ impl UplinkArgs {
             max_streams: self.uplink_max_streams,
             stream_idle: Duration::from_millis(self.uplink_stream_idle_ms.max(1)),
             max_frame: self.uplink_max_frame_bytes.max(1024),
+            shared_connections: self.uplink_connections == UplinkConnections::Shared,
         })
     }
 }

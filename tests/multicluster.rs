@@ -188,6 +188,30 @@ async fn requests_past_a_childs_stream_limit_wait_and_are_counted() {
     assert!(cp.wait_logged("uplink stream limit reached").await);
 }
 
+/// With `--uplink-connections shared`, the parent's data plane holds one QUIC connection to
+/// a child whatever its number of worker threads (two here, each of which would otherwise
+/// dial its own), and requests arriving on either worker go through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shared_uplink_connection_serves_every_worker_of_the_parent() {
+    let crm = backend::start("crm", "127.0.0.2").await;
+    let billing = backend::start("billing", "127.0.0.3").await;
+    let dir = topology::seed(crm.addr, billing.addr);
+    let opts = Options { parent_flags: vec!["--uplink-connections", "shared"], ..Options::default() };
+    let t = Topology::start(dir.path(), &opts);
+    until_status(t.ws(), "/crm/health", 200).await;
+    // Each request on a connection of its own: the kernel spreads them over both workers.
+    for _ in 0..24 {
+        let r = topology::get(t.ws(), "/crm/health").await;
+        assert_eq!((r.status, r.header("x-traefik-backend")), (200, Some("cluster-a")));
+    }
+    let metrics = common::client::get(&format!("http://{}/metrics", t.child("cluster-a").admin)).await.body;
+    assert_eq!(
+        common::metric(&metrics, "atrium_agent_parents_connected"),
+        2,
+        "the control plane's connection and the data plane's one, not one per worker:\n{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_the_parent_and_the_child() {
     let (collector, mut spans) = common::otlp::collector().await;

@@ -1,5 +1,6 @@
-//! The parent side of uplinks: one QUIC connection per child and worker thread, pooled
-//! streams, and passive health.
+//! The parent side of uplinks: one QUIC connection per child and worker thread (or one per
+//! child for the whole data plane, `Liveness::shared_connections`), pooled streams, and
+//! passive health.
 //!
 //! Which children are reachable and which uplinks are healthy comes from the snapshot (the
 //! control plane's view). On top of that, each data plane stops using a child the moment
@@ -29,9 +30,11 @@ pub struct UplinkClient {
     liveness: Liveness,
     /// This data plane's certificate and the installation's CA (re-read on change).
     trust: crate::trust::NodeTrust,
-    /// Per worker thread: its QUIC endpoint and its connection to each child. Each worker
-    /// runtime drives its own connections, so a request never waits on another thread.
-    workers: Mutex<HashMap<std::thread::ThreadId, WorkerConns>>,
+    /// Per worker thread (or, with shared connections, one for the data plane): its QUIC
+    /// endpoint and its connection to each child. Per worker, each runtime drives its own
+    /// connections, so a request never waits on another thread; shared, the worker that
+    /// dialled drives them and the others' streams wake it.
+    workers: Mutex<HashMap<Owner, WorkerConns>>,
     /// Dials in progress, by worker and child.
     dialing: Mutex<HashMap<WorkerChild, Arc<tokio::sync::Mutex<()>>>>,
     down: Mutex<HashMap<String, Instant>>,
@@ -63,8 +66,12 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// A worker thread and a child's name.
-type WorkerChild = (std::thread::ThreadId, String);
+/// Whose connections a request uses: its worker thread's, or (`None`, with shared
+/// connections) the data plane's one set.
+type Owner = Option<std::thread::ThreadId>;
+
+/// An owner of connections and a child's name.
+type WorkerChild = (Owner, String);
 
 /// One worker thread's QUIC endpoint and connections.
 struct WorkerConns {
@@ -167,10 +174,15 @@ impl UplinkClient {
         }
     }
 
+    /// Whose connections this thread's requests use.
+    fn owner(&self) -> Owner {
+        (!self.liveness.shared_connections).then(|| std::thread::current().id())
+    }
+
     /// This worker's connection to `child`, live or not.
     fn worker_connection(&self, child: &str) -> Option<quinn::Connection> {
         let workers = self.workers.lock().ok()?;
-        workers.get(&std::thread::current().id())?.conns.get(child).cloned()
+        workers.get(&self.owner())?.conns.get(child).cloned()
     }
 
     /// This worker's connection to `child`, if it is live.
@@ -183,8 +195,8 @@ impl UplinkClient {
             return Ok(c);
         }
 
-        let tid = std::thread::current().id();
-        // One dial at a time per worker and child: requests arriving together share it
+        let tid = self.owner();
+        // One dial at a time per owner and child: requests arriving together share it
         // instead of each opening a connection of its own.
         let gate = match self.dialing.lock() {
             Ok(mut d) => d.entry((tid, child.name.clone())).or_default().clone(),

@@ -36,7 +36,7 @@ pub const ALPN: &[u8] = b"atrium-uplink/1";
 /// protocol error. A `Register` of a child with a thousand uplinks is about 60 KiB.
 pub const MAX_FRAME: usize = 256 * 1024;
 
-/// QUIC timing.
+/// QUIC settings of uplinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
     /// Keep-alive interval.
@@ -49,6 +49,9 @@ pub struct Liveness {
     pub stream_idle: Duration,
     /// Largest control frame accepted.
     pub max_frame: usize,
+    /// On a parent: one QUIC connection per child for the whole data plane, shared by its
+    /// worker threads, instead of one per worker thread and child.
+    pub shared_connections: bool,
 }
 
 impl Default for Liveness {
@@ -59,6 +62,7 @@ impl Default for Liveness {
             max_streams: 1024,
             stream_idle: Duration::from_secs(30),
             max_frame: MAX_FRAME,
+            shared_connections: false,
         }
     }
 }
