@@ -374,8 +374,9 @@ struct UplinkArgs {
     uplink_max_frame_bytes: usize,
     /// On a parent's data plane: `per-worker` dials one QUIC connection per worker thread
     /// and child (a request never waits on another thread); `shared` dials one per child
-    /// for the whole data plane (a child holds fewer connections; streams of other workers
-    /// wake the one that dialled).
+    /// for the whole data plane, driven by a thread of their own (a child holds fewer
+    /// connections; every stream operation wakes that thread). A child's
+    /// `--uplink-max-streams` then limits the whole data plane rather than each worker.
     #[arg(long, value_enum, default_value_t = UplinkConnections::PerWorker)]
     uplink_connections: UplinkConnections,
 }

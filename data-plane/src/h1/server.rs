@@ -656,7 +656,13 @@ where
                 // included.
                 let (io_ref, handler) = (&mut *io, &handler);
                 Box::pin(async move {
-                    let reply = handler(req).await;
+                    let mut reply = handler(req).await;
+                    if stop.is_some_and(CancellationToken::is_cancelled) {
+                        // The connection closes after this response because the server is
+                        // stopping: say so, so the client does not send its next request on
+                        // a connection about to close (the client knows when it asked).
+                        announce_close(&mut reply);
+                    }
                     let close = closes_after(close, &reply, stop);
                     let mut out = write_buffer();
                     let kept =
@@ -718,6 +724,17 @@ fn log_timeout(armed: Option<Waiting>, peer: &std::net::SocketAddr) {
     }
 }
 
+/// Makes `reply` say the connection closes after it (`Connection: close`).
+fn announce_close(reply: &mut Reply) {
+    match reply {
+        Reply::Response(r) => {
+            r.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        // Its hop-by-hop lines (the upstream's `Connection` among them) were left out.
+        Reply::Passed(p) => p.set_header(b"connection", b"close"),
+    }
+}
+
 /// Whether the connection closes after this exchange: the client asked (`close`), the
 /// response says so, or the server is stopping.
 #[inline]
@@ -763,6 +780,35 @@ mod tests {
             assert!(matches!(p, Parsed::Handover), "{}", String::from_utf8_lossy(raw));
             assert_eq!(&rest[..], raw, "hyper gets every byte");
         }
+    }
+
+    /// A response sent after shutdown began (here, while the request was being handled)
+    /// says `Connection: close`, and the connection then closes.
+    #[tokio::test]
+    async fn a_response_sent_while_stopping_says_the_connection_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let stop = CancellationToken::new();
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let timeouts = Timeouts { header_read: Duration::from_secs(5), idle: Duration::from_secs(5) };
+        let handler = |_head: Head| {
+            stop.cancel();
+            async { Reply::Response(body::text(StatusCode::OK, "ok")) }
+        };
+        let serving = serve(&mut server, handler, &peer, &timeouts, 8192, Some(&stop));
+        let talking = async {
+            client.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            String::from_utf8(got).unwrap()
+        };
+        let (outcome, got) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(serving, talking) })
+            .await
+            .expect("the connection closes after the response");
+        assert!(matches!(outcome, Outcome::Closed));
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
+        assert!(got.trim_end().ends_with("\r\n\r\nok"), "the body follows: {got}");
     }
 
     #[test]

@@ -85,12 +85,19 @@ pub fn by_server_name(body: &atrium_proto::v1::SnapshotBody) -> HashMap<String, 
             Err(e) => tracing::error!(secret = %c.secret, error = %e, "TLS certificate left out"),
         }
     }
-    // As Traefik chooses: the certificate whose own names (subject alternative names,
-    // wildcards included) match the server name, whatever the routers' rules; a router's
-    // Host rule supplies its certificate for the names no certificate carries.
+    // A certificate also answers for its own names (subject alternative names), as in
+    // Traefik, where a router needs no Host rule for its Secret to be served. Unlike
+    // Traefik, a name some router's Host rule gives a certificate keeps that one: a Secret
+    // named elsewhere (another namespace's) cannot take over a host that is claimed. Among
+    // certificates carrying the same name, the first Secret in name order answers. A
+    // wildcard needs two labels after `*.` (`*.example.com`, not `*.com`).
     for k in keys {
         for name in k.cert.first().map(crate::pki::names_of).unwrap_or_default() {
-            out.insert(name.to_ascii_lowercase(), k.clone());
+            let name = name.to_ascii_lowercase();
+            if name.strip_prefix("*.").is_some_and(|rest| !rest.contains('.')) || name == "*" {
+                continue;
+            }
+            out.entry(name).or_insert_with(|| k.clone());
         }
     }
     out
@@ -194,28 +201,29 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_answers_for_its_own_names_whatever_the_routers_rules() {
+    fn a_certificate_answers_for_its_own_names_unless_a_host_rule_gives_them_to_another() {
         let pem = |names: &[&str]| {
             let ck =
                 rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
             (ck.cert.pem(), ck.signing_key.serialize_pem())
         };
-        let (api_cert, api_key) = pem(&["api.example.test", "*.apps.example.test"]);
-        let (other_cert, other_key) = pem(&["other.test"]);
+        let (api_cert, api_key) = pem(&["api.example.test", "*.apps.example.test", "*.test"]);
+        let (other_cert, other_key) = pem(&["other.test", "claimed.test"]);
         let body = atrium_proto::v1::SnapshotBody {
             tls_certificates: vec![
-                // A router without a Host rule (PathPrefix only) names this Secret.
+                // Routers without a Host rule (PathPrefix only) name this Secret, and one
+                // with Host(`claimed.test`).
                 atrium_proto::v1::TlsCertificate {
                     secret: "apps/api-tls".into(),
-                    server_names: vec![],
+                    server_names: vec!["claimed.test".into()],
                     cert_pem: api_cert.clone(),
                     key_pem: api_key,
                 },
-                // A router's Host rule names a host that the first certificate carries: the
-                // certificate carrying the name wins, as in Traefik.
+                // Another Secret: its certificate carries `claimed.test`, which a router's
+                // Host rule gives to the first Secret.
                 atrium_proto::v1::TlsCertificate {
-                    secret: "apps/other-tls".into(),
-                    server_names: vec!["api.example.test".into(), "only-by-rule.test".into()],
+                    secret: "tenant/other-tls".into(),
+                    server_names: vec!["only-by-rule.test".into()],
                     cert_pem: other_cert.clone(),
                     key_pem: other_key,
                 },
@@ -231,6 +239,8 @@ mod tests {
         assert_eq!(leaf("Billing.Apps.Example.Test"), der(&api_cert));
         assert_eq!(leaf("other.test"), der(&other_cert));
         assert_eq!(leaf("only-by-rule.test"), der(&other_cert), "a Host rule still supplies its certificate");
+        assert_eq!(leaf("claimed.test"), der(&api_cert), "a host a router claims is not taken over by another Secret");
+        // `*.test` is too wide to be taken from a certificate: the default answers.
         assert_eq!(store.lookup(Some("unknown.test")).cert[0], store.default.current().cert[0]);
     }
 

@@ -32,9 +32,11 @@ pub struct UplinkClient {
     trust: crate::trust::NodeTrust,
     /// Per worker thread (or, with shared connections, one for the data plane): its QUIC
     /// endpoint and its connection to each child. Per worker, each runtime drives its own
-    /// connections, so a request never waits on another thread; shared, the worker that
-    /// dialled drives them and the others' streams wake it.
+    /// connections, so a request never waits on another thread; shared, a thread of their
+    /// own drives them and the workers' streams wake it.
     workers: Mutex<HashMap<Owner, WorkerConns>>,
+    /// With shared connections: the handle of the runtime driving them, once started.
+    shared_home: Mutex<Option<tokio::runtime::Handle>>,
     /// Dials in progress, by worker and child.
     dialing: Mutex<HashMap<WorkerChild, Arc<tokio::sync::Mutex<()>>>>,
     down: Mutex<HashMap<String, Instant>>,
@@ -115,6 +117,7 @@ impl UplinkClient {
             liveness,
             trust,
             workers: Mutex::default(),
+            shared_home: Mutex::default(),
             dialing: Mutex::default(),
             down: Mutex::default(),
             failures: Mutex::default(),
@@ -174,6 +177,29 @@ impl UplinkClient {
         }
     }
 
+    /// With shared connections, the runtime that drives them (their endpoint and
+    /// connection tasks), on a thread of its own: a worker's runtime ends once its own
+    /// entrypoints have drained, while the other workers may still be using them.
+    fn shared_runtime(&self) -> Result<Option<tokio::runtime::Handle>, DialError> {
+        if !self.liveness.shared_connections {
+            return Ok(None);
+        }
+        let mut home =
+            self.shared_home.lock().map_err(|_| DialError::Connect("uplink client state poisoned".into()))?;
+        if let Some(h) = home.as_ref() {
+            return Ok(Some(h.clone()));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DialError::Endpoint)?;
+        let handle = rt.handle().clone();
+        // Lives as long as the process: the connections serve every worker to the end.
+        std::thread::Builder::new()
+            .name("atrium-uplinks".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .map_err(DialError::Endpoint)?;
+        *home = Some(handle.clone());
+        Ok(Some(handle))
+    }
+
     /// Whose connections this thread's requests use.
     fn owner(&self) -> Owner {
         (!self.liveness.shared_connections).then(|| std::thread::current().id())
@@ -211,16 +237,20 @@ impl UplinkClient {
         // are created: create them in a task of their own (same worker, no span), never
         // inside a request's span, which would then stay open as long as the connection.
         let (child_owned, trust, liveness) = (child.clone(), self.trust.clone(), self.liveness);
-        let dialed = tokio::spawn(async move {
+        let dial = async move {
             let ep = match ep {
                 Some(e) => e,
                 None => client_endpoint()?,
             };
             let conn = dial(&ep, &child_owned, &trust, liveness).await?;
             Ok::<_, DialError>((ep, conn))
-        })
-        .await
-        .map_err(|e| DialError::Connect(format!("dial task failed: {e}")))?;
+        };
+        // Per worker: on this worker's runtime. Shared: on the uplinks' own thread.
+        let task = match self.shared_runtime()? {
+            Some(rt) => rt.spawn(dial),
+            None => tokio::spawn(dial),
+        };
+        let dialed = task.await.map_err(|e| DialError::Connect(format!("dial task failed: {e}")))?;
         let (ep, conn) = dialed?;
         tracing::info!(child = %child.name, address = %child.address, "uplink connected");
         if let Ok(mut w) = self.workers.lock() {
