@@ -565,6 +565,36 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     assert!(status.is_some_and(|s| s.success()), "the gateway exits cleanly, before the drain timeout: {status:?}");
 }
 
+/// A request whose head was still arriving when the gateway was told to stop, and which
+/// has a body (so hyper serves it, not the fast path), is answered, with
+/// `Connection: close`, before the connection closes: shutdown loses no request that had
+/// begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_begun_before_sigterm_is_answered_even_when_hyper_takes_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = backend::start("crm", "127.0.0.1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = seed_child(tmp.path(), be.addr);
+    let mut gw = GatewayProc::start(Some(&values()), &m, &[]);
+    let mut conn = tokio::net::TcpStream::connect(gw.web_addr()).await.unwrap();
+    conn.write_all(b"POST /crm/items HTTP/1.1\r\nHost: crm.test\r\nContent-Length: 5\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(b"\r\nhello").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+        .await
+        .expect("the connection closes after the answer")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "the request begun before SIGTERM is answered: {got:?}");
+    assert!(got.contains("path=/items"), "{got}");
+    assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn common_log_format_lines_read_like_traefiks() {
     let be = backend::start("crm", "127.0.0.1").await;

@@ -425,21 +425,40 @@ impl Accepted {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // The permit and the watcher live to the end of this function: the connection
+        // counts against the limit, and the drain waits for it.
+        let Accepted { entry, info, watcher, _permit } = *self;
+        let peer = info.peer;
         // Only hyper's connections track activity (the fast path has its own timers).
         let activity = Activity::new();
-        let svc =
-            GatewayService { gw: self.entry.gw.clone(), info: Arc::new(self.info.clone()), activity: activity.clone() };
+        let svc = GatewayService { gw: entry.gw.clone(), info: Arc::new(info), activity: activity.clone() };
         activity.touch();
         let io = Active { io, activity: activity.clone() };
-        let conn = self.entry.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        let peer = self.info.peer;
+        // Handed over after shutdown began (a request with a body whose head was still
+        // arriving): a graceful shutdown of the connection now would close it before its
+        // request is answered. hyper answers it without keep-alive (`Connection: close`)
+        // and closes, and the drain waits for it (the watcher is held, not used).
+        let stopping = entry.stop.is_cancelled();
+        let builder = if stopping {
+            let mut b = entry.builder.clone();
+            b.http1().keep_alive(false);
+            std::borrow::Cow::Owned(b)
+        } else {
+            std::borrow::Cow::Borrowed(&entry.builder)
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
+        let serving = if stopping {
+            futures_util::future::Either::Left(conn)
+        } else {
+            futures_util::future::Either::Right(watcher.watch(conn))
+        };
         tokio::select! {
-            served = self.watcher.watch(conn.into_owned()) => {
+            served = serving => {
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
-            () = activity.idle(self.entry.limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
+            () = activity.idle(entry.limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
         }
     }
 }
