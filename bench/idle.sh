@@ -61,15 +61,7 @@ fi
 PIDS+=($!)
 GW_PID=$!
 sleep 2
-for t in "$NGINX" "$GW"; do
-  for _ in $(seq 50); do
-    curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${t##*:}:127.0.0.1" "$SCHEME://bench.test:${t##*:}/" \
-      >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${t##*:}:127.0.0.1" "$SCHEME://bench.test:${t##*:}/" >/dev/null ||
-    { echo "$t is not answering" >&2; exit 1; }
-done
+for t in "$NGINX" "$GW"; do until_answering "$SCHEME" "$t"; done
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -n1)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

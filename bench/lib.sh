@@ -133,3 +133,15 @@ spec:
       services: [{name: bench@multicluster, kind: TraefikService}]
 YAML
 }
+
+# Waits up to 10 s for $2 (host:port) to answer `$1://bench.test/` (http or https, trusting
+# the certificate $WORK/tls.crt); exits when it does not. A gateway serves its certificate
+# for bench.test once its first configuration is in force.
+until_answering() {
+  local url="$1://bench.test:${2##*:}/" resolve="bench.test:${2##*:}:127.0.0.1"
+  for _ in $(seq 50); do
+    curl -fsS --cacert "$WORK/tls.crt" --resolve "$resolve" "$url" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  curl -fsS --cacert "$WORK/tls.crt" --resolve "$resolve" "$url" >/dev/null || { echo "$url on $2 is not answering" >&2; exit 1; }
+}

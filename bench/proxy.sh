@@ -147,16 +147,8 @@ done
 grep -q "plan counters in Redis" "$WORK/${ATRIUMREDIS##*:}.log" || { echo "the Redis-mode gateway does not use Redis" >&2; exit 1; }
 curl -fsS -H 'Host: bench.test' "http://$ATRIUMMW/crm/x" -D - -o /dev/null | grep -qi '^x-traefik-backend: cluster-a' ||
   { echo "the middleware route on $ATRIUMMW is not answering with its header" >&2; exit 1; }
-for target in "$NGINXTLS" "$ATRIUMTLS"; do
-  # Its certificate for bench.test (the gateways start together on one core: give it time).
-  for _ in $(seq 50); do
-    curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${target##*:}:127.0.0.1" "https://bench.test:${target##*:}/" \
-      >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  curl -fsS --cacert "$WORK/tls.crt" --resolve "bench.test:${target##*:}:127.0.0.1" "https://bench.test:${target##*:}/" >/dev/null ||
-    { echo "HTTPS on $target is not answering" >&2; exit 1; }
-done
+# Their certificate for bench.test (the gateways start together on one core: give it time).
+for target in "$NGINXTLS" "$ATRIUMTLS"; do until_answering https "$target"; done
 # CPU per request of each proxy process (less noisy than req/s on a shared machine).
 NGINX_WORKER=$(pgrep -P "${PIDS[$NGINX_MASTER_INDEX]}" | head -n1)
 ATRIUM1000_PID=${PIDS[-7]}
