@@ -39,16 +39,7 @@ nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
 NGINX_MASTER=${PIDS[-1]}
 mkdir -p "$WORK/one"
 if [ "$TLS" = 1 ]; then
-  route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' |
-    sed 's/^  entryPoints: \[web\]$/  entryPoints: [websecure]\n  tls: {secretName: bench-tls}/' > "$WORK/one/route.yaml"
-  cat >> "$WORK/one/route.yaml" <<YAML
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-tls, namespace: bench}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$WORK/tls.crt"), tls.key: $(base64 -w0 "$WORK/tls.key")}
-YAML
+  tls_route_manifests > "$WORK/one/route.yaml"
   ENTRYPOINTS=(--entrypoint web=off --entrypoint "websecure=$GW")
   SCHEME=https
 else

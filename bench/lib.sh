@@ -145,3 +145,18 @@ until_answering() {
   done
   curl -fsS --cacert "$WORK/tls.crt" --resolve "$resolve" "$url" >/dev/null || { echo "$url on $2 is not answering" >&2; exit 1; }
 }
+
+# The bench route for Host(`bench.test`) on the websecure entrypoint, served with the
+# certificate $WORK/tls.crt (key $WORK/tls.key) from a kubernetes.io/tls Secret.
+tls_route_manifests() {
+  route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' |
+    sed 's/^  entryPoints: \[web\]$/  entryPoints: [websecure]\n  tls: {secretName: bench-tls}/'
+  cat <<YAML
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-tls, namespace: bench}
+type: kubernetes.io/tls
+data: {tls.crt: $(base64 -w0 "$WORK/tls.crt"), tls.key: $(base64 -w0 "$WORK/tls.key")}
+YAML
+}

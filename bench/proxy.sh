@@ -64,16 +64,7 @@ route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' > "$WORK/one/route.yaml"
 # The seed's child route: PathPrefix(`/crm`) with stripPrefix and a headers middleware.
 seed_child_route_manifests > "$WORK/mw/route.yaml"
 # The route on the TLS entrypoint, served with the same certificate as nginx's.
-route_manifests 'Host(`bench.test`) && PathPrefix(`/`)' |
-  sed 's/^  entryPoints: \[web\]$/  entryPoints: [websecure]\n  tls: {secretName: bench-tls}/' > "$WORK/tls/route.yaml"
-cat >> "$WORK/tls/route.yaml" <<YAML
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-tls, namespace: bench}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$WORK/tls.crt"), tls.key: $(base64 -w0 "$WORK/tls.key")}
-YAML
+tls_route_manifests > "$WORK/tls/route.yaml"
 cp "$WORK/one/route.yaml" "$WORK/many/route.yaml"
 # The same route as a route of an API: a key check and a plan (limits far above the load).
 sed 's/^metadata: {name: bench, namespace: bench}$/metadata: {name: bench, namespace: bench, annotations: {hub.traefik.io\/api: bench-api}}/' \
