@@ -146,7 +146,7 @@ async fn up_is_ready_when_it_says_so_and_passes_the_seeds_verification() {
     // 3. Each API from its own child, with the key; the backend sees the prefix stripped.
     for (path, child, service) in [("/crm/health", "cluster-a", "crm"), ("/billing/health", "cluster-b", "billing")] {
         let r = call("api.example.com", "GET", path, &auth, "").await;
-        assert_eq!(r.status, 200, "{path} right after ready: {r:?}");
+        assert_eq!(r.status, 200, "{path} right after ready: {r:?}\natrium up's output:\n{}", up.text());
         assert_eq!(r.header("x-traefik-backend"), Some(child), "{path}");
         assert!(
             r.body.contains(&format!("\"service\":\"{service}\"")) && r.body.contains("\"path\":\"/health\""),
