@@ -45,7 +45,7 @@ cpu_ticks() { for p in "$@"; do cat "/proc/$p/stat"; done | awk '{u += $14; s +=
 # µs of CPU per request: $1 = ticks used during a run, $2 = its req/s (DURATION seconds long).
 us_per_request() { python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / ($2 * $DURATION):.2f}')"; }
 
-route_manifests() { # $1 = the rule; the IngressRoute `bench` on `web` to the Service `backend`, and that Service
+ingress_route() { # $1 = the rule, $2 = its service (a YAML flow mapping); the IngressRoute `bench` on `web`
   cat <<YAML
 apiVersion: traefik.io/v1alpha1
 kind: IngressRoute
@@ -54,8 +54,12 @@ spec:
   entryPoints: [web]
   routes:
     - match: $1
-      services: [{name: backend, port: 80}]
+      services: [$2]
 YAML
+}
+
+route_manifests() { # $1 = the rule; the IngressRoute `bench` on `web` to the Service `backend`, and that Service
+  ingress_route "$1" '{name: backend, port: 80}'
   backend_manifests
 }
 
@@ -122,16 +126,7 @@ hub:
         child:
           address: "https://127.0.0.1:$UPLINK_PORT"
 YAML
-  cat > "$WORK/parent/manifests.yaml" <<YAML
-apiVersion: traefik.io/v1alpha1
-kind: IngressRoute
-metadata: {name: bench, namespace: bench}
-spec:
-  entryPoints: [web]
-  routes:
-    - match: Host(\`bench.test\`)
-      services: [{name: bench@multicluster, kind: TraefikService}]
-YAML
+  ingress_route 'Host(`bench.test`)' '{name: bench@multicluster, kind: TraefikService}' > "$WORK/parent/manifests.yaml"
 }
 
 # Waits up to 10 s for $2 (host:port) to answer `$1://bench.test/` (http or https, trusting

@@ -57,6 +57,8 @@ thread_local! {
     pub(crate) static SPARE_SERVER_READS: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
     /// Read buffers of upstream connections while they sit in the pool.
     pub(crate) static SPARE_UPSTREAM_READS: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
+    /// Write buffers of client connections between responses.
+    static SPARE_SERVER_WRITES: Spares<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Per-thread spare values of one kind.
@@ -69,12 +71,12 @@ const SPARE_MAP_LARGEST: usize = 4 * MAX_HEADERS;
 /// Buffers larger than this are not kept.
 const SPARE_BYTES_LARGEST: usize = 16 * 1024;
 
-/// Read buffers kept per thread and kind: connections hold one only while they read (as
-/// nginx frees its buffers between requests), so an idle one holds none, and a busy one
-/// takes a kept buffer rather than allocating one per request.
-const SPARE_READ_BUFFERS: usize = 64;
-/// Larger read buffers (a big head) are not kept.
-const SPARE_READ_LARGEST: usize = 64 * 1024;
+/// Connection buffers kept per thread and kind: connections hold one only while they read
+/// or write (as nginx frees its buffers between requests), so an idle one holds none, and a
+/// busy one takes a kept buffer rather than allocating one per request.
+const SPARE_BUFFERS_KEPT: usize = 64;
+/// Larger connection buffers (a big head) are not kept.
+const SPARE_BUFFER_LARGEST: usize = 64 * 1024;
 
 /// A read buffer with room for `room` bytes: one of `key`'s spares, or a new one.
 pub(crate) fn read_buffer(key: &'static LocalKey<Spares<BytesMut>>, room: usize) -> BytesMut {
@@ -86,8 +88,21 @@ pub(crate) fn read_buffer(key: &'static LocalKey<Spares<BytesMut>>, room: usize)
 
 /// Keeps an emptied read buffer among `key`'s spares for the next connection that reads.
 pub(crate) fn spare_read_buffer(key: &'static LocalKey<Spares<BytesMut>>, b: BytesMut) {
-    if b.is_empty() && b.capacity() > 0 && b.capacity() <= SPARE_READ_LARGEST {
-        keep_spare_up_to(key, b, SPARE_READ_BUFFERS);
+    if b.is_empty() && b.capacity() > 0 && b.capacity() <= SPARE_BUFFER_LARGEST {
+        keep_spare_up_to(key, b, SPARE_BUFFERS_KEPT);
+    }
+}
+
+/// A buffer to write a response into: a spare one of this thread, or a new one.
+fn write_buffer() -> Vec<u8> {
+    spare_vec(&SPARE_SERVER_WRITES, 1024)
+}
+
+/// Keeps a response's write buffer for the next response written on this thread.
+fn spare_write_buffer(mut b: Vec<u8>) {
+    if b.capacity() <= SPARE_BUFFER_LARGEST {
+        b.clear();
+        keep_spare_up_to(&SPARE_SERVER_WRITES, b, SPARE_BUFFERS_KEPT);
     }
 }
 

@@ -504,17 +504,6 @@ impl ReadReady for tokio::io::DuplexStream {}
 /// The read buffer's size while a request head is read.
 const READ_BUFFER: usize = 4096;
 
-/// Write buffers kept per worker thread, so that busy connections do not allocate one per
-/// response while idle ones hold none.
-const SPARE_BUFFERS: usize = 64;
-
-/// Larger write buffers (a big response head) are not kept.
-const SPARE_MAX_CAPACITY: usize = 64 * 1024;
-
-thread_local! {
-    static SPARE_WRITE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// A read buffer with room for a head: a spare one of this thread, or a new one.
 fn read_buffer() -> BytesMut {
     super::read_buffer(&super::SPARE_SERVER_READS, READ_BUFFER)
@@ -533,24 +522,6 @@ impl Drop for HeldBuffer {
         let mut b = std::mem::take(&mut self.0);
         b.clear();
         spare_read_buffer(b);
-    }
-}
-
-/// A write buffer: a spare one of this thread, or a new one.
-fn write_buffer() -> Vec<u8> {
-    SPARE_WRITE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(1024))
-}
-
-/// Keeps a write buffer for the next response.
-fn spare_write_buffer(mut b: Vec<u8>) {
-    if b.capacity() <= SPARE_MAX_CAPACITY {
-        b.clear();
-        SPARE_WRITE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_BUFFERS {
-                s.push(b);
-            }
-        });
     }
 }
 
@@ -664,10 +635,10 @@ where
                         announce_close(&mut reply);
                     }
                     let close = closes_after(close, &reply, stop);
-                    let mut out = write_buffer();
+                    let mut out = super::write_buffer();
                     let kept =
                         matches!(write_response(io_ref, &mut out, reply, head_request).await, Ok(true)) && !close;
-                    spare_write_buffer(out);
+                    super::spare_write_buffer(out);
                     kept
                 })
             };
