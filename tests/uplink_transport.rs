@@ -13,7 +13,7 @@ use atrium_data_plane::uplink::tls::ServerCheck;
 use atrium_data_plane::uplink::{self, Liveness};
 use atrium_proto::v1 as pb;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// A CA in `dir` and a certificate per `(name, role)`, as each node would load them.
@@ -24,7 +24,13 @@ fn pki_dir(dir: &Path, names: &[(&str, Role)]) -> Vec<NodeTrust> {
 
 /// A child-side endpoint that answers every DATA stream with what it saw.
 async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
-    let cfg = uplink::tls::server_config(t, Liveness::default()).unwrap();
+    child_with(t, Liveness::default()).await
+}
+
+/// [`child`] with `liveness` (the streams a parent may open); `/hold` answers a body that
+/// never ends, so its stream stays in use.
+async fn child_with(t: &NodeTrust, liveness: Liveness) -> (SocketAddr, quinn::Endpoint) {
+    let cfg = uplink::tls::server_config(t, liveness).unwrap();
     let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let server = ep.clone();
@@ -53,7 +59,14 @@ async fn child(t: &NodeTrust) -> (SocketAddr, quinn::Endpoint) {
                                     req.uri().path(),
                                     req.version()
                                 );
-                                let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                                let body = if req.uri().path() == "/hold" {
+                                    Either::Left(StreamBody::new(tokio_stream::pending::<
+                                        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                                    >()))
+                                } else {
+                                    Either::Right(Full::new(Bytes::from(body)))
+                                };
+                                let mut resp = hyper::Response::new(body);
                                 resp.headers_mut().insert("x-traefik-backend", "cluster-a".parse().unwrap());
                                 Ok::<_, std::convert::Infallible>(resp)
                             }
@@ -259,4 +272,115 @@ async fn servers_transport_certificates_replace_the_parents_own_identity() {
     c.transport.as_mut().unwrap().certificates[0].cert_file = "/nonexistent/parent.pem".into();
     let e = dial(&ep, &c, &ours[0], Liveness::default()).await.unwrap_err().to_string();
     assert!(e.contains("serversTransport.certificates: /nonexistent/parent.pem"), "{e}");
+}
+
+/// A UDP relay in front of `to` that drops every datagram the client sends during its
+/// first `deaf` (a child too busy to answer, or a lost first flight).
+async fn deaf_relay(to: SocketAddr, deaf: Duration) -> SocketAddr {
+    let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(to).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let client = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let until = tokio::time::Instant::now() + deaf;
+    let (f, b, c) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            if tokio::time::Instant::now() >= until {
+                let _ = b.send(&buf[..n]).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+/// A child that does not answer a first handshake in time (its datagrams lost for half the
+/// idle timeout; QUIC would resend them only after about a second) is dialled again rather
+/// than taken out of routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_times_out_is_tried_again() {
+    use atrium_data_plane::uplink::dial::{client_endpoint, dial};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = pki_dir(tmp.path(), &[("cluster-a", Role::Agent), ("data-plane", Role::DataPlane)]);
+    let (child_addr, _child) = child(&t[0]).await;
+    let liveness = Liveness::default();
+    let relay = deaf_relay(child_addr, liveness.idle_timeout / 2).await;
+    let c = pb::Child {
+        name: "cluster-a".into(),
+        address: format!("https://{relay}"),
+        transport: Some(pb::ServersTransport { server_name: "cluster-a".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let ep = client_endpoint().unwrap();
+    let started = std::time::Instant::now();
+    let conn = tokio::time::timeout(Duration::from_secs(10), dial(&ep, &c, &t[1], liveness))
+        .await
+        .expect("the dial ends")
+        .expect("the second handshake connects");
+    assert!(started.elapsed() >= liveness.idle_timeout, "the first handshake was the one that timed out");
+    let io = data_stream(&conn, "crm").await;
+    let (mut s, h) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(h);
+    let resp = s
+        .send_request(hyper::Request::get("/x").header("host", "a").body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Requests past a child's stream limit wait for a free stream, but no longer than their
+/// response timeout: streams held by never-ending responses (a WebSocket, a download)
+/// must not hang the requests queued behind them.
+#[tokio::test]
+async fn a_wait_for_a_free_stream_ends_at_the_response_timeout() {
+    use atrium_data_plane::exchange::UpstreamError;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = pki_dir(tmp.path(), &[("cluster-a", Role::Agent), ("data-plane", Role::DataPlane)]);
+    // Two streams at a time; this test runs on one thread, so every request shares one
+    // connection.
+    let (addr, _child) = child_with(&t[0], Liveness { max_streams: 2, ..Liveness::default() }).await;
+    let c = pb::Child {
+        name: "cluster-a".into(),
+        address: format!("https://{addr}"),
+        transport: Some(pb::ServersTransport { server_name: "cluster-a".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let client = atrium_data_plane::uplink::UplinkClient::new(t[1].clone(), Liveness::default());
+    let peer = uplink::frame::RelayedClient { addr: "127.0.0.1:4321".parse().unwrap(), tls: false };
+    let get =
+        |path: &str| hyper::Request::get(path).header("host", "a").body(atrium_data_plane::body::empty()).unwrap();
+    let timeout = Duration::from_millis(500);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), client.send(&c, "crm", peer, get("/hold"), timeout))
+            .await
+            .expect("a free stream is used at once")
+            .expect("the child answers");
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(Duration::from_secs(10), client.send(&c, "crm", peer, get("/x"), timeout))
+        .await
+        .expect("the wait ends");
+    assert!(matches!(waited, Err(UpstreamError::Timeout { .. })), "{waited:?}");
+    assert!(started.elapsed() >= timeout);
+    // A stream given back serves the next request.
+    held.pop();
+    let r = tokio::time::timeout(Duration::from_secs(10), client.send(&c, "crm", peer, get("/x"), timeout))
+        .await
+        .expect("a freed stream is used")
+        .expect("the child answers");
+    assert_eq!(r.status(), 200);
 }

@@ -261,11 +261,15 @@ impl UplinkClient {
     }
 
     /// Opens a data stream for `uplink` on `child` and writes its header. When the
-    /// connection's concurrent-stream limit is reached the wait is counted and logged.
+    /// connection's concurrent-stream limit is reached the wait is counted and logged, and
+    /// lasts at most `wait` (the request's response timeout: streams may be held for as
+    /// long as a WebSocket or a download lasts); past it the request is answered as timed
+    /// out.
     async fn open_stream(
         &self,
         child: &pb::Child,
         header: &pb::StreamHeader,
+        wait: Duration,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), UpstreamError> {
         let connect_err = |reason: String| UpstreamError::Connect { server: child.name.clone(), reason };
         // A child this data plane just found dead is not dialled again until its time out is
@@ -296,7 +300,13 @@ impl UplinkClient {
                         self.stream_waiters.fetch_sub(1, Ordering::Relaxed);
                     });
                     let _paused = self.inline.pause();
-                    opening.await
+                    match tokio::time::timeout(wait, opening).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::debug!(child = %child.name, ?wait, "no uplink stream became free in time");
+                            return Err(UpstreamError::Timeout { server: child.name.clone(), timeout: wait });
+                        }
+                    }
                 }
             }
         };
@@ -403,7 +413,7 @@ impl UplinkClient {
         let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if req.version() == http::Version::HTTP_2 && needs_http2(req.headers()) {
             let header = http2_stream_header(uplink_name, &client, &req);
-            let (conn, send, recv) = self.open_stream(child, &header).await?;
+            let (conn, send, recv) = self.open_stream(child, &header, response_timeout).await?;
             let io = TokioIo::new(uplink::frame::io(send, recv));
             // gRPC and other HTTP/2 exchanges stay HTTP/2 end to end (trailers included).
             let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -436,7 +446,7 @@ impl UplinkClient {
                         return Err(UpstreamError::Connect { server: child.name.clone(), reason: reason.to_string() });
                     }
                 }
-                let (_, send, recv) = self.open_stream(child, header).await?;
+                let (_, send, recv) = self.open_stream(child, header, response_timeout).await?;
                 Ok(uplink::frame::io(send, recv))
             }
         };

@@ -30,16 +30,17 @@ pub enum DialError {
     /// The QUIC connection failed (refused certificate, unreachable, …).
     #[error("{0}")]
     Connect(String),
-    /// No handshake within the liveness idle timeout.
-    #[error("QUIC handshake timed out")]
+    /// No handshake within the liveness idle timeout, in every attempt.
+    #[error("QUIC handshake timed out ({HANDSHAKE_ATTEMPTS} attempts)")]
     Timeout,
 }
 
 /// Opens a mutual-TLS QUIC connection from `ep` to `child`, honouring its
 /// `serversTransport`: `insecureSkipVerify`, `rootCAs` (PEM or file paths), `serverName`,
 /// and `certificates` (the first pair is presented instead of this node's own). Without
-/// them the child must present an agent certificate of this installation. The handshake
-/// gives up after the liveness idle timeout.
+/// them the child must present an agent certificate of this installation. Each handshake
+/// attempt gives up after the liveness idle timeout; one that times out is tried again
+/// (see [`HANDSHAKE_ATTEMPTS`]).
 pub async fn dial(
     ep: &quinn::Endpoint,
     child: &pb::Child,
@@ -68,12 +69,27 @@ pub async fn dial(
         .next()
         .ok_or_else(|| DialError::Resolve { host: host.clone(), reason: "no address".into() })?;
     let name = check.server_name.clone().unwrap_or(host);
-    let connecting = ep.connect_with(cfg, addr, &name).map_err(|e| DialError::Connect(e.to_string()))?;
-    tokio::time::timeout(liveness.idle_timeout, connecting)
-        .await
-        .map_err(|_| DialError::Timeout)?
-        .map_err(|e| DialError::Connect(e.to_string()))
+    for attempt in 1..=HANDSHAKE_ATTEMPTS {
+        let connecting = ep.connect_with(cfg.clone(), addr, &name).map_err(|e| DialError::Connect(e.to_string()))?;
+        match tokio::time::timeout(liveness.idle_timeout, connecting).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            // Silent past the idle timeout: quinn's own end of the handshake, or ours.
+            Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) if attempt < HANDSHAKE_ATTEMPTS => {
+                tracing::debug!(child = %child.name, %addr, attempt, "QUIC handshake timed out; dialling again");
+            }
+            Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => break,
+            Ok(Err(e)) => return Err(DialError::Connect(e.to_string())),
+        }
+    }
+    Err(DialError::Timeout)
 }
+
+/// Handshakes a dial tries before it gives up. The client's first flight is retransmitted
+/// only after about a second (QUIC's initial probe timeout, with no round trip measured
+/// yet), past the idle timeout: one lost datagram, or a child too busy to answer for a
+/// moment (a host under load, an agent just started), would otherwise fail the dial and
+/// take the child out of routing. A dead child costs at most this many idle timeouts.
+pub const HANDSHAKE_ATTEMPTS: u32 = 2;
 
 /// A client endpoint on an ephemeral port of every address.
 pub fn client_endpoint() -> Result<quinn::Endpoint, DialError> {
