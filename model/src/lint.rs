@@ -42,7 +42,7 @@ pub enum Role {
 /// Guesses a lone cluster's role: a parent dials children or routes to `@multicluster`; a
 /// child has Uplinks or an uplink port.
 pub fn infer_role(m: &Manifests, v: &Values) -> Role {
-    let multicluster_refs = m.resources.iter().any(|l| match &l.resource {
+    let multicluster_refs = m.resources.iter().any(|l| match &*l.resource {
         Resource::IngressRoute(r) => {
             r.spec.routes.iter().any(|rt| rt.services.iter().any(|s| s.name.ends_with("@multicluster")))
         }
@@ -51,7 +51,7 @@ pub fn infer_role(m: &Manifests, v: &Values) -> Role {
     if v.children().next().is_some() || multicluster_refs {
         Role::Parent
     } else if v.ports.values().any(|p| p.uplink)
-        || m.resources.iter().any(|l| matches!(l.resource, Resource::Uplink(_)))
+        || m.resources.iter().any(|l| matches!(*l.resource, Resource::Uplink(_)))
     {
         Role::Child
     } else {
@@ -118,7 +118,7 @@ fn check_considerations(m: &Manifests, values: &Values, role: Role, diags: &mut 
 /// uplink that match on the host.
 fn check_resources(m: &Manifests, role: Role, diags: &mut Vec<Diagnostic>) {
     for l in &m.resources {
-        match &l.resource {
+        match &*l.resource {
             Resource::Api(api) if role == Role::Parent => {
                 if api.spec.open_api_spec.as_ref().is_some_and(|s| s.path.is_some()) {
                     diags.push(Diagnostic::on(
@@ -162,11 +162,11 @@ fn check_resources(m: &Manifests, role: Role, diags: &mut Vec<Diagnostic>) {
 /// Namespace consistency: the portal only shows APIM resources of its own namespace.
 fn check_apim_namespaces(m: &Manifests, diags: &mut Vec<Diagnostic>) {
     let portal_ns: HashSet<&str> =
-        m.resources.iter().filter(|l| matches!(l.resource, Resource::ApiPortal(_))).map(|l| l.ns()).collect();
+        m.resources.iter().filter(|l| matches!(*l.resource, Resource::ApiPortal(_))).map(|l| l.ns()).collect();
     if !portal_ns.is_empty() {
         for l in &m.resources {
             let apim = matches!(
-                l.resource,
+                &*l.resource,
                 Resource::Api(_) | Resource::ApiPlan(_) | Resource::ApiBundle(_) | Resource::ApiCatalogItem(_)
             );
             if apim && !portal_ns.contains(l.ns()) {
@@ -276,7 +276,7 @@ fn check_plan_limit(
 
 fn check_apim_references(m: &Manifests, diags: &mut Vec<Diagnostic>) {
     for l in &m.resources {
-        match &l.resource {
+        match &*l.resource {
             Resource::Api(a) => check_refs(m, l, "APIVersion", &a.spec.versions, "spec.versions", diags),
             Resource::ApiBundle(b) => check_refs(m, l, "API", &b.spec.apis, "spec.apis", diags),
             Resource::ApiCatalogItem(c) => {

@@ -102,7 +102,9 @@ pub fn compile(values: Values, value_diags: &[Diagnostic], mut m: Manifests) -> 
     // An object that decoded but breaks its upstream schema is left out like one that did
     // not decode.
     let bad: std::collections::HashSet<&str> = left_out.iter().filter_map(|d| d.object.as_deref()).collect();
-    m.resources.retain(|l| !bad.contains(l.label().as_str()));
+    if !bad.is_empty() {
+        m.resources.retain(|l| !bad.contains(l.label().as_str()));
+    }
     // Each round leaves at least one object out, so this ends.
     for _ in 0..=m.resources.len() {
         let compiled = atrium_model::compile::compile(&m, &values, None);
@@ -148,10 +150,11 @@ fn certificates(m: &Manifests, body: &pb::SnapshotBody) -> Result<Vec<pb::TlsCer
     let mut errors = Vec::new();
     for r in &body.routers {
         let Some(secret) = r.tls.as_ref().map(|t| t.secret.as_str()).filter(|s| !s.is_empty()) else { continue };
-        let Some(l) = m.resources.iter().find(|l| matches!(l.resource, Resource::Secret(_)) && l.id() == secret) else {
+        let Some(l) = m.resources.iter().find(|l| matches!(*l.resource, Resource::Secret(_)) && l.id() == secret)
+        else {
             continue;
         };
-        let Resource::Secret(s) = &l.resource else { continue };
+        let Resource::Secret(s) = &*l.resource else { continue };
         let field = |k: &str| -> Result<Vec<u8>, String> {
             if let Some(v) = s.string_data.get(k) {
                 return Ok(v.as_bytes().to_vec());

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use atrium_model::loader::{Manifests, load_paths};
+use atrium_model::loader::{DocCache, Manifests, load_paths_cached};
 use atrium_model::values::Values;
 
 use crate::config::{SourceError, errors_of};
 
-/// Loads the manifests under `paths`.
-pub(crate) fn load(paths: &[PathBuf]) -> Manifests {
-    load_paths(paths)
+/// Loads the manifests under `paths`, parsing only the documents `cache` does not hold.
+pub(crate) fn load(paths: &[PathBuf], cache: &std::sync::Mutex<DocCache>) -> Manifests {
+    match cache.lock() {
+        Ok(mut c) => load_paths_cached(paths, &mut c),
+        Err(_) => load_paths_cached(paths, &mut DocCache::default()),
+    }
 }
 
 /// A file modified this recently may be modified again within the same timestamp tick

@@ -45,17 +45,26 @@ pub struct Source {
     /// With files: the fingerprint of those the last compile read (see
     /// [`file::fingerprint`]), so that a watch event that changed nothing compiles nothing.
     read: Arc<std::sync::Mutex<Option<u64>>>,
+    /// With files: the documents the last compile read, so that the next one parses only
+    /// those whose text changed.
+    docs: Arc<std::sync::Mutex<atrium_model::loader::DocCache>>,
 }
 
 impl Source {
     /// Manifests from files.
     pub fn files(values: Option<PathBuf>, manifests: Vec<PathBuf>, debounce: Duration) -> Source {
-        Source { values, provider: Provider::Files(manifests), debounce, read: Arc::default() }
+        Source { values, provider: Provider::Files(manifests), debounce, read: Arc::default(), docs: Arc::default() }
     }
 
     /// Manifests from the Kubernetes API.
     pub fn kubernetes(values: Option<PathBuf>, kube: KubeSource, debounce: Duration) -> Source {
-        Source { values, provider: Provider::Kubernetes(Box::new(kube)), debounce, read: Arc::default() }
+        Source {
+            values,
+            provider: Provider::Kubernetes(Box::new(kube)),
+            debounce,
+            read: Arc::default(),
+            docs: Arc::default(),
+        }
     }
 
     /// Fails when a manifest path does not exist (a typo must not start an empty gateway).
@@ -97,7 +106,7 @@ impl Source {
         let started = std::time::Instant::now();
         let (values, vdiags) = Values::load_optional(self.values.as_deref());
         let manifests = match &self.provider {
-            Provider::Files(paths) => file::load(paths),
+            Provider::Files(paths) => file::load(paths, &self.docs),
             Provider::Kubernetes(k) => match k.started() {
                 Some(s) => s.cluster.manifests(),
                 None => return Err(SourceError::Compile(vec!["the Kubernetes provider has not started".into()])),

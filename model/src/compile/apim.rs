@@ -33,7 +33,7 @@ pub(super) fn compile_apim(
 fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
     let mut default_auth: HashMap<&str, (&Loaded, pb::api::Auth)> = HashMap::new();
     for l in &m.resources {
-        let Resource::ApiAuth(a) = &l.resource else { continue };
+        let Resource::ApiAuth(a) = &*l.resource else { continue };
         if !a.spec.is_default {
             continue;
         }
@@ -61,7 +61,7 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
     };
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::Api(api) = &l.resource else { continue };
+        let Resource::Api(api) = &*l.resource else { continue };
         let spec = (api.spec.cors.as_ref(), api.spec.open_api_spec.as_ref());
         let mut entry = api_entry(cx, l, l.id(), auth_of(l.ns()), spec);
         entry.title = api.spec.title.clone().unwrap_or_else(|| l.name().to_string());
@@ -71,7 +71,7 @@ fn compile_apis(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Api> {
         // the namespace's authentication; subscriptions to the API cover it.
         for v in &api.spec.versions {
             let found = m.resources.iter().find(|o| o.ns() == l.ns() && o.name() == v.name);
-            let Some((vl, Resource::ApiVersion(version))) = found.map(|o| (o, &o.resource)) else { continue };
+            let Some((vl, Resource::ApiVersion(version))) = found.map(|o| (o, &*o.resource)) else { continue };
             let spec = (version.spec.cors.as_ref(), version.spec.open_api_spec.as_ref());
             let mut entry = api_entry(cx, vl, version_id(l.ns(), l.name(), &v.name), auth_of(l.ns()), spec);
             let api_title = api.spec.title.as_deref().unwrap_or(l.name());
@@ -115,7 +115,7 @@ pub(super) fn version_id(ns: &str, api: &str, version: &str) -> String {
 fn with_versions(m: &Manifests, apis: Vec<String>) -> Vec<String> {
     let mut out: BTreeSet<String> = apis.iter().cloned().collect();
     for l in &m.resources {
-        let Resource::Api(api) = &l.resource else { continue };
+        let Resource::Api(api) = &*l.resource else { continue };
         if apis.contains(&l.id()) {
             out.extend(api.spec.versions.iter().map(|v| version_id(l.ns(), l.name(), &v.name)));
         }
@@ -363,7 +363,7 @@ fn operation_filter(
         .resources
         .iter()
         .filter(|o| apis.contains(&o.id()))
-        .filter_map(|o| match &o.resource {
+        .filter_map(|o| match &*o.resource {
             Resource::Api(a) => a.spec.open_api_spec.as_ref(),
             _ => None,
         })
@@ -412,7 +412,7 @@ fn compile_applications(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Application>
     let mut first_of: HashMap<&str, &Loaded> = HashMap::new();
     let mut conflicted: BTreeSet<&str> = BTreeSet::new();
     for l in &m.resources {
-        let Resource::ManagedApplication(a) = &l.resource else { continue };
+        let Resource::ManagedApplication(a) = &*l.resource else { continue };
         if let Some(first) = first_of.get(a.spec.app_id.as_str()).copied() {
             let msg = format!("appId {:?} is also the appId of {}", a.spec.app_id, first.label());
             cx.err(l, "spec.appId", "conflict", msg);
@@ -488,7 +488,7 @@ fn secret_key(cx: &Ctx<'_>, ns: &str, name: &str) -> Result<String, String> {
 fn compile_subscriptions(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Subscription> {
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::ManagedSubscription(s) = &l.resource else { continue };
+        let Resource::ManagedSubscription(s) = &*l.resource else { continue };
         if let Some(sub) = compile_subscription(cx, m, l, &s.spec) {
             out.push(sub);
         }
@@ -545,7 +545,7 @@ fn subscription_apps(
     let managed = |o: &Resource| matches!(o, Resource::ManagedApplication(_));
     for (i, r) in spec.managed_applications.iter().enumerate() {
         let found = in_namespace(m, l.ns(), managed).find(|o| o.name() == r.name);
-        match found.map(|o| &o.resource) {
+        match found.map(|o| &*o.resource) {
             Some(Resource::ManagedApplication(a)) => drop(out.insert(a.spec.app_id.clone())),
             _ => {
                 let msg = format!("ManagedApplication {}/{} does not exist", l.ns(), r.name);
@@ -556,7 +556,7 @@ fn subscription_apps(
     }
     if let Some(sel) = &spec.managed_application_selector {
         for o in in_namespace(m, l.ns(), managed).filter(|o| sel.matches(labels(o))) {
-            if let Resource::ManagedApplication(a) = &o.resource {
+            if let Resource::ManagedApplication(a) = &*o.resource {
                 out.insert(a.spec.app_id.clone());
             }
         }
@@ -592,7 +592,7 @@ fn resolve_apis(
     };
     for (i, b) in bundles.iter().enumerate() {
         let bundle = in_namespace(m, ns, |o| matches!(o, Resource::ApiBundle(_))).find(|o| o.name() == b.name);
-        let Some(Resource::ApiBundle(bundle)) = bundle.map(|o| &o.resource) else {
+        let Some(Resource::ApiBundle(bundle)) = bundle.map(|o| &*o.resource) else {
             let msg = format!("APIBundle {ns}/{} does not exist", b.name);
             cx.err(l, &format!("spec.apiBundles[{i}].name"), "unresolved-reference", msg);
             return None;
@@ -614,7 +614,7 @@ fn resolve_apis(
 pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::CatalogItem> {
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::ApiCatalogItem(c) = &l.resource else { continue };
+        let Resource::ApiCatalogItem(c) = &*l.resource else { continue };
         let spec = &c.spec;
         let Some(apis) = resolve_apis(cx, m, l, &spec.apis, &spec.api_bundles, spec.api_selector.as_ref()) else {
             continue;
@@ -646,7 +646,7 @@ pub(super) fn compile_catalog_items(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::
 /// Plan `name` of `l`'s namespace, its limits checked as the upstream schema bounds them.
 fn plan(cx: &mut Ctx<'_>, m: &Manifests, l: &Loaded, name: &str) -> Option<pb::Plan> {
     let found = in_namespace(m, l.ns(), |o| matches!(o, Resource::ApiPlan(_))).find(|o| o.name() == name);
-    let Some((pl, Resource::ApiPlan(p))) = found.map(|o| (o, &o.resource)) else {
+    let Some((pl, Resource::ApiPlan(p))) = found.map(|o| (o, &*o.resource)) else {
         let msg = format!("APIPlan {}/{name} does not exist", l.ns());
         cx.err(l, "spec.apiPlan.name", "unresolved-reference", msg);
         return None;
@@ -710,7 +710,7 @@ fn limit(
 pub(super) fn compile_portals(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::PortalSite> {
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::ApiPortal(p) = &l.resource else { continue };
+        let Resource::ApiPortal(p) = &*l.resource else { continue };
         let auth = p.spec.auth.as_ref().map(|a| format!("{}/{}", l.ns(), a.name)).unwrap_or_default();
         let mut site = pb::PortalSite {
             id: l.id(),
@@ -724,7 +724,7 @@ pub(super) fn compile_portals(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Portal
         if let Some(a) = &p.spec.auth {
             let found =
                 in_namespace(m, l.ns(), |o| matches!(o, Resource::ApiPortalAuth(_))).find(|o| o.name() == a.name);
-            let Some((al, Resource::ApiPortalAuth(pa))) = found.map(|o| (o, &o.resource)) else {
+            let Some((al, Resource::ApiPortalAuth(pa))) = found.map(|o| (o, &*o.resource)) else {
                 // Reported by lint's reference check; the portal is not served.
                 continue;
             };
@@ -748,7 +748,7 @@ pub(super) fn compile_content(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Conten
     use crate::resources::hub::ContentParentKind as K;
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::ContentItem(c) = &l.resource else { continue };
+        let Resource::ContentItem(c) = &*l.resource else { continue };
         let (spec, ns) = (&c.spec, l.ns());
         let parent = format!("{ns}/{}", spec.parent_ref.name);
         let (kind, apis) = match spec.parent_ref.kind {
@@ -757,7 +757,7 @@ pub(super) fn compile_content(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Conten
             K::ApiBundle => {
                 let bundle = in_namespace(m, ns, |o| matches!(o, Resource::ApiBundle(_)))
                     .find(|o| o.name() == spec.parent_ref.name);
-                let Some(Resource::ApiBundle(b)) = bundle.map(|o| &o.resource) else { continue };
+                let Some(Resource::ApiBundle(b)) = bundle.map(|o| &*o.resource) else { continue };
                 let mut apis: BTreeSet<String> = b
                     .spec
                     .apis

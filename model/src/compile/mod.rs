@@ -145,7 +145,7 @@ pub fn compile(m: &Manifests, values: &Values, registry: Option<&Registry>) -> C
     let mut routes = Vec::new();
     for l in &m.resources {
         let k = key(l.ns(), l.name());
-        match &l.resource {
+        match &*l.resource {
             Resource::Service(s) => drop(cx.k8s_services.insert(k, (l, s))),
             Resource::TraefikService(s) => drop(cx.traefik_services.insert(k, (l, s))),
             Resource::Middleware(s) => drop(cx.middlewares.insert(k, (l, s))),
@@ -232,7 +232,7 @@ fn redis(r: &crate::values::Redis) -> Option<pb::Redis> {
 fn compile_middlewares(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Middleware> {
     let mut out = Vec::new();
     for l in &m.resources {
-        let Resource::Middleware(mw) = &l.resource else { continue };
+        let Resource::Middleware(mw) = &*l.resource else { continue };
         let kinds = mw.spec.kinds();
         if kinds.len() != 1 {
             let msg = if kinds.is_empty() {
@@ -685,7 +685,7 @@ fn compile_uplinks(cx: &mut Ctx<'_>, m: &Manifests) -> Vec<pb::Uplink> {
     let mut seen: HashMap<String, (&Loaded, &str)> = HashMap::new();
     let mut conflicted: HashSet<String> = HashSet::new();
     for l in &m.resources {
-        let Resource::Uplink(u) = &l.resource else { continue };
+        let Resource::Uplink(u) = &*l.resource else { continue };
         let name = expose_name(l, &u.spec);
         let field = if u.spec.expose_name.is_some() { "spec.exposeName" } else { "metadata.name" };
         if !pattern.is_match(&name) || name.len() > 253 {

@@ -21,29 +21,30 @@ pub const TRAEFIK_GROUP: &str = "traefik.io";
 /// The group of Traefik Hub's kinds.
 pub const HUB_GROUP: &str = "hub.traefik.io";
 
-/// Every kind atrium reads.
+/// Every kind atrium reads. Each boxed: the kinds differ in size by hundreds of bytes,
+/// and the loader's cache keeps thousands of them.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum Resource {
-    IngressRoute(traefik::IngressRoute),
-    Middleware(traefik::Middleware),
-    TraefikService(traefik::TraefikService),
-    Service(core::Service),
-    EndpointSlice(core::EndpointSlice),
-    Endpoints(core::Endpoints),
-    Secret(core::Secret),
-    Uplink(hub::Uplink),
-    Api(hub::Api),
-    ApiVersion(hub::ApiVersion),
-    ApiPlan(hub::ApiPlan),
-    ApiBundle(hub::ApiBundle),
-    ApiCatalogItem(hub::ApiCatalogItem),
-    ApiPortal(hub::ApiPortal),
-    ApiPortalAuth(hub::ApiPortalAuth),
-    ApiAuth(hub::ApiAuth),
-    ContentItem(hub::ContentItem),
-    ManagedApplication(hub::ManagedApplication),
-    ManagedSubscription(hub::ManagedSubscription),
+    IngressRoute(Box<traefik::IngressRoute>),
+    Middleware(Box<traefik::Middleware>),
+    TraefikService(Box<traefik::TraefikService>),
+    Service(Box<core::Service>),
+    EndpointSlice(Box<core::EndpointSlice>),
+    Endpoints(Box<core::Endpoints>),
+    Secret(Box<core::Secret>),
+    Uplink(Box<hub::Uplink>),
+    Api(Box<hub::Api>),
+    ApiVersion(Box<hub::ApiVersion>),
+    ApiPlan(Box<hub::ApiPlan>),
+    ApiBundle(Box<hub::ApiBundle>),
+    ApiCatalogItem(Box<hub::ApiCatalogItem>),
+    ApiPortal(Box<hub::ApiPortal>),
+    ApiPortalAuth(Box<hub::ApiPortalAuth>),
+    ApiAuth(Box<hub::ApiAuth>),
+    ContentItem(Box<hub::ContentItem>),
+    ManagedApplication(Box<hub::ManagedApplication>),
+    ManagedSubscription(Box<hub::ManagedSubscription>),
 }
 
 macro_rules! each_resource {
@@ -136,25 +137,25 @@ pub fn kind_support(api_version: &str, kind: &str) -> KindSupport {
 pub fn decode(kind: &str, doc: &Node) -> Result<Resource, crate::yaml::DeError> {
     use crate::yaml::from_node;
     Ok(match kind {
-        "IngressRoute" => Resource::IngressRoute(from_node(doc)?),
-        "Middleware" => Resource::Middleware(from_node(doc)?),
-        "TraefikService" => Resource::TraefikService(from_node(doc)?),
-        "Service" => Resource::Service(from_node(doc)?),
-        "EndpointSlice" => Resource::EndpointSlice(from_node(doc)?),
-        "Endpoints" => Resource::Endpoints(from_node(doc)?),
-        "Secret" => Resource::Secret(from_node(doc)?),
-        "Uplink" => Resource::Uplink(from_node(doc)?),
-        "API" => Resource::Api(from_node(doc)?),
-        "APIVersion" => Resource::ApiVersion(from_node(doc)?),
-        "APIPlan" => Resource::ApiPlan(from_node(doc)?),
-        "APIBundle" => Resource::ApiBundle(from_node(doc)?),
-        "APICatalogItem" => Resource::ApiCatalogItem(from_node(doc)?),
-        "APIPortal" => Resource::ApiPortal(from_node(doc)?),
-        "APIPortalAuth" => Resource::ApiPortalAuth(from_node(doc)?),
-        "APIAuth" => Resource::ApiAuth(from_node(doc)?),
-        "ContentItem" => Resource::ContentItem(from_node(doc)?),
-        "ManagedApplication" => Resource::ManagedApplication(from_node(doc)?),
-        "ManagedSubscription" => Resource::ManagedSubscription(from_node(doc)?),
+        "IngressRoute" => Resource::IngressRoute(Box::new(from_node(doc)?)),
+        "Middleware" => Resource::Middleware(Box::new(from_node(doc)?)),
+        "TraefikService" => Resource::TraefikService(Box::new(from_node(doc)?)),
+        "Service" => Resource::Service(Box::new(from_node(doc)?)),
+        "EndpointSlice" => Resource::EndpointSlice(Box::new(from_node(doc)?)),
+        "Endpoints" => Resource::Endpoints(Box::new(from_node(doc)?)),
+        "Secret" => Resource::Secret(Box::new(from_node(doc)?)),
+        "Uplink" => Resource::Uplink(Box::new(from_node(doc)?)),
+        "API" => Resource::Api(Box::new(from_node(doc)?)),
+        "APIVersion" => Resource::ApiVersion(Box::new(from_node(doc)?)),
+        "APIPlan" => Resource::ApiPlan(Box::new(from_node(doc)?)),
+        "APIBundle" => Resource::ApiBundle(Box::new(from_node(doc)?)),
+        "APICatalogItem" => Resource::ApiCatalogItem(Box::new(from_node(doc)?)),
+        "APIPortal" => Resource::ApiPortal(Box::new(from_node(doc)?)),
+        "APIPortalAuth" => Resource::ApiPortalAuth(Box::new(from_node(doc)?)),
+        "APIAuth" => Resource::ApiAuth(Box::new(from_node(doc)?)),
+        "ContentItem" => Resource::ContentItem(Box::new(from_node(doc)?)),
+        "ManagedApplication" => Resource::ManagedApplication(Box::new(from_node(doc)?)),
+        "ManagedSubscription" => Resource::ManagedSubscription(Box::new(from_node(doc)?)),
         other => {
             return Err(crate::yaml::DeError {
                 mark: Some(doc.mark),
@@ -170,10 +171,54 @@ pub fn decode(kind: &str, doc: &Node) -> Result<Resource, crate::yaml::DeError> 
 pub struct Loaded {
     /// The source file.
     pub file: Arc<Path>,
-    /// The document, for positions.
-    pub doc: Node,
-    /// The typed resource.
-    pub resource: Resource,
+    /// Where its document is in the file's text, for positions.
+    pub source: DocSource,
+    /// The typed resource, shared with the loader's cache of documents (see
+    /// [`crate::loader::DocCache`]).
+    pub resource: Arc<Resource>,
+}
+
+/// Where a loaded object's document is: a part of its file's text (cut at document
+/// markers), the document's index within it, and, for an item of a `List`, the item's
+/// index. The tree is not kept: positions are found by parsing that part again, which
+/// only a finding about the object needs.
+#[derive(Clone)]
+pub struct DocSource {
+    /// The whole file's text.
+    pub text: Arc<str>,
+    /// The part of `text` the document was parsed from.
+    pub range: std::ops::Range<usize>,
+    /// The 1-based line of the file where that part begins.
+    pub line: usize,
+    /// The document's index within that part.
+    pub doc: usize,
+    /// The item's index, for an object of a `List`.
+    pub item: Option<usize>,
+}
+
+impl std::fmt::Debug for DocSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DocSource(line {}, document {}, item {:?})", self.line, self.doc, self.item)
+    }
+}
+
+impl DocSource {
+    /// The position of `field` (`spec.routes[0].match`), or of its closest parent; in the
+    /// file, as the loader saw it.
+    pub fn mark(&self, field: &str) -> Mark {
+        let start = Mark { line: self.line, col: 1 };
+        let Some(part) = self.text.get(self.range.clone()) else { return start };
+        let Ok(docs) = crate::yaml::parse_documents(part) else { return start };
+        let Some(mut node) = docs.get(self.doc) else { return start };
+        if let Some(i) = self.item {
+            match node.get("items").map(|n| &n.kind) {
+                Some(crate::yaml::NodeKind::Seq(items)) if i < items.len() => node = &items[i],
+                _ => return start,
+            }
+        }
+        let m = node.locate(field).mark;
+        Mark { line: m.line + self.line - 1, col: m.col }
+    }
 }
 
 impl Loaded {
@@ -195,7 +240,7 @@ impl Loaded {
 
     /// The position of a field (`spec.routes[0].match`), or of its closest parent.
     pub fn mark(&self, field: &str) -> Mark {
-        self.doc.locate(field).mark
+        self.source.mark(field)
     }
 
     /// `Kind namespace/name`, for messages.

@@ -96,8 +96,10 @@ macro_rules! load_balancer_spec {
             pub weight: Option<i64>,
             #[serde(default)]
             pub pass_host_header: Option<bool>,
+            /// Boxed, as are the fields below that most references leave out: the
+            /// loader's cache keeps every reference of thousands of routes.
             #[serde(default)]
-            pub health_check: Option<HealthCheck>,
+            pub health_check: Option<Box<HealthCheck>>,
             #[serde(default)]
             pub passive_health_check: Option<PassiveHealthCheck>,
             /// `wrr` (or its old name `RoundRobin`) only, for now.
@@ -129,7 +131,7 @@ macro_rules! load_balancer_spec {
                     scheme: self.scheme.as_deref(),
                     weight: self.weight,
                     pass_host_header: self.pass_host_header,
-                    health_check: self.health_check.as_ref(),
+                    health_check: self.health_check.as_deref(),
                     passive_health_check: self.passive_health_check.as_ref(),
                     strategy: self.strategy.as_deref(),
                 }
